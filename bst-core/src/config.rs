@@ -1,0 +1,355 @@
+//! The model and training configuration (spec section 2 defaults), read from TOML and
+//! validated with errors that say what is wrong and what to change.
+
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// How the history tokens of the last block are pooled into one vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// Token `T-1` (the target), `d` wide. The default, and the paper's reading.
+    Target,
+    /// Token `T-1` concatenated with the mean of the valid history tokens, `2d` wide.
+    Mean,
+    /// All `T` tokens concatenated, `T*d` wide.
+    Flatten,
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "target" => Ok(Pooling::Target),
+            "mean" => Ok(Pooling::Mean),
+            "flatten" => Ok(Pooling::Flatten),
+            _ => Err(ConfigError::Invalid(format!(
+                "unknown pooling `{s}`: use one of target, mean, flatten"
+            ))),
+        }
+    }
+}
+
+/// The history position feature (spec 1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Position {
+    /// `1 + min(P-2, floor(log2(1 + gap_seconds)))`: the paper's time-gap feature.
+    Timegap,
+    /// `1 + k` for the k-th most recent history item, for data without times.
+    Ordinal,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    Adam,
+    Adagrad,
+}
+
+impl std::str::FromStr for Optimizer {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "adam" => Ok(Optimizer::Adam),
+            "adagrad" => Ok(Optimizer::Adagrad),
+            _ => Err(ConfigError::Invalid(format!(
+                "unknown optimizer `{s}`: use adam or adagrad"
+            ))),
+        }
+    }
+}
+
+/// Shapes and hyper-parameters of the network (spec section 2).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// History length `L`; the model sees `T = L + 1` tokens.
+    pub seq_len: usize,
+    pub d_item: usize,
+    pub d_cat: usize,
+    pub d_pos: usize,
+    /// Number of position buckets `P`.
+    pub pos_buckets: usize,
+    pub position: Position,
+    pub heads: usize,
+    pub d_ff: usize,
+    /// Number of transformer blocks `b` (0 gives the WDL baselines).
+    pub blocks: usize,
+    /// Width of each other-feature embedding `d_o`.
+    pub d_other: usize,
+    /// Hidden widths of the MLP head; a final `Linear(.., 1)` follows.
+    pub mlp: Vec<usize>,
+    pub pooling: Pooling,
+    pub dropout: f32,
+    /// Negative slope of LeakyReLU.
+    pub leaky_alpha: f32,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            seq_len: 20,
+            d_item: 32,
+            d_cat: 16,
+            d_pos: 16,
+            pos_buckets: 64,
+            position: Position::Timegap,
+            heads: 8,
+            d_ff: 256,
+            blocks: 1,
+            d_other: 16,
+            mlp: vec![1024, 512, 256],
+            pooling: Pooling::Target,
+            dropout: 0.2,
+            leaky_alpha: 0.01,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Token width `d = d_item + d_cat + d_pos`.
+    pub fn d(&self) -> usize {
+        self.d_item + self.d_cat + self.d_pos
+    }
+    /// Tokens per sample, `T = L + 1` (the target is last).
+    pub fn tokens(&self) -> usize {
+        self.seq_len + 1
+    }
+    /// Width of the pooled vector.
+    pub fn pooled_width(&self) -> usize {
+        match self.pooling {
+            Pooling::Target => self.d(),
+            Pooling::Mean => 2 * self.d(),
+            Pooling::Flatten => self.tokens() * self.d(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.seq_len == 0 {
+            return bad("model.seq_len (L) must be at least 1".into());
+        }
+        if self.d_item == 0 || self.d_cat == 0 || self.d_pos == 0 || self.d_other == 0 {
+            return bad("embedding widths d_item, d_cat, d_pos, d_other must be at least 1".into());
+        }
+        if self.pos_buckets < 2 {
+            return bad("model.pos_buckets (P) must be at least 2".into());
+        }
+        if self.position == Position::Ordinal && self.seq_len + 1 > self.pos_buckets {
+            return bad(format!(
+                "ordinal positions need pos_buckets >= seq_len + 1 = {}, got {}",
+                self.seq_len + 1,
+                self.pos_buckets
+            ));
+        }
+        if self.heads == 0 || self.d() % self.heads != 0 {
+            return bad(format!(
+                "d = d_item + d_cat + d_pos = {} must be divisible by heads = {}",
+                self.d(),
+                self.heads
+            ));
+        }
+        if self.blocks > 0 && self.d_ff == 0 {
+            return bad("model.d_ff must be at least 1".into());
+        }
+        if self.mlp.contains(&0) {
+            return bad("model.mlp widths must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!(
+                "model.dropout must be in [0, 1), got {}",
+                self.dropout
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Optimisation settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub optimizer: Optimizer,
+    /// Learning rate; `None` takes the optimiser's default (Adam 1e-3, Adagrad 1e-2).
+    pub lr: Option<f32>,
+    pub batch: usize,
+    pub epochs: usize,
+    pub seed: u64,
+    /// Evaluation batch size (no effect on results).
+    pub eval_batch: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            optimizer: Optimizer::Adam,
+            lr: None,
+            batch: 256,
+            epochs: 3,
+            seed: 0,
+            eval_batch: 1024,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn lr(&self) -> f32 {
+        self.lr.unwrap_or(match self.optimizer {
+            Optimizer::Adam => 1e-3,
+            Optimizer::Adagrad => 1e-2,
+        })
+    }
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.batch == 0 || self.eval_batch == 0 {
+            return Err(ConfigError::Invalid(
+                "train.batch and train.eval_batch must be at least 1".into(),
+            ));
+        }
+        if self.epochs == 0 {
+            return Err(ConfigError::Invalid(
+                "train.epochs must be at least 1".into(),
+            ));
+        }
+        if !(self.lr() > 0.0 && self.lr().is_finite()) {
+            return Err(ConfigError::Invalid(format!(
+                "train.lr must be positive, got {}",
+                self.lr()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How samples are built from an interaction log (spec 1.2).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// Explicit feedback: label = 1 when rating >= this.
+    pub rating_threshold: f32,
+    /// Implicit feedback: negatives drawn per positive.
+    pub negatives: usize,
+    /// Item file column holding the category; `None` searches
+    /// `category`, `categories`, `class`, `genre`, `genres` in that order.
+    pub category_column: Option<String>,
+    /// Seed of the synthetic generator and of negative sampling.
+    pub seed: u64,
+    /// Synthetic data: number of users.
+    pub synthetic_users: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            rating_threshold: 4.0,
+            negatives: 1,
+            category_column: None,
+            seed: 0,
+            synthetic_users: 3000,
+        }
+    }
+}
+
+/// Everything a run needs; written to the run folder as `config.toml`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub data: DataConfig,
+}
+
+impl Config {
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        Ok(cfg)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Io(format!("{}: {e}", path.display())))?;
+        Config::from_toml_str(&text).map_err(|e| match e {
+            ConfigError::Parse(m) => ConfigError::Parse(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    pub fn to_toml_string(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.model.validate()?;
+        self.train.validate()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid config: {0}")]
+    Invalid(String),
+    #[error("cannot parse config {0}")]
+    Parse(String),
+    #[error("cannot read config {0}")]
+    Io(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let c = Config::default();
+        assert_eq!(c.model.d(), 64);
+        assert_eq!(c.model.tokens(), 21);
+        assert_eq!(c.model.heads, 8);
+        assert_eq!(c.train.batch, 256);
+        assert_eq!(c.train.lr(), 1e-3);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn heads_must_divide_d() {
+        let mut c = Config::default();
+        c.model.heads = 5;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("divisible by heads = 5"), "{e}");
+    }
+
+    #[test]
+    fn zero_history_is_refused() {
+        let mut c = Config::default();
+        c.model.seq_len = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("seq_len"));
+    }
+
+    #[test]
+    fn unknown_pooling_is_refused_in_toml_and_flags() {
+        let e = Config::from_toml_str("[model]\npooling = \"max\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown variant `max`"), "{e}");
+        let e = "max".parse::<Pooling>().unwrap_err().to_string();
+        assert!(e.contains("target, mean, flatten"), "{e}");
+    }
+
+    #[test]
+    fn toml_round_trip_and_partial_files() {
+        let c = Config::from_toml_str("[model]\nblocks = 2\n[train]\noptimizer = \"adagrad\"\n")
+            .unwrap();
+        assert_eq!(c.model.blocks, 2);
+        assert_eq!(c.model.heads, 8);
+        assert_eq!(c.train.lr(), 1e-2);
+        let back = Config::from_toml_str(&c.to_toml_string()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = Config::from_toml_str("[model]\nhedas = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hedas"), "{e}");
+    }
+}

@@ -1,0 +1,146 @@
+//! Data: interaction logs from files or the synthetic generator, turned into BST samples
+//! (spec section 1) and split per user in time order.
+//!
+//! The flow is `loader -> InteractionLog -> samples::build -> Dataset`.
+
+pub mod recbole;
+pub mod samples;
+pub mod synthetic;
+pub mod taobao;
+
+use std::path::PathBuf;
+
+/// One user-item interaction, with dense indices.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Interaction {
+    /// Dense user index, 0-based (`Vocab::user_ids[user]`).
+    pub user: u32,
+    /// Dense item index, >= 1 (0 is padding/unknown).
+    pub item: u32,
+    /// Seconds since the Unix epoch (UTC).
+    pub time: i64,
+    /// 1 = positive. Implicit logs hold only positives (negatives are sampled later).
+    pub label: f32,
+}
+
+/// One categorical field of the other-feature table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Field {
+    pub name: String,
+    /// Number of rows this field owns in `emb.other.weight`.
+    pub size: usize,
+    /// First row of this field in `emb.other.weight`.
+    pub offset: usize,
+    /// Token of each local index (index 0 is "unknown" for fields from files; empty for
+    /// the context fields `hour` and `weekday`, whose value is the index).
+    pub tokens: Vec<String>,
+}
+
+/// Vocabularies: everything needed to map raw ids to model indices and back.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Vocab {
+    /// Raw item id of each item index; `item_ids[0]` is "" (padding).
+    pub item_ids: Vec<String>,
+    /// Category index of each item index; `item_cat[0]` = 0.
+    pub item_cat: Vec<u32>,
+    /// Raw category token of each category index; `cat_names[0]` is "" (unknown).
+    pub cat_names: Vec<String>,
+    /// Raw user id of each dense user index.
+    pub user_ids: Vec<String>,
+    /// The other-feature fields, in sample order (`other[f]` belongs to `fields[f]`),
+    /// ending with `hour` (24) and `weekday` (7).
+    pub fields: Vec<Field>,
+}
+
+impl Vocab {
+    pub fn n_items(&self) -> usize {
+        self.item_ids.len()
+    }
+    pub fn n_cats(&self) -> usize {
+        self.cat_names.len()
+    }
+    /// Rows of the stacked other-feature table `emb.other.weight`.
+    pub fn n_other(&self) -> usize {
+        self.fields.iter().map(|f| f.size).sum()
+    }
+}
+
+/// What a loader produces: interactions with dense ids, item categories, and per-user
+/// feature tokens (local indices per user-file field).
+#[derive(Clone, Debug, Default)]
+pub struct InteractionLog {
+    pub interactions: Vec<Interaction>,
+    /// `true` for click logs: every interaction is a positive and negatives are sampled.
+    pub implicit: bool,
+    /// Vocabularies. `fields` here lists only the user-file fields (the user id alone
+    /// when there is no user file); `samples::build` appends `hour` and `weekday`.
+    pub vocab: Vocab,
+    /// `user_features[u][f]`: local index into `vocab.fields[f]` for user `u`.
+    pub user_features: Vec<Vec<u32>>,
+    /// True click probability of each interaction, when the generator knows it.
+    pub true_prob: Option<Vec<f32>>,
+}
+
+/// Samples in structure-of-arrays form (spec section 1), `n` of them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Samples {
+    /// History length `L`.
+    pub seq_len: usize,
+    /// Other-feature fields `F`.
+    pub fields: usize,
+    pub hist_item: Vec<u32>,   // (n, L), right-aligned, 0 = padding
+    pub hist_cat: Vec<u32>,    // (n, L)
+    pub hist_pos: Vec<u32>,    // (n, L), 0 in padded slots
+    pub target_item: Vec<u32>, // (n)
+    pub target_cat: Vec<u32>,  // (n)
+    pub other: Vec<u32>,       // (n, F), global rows of emb.other.weight
+    pub label: Vec<f32>,       // (n)
+    pub user: Vec<u32>,        // (n), dense user index, for GAUC
+    /// True click probability, when known (synthetic data): gives the oracle AUC.
+    pub true_prob: Option<Vec<f32>>, // (n)
+}
+
+impl Samples {
+    pub fn new(seq_len: usize, fields: usize) -> Samples {
+        Samples {
+            seq_len,
+            fields,
+            ..Default::default()
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.label.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.label.is_empty()
+    }
+    /// Fraction of positive labels.
+    pub fn positive_rate(&self) -> f64 {
+        self.label.iter().map(|&y| y as f64).sum::<f64>() / self.len().max(1) as f64
+    }
+}
+
+/// Train, validation and test samples with their vocabularies.
+#[derive(Clone, Debug, Default)]
+pub struct Dataset {
+    pub name: String,
+    pub vocab: Vocab,
+    pub train: Samples,
+    pub valid: Samples,
+    pub test: Samples,
+}
+
+/// A data error that says which file and line, and what is wrong there.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {msg}")]
+    File { path: PathBuf, msg: String },
+    #[error("{path}:{line}: {msg}")]
+    Line {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
+    #[error("{0}")]
+    Other(String),
+}

@@ -1,0 +1,7 @@
+//! The Behavior Sequence Transformer (Chen et al., 2019): the model, its data and metrics.
+//! The contract is `spec/bst.md` of the shared folder; every section cited here is its.
+
+pub mod config;
+pub mod data;
+pub mod metrics;
+pub mod rng;
