@@ -1,1 +1,8 @@
-//! CPU reference ops.
+//! BST compute kernels. `cpu` holds the plain reference of every op: it is the
+//! specification that the GPU kernels are tested against.
+//!
+//! Conventions (as in llm.c): outputs first, then inputs, then dimensions; parameter
+//! gradients accumulate (`+=`), activation gradients overwrite (`=`). Every buffer's shape
+//! is given in a comment, row-major.
+
+pub mod cpu;

@@ -1,0 +1,16 @@
+//! CPU reference ops, one file per op family, forward and backward side by side.
+//! Plain loops, parallel over the batch with rayon where it pays; results do not depend
+//! on the number of threads (work is split in fixed chunks).
+
+pub mod activation;
+pub mod attention;
+pub mod dropout;
+pub mod embedding;
+pub mod layernorm;
+pub mod loss;
+pub mod matmul;
+pub mod optim;
+pub mod pooling;
+
+#[cfg(test)]
+pub(crate) mod gradcheck;
