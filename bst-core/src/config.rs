@@ -143,7 +143,7 @@ impl ModelConfig {
                 self.pos_buckets
             ));
         }
-        if self.heads == 0 || self.d() % self.heads != 0 {
+        if self.heads == 0 || !self.d().is_multiple_of(self.heads) {
             return bad(format!(
                 "d = d_item + d_cat + d_pos = {} must be divisible by heads = {}",
                 self.d(),

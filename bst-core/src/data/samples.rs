@@ -1,1 +1,381 @@
-//! TODO
+//! From an interaction log to BST samples, split per user in time order (spec 1.2).
+//!
+//! - Each user's interactions are sorted by (timestamp, order in the log).
+//! - Every interaction with at least one earlier interaction of the same user is a sample:
+//!   its item is the target, the up to `L` interactions before it are the history (oldest
+//!   first, right-aligned, 0 = padding on the left).
+//! - History positions are time-gap buckets (spec 1.1) or ordinal ranks; 0 when padded.
+//! - Other features: the log's user fields, then `hour` (24) and `weekday` (7) of the
+//!   target's time in UTC, stored as global rows of `emb.other.weight`.
+//! - Implicit logs: each positive gets `data.negatives` negatives with the same history,
+//!   time and features and a target drawn uniformly from the other items (seeded).
+//! - Split per user, in time order: with `n` samples (groups of a positive and its
+//!   negatives for implicit logs) and `n >= 3`, the last `max(1, n/10)` are test, the
+//!   `max(1, n/10)` before them validation, the rest train; smaller users go to train.
+
+use super::{DataError, Dataset, Field, Interaction, InteractionLog, Samples, Vocab};
+use crate::config::{DataConfig, ModelConfig, Position};
+use crate::rng::Rng;
+
+/// Hours in a day and days in a week: the sizes of the two context fields.
+const HOURS: usize = 24;
+const WEEKDAYS: usize = 7;
+const DAY_SECONDS: i64 = 86_400;
+
+/// Position bucket of a history item clicked `gap_seconds` before the target (spec 1.1):
+/// `1 + min(P - 2, floor(log2(1 + gap)))`, with the gap clamped at 0. Integer arithmetic.
+pub fn time_gap_bucket(gap_seconds: i64, p: usize) -> u32 {
+    let x = 1 + gap_seconds.max(0) as u64; // >= 1, no overflow: gap <= i64::MAX
+    let log2 = 63 - x.leading_zeros() as u64;
+    1 + log2.min(p.saturating_sub(2) as u64) as u32
+}
+
+/// `(hour of day 0..24, day of week 0..7 with 0 = Monday)` of a Unix time, in UTC.
+/// 1970-01-01 was a Thursday (weekday 3).
+pub fn hour_and_weekday(t: i64) -> (u32, u32) {
+    let hour = t.rem_euclid(DAY_SECONDS) / 3600;
+    let weekday = (t.div_euclid(DAY_SECONDS) + 3).rem_euclid(7);
+    (hour as u32, weekday as u32)
+}
+
+/// `(train, valid, test)` counts for a user with `n` samples (or sample groups).
+pub fn split_sizes(n: usize) -> (usize, usize, usize) {
+    if n < 3 {
+        return (n, 0, 0);
+    }
+    let k = (n / 10).max(1);
+    (n - 2 * k, k, k)
+}
+
+/// Builds the dataset `name` from `log` (spec 1.2). See the module docs.
+pub fn build(
+    log: InteractionLog,
+    model: &ModelConfig,
+    data: &DataConfig,
+    name: &str,
+) -> Result<Dataset, DataError> {
+    check_log(&log, model, data)?;
+    let InteractionLog {
+        interactions,
+        implicit,
+        vocab,
+        user_features,
+        true_prob,
+    } = log;
+    let user_fields = vocab.fields.len();
+    let vocab = with_context_fields(vocab);
+    let layout = Layout::new(&vocab, model, user_fields);
+    let negatives = if implicit { data.negatives } else { 0 };
+
+    let fields = vocab.fields.len();
+    let new_split = || {
+        let mut s = Samples::new(model.seq_len, fields);
+        if true_prob.is_some() {
+            s.true_prob = Some(Vec::new());
+        }
+        s
+    };
+    let mut splits = [new_split(), new_split(), new_split()];
+    let root = Rng::new(data.seed);
+
+    for (user, timeline) in timelines(&interactions, vocab.user_ids.len())
+        .iter()
+        .enumerate()
+    {
+        let (n_train, n_valid, _) = split_sizes(timeline.len().saturating_sub(1));
+        let mut rng = root.fork(user as u64);
+        for j in 1..timeline.len() {
+            let group = j - 1;
+            let split = if group < n_train {
+                0
+            } else if group < n_train + n_valid {
+                1
+            } else {
+                2
+            };
+            let i = timeline[j];
+            let context = Context {
+                user: user as u32,
+                history: layout.history(&interactions, &timeline[..j], interactions[i].time),
+                other: layout.other(&user_features[user], interactions[i].time),
+            };
+            let target = &interactions[i];
+            let prob = true_prob.as_ref().map(|p| p[i]);
+            context.push(&mut splits[split], &vocab, target.item, target.label, prob);
+            for _ in 0..negatives {
+                let item = draw_negative(&mut rng, vocab.n_items(), target.item);
+                context.push(&mut splits[split], &vocab, item, 0.0, None);
+            }
+        }
+    }
+
+    let [train, valid, test] = splits;
+    Ok(Dataset {
+        name: name.to_string(),
+        vocab,
+        train,
+        valid,
+        test,
+    })
+}
+
+/// Checks that the log is consistent with itself and with the config, so that building
+/// cannot index out of bounds.
+fn check_log(
+    log: &InteractionLog,
+    model: &ModelConfig,
+    data: &DataConfig,
+) -> Result<(), DataError> {
+    let bad = |m: String| Err(DataError::Other(m));
+    let v = &log.vocab;
+    let n_users = v.user_ids.len();
+    if model.seq_len == 0 {
+        return bad("model.seq_len (L) must be at least 1".into());
+    }
+    let max_pos = match model.position {
+        Position::Timegap => 2,
+        Position::Ordinal => model.seq_len + 1,
+    };
+    if model.pos_buckets < max_pos {
+        return bad(format!(
+            "model.pos_buckets = {} is too small for {:?} positions (need at least {max_pos})",
+            model.pos_buckets, model.position
+        ));
+    }
+    if v.item_cat.len() != v.n_items() {
+        return bad(format!(
+            "vocab.item_cat has {} entries for {} items",
+            v.item_cat.len(),
+            v.n_items()
+        ));
+    }
+    if let Some(&c) = v.item_cat.iter().find(|&&c| c as usize >= v.n_cats()) {
+        return bad(format!(
+            "item category {c} is outside the {} categories",
+            v.n_cats()
+        ));
+    }
+    if log.user_features.len() != n_users {
+        return bad(format!(
+            "user_features has {} rows for {n_users} users",
+            log.user_features.len()
+        ));
+    }
+    for (u, row) in log.user_features.iter().enumerate() {
+        if row.len() != v.fields.len() {
+            return bad(format!(
+                "user {u} has {} features for {} fields",
+                row.len(),
+                v.fields.len()
+            ));
+        }
+        if let Some((f, &x)) = row
+            .iter()
+            .enumerate()
+            .find(|&(f, &x)| x as usize >= v.fields[f].size)
+        {
+            return bad(format!(
+                "user {u}: value {x} is outside field `{}` of size {}",
+                v.fields[f].name, v.fields[f].size
+            ));
+        }
+    }
+    for (i, it) in log.interactions.iter().enumerate() {
+        if it.user as usize >= n_users || it.item == 0 || it.item as usize >= v.n_items() {
+            return bad(format!(
+                "interaction {i} has user {} / item {} outside the vocabulary \
+                 ({n_users} users, items 1..{})",
+                it.user,
+                it.item,
+                v.n_items()
+            ));
+        }
+        if log.implicit && it.label != 1.0 {
+            return bad(format!(
+                "interaction {i} of an implicit log has label {}: implicit logs hold only positives",
+                it.label
+            ));
+        }
+    }
+    if let Some(p) = &log.true_prob {
+        if log.implicit {
+            return bad(
+                "true_prob is not supported for implicit logs (negatives have none)".into(),
+            );
+        }
+        if p.len() != log.interactions.len() {
+            return bad(format!(
+                "true_prob has {} entries for {} interactions",
+                p.len(),
+                log.interactions.len()
+            ));
+        }
+    }
+    if log.implicit && data.negatives > 0 && v.n_items() < 3 {
+        return bad(format!(
+            "cannot sample negatives: the log has {} item(s), and a negative must differ \
+             from the positive item",
+            v.n_items().saturating_sub(1)
+        ));
+    }
+    Ok(())
+}
+
+/// Appends the context fields `hour` (24) and `weekday` (7) after the user fields.
+fn with_context_fields(mut vocab: Vocab) -> Vocab {
+    for (name, size) in [("hour", HOURS), ("weekday", WEEKDAYS)] {
+        let offset = vocab.n_other();
+        vocab.fields.push(Field {
+            name: name.into(),
+            size,
+            offset,
+            tokens: Vec::new(),
+        });
+    }
+    vocab
+}
+
+/// Each user's interaction indices sorted by (time, order in the log):
+/// `timelines[user] = [i, ...]`.
+fn timelines(interactions: &[Interaction], n_users: usize) -> Vec<Vec<usize>> {
+    let mut out = vec![Vec::new(); n_users];
+    for (i, it) in interactions.iter().enumerate() {
+        out[it.user as usize].push(i);
+    }
+    for t in &mut out {
+        t.sort_by_key(|&i| interactions[i].time); // stable: ties keep log order
+    }
+    out
+}
+
+/// A uniform item in `1..n_items`, other than `positive`. Needs at least two real items.
+fn draw_negative(rng: &mut Rng, n_items: usize, positive: u32) -> u32 {
+    let others = (n_items - 2) as u64; // real items minus the positive
+    let x = 1 + rng.below(others) as u32;
+    if x >= positive { x + 1 } else { x }
+}
+
+/// What a sample's rows are built from: the vocabulary sizes and the config.
+struct Layout<'a> {
+    vocab: &'a Vocab,
+    seq_len: usize,
+    pos_buckets: usize,
+    position: Position,
+    /// Number of user fields; `hour` and `weekday` follow them.
+    user_fields: usize,
+}
+
+/// The history of one sample: `(item, cat, pos)`, each `[L]`.
+struct History {
+    item: Vec<u32>,
+    cat: Vec<u32>,
+    pos: Vec<u32>,
+}
+
+impl<'a> Layout<'a> {
+    fn new(vocab: &'a Vocab, model: &ModelConfig, user_fields: usize) -> Layout<'a> {
+        Layout {
+            vocab,
+            seq_len: model.seq_len,
+            pos_buckets: model.pos_buckets,
+            position: model.position,
+            user_fields,
+        }
+    }
+
+    /// The right-aligned history of a target at time `now`, from the user's earlier
+    /// interactions `before` (oldest first); only the last `L` are kept.
+    fn history(&self, interactions: &[Interaction], before: &[usize], now: i64) -> History {
+        let l = self.seq_len;
+        let kept = &before[before.len().saturating_sub(l)..];
+        let pad = l - kept.len();
+        let mut h = History {
+            item: vec![0; l],
+            cat: vec![0; l],
+            pos: vec![0; l],
+        };
+        for (slot, &i) in (pad..l).zip(kept) {
+            let it = &interactions[i];
+            h.item[slot] = it.item;
+            h.cat[slot] = self.vocab.item_cat[it.item as usize];
+            h.pos[slot] = match self.position {
+                Position::Timegap => time_gap_bucket(now - it.time, self.pos_buckets),
+                Position::Ordinal => (l - slot) as u32, // 1 + k, k = 0 for the newest
+            };
+        }
+        h
+    }
+
+    /// Global rows `[F]`: each user field's `offset + local`, then hour and weekday.
+    fn other(&self, user_features: &[u32], now: i64) -> Vec<u32> {
+        let fields = &self.vocab.fields;
+        let (hour, weekday) = hour_and_weekday(now);
+        let mut other: Vec<u32> = user_features
+            .iter()
+            .zip(fields)
+            .map(|(&x, f)| f.offset as u32 + x)
+            .collect();
+        other.push(fields[self.user_fields].offset as u32 + hour);
+        other.push(fields[self.user_fields + 1].offset as u32 + weekday);
+        other
+    }
+}
+
+/// Everything a positive shares with its negatives.
+struct Context {
+    user: u32,
+    history: History,
+    other: Vec<u32>,
+}
+
+impl Context {
+    /// Appends one sample with target `item` to `s`.
+    fn push(&self, s: &mut Samples, vocab: &Vocab, item: u32, label: f32, prob: Option<f32>) {
+        s.hist_item.extend_from_slice(&self.history.item);
+        s.hist_cat.extend_from_slice(&self.history.cat);
+        s.hist_pos.extend_from_slice(&self.history.pos);
+        s.target_item.push(item);
+        s.target_cat.push(vocab.item_cat[item as usize]);
+        s.other.extend_from_slice(&self.other);
+        s.label.push(label);
+        s.user.push(self.user);
+        if let (Some(all), Some(p)) = (s.true_prob.as_mut(), prob) {
+            all.push(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_follow_the_spec() {
+        assert_eq!(time_gap_bucket(0, 64), 1);
+        assert_eq!(time_gap_bucket(1, 64), 2);
+        assert_eq!(time_gap_bucket(2, 64), 2);
+        assert_eq!(time_gap_bucket(3, 64), 3);
+        assert_eq!(time_gap_bucket(-5, 64), 1);
+        assert_eq!(time_gap_bucket(i64::MAX, 64), 63);
+        assert_eq!(time_gap_bucket(1 << 20, 8), 7);
+    }
+
+    #[test]
+    fn splits_are_tenths_with_at_least_one() {
+        assert_eq!(split_sizes(2), (2, 0, 0));
+        assert_eq!(split_sizes(3), (1, 1, 1));
+        assert_eq!(split_sizes(25), (21, 2, 2));
+        assert_eq!(split_sizes(100), (80, 10, 10));
+    }
+
+    #[test]
+    fn negatives_never_hit_the_positive() {
+        let mut rng = Rng::new(1);
+        for pos in 1..5u32 {
+            for _ in 0..200 {
+                let x = draw_negative(&mut rng, 5, pos);
+                assert!((1..5).contains(&x) && x != pos);
+            }
+        }
+    }
+}

@@ -9,7 +9,6 @@ use rayon::prelude::*;
 /// out (B, T, d) = concat_j softmax(q_j k_j^T / sqrt(dh) + mask) v_j
 /// att (B, h, T, T): the softmax probabilities, saved for the backward (0 on masked keys)
 /// qkv (B, T, 3d), valid (B, T): 1 for valid tokens, 0 for padding
-#[allow(clippy::too_many_arguments)]
 pub fn attention_forward(
     out: &mut [f32],
     att: &mut [f32],
@@ -67,7 +66,6 @@ pub fn attention_forward(
 
 /// dqkv (B, T, 3d) = gradient of the attention output dout (B, T, d)      (overwrites)
 /// given the saved probabilities att (B, h, T, T) and the input qkv (B, T, 3d).
-#[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     dqkv: &mut [f32],
     dout: &[f32],

@@ -94,7 +94,6 @@ fn add(acc: &mut [f32], g: &[f32]) {
 
 /// out[b, off + f*d_o .. off + (f+1)*d_o] = e_other[other[b, f]] for every field f.
 /// out (B, width), other (B, F), e_other (V_other, d_o)
-#[allow(clippy::too_many_arguments)]
 pub fn other_embedding_forward(
     out: &mut [f32],
     other: &[u32],
@@ -117,7 +116,6 @@ pub fn other_embedding_forward(
 }
 
 /// de_other += scatter of the other-feature columns of dout (B, width).
-#[allow(clippy::too_many_arguments)]
 pub fn other_embedding_backward(
     de_other: &mut [f32],
     dout: &[f32],

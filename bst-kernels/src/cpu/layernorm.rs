@@ -35,7 +35,6 @@ pub fn layernorm_forward(
 
 /// dinp (N, C) = gradient through the normalisation            (overwrites)
 /// dweight (C) += sum_i dout * xhat;  dbias (C) += sum_i dout
-#[allow(clippy::too_many_arguments)]
 pub fn layernorm_backward(
     dinp: &mut [f32],
     dweight: &mut [f32],

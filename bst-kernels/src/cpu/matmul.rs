@@ -9,7 +9,6 @@ const OUT_CHUNK: usize = 32;
 
 /// `c (m, n) = alpha * a (m, k) b (k, n) + beta * c`, with arbitrary strides on `a` and `b`.
 /// Bounds are checked here so the unsafe call below cannot read or write out of range.
-#[allow(clippy::too_many_arguments)]
 fn sgemm(
     c: &mut [f32],
     a: &[f32],
@@ -98,7 +97,6 @@ pub fn matmul_forward(
 
 /// dinp (rows, n_in) = dout (rows, n_out) weight (n_out, n_in)          (overwrites)
 /// dweight (n_out, n_in) += dout^T inp;  dbias (n_out) += column sums of dout
-#[allow(clippy::too_many_arguments)]
 pub fn matmul_backward(
     dinp: Option<&mut [f32]>,
     dweight: &mut [f32],

@@ -26,7 +26,6 @@ impl PoolMode {
 }
 
 /// out[b, off .. off + width] = pool(x[b]);  x (B, T, d), valid (B, T), out (B, row)
-#[allow(clippy::too_many_arguments)]
 pub fn pooling_forward(
     out: &mut [f32],
     x: &[f32],
@@ -78,7 +77,6 @@ pub fn pooling_forward(
 }
 
 /// dx (B, T, d) = gradient of the pooled columns of dout (B, row)       (overwrites)
-#[allow(clippy::too_many_arguments)]
 pub fn pooling_backward(
     dx: &mut [f32],
     dout: &[f32],

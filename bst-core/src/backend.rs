@@ -1,0 +1,127 @@
+//! Where a compute device plugs in. A backend owns the parameters, gradients, optimiser
+//! state and activations, and runs whole steps; the training loop only hands it batches.
+//! `CpuBackend` is the reference; a GPU backend implements the same trait.
+
+use crate::batch::Batch;
+use crate::config::Config;
+use crate::model::{Activations, GradScratch, Mode, Model};
+use crate::optim::Optimizer;
+use crate::params::VocabSizes;
+
+pub trait Backend {
+    /// A one-line description of the device, for logs.
+    fn describe(&self) -> String;
+    /// The model this backend runs.
+    fn model(&self) -> &Model;
+    /// One training step: forward with dropout, backward, optimiser update. Returns the
+    /// batch's mean loss.
+    fn train_step(&mut self, batch: &Batch) -> f32;
+    /// Click probabilities of a batch in evaluation mode (no dropout) into `probs (B)`.
+    fn predict(&mut self, batch: &Batch, probs: &mut [f32]);
+    /// A copy of the parameter arena.
+    fn read_params(&self) -> Vec<f32>;
+    /// Replaces the parameter arena (same layout).
+    fn write_params(&mut self, params: &[f32]);
+}
+
+/// The CPU reference backend.
+pub struct CpuBackend {
+    pub model: Model,
+    pub params: Vec<f32>,
+    pub grads: Vec<f32>,
+    pub optim: Optimizer,
+    /// Seed of the dropout masks.
+    pub seed: u64,
+    acts: Activations,
+    scratch: GradScratch,
+}
+
+impl CpuBackend {
+    /// A freshly initialised model (parameters from `cfg.train.seed`).
+    pub fn new(cfg: &Config, sizes: VocabSizes) -> CpuBackend {
+        let model = Model::new(&cfg.model, sizes);
+        let params = model.layout.init(cfg.train.seed);
+        CpuBackend::with_params(cfg, model, params)
+    }
+
+    pub fn with_params(cfg: &Config, model: Model, params: Vec<f32>) -> CpuBackend {
+        let cap = cfg.train.batch.max(cfg.train.eval_batch);
+        let n = model.layout.total;
+        assert_eq!(params.len(), n, "parameter arena has the wrong size");
+        CpuBackend {
+            acts: Activations::new(&model.dims, cap),
+            scratch: GradScratch::new(&model.dims, cfg.train.batch),
+            grads: vec![0.0; n],
+            optim: Optimizer::new(&cfg.train, n),
+            seed: cfg.train.seed,
+            params,
+            model,
+        }
+    }
+
+    fn ensure_capacity(&mut self, b: usize) {
+        if b > self.acts.capacity {
+            self.acts = Activations::new(&self.model.dims, b);
+        }
+    }
+
+    /// Loss and gradients of one batch (gradients overwritten), no update.
+    pub fn loss_and_grads(&mut self, batch: &Batch, mode: Mode) -> f32 {
+        self.ensure_capacity(batch.size);
+        if self.scratch_capacity() < batch.size {
+            self.scratch = GradScratch::new(&self.model.dims, batch.size);
+        }
+        self.grads.fill(0.0);
+        let loss = self
+            .model
+            .forward(&mut self.acts, &self.params, batch, mode);
+        self.model.backward(
+            &mut self.grads,
+            &mut self.scratch,
+            &self.acts,
+            &self.params,
+            batch,
+            mode,
+        );
+        loss
+    }
+
+    fn scratch_capacity(&self) -> usize {
+        self.scratch.capacity(&self.model.dims)
+    }
+}
+
+impl Backend for CpuBackend {
+    fn describe(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn model(&self) -> &Model {
+        &self.model
+    }
+
+    fn train_step(&mut self, batch: &Batch) -> f32 {
+        let mode = Mode::Train {
+            seed: self.seed,
+            step: self.optim.steps as u32,
+        };
+        let loss = self.loss_and_grads(batch, mode);
+        self.optim.step(&mut self.params, &self.grads);
+        loss
+    }
+
+    fn predict(&mut self, batch: &Batch, probs: &mut [f32]) {
+        self.ensure_capacity(batch.size);
+        self.model
+            .forward(&mut self.acts, &self.params, batch, Mode::Eval);
+        probs[..batch.size].copy_from_slice(&self.acts.probs[..batch.size]);
+    }
+
+    fn read_params(&self) -> Vec<f32> {
+        self.params.clone()
+    }
+
+    fn write_params(&mut self, params: &[f32]) {
+        self.params.copy_from_slice(params);
+    }
+}

@@ -1,0 +1,614 @@
+//! BST forward and backward on the CPU (spec section 2), composed from the reference ops
+//! of `bst_kernels::cpu`. The backward is the forward read in reverse, line for line.
+//! Parameter gradients accumulate (`+=`); activation gradients overwrite (`=`).
+
+use crate::batch::Batch;
+use crate::config::{ModelConfig, Pooling};
+use crate::params::{BlockParams, ParamLayout, VocabSizes};
+use bst_kernels::cpu::activation::{leaky_relu_backward, leaky_relu_forward};
+use bst_kernels::cpu::attention::{attention_backward, attention_forward};
+use bst_kernels::cpu::dropout::{DropoutKey, residual_dropout_backward, residual_dropout_forward};
+use bst_kernels::cpu::embedding::{
+    other_embedding_backward, other_embedding_forward, token_embedding_backward,
+    token_embedding_forward,
+};
+use bst_kernels::cpu::layernorm::{layernorm_backward, layernorm_forward};
+use bst_kernels::cpu::loss::{bce_backward, bce_forward};
+use bst_kernels::cpu::matmul::{matmul_backward, matmul_forward};
+use bst_kernels::cpu::pooling::{PoolMode, pooling_backward, pooling_forward};
+
+/// Training (dropout on, masks keyed by seed and step) or evaluation (no dropout).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Train { seed: u64, step: u32 },
+    Eval,
+}
+
+/// Every size the model's buffers depend on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dims {
+    pub l: usize,
+    pub t: usize,
+    pub d: usize,
+    pub h: usize,
+    pub dff: usize,
+    pub widths: (usize, usize, usize),
+    pub fields: usize,
+    pub d_o: usize,
+    pub pool: PoolMode,
+    /// Pooled width; the other embeddings follow it in `z`.
+    pub pw: usize,
+    /// MLP input width `pw + F * d_o`.
+    pub zw: usize,
+    /// Output width of each MLP layer, ending with 1.
+    pub mlp: Vec<usize>,
+    pub blocks: usize,
+    pub alpha: f32,
+    pub dropout: f32,
+}
+
+impl Dims {
+    pub fn new(cfg: &ModelConfig, fields: usize) -> Dims {
+        let pool = match cfg.pooling {
+            Pooling::Target => PoolMode::Target,
+            Pooling::Mean => PoolMode::Mean,
+            Pooling::Flatten => PoolMode::Flatten,
+        };
+        let pw = cfg.pooled_width();
+        Dims {
+            l: cfg.seq_len,
+            t: cfg.tokens(),
+            d: cfg.d(),
+            h: cfg.heads,
+            dff: cfg.d_ff,
+            widths: (cfg.d_item, cfg.d_cat, cfg.d_pos),
+            fields,
+            d_o: cfg.d_other,
+            pool,
+            pw,
+            zw: pw + fields * cfg.d_other,
+            mlp: cfg.mlp.iter().copied().chain([1]).collect(),
+            blocks: cfg.blocks,
+            alpha: cfg.leaky_alpha,
+            dropout: cfg.dropout,
+        }
+    }
+
+    /// Input width of MLP layer `k`.
+    pub fn mlp_in(&self, k: usize) -> usize {
+        if k == 0 { self.zw } else { self.mlp[k - 1] }
+    }
+}
+
+/// What one block's forward saves for its backward (capacity for `B` samples).
+#[derive(Clone, Debug, Default)]
+pub struct BlockActs {
+    pub qkv: Vec<f32>,      // (B, T, 3d)
+    pub att: Vec<f32>,      // (B, h, T, T)
+    pub atty: Vec<f32>,     // (B, T, d) attention output before the projection
+    pub a: Vec<f32>,        // (B, T, d) after the output projection
+    pub res1: Vec<f32>,     // (B, T, d) x + dropout(a)
+    pub x1: Vec<f32>,       // (B, T, d) LN1(res1)
+    pub ln1_mean: Vec<f32>, // (B, T)
+    pub ln1_rstd: Vec<f32>, // (B, T)
+    pub ff_pre: Vec<f32>,   // (B, T, d_ff) before LeakyReLU
+    pub ff: Vec<f32>,       // (B, T, d_ff)
+    pub f: Vec<f32>,        // (B, T, d)
+    pub res2: Vec<f32>,     // (B, T, d) x1 + dropout(f)
+    pub x2: Vec<f32>,       // (B, T, d) LN2(res2): the block's output
+    pub ln2_mean: Vec<f32>, // (B, T)
+    pub ln2_rstd: Vec<f32>, // (B, T)
+}
+
+/// All activations of a forward pass, sized for `capacity` samples.
+#[derive(Clone, Debug, Default)]
+pub struct Activations {
+    pub capacity: usize,
+    pub valid: Vec<u32>, // (B, T)
+    pub x0: Vec<f32>,    // (B, T, d) token embeddings
+    pub blocks: Vec<BlockActs>,
+    pub z: Vec<f32>,            // (B, zw) pooled tokens, then other embeddings
+    pub mlp_pre: Vec<Vec<f32>>, // (B, out_k) before LeakyReLU; the last is the logit
+    pub mlp_act: Vec<Vec<f32>>, // (B, out_k) after LeakyReLU (hidden layers)
+    pub probs: Vec<f32>,        // (B)
+}
+
+impl Activations {
+    pub fn new(dims: &Dims, capacity: usize) -> Activations {
+        let (b, t, d) = (capacity, dims.t, dims.d);
+        let v = |n: usize| vec![0.0f32; n];
+        let block = || BlockActs {
+            qkv: v(b * t * 3 * d),
+            att: v(b * dims.h * t * t),
+            atty: v(b * t * d),
+            a: v(b * t * d),
+            res1: v(b * t * d),
+            x1: v(b * t * d),
+            ln1_mean: v(b * t),
+            ln1_rstd: v(b * t),
+            ff_pre: v(b * t * dims.dff),
+            ff: v(b * t * dims.dff),
+            f: v(b * t * d),
+            res2: v(b * t * d),
+            x2: v(b * t * d),
+            ln2_mean: v(b * t),
+            ln2_rstd: v(b * t),
+        };
+        Activations {
+            capacity,
+            valid: Vec::with_capacity(b * t),
+            x0: v(b * t * d),
+            blocks: (0..dims.blocks).map(|_| block()).collect(),
+            z: v(b * dims.zw),
+            mlp_pre: dims.mlp.iter().map(|&w| v(b * w)).collect(),
+            mlp_act: dims.mlp.iter().map(|&w| v(b * w)).collect(),
+            probs: v(b),
+        }
+    }
+}
+
+/// Scratch buffers for activation gradients (capacity for `B` samples).
+#[derive(Clone, Debug, Default)]
+pub struct GradScratch {
+    dx: Vec<f32>,       // (B, T, d) gradient of the current block's output, then input
+    dx1: Vec<f32>,      // (B, T, d)
+    dres: Vec<f32>,     // (B, T, d)
+    dbr: Vec<f32>,      // (B, T, d) gradient of a branch (a or f)
+    datty: Vec<f32>,    // (B, T, d)
+    dtmp: Vec<f32>,     // (B, T, d) a second contribution, added into dx or dx1
+    dqkv: Vec<f32>,     // (B, T, 3d)
+    dff: Vec<f32>,      // (B, T, d_ff)
+    dff_pre: Vec<f32>,  // (B, T, d_ff)
+    dz: Vec<f32>,       // (B, zw)
+    dmlp: Vec<f32>,     // (B, max width)
+    dmlp_pre: Vec<f32>, // (B, max width)
+}
+
+impl GradScratch {
+    /// Samples these buffers hold.
+    pub fn capacity(&self, dims: &Dims) -> usize {
+        self.dz.len() / dims.zw
+    }
+
+    pub fn new(dims: &Dims, capacity: usize) -> GradScratch {
+        let (b, t, d) = (capacity, dims.t, dims.d);
+        let v = |n: usize| vec![0.0f32; n];
+        let wmax = dims.mlp.iter().copied().max().unwrap_or(1);
+        GradScratch {
+            dx: v(b * t * d),
+            dx1: v(b * t * d),
+            dres: v(b * t * d),
+            dbr: v(b * t * d),
+            datty: v(b * t * d),
+            dtmp: v(b * t * d),
+            dqkv: v(b * t * 3 * d),
+            dff: v(b * t * dims.dff),
+            dff_pre: v(b * t * dims.dff),
+            dz: v(b * dims.zw),
+            dmlp: v(b * wmax),
+            dmlp_pre: v(b * wmax),
+        }
+    }
+}
+
+/// The model: its configuration, parameter layout and derived sizes. Holds no state;
+/// parameters, gradients and activations are passed in.
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub cfg: ModelConfig,
+    pub layout: ParamLayout,
+    pub dims: Dims,
+}
+
+impl Model {
+    pub fn new(cfg: &ModelConfig, sizes: VocabSizes) -> Model {
+        Model {
+            cfg: cfg.clone(),
+            layout: ParamLayout::new(cfg, sizes),
+            dims: Dims::new(cfg, sizes.fields),
+        }
+    }
+
+    fn dropout_key(&self, mode: Mode, block: usize, branch: u32) -> DropoutKey {
+        match mode {
+            Mode::Train { seed, step } => DropoutKey {
+                p: self.dims.dropout,
+                seed,
+                step,
+                site: 2 * block as u32 + branch,
+            },
+            Mode::Eval => DropoutKey {
+                p: 0.0,
+                seed: 0,
+                step: 0,
+                site: 0,
+            },
+        }
+    }
+
+    /// Forward pass; fills `acts` and returns the mean loss against `batch.label`.
+    pub fn forward(
+        &self,
+        acts: &mut Activations,
+        params: &[f32],
+        batch: &Batch,
+        mode: Mode,
+    ) -> f32 {
+        let dm = &self.dims;
+        let pi = &self.layout.index;
+        let (b, t, d) = (batch.size, dm.t, dm.d);
+        assert!(
+            b <= acts.capacity,
+            "batch of {b} exceeds activation capacity {}",
+            acts.capacity
+        );
+        let n = b * t;
+        batch.valid_mask(&mut acts.valid);
+        token_embedding_forward(
+            &mut acts.x0,
+            batch.token_ids(),
+            &params[pi.emb_item.clone()],
+            &params[pi.emb_cat.clone()],
+            &params[pi.emb_pos.clone()],
+            b,
+            dm.l,
+            dm.widths,
+        );
+        for i in 0..dm.blocks {
+            let (before, rest) = acts.blocks.split_at_mut(i);
+            let x: &[f32] = if i == 0 { &acts.x0 } else { &before[i - 1].x2 };
+            let blk = &mut rest[0];
+            let p = &pi.blocks[i];
+            let w = |r: &std::ops::Range<usize>| &params[r.clone()];
+            matmul_forward(&mut blk.qkv, x, w(&p.qkv_w), Some(w(&p.qkv_b)), n, d, 3 * d);
+            attention_forward(
+                &mut blk.atty,
+                &mut blk.att,
+                &blk.qkv,
+                &acts.valid,
+                b,
+                t,
+                d,
+                dm.h,
+            );
+            matmul_forward(
+                &mut blk.a,
+                &blk.atty,
+                w(&p.out_w),
+                Some(w(&p.out_b)),
+                n,
+                d,
+                d,
+            );
+            residual_dropout_forward(
+                &mut blk.res1[..n * d],
+                x,
+                &blk.a,
+                self.dropout_key(mode, i, 0),
+            );
+            layernorm_forward(
+                &mut blk.x1,
+                &mut blk.ln1_mean,
+                &mut blk.ln1_rstd,
+                &blk.res1,
+                w(&p.ln1_w),
+                w(&p.ln1_b),
+                n,
+                d,
+            );
+            matmul_forward(
+                &mut blk.ff_pre,
+                &blk.x1,
+                w(&p.ffn1_w),
+                Some(w(&p.ffn1_b)),
+                n,
+                d,
+                dm.dff,
+            );
+            leaky_relu_forward(&mut blk.ff[..n * dm.dff], &blk.ff_pre, dm.alpha);
+            matmul_forward(
+                &mut blk.f,
+                &blk.ff,
+                w(&p.ffn2_w),
+                Some(w(&p.ffn2_b)),
+                n,
+                dm.dff,
+                d,
+            );
+            residual_dropout_forward(
+                &mut blk.res2[..n * d],
+                &blk.x1,
+                &blk.f,
+                self.dropout_key(mode, i, 1),
+            );
+            layernorm_forward(
+                &mut blk.x2,
+                &mut blk.ln2_mean,
+                &mut blk.ln2_rstd,
+                &blk.res2,
+                w(&p.ln2_w),
+                w(&p.ln2_b),
+                n,
+                d,
+            );
+        }
+        let top: &[f32] = acts.blocks.last().map_or(&acts.x0, |blk| &blk.x2);
+        pooling_forward(&mut acts.z, top, &acts.valid, dm.pool, b, t, d, dm.zw, 0);
+        other_embedding_forward(
+            &mut acts.z,
+            &batch.other,
+            &params[pi.emb_other.clone()],
+            b,
+            dm.fields,
+            dm.d_o,
+            dm.zw,
+            dm.pw,
+        );
+        let last = dm.mlp.len() - 1;
+        for k in 0..=last {
+            let (w, bias) = &pi.mlp[k];
+            let (n_in, n_out) = (dm.mlp_in(k), dm.mlp[k]);
+            let inp: &[f32] = if k == 0 {
+                &acts.z
+            } else {
+                &acts.mlp_act[k - 1]
+            };
+            matmul_forward(
+                &mut acts.mlp_pre[k],
+                inp,
+                &params[w.clone()],
+                Some(&params[bias.clone()]),
+                b,
+                n_in,
+                n_out,
+            );
+            if k < last {
+                leaky_relu_forward(
+                    &mut acts.mlp_act[k][..b * n_out],
+                    &acts.mlp_pre[k][..b * n_out],
+                    dm.alpha,
+                );
+            }
+        }
+        bce_forward(&mut acts.probs[..b], &acts.mlp_pre[last][..b], &batch.label)
+    }
+
+    /// Backward pass after `forward` with the same batch and mode; `grads += dloss/dparams`.
+    pub fn backward(
+        &self,
+        grads: &mut [f32],
+        s: &mut GradScratch,
+        acts: &Activations,
+        params: &[f32],
+        batch: &Batch,
+        mode: Mode,
+    ) {
+        let dm = &self.dims;
+        let pi = &self.layout.index;
+        let (b, t, d) = (batch.size, dm.t, dm.d);
+        let n = b * t;
+        let last = dm.mlp.len() - 1;
+        bce_backward(&mut s.dmlp_pre[..b], &acts.mlp_pre[last][..b], &batch.label);
+        for k in (0..=last).rev() {
+            let (w, bias) = &pi.mlp[k];
+            let (n_in, n_out) = (dm.mlp_in(k), dm.mlp[k]);
+            if k < last {
+                leaky_relu_backward(
+                    &mut s.dmlp_pre[..b * n_out],
+                    &s.dmlp[..b * n_out],
+                    &acts.mlp_pre[k],
+                    dm.alpha,
+                );
+            }
+            let inp: &[f32] = if k == 0 {
+                &acts.z
+            } else {
+                &acts.mlp_act[k - 1]
+            };
+            let dinp: &mut [f32] = if k == 0 { &mut s.dz } else { &mut s.dmlp };
+            let (dw, db) = split_two(grads, w, bias);
+            matmul_backward(
+                Some(dinp),
+                dw,
+                Some(db),
+                &s.dmlp_pre,
+                inp,
+                &params[w.clone()],
+                b,
+                n_in,
+                n_out,
+            );
+        }
+        other_embedding_backward(
+            &mut grads[pi.emb_other.clone()],
+            &s.dz,
+            &batch.other,
+            b,
+            dm.fields,
+            dm.d_o,
+            dm.zw,
+            dm.pw,
+        );
+        pooling_backward(&mut s.dx, &s.dz, &acts.valid, dm.pool, b, t, d, dm.zw, 0);
+        for i in (0..dm.blocks).rev() {
+            let x: &[f32] = if i == 0 {
+                &acts.x0
+            } else {
+                &acts.blocks[i - 1].x2
+            };
+            self.block_backward(
+                grads,
+                s,
+                &acts.blocks[i],
+                &pi.blocks[i],
+                x,
+                params,
+                b,
+                mode,
+                i,
+            );
+        }
+        let (de_item, de_cat, de_pos) = split_three(grads, &pi.emb_item, &pi.emb_cat, &pi.emb_pos);
+        token_embedding_backward(
+            de_item,
+            de_cat,
+            de_pos,
+            &s.dx[..n * d],
+            batch.token_ids(),
+            b,
+            dm.l,
+            dm.widths,
+        );
+    }
+
+    /// One block backward: `s.dx` holds the gradient of the block's output on entry and
+    /// of its input `x` on exit.
+    fn block_backward(
+        &self,
+        grads: &mut [f32],
+        s: &mut GradScratch,
+        blk: &BlockActs,
+        p: &BlockParams,
+        x: &[f32],
+        params: &[f32],
+        b: usize,
+        mode: Mode,
+        i: usize,
+    ) {
+        let dm = &self.dims;
+        let (t, d, dff) = (dm.t, dm.d, dm.dff);
+        let n = b * t;
+        let w = |r: &std::ops::Range<usize>| &params[r.clone()];
+        // x2 = LN2(res2)
+        let (dw, db) = split_two(grads, &p.ln2_w, &p.ln2_b);
+        layernorm_backward(
+            &mut s.dres,
+            dw,
+            db,
+            &s.dx,
+            &blk.res2,
+            w(&p.ln2_w),
+            &blk.ln2_mean,
+            &blk.ln2_rstd,
+            n,
+            d,
+        );
+        // res2 = x1 + dropout(f)
+        residual_dropout_backward(
+            &mut s.dbr[..n * d],
+            &s.dres[..n * d],
+            self.dropout_key(mode, i, 1),
+        );
+        s.dx1[..n * d].copy_from_slice(&s.dres[..n * d]);
+        // f = ff W2^T + b2;  ff = LeakyReLU(ff_pre);  ff_pre = x1 W1^T + b1
+        let (dw, db) = split_two(grads, &p.ffn2_w, &p.ffn2_b);
+        matmul_backward(
+            Some(&mut s.dff),
+            dw,
+            Some(db),
+            &s.dbr,
+            &blk.ff,
+            w(&p.ffn2_w),
+            n,
+            dff,
+            d,
+        );
+        leaky_relu_backward(
+            &mut s.dff_pre[..n * dff],
+            &s.dff[..n * dff],
+            &blk.ff_pre,
+            dm.alpha,
+        );
+        let (dw, db) = split_two(grads, &p.ffn1_w, &p.ffn1_b);
+        matmul_backward(
+            Some(&mut s.dtmp),
+            dw,
+            Some(db),
+            &s.dff_pre,
+            &blk.x1,
+            w(&p.ffn1_w),
+            n,
+            d,
+            dff,
+        );
+        add_into(&mut s.dx1[..n * d], &s.dtmp[..n * d]);
+        // x1 = LN1(res1)
+        let (dw, db) = split_two(grads, &p.ln1_w, &p.ln1_b);
+        layernorm_backward(
+            &mut s.dres,
+            dw,
+            db,
+            &s.dx1,
+            &blk.res1,
+            w(&p.ln1_w),
+            &blk.ln1_mean,
+            &blk.ln1_rstd,
+            n,
+            d,
+        );
+        // res1 = x + dropout(a)
+        residual_dropout_backward(
+            &mut s.dbr[..n * d],
+            &s.dres[..n * d],
+            self.dropout_key(mode, i, 0),
+        );
+        s.dx[..n * d].copy_from_slice(&s.dres[..n * d]);
+        // a = atty Wout^T + bout;  atty = attention(qkv);  qkv = x Wqkv^T + bqkv
+        let (dw, db) = split_two(grads, &p.out_w, &p.out_b);
+        matmul_backward(
+            Some(&mut s.datty),
+            dw,
+            Some(db),
+            &s.dbr,
+            &blk.atty,
+            w(&p.out_w),
+            n,
+            d,
+            d,
+        );
+        attention_backward(&mut s.dqkv, &s.datty, &blk.att, &blk.qkv, b, t, d, dm.h);
+        let (dw, db) = split_two(grads, &p.qkv_w, &p.qkv_b);
+        matmul_backward(
+            Some(&mut s.dtmp),
+            dw,
+            Some(db),
+            &s.dqkv,
+            x,
+            w(&p.qkv_w),
+            n,
+            d,
+            3 * d,
+        );
+        add_into(&mut s.dx[..n * d], &s.dtmp[..n * d]);
+    }
+}
+
+fn add_into(dst: &mut [f32], src: &[f32]) {
+    for (a, &b) in dst.iter_mut().zip(src) {
+        *a += b;
+    }
+}
+
+/// Two disjoint mutable tensors of the arena; `r1` must lie before `r2`.
+fn split_two<'a>(
+    arena: &'a mut [f32],
+    r1: &std::ops::Range<usize>,
+    r2: &std::ops::Range<usize>,
+) -> (&'a mut [f32], &'a mut [f32]) {
+    assert!(r1.end <= r2.start, "tensors out of arena order");
+    let (a, rest) = arena.split_at_mut(r2.start);
+    (&mut a[r1.clone()], &mut rest[..r2.len()])
+}
+
+/// Three disjoint mutable tensors of the arena, in arena order.
+fn split_three<'a>(
+    arena: &'a mut [f32],
+    r1: &std::ops::Range<usize>,
+    r2: &std::ops::Range<usize>,
+    r3: &std::ops::Range<usize>,
+) -> (&'a mut [f32], &'a mut [f32], &'a mut [f32]) {
+    assert!(r2.end <= r3.start, "tensors out of arena order");
+    let (a, rest) = arena.split_at_mut(r3.start);
+    let (x, y) = split_two(a, r1, r2);
+    (x, y, &mut rest[..r3.len()])
+}
