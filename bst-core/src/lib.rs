@@ -10,3 +10,4 @@ pub mod model;
 pub mod optim;
 pub mod params;
 pub mod rng;
+pub mod train;

@@ -6,3 +6,4 @@
 //! is given in a comment, row-major.
 
 pub mod cpu;
+pub mod gpu;

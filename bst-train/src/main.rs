@@ -1,1 +1,17 @@
-fn main() {}
+//! `bst-train`: train, evaluate and ablate the Behavior Sequence Transformer.
+//!
+//! With no arguments it trains BST on the built-in synthetic data.
+
+mod ablate;
+mod cli;
+mod run;
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let cli = cli::Cli::parse();
+    match cli.command.unwrap_or_default() {
+        cli::Command::Train(args) => run::train(&args),
+        cli::Command::Ablate(args) => ablate::ablate(&args),
+    }
+}

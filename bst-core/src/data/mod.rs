@@ -144,3 +144,55 @@ pub enum DataError {
     #[error("{0}")]
     Other(String),
 }
+
+/// Where the samples come from, as given on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataSource {
+    /// The built-in synthetic world.
+    Synthetic,
+    /// RecBole atomic files in folder `NAME` (`NAME.inter`, optional `.item` and `.user`).
+    Recbole(PathBuf),
+    /// A Taobao UserBehavior CSV file.
+    Taobao(PathBuf),
+}
+
+impl std::str::FromStr for DataSource {
+    type Err = DataError;
+    fn from_str(s: &str) -> Result<Self, DataError> {
+        match s.split_once(':') {
+            _ if s == "synthetic" => Ok(DataSource::Synthetic),
+            Some(("recbole", dir)) if !dir.is_empty() => Ok(DataSource::Recbole(dir.into())),
+            Some(("taobao", file)) if !file.is_empty() => Ok(DataSource::Taobao(file.into())),
+            _ => Err(DataError::Other(format!(
+                "unknown data source `{s}`: use synthetic, recbole:FOLDER or taobao:FILE"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for DataSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            DataSource::Synthetic => write!(f, "synthetic"),
+            DataSource::Recbole(p) => write!(f, "recbole:{}", p.display()),
+            DataSource::Taobao(p) => write!(f, "taobao:{}", p.display()),
+        }
+    }
+}
+
+/// Loads a source and builds its train, validation and test samples.
+pub fn load(src: &DataSource, cfg: &crate::config::Config) -> Result<Dataset, DataError> {
+    let (log, name) = match src {
+        DataSource::Synthetic => {
+            let spec = synthetic::SyntheticSpec::new(cfg.data.synthetic_users, cfg.model.seq_len, cfg.data.seed);
+            (synthetic::generate(&spec), "synthetic".to_string())
+        }
+        DataSource::Recbole(dir) => (recbole::load(dir, &cfg.data)?, dir_name(dir)),
+        DataSource::Taobao(file) => (taobao::load(file, &cfg.data)?, dir_name(file)),
+    };
+    samples::build(log, &cfg.model, &cfg.data, &name)
+}
+
+fn dir_name(p: &std::path::Path) -> String {
+    p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+}

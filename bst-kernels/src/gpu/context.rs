@@ -1,0 +1,442 @@
+//! The GPU context: instance, adapter choice, device and queue, created once per process.
+//!
+//! Adapter choice, in order: hardware before software (discrete, integrated, virtual,
+//! other; then CPU/software adapters such as lavapipe, llvmpipe, SwiftShader or WARP),
+//! and within one device type the native backends (Vulkan, Metal, DX12) before GL.
+//! Adapters that lack what the kernels need (compute shaders, limits below) are skipped,
+//! and the error lists each one with the reason.
+//!
+//! Environment: `WGPU_BACKEND` (`vulkan`, `metal`, `dx12`, `gl`; comma-separated) and
+//! `WGPU_ADAPTER_NAME` (case-insensitive substring of the adapter name) override
+//! [`GpuOptions`]; `WGPU_DEBUG` / `WGPU_VALIDATION` tune the instance flags as in wgpu.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+/// Fewest storage buffers one kernel may bind (the WebGPU default; matmul binds 5).
+pub const MIN_STORAGE_BUFFERS_PER_STAGE: u32 = 8;
+/// Invocations per workgroup the kernels use (16 x 16 tiles).
+pub const MIN_INVOCATIONS_PER_WORKGROUP: u32 = 256;
+/// Workgroup memory the kernels may use, in bytes (the WebGPU default).
+pub const MIN_WORKGROUP_STORAGE_BYTES: u32 = 16 << 10;
+
+/// Errors from device creation, binding and readback. Each message says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error(
+        "no GPU adapter found (backends: {backends}). Install a Vulkan driver (on \
+         Debian/Ubuntu: `apt-get install mesa-vulkan-drivers libvulkan1` for the software \
+         lavapipe driver, or your GPU vendor's driver), or run with --device cpu"
+    )]
+    NoAdapter { backends: String },
+
+    #[error(
+        "no adapter matches WGPU_ADAPTER_NAME / adapter_name {wanted:?}; adapters found:\n{found}"
+    )]
+    NoAdapterNamed { wanted: String, found: String },
+
+    #[error(
+        "no usable GPU adapter (backends: {backends}); adapters found and why each was \
+         skipped:\n{found}Use a GPU that meets these limits, or run with --device cpu"
+    )]
+    NoSuitableAdapter { backends: String, found: String },
+
+    #[error(
+        "WGPU_BACKEND={value:?} names no backend; use a comma-separated list of vulkan, \
+         metal, dx12, gl"
+    )]
+    BadBackendEnv { value: String },
+
+    #[error("requesting a device from {adapter} failed: {source}")]
+    RequestDevice {
+        adapter: String,
+        source: wgpu::RequestDeviceError,
+    },
+
+    /// A validation, out-of-memory or internal error reported by wgpu, or a lost device.
+    #[error("GPU error: {0}")]
+    Device(String),
+
+    #[error("mapping a buffer for readback failed: {0}")]
+    Map(#[from] wgpu::BufferAsyncError),
+
+    #[error("waiting for the GPU failed: {0}")]
+    Poll(#[from] wgpu::PollError),
+
+    /// A kernel binding does not fit: a tensor past the end of its buffer, a buffer
+    /// larger than the device's binding limit, ...
+    #[error("cannot bind {0}")]
+    Binding(String),
+}
+
+/// How to choose the adapter. Environment variables override these fields.
+#[derive(Clone, Debug)]
+pub struct GpuOptions {
+    /// Backends to consider; `WGPU_BACKEND` overrides. Default: all of them.
+    pub backends: wgpu::Backends,
+    /// Case-insensitive substring of the adapter name; `WGPU_ADAPTER_NAME` overrides.
+    pub adapter_name: Option<String>,
+    /// Software adapters (lavapipe, llvmpipe, ...) are always ranked last and chosen only
+    /// when no hardware adapter qualifies. With `false`, choosing one prints a warning
+    /// (expect 100x slower than a GPU); with `true` it is taken silently (tests).
+    pub allow_software: bool,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        Self {
+            backends: wgpu::Backends::all(),
+            adapter_name: None,
+            allow_software: false,
+        }
+    }
+}
+
+/// Device, queue and what the kernels need to know about them. Create once, share by `&`.
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub adapter_info: wgpu::AdapterInfo,
+    /// The limits the device was created with (exactly what kernels may use).
+    pub limits: wgpu::Limits,
+    /// First uncaptured wgpu error or device loss since the last [`GpuContext::check`].
+    errors: Arc<Mutex<Option<String>>>,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GpuContext {
+    /// Chooses an adapter (see the module doc) and creates the device.
+    pub fn new(opts: &GpuOptions) -> Result<GpuContext, GpuError> {
+        let backends = backends_from_env()?.unwrap_or(opts.backends);
+        let wanted = std::env::var("WGPU_ADAPTER_NAME")
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+            .or_else(|| opts.adapter_name.clone());
+
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends,
+            flags: wgpu::InstanceFlags::from_build_config().with_env(),
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
+        if adapters.is_empty() {
+            return Err(GpuError::NoAdapter {
+                backends: backends_name(backends),
+            });
+        }
+        if let Some(wanted) = &wanted {
+            let needle = wanted.to_lowercase();
+            let found = list_adapters(&adapters, |_| None);
+            adapters.retain(|a| a.get_info().name.to_lowercase().contains(&needle));
+            if adapters.is_empty() {
+                return Err(GpuError::NoAdapterNamed {
+                    wanted: wanted.clone(),
+                    found,
+                });
+            }
+        }
+
+        // Best first; the sort is stable, so ties keep the enumeration order.
+        adapters.sort_by_key(|a| rank(&a.get_info()));
+        let Some(adapter) = adapters.iter().find(|a| unsuitable(a).is_none()) else {
+            return Err(GpuError::NoSuitableAdapter {
+                backends: backends_name(backends),
+                found: list_adapters(&adapters, unsuitable),
+            });
+        };
+
+        let info = adapter.get_info();
+        if is_software_adapter(&info) && !opts.allow_software && wanted.is_none() {
+            eprintln!(
+                "warning: no hardware GPU adapter found; using the software adapter {} \
+                 (expect it to be far slower than a GPU)",
+                describe_info(&info)
+            );
+        }
+        let have = adapter.limits();
+        let required_limits = wgpu::Limits {
+            max_storage_buffer_binding_size: have.max_storage_buffer_binding_size,
+            max_buffer_size: have.max_buffer_size,
+            max_storage_buffers_per_shader_stage: have.max_storage_buffers_per_shader_stage,
+            max_compute_workgroup_storage_size: have.max_compute_workgroup_storage_size,
+            max_compute_invocations_per_workgroup: have.max_compute_invocations_per_workgroup,
+            max_compute_workgroup_size_x: have.max_compute_workgroup_size_x,
+            max_compute_workgroup_size_y: have.max_compute_workgroup_size_y,
+            max_compute_workgroup_size_z: have.max_compute_workgroup_size_z,
+            max_compute_workgroups_per_dimension: have.max_compute_workgroups_per_dimension,
+            // Everything else: the WebGPU defaults, lowered where the adapter has less.
+            ..wgpu::Limits::defaults().or_worse_values_from(&have)
+        };
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("bst"),
+            required_features: wgpu::Features::empty(),
+            required_limits,
+            ..Default::default()
+        };
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&desc)).map_err(|source| {
+                GpuError::RequestDevice {
+                    adapter: describe_info(&info),
+                    source,
+                }
+            })?;
+        Ok(Self::from_device(device, queue, info))
+    }
+
+    /// Wraps a device the application created itself. Installs this context's
+    /// uncaptured-error and device-lost handlers on it (see [`GpuContext::check`]); the
+    /// kernels assume the device has at least the limits checked by [`GpuContext::new`].
+    pub fn from_device(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        adapter_info: wgpu::AdapterInfo,
+    ) -> GpuContext {
+        let errors = Arc::new(Mutex::new(None::<String>));
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            eprintln!("wgpu error: {e}");
+            record(&sink, e.to_string());
+        }));
+        let sink = errors.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if reason != wgpu::DeviceLostReason::Destroyed {
+                eprintln!("wgpu device lost ({reason:?}): {msg}");
+                record(&sink, format!("device lost ({reason:?}): {msg}"));
+            }
+        });
+        let limits = device.limits();
+        GpuContext {
+            device,
+            queue,
+            adapter_info,
+            limits,
+            errors,
+        }
+    }
+
+    /// e.g. "NVIDIA H200 (Vulkan, discrete)" or "llvmpipe (LLVM 15.0.7, 256 bits) (Vulkan, cpu)".
+    pub fn describe(&self) -> String {
+        describe_info(&self.adapter_info)
+    }
+
+    /// A CPU/software adapter (lavapipe, llvmpipe, SwiftShader, WARP): correct but slow.
+    pub fn is_software(&self) -> bool {
+        is_software_adapter(&self.adapter_info)
+    }
+
+    /// Returns (and clears) the first wgpu error or device loss since the last check.
+    /// Errors arrive asynchronously: call after `device.poll(..)` to see a submission's.
+    pub fn check(&self) -> Result<(), GpuError> {
+        match self.errors.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(msg) => Err(GpuError::Device(msg)),
+            None => Ok(()),
+        }
+    }
+
+    /// The limits kernel authors care about, one per line, for logs and test output.
+    pub fn limits_report(&self) -> String {
+        let l = &self.limits;
+        let i = &self.adapter_info;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "adapter: {} driver: {} {}",
+            self.describe(),
+            i.driver,
+            i.driver_info
+        );
+        for (name, v) in [
+            (
+                "max_storage_buffer_binding_size",
+                l.max_storage_buffer_binding_size,
+            ),
+            ("max_buffer_size", l.max_buffer_size),
+            (
+                "max_storage_buffers_per_shader_stage",
+                l.max_storage_buffers_per_shader_stage.into(),
+            ),
+            (
+                "max_uniform_buffer_binding_size",
+                l.max_uniform_buffer_binding_size,
+            ),
+            (
+                "max_compute_workgroup_storage_size",
+                l.max_compute_workgroup_storage_size.into(),
+            ),
+            (
+                "max_compute_invocations_per_workgroup",
+                l.max_compute_invocations_per_workgroup.into(),
+            ),
+            (
+                "max_compute_workgroup_size_x",
+                l.max_compute_workgroup_size_x.into(),
+            ),
+            (
+                "max_compute_workgroups_per_dimension",
+                l.max_compute_workgroups_per_dimension.into(),
+            ),
+            (
+                "min_storage_buffer_offset_alignment",
+                l.min_storage_buffer_offset_alignment.into(),
+            ),
+            (
+                "min_uniform_buffer_offset_alignment",
+                l.min_uniform_buffer_offset_alignment.into(),
+            ),
+            ("subgroup_min_size", i.subgroup_min_size.into()),
+            ("subgroup_max_size", i.subgroup_max_size.into()),
+        ] {
+            let _ = writeln!(s, "  {name} = {v}");
+        }
+        s
+    }
+}
+
+fn record(sink: &Mutex<Option<String>>, msg: String) {
+    let mut slot = sink.lock().unwrap_or_else(|e| e.into_inner());
+    if slot.is_none() {
+        *slot = Some(msg);
+    }
+}
+
+/// `WGPU_BACKEND`, parsed; `None` when unset or blank.
+fn backends_from_env() -> Result<Option<wgpu::Backends>, GpuError> {
+    let Ok(value) = std::env::var("WGPU_BACKEND") else {
+        return Ok(None);
+    };
+    if value.trim().is_empty() {
+        return Ok(None);
+    }
+    let mut backends = wgpu::Backends::empty();
+    for name in value.split(',') {
+        backends |= match name.trim().to_lowercase().as_str() {
+            "vulkan" | "vk" => wgpu::Backends::VULKAN,
+            "metal" | "mtl" => wgpu::Backends::METAL,
+            "dx12" | "d3d12" => wgpu::Backends::DX12,
+            "gl" | "gles" | "opengl" => wgpu::Backends::GL,
+            _ => return Err(GpuError::BadBackendEnv { value }),
+        };
+    }
+    Ok(Some(backends))
+}
+
+fn backends_name(b: wgpu::Backends) -> String {
+    let names: Vec<&str> = [
+        (wgpu::Backends::VULKAN, "vulkan"),
+        (wgpu::Backends::METAL, "metal"),
+        (wgpu::Backends::DX12, "dx12"),
+        (wgpu::Backends::GL, "gl"),
+        (wgpu::Backends::BROWSER_WEBGPU, "webgpu"),
+    ]
+    .into_iter()
+    .filter(|(flag, _)| b.contains(*flag))
+    .map(|(_, name)| name)
+    .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn is_software_adapter(info: &wgpu::AdapterInfo) -> bool {
+    let name = info.name.to_lowercase();
+    info.device_type == wgpu::DeviceType::Cpu
+        || [
+            "llvmpipe",
+            "lavapipe",
+            "swiftshader",
+            "microsoft basic render",
+        ]
+        .iter()
+        .any(|s| name.contains(s))
+}
+
+/// Sort key: smaller is better.
+fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let kind = match info.device_type {
+        _ if is_software_adapter(info) => 4,
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other | wgpu::DeviceType::Cpu => 3,
+    };
+    let backend = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        _ => 1,
+    };
+    (kind, backend)
+}
+
+/// Why the kernels cannot run on this adapter, or `None` when they can.
+fn unsuitable(adapter: &wgpu::Adapter) -> Option<String> {
+    let caps = adapter.get_downlevel_capabilities();
+    if !caps.flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS) {
+        return Some("no compute shaders".into());
+    }
+    let l = adapter.limits();
+    for (name, have, need) in [
+        (
+            "max_storage_buffers_per_shader_stage",
+            l.max_storage_buffers_per_shader_stage,
+            MIN_STORAGE_BUFFERS_PER_STAGE,
+        ),
+        (
+            "max_compute_invocations_per_workgroup",
+            l.max_compute_invocations_per_workgroup,
+            MIN_INVOCATIONS_PER_WORKGROUP,
+        ),
+        (
+            "max_compute_workgroup_storage_size",
+            l.max_compute_workgroup_storage_size,
+            MIN_WORKGROUP_STORAGE_BYTES,
+        ),
+    ] {
+        if have < need {
+            return Some(format!(
+                "{name} is {have}, the kernels need at least {need}"
+            ));
+        }
+    }
+    None
+}
+
+fn list_adapters(
+    adapters: &[wgpu::Adapter],
+    why_not: impl Fn(&wgpu::Adapter) -> Option<String>,
+) -> String {
+    let mut s = String::new();
+    for a in adapters {
+        let _ = match why_not(a) {
+            Some(why) => writeln!(s, "  {}: {why}", describe_info(&a.get_info())),
+            None => writeln!(s, "  {}", describe_info(&a.get_info())),
+        };
+    }
+    s
+}
+
+fn describe_info(info: &wgpu::AdapterInfo) -> String {
+    let backend = match info.backend {
+        wgpu::Backend::Vulkan => "Vulkan",
+        wgpu::Backend::Metal => "Metal",
+        wgpu::Backend::Dx12 => "DX12",
+        wgpu::Backend::Gl => "GL",
+        wgpu::Backend::BrowserWebGpu => "WebGPU",
+        wgpu::Backend::Noop => "noop",
+    };
+    let kind = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => "discrete",
+        wgpu::DeviceType::IntegratedGpu => "integrated",
+        wgpu::DeviceType::VirtualGpu => "virtual",
+        wgpu::DeviceType::Cpu => "cpu",
+        wgpu::DeviceType::Other => "other",
+    };
+    format!("{} ({backend}, {kind})", info.name)
+}

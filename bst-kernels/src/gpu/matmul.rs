@@ -1,0 +1,415 @@
+//! Linear layer `out = act(inp W^T + b)` on the GPU: launcher for `shaders/matmul.wgsl`.
+//! CPU reference: [`crate::cpu::matmul`] (and [`crate::cpu::activation`] for the epilogue).
+//!
+//! ```text
+//! let mm = MatmulKernels::new(&ctx)?;                       // once
+//! let mut l1 = mm.bind(&ctx, &bufs, Some(&grads), dims)?;   // once per layer
+//! l1.set_rows(&ctx, last_batch_rows);                       // when the batch size changes
+//! mm.forward(&mut pass, &l1);                               // every step
+//! mm.backward(&mut pass, &l1);
+//! ```
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{GpuContext, GpuError, Slot, TensorRef};
+
+/// The GEMM's uniform, field for field `Params` in `shaders/matmul.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+struct GemmParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    a_off: u32,
+    a_sm: u32,
+    a_sk: u32,
+    b_off: u32,
+    b_sk: u32,
+    b_sn: u32,
+    c_off: u32,
+    c_sm: u32,
+    bias_off: u32,
+    pre_off: u32,
+    accumulate: u32,
+    has_bias: u32,
+    store_pre: u32,
+    act: u32,
+    alpha: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+/// Output tile of one workgroup, per side (`TILE_M`, `TILE_N` in the shader).
+const TILE: u32 = 64;
+/// Workgroup size of `matmul_backward_dbias`.
+const DBIAS_WG: u32 = 64;
+/// The four kernels' uniforms share one buffer, at this stride (a multiple of every
+/// device's `min_uniform_buffer_offset_alignment`, which WebGPU caps at 256).
+const UNIFORM_STRIDE: u64 = 256;
+const FWD: usize = 0;
+const DINP: usize = 1;
+const DWEIGHT: usize = 2;
+const DBIAS: usize = 3;
+
+/// Epilogue applied to `inp W^T + b` in the forward pass.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    None,
+    /// `x > 0 ? x : alpha * x`, as [`crate::cpu::activation::leaky_relu_forward`].
+    LeakyRelu {
+        alpha: f32,
+    },
+}
+
+/// Sizes of one linear layer. `rows` is the largest batch the buffers hold; smaller
+/// batches are set later with [`MatmulBinding::set_rows`].
+#[derive(Clone, Copy, Debug)]
+pub struct MatmulDims {
+    pub rows: u32,
+    pub n_in: u32,
+    pub n_out: u32,
+    pub act: Activation,
+}
+
+/// The forward tensors of one layer.
+#[derive(Clone, Copy, Debug)]
+pub struct MatmulBuffers<'a> {
+    /// (rows, n_out), after the activation.
+    pub out: TensorRef<'a>,
+    /// (rows, n_out), before the activation; `None` to not store it. The backward
+    /// kernels take the gradient with respect to this pre-activation: run the activation
+    /// backward first (with `act = LeakyRelu`, `out > 0` exactly where `pre > 0` for
+    /// `alpha >= 0`, so `out` can stand in for `pre` there).
+    pub pre: Option<TensorRef<'a>>,
+    /// (rows, n_in)
+    pub inp: TensorRef<'a>,
+    /// (n_out, n_in)
+    pub weight: TensorRef<'a>,
+    /// (n_out)
+    pub bias: Option<TensorRef<'a>>,
+}
+
+/// The backward tensors of one layer.
+#[derive(Clone, Copy, Debug)]
+pub struct MatmulGradBuffers<'a> {
+    /// (rows, n_in), overwritten; `None` when the input needs no gradient (first layer).
+    pub dinp: Option<TensorRef<'a>>,
+    /// (n_out, n_in), accumulated.
+    pub dweight: TensorRef<'a>,
+    /// (n_out), accumulated; `None` for no bias (or a frozen one).
+    pub dbias: Option<TensorRef<'a>>,
+    /// (rows, n_out): gradient of the loss with respect to the pre-activation.
+    pub dout: TensorRef<'a>,
+}
+
+/// Uniforms and bind groups of one call site (one layer), made by [`MatmulKernels::bind`].
+#[derive(Debug)]
+pub struct MatmulBinding {
+    rows: u32,
+    max_rows: u32,
+    n_in: u32,
+    n_out: u32,
+    params: [GemmParams; 4],
+    uniform: wgpu::Buffer,
+    forward: wgpu::BindGroup,
+    dinp: Option<wgpu::BindGroup>,
+    dweight: Option<wgpu::BindGroup>,
+    dbias: Option<wgpu::BindGroup>,
+}
+
+impl MatmulBinding {
+    /// Rows of the current batch.
+    pub fn rows(&self) -> u32 {
+        self.rows
+    }
+
+    /// Sets the batch rows (at most the `rows` bound) for the following dispatches. This
+    /// is a `queue.write_buffer`: it takes effect at the next submit, and every dispatch
+    /// of this binding in that submit sees the last value set. Panics if `rows` exceeds
+    /// the bound maximum (the buffers are not big enough).
+    pub fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
+        assert!(
+            rows <= self.max_rows,
+            "matmul set_rows({rows}): the binding was made for at most {} rows",
+            self.max_rows
+        );
+        self.rows = rows;
+        self.params[FWD].m = rows;
+        self.params[DINP].m = rows;
+        self.params[DWEIGHT].k = rows;
+        self.params[DBIAS].m = rows;
+        ctx.queue
+            .write_buffer(&self.uniform, 0, &uniform_bytes(&self.params));
+    }
+}
+
+/// Pipelines of `shaders/matmul.wgsl`, created once.
+#[derive(Debug)]
+pub struct MatmulKernels {
+    layout: wgpu::BindGroupLayout,
+    forward: wgpu::ComputePipeline,
+    backward_dinp: wgpu::ComputePipeline,
+    backward_dweight: wgpu::ComputePipeline,
+    backward_dbias: wgpu::ComputePipeline,
+    /// Bound where an optional tensor is absent.
+    dummy: wgpu::Buffer,
+}
+
+impl MatmulKernels {
+    pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
+        ctx.checked("creating the matmul kernels", || {
+            let layout = ctx.bind_group_layout(
+                "matmul",
+                &[
+                    Slot::Uniform, // params
+                    Slot::Storage, // a
+                    Slot::Storage, // b
+                    Slot::Storage, // c
+                    Slot::Storage, // bias
+                    Slot::Storage, // pre
+                ],
+            );
+            let module =
+                ctx.shader_module("matmul.wgsl", include_str!("../../../shaders/matmul.wgsl"));
+            let pipeline = |entry| ctx.compute_pipeline(&module, entry, Some(&layout));
+            Self {
+                forward: pipeline("matmul_forward"),
+                backward_dinp: pipeline("matmul_backward_dinp"),
+                backward_dweight: pipeline("matmul_backward_dweight"),
+                backward_dbias: pipeline("matmul_backward_dbias"),
+                dummy: ctx.storage_buffer_zeroed("matmul dummy", 4),
+                layout,
+            }
+        })
+    }
+
+    /// Creates the uniforms and bind groups of one layer, after checking every tensor
+    /// lies inside its buffer. `grads = None` binds the forward pass only.
+    pub fn bind(
+        &self,
+        ctx: &GpuContext,
+        bufs: &MatmulBuffers,
+        grads: Option<&MatmulGradBuffers>,
+        dims: MatmulDims,
+    ) -> Result<MatmulBinding, GpuError> {
+        let MatmulDims {
+            rows,
+            n_in,
+            n_out,
+            act,
+        } = dims;
+        let (rows_l, n_in_l, n_out_l) = (u64::from(rows), u64::from(n_in), u64::from(n_out));
+        let mut tensors = vec![
+            ("matmul out (rows, n_out)", Some(bufs.out), rows_l * n_out_l),
+            ("matmul pre (rows, n_out)", bufs.pre, rows_l * n_out_l),
+            ("matmul inp (rows, n_in)", Some(bufs.inp), rows_l * n_in_l),
+            (
+                "matmul weight (n_out, n_in)",
+                Some(bufs.weight),
+                n_out_l * n_in_l,
+            ),
+            ("matmul bias (n_out)", bufs.bias, n_out_l),
+        ];
+        if let Some(g) = grads {
+            tensors.extend([
+                ("matmul dinp (rows, n_in)", g.dinp, rows_l * n_in_l),
+                (
+                    "matmul dweight (n_out, n_in)",
+                    Some(g.dweight),
+                    n_out_l * n_in_l,
+                ),
+                ("matmul dbias (n_out)", g.dbias, n_out_l),
+                ("matmul dout (rows, n_out)", Some(g.dout), rows_l * n_out_l),
+            ]);
+        }
+        for (what, t, len) in tensors {
+            if let Some(t) = t {
+                t.check(ctx, what, len)?;
+            }
+        }
+        let max_groups = u64::from(ctx.limits.max_compute_workgroups_per_dimension);
+        let most = rows_l.max(n_in_l).max(n_out_l);
+        if most.div_ceil(u64::from(TILE)) > max_groups {
+            return Err(GpuError::Binding(format!(
+                "matmul ({rows} x {n_in} -> {n_out}): a side of {most} needs more than the \
+                 device's {max_groups} workgroups per dimension; split the batch"
+            )));
+        }
+
+        let (act, alpha) = match act {
+            Activation::None => (0, 0.0),
+            Activation::LeakyRelu { alpha } => (1, alpha),
+        };
+        let off = |t: Option<TensorRef>| t.map_or(0, |t| t.offset);
+        let mut params = [GemmParams::default(); 4];
+        // out (rows, n_out) = inp (rows, n_in) . W^T, B(k, n) = W[n, k]
+        params[FWD] = GemmParams {
+            m: rows,
+            n: n_out,
+            k: n_in,
+            a_off: bufs.inp.offset,
+            a_sm: n_in,
+            a_sk: 1,
+            b_off: bufs.weight.offset,
+            b_sk: 1,
+            b_sn: n_in,
+            c_off: bufs.out.offset,
+            c_sm: n_out,
+            bias_off: off(bufs.bias),
+            pre_off: off(bufs.pre),
+            has_bias: bufs.bias.is_some().into(),
+            store_pre: bufs.pre.is_some().into(),
+            act,
+            alpha,
+            ..Default::default()
+        };
+        if let Some(g) = grads {
+            // dinp (rows, n_in) = dout (rows, n_out) . W (n_out, n_in)
+            params[DINP] = GemmParams {
+                m: rows,
+                n: n_in,
+                k: n_out,
+                a_off: g.dout.offset,
+                a_sm: n_out,
+                a_sk: 1,
+                b_off: bufs.weight.offset,
+                b_sk: n_in,
+                b_sn: 1,
+                c_off: off(g.dinp),
+                c_sm: n_in,
+                ..Default::default()
+            };
+            // dweight (n_out, n_in) += dout^T (n_out, rows) . inp (rows, n_in)
+            params[DWEIGHT] = GemmParams {
+                m: n_out,
+                n: n_in,
+                k: rows,
+                a_off: g.dout.offset,
+                a_sm: 1,
+                a_sk: n_out,
+                b_off: bufs.inp.offset,
+                b_sk: n_in,
+                b_sn: 1,
+                c_off: g.dweight.offset,
+                c_sm: n_in,
+                accumulate: 1,
+                ..Default::default()
+            };
+            // dbias (n_out) += column sums of dout (rows, n_out)
+            params[DBIAS] = GemmParams {
+                m: rows,
+                n: n_out,
+                a_off: g.dout.offset,
+                a_sm: n_out,
+                a_sk: 1,
+                c_off: off(g.dbias),
+                accumulate: 1,
+                ..Default::default()
+            };
+        }
+
+        let uniform = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("matmul params"),
+            size: 4 * UNIFORM_STRIDE,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        ctx.queue.write_buffer(&uniform, 0, &uniform_bytes(&params));
+
+        // One bind group per kernel: (params, a, b, c, bias, pre) as in the shader.
+        let group = |label: &str, which: usize, bufs: [&wgpu::Buffer; 5]| {
+            let params = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &uniform,
+                offset: which as u64 * UNIFORM_STRIDE,
+                size: wgpu::BufferSize::new(std::mem::size_of::<GemmParams>() as u64),
+            });
+            let mut resources = vec![params];
+            resources.extend(bufs.iter().map(|b| b.as_entire_binding()));
+            ctx.bind_group(label, &self.layout, &resources)
+        };
+        let d = &self.dummy;
+        let (inp, weight) = (bufs.inp.buffer, bufs.weight.buffer);
+        let bias = bufs.bias.map_or(d, |t| t.buffer);
+        let pre = bufs.pre.map_or(d, |t| t.buffer);
+        let forward = group(
+            "matmul forward",
+            FWD,
+            [inp, weight, bufs.out.buffer, bias, pre],
+        );
+        let (mut dinp, mut dweight, mut dbias) = (None, None, None);
+        if let Some(g) = grads {
+            let dout = g.dout.buffer;
+            dinp = g
+                .dinp
+                .map(|t| group("matmul dinp", DINP, [dout, weight, t.buffer, d, d]));
+            let dw = g.dweight.buffer;
+            dweight = Some(group("matmul dweight", DWEIGHT, [dout, inp, dw, d, d]));
+            dbias = g
+                .dbias
+                .map(|t| group("matmul dbias", DBIAS, [dout, d, t.buffer, d, d]));
+        }
+        Ok(MatmulBinding {
+            rows,
+            max_rows: rows,
+            n_in,
+            n_out,
+            params,
+            uniform,
+            forward,
+            dinp,
+            dweight,
+            dbias,
+        })
+    }
+
+    /// out = act(inp W^T + bias), and pre if bound.
+    pub fn forward(&self, pass: &mut wgpu::ComputePass, b: &MatmulBinding) {
+        self.gemm(pass, &self.forward, &b.forward, b.rows, b.n_out);
+    }
+
+    /// dinp = dout W (if bound), dweight += dout^T inp, dbias += column sums of dout (if
+    /// bound). Panics if the binding was made without gradient buffers.
+    pub fn backward(&self, pass: &mut wgpu::ComputePass, b: &MatmulBinding) {
+        let dweight = b
+            .dweight
+            .as_ref()
+            .expect("matmul backward: the binding was made without gradient buffers");
+        if let Some(bg) = &b.dinp {
+            self.gemm(pass, &self.backward_dinp, bg, b.rows, b.n_in);
+        }
+        self.gemm(pass, &self.backward_dweight, dweight, b.n_out, b.n_in);
+        if let Some(bg) = &b.dbias {
+            // One invocation per bias element.
+            pass.set_pipeline(&self.backward_dbias);
+            pass.set_bind_group(0, bg, &[]);
+            pass.dispatch_workgroups(b.n_out.div_ceil(DBIAS_WG), 1, 1);
+        }
+    }
+
+    /// One 64 x 64 tile per workgroup over C (m, n).
+    fn gemm(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        pipeline: &wgpu::ComputePipeline,
+        bg: &wgpu::BindGroup,
+        m: u32,
+        n: u32,
+    ) {
+        if m == 0 || n == 0 {
+            return;
+        }
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, bg, &[]);
+        pass.dispatch_workgroups(n.div_ceil(TILE), m.div_ceil(TILE), 1);
+    }
+}
+
+fn uniform_bytes(params: &[GemmParams; 4]) -> Vec<u8> {
+    let mut bytes = vec![0u8; 4 * UNIFORM_STRIDE as usize];
+    for (i, p) in params.iter().enumerate() {
+        let at = i * UNIFORM_STRIDE as usize;
+        let src = bytemuck::bytes_of(p);
+        bytes[at..at + src.len()].copy_from_slice(src);
+    }
+    bytes
+}

@@ -1,0 +1,154 @@
+//! GPU kernels (wgpu + hand-written WGSL in `shaders/`), tested against `crate::cpu`.
+//!
+//! # Kernel design rules (every launcher follows them)
+//!
+//! 1. **Whole buffers, offsets in a uniform.** A kernel binds whole buffers (parameter
+//!    arena, gradient arena, activations, ...) and receives the element offset of each
+//!    tensor and the dimensions in one small uniform struct: `#[repr(C)]`,
+//!    `bytemuck::Pod`, every field `u32`/`f32`, padded to a multiple of 16 bytes, and
+//!    declared field for field in the WGSL. Tensors inside an arena are not aligned to
+//!    `min_storage_buffer_offset_alignment` (256 bytes), so they cannot be bound at an
+//!    offset. A tensor is passed to `bind` as a [`TensorRef`] (buffer + element offset).
+//! 2. **Storage is always `read_write`.** Layouts use [`Slot::Storage`] (`read_only:
+//!    false`) and shaders declare `var<storage, read_write>` even for inputs: WebGPU
+//!    forbids binding one buffer read-only and writable in the same dispatch, and inputs
+//!    and outputs often share an arena (a layer reads and writes the activation arena).
+//!    Two writable bindings of one buffer are allowed; the ranges a kernel writes must
+//!    not overlap the ranges it reads (the caller's job). Unused optional bindings get a
+//!    small dummy buffer of the launcher's.
+//! 3. **A launcher per op family**, e.g. [`matmul::MatmulKernels`]: `new(ctx)` creates its
+//!    bind group layout and one `wgpu::ComputePipeline` per entry point, once, from
+//!    `include_str!("../../../shaders/<op>.wgsl")` (forward and backward entry points in
+//!    the same file, sharing one explicit layout).
+//! 4. **Bind once per call site.** `bind(ctx, buffers, dims) -> <Op>Binding` creates the
+//!    uniform buffer(s) and bind group(s) once per buffer set (one per layer, say) and
+//!    checks every tensor range fits its buffer. Sizes that change per step (the last,
+//!    partial batch) are rewritten with `<Op>Binding::set_rows(ctx, rows)`, a
+//!    `queue.write_buffer` that takes effect at the next submit: every dispatch in that
+//!    submit sees the last value written.
+//! 5. **Record into the caller's pass.** Launcher methods take `&mut wgpu::ComputePass`
+//!    and the binding, set pipeline and bind group, and dispatch with `div_ceil` counts.
+//!    wgpu inserts the barriers between dispatches of one pass.
+//! 6. **Shaders guard out-of-range invocations** and never `return` early before a
+//!    `workgroupBarrier` (barriers must stay in uniform control flow).
+//! 7. **As on the CPU:** parameter gradients accumulate (`+=`), activation gradients
+//!    overwrite (`=`). No atomics: one invocation owns each output element, and
+//!    reductions run in a fixed order, so results are deterministic.
+//! 8. Readback ([`GpuContext::read_f32`]) waits for the GPU: tests, logs, final answers.
+
+pub mod buffer;
+pub mod context;
+pub mod matmul;
+
+pub use buffer::{STORAGE_USAGE, TensorRef};
+pub use context::{GpuContext, GpuError, GpuOptions};
+/// The wgpu this crate is built against, so that users name the same version.
+pub use wgpu;
+
+/// Kind of one binding in a kernel's bind group layout; binding index = position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// `var<uniform>`: the kernel's parameter struct.
+    Uniform,
+    /// `var<storage, read_write>` (see rule 2 above).
+    Storage,
+}
+
+impl GpuContext {
+    /// A compute-visible bind group layout with `slots[i]` at `@binding(i)`.
+    pub fn bind_group_layout(&self, label: &str, slots: &[Slot]) -> wgpu::BindGroupLayout {
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = slots
+            .iter()
+            .enumerate()
+            .map(|(i, slot)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: match slot {
+                        Slot::Uniform => wgpu::BufferBindingType::Uniform,
+                        Slot::Storage => wgpu::BufferBindingType::Storage { read_only: false },
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        self.device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(label),
+                entries: &entries,
+            })
+    }
+
+    /// A bind group with `resources[i]` at `@binding(i)`.
+    pub fn bind_group(
+        &self,
+        label: &str,
+        layout: &wgpu::BindGroupLayout,
+        resources: &[wgpu::BindingResource<'_>],
+    ) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry> = resources
+            .iter()
+            .enumerate()
+            .map(|(i, r)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: r.clone(),
+            })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
+            layout,
+            entries: &entries,
+        })
+    }
+
+    /// A shader module from WGSL source (errors surface through [`GpuContext::checked`]).
+    pub fn shader_module(&self, label: &str, wgsl: &str) -> wgpu::ShaderModule {
+        self.device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(label),
+                source: wgpu::ShaderSource::Wgsl(wgsl.into()),
+            })
+    }
+
+    /// A compute pipeline for `entry` of `module`. With `layout = Some(bgl)` the pipeline
+    /// uses that one bind group layout at group 0 (shared by all entry points of the
+    /// op); with `None`, wgpu derives a layout from the entry point (get it back with
+    /// `pipeline.get_bind_group_layout(0)`; bind groups then fit only that pipeline).
+    pub fn compute_pipeline(
+        &self,
+        module: &wgpu::ShaderModule,
+        entry: &str,
+        layout: Option<&wgpu::BindGroupLayout>,
+    ) -> wgpu::ComputePipeline {
+        let pipeline_layout = layout.map(|bgl| {
+            self.device
+                .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: Some(entry),
+                    bind_group_layouts: &[Some(bgl)],
+                    immediate_size: 0,
+                })
+        });
+        self.device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: pipeline_layout.as_ref(),
+                module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+    }
+
+    /// Runs `f` inside a validation error scope and returns its first error as a value
+    /// (e.g. a shader that fails to compile), instead of the uncaptured-error handler.
+    pub fn checked<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T, GpuError> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let value = f();
+        match pollster::block_on(scope.pop()) {
+            Some(e) => Err(GpuError::Device(format!("{what}: {e}"))),
+            None => Ok(value),
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Shared by the GPU tests: one device per test binary, seeded data, tolerant comparison.
+//!
+//! The device is lavapipe (or any Vulkan adapter, software allowed). When none is found
+//! the tests fail with the reason, unless `BST_SKIP_GPU_TESTS=1`, which turns every GPU
+//! test into a printed note.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::sync::OnceLock;
+
+use bst_kernels::gpu::{GpuContext, GpuOptions, wgpu};
+
+static GPU: OnceLock<Result<GpuContext, String>> = OnceLock::new();
+
+/// The shared device, or `None` (after printing a note) when GPU tests are skipped.
+pub fn gpu() -> Option<&'static GpuContext> {
+    let ctx = GPU.get_or_init(|| {
+        let opts = GpuOptions {
+            // Pinned: with all backends, a GL adapter without the needed limits may win.
+            backends: wgpu::Backends::VULKAN,
+            adapter_name: None,
+            allow_software: true,
+        };
+        let ctx = GpuContext::new(&opts).map_err(|e| e.to_string())?;
+        eprintln!("{}", ctx.limits_report());
+        Ok(ctx)
+    });
+    match ctx {
+        Ok(ctx) => Some(ctx),
+        Err(e) if std::env::var("BST_SKIP_GPU_TESTS").is_ok_and(|v| v == "1") => {
+            eprintln!("note: BST_SKIP_GPU_TESTS=1, skipping a GPU test: {e}");
+            None
+        }
+        Err(e) => panic!("{e}\n(set BST_SKIP_GPU_TESTS=1 to skip the GPU tests)"),
+    }
+}
+
+/// Records a compute pass with `record`, submits it, and waits for the GPU; fails on any
+/// wgpu validation error raised meanwhile.
+pub fn run(ctx: &GpuContext, record: impl FnOnce(&mut wgpu::ComputePass)) {
+    let mut encoder = ctx
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("test"),
+        });
+    {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("test"),
+            timestamp_writes: None,
+        });
+        record(&mut pass);
+    }
+    ctx.queue.submit([encoder.finish()]);
+    ctx.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .expect("poll");
+    ctx.check().expect("wgpu error during the test");
+}
+
+/// `n` values uniform in [-1, 1), from a fixed seed (64-bit LCG, top 24 bits).
+pub fn random_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Asserts `|got - want| <= atol + rtol * |want|` everywhere; prints the max error, and
+/// on failure the first mismatching pairs.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut max_err = 0.0f32;
+    let mut bad = Vec::new();
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs();
+        max_err = max_err.max(err);
+        if err.is_nan() || err > atol + rtol * w.abs() {
+            bad.push((i, g, w));
+        }
+    }
+    println!(
+        "{what}: {} values, max |gpu - cpu| = {max_err:.3e}",
+        got.len()
+    );
+    if !bad.is_empty() {
+        for (i, g, w) in bad.iter().take(8) {
+            println!("  [{i}] gpu {g} cpu {w}");
+        }
+        panic!(
+            "{what}: {} of {} values differ by more than {atol:e} + {rtol:e} * |cpu| \
+             (max error {max_err:.3e})",
+            bad.len(),
+            got.len()
+        );
+    }
+}

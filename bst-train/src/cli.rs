@@ -1,0 +1,120 @@
+//! Command-line arguments: subcommands, and the overrides shared by all of them.
+
+use anyhow::Context;
+use bst_core::config::{Config, Optimizer, Pooling};
+use bst_core::data::DataSource;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "bst-train", version, about = "Train the Behavior Sequence Transformer (BST) for CTR prediction")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train one model (the default when no subcommand is given).
+    Train(RunArgs),
+    /// Train WDL, WDL(+Seq) and BST with 1, 2 and 3 blocks on the same split, and print
+    /// the paper's Table 4.
+    Ablate(RunArgs),
+}
+
+impl Default for Command {
+    /// `train` with every default: what `bst-train` alone runs.
+    fn default() -> Self {
+        Cli::parse_from(["bst-train", "train"]).command.expect("train parses")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Device {
+    Cpu,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Data: `synthetic`, `recbole:FOLDER` (RecBole atomic files) or `taobao:FILE` (UserBehavior CSV).
+    #[arg(long, default_value = "synthetic")]
+    pub data: String,
+    /// TOML config file; flags below override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Where to write the run folder (config.toml, metrics.json). Default: runs/<data>-<time>.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Compute device. Only `cpu` for now; the GPU backend plugs in behind the same trait.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// adam or adagrad.
+    #[arg(long)]
+    pub optimizer: Option<Optimizer>,
+    /// Transformer blocks (0 gives the WDL baselines).
+    #[arg(long)]
+    pub blocks: Option<usize>,
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// target, mean or flatten.
+    #[arg(long)]
+    pub pooling: Option<Pooling>,
+    /// History length L.
+    #[arg(long = "seq-len")]
+    pub seq_len: Option<usize>,
+    /// Seed of initialisation, shuffling and dropout (and of the synthetic data).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Synthetic data: number of users.
+    #[arg(long = "synthetic-users")]
+    pub synthetic_users: Option<usize>,
+    /// No progress bars (for logs and tests).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl RunArgs {
+    pub fn source(&self) -> anyhow::Result<DataSource> {
+        Ok(self.data.parse()?)
+    }
+
+    /// The config file (or defaults) with the flags applied, validated.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let mut cfg = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        let m = &mut cfg.model;
+        let t = &mut cfg.train;
+        macro_rules! set {
+            ($dst:expr, $src:expr) => {
+                if let Some(v) = $src.clone() {
+                    $dst = v;
+                }
+            };
+        }
+        set!(t.epochs, self.epochs);
+        set!(t.batch, self.batch);
+        set!(t.optimizer, self.optimizer);
+        set!(m.blocks, self.blocks);
+        set!(m.heads, self.heads);
+        set!(m.pooling, self.pooling);
+        set!(m.seq_len, self.seq_len);
+        set!(cfg.data.synthetic_users, self.synthetic_users);
+        if self.lr.is_some() {
+            t.lr = self.lr;
+        }
+        if let Some(seed) = self.seed {
+            t.seed = seed;
+            cfg.data.seed = seed;
+        }
+        cfg.validate().context("check the config file and flags")?;
+        Ok(cfg)
+    }
+}

@@ -1,0 +1,187 @@
+// Linear layer `out = inp W^T + b` (PyTorch's convention: W is (n_out, n_in)), forward and
+// backward. CPU reference: bst-kernels/src/cpu/matmul.rs; launcher: bst-kernels/src/gpu/matmul.rs.
+//
+// All three matrix products are one strided GEMM, `C (M, N) = A (M, K) B (K, N)`, with
+// A(m, k) = a[a_off + m*a_sm + k*a_sk] and B(k, n) = b[b_off + k*b_sk + n*b_sn]:
+//   matmul_forward          out (rows, n_out)   = inp (rows, n_in) W^T        (+ bias, act)
+//   matmul_backward_dinp    dinp (rows, n_in)   = dout (rows, n_out) W        (overwrite)
+//   matmul_backward_dweight dweight (n_out, n_in) += dout^T inp               (accumulate)
+// and the bias gradient is a column sum:
+//   matmul_backward_dbias   dbias (n_out)      += sum over rows of dout       (accumulate)
+// The launcher binds the right buffers to a, b, c for each of them.
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    a_off: u32,
+    a_sm: u32,
+    a_sk: u32,
+    b_off: u32,
+    b_sk: u32,
+    b_sn: u32,
+    c_off: u32,
+    c_sm: u32, // row stride of C and of pre
+    bias_off: u32,
+    pre_off: u32,
+    accumulate: u32, // 1: C += A B; 0: C = A B (+ bias, act)
+    has_bias: u32,
+    store_pre: u32, // 1: also write the pre-activation to `pre`
+    act: u32, // 0: none; 1: LeakyReLU, x > 0 ? x : alpha * x
+    alpha: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+// Storage is read_write even for inputs: see the design rules in gpu/mod.rs.
+@group(0) @binding(1) var<storage, read_write> a: array<f32>;
+@group(0) @binding(2) var<storage, read_write> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+@group(0) @binding(4) var<storage, read_write> bias: array<f32>;
+@group(0) @binding(5) var<storage, read_write> pre: array<f32>;
+
+// A 16 x 16 workgroup computes a 64 x 64 tile of C, each invocation a 4 x 4 block with
+// rows lid.y + 16 i and columns lid.x + 16 j (so stores are coalesced along columns).
+const WG: u32 = 16u;
+const TILE_M: u32 = 64u;
+const TILE_N: u32 = 64u;
+const TILE_K: u32 = 16u;
+const PER_THREAD: u32 = 4u; // TILE_M / WG
+const LOADS: u32 = 4u; // TILE_K * TILE_M / (WG * WG) elements of A (and of B) per invocation
+// Tiles are stored [k][m] and [k][n] with one padding column, so that loads that walk k
+// fastest do not all hit the same memory bank.
+const LDA: u32 = 65u; // TILE_M + 1
+const LDB: u32 = 65u; // TILE_N + 1
+
+var<workgroup> a_tile: array<f32, 1040>; // TILE_K * LDA
+var<workgroup> b_tile: array<f32, 1040>; // TILE_K * LDB
+
+fn gemm_tile(wg: vec3<u32>, lid: vec3<u32>, tid: u32) {
+    let m0 = wg.y * TILE_M;
+    let n0 = wg.x * TILE_N;
+    var acc: array<f32, 16>; // [i * PER_THREAD + j], zero-initialised
+
+    for (var k0 = 0u; k0 < p.k; k0 += TILE_K) {
+        // Stage A and B tiles; zeros outside the matrices. Consecutive invocations read
+        // consecutive addresses: walk k fastest when it is contiguous in memory, else m (n).
+        for (var l = 0u; l < LOADS; l++) {
+            let e = tid + l * WG * WG;
+            var mm = e % TILE_M;
+            var kk = e / TILE_M;
+            if (p.a_sk == 1u) {
+                mm = e / TILE_K;
+                kk = e % TILE_K;
+            }
+            var v = 0.0;
+            if (m0 + mm < p.m && k0 + kk < p.k) {
+                v = a[p.a_off + (m0 + mm) * p.a_sm + (k0 + kk) * p.a_sk];
+            }
+            a_tile[kk * LDA + mm] = v;
+
+            var nn = e % TILE_N;
+            var kb = e / TILE_N;
+            if (p.b_sn != 1u) {
+                nn = e / TILE_K;
+                kb = e % TILE_K;
+            }
+            var w = 0.0;
+            if (n0 + nn < p.n && k0 + kb < p.k) {
+                w = b[p.b_off + (k0 + kb) * p.b_sk + (n0 + nn) * p.b_sn];
+            }
+            b_tile[kb * LDB + nn] = w;
+        }
+        workgroupBarrier();
+
+        for (var kk = 0u; kk < TILE_K; kk++) {
+            var ar: array<f32, 4>;
+            var br: array<f32, 4>;
+            for (var i = 0u; i < PER_THREAD; i++) {
+                ar[i] = a_tile[kk * LDA + lid.y + i * WG];
+                br[i] = b_tile[kk * LDB + lid.x + i * WG];
+            }
+            for (var i = 0u; i < PER_THREAD; i++) {
+                for (var j = 0u; j < PER_THREAD; j++) {
+                    acc[i * PER_THREAD + j] += ar[i] * br[j];
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    // Epilogue: guard the edges, then C += acc, or C = act(acc + bias).
+    for (var i = 0u; i < PER_THREAD; i++) {
+        let row = m0 + lid.y + i * WG;
+        for (var j = 0u; j < PER_THREAD; j++) {
+            let col = n0 + lid.x + j * WG;
+            if (row < p.m && col < p.n) {
+                let idx = p.c_off + row * p.c_sm + col;
+                var v = acc[i * PER_THREAD + j];
+                if (p.accumulate == 1u) {
+                    v += c[idx];
+                } else {
+                    if (p.has_bias == 1u) {
+                        v += bias[p.bias_off + col];
+                    }
+                    if (p.store_pre == 1u) {
+                        pre[p.pre_off + row * p.c_sm + col] = v;
+                    }
+                    if (p.act == 1u && !(v > 0.0)) {
+                        v = p.alpha * v;
+                    }
+                }
+                c[idx] = v;
+            }
+        }
+    }
+}
+
+// out (rows, n_out) = act(inp (rows, n_in) W^T + bias); pre = the value before act.
+@compute @workgroup_size(16, 16)
+fn matmul_forward(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    gemm_tile(wg, lid, tid);
+}
+
+// dinp (rows, n_in) = dout (rows, n_out) W (n_out, n_in)          (overwrites)
+@compute @workgroup_size(16, 16)
+fn matmul_backward_dinp(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    gemm_tile(wg, lid, tid);
+}
+
+// dweight (n_out, n_in) += dout^T (n_out, rows) inp (rows, n_in)   (accumulates)
+@compute @workgroup_size(16, 16)
+fn matmul_backward_dweight(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    gemm_tile(wg, lid, tid);
+}
+
+// dbias (n) += column sums of dout (m, n), with dout(r, col) = a[a_off + r*a_sm + col*a_sk]
+// and dbias at c[c_off + col]. One invocation per column adds the rows in order, as the
+// CPU reference does, so the result is deterministic (and matches it closely).
+@compute @workgroup_size(64)
+fn matmul_backward_dbias(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let col = gid.x;
+    if (col >= p.n) {
+        return;
+    }
+    let idx = p.c_off + col;
+    var s = 0.0;
+    if (p.accumulate == 1u) {
+        s = c[idx];
+    }
+    for (var r = 0u; r < p.m; r++) {
+        s += a[p.a_off + r * p.a_sm + col * p.a_sk];
+    }
+    c[idx] = s;
+}
