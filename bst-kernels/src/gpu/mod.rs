@@ -36,9 +36,17 @@
 //!    reductions run in a fixed order, so results are deterministic.
 //! 8. Readback ([`GpuContext::read_f32`]) waits for the GPU: tests, logs, final answers.
 
+pub mod activation;
+pub mod attention;
 pub mod buffer;
 pub mod context;
+pub mod dropout;
+pub mod embedding;
+pub mod layernorm;
+pub mod loss;
 pub mod matmul;
+pub mod optim;
+pub mod pooling;
 
 pub use buffer::{STORAGE_USAGE, TensorRef};
 pub use context::{GpuContext, GpuError, GpuOptions};
