@@ -245,7 +245,7 @@ impl Default for DataConfig {
             negatives: 1,
             category_column: None,
             seed: 0,
-            synthetic_users: 3000,
+            synthetic_users: 6000,
         }
     }
 }

@@ -34,14 +34,23 @@ pub struct TrainReport {
 
 /// What the loop reports while it runs.
 pub enum Event<'a> {
-    Step { epoch: usize, step: usize, steps: usize, loss: f32 },
+    Step {
+        epoch: usize,
+        step: usize,
+        steps: usize,
+        loss: f32,
+    },
     Epoch(&'a EpochReport),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     #[error("the loss became {loss} at epoch {epoch}, step {step}: lower the learning rate (--lr)")]
-    NonFinite { epoch: usize, step: usize, loss: f32 },
+    NonFinite {
+        epoch: usize,
+        step: usize,
+        loss: f32,
+    },
     #[error("the {0} split is empty: the data has too few users with 3 or more samples")]
     EmptySplit(&'static str),
 }
@@ -54,7 +63,11 @@ pub fn train(
     cfg: &TrainConfig,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<TrainReport, TrainError> {
-    for (name, s) in [("train", &ds.train), ("validation", &ds.valid), ("test", &ds.test)] {
+    for (name, s) in [
+        ("train", &ds.train),
+        ("validation", &ds.valid),
+        ("test", &ds.test),
+    ] {
         if s.is_empty() {
             return Err(TrainError::EmptySplit(name));
         }
@@ -73,10 +86,19 @@ pub fn train(
             batch.gather(&ds.train, idx);
             let loss = backend.train_step(&batch);
             if !loss.is_finite() {
-                return Err(TrainError::NonFinite { epoch, step: step + 1, loss });
+                return Err(TrainError::NonFinite {
+                    epoch,
+                    step: step + 1,
+                    loss,
+                });
             }
             loss_sum += loss as f64 * idx.len() as f64;
-            on_event(Event::Step { epoch, step: step + 1, steps, loss });
+            on_event(Event::Step {
+                epoch,
+                step: step + 1,
+                steps,
+                loss,
+            });
         }
         let seconds = start.elapsed().as_secs_f64();
         train_secs += seconds;
@@ -89,7 +111,11 @@ pub fn train(
             samples_per_sec: order.len() as f64 / seconds,
         };
         on_event(Event::Epoch(&report));
-        let score = if valid.auc.is_nan() { f64::NEG_INFINITY } else { valid.auc };
+        let score = if valid.auc.is_nan() {
+            f64::NEG_INFINITY
+        } else {
+            valid.auc
+        };
         if best.as_ref().is_none_or(|(s, _, _)| score > *s) {
             best = Some((score, epoch, backend.read_params()));
         }
@@ -98,7 +124,11 @@ pub fn train(
     let (_, best_epoch, params) = best.expect("at least one epoch");
     backend.write_params(&params);
     let test = evaluate(backend, &ds.test, cfg.eval_batch);
-    let oracle_test_auc = ds.test.true_prob.as_ref().and_then(|p| auc(p, &ds.test.label));
+    let oracle_test_auc = ds
+        .test
+        .true_prob
+        .as_ref()
+        .and_then(|p| auc(p, &ds.test.label));
     Ok(TrainReport {
         train_samples_per_sec: (cfg.epochs * ds.train.len()) as f64 / train_secs,
         epochs,

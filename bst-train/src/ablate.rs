@@ -27,7 +27,10 @@ pub fn ablate(args: &RunArgs) -> anyhow::Result<()> {
         let r = run_training(backend.as_mut(), &ds, &cfg, args.quiet)?;
         rows.push((name, r));
     }
-    println!("{:<10} {:>8} {:>8} {:>8} {:>10}", "model", "AUC", "GAUC", "logloss", "samples/s");
+    println!(
+        "{:<10} {:>8} {:>8} {:>8} {:>10}",
+        "model", "AUC", "GAUC", "logloss", "samples/s"
+    );
     for (name, r) in &rows {
         println!(
             "{:<10} {:>8.4} {:>8.4} {:>8.4} {:>10.0}",

@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "bst-train", version, about = "Train the Behavior Sequence Transformer (BST) for CTR prediction")]
+#[command(
+    name = "bst-train",
+    version,
+    about = "Train the Behavior Sequence Transformer (BST) for CTR prediction"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -25,7 +29,9 @@ pub enum Command {
 impl Default for Command {
     /// `train` with every default: what `bst-train` alone runs.
     fn default() -> Self {
-        Cli::parse_from(["bst-train", "train"]).command.expect("train parses")
+        Cli::parse_from(["bst-train", "train"])
+            .command
+            .expect("train parses")
     }
 }
 

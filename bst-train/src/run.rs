@@ -33,7 +33,10 @@ pub fn train(args: &RunArgs) -> anyhow::Result<()> {
     if let Some(oracle) = report.oracle_test_auc {
         println!("oracle test AUC {oracle:.4} (the generator's true click probabilities)");
     }
-    println!("training {:.0} samples/s on {}", report.train_samples_per_sec, report.device);
+    println!(
+        "training {:.0} samples/s on {}",
+        report.train_samples_per_sec, report.device
+    );
     println!("run folder {}", dir.display());
     Ok(())
 }
@@ -60,24 +63,43 @@ pub fn load_data(src: &data::DataSource, cfg: &Config, quiet: bool) -> anyhow::R
 /// The backend for the requested device. Only the CPU exists so far.
 pub fn make_backend(cfg: &Config, ds: &Dataset) -> Box<dyn Backend> {
     let v = &ds.vocab;
-    let sizes = VocabSizes { items: v.n_items(), cats: v.n_cats(), other: v.n_other(), fields: v.fields.len() };
+    let sizes = VocabSizes {
+        items: v.n_items(),
+        cats: v.n_cats(),
+        other: v.n_other(),
+        fields: v.fields.len(),
+    };
     Box::new(CpuBackend::new(cfg, sizes))
 }
 
 /// Trains with a progress bar per epoch and a line of validation metrics after each.
-pub fn run_training(backend: &mut dyn Backend, ds: &Dataset, cfg: &Config, quiet: bool) -> anyhow::Result<TrainReport> {
-    let style = ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")
-        .expect("valid template");
+pub fn run_training(
+    backend: &mut dyn Backend,
+    ds: &Dataset,
+    cfg: &Config,
+    quiet: bool,
+) -> anyhow::Result<TrainReport> {
+    let style = ProgressStyle::with_template(
+        "epoch {prefix} {bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]",
+    )
+    .expect("valid template");
     let mut bar: Option<ProgressBar> = None;
     let mut ema = None::<f32>;
     let mut on_event = |e: Event| match e {
-        Event::Step { epoch, step, steps, loss } => {
+        Event::Step {
+            epoch,
+            step,
+            steps,
+            loss,
+        } => {
             ema = Some(ema.map_or(loss, |m| 0.98 * m + 0.02 * loss));
             if quiet {
                 return;
             }
             let b = bar.get_or_insert_with(|| {
-                let b = ProgressBar::new(steps as u64).with_style(style.clone()).with_prefix(epoch.to_string());
+                let b = ProgressBar::new(steps as u64)
+                    .with_style(style.clone())
+                    .with_prefix(epoch.to_string());
                 b.set_position(0);
                 b
             });
@@ -103,17 +125,26 @@ fn run_dir(args: &RunArgs, data: &str) -> anyhow::Result<PathBuf> {
     let dir = match &args.out {
         Some(d) => d.clone(),
         None => {
-            let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-            let tag: String = data.chars().map(|c| if c.is_alphanumeric() { c } else { '-' }).collect();
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            let tag: String = data
+                .chars()
+                .map(|c| if c.is_alphanumeric() { c } else { '-' })
+                .collect();
             PathBuf::from("runs").join(format!("{tag}-{secs}"))
         }
     };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating run folder {}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating run folder {}", dir.display()))?;
     Ok(dir)
 }
 
 fn write_run(dir: &Path, cfg: &Config, report: &TrainReport) -> anyhow::Result<()> {
     std::fs::write(dir.join("config.toml"), cfg.to_toml_string())?;
-    std::fs::write(dir.join("metrics.json"), serde_json::to_string_pretty(report)?)?;
+    std::fs::write(
+        dir.join("metrics.json"),
+        serde_json::to_string_pretty(report)?,
+    )?;
     Ok(())
 }

@@ -184,7 +184,11 @@ impl std::fmt::Display for DataSource {
 pub fn load(src: &DataSource, cfg: &crate::config::Config) -> Result<Dataset, DataError> {
     let (log, name) = match src {
         DataSource::Synthetic => {
-            let spec = synthetic::SyntheticSpec::new(cfg.data.synthetic_users, cfg.model.seq_len, cfg.data.seed);
+            let spec = synthetic::SyntheticSpec::new(
+                cfg.data.synthetic_users,
+                cfg.model.seq_len,
+                cfg.data.seed,
+            );
             (synthetic::generate(&spec), "synthetic".to_string())
         }
         DataSource::Recbole(dir) => (recbole::load(dir, &cfg.data)?, dir_name(dir)),
@@ -194,5 +198,8 @@ pub fn load(src: &DataSource, cfg: &crate::config::Config) -> Result<Dataset, Da
 }
 
 fn dir_name(p: &std::path::Path) -> String {
-    p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+    p.file_name().map_or_else(
+        || p.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }

@@ -3,11 +3,13 @@
 //! Users browse in sessions (minutes apart within a session, days between sessions).
 //! Whether a user clicks the item shown depends on
 //! - the item's own appeal and a taste that depends on the user's profile (age, gender),
-//! - the few categories this user likes (visible in the history, and in the user id),
 //! - complementary categories, which only an order- and time-aware model can use fully:
 //!   category `c + 1` is the complement of category `c` (phone, then phone case), and a
 //!   complement seen shortly before the target pulls strongly, while one seen days ago
 //!   does not. The pull fades with the time gap, and only in that direction.
+//!
+//! What the feed shows follows each user's few liked categories and the complements of
+//! what they saw, so histories carry the user's interests.
 //!
 //! The generator knows each interaction's true click probability, so the test split's
 //! oracle AUC (the AUC of the true probabilities) says how much signal there is to learn.
@@ -30,7 +32,14 @@ pub struct SyntheticSpec {
 
 impl SyntheticSpec {
     pub fn new(users: usize, lookback: usize, seed: u64) -> SyntheticSpec {
-        SyntheticSpec { users, categories: 24, items_per_category: 20, mean_events: 40, lookback, seed }
+        SyntheticSpec {
+            users,
+            categories: 24,
+            items_per_category: 20,
+            mean_events: 40,
+            lookback,
+            seed,
+        }
     }
 }
 
@@ -42,7 +51,6 @@ const DAY: f64 = 86_400.0;
 
 /// Logit weights of the click model.
 const BIAS: f64 = -0.6;
-const LIKED: f64 = 1.0;
 const COMPLEMENT: f64 = 2.6;
 /// The complement pull is `COMPLEMENT * exp(-gap / COMPLEMENT_DECAY)`.
 const COMPLEMENT_DECAY: f64 = 3600.0;
@@ -57,7 +65,9 @@ pub fn generate(spec: &SyntheticSpec) -> InteractionLog {
     // World: item appeal and profile taste per category.
     let mut rng = root.fork(1);
     let appeal: Vec<f64> = (0..=n_items).map(|_| 0.5 * rng.normal()).collect();
-    let taste: Vec<f64> = (0..AGE_GROUPS * GENDERS * (n_cat + 1)).map(|_| 0.6 * rng.normal()).collect();
+    let taste: Vec<f64> = (0..AGE_GROUPS * GENDERS * (n_cat + 1))
+        .map(|_| 0.6 * rng.normal())
+        .collect();
 
     let mut interactions = Vec::new();
     let mut true_prob = Vec::new();
@@ -66,7 +76,9 @@ pub fn generate(spec: &SyntheticSpec) -> InteractionLog {
         let mut rng = root.fork(1000 + u as u64);
         let age = rng.below(AGE_GROUPS as u64) as usize;
         let gender = rng.below(GENDERS as u64) as usize;
-        let liked: Vec<usize> = (0..LIKED_PER_USER).map(|_| 1 + rng.below(n_cat as u64) as usize).collect();
+        let liked: Vec<usize> = (0..LIKED_PER_USER)
+            .map(|_| 1 + rng.below(n_cat as u64) as usize)
+            .collect();
         user_features.push(vec![u as u32 + 1, age as u32 + 1, gender as u32 + 1]);
 
         let n_events = 8 + rng.below(2 * (spec.mean_events as u64 - 8) + 1) as usize;
@@ -75,31 +87,56 @@ pub fn generate(spec: &SyntheticSpec) -> InteractionLog {
         for e in 0..n_events {
             if e > 0 {
                 // A new session one time in four, else a few minutes later.
-                time += if rng.uniform() < 0.25 { rng.exponential(2.0 * DAY) } else { rng.exponential(3.0 * MINUTE) };
+                time += if rng.uniform() < 0.25 {
+                    rng.exponential(2.0 * DAY)
+                } else {
+                    rng.exponential(3.0 * MINUTE)
+                };
             }
             let cat = shown_category(&mut rng, &hist, &liked, n_cat);
-            let item = (cat - 1) * spec.items_per_category + 1 + rng.below(spec.items_per_category as u64) as usize;
+            let item = (cat - 1) * spec.items_per_category
+                + 1
+                + rng.below(spec.items_per_category as u64) as usize;
             debug_assert_eq!(cat_of(item), cat);
-            let mut logit = BIAS + appeal[item] + taste[(age * GENDERS + gender) * (n_cat + 1) + cat];
-            if liked.contains(&cat) {
-                logit += LIKED;
-            }
-            logit += complement_pull(&hist[hist.len().saturating_sub(spec.lookback)..], cat, time, n_cat);
+            let mut logit =
+                BIAS + appeal[item] + taste[(age * GENDERS + gender) * (n_cat + 1) + cat];
+            logit += complement_pull(
+                &hist[hist.len().saturating_sub(spec.lookback)..],
+                cat,
+                time,
+                n_cat,
+            );
             let p = 1.0 / (1.0 + (-logit).exp());
             let label = if rng.uniform() < p { 1.0 } else { 0.0 };
-            interactions.push(Interaction { user: u as u32, item: item as u32, time: time as i64, label });
+            interactions.push(Interaction {
+                user: u as u32,
+                item: item as u32,
+                time: time as i64,
+                label,
+            });
             true_prob.push(p as f32);
             hist.push((cat, time.floor()));
         }
     }
 
     let tokens = |n: usize, prefix: &str| -> Vec<String> {
-        std::iter::once(String::new()).chain((1..=n).map(|i| format!("{prefix}{i}"))).collect()
+        std::iter::once(String::new())
+            .chain((1..=n).map(|i| format!("{prefix}{i}")))
+            .collect()
     };
     let mut fields = Vec::new();
     let mut offset = 0;
-    for (name, size) in [("user_id", spec.users), ("age", AGE_GROUPS), ("gender", GENDERS)] {
-        fields.push(Field { name: name.into(), size: size + 1, offset, tokens: tokens(size, &format!("{name}_")) });
+    for (name, size) in [
+        ("user_id", spec.users),
+        ("age", AGE_GROUPS),
+        ("gender", GENDERS),
+    ] {
+        fields.push(Field {
+            name: name.into(),
+            size: size + 1,
+            offset,
+            tokens: tokens(size, &format!("{name}_")),
+        });
         offset += size + 1;
     }
     let item_ids = tokens(n_items, "item_");
@@ -162,7 +199,14 @@ mod tests {
     fn a_recent_complement_raises_the_click_rate_and_an_old_one_does_not() {
         assert!(complement_pull(&[(3, 1000.0)], 4, 1060.0, 24) > 2.5);
         assert!(complement_pull(&[(3, 1000.0)], 4, 1000.0 + 3.0 * DAY, 24) < 1e-6);
-        assert_eq!(complement_pull(&[(4, 1000.0)], 3, 1060.0, 24), 0.0, "the pull has a direction");
-        assert!(complement_pull(&[(24, 1000.0)], 1, 1060.0, 24) > 2.5, "categories wrap around");
+        assert_eq!(
+            complement_pull(&[(4, 1000.0)], 3, 1060.0, 24),
+            0.0,
+            "the pull has a direction"
+        );
+        assert!(
+            complement_pull(&[(24, 1000.0)], 1, 1060.0, 24) > 2.5,
+            "categories wrap around"
+        );
     }
 }

@@ -1,1 +1,261 @@
-//! In progress.
+//! Residual + inverted dropout on the GPU, `out = x + dropout(a)`: launcher for
+//! `shaders/dropout.wgsl`. CPU reference: [`crate::cpu::dropout`].
+//!
+//! The mask is the CPU's bit for bit: the host computes `stream`, `threshold` and `scale`
+//! with [`DropoutKey`]'s own methods and the shader applies the same integer hash, so
+//! GPU and CPU outputs are identical. The key changes every step: [`DropoutBinding::set_key`].
+//!
+//! ```text
+//! let dk = DropoutKernels::new(&ctx)?;                            // once
+//! let mut s1 = dk.bind(&ctx, &bufs, Some(&grads), dims, key)?;    // once per dropout site
+//! s1.set_key(&ctx, DropoutKey { step, ..key });                   // every step
+//! s1.set_rows(&ctx, last_batch_rows);                             // when the batch size changes
+//! dk.forward(&mut pass, &s1);
+//! dk.backward(&mut pass, &s1);
+//! ```
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{GpuContext, GpuError, Slot, TensorRef};
+use crate::cpu::dropout::DropoutKey;
+
+/// The uniform, field for field `Params` in `shaders/dropout.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+struct DropoutParams {
+    n: u32,
+    x_off: u32,
+    a_off: u32,
+    out_off: u32,
+    dout_off: u32,
+    da_off: u32,
+    stream: u32,
+    threshold: u32,
+    scale: f32,
+    /// Always 0 (see the shader: it keeps `x + a * mask` from being fused into an fma).
+    opaque_zero: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+impl DropoutParams {
+    fn set_key(&mut self, key: DropoutKey) {
+        assert!(
+            (0.0..1.0).contains(&key.p),
+            "dropout key: p = {} is outside [0, 1)",
+            key.p
+        );
+        self.stream = key.stream();
+        self.threshold = key.threshold();
+        self.scale = key.scale();
+    }
+}
+
+/// Workgroup size of both kernels (`WG` in the shader).
+const WG: u32 = 256;
+
+/// Sizes of one dropout site: `rows x width` elements, element `i` of the mask being
+/// element `i` of the row-major tensor (as on the CPU). `rows` is the largest batch the
+/// buffers hold; smaller batches are set later with [`DropoutBinding::set_rows`].
+#[derive(Clone, Copy, Debug)]
+pub struct DropoutDims {
+    pub rows: u32,
+    pub width: u32,
+}
+
+/// The forward tensors. `out` may be `x` itself (same buffer and offset): each
+/// invocation reads its elements before writing.
+#[derive(Clone, Copy, Debug)]
+pub struct DropoutBuffers<'a> {
+    /// (rows, width)
+    pub out: TensorRef<'a>,
+    /// (rows, width): the residual stream.
+    pub x: TensorRef<'a>,
+    /// (rows, width): the branch that is dropped out.
+    pub a: TensorRef<'a>,
+}
+
+/// The backward tensors (the gradient of `x` is `dout` itself). `da` may be `dout`.
+#[derive(Clone, Copy, Debug)]
+pub struct DropoutGradBuffers<'a> {
+    /// (rows, width), overwritten.
+    pub da: TensorRef<'a>,
+    /// (rows, width)
+    pub dout: TensorRef<'a>,
+}
+
+/// Uniform and bind group of one dropout site, made by [`DropoutKernels::bind`].
+#[derive(Debug)]
+pub struct DropoutBinding {
+    rows: u32,
+    max_rows: u32,
+    width: u32,
+    max_groups: u32,
+    has_grads: bool,
+    params: DropoutParams,
+    uniform: wgpu::Buffer,
+    group: wgpu::BindGroup,
+}
+
+impl DropoutBinding {
+    /// Rows of the current batch.
+    pub fn rows(&self) -> u32 {
+        self.rows
+    }
+
+    /// Sets the batch rows (at most the `rows` bound) for the following dispatches: a
+    /// `queue.write_buffer`, effective at the next submit (every dispatch of this
+    /// binding in that submit sees the last value set). Panics if `rows` exceeds the
+    /// bound maximum (the buffers are not big enough).
+    pub fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
+        assert!(
+            rows <= self.max_rows,
+            "dropout set_rows({rows}): the binding was made for at most {} rows",
+            self.max_rows
+        );
+        self.rows = rows;
+        self.params.n = rows * self.width;
+        self.write(ctx);
+    }
+
+    /// Sets the mask (seed, step, site, p) for the following dispatches; like
+    /// [`DropoutBinding::set_rows`], effective at the next submit, last value wins.
+    /// `p = 0` keeps every element (eval). Panics if `p` is outside [0, 1).
+    pub fn set_key(&mut self, ctx: &GpuContext, key: DropoutKey) {
+        self.params.set_key(key);
+        self.write(ctx);
+    }
+
+    fn write(&self, ctx: &GpuContext) {
+        ctx.queue
+            .write_buffer(&self.uniform, 0, bytemuck::bytes_of(&self.params));
+    }
+}
+
+/// Pipelines of `shaders/dropout.wgsl`, created once.
+#[derive(Debug)]
+pub struct DropoutKernels {
+    layout: wgpu::BindGroupLayout,
+    forward: wgpu::ComputePipeline,
+    backward: wgpu::ComputePipeline,
+    /// Bound where the gradient tensors are absent.
+    dummy: wgpu::Buffer,
+}
+
+impl DropoutKernels {
+    pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
+        ctx.checked("creating the dropout kernels", || {
+            let layout = ctx.bind_group_layout(
+                "dropout",
+                &[
+                    Slot::Uniform, // params
+                    Slot::Storage, // x
+                    Slot::Storage, // a
+                    Slot::Storage, // out
+                    Slot::Storage, // dout
+                    Slot::Storage, // da
+                ],
+            );
+            let module = ctx.shader_module(
+                "dropout.wgsl",
+                include_str!("../../../shaders/dropout.wgsl"),
+            );
+            let pipeline = |entry| ctx.compute_pipeline(&module, entry, Some(&layout));
+            Self {
+                forward: pipeline("residual_dropout_forward"),
+                backward: pipeline("residual_dropout_backward"),
+                dummy: ctx.storage_buffer_zeroed("dropout dummy", 4),
+                layout,
+            }
+        })
+    }
+
+    /// Creates the uniform and bind group of one dropout site with its first `key`,
+    /// after checking every tensor lies inside its buffer. `grads = None` binds the
+    /// forward pass only. Panics if `key.p` is outside [0, 1).
+    pub fn bind(
+        &self,
+        ctx: &GpuContext,
+        bufs: &DropoutBuffers,
+        grads: Option<&DropoutGradBuffers>,
+        dims: DropoutDims,
+        key: DropoutKey,
+    ) -> Result<DropoutBinding, GpuError> {
+        let DropoutDims { rows, width } = dims;
+        let n = u64::from(rows) * u64::from(width);
+        let what = |t: &str| format!("dropout {t} (rows {rows}, width {width})");
+        bufs.out.check(ctx, &what("out"), n)?;
+        bufs.x.check(ctx, &what("x"), n)?;
+        bufs.a.check(ctx, &what("a"), n)?;
+        if let Some(g) = grads {
+            g.da.check(ctx, &what("da"), n)?;
+            g.dout.check(ctx, &what("dout"), n)?;
+        }
+        // The checks above bound n by a buffer's element count, so it fits a u32.
+        let mut params = DropoutParams {
+            n: n as u32,
+            x_off: bufs.x.offset,
+            a_off: bufs.a.offset,
+            out_off: bufs.out.offset,
+            dout_off: grads.map_or(0, |g| g.dout.offset),
+            da_off: grads.map_or(0, |g| g.da.offset),
+            ..Default::default()
+        };
+        params.set_key(key);
+        let uniform = ctx.uniform_buffer("dropout params", &params);
+        let d = &self.dummy;
+        let group = ctx.bind_group(
+            "dropout",
+            &self.layout,
+            &[
+                uniform.as_entire_binding(),
+                bufs.x.buffer.as_entire_binding(),
+                bufs.a.buffer.as_entire_binding(),
+                bufs.out.buffer.as_entire_binding(),
+                grads.map_or(d, |g| g.dout.buffer).as_entire_binding(),
+                grads.map_or(d, |g| g.da.buffer).as_entire_binding(),
+            ],
+        );
+        Ok(DropoutBinding {
+            rows,
+            max_rows: rows,
+            width,
+            max_groups: ctx.limits.max_compute_workgroups_per_dimension,
+            has_grads: grads.is_some(),
+            params,
+            uniform,
+            group,
+        })
+    }
+
+    /// out = x + a * mask
+    pub fn forward(&self, pass: &mut wgpu::ComputePass, b: &DropoutBinding) {
+        self.dispatch(pass, &self.forward, b);
+    }
+
+    /// da = dout * mask (the gradient of `x` is `dout` itself). Panics if the binding was
+    /// made without gradient buffers.
+    pub fn backward(&self, pass: &mut wgpu::ComputePass, b: &DropoutBinding) {
+        assert!(
+            b.has_grads,
+            "dropout backward: the binding was made without gradient buffers"
+        );
+        self.dispatch(pass, &self.backward, b);
+    }
+
+    /// One invocation per element, grid-stride past the device's workgroup limit.
+    fn dispatch(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        pipeline: &wgpu::ComputePipeline,
+        b: &DropoutBinding,
+    ) {
+        let n = b.rows * b.width;
+        if n == 0 {
+            return;
+        }
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, &b.group, &[]);
+        pass.dispatch_workgroups(n.div_ceil(WG).min(b.max_groups), 1, 1);
+    }
+}

@@ -1,1 +1,334 @@
-//! In progress.
+//! LayerNorm over the last dimension on the GPU: launcher for `shaders/layernorm.wgsl`.
+//! CPU reference: [`crate::cpu::layernorm`] (eps [`LN_EPS`]).
+//!
+//! ```text
+//! let ln = LayerNormKernels::new(&ctx)?;                    // once
+//! let mut l1 = ln.bind(&ctx, &bufs, Some(&grads), dims)?;   // once per layer
+//! l1.set_rows(&ctx, last_batch_rows);                       // when the batch size changes
+//! ln.forward(&mut pass, &l1);                               // every step
+//! ln.backward(&mut pass, &l1);
+//! ```
+//!
+//! The parameter gradients are reduced over rows in two deterministic passes: partial
+//! sums per chunk of [`CHUNK_ROWS`] rows into a scratch buffer that the binding owns
+//! (`2 * ceil(rows / CHUNK_ROWS) * C` floats), then the chunks' sums in order.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{GpuContext, GpuError, Slot, TensorRef};
+use crate::cpu::layernorm::LN_EPS;
+
+/// The uniform, field for field `Params` in `shaders/layernorm.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+struct LayerNormParams {
+    rows: u32,
+    c: u32,
+    inp_off: u32,
+    out_off: u32,
+    mean_off: u32,
+    rstd_off: u32,
+    weight_off: u32,
+    bias_off: u32,
+    dinp_off: u32,
+    dout_off: u32,
+    dweight_off: u32,
+    dbias_off: u32,
+    eps: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+/// Workgroup size of every kernel (`WG` in the shader).
+const WG: u32 = 64;
+/// Rows per chunk of the parameter-gradient reduction (`CHUNK` in the shader).
+pub const CHUNK_ROWS: u32 = 256;
+
+/// Sizes of one LayerNorm: `rows` rows of `c` features. `rows` is the largest batch the
+/// buffers hold; smaller batches are set later with [`LayerNormBinding::set_rows`].
+#[derive(Clone, Copy, Debug)]
+pub struct LayerNormDims {
+    pub rows: u32,
+    pub c: u32,
+}
+
+/// The forward tensors of one layer.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerNormBuffers<'a> {
+    /// (rows, c)
+    pub out: TensorRef<'a>,
+    /// (rows), written by the forward, read by the backward.
+    pub mean: TensorRef<'a>,
+    /// (rows), written by the forward, read by the backward.
+    pub rstd: TensorRef<'a>,
+    /// (rows, c)
+    pub inp: TensorRef<'a>,
+    /// (c)
+    pub weight: TensorRef<'a>,
+    /// (c)
+    pub bias: TensorRef<'a>,
+}
+
+/// The backward tensors of one layer.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerNormGradBuffers<'a> {
+    /// (rows, c), overwritten.
+    pub dinp: TensorRef<'a>,
+    /// (c), accumulated.
+    pub dweight: TensorRef<'a>,
+    /// (c), accumulated.
+    pub dbias: TensorRef<'a>,
+    /// (rows, c)
+    pub dout: TensorRef<'a>,
+}
+
+/// Bind groups of the backward kernels, and the scratch they share.
+#[derive(Debug)]
+struct Backward {
+    dinp: wgpu::BindGroup,
+    partials: wgpu::BindGroup,
+    dparams: wgpu::BindGroup,
+    _scratch: wgpu::Buffer,
+}
+
+/// Uniform, bind groups and scratch of one layer, made by [`LayerNormKernels::bind`].
+#[derive(Debug)]
+pub struct LayerNormBinding {
+    rows: u32,
+    max_rows: u32,
+    c: u32,
+    max_groups: u32,
+    params: LayerNormParams,
+    uniform: wgpu::Buffer,
+    forward: wgpu::BindGroup,
+    backward: Option<Backward>,
+}
+
+impl LayerNormBinding {
+    /// Rows of the current batch.
+    pub fn rows(&self) -> u32 {
+        self.rows
+    }
+
+    /// Sets the batch rows (at most the `rows` bound) for the following dispatches: a
+    /// `queue.write_buffer`, effective at the next submit (every dispatch of this
+    /// binding in that submit sees the last value set). Panics if `rows` exceeds the
+    /// bound maximum (the buffers are not big enough).
+    pub fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
+        assert!(
+            rows <= self.max_rows,
+            "layernorm set_rows({rows}): the binding was made for at most {} rows",
+            self.max_rows
+        );
+        self.rows = rows;
+        self.params.rows = rows;
+        ctx.queue
+            .write_buffer(&self.uniform, 0, bytemuck::bytes_of(&self.params));
+    }
+}
+
+/// Pipelines of `shaders/layernorm.wgsl`, created once.
+#[derive(Debug)]
+pub struct LayerNormKernels {
+    layout: wgpu::BindGroupLayout,
+    forward: wgpu::ComputePipeline,
+    backward_dinp: wgpu::ComputePipeline,
+    backward_partials: wgpu::ComputePipeline,
+    backward_dparams: wgpu::ComputePipeline,
+    /// Bound in the slots a kernel does not use.
+    dummy: wgpu::Buffer,
+}
+
+impl LayerNormKernels {
+    pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
+        ctx.checked("creating the layernorm kernels", || {
+            let layout = ctx.bind_group_layout(
+                "layernorm",
+                &[
+                    Slot::Uniform, // params
+                    Slot::Storage, // inp
+                    Slot::Storage, // mean
+                    Slot::Storage, // rstd
+                    Slot::Storage, // weight | dweight
+                    Slot::Storage, // bias | dbias
+                    Slot::Storage, // out | dinp
+                    Slot::Storage, // dout
+                    Slot::Storage, // scratch
+                ],
+            );
+            let module = ctx.shader_module(
+                "layernorm.wgsl",
+                include_str!("../../../shaders/layernorm.wgsl"),
+            );
+            let pipeline = |entry| ctx.compute_pipeline(&module, entry, Some(&layout));
+            Self {
+                forward: pipeline("layernorm_forward"),
+                backward_dinp: pipeline("layernorm_backward_dinp"),
+                backward_partials: pipeline("layernorm_backward_partials"),
+                backward_dparams: pipeline("layernorm_backward_dparams"),
+                dummy: ctx.storage_buffer_zeroed("layernorm dummy", 4),
+                layout,
+            }
+        })
+    }
+
+    /// Creates the uniform, bind groups and (with `grads`) the scratch of one layer,
+    /// after checking every tensor lies inside its buffer. `grads = None` binds the
+    /// forward pass only.
+    pub fn bind(
+        &self,
+        ctx: &GpuContext,
+        bufs: &LayerNormBuffers,
+        grads: Option<&LayerNormGradBuffers>,
+        dims: LayerNormDims,
+    ) -> Result<LayerNormBinding, GpuError> {
+        let LayerNormDims { rows, c } = dims;
+        if c == 0 {
+            return Err(GpuError::Binding(
+                "layernorm with c = 0 features: there is nothing to normalise".into(),
+            ));
+        }
+        let (rows_l, c_l) = (u64::from(rows), u64::from(c));
+        let what = |t: &str, shape: &str| format!("layernorm {t} {shape} (rows {rows}, c {c})");
+        bufs.out
+            .check(ctx, &what("out", "(rows, c)"), rows_l * c_l)?;
+        bufs.mean.check(ctx, &what("mean", "(rows)"), rows_l)?;
+        bufs.rstd.check(ctx, &what("rstd", "(rows)"), rows_l)?;
+        bufs.inp
+            .check(ctx, &what("inp", "(rows, c)"), rows_l * c_l)?;
+        bufs.weight.check(ctx, &what("weight", "(c)"), c_l)?;
+        bufs.bias.check(ctx, &what("bias", "(c)"), c_l)?;
+        if let Some(g) = grads {
+            g.dinp
+                .check(ctx, &what("dinp", "(rows, c)"), rows_l * c_l)?;
+            g.dweight.check(ctx, &what("dweight", "(c)"), c_l)?;
+            g.dbias.check(ctx, &what("dbias", "(c)"), c_l)?;
+            g.dout
+                .check(ctx, &what("dout", "(rows, c)"), rows_l * c_l)?;
+        }
+        let max_groups = ctx.limits.max_compute_workgroups_per_dimension;
+        let chunks = rows.div_ceil(CHUNK_ROWS);
+        if chunks > max_groups || c.div_ceil(WG) > max_groups {
+            return Err(GpuError::Binding(format!(
+                "layernorm (rows {rows}, c {c}): the backward needs {chunks} x {} workgroups, \
+                 more than the device's {max_groups} per dimension; split the batch",
+                c.div_ceil(WG)
+            )));
+        }
+
+        let params = LayerNormParams {
+            rows,
+            c,
+            inp_off: bufs.inp.offset,
+            out_off: bufs.out.offset,
+            mean_off: bufs.mean.offset,
+            rstd_off: bufs.rstd.offset,
+            weight_off: bufs.weight.offset,
+            bias_off: bufs.bias.offset,
+            dinp_off: grads.map_or(0, |g| g.dinp.offset),
+            dout_off: grads.map_or(0, |g| g.dout.offset),
+            dweight_off: grads.map_or(0, |g| g.dweight.offset),
+            dbias_off: grads.map_or(0, |g| g.dbias.offset),
+            eps: LN_EPS,
+            ..Default::default()
+        };
+        let uniform = ctx.uniform_buffer("layernorm params", &params);
+
+        // Slots (params, inp, mean, rstd, weight | dweight, bias | dbias, out | dinp, dout,
+        // scratch), as in the shader.
+        let group = |label: &str, bufs: [&wgpu::Buffer; 8]| {
+            let mut resources = vec![uniform.as_entire_binding()];
+            resources.extend(bufs.iter().map(|b| b.as_entire_binding()));
+            ctx.bind_group(label, &self.layout, &resources)
+        };
+        let d = &self.dummy;
+        let (inp, mean, rstd) = (bufs.inp.buffer, bufs.mean.buffer, bufs.rstd.buffer);
+        let forward = group(
+            "layernorm forward",
+            [
+                inp,
+                mean,
+                rstd,
+                bufs.weight.buffer,
+                bufs.bias.buffer,
+                bufs.out.buffer,
+                d,
+                d,
+            ],
+        );
+        let backward = grads.map(|g| {
+            let len = 2 * chunks as usize * c as usize;
+            let scratch = ctx.storage_buffer_zeroed("layernorm scratch", len);
+            let dout = g.dout.buffer;
+            Backward {
+                dinp: group(
+                    "layernorm dinp",
+                    [
+                        inp,
+                        mean,
+                        rstd,
+                        bufs.weight.buffer,
+                        d,
+                        g.dinp.buffer,
+                        dout,
+                        d,
+                    ],
+                ),
+                partials: group(
+                    "layernorm partials",
+                    [inp, mean, rstd, d, d, d, dout, &scratch],
+                ),
+                dparams: group(
+                    "layernorm dparams",
+                    [d, d, d, g.dweight.buffer, g.dbias.buffer, d, d, &scratch],
+                ),
+                _scratch: scratch,
+            }
+        });
+        Ok(LayerNormBinding {
+            rows,
+            max_rows: rows,
+            c,
+            max_groups,
+            params,
+            uniform,
+            forward,
+            backward,
+        })
+    }
+
+    /// out = (inp - mean) * rstd * weight + bias; mean and rstd saved.
+    pub fn forward(&self, pass: &mut wgpu::ComputePass, b: &LayerNormBinding) {
+        if b.rows == 0 {
+            return;
+        }
+        pass.set_pipeline(&self.forward);
+        pass.set_bind_group(0, &b.forward, &[]);
+        pass.dispatch_workgroups(b.rows.min(b.max_groups), 1, 1);
+    }
+
+    /// dinp (overwritten), dweight and dbias (accumulated). Panics if the binding was
+    /// made without gradient buffers.
+    pub fn backward(&self, pass: &mut wgpu::ComputePass, b: &LayerNormBinding) {
+        let g = b
+            .backward
+            .as_ref()
+            .expect("layernorm backward: the binding was made without gradient buffers");
+        if b.rows == 0 {
+            return;
+        }
+        // One workgroup per row, grid-stride past the device's workgroup limit.
+        pass.set_pipeline(&self.backward_dinp);
+        pass.set_bind_group(0, &g.dinp, &[]);
+        pass.dispatch_workgroups(b.rows.min(b.max_groups), 1, 1);
+        // One invocation per (chunk, column), then one per column.
+        let col_groups = b.c.div_ceil(WG);
+        pass.set_pipeline(&self.backward_partials);
+        pass.set_bind_group(0, &g.partials, &[]);
+        pass.dispatch_workgroups(col_groups, b.rows.div_ceil(CHUNK_ROWS), 1);
+        pass.set_pipeline(&self.backward_dparams);
+        pass.set_bind_group(0, &g.dparams, &[]);
+        pass.dispatch_workgroups(col_groups, 1, 1);
+    }
+}

@@ -1,1 +1,322 @@
-//! In progress.
+//! Optimiser updates (Adam, Adagrad) over a parameter arena, and a fill that zeroes the
+//! gradient arena each step, on the GPU: launcher for `shaders/optim.wgsl`.
+//! CPU reference: [`crate::cpu::optim`].
+//!
+//! ```text
+//! let opt = OptimKernels::new(&ctx)?;                                     // once
+//! let rule = UpdateRule::Adam { hp, m, v };
+//! let mut adam = opt.bind(&ctx, params, grads, rule, n)?;                 // once
+//! let zero = opt.bind_fill(&ctx, grads, n, 0.0)?;                         // once
+//! opt.fill(&mut pass, &zero);                                             // every step:
+//! ...forward, backward...
+//! adam.set_step(&ctx, t);                                                 // t = 1, 2, ...
+//! opt.update(&mut pass, &adam);
+//! ```
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{GpuContext, GpuError, Slot, TensorRef};
+pub use crate::cpu::optim::AdamHyper;
+
+/// The kernels' uniform, field for field `Params` in `shaders/optim.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+struct OptimParams {
+    n: u32,
+    p_off: u32,
+    g_off: u32,
+    m_off: u32,
+    v_off: u32,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    one_minus_beta1: f32,
+    one_minus_beta2: f32,
+    eps: f32,
+    step: f32,
+    bc2_sqrt: f32,
+    value: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+/// Invocations per workgroup (`WG` in the shader).
+const WG: u32 = 256;
+
+/// Dispatches `n.div_ceil(wg)` workgroups as an (x, y) grid with x at most `max_per_dim`
+/// (the device's `max_compute_workgroups_per_dimension`), for shaders that compute the
+/// flat index `(workgroup_id.y * num_workgroups.x + workgroup_id.x) * WG + local index`
+/// and guard `i < n` (the last row of the grid may overhang). Nothing for `n = 0`.
+pub(crate) fn dispatch_flat(pass: &mut wgpu::ComputePass, n: u32, wg: u32, max_per_dim: u32) {
+    let groups = n.div_ceil(wg);
+    if groups == 0 {
+        return;
+    }
+    let x = groups.min(max_per_dim);
+    pass.dispatch_workgroups(x, groups.div_ceil(x), 1);
+}
+
+/// The update rule and its state tensors, each (n) like the parameters, updated in place.
+#[derive(Clone, Copy, Debug)]
+pub enum UpdateRule<'a> {
+    /// As [`crate::cpu::optim::adam_update`]; set the step with [`OptimBinding::set_step`].
+    Adam {
+        hp: AdamHyper,
+        m: TensorRef<'a>,
+        v: TensorRef<'a>,
+    },
+    /// As [`crate::cpu::optim::adagrad_update`].
+    Adagrad {
+        lr: f32,
+        eps: f32,
+        sum: TensorRef<'a>,
+    },
+}
+
+/// Uniform and bind group of one update, made by [`OptimKernels::bind`].
+#[derive(Debug)]
+pub struct OptimBinding {
+    params: OptimParams,
+    adam: Option<AdamHyper>,
+    t: u64,
+    uniform: wgpu::Buffer,
+    group: wgpu::BindGroup,
+}
+
+impl OptimBinding {
+    /// Adam's step `t` (1-based) the next update uses; 1 after `bind`.
+    pub fn t(&self) -> u64 {
+        self.t
+    }
+
+    /// Sets Adam's step `t` (1-based) for the following updates: writes the bias
+    /// corrections `lr / (1 - beta1^t)` and `sqrt(1 - beta2^t)`, computed in f64 as
+    /// [`crate::cpu::optim::adam_update`] does. A `queue.write_buffer`: it takes effect at
+    /// the next submit, and every update of this binding in that submit uses the last `t`
+    /// set, so submit once per step. Without effect for Adagrad. Panics if `t` is 0.
+    pub fn set_step(&mut self, ctx: &GpuContext, t: u64) {
+        assert!(t >= 1, "optim set_step(0): Adam's steps count from 1");
+        self.t = t;
+        let Some(hp) = self.adam else { return };
+        let bc1 = 1.0 - f64::from(hp.beta1).powi(t as i32);
+        let bc2 = 1.0 - f64::from(hp.beta2).powi(t as i32);
+        self.params.step = (f64::from(hp.lr) / bc1) as f32;
+        self.params.bc2_sqrt = bc2.sqrt() as f32;
+        ctx.queue
+            .write_buffer(&self.uniform, 0, bytemuck::bytes_of(&self.params));
+    }
+}
+
+/// Uniform and bind group of one fill, made by [`OptimKernels::bind_fill`].
+#[derive(Debug)]
+pub struct FillBinding {
+    params: OptimParams,
+    max_len: u32,
+    uniform: wgpu::Buffer,
+    group: wgpu::BindGroup,
+}
+
+impl FillBinding {
+    /// Elements the next fill writes.
+    pub fn len(&self) -> u32 {
+        self.params.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.params.n == 0
+    }
+
+    /// Sets the element count (at most the bound `n`), e.g. for a range that scales
+    /// with the batch rows. A `queue.write_buffer`: it takes effect at the next submit,
+    /// and every fill of this binding in that submit sees the last value set. Panics if
+    /// `n` exceeds the bound count.
+    pub fn set_len(&mut self, ctx: &GpuContext, n: u32) {
+        assert!(
+            n <= self.max_len,
+            "fill set_len({n}): the binding was made for at most {} elements",
+            self.max_len
+        );
+        self.params.n = n;
+        ctx.queue
+            .write_buffer(&self.uniform, 0, bytemuck::bytes_of(&self.params));
+    }
+}
+
+/// Pipelines of `shaders/optim.wgsl`, created once.
+#[derive(Debug)]
+pub struct OptimKernels {
+    layout: wgpu::BindGroupLayout,
+    adam: wgpu::ComputePipeline,
+    adagrad: wgpu::ComputePipeline,
+    fill: wgpu::ComputePipeline,
+    /// Bound where a tensor is absent (Adagrad's v, the fill's all but one).
+    dummy: wgpu::Buffer,
+    max_groups: u32,
+}
+
+impl OptimKernels {
+    pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
+        ctx.checked("creating the optimiser kernels", || {
+            let layout = ctx.bind_group_layout(
+                "optim",
+                &[
+                    Slot::Uniform, // params (the uniform)
+                    Slot::Storage, // params (the parameters), or the tensor to fill
+                    Slot::Storage, // grads
+                    Slot::Storage, // m, or Adagrad's sum
+                    Slot::Storage, // v
+                ],
+            );
+            let module =
+                ctx.shader_module("optim.wgsl", include_str!("../../../shaders/optim.wgsl"));
+            let pipeline = |entry| ctx.compute_pipeline(&module, entry, Some(&layout));
+            Self {
+                adam: pipeline("adam_update"),
+                adagrad: pipeline("adagrad_update"),
+                fill: pipeline("fill"),
+                dummy: ctx.storage_buffer_zeroed("optim dummy", 4),
+                max_groups: ctx.limits.max_compute_workgroups_per_dimension,
+                layout,
+            }
+        })
+    }
+
+    /// Caps the workgroups per grid row below the device's
+    /// `max_compute_workgroups_per_dimension` (at least 1), so that small problems
+    /// spread over a 2D grid: lets tests reach the grid's second row without huge data.
+    pub fn with_max_workgroups_per_dim(mut self, max: u32) -> Self {
+        self.max_groups = max.clamp(1, self.max_groups);
+        self
+    }
+
+    /// Binds an update of `n` parameters from `params` with gradients from `grads` and
+    /// the rule's state, after checking every tensor lies inside its buffer. Adam starts
+    /// at step `t = 1`; call [`OptimBinding::set_step`] before each later step's submit.
+    pub fn bind(
+        &self,
+        ctx: &GpuContext,
+        params: TensorRef,
+        grads: TensorRef,
+        rule: UpdateRule,
+        n: u32,
+    ) -> Result<OptimBinding, GpuError> {
+        let len = u64::from(n);
+        params.check(ctx, "optim params (n)", len)?;
+        grads.check(ctx, "optim grads (n)", len)?;
+        let (m, v) = match rule {
+            UpdateRule::Adam { m, v, .. } => {
+                m.check(ctx, "adam m (n)", len)?;
+                v.check(ctx, "adam v (n)", len)?;
+                (m, Some(v))
+            }
+            UpdateRule::Adagrad { sum, .. } => {
+                sum.check(ctx, "adagrad sum (n)", len)?;
+                (sum, None)
+            }
+        };
+        let mut uniform_params = OptimParams {
+            n,
+            p_off: params.offset,
+            g_off: grads.offset,
+            m_off: m.offset,
+            v_off: v.map_or(0, |v| v.offset),
+            ..Default::default()
+        };
+        let adam = match rule {
+            UpdateRule::Adam { hp, .. } => {
+                uniform_params.lr = hp.lr;
+                uniform_params.beta1 = hp.beta1;
+                uniform_params.beta2 = hp.beta2;
+                uniform_params.one_minus_beta1 = 1.0 - hp.beta1;
+                uniform_params.one_minus_beta2 = 1.0 - hp.beta2;
+                uniform_params.eps = hp.eps;
+                Some(hp)
+            }
+            UpdateRule::Adagrad { lr, eps, .. } => {
+                uniform_params.lr = lr;
+                uniform_params.eps = eps;
+                None
+            }
+        };
+        let uniform = ctx.uniform_buffer("optim params", &uniform_params);
+        let group = self.group(
+            ctx,
+            "optim",
+            &uniform,
+            [
+                params.buffer,
+                grads.buffer,
+                m.buffer,
+                v.map_or(&self.dummy, |v| v.buffer),
+            ],
+        );
+        let mut binding = OptimBinding {
+            params: uniform_params,
+            adam,
+            t: 1,
+            uniform,
+            group,
+        };
+        binding.set_step(ctx, 1);
+        Ok(binding)
+    }
+
+    /// Binds a fill of `n` elements of `target` with `value` (0.0 to zero a gradient
+    /// arena), after checking the range lies inside its buffer.
+    pub fn bind_fill(
+        &self,
+        ctx: &GpuContext,
+        target: TensorRef,
+        n: u32,
+        value: f32,
+    ) -> Result<FillBinding, GpuError> {
+        target.check(ctx, "fill target (n)", u64::from(n))?;
+        let params = OptimParams {
+            n,
+            p_off: target.offset,
+            value,
+            ..Default::default()
+        };
+        let uniform = ctx.uniform_buffer("fill params", &params);
+        let d = &self.dummy;
+        let group = self.group(ctx, "fill", &uniform, [target.buffer, d, d, d]);
+        Ok(FillBinding {
+            params,
+            max_len: n,
+            uniform,
+            group,
+        })
+    }
+
+    /// One Adam or Adagrad step over the bound range (parameters and state in place).
+    pub fn update(&self, pass: &mut wgpu::ComputePass, b: &OptimBinding) {
+        let pipeline = if b.adam.is_some() {
+            &self.adam
+        } else {
+            &self.adagrad
+        };
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, &b.group, &[]);
+        dispatch_flat(pass, b.params.n, WG, self.max_groups);
+    }
+
+    /// target[0..n] = value.
+    pub fn fill(&self, pass: &mut wgpu::ComputePass, b: &FillBinding) {
+        pass.set_pipeline(&self.fill);
+        pass.set_bind_group(0, &b.group, &[]);
+        dispatch_flat(pass, b.params.n, WG, self.max_groups);
+    }
+
+    /// (uniform, params, grads, m, v) as in the shader.
+    fn group(
+        &self,
+        ctx: &GpuContext,
+        label: &str,
+        uniform: &wgpu::Buffer,
+        bufs: [&wgpu::Buffer; 4],
+    ) -> wgpu::BindGroup {
+        let mut resources = vec![uniform.as_entire_binding()];
+        resources.extend(bufs.iter().map(|b| b.as_entire_binding()));
+        ctx.bind_group(label, &self.layout, &resources)
+    }
+}

@@ -1,1 +1,258 @@
-//! In progress.
+//! Pooling of the last block's tokens into the MLP input on the GPU: launcher for
+//! `shaders/pooling.wgsl`. CPU reference: [`crate::cpu::pooling`].
+//!
+//! ```text
+//! let pool = PoolingKernels::new(&ctx)?;                         // once
+//! let mut b = pool.bind(&ctx, &bufs, Some(&grads), dims)?;       // once per buffer set
+//! b.set_rows(&ctx, last_batch_rows);                             // when the batch size changes
+//! pool.forward(&mut pass, &b);                                   // every step
+//! pool.backward(&mut pass, &b);
+//! ```
+
+use bytemuck::{Pod, Zeroable};
+
+use super::optim::dispatch_flat;
+use super::{GpuContext, GpuError, Slot, TensorRef};
+pub use crate::cpu::pooling::PoolMode;
+
+/// The kernels' uniform, field for field `Params` in `shaders/pooling.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+struct PoolParams {
+    b: u32,
+    t: u32,
+    d: u32,
+    row: u32,
+    off: u32,
+    width: u32,
+    mode: u32,
+    x_off: u32,
+    valid_off: u32,
+    out_off: u32,
+    dout_off: u32,
+    dx_off: u32,
+}
+
+/// Invocations per workgroup (`WG` in the shader).
+const WG: u32 = 256;
+
+/// Sizes of one pooling call site. `rows` is the largest batch the buffers hold; smaller
+/// batches are set later with [`PoolingBinding::set_rows`]. The pooled vector
+/// (`mode.width(t, d)` columns) goes to columns `off..off + width` of rows `row` wide.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolingDims {
+    pub rows: u32,
+    pub t: u32,
+    pub d: u32,
+    pub row: u32,
+    pub off: u32,
+    pub mode: PoolMode,
+}
+
+/// The forward tensors.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolingBuffers<'a> {
+    /// (rows, row) f32; only columns `off..off + width` are written.
+    pub out: TensorRef<'a>,
+    /// (rows, T, d) f32: the last block's output.
+    pub x: TensorRef<'a>,
+    /// (rows, T) u32: nonzero where the token is valid (not padding).
+    pub valid: TensorRef<'a>,
+}
+
+/// The backward tensors.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolingGradBuffers<'a> {
+    /// (rows, T, d), overwritten.
+    pub dx: TensorRef<'a>,
+    /// (rows, row); only columns `off..off + width` are read.
+    pub dout: TensorRef<'a>,
+}
+
+/// Uniform and bind group of one call site, made by [`PoolingKernels::bind`].
+#[derive(Debug)]
+pub struct PoolingBinding {
+    params: PoolParams,
+    max_rows: u32,
+    has_grads: bool,
+    uniform: wgpu::Buffer,
+    group: wgpu::BindGroup,
+}
+
+impl PoolingBinding {
+    /// Rows of the current batch.
+    pub fn rows(&self) -> u32 {
+        self.params.b
+    }
+
+    /// Sets the batch rows (at most the `rows` bound) for the following dispatches. This
+    /// is a `queue.write_buffer`: it takes effect at the next submit, and every dispatch
+    /// of this binding in that submit sees the last value set. Panics if `rows` exceeds
+    /// the bound maximum (the buffers are not big enough).
+    pub fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
+        assert!(
+            rows <= self.max_rows,
+            "pooling set_rows({rows}): the binding was made for at most {} rows",
+            self.max_rows
+        );
+        self.params.b = rows;
+        ctx.queue
+            .write_buffer(&self.uniform, 0, bytemuck::bytes_of(&self.params));
+    }
+}
+
+/// Pipelines of `shaders/pooling.wgsl`, created once.
+#[derive(Debug)]
+pub struct PoolingKernels {
+    layout: wgpu::BindGroupLayout,
+    forward: wgpu::ComputePipeline,
+    backward: wgpu::ComputePipeline,
+    /// Bound where the gradient tensors are absent.
+    dummy: wgpu::Buffer,
+    max_groups: u32,
+}
+
+impl PoolingKernels {
+    pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
+        ctx.checked("creating the pooling kernels", || {
+            let layout = ctx.bind_group_layout(
+                "pooling",
+                &[
+                    Slot::Uniform, // params
+                    Slot::Storage, // x
+                    Slot::Storage, // valid
+                    Slot::Storage, // out
+                    Slot::Storage, // dout
+                    Slot::Storage, // dx
+                ],
+            );
+            let module = ctx.shader_module(
+                "pooling.wgsl",
+                include_str!("../../../shaders/pooling.wgsl"),
+            );
+            let pipeline = |entry| ctx.compute_pipeline(&module, entry, Some(&layout));
+            Self {
+                forward: pipeline("pooling_forward"),
+                backward: pipeline("pooling_backward"),
+                dummy: ctx.storage_buffer_zeroed("pooling dummy", 4),
+                max_groups: ctx.limits.max_compute_workgroups_per_dimension,
+                layout,
+            }
+        })
+    }
+
+    /// Caps the workgroups per grid row below the device's
+    /// `max_compute_workgroups_per_dimension` (at least 1), so that small problems
+    /// spread over a 2D grid: lets tests reach the grid's second row without huge data.
+    pub fn with_max_workgroups_per_dim(mut self, max: u32) -> Self {
+        self.max_groups = max.clamp(1, self.max_groups);
+        self
+    }
+
+    /// Creates the uniform and bind group of one call site, after checking the sizes and
+    /// that every tensor lies inside its buffer. `grads = None` binds the forward only.
+    pub fn bind(
+        &self,
+        ctx: &GpuContext,
+        bufs: &PoolingBuffers,
+        grads: Option<&PoolingGradBuffers>,
+        dims: PoolingDims,
+    ) -> Result<PoolingBinding, GpuError> {
+        let PoolingDims {
+            rows,
+            t,
+            d,
+            row,
+            off,
+            mode,
+        } = dims;
+        if t == 0 || d == 0 {
+            return Err(GpuError::Binding(format!(
+                "pooling with T = {t}, d = {d}: both must be at least 1"
+            )));
+        }
+        let width = mode.width(t as usize, d as usize) as u64;
+        if u64::from(off) + width > u64::from(row) {
+            return Err(GpuError::Binding(format!(
+                "pooling {mode:?} (T = {t}, d = {d}): columns {off}..{} lie past the row \
+                 width {row}; widen the row or lower the offset",
+                u64::from(off) + width
+            )));
+        }
+        let (rows_l, t_l, d_l, row_l) =
+            (u64::from(rows), u64::from(t), u64::from(d), u64::from(row));
+        let mut tensors = vec![
+            ("pooling out (rows, row)", bufs.out, rows_l * row_l),
+            ("pooling x (rows, T, d)", bufs.x, rows_l * t_l * d_l),
+            ("pooling valid (rows, T)", bufs.valid, rows_l * t_l),
+        ];
+        if let Some(g) = grads {
+            tensors.extend([
+                ("pooling dx (rows, T, d)", g.dx, rows_l * t_l * d_l),
+                ("pooling dout (rows, row)", g.dout, rows_l * row_l),
+            ]);
+        }
+        for (what, tensor, len) in tensors {
+            tensor.check(ctx, what, len)?;
+        }
+
+        let params = PoolParams {
+            b: rows,
+            t,
+            d,
+            row,
+            off,
+            width: width as u32, // <= row
+            mode: mode as u32,
+            x_off: bufs.x.offset,
+            valid_off: bufs.valid.offset,
+            out_off: bufs.out.offset,
+            dout_off: grads.map_or(0, |g| g.dout.offset),
+            dx_off: grads.map_or(0, |g| g.dx.offset),
+        };
+        let uniform = ctx.uniform_buffer("pooling params", &params);
+        let dout = grads.map_or(&self.dummy, |g| g.dout.buffer);
+        let dx = grads.map_or(&self.dummy, |g| g.dx.buffer);
+        let group = ctx.bind_group(
+            "pooling",
+            &self.layout,
+            &[
+                uniform.as_entire_binding(),
+                bufs.x.buffer.as_entire_binding(),
+                bufs.valid.buffer.as_entire_binding(),
+                bufs.out.buffer.as_entire_binding(),
+                dout.as_entire_binding(),
+                dx.as_entire_binding(),
+            ],
+        );
+        Ok(PoolingBinding {
+            params,
+            max_rows: rows,
+            has_grads: grads.is_some(),
+            uniform,
+            group,
+        })
+    }
+
+    /// out[b, off..off + width] = pool(x[b]), as [`crate::cpu::pooling::pooling_forward`].
+    pub fn forward(&self, pass: &mut wgpu::ComputePass, b: &PoolingBinding) {
+        let n = b.params.b * b.params.width;
+        pass.set_pipeline(&self.forward);
+        pass.set_bind_group(0, &b.group, &[]);
+        dispatch_flat(pass, n, WG, self.max_groups);
+    }
+
+    /// dx = gradient of the pooled columns of dout (overwrites), as
+    /// [`crate::cpu::pooling::pooling_backward`]. Panics if the binding was made without
+    /// gradient buffers.
+    pub fn backward(&self, pass: &mut wgpu::ComputePass, b: &PoolingBinding) {
+        assert!(
+            b.has_grads,
+            "pooling backward: the binding was made without gradient buffers"
+        );
+        let n = b.params.b * b.params.t * b.params.d;
+        pass.set_pipeline(&self.backward);
+        pass.set_bind_group(0, &b.group, &[]);
+        dispatch_flat(pass, n, WG, self.max_groups);
+    }
+}

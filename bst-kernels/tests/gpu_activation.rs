@@ -1,0 +1,229 @@
+//! GPU LeakyReLU (`shaders/activation.wgsl`) against the CPU reference (`cpu::activation`):
+//! sizes not multiples of the 256-wide workgroup, several workgroups, a single element,
+//! a partial last batch, in-place use, tensors at nonzero offsets of bigger buffers.
+//!
+//! Tolerance: none. Each output is the input, or one correctly rounded product with
+//! alpha, so GPU and CPU agree bit for bit (zeros of both signs included). Everything
+//! outside the written tensors must be unchanged.
+
+mod common;
+
+use std::ops::Range;
+
+use bst_kernels::cpu::activation;
+use bst_kernels::gpu::activation::{
+    ActivationBuffers, ActivationDims, ActivationGradBuffers, ActivationKernels,
+};
+use bst_kernels::gpu::{GpuContext, TensorRef, wgpu};
+use common::{gpu, random_vec, run};
+
+/// Appends `pad` sentinels (100 + noise) then `values` to `data`; returns the range of
+/// `values`.
+fn push(data: &mut Vec<f32>, pad: usize, values: &[f32]) -> Range<usize> {
+    data.extend(random_vec(pad, data.len() as u64).iter().map(|v| 100.0 + v));
+    let start = data.len();
+    data.extend_from_slice(values);
+    start..data.len()
+}
+
+fn at<'a>(buffer: &'a wgpu::Buffer, r: &Range<usize>) -> TensorRef<'a> {
+    TensorRef::new(buffer, r.start as u32)
+}
+
+fn assert_bits_eq(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let bad = got
+        .iter()
+        .zip(want)
+        .position(|(g, w)| g.to_bits() != w.to_bits());
+    if let Some(i) = bad {
+        panic!("{what}[{i}]: gpu {} cpu {}", got[i], want[i]);
+    }
+    println!("{what}: {} values, bit-identical", got.len());
+}
+
+/// Inputs in [-1, 1) with some exact zeros of both signs (the kink of the derivative).
+fn inputs(n: usize, seed: u64) -> Vec<f32> {
+    let mut x = random_vec(n, seed);
+    for (i, v) in x.iter_mut().enumerate() {
+        match i % 7 {
+            3 => *v = 0.0,
+            5 => *v = -0.0,
+            _ => {}
+        }
+    }
+    x
+}
+
+struct Case {
+    rows: usize,
+    width: usize,
+    alpha: f32,
+    /// Bind for this many rows, then `set_rows(rows)` (a partial last batch).
+    bind_rows: Option<usize>,
+    /// out = inp and dinp = dout (same buffer and offset).
+    in_place: bool,
+}
+
+impl Case {
+    fn new(rows: usize, width: usize) -> Self {
+        Self {
+            rows,
+            width,
+            alpha: 0.01,
+            bind_rows: None,
+            in_place: false,
+        }
+    }
+}
+
+fn check(ctx: &GpuContext, case: &Case) {
+    let Case {
+        rows, width, alpha, ..
+    } = *case;
+    let cap = case.bind_rows.unwrap_or(rows);
+    let (n, n_cap) = (rows * width, cap * width);
+    let name = format!("leaky_relu {rows}x{width}");
+
+    let inp = inputs(n_cap, 1);
+    let dout = random_vec(n_cap, 2);
+    let stale = random_vec(n_cap, 3);
+    let mut acts = Vec::new();
+    let inp_r = push(&mut acts, 7, &inp);
+    let out_r = push(&mut acts, 3, &stale);
+    push(&mut acts, 5, &[]);
+    let mut dacts = Vec::new();
+    let dout_r = push(&mut dacts, 2, &dout);
+    let dinp_r = push(&mut dacts, 9, &stale);
+    push(&mut dacts, 4, &[]);
+    let (out_r, dinp_r) = if case.in_place {
+        (inp_r.clone(), dout_r.clone())
+    } else {
+        (out_r, dinp_r)
+    };
+
+    // The backward reads `inp`: in place, keep a copy of the input for it.
+    let mut saved = Vec::new();
+    let saved_r = push(&mut saved, 1, &inp);
+    let acts_buf = ctx.storage_buffer("acts", &acts);
+    let dacts_buf = ctx.storage_buffer("dacts", &dacts);
+    let saved_buf = ctx.storage_buffer("saved inp", &saved);
+
+    let kernels = ActivationKernels::new(ctx).expect("activation kernels");
+    let dims = ActivationDims {
+        rows: cap as u32,
+        width: width as u32,
+        alpha,
+    };
+    let fwd = ActivationBuffers {
+        out: at(&acts_buf, &out_r),
+        inp: at(&acts_buf, &inp_r),
+    };
+    let bwd_inp = ActivationBuffers {
+        out: at(&acts_buf, &out_r),
+        inp: at(&saved_buf, &saved_r),
+    };
+    let grads = ActivationGradBuffers {
+        dinp: at(&dacts_buf, &dinp_r),
+        dout: at(&dacts_buf, &dout_r),
+    };
+    let mut forward = kernels.bind(ctx, &fwd, None, dims).expect("bind");
+    let mut backward = kernels
+        .bind(ctx, &bwd_inp, Some(&grads), dims)
+        .expect("bind");
+    if case.bind_rows.is_some() {
+        forward.set_rows(ctx, rows as u32);
+        backward.set_rows(ctx, rows as u32);
+    }
+    run(ctx, |pass| {
+        kernels.forward(pass, &forward);
+        kernels.backward(pass, &backward);
+    });
+
+    let mut out = vec![0.0; n];
+    activation::leaky_relu_forward(&mut out, &inp[..n], alpha);
+    let mut dinp = vec![0.0; n];
+    activation::leaky_relu_backward(&mut dinp, &dout[..n], &inp[..n], alpha);
+
+    let acts_gpu = ctx.read_f32(&acts_buf, 0, acts.len()).expect("readback");
+    let dacts_gpu = ctx.read_f32(&dacts_buf, 0, dacts.len()).expect("readback");
+    let out_w = out_r.start..out_r.start + n;
+    let dinp_w = dinp_r.start..dinp_r.start + n;
+    assert_bits_eq(&format!("{name} out"), &acts_gpu[out_w.clone()], &out);
+    assert_bits_eq(&format!("{name} dinp"), &dacts_gpu[dinp_w.clone()], &dinp);
+    // Outside the written rows every value is as uploaded.
+    for (what, got, init, w) in [
+        ("acts", &acts_gpu, &acts, &out_w),
+        ("dacts", &dacts_gpu, &dacts, &dinp_w),
+    ] {
+        for (i, (g, v)) in got.iter().zip(init.iter()).enumerate() {
+            if !w.contains(&i) {
+                assert_eq!(
+                    g.to_bits(),
+                    v.to_bits(),
+                    "{name} {what}[{i}] was overwritten"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn several_workgroups_with_a_partial_last_one() {
+    let Some(ctx) = gpu() else { return };
+    check(ctx, &Case::new(37, 29)); // 1073 elements: 5 workgroups of 256, the last partial
+}
+
+#[test]
+fn single_element() {
+    let Some(ctx) = gpu() else { return };
+    check(ctx, &Case::new(1, 1));
+}
+
+#[test]
+fn set_rows_runs_a_partial_last_batch_and_leaves_later_rows_alone() {
+    let Some(ctx) = gpu() else { return };
+    let case = Case {
+        bind_rows: Some(50),
+        alpha: 0.2,
+        ..Case::new(13, 21)
+    };
+    check(ctx, &case);
+}
+
+#[test]
+fn in_place_output_and_gradient() {
+    let Some(ctx) = gpu() else { return };
+    let case = Case {
+        in_place: true,
+        ..Case::new(9, 65)
+    };
+    check(ctx, &case);
+}
+
+#[test]
+fn bind_rejects_a_tensor_past_the_end_of_its_buffer() {
+    let Some(ctx) = gpu() else { return };
+    let kernels = ActivationKernels::new(ctx).expect("activation kernels");
+    let buf = ctx.storage_buffer_zeroed("buf", 100);
+    let bufs = ActivationBuffers {
+        out: TensorRef::new(&buf, 0),
+        inp: TensorRef::new(&buf, 60), // needs 60 + 4 * 10 = 100: fits
+    };
+    let grads = ActivationGradBuffers {
+        dinp: TensorRef::new(&buf, 0),
+        dout: TensorRef::new(&buf, 61), // needs 101: does not
+    };
+    let dims = ActivationDims {
+        rows: 4,
+        width: 10,
+        alpha: 0.01,
+    };
+    kernels.bind(ctx, &bufs, None, dims).expect("forward fits");
+    let err = kernels
+        .bind(ctx, &bufs, Some(&grads), dims)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("activation dout"), "{err}");
+    assert!(err.contains("61..101"), "{err}");
+}

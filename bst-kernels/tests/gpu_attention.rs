@@ -1,0 +1,271 @@
+//! GPU attention (`shaders/attention.wgsl`) against the CPU reference (`cpu::attention`):
+//! several samples and heads, a sample whose history is all padding (only the target
+//! valid), T = 1 with one sample and one head, T = 64 (the backward's limit, K and V
+//! read from global memory), T = 70 forward-only (nothing staged), a partial last batch,
+//! every tensor at a nonzero offset of a bigger buffer.
+//!
+//! Tolerance: |gpu - cpu| <= 1e-5 + 1e-4 |cpu| (the same sums in the same order as the
+//! CPU, but the GPU's exp and division are not correctly rounded, and its compiler may
+//! fuse multiply-adds). Probabilities of masked keys must be exactly 0, and everything
+//! outside the written tensors bit-for-bit unchanged.
+
+mod common;
+
+use std::ops::Range;
+
+use bst_kernels::cpu::attention;
+use bst_kernels::gpu::attention::{
+    AttentionBuffers, AttentionDims, AttentionGradBuffers, AttentionKernels,
+};
+use bst_kernels::gpu::{GpuContext, TensorRef, wgpu};
+use common::{assert_close, gpu, random_vec, run};
+
+const ATOL: f32 = 1e-5;
+const RTOL: f32 = 1e-4;
+
+/// Appends `pad` sentinels (100 + noise) then `values` to `data`; returns the range of
+/// `values`.
+fn push(data: &mut Vec<f32>, pad: usize, values: &[f32]) -> Range<usize> {
+    data.extend(random_vec(pad, data.len() as u64).iter().map(|v| 100.0 + v));
+    let start = data.len();
+    data.extend_from_slice(values);
+    start..data.len()
+}
+
+fn at<'a>(buffer: &'a wgpu::Buffer, r: &Range<usize>) -> TensorRef<'a> {
+    TensorRef::new(buffer, r.start as u32)
+}
+
+/// Asserts that `got` equals `init` outside the `written` ranges.
+fn assert_untouched(what: &str, got: &[f32], init: &[f32], written: &[&Range<usize>]) {
+    for (i, (g, w)) in got.iter().zip(init).enumerate() {
+        if !written.iter().any(|r| r.contains(&i)) {
+            assert_eq!(g.to_bits(), w.to_bits(), "{what}[{i}] was overwritten");
+        }
+    }
+}
+
+/// valid (B, T): the target (last token) always valid, the history about 3/4 valid,
+/// and the history of sample 1 (when there is one) all padding.
+fn validity(b: usize, t: usize) -> Vec<u32> {
+    let noise = random_vec(b * t, 9);
+    (0..b * t)
+        .map(|i| {
+            let (bi, ti) = (i / t, i % t);
+            u32::from(ti == t - 1 || (bi != 1 && noise[i] > -0.5))
+        })
+        .collect()
+}
+
+struct Case {
+    b: usize,
+    t: usize,
+    d: usize,
+    h: usize,
+    /// Bind for this many samples, then `set_rows(b)` (a partial last batch).
+    bind_b: Option<usize>,
+    backward: bool,
+}
+
+impl Case {
+    fn new(b: usize, t: usize, d: usize, h: usize) -> Self {
+        Self {
+            b,
+            t,
+            d,
+            h,
+            bind_b: None,
+            backward: true,
+        }
+    }
+}
+
+fn check(ctx: &GpuContext, case: &Case) {
+    let Case { b, t, d, h, .. } = *case;
+    let cap = case.bind_b.unwrap_or(b);
+    let name = format!("attention B {b} T {t} d {d} h {h}");
+
+    // Q, K, V in [-2, 2) so that the softmax is far from uniform.
+    let qkv: Vec<f32> = random_vec(cap * t * 3 * d, 1)
+        .iter()
+        .map(|v| 2.0 * v)
+        .collect();
+    let valid = validity(cap, t);
+    let dout = random_vec(cap * t * d, 2);
+    let stale = random_vec(cap * h * t * t.max(3 * d), 3);
+
+    let mut acts = Vec::new();
+    let qkv_r = push(&mut acts, 5, &qkv);
+    let out_r = push(&mut acts, 3, &stale[..cap * t * d]);
+    let att_r = push(&mut acts, 2, &stale[..cap * h * t * t]);
+    push(&mut acts, 4, &[]);
+    let mut dacts = Vec::new();
+    let dout_r = push(&mut dacts, 7, &dout);
+    let dqkv_r = push(&mut dacts, 1, &stale[..cap * t * 3 * d]);
+    push(&mut dacts, 3, &[]);
+    let mut valid_host = vec![7u32; 6]; // sentinels before the tensor
+    valid_host.extend(&valid);
+    let valid_r = 6..valid_host.len();
+
+    let acts_buf = ctx.storage_buffer("acts", &acts);
+    let dacts_buf = ctx.storage_buffer("dacts", &dacts);
+    let valid_buf = ctx.storage_buffer("valid", &valid_host);
+
+    let kernels = AttentionKernels::new(ctx).expect("attention kernels");
+    let bufs = AttentionBuffers {
+        out: at(&acts_buf, &out_r),
+        att: at(&acts_buf, &att_r),
+        qkv: at(&acts_buf, &qkv_r),
+        valid: at(&valid_buf, &valid_r),
+    };
+    let grads = AttentionGradBuffers {
+        dqkv: at(&dacts_buf, &dqkv_r),
+        dout: at(&dacts_buf, &dout_r),
+    };
+    let dims = AttentionDims {
+        batch: cap as u32,
+        t: t as u32,
+        d: d as u32,
+        heads: h as u32,
+    };
+    let grads = case.backward.then_some(&grads);
+    let mut binding = kernels.bind(ctx, &bufs, grads, dims).expect("bind");
+    if case.bind_b.is_some() {
+        binding.set_rows(ctx, b as u32);
+    }
+    run(ctx, |pass| {
+        kernels.forward(pass, &binding);
+        if case.backward {
+            kernels.backward(pass, &binding);
+        }
+    });
+
+    // CPU reference on the first `b` samples.
+    let mut out = vec![0.0; b * t * d];
+    let mut att = vec![0.0; b * h * t * t];
+    let qkv = &qkv[..b * t * 3 * d];
+    attention::attention_forward(&mut out, &mut att, qkv, &valid, b, t, d, h);
+    let mut dqkv = vec![0.0; b * t * 3 * d];
+    attention::attention_backward(&mut dqkv, &dout[..b * t * d], &att, qkv, b, t, d, h);
+
+    let acts_gpu = ctx.read_f32(&acts_buf, 0, acts.len()).expect("readback");
+    let dacts_gpu = ctx.read_f32(&dacts_buf, 0, dacts.len()).expect("readback");
+    let first = |r: &Range<usize>, len: usize| r.start..r.start + len;
+    let (out_w, att_w) = (first(&out_r, out.len()), first(&att_r, att.len()));
+    let att_gpu = &acts_gpu[att_w.clone()];
+    assert_close(
+        &format!("{name} out"),
+        &acts_gpu[out_w.clone()],
+        &out,
+        ATOL,
+        RTOL,
+    );
+    assert_close(&format!("{name} att"), att_gpu, &att, ATOL, RTOL);
+    for (i, a) in att_gpu.iter().enumerate() {
+        let (bi, t2) = (i / (h * t * t), i % t);
+        if valid[bi * t + t2] == 0 {
+            assert_eq!(a.to_bits(), 0, "{name} att[{i}]: a masked key got {a}");
+        }
+    }
+    assert_untouched(&format!("{name} acts"), &acts_gpu, &acts, &[&out_w, &att_w]);
+
+    let dqkv_w = first(&dqkv_r, dqkv.len());
+    let mut dacts_written = vec![];
+    if case.backward {
+        assert_close(
+            &format!("{name} dqkv"),
+            &dacts_gpu[dqkv_w.clone()],
+            &dqkv,
+            ATOL,
+            RTOL,
+        );
+        dacts_written.push(&dqkv_w);
+    }
+    assert_untouched(&format!("{name} dacts"), &dacts_gpu, &dacts, &dacts_written);
+    let valid_gpu = ctx
+        .read_u32(&valid_buf, 0, valid_host.len())
+        .expect("readback");
+    assert_eq!(valid_gpu, valid_host, "{name}: valid was overwritten");
+}
+
+#[test]
+fn several_samples_and_heads_with_an_all_padding_history() {
+    // 441 scores and 504 gradients per head: several passes of the 64 invocations.
+    let Some(ctx) = gpu() else { return };
+    check(ctx, &Case::new(3, 21, 32, 4));
+}
+
+#[test]
+fn single_token_single_sample_single_head() {
+    let Some(ctx) = gpu() else { return };
+    check(ctx, &Case::new(1, 1, 5, 1));
+}
+
+#[test]
+fn t_64_backward_reads_k_and_v_from_global_memory() {
+    // Forward: K and V fill the 16 KiB exactly (2 * 64 * 32). Backward: dS fills it.
+    let Some(ctx) = gpu() else { return };
+    check(ctx, &Case::new(2, 64, 32, 1));
+}
+
+#[test]
+fn t_70_forward_reads_k_and_v_from_global_memory() {
+    // 2 * 70 * 32 floats of K and V do not fit 16 KiB; the backward is refused.
+    let Some(ctx) = gpu() else { return };
+    let case = Case {
+        backward: false,
+        ..Case::new(2, 70, 64, 2)
+    };
+    check(ctx, &case);
+}
+
+#[test]
+fn set_rows_runs_a_partial_last_batch_and_leaves_later_samples_alone() {
+    let Some(ctx) = gpu() else { return };
+    let case = Case {
+        bind_b: Some(6),
+        ..Case::new(2, 9, 12, 3)
+    };
+    check(ctx, &case);
+}
+
+#[test]
+fn bind_rejects_t_over_64_for_the_backward_and_bad_shapes() {
+    let Some(ctx) = gpu() else { return };
+    let kernels = AttentionKernels::new(ctx).expect("attention kernels");
+    let buf = ctx.storage_buffer_zeroed("buf", 100_000);
+    let bufs = AttentionBuffers {
+        out: TensorRef::new(&buf, 0),
+        att: TensorRef::new(&buf, 0),
+        qkv: TensorRef::new(&buf, 0),
+        valid: TensorRef::new(&buf, 0),
+    };
+    let grads = AttentionGradBuffers {
+        dqkv: TensorRef::new(&buf, 0),
+        dout: TensorRef::new(&buf, 0),
+    };
+    let dims = AttentionDims {
+        batch: 1,
+        t: 65,
+        d: 8,
+        heads: 2,
+    };
+    kernels
+        .bind(ctx, &bufs, None, dims)
+        .expect("the forward takes T = 65");
+    let err = kernels
+        .bind(ctx, &bufs, Some(&grads), dims)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("T is at most 64"), "{err}");
+    let err = kernels
+        .bind(ctx, &bufs, None, AttentionDims { heads: 3, ..dims })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("heads must divide d"), "{err}");
+    let err = kernels
+        .bind(ctx, &bufs, None, AttentionDims { batch: 20, ..dims })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("att (B, h, T, T)"), "{err}"); // 20 * 2 * 65 * 65 > 100_000
+}

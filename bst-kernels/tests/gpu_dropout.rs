@@ -1,0 +1,226 @@
+//! GPU residual dropout (`shaders/dropout.wgsl`) against the CPU reference
+//! (`cpu::dropout`): one binding reused over several keys (seeds above 2^32, steps,
+//! sites, p from 0 to 0.9) with `set_key`, sizes not multiples of the 256-wide
+//! workgroup, several workgroups, a partial last batch, tensors at nonzero offsets.
+//!
+//! Tolerance: none. The mask comes from the same integer hash, and `x + a * scale` is one
+//! multiply and one add, each correctly rounded, so GPU and CPU agree bit for bit.
+//! Everything outside the written tensors must be unchanged.
+
+mod common;
+
+use std::ops::Range;
+
+use bst_kernels::cpu::dropout::{self, DropoutKey};
+use bst_kernels::gpu::dropout::{DropoutBuffers, DropoutDims, DropoutGradBuffers, DropoutKernels};
+use bst_kernels::gpu::{GpuContext, TensorRef, wgpu};
+use common::{gpu, random_vec, run};
+
+/// Appends `pad` sentinels (100 + noise) then `values` to `data`; returns the range of
+/// `values`.
+fn push(data: &mut Vec<f32>, pad: usize, values: &[f32]) -> Range<usize> {
+    data.extend(random_vec(pad, data.len() as u64).iter().map(|v| 100.0 + v));
+    let start = data.len();
+    data.extend_from_slice(values);
+    start..data.len()
+}
+
+fn at<'a>(buffer: &'a wgpu::Buffer, r: &Range<usize>) -> TensorRef<'a> {
+    TensorRef::new(buffer, r.start as u32)
+}
+
+fn assert_bits_eq(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let bad = got
+        .iter()
+        .zip(want)
+        .position(|(g, w)| g.to_bits() != w.to_bits());
+    if let Some(i) = bad {
+        panic!("{what}[{i}]: gpu {} cpu {}", got[i], want[i]);
+    }
+}
+
+fn keys() -> Vec<DropoutKey> {
+    let base = DropoutKey {
+        p: 0.1,
+        seed: 0x1234_5678_9abc_def0,
+        step: 0,
+        site: 0,
+    };
+    vec![
+        base,
+        DropoutKey { p: 0.0, ..base }, // eval: every element kept, scale 1
+        DropoutKey {
+            p: 0.5,
+            step: 7,
+            ..base
+        },
+        DropoutKey {
+            p: 0.9,
+            site: 3,
+            ..base
+        },
+        DropoutKey {
+            p: 0.3,
+            seed: 42,
+            step: 123_456,
+            site: 1,
+        },
+    ]
+}
+
+/// Runs every key through one binding made for `cap` rows and set to `rows`.
+fn check(ctx: &GpuContext, rows: usize, cap: usize, width: usize) {
+    let (n, n_cap) = (rows * width, cap * width);
+    let x = random_vec(n_cap, 1);
+    let a = random_vec(n_cap, 2);
+    let dout = random_vec(n_cap, 3);
+    let stale = random_vec(n_cap, 4);
+    let mut acts = Vec::new();
+    let x_r = push(&mut acts, 3, &x);
+    let a_r = push(&mut acts, 5, &a);
+    let out_r = push(&mut acts, 2, &stale);
+    push(&mut acts, 7, &[]);
+    let mut dacts = Vec::new();
+    let dout_r = push(&mut dacts, 1, &dout);
+    let da_r = push(&mut dacts, 6, &stale);
+    push(&mut dacts, 3, &[]);
+    let acts_buf = ctx.storage_buffer("acts", &acts);
+    let dacts_buf = ctx.storage_buffer("dacts", &dacts);
+
+    let kernels = DropoutKernels::new(ctx).expect("dropout kernels");
+    let bufs = DropoutBuffers {
+        out: at(&acts_buf, &out_r),
+        x: at(&acts_buf, &x_r),
+        a: at(&acts_buf, &a_r),
+    };
+    let grads = DropoutGradBuffers {
+        da: at(&dacts_buf, &da_r),
+        dout: at(&dacts_buf, &dout_r),
+    };
+    let dims = DropoutDims {
+        rows: cap as u32,
+        width: width as u32,
+    };
+    let keys = keys();
+    let mut binding = kernels
+        .bind(ctx, &bufs, Some(&grads), dims, keys[0])
+        .expect("bind");
+    binding.set_rows(ctx, rows as u32);
+
+    for key in keys {
+        let name = format!("dropout {rows}x{width} p {} step {}", key.p, key.step);
+        binding.set_key(ctx, key);
+        run(ctx, |pass| {
+            kernels.forward(pass, &binding);
+            kernels.backward(pass, &binding);
+        });
+        let mut out = vec![0.0; n];
+        dropout::residual_dropout_forward(&mut out, &x[..n], &a[..n], key);
+        let mut da = vec![0.0; n];
+        dropout::residual_dropout_backward(&mut da, &dout[..n], key);
+
+        let acts_gpu = ctx.read_f32(&acts_buf, 0, acts.len()).expect("readback");
+        let dacts_gpu = ctx.read_f32(&dacts_buf, 0, dacts.len()).expect("readback");
+        let out_w = out_r.start..out_r.start + n;
+        let da_w = da_r.start..da_r.start + n;
+        assert_bits_eq(&format!("{name} out"), &acts_gpu[out_w.clone()], &out);
+        assert_bits_eq(&format!("{name} da"), &dacts_gpu[da_w.clone()], &da);
+        for (what, got, init, w) in [
+            ("acts", &acts_gpu, &acts, &out_w),
+            ("dacts", &dacts_gpu, &dacts, &da_w),
+        ] {
+            for (i, (g, v)) in got.iter().zip(init.iter()).enumerate() {
+                if !w.contains(&i) {
+                    assert_eq!(
+                        g.to_bits(),
+                        v.to_bits(),
+                        "{name} {what}[{i}] was overwritten"
+                    );
+                }
+            }
+        }
+        // The comparison means something only if the mask drops what p says.
+        let dropped = da
+            .iter()
+            .zip(&dout)
+            .filter(|(d, g)| **d == 0.0 && **g != 0.0);
+        let rate = dropped.count() as f64 / n as f64;
+        println!("{name}: {n} values bit-identical, dropped {rate:.3}");
+        if key.p == 0.0 {
+            assert_eq!(rate, 0.0, "{name}: p = 0 dropped elements");
+        } else if n >= 1000 {
+            assert!(
+                (rate - f64::from(key.p)).abs() < 0.06,
+                "{name}: dropped {rate}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bit_identical_to_cpu_for_several_keys_over_several_workgroups() {
+    let Some(ctx) = gpu() else { return };
+    check(ctx, 47, 47, 64); // 3008 elements: 12 workgroups of 256, the last partial
+}
+
+#[test]
+fn single_element() {
+    let Some(ctx) = gpu() else { return };
+    check(ctx, 1, 1, 1);
+}
+
+#[test]
+fn set_rows_runs_a_partial_last_batch_and_leaves_later_rows_alone() {
+    let Some(ctx) = gpu() else { return };
+    check(ctx, 23, 60, 37);
+}
+
+#[test]
+fn in_place_residual() {
+    // out = x (same buffer and offset), as a residual stream updated in place.
+    let Some(ctx) = gpu() else { return };
+    let n = 700;
+    let x = random_vec(n, 5);
+    let a = random_vec(n, 6);
+    let mut acts = Vec::new();
+    let x_r = push(&mut acts, 4, &x);
+    let a_r = push(&mut acts, 2, &a);
+    let buf = ctx.storage_buffer("acts", &acts);
+    let kernels = DropoutKernels::new(ctx).expect("dropout kernels");
+    let key = keys()[2];
+    let bufs = DropoutBuffers {
+        out: at(&buf, &x_r),
+        x: at(&buf, &x_r),
+        a: at(&buf, &a_r),
+    };
+    let dims = DropoutDims {
+        rows: 7,
+        width: 100,
+    };
+    let binding = kernels.bind(ctx, &bufs, None, dims, key).expect("bind");
+    run(ctx, |pass| kernels.forward(pass, &binding));
+    let mut out = vec![0.0; n];
+    dropout::residual_dropout_forward(&mut out, &x, &a, key);
+    let got = ctx.read_f32(&buf, x_r.start as u32, n).expect("readback");
+    assert_bits_eq("dropout in place", &got, &out);
+}
+
+#[test]
+fn bind_rejects_a_tensor_past_the_end_of_its_buffer() {
+    let Some(ctx) = gpu() else { return };
+    let kernels = DropoutKernels::new(ctx).expect("dropout kernels");
+    let buf = ctx.storage_buffer_zeroed("buf", 100);
+    let bufs = DropoutBuffers {
+        out: TensorRef::new(&buf, 0),
+        x: TensorRef::new(&buf, 30),
+        a: TensorRef::new(&buf, 71), // needs 71 + 30 = 101 elements: does not fit
+    };
+    let dims = DropoutDims { rows: 3, width: 10 };
+    let err = kernels
+        .bind(ctx, &bufs, None, dims, keys()[0])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("dropout a"), "{err}");
+    assert!(err.contains("71..101"), "{err}");
+}

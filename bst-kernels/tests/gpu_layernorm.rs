@@ -1,0 +1,222 @@
+//! GPU LayerNorm (`shaders/layernorm.wgsl`) against the CPU reference (`cpu::layernorm`):
+//! C not a multiple of the 64-wide workgroup, C = 1, a single row, several chunks of the
+//! parameter-gradient reduction with a partial last one, several column workgroups, a
+//! partial last batch, every tensor at a nonzero offset of a bigger buffer, and
+//! parameter gradients accumulating onto nonzero values.
+//!
+//! Tolerance: |gpu - cpu| <= 1e-5 + 1e-4 |cpu| (tree reductions over C, and for the
+//! parameter gradients chunked sums over up to 600 rows, in another order than the CPU's
+//! loops). Everything outside the written tensors must be bit-for-bit unchanged.
+
+mod common;
+
+use std::ops::Range;
+
+use bst_kernels::cpu::layernorm;
+use bst_kernels::gpu::layernorm::{
+    LayerNormBuffers, LayerNormDims, LayerNormGradBuffers, LayerNormKernels,
+};
+use bst_kernels::gpu::{GpuContext, TensorRef, wgpu};
+use common::{assert_close, gpu, random_vec, run};
+
+const ATOL: f32 = 1e-5;
+const RTOL: f32 = 1e-4;
+
+/// Appends `pad` sentinels (100 + noise) then `values` to `data`; returns the range of
+/// `values`.
+fn push(data: &mut Vec<f32>, pad: usize, values: &[f32]) -> Range<usize> {
+    data.extend(random_vec(pad, data.len() as u64).iter().map(|v| 100.0 + v));
+    let start = data.len();
+    data.extend_from_slice(values);
+    start..data.len()
+}
+
+fn at<'a>(buffer: &'a wgpu::Buffer, r: &Range<usize>) -> TensorRef<'a> {
+    TensorRef::new(buffer, r.start as u32)
+}
+
+/// Asserts that `got` equals `init` outside the `written` ranges.
+fn assert_untouched(what: &str, got: &[f32], init: &[f32], written: &[&Range<usize>]) {
+    for (i, (g, w)) in got.iter().zip(init).enumerate() {
+        if !written.iter().any(|r| r.contains(&i)) {
+            assert_eq!(g.to_bits(), w.to_bits(), "{what}[{i}] was overwritten");
+        }
+    }
+}
+
+/// Runs forward and backward on `rows` rows of a binding made for `cap` rows, and
+/// compares everything with the CPU.
+fn check(ctx: &GpuContext, rows: usize, c: usize, cap: usize) {
+    let name = format!("layernorm {rows}x{c}");
+    let inp = random_vec(cap * c, 1);
+    let weight: Vec<f32> = random_vec(c, 2).iter().map(|v| 1.0 + 0.5 * v).collect();
+    let bias = random_vec(c, 3);
+    let dout = random_vec(cap * c, 4);
+    let dweight0 = random_vec(c, 5);
+    let dbias0 = random_vec(c, 6);
+    let stale = random_vec(cap * c, 7);
+
+    let mut params = Vec::new();
+    let w_r = push(&mut params, 3, &weight);
+    let b_r = push(&mut params, 2, &bias);
+    push(&mut params, 1, &[]);
+    let mut acts = Vec::new();
+    let inp_r = push(&mut acts, 5, &inp);
+    let out_r = push(&mut acts, 2, &stale);
+    let mean_r = push(&mut acts, 3, &stale[..cap]);
+    let rstd_r = push(&mut acts, 1, &stale[..cap]);
+    push(&mut acts, 4, &[]);
+    let mut grads = Vec::new();
+    let dw_r = push(&mut grads, 7, &dweight0);
+    let db_r = push(&mut grads, 1, &dbias0);
+    push(&mut grads, 2, &[]);
+    let mut dacts = Vec::new();
+    let dout_r = push(&mut dacts, 6, &dout);
+    let dinp_r = push(&mut dacts, 3, &stale);
+    push(&mut dacts, 5, &[]);
+
+    let params_buf = ctx.storage_buffer("params", &params);
+    let acts_buf = ctx.storage_buffer("acts", &acts);
+    let grads_buf = ctx.storage_buffer("grads", &grads);
+    let dacts_buf = ctx.storage_buffer("dacts", &dacts);
+
+    let kernels = LayerNormKernels::new(ctx).expect("layernorm kernels");
+    let bufs = LayerNormBuffers {
+        out: at(&acts_buf, &out_r),
+        mean: at(&acts_buf, &mean_r),
+        rstd: at(&acts_buf, &rstd_r),
+        inp: at(&acts_buf, &inp_r),
+        weight: at(&params_buf, &w_r),
+        bias: at(&params_buf, &b_r),
+    };
+    let grad_bufs = LayerNormGradBuffers {
+        dinp: at(&dacts_buf, &dinp_r),
+        dweight: at(&grads_buf, &dw_r),
+        dbias: at(&grads_buf, &db_r),
+        dout: at(&dacts_buf, &dout_r),
+    };
+    let dims = LayerNormDims {
+        rows: cap as u32,
+        c: c as u32,
+    };
+    let mut binding = kernels
+        .bind(ctx, &bufs, Some(&grad_bufs), dims)
+        .expect("bind");
+    if rows != cap {
+        binding.set_rows(ctx, rows as u32);
+    }
+    run(ctx, |pass| {
+        kernels.forward(pass, &binding);
+        kernels.backward(pass, &binding);
+    });
+
+    // CPU reference on the first `rows` rows.
+    let (mut out, mut mean, mut rstd) = (vec![0.0; rows * c], vec![0.0; rows], vec![0.0; rows]);
+    let inp = &inp[..rows * c];
+    layernorm::layernorm_forward(&mut out, &mut mean, &mut rstd, inp, &weight, &bias, rows, c);
+    let mut dinp = vec![0.0; rows * c];
+    let (mut dweight, mut dbias) = (dweight0.clone(), dbias0.clone());
+    layernorm::layernorm_backward(
+        &mut dinp,
+        &mut dweight,
+        &mut dbias,
+        &dout[..rows * c],
+        inp,
+        &weight,
+        &mean,
+        &rstd,
+        rows,
+        c,
+    );
+
+    let read = |buf: &wgpu::Buffer, len: usize| ctx.read_f32(buf, 0, len).expect("readback");
+    let acts_gpu = read(&acts_buf, acts.len());
+    let dacts_gpu = read(&dacts_buf, dacts.len());
+    let grads_gpu = read(&grads_buf, grads.len());
+    let params_gpu = read(&params_buf, params.len());
+    let first = |r: &Range<usize>, len: usize| r.start..r.start + len;
+    let (out_w, mean_w, rstd_w) = (
+        first(&out_r, rows * c),
+        first(&mean_r, rows),
+        first(&rstd_r, rows),
+    );
+    let dinp_w = first(&dinp_r, rows * c);
+    for (what, got, want) in [
+        ("out", &acts_gpu[out_w.clone()], &out),
+        ("mean", &acts_gpu[mean_w.clone()], &mean),
+        ("rstd", &acts_gpu[rstd_w.clone()], &rstd),
+        ("dinp", &dacts_gpu[dinp_w.clone()], &dinp),
+        ("dweight", &grads_gpu[dw_r.clone()], &dweight),
+        ("dbias", &grads_gpu[db_r.clone()], &dbias),
+    ] {
+        assert_close(&format!("{name} {what}"), got, want, ATOL, RTOL);
+    }
+    assert_untouched(
+        &format!("{name} acts"),
+        &acts_gpu,
+        &acts,
+        &[&out_w, &mean_w, &rstd_w],
+    );
+    assert_untouched(&format!("{name} dacts"), &dacts_gpu, &dacts, &[&dinp_w]);
+    assert_untouched(
+        &format!("{name} grads"),
+        &grads_gpu,
+        &grads,
+        &[&dw_r, &db_r],
+    );
+    assert_untouched(&format!("{name} params"), &params_gpu, &params, &[]);
+}
+
+#[test]
+fn three_chunks_of_rows_with_c_64() {
+    let Some(ctx) = gpu() else { return };
+    check(ctx, 600, 64, 600); // chunks of 256, 256 and 88 rows
+}
+
+#[test]
+fn c_not_a_multiple_of_the_workgroup_over_several_column_workgroups() {
+    let Some(ctx) = gpu() else { return };
+    check(ctx, 45, 150, 45); // 3 invocations per row for some lanes, 3 column groups
+}
+
+#[test]
+fn single_row() {
+    let Some(ctx) = gpu() else { return };
+    check(ctx, 1, 33, 1);
+}
+
+#[test]
+fn single_feature() {
+    // C = 1: xhat = 0, out = bias, dinp = 0, dweight unchanged.
+    let Some(ctx) = gpu() else { return };
+    check(ctx, 20, 1, 20);
+}
+
+#[test]
+fn set_rows_runs_a_partial_last_batch_and_leaves_later_rows_alone() {
+    let Some(ctx) = gpu() else { return };
+    check(ctx, 37, 70, 300); // bound for 2 chunks, runs 1
+}
+
+#[test]
+fn bind_rejects_a_tensor_past_the_end_of_its_buffer() {
+    let Some(ctx) = gpu() else { return };
+    let kernels = LayerNormKernels::new(ctx).expect("layernorm kernels");
+    let big = ctx.storage_buffer_zeroed("big", 1000);
+    let small = ctx.storage_buffer_zeroed("small", 20);
+    let bufs = LayerNormBuffers {
+        out: TensorRef::new(&big, 0),
+        mean: TensorRef::new(&big, 500),
+        rstd: TensorRef::new(&big, 600),
+        inp: TensorRef::new(&big, 700),
+        weight: TensorRef::new(&small, 0),
+        bias: TensorRef::new(&small, 12), // needs 12 + 10 = 22 elements: does not fit
+    };
+    let dims = LayerNormDims { rows: 5, c: 10 };
+    let err = kernels
+        .bind(ctx, &bufs, None, dims)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("layernorm bias (c)"), "{err}");
+    assert!(err.contains("12..22"), "{err}");
+}

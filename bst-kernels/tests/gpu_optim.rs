@@ -1,0 +1,294 @@
+//! GPU optimiser updates and fill (`shaders/optim.wgsl`) against the CPU reference
+//! (`cpu::optim`): Adam and Adagrad over three steps with new gradients each step, on
+//! ranges that are not multiples of the 256-wide workgroup, a single element, and a 2D
+//! grid of workgroups (a fill past the device's 65535 per dimension; the updates with a
+//! lowered cap, to keep the data small), each at a nonzero offset inside a bigger buffer
+//! whose other contents must stay bit-for-bit unchanged.
+//!
+//! Tolerance: |gpu - cpu| <= 1e-7 + 1e-6 |cpu| for parameters and optimiser state after
+//! every step (same operations in the same order; WGSL allows sqrt and division a few ulp
+//! and may fuse a multiply-add). The fill must be exact.
+
+mod common;
+
+use std::ops::Range;
+
+use bst_kernels::cpu::optim::{adagrad_update, adam_update};
+use bst_kernels::gpu::optim::{AdamHyper, OptimKernels, UpdateRule};
+use bst_kernels::gpu::{GpuContext, TensorRef, wgpu};
+use common::{assert_close, gpu, random_vec, run};
+
+const ATOL: f32 = 1e-7;
+const RTOL: f32 = 1e-6;
+const STEPS: u64 = 3;
+/// Elements of the smallest range that needs a second row of workgroups (65535 x 256).
+const PAST_ONE_ROW_OF_GROUPS: usize = 65535 * 256 + 300;
+
+/// Host image of a buffer holding several tensors between padding of sentinel values.
+struct Arena {
+    data: Vec<f32>,
+    seed: u64,
+}
+
+impl Arena {
+    fn new(seed: u64) -> Self {
+        Self {
+            data: Vec::new(),
+            seed,
+        }
+    }
+
+    /// Appends `pad` sentinels, then `values`; returns the range of `values`.
+    fn push(&mut self, pad: usize, values: &[f32]) -> Range<usize> {
+        self.seed += 1;
+        self.data
+            .extend(random_vec(pad, self.seed).iter().map(|v| 100.0 + v));
+        let start = self.data.len();
+        self.data.extend_from_slice(values);
+        start..self.data.len()
+    }
+}
+
+fn at<'a>(buffer: &'a wgpu::Buffer, r: &Range<usize>) -> TensorRef<'a> {
+    TensorRef::new(buffer, r.start as u32)
+}
+
+/// Asserts that `got` equals `init` outside the `written` ranges.
+fn assert_untouched(what: &str, got: &[f32], init: &[f32], written: &[&Range<usize>]) {
+    for (i, (g, w)) in got.iter().zip(init).enumerate() {
+        if !written.iter().any(|r| r.contains(&i)) {
+            assert_eq!(g.to_bits(), w.to_bits(), "{what}[{i}] was overwritten");
+        }
+    }
+}
+
+/// Gradients of step `t`: in [-1, 1), with every 7th element zero.
+fn grads_of_step(n: usize, t: u64) -> Vec<f32> {
+    let mut g = random_vec(n, 100 + t);
+    g.iter_mut().step_by(7).for_each(|g| *g = 0.0);
+    g
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Rule {
+    Adam,
+    Adagrad,
+}
+
+/// `STEPS` updates of `n` parameters with at most `max_groups` workgroups per grid row;
+/// compares parameters and state after every step.
+fn check(ctx: &GpuContext, rule: Rule, n: usize, max_groups: u32) {
+    let name = format!("{rule:?} n={n}");
+    let hp = AdamHyper {
+        lr: 0.01,
+        ..AdamHyper::default()
+    };
+    let (lr, eps) = (0.05, 1e-10);
+    // Nonzero starting state (v and Adagrad's sum nonnegative), some of it zero.
+    let p0 = random_vec(n, 1);
+    let mut m0 = random_vec(n, 2);
+    if let Rule::Adagrad = rule {
+        m0.iter_mut().for_each(|s| *s = s.abs());
+    }
+    let mut v0: Vec<f32> = random_vec(n, 3).iter().map(|x| x.abs()).collect();
+    m0.iter_mut().step_by(5).for_each(|m| *m = 0.0);
+    v0.iter_mut().step_by(5).for_each(|v| *v = 0.0);
+
+    let mut params = Arena::new(10);
+    let p_r = params.push(3, &p0);
+    params.push(2, &[]);
+    let mut state = Arena::new(20); // m and v (or sum) in one buffer
+    let m_r = state.push(5, &m0);
+    let v_r = state.push(1, &v0);
+    state.push(4, &[]);
+    let mut grads = Arena::new(30);
+    let g_r = grads.push(6, &grads_of_step(n, 1));
+    grads.push(2, &[]);
+
+    let params_buf = ctx.storage_buffer("params", &params.data);
+    let state_buf = ctx.storage_buffer("state", &state.data);
+    let grads_buf = ctx.storage_buffer("grads", &grads.data);
+    let kernels = OptimKernels::new(ctx)
+        .expect("optim kernels")
+        .with_max_workgroups_per_dim(max_groups);
+    let gpu_rule = match rule {
+        Rule::Adam => UpdateRule::Adam {
+            hp,
+            m: at(&state_buf, &m_r),
+            v: at(&state_buf, &v_r),
+        },
+        Rule::Adagrad => UpdateRule::Adagrad {
+            lr,
+            eps,
+            sum: at(&state_buf, &m_r),
+        },
+    };
+    let mut binding = kernels
+        .bind(
+            ctx,
+            at(&params_buf, &p_r),
+            at(&grads_buf, &g_r),
+            gpu_rule,
+            n as u32,
+        )
+        .expect("bind");
+
+    let (mut p, mut m, mut v) = (p0, m0, v0);
+    for t in 1..=STEPS {
+        let g = grads_of_step(n, t);
+        ctx.write(&grads_buf, g_r.start as u32, &g);
+        binding.set_step(ctx, t);
+        run(ctx, |pass| kernels.update(pass, &binding));
+        match rule {
+            Rule::Adam => adam_update(&mut p, &mut m, &mut v, &g, hp, t),
+            Rule::Adagrad => adagrad_update(&mut p, &mut m, &g, lr, eps),
+        }
+
+        let params_gpu = ctx
+            .read_f32(&params_buf, 0, params.data.len())
+            .expect("read");
+        let state_gpu = ctx.read_f32(&state_buf, 0, state.data.len()).expect("read");
+        let step = format!("{name} step {t}");
+        assert_close(
+            &format!("{step} params"),
+            &params_gpu[p_r.clone()],
+            &p,
+            ATOL,
+            RTOL,
+        );
+        assert_close(
+            &format!("{step} m/sum"),
+            &state_gpu[m_r.clone()],
+            &m,
+            ATOL,
+            RTOL,
+        );
+        assert_untouched(
+            &format!("{step} params"),
+            &params_gpu,
+            &params.data,
+            &[&p_r],
+        );
+        let mut state_written = vec![&m_r];
+        if let Rule::Adam = rule {
+            assert_close(
+                &format!("{step} v"),
+                &state_gpu[v_r.clone()],
+                &v,
+                ATOL,
+                RTOL,
+            );
+            state_written.push(&v_r);
+        }
+        assert_untouched(
+            &format!("{step} state"),
+            &state_gpu,
+            &state.data,
+            &state_written,
+        );
+    }
+    let mut grads_now = grads.data.clone();
+    grads_now[g_r.clone()].copy_from_slice(&grads_of_step(n, STEPS));
+    let grads_gpu = ctx.read_f32(&grads_buf, 0, grads.data.len()).expect("read");
+    assert_untouched(&format!("{name} grads"), &grads_gpu, &grads_now, &[]);
+}
+
+#[test]
+fn adam_three_steps_over_several_workgroups_with_a_partial_last_one() {
+    let Some(ctx) = gpu() else { return };
+    check(ctx, Rule::Adam, 1000, u32::MAX);
+}
+
+#[test]
+fn adam_three_steps_on_one_element() {
+    let Some(ctx) = gpu() else { return };
+    check(ctx, Rule::Adam, 1, u32::MAX);
+}
+
+#[test]
+fn adagrad_three_steps_over_several_workgroups_with_a_partial_last_one() {
+    let Some(ctx) = gpu() else { return };
+    check(ctx, Rule::Adagrad, 1000, u32::MAX);
+}
+
+#[test]
+fn adagrad_three_steps_on_one_element() {
+    let Some(ctx) = gpu() else { return };
+    check(ctx, Rule::Adagrad, 1, u32::MAX);
+}
+
+#[test]
+fn updates_on_a_2d_grid_with_an_overhanging_last_row() {
+    let Some(ctx) = gpu() else { return };
+    // 1000 elements: 4 workgroups as 3 x 2, the last two past the end.
+    check(ctx, Rule::Adam, 1000, 3);
+    check(ctx, Rule::Adagrad, 1000, 3);
+}
+
+#[test]
+fn fill_zeroes_a_range_and_set_len_shortens_it() {
+    let Some(ctx) = gpu() else { return };
+    let kernels = OptimKernels::new(ctx).expect("optim kernels");
+    let mut arena = Arena::new(40);
+    let r = arena.push(7, &random_vec(600, 41));
+    arena.push(5, &[]);
+    let buf = ctx.storage_buffer("grads", &arena.data);
+    let mut fill = kernels
+        .bind_fill(ctx, at(&buf, &r), 600, 0.0)
+        .expect("bind");
+    fill.set_len(ctx, 513);
+    run(ctx, |pass| kernels.fill(pass, &fill));
+    let got = ctx.read_f32(&buf, 0, arena.data.len()).expect("read");
+    let w = r.start..r.start + 513;
+    assert!(
+        got[w.clone()].iter().all(|&x| x.to_bits() == 0),
+        "not zeroed"
+    );
+    assert_untouched("fill", &got, &arena.data, &[&w]);
+}
+
+#[test]
+fn fill_over_more_than_65535_workgroups_reaches_every_element() {
+    let Some(ctx) = gpu() else { return };
+    let kernels = OptimKernels::new(ctx).expect("optim kernels");
+    let n = PAST_ONE_ROW_OF_GROUPS;
+    let mut arena = Arena::new(50);
+    let r = arena.push(3, &vec![1.0; n]);
+    arena.push(300, &[]);
+    let buf = ctx.storage_buffer("big", &arena.data);
+    let fill = kernels
+        .bind_fill(ctx, at(&buf, &r), n as u32, -2.5)
+        .expect("bind");
+    run(ctx, |pass| kernels.fill(pass, &fill));
+    let got = ctx.read_f32(&buf, 0, arena.data.len()).expect("read");
+    let missed = got[r.clone()].iter().filter(|&&x| x != -2.5).count();
+    assert_eq!(missed, 0, "{missed} of {n} elements not filled");
+    assert_untouched("fill", &got, &arena.data, &[&r]);
+}
+
+#[test]
+fn bind_rejects_a_state_tensor_past_the_end_of_its_buffer() {
+    let Some(ctx) = gpu() else { return };
+    let kernels = OptimKernels::new(ctx).expect("optim kernels");
+    let big = ctx.storage_buffer_zeroed("big", 100);
+    let small = ctx.storage_buffer_zeroed("small", 30);
+    let rule = UpdateRule::Adam {
+        hp: AdamHyper::default(),
+        m: TensorRef::whole(&small),
+        v: TensorRef::new(&small, 15), // needs 15 + 20 = 35 of 30
+    };
+    let err = kernels
+        .bind(
+            ctx,
+            TensorRef::whole(&big),
+            TensorRef::new(&big, 50),
+            rule,
+            20,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("adam v (n)") && err.contains("15..35"),
+        "{err}"
+    );
+}

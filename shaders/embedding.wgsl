@@ -1,0 +1,122 @@
+// Embedding gathers (forward) and their deterministic scatter-add (backward).
+// CPU reference: bst-kernels/src/cpu/embedding.rs; launcher: bst-kernels/src/gpu/embedding.rs.
+//
+// Both entry points see one table and one activation through the same token mapping.
+// Token `k` of a batch belongs to sample s = k / per_sample, slot j = k % per_sample; its
+// id is ids[hist_off + s*hist_len + j] for j < hist_len, else (the target, j = hist_len)
+// ids[target_off + s] or, without target_from_ids, the constant 0 (the target's position
+// bucket). Its w columns lie in `act` at act_off + s*act_stride + act_col + j*col_step:
+//   token table X (item, cat, pos): per_sample = T, hist_len = L, act = x (B, T, d),
+//                                   act_stride = T*d, col_step = d, act_col = X's column
+//   other fields:                   per_sample = hist_len = F, act = z (B, width),
+//                                   act_stride = width, col_step = d_o, act_col = off
+//
+//   embedding_gather       act[token k, c] = table[id(k), c]               (overwrite)
+//       one invocation per (token, column), n = B * per_sample tokens
+//   embedding_segment_sum  table[ids[u], c] += act[order[k], c] for k in start[u]..start[u+1]
+//       one invocation per (unique id, column), n = U unique ids; `ids` then holds the
+//       host's segmentation (unique ids, segment starts, token order: see build_segments),
+//       so every table row has one owner and no atomics are needed. The tokens of a
+//       segment are added one by one, in ascending token order, onto the table value: the
+//       same additions in the same order as the CPU reference, so results are bit-identical.
+//
+// The grid is two-dimensional when one dimension's workgroup limit is too small: the
+// linear invocation index is gid.y * (num_workgroups.x * WG) + gid.x.
+
+struct Params {
+    n: u32, // tokens (gather) or unique ids (segment_sum); rewritten per step
+    w: u32, // table width (columns per token)
+    table_off: u32,
+    table_rows: u32, // ids >= table_rows are out of range (see the entry points)
+    per_sample: u32,
+    hist_len: u32,
+    hist_off: u32,
+    target_off: u32,
+    target_from_ids: u32, // 1: the token at slot hist_len has id ids[target_off + s]; 0: id 0
+    act_off: u32,
+    act_stride: u32,
+    act_col: u32,
+    col_step: u32,
+    seg_ids_off: u32, // segment_sum: the unique ids (U), ascending, in `ids`
+    seg_start_off: u32, // segment_sum: U + 1 offsets into the order, in `ids`
+    seg_order_off: u32, // segment_sum: the token indices sorted by id (stable), in `ids`
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+// Storage is read_write even for inputs: see the design rules in gpu/mod.rs.
+@group(0) @binding(1) var<storage, read_write> table: array<f32>; // E (gather) or dE (segment_sum)
+@group(0) @binding(2) var<storage, read_write> act: array<f32>; // x / z (gather) or dx / dz
+@group(0) @binding(3) var<storage, read_write> ids: array<u32>; // batch ids or segments
+
+const WG: u32 = 64u;
+
+fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.y * (nwg.x * WG) + gid.x;
+}
+
+// Index in `act` of column c of token k.
+fn act_index(k: u32, c: u32) -> u32 {
+    let s = k / p.per_sample;
+    let j = k % p.per_sample;
+    return p.act_off + s * p.act_stride + p.act_col + j * p.col_step + c;
+}
+
+// Table row of token k.
+fn token_id(k: u32) -> u32 {
+    let s = k / p.per_sample;
+    let j = k % p.per_sample;
+    if (j < p.hist_len) {
+        return ids[p.hist_off + s * p.hist_len + j];
+    }
+    if (p.target_from_ids == 1u) {
+        return ids[p.target_off + s];
+    }
+    return 0u;
+}
+
+// act[k, c] = table[id(k), c]. An id past the table (which the CPU reference rejects with
+// a panic) reads as a row of zeros instead of another tensor's data.
+@compute @workgroup_size(64)
+fn embedding_gather(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = linear_index(gid, nwg);
+    if (i >= p.n * p.w) {
+        return;
+    }
+    let k = i / p.w;
+    let c = i % p.w;
+    let id = token_id(k);
+    var v = 0.0;
+    if (id < p.table_rows) {
+        v = table[p.table_off + id * p.w + c];
+    }
+    act[act_index(k, c)] = v;
+}
+
+// table[ids[u], c] += act[order[k], c] for k in start[u]..start[u + 1], in that order.
+// An id past the table (the host's segmentation rejects them) is skipped.
+@compute @workgroup_size(64)
+fn embedding_segment_sum(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = linear_index(gid, nwg);
+    if (i >= p.n * p.w) {
+        return;
+    }
+    let u = i / p.w;
+    let c = i % p.w;
+    let id = ids[p.seg_ids_off + u];
+    if (id >= p.table_rows) {
+        return;
+    }
+    let at = p.table_off + id * p.w + c;
+    var acc = table[at];
+    let end = ids[p.seg_start_off + u + 1u];
+    for (var k = ids[p.seg_start_off + u]; k < end; k++) {
+        acc += act[act_index(ids[p.seg_order_off + k], c)];
+    }
+    table[at] = acc;
+}

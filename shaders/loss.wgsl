@@ -1,0 +1,131 @@
+// Sigmoid + binary cross-entropy from the logit, forward and backward.
+// CPU reference: bst-kernels/src/cpu/loss.rs; launcher: bst-kernels/src/gpu/loss.rs.
+//
+//   bce_forward   probs (B) = sigmoid(logits (B));
+//                 losses (B) = max(z, 0) - z*y + log(1 + exp(-|z|))   (the stable form)
+//   bce_mean      mean (1) = sum of losses / B  (or += with accumulate_mean): one
+//                 workgroup, each invocation sums a fixed stride of samples (Kahan), then
+//                 a fixed tree; deterministic, no atomics, no host readback per step
+//   bce_backward  dlogits (B) = (sigmoid(z) - y) / B                  (overwrites)
+//
+// Labels are f32 (0 or 1). Per-sample kernels use a flat index over a 2D grid of
+// workgroups (the launcher spreads more than 65535 workgroups over y).
+
+struct Params {
+    b: u32, // rows of the current batch
+    logits_off: u32,
+    labels_off: u32,
+    probs_off: u32,
+    losses_off: u32,
+    mean_off: u32,
+    dlogits_off: u32,
+    accumulate_mean: u32, // 1: mean += this batch's mean; 0: mean = it
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+// Storage is read_write even for inputs: see the design rules in gpu/mod.rs.
+@group(0) @binding(1) var<storage, read_write> logits: array<f32>;
+@group(0) @binding(2) var<storage, read_write> labels: array<f32>;
+@group(0) @binding(3) var<storage, read_write> probs: array<f32>;
+@group(0) @binding(4) var<storage, read_write> losses: array<f32>;
+@group(0) @binding(5) var<storage, read_write> mean: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dlogits: array<f32>;
+
+const WG: u32 = 256u;
+
+var<workgroup> partial: array<f32, 256>; // WG
+
+fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wg.y * nwg.x + wg.x) * WG + lid;
+}
+
+// As cpu::loss::sigmoid: exp of a non-positive argument only, so never inf.
+fn sigmoid(z: f32) -> f32 {
+    if (z >= 0.0) {
+        return 1.0 / (1.0 + exp(-z));
+    }
+    let e = exp(z);
+    return e / (1.0 + e);
+}
+
+// log(1 + e) for e in [0, 1], as 2 atanh(s) with s = e / (2 + e) <= 1/3: the series
+// 2 (s + s^3/3 + ... + s^19/19) is exact to f32 rounding (the next term is below 1e-11
+// relative), and stays accurate for tiny e where log(1.0 + e) would round to 0. WGSL has
+// no log1p, and its log is only specified to 2^-21 absolute near 1.
+fn log1p_unit(e: f32) -> f32 {
+    let s = e / (2.0 + e);
+    let s2 = s * s;
+    var r = 1.0 / 19.0;
+    r = 1.0 / 17.0 + s2 * r;
+    r = 1.0 / 15.0 + s2 * r;
+    r = 1.0 / 13.0 + s2 * r;
+    r = 1.0 / 11.0 + s2 * r;
+    r = 1.0 / 9.0 + s2 * r;
+    r = 1.0 / 7.0 + s2 * r;
+    r = 1.0 / 5.0 + s2 * r;
+    r = 1.0 / 3.0 + s2 * r;
+    r = 1.0 + s2 * r;
+    return 2.0 * s * r;
+}
+
+// probs (B), losses (B) from logits (B), labels (B)
+@compute @workgroup_size(256)
+fn bce_forward(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = flat_index(wg, nwg, lid);
+    if (i >= p.b) {
+        return;
+    }
+    let z = logits[p.logits_off + i];
+    let y = labels[p.labels_off + i];
+    probs[p.probs_off + i] = sigmoid(z);
+    losses[p.losses_off + i] = max(z, 0.0) - z * y + log1p_unit(exp(-abs(z)));
+}
+
+// mean (1) = sum of losses (B) / B, in one workgroup of WG invocations.
+@compute @workgroup_size(256)
+fn bce_mean(@builtin(local_invocation_index) lid: u32) {
+    // Invocation lid adds samples lid, lid + WG, ... with Kahan compensation.
+    var sum = 0.0;
+    var comp = 0.0;
+    for (var i = lid; i < p.b; i += WG) {
+        let y = losses[p.losses_off + i] - comp;
+        let t = sum + y;
+        comp = (t - sum) - y;
+        sum = t;
+    }
+    partial[lid] = sum;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            partial[lid] += partial[lid + s];
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        var m = partial[0] / f32(max(p.b, 1u));
+        if (p.accumulate_mean == 1u) {
+            m += mean[p.mean_off];
+        }
+        mean[p.mean_off] = m;
+    }
+}
+
+// dlogits (B) = (sigmoid(logits) - labels) / B                            (overwrites)
+@compute @workgroup_size(256)
+fn bce_backward(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = flat_index(wg, nwg, lid);
+    if (i >= p.b) {
+        return;
+    }
+    let z = logits[p.logits_off + i];
+    let y = labels[p.labels_off + i];
+    dlogits[p.dlogits_off + i] = (sigmoid(z) - y) / f32(p.b);
+}

@@ -1,0 +1,92 @@
+// Optimiser updates over a parameter arena (or a range of it), and a fill for zeroing the
+// gradient arena. CPU reference: bst-kernels/src/cpu/optim.rs; launcher:
+// bst-kernels/src/gpu/optim.rs.
+//
+//   adam_update     m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g g;
+//                   p -= step m / (sqrt(v) / bc2_sqrt + eps)
+//                   with step = lr / (1 - b1^t), bc2_sqrt = sqrt(1 - b2^t) from the host
+//   adagrad_update  sum += g g;  p -= lr g / (sqrt(sum) + eps)
+//   fill            p = value
+// over elements 0 .. n of each tensor; p, m, v (sum) are updated in place, g only read.
+// Operations in the order of the CPU reference. One invocation per element, on a flat
+// index over a 2D grid of workgroups (the launcher spreads more than 65535 workgroups
+// over y, for arenas of up to ~1G elements).
+
+struct Params {
+    n: u32,
+    p_off: u32, // params, or the tensor to fill
+    g_off: u32,
+    m_off: u32, // Adam's m, Adagrad's sum
+    v_off: u32,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    one_minus_beta1: f32, // 1 - beta1 in f32, as the CPU computes it
+    one_minus_beta2: f32,
+    eps: f32,
+    step: f32,
+    bc2_sqrt: f32,
+    value: f32, // fill
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+// Storage is read_write even for inputs: see the design rules in gpu/mod.rs.
+@group(0) @binding(1) var<storage, read_write> params: array<f32>;
+@group(0) @binding(2) var<storage, read_write> grads: array<f32>;
+@group(0) @binding(3) var<storage, read_write> m: array<f32>;
+@group(0) @binding(4) var<storage, read_write> v: array<f32>;
+
+const WG: u32 = 256u;
+
+fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wg.y * nwg.x + wg.x) * WG + lid;
+}
+
+@compute @workgroup_size(256)
+fn adam_update(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = flat_index(wg, nwg, lid);
+    if (i >= p.n) {
+        return;
+    }
+    let g = grads[p.g_off + i];
+    let mi = p.beta1 * m[p.m_off + i] + p.one_minus_beta1 * g;
+    let vi = p.beta2 * v[p.v_off + i] + p.one_minus_beta2 * g * g;
+    m[p.m_off + i] = mi;
+    v[p.v_off + i] = vi;
+    params[p.p_off + i] -= p.step * mi / (sqrt(vi) / p.bc2_sqrt + p.eps);
+}
+
+@compute @workgroup_size(256)
+fn adagrad_update(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = flat_index(wg, nwg, lid);
+    if (i >= p.n) {
+        return;
+    }
+    let g = grads[p.g_off + i];
+    let s = m[p.m_off + i] + g * g;
+    m[p.m_off + i] = s;
+    params[p.p_off + i] -= p.lr * g / (sqrt(s) + p.eps);
+}
+
+@compute @workgroup_size(256)
+fn fill(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = flat_index(wg, nwg, lid);
+    if (i >= p.n) {
+        return;
+    }
+    params[p.p_off + i] = p.value;
+}

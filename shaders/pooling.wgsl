@@ -1,0 +1,124 @@
+// Pooling of the last block's tokens into one row per sample, forward and backward.
+// CPU reference: bst-kernels/src/cpu/pooling.rs; launcher: bst-kernels/src/gpu/pooling.rs.
+//
+//   pooling_forward   out[b, off .. off + width] = pool(x[b])   x (B, T, d), out (B, row)
+//   pooling_backward  dx (B, T, d) = gradient of dout[b, off .. off + width]   (overwrites)
+//
+// Modes (cpu::pooling::PoolMode): 0 Target: token T-1 (width d); 1 Mean: token T-1, then
+// the mean of the valid history tokens 0..T-1, zeros when none is valid (width 2d);
+// 2 Flatten: all T tokens, invalid ones zeroed (width T*d). A token is valid where
+// valid (B, T) is nonzero. Columns of `out` outside off .. off + width are not touched.
+//
+// One invocation per output element, on a flat index over a 2D grid of workgroups (the
+// launcher spreads more than 65535 workgroups over y).
+
+struct Params {
+    b: u32, // rows of the current batch
+    t: u32,
+    d: u32,
+    row: u32, // row stride of out and dout
+    off: u32, // first pooled column in a row of out / dout
+    width: u32, // pooled columns: d, 2d or T*d
+    mode: u32,
+    x_off: u32,
+    valid_off: u32,
+    out_off: u32,
+    dout_off: u32,
+    dx_off: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+// Storage is read_write even for inputs: see the design rules in gpu/mod.rs.
+@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> valid: array<u32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dout: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dx: array<f32>;
+
+const WG: u32 = 256u;
+const TARGET: u32 = 0u;
+const MEAN: u32 = 1u;
+
+fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wg.y * nwg.x + wg.x) * WG + lid;
+}
+
+fn is_valid(bi: u32, t: u32) -> bool {
+    return valid[p.valid_off + bi * p.t + t] != 0u;
+}
+
+// Valid tokens among the history 0 .. T-1 of sample bi.
+fn history_count(bi: u32) -> u32 {
+    var count = 0u;
+    for (var t = 0u; t + 1u < p.t; t++) {
+        if (is_valid(bi, t)) {
+            count++;
+        }
+    }
+    return count;
+}
+
+// out (B, row), columns off .. off + width, from x (B, T, d)
+@compute @workgroup_size(256)
+fn pooling_forward(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = flat_index(wg, nwg, lid);
+    if (i >= p.b * p.width) {
+        return;
+    }
+    let bi = i / p.width;
+    let j = i % p.width;
+    let xb = p.x_off + bi * p.t * p.d;
+    var v = 0.0;
+    if (p.mode == TARGET || (p.mode == MEAN && j < p.d)) {
+        v = x[xb + (p.t - 1u) * p.d + j];
+    } else if (p.mode == MEAN) {
+        // Summed in token order, then divided, as on the CPU.
+        let c = j - p.d;
+        var count = 0u;
+        for (var t = 0u; t + 1u < p.t; t++) {
+            if (is_valid(bi, t)) {
+                v += x[xb + t * p.d + c];
+                count++;
+            }
+        }
+        if (count > 0u) {
+            v = v / f32(count);
+        }
+    } else if (is_valid(bi, j / p.d)) {
+        v = x[xb + j]; // Flatten: column j is token j / d, feature j % d
+    }
+    out[p.out_off + bi * p.row + p.off + j] = v;
+}
+
+// dx (B, T, d) from dout (B, row), columns off .. off + width            (overwrites)
+@compute @workgroup_size(256)
+fn pooling_backward(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = flat_index(wg, nwg, lid);
+    let td = p.t * p.d;
+    if (i >= p.b * td) {
+        return;
+    }
+    let bi = i / td;
+    let t = (i % td) / p.d;
+    let c = i % p.d;
+    let g = p.dout_off + bi * p.row + p.off;
+    var v = 0.0;
+    if (p.mode == TARGET || p.mode == MEAN) {
+        if (t + 1u == p.t) {
+            v = dout[g + c];
+        } else if (p.mode == MEAN && is_valid(bi, t)) {
+            v = dout[g + p.d + c] / f32(history_count(bi));
+        }
+    } else if (is_valid(bi, t)) {
+        v = dout[g + t * p.d + c];
+    }
+    dx[p.dx_off + i] = v;
+}
