@@ -13,9 +13,13 @@ pub trait Backend {
     fn describe(&self) -> String;
     /// The model this backend runs.
     fn model(&self) -> &Model;
-    /// One training step: forward with dropout, backward, optimiser update. Returns the
-    /// batch's mean loss.
-    fn train_step(&mut self, batch: &Batch) -> f32;
+    /// One training step: forward with dropout, backward, optimiser update. The batch's
+    /// mean loss is added to a running sum that `take_loss` returns, so a GPU backend need
+    /// not read anything back per step.
+    fn train_step(&mut self, batch: &Batch);
+    /// The sum of the batch mean losses since the last call, and how many steps it holds.
+    /// (The training loop calls this every few steps, not every step.)
+    fn take_loss(&mut self) -> (f64, usize);
     /// Click probabilities of a batch in evaluation mode (no dropout) into `probs (B)`.
     fn predict(&mut self, batch: &Batch, probs: &mut [f32]);
     /// A copy of the parameter arena.
@@ -32,6 +36,8 @@ pub struct CpuBackend {
     pub optim: Optimizer,
     /// Seed of the dropout masks.
     pub seed: u64,
+    loss_sum: f64,
+    loss_steps: usize,
     acts: Activations,
     scratch: GradScratch,
 }
@@ -54,6 +60,8 @@ impl CpuBackend {
             grads: vec![0.0; n],
             optim: Optimizer::new(&cfg.train, n),
             seed: cfg.train.seed,
+            loss_sum: 0.0,
+            loss_steps: 0,
             params,
             model,
         }
@@ -100,14 +108,21 @@ impl Backend for CpuBackend {
         &self.model
     }
 
-    fn train_step(&mut self, batch: &Batch) -> f32 {
+    fn train_step(&mut self, batch: &Batch) {
         let mode = Mode::Train {
             seed: self.seed,
             step: self.optim.steps as u32,
         };
         let loss = self.loss_and_grads(batch, mode);
         self.optim.step(&mut self.params, &self.grads);
-        loss
+        self.loss_sum += loss as f64;
+        self.loss_steps += 1;
+    }
+
+    fn take_loss(&mut self) -> (f64, usize) {
+        let taken = (self.loss_sum, self.loss_steps);
+        (self.loss_sum, self.loss_steps) = (0.0, 0);
+        taken
     }
 
     fn predict(&mut self, batch: &Batch, probs: &mut [f32]) {

@@ -43,9 +43,12 @@ pub enum Event<'a> {
     Epoch(&'a EpochReport),
 }
 
+/// Steps between two reads of the loss (for the progress bar and the non-finite check).
+pub const LOSS_EVERY: usize = 10;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    #[error("the loss became {loss} at epoch {epoch}, step {step}: lower the learning rate (--lr)")]
+    #[error("the loss became {loss} by epoch {epoch}, step {step}: lower the learning rate (--lr)")]
     NonFinite {
         epoch: usize,
         step: usize,
@@ -84,28 +87,29 @@ pub fn train(
         let mut loss_sum = 0.0f64;
         for (step, idx) in order.chunks(cfg.batch).enumerate() {
             batch.gather(&ds.train, idx);
-            let loss = backend.train_step(&batch);
-            if !loss.is_finite() {
-                return Err(TrainError::NonFinite {
+            backend.train_step(&batch);
+            let step = step + 1;
+            if step % LOSS_EVERY == 0 || step == steps {
+                let (sum, n) = backend.take_loss();
+                let loss = (sum / n.max(1) as f64) as f32;
+                if !loss.is_finite() {
+                    return Err(TrainError::NonFinite { epoch, step, loss });
+                }
+                loss_sum += sum;
+                on_event(Event::Step {
                     epoch,
-                    step: step + 1,
+                    step,
+                    steps,
                     loss,
                 });
             }
-            loss_sum += loss as f64 * idx.len() as f64;
-            on_event(Event::Step {
-                epoch,
-                step: step + 1,
-                steps,
-                loss,
-            });
         }
         let seconds = start.elapsed().as_secs_f64();
         train_secs += seconds;
         let valid = evaluate(backend, &ds.valid, cfg.eval_batch);
         let report = EpochReport {
             epoch,
-            train_loss: loss_sum / order.len() as f64,
+            train_loss: loss_sum / steps as f64,
             valid,
             seconds,
             samples_per_sec: order.len() as f64 / seconds,

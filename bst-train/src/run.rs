@@ -92,7 +92,7 @@ pub fn run_training(
             steps,
             loss,
         } => {
-            ema = Some(ema.map_or(loss, |m| 0.98 * m + 0.02 * loss));
+            ema = Some(ema.map_or(loss, |m| 0.8 * m + 0.2 * loss));
             if quiet {
                 return;
             }
@@ -104,9 +104,7 @@ pub fn run_training(
                 b
             });
             b.set_position(step as u64);
-            if step % 10 == 0 || step == steps {
-                b.set_message(format!("loss {:.4}", ema.unwrap_or(loss)));
-            }
+            b.set_message(format!("loss {:.4}", ema.unwrap_or(loss)));
         }
         Event::Epoch(r) => {
             if let Some(b) = bar.take() {
