@@ -34,7 +34,7 @@ impl SyntheticSpec {
     pub fn new(users: usize, lookback: usize, seed: u64) -> SyntheticSpec {
         SyntheticSpec {
             users,
-            categories: 24,
+            categories: 12,
             items_per_category: 20,
             mean_events: 40,
             lookback,
