@@ -20,7 +20,9 @@ const D: usize = 64;
 const H: usize = 8;
 
 fn filled(n: usize) -> Vec<f32> {
-    (0..n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect()
+    (0..n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect()
 }
 
 fn ops(c: &mut Criterion) {
@@ -35,7 +37,19 @@ fn ops(c: &mut Criterion) {
     });
     let (mut dx, mut dw, mut db) = (vec![0.0; n * D], vec![0.0; 3 * D * D], vec![0.0; 3 * D]);
     g.bench_function("qkv_backward", |b| {
-        b.iter(|| matmul_backward(Some(&mut dx), &mut dw, Some(&mut db), &qkv, &x, &w, n, D, 3 * D))
+        b.iter(|| {
+            matmul_backward(
+                Some(&mut dx),
+                &mut dw,
+                Some(&mut db),
+                &qkv,
+                &x,
+                &w,
+                n,
+                D,
+                3 * D,
+            )
+        })
     });
     let valid = vec![1u32; n];
     let (mut out, mut att) = (vec![0.0; n * D], vec![0.0; B * H * T * T]);
@@ -54,14 +68,19 @@ fn ops(c: &mut Criterion) {
     let (mut dlw, mut dlb) = (vec![0.0; D], vec![0.0; D]);
     g.bench_function("layernorm_backward", |b| {
         b.iter(|| {
-            layernorm_backward(&mut dx, &mut dlw, &mut dlb, &out, &x, &lw, &mean, &rstd, n, D)
+            layernorm_backward(
+                &mut dx, &mut dlw, &mut dlb, &out, &x, &lw, &mean, &rstd, n, D,
+            )
         })
     });
     g.finish();
 }
 
 fn step(c: &mut Criterion) {
-    let cfg = Config { data: data_cfg(), ..Config::default() };
+    let cfg = Config {
+        data: data_cfg(),
+        ..Config::default()
+    };
     let ds = data::load(&DataSource::Synthetic, &cfg).expect("synthetic data");
     let v = &ds.vocab;
     let sizes = VocabSizes {
@@ -75,14 +94,21 @@ fn step(c: &mut Criterion) {
     let mut g = c.benchmark_group("cpu_step");
     g.sample_size(10);
     g.throughput(Throughput::Elements(cfg.train.batch as u64));
-    g.bench_function("train_step_b256", |b| b.iter(|| backend.train_step(black_box(&batch))));
+    g.bench_function("train_step_b256", |b| {
+        b.iter(|| backend.train_step(black_box(&batch)))
+    });
     let mut probs = vec![0.0; cfg.train.batch];
-    g.bench_function("predict_b256", |b| b.iter(|| backend.predict(&batch, &mut probs)));
+    g.bench_function("predict_b256", |b| {
+        b.iter(|| backend.predict(&batch, &mut probs))
+    });
     g.finish();
 }
 
 fn data_cfg() -> bst_core::config::DataConfig {
-    bst_core::config::DataConfig { synthetic_users: 300, ..Default::default() }
+    bst_core::config::DataConfig {
+        synthetic_users: 300,
+        ..Default::default()
+    }
 }
 
 criterion_group!(benches, ops, step);

@@ -5,8 +5,20 @@
 use crate::batch::Batch;
 use crate::config::Config;
 use crate::model::{Activations, GradScratch, Mode, Model};
-use crate::optim::Optimizer;
+use crate::optim::{OptimSnapshot, Optimizer};
 use crate::params::VocabSizes;
+use crate::rank::top_k;
+
+/// What a backend cannot do or was handed wrongly.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The backend does not implement an optional capability (yet).
+    #[error("the {backend} backend cannot {what} yet")]
+    Unsupported { backend: String, what: &'static str },
+    /// Restored state that does not fit this backend's model or optimiser.
+    #[error("{0}")]
+    Mismatch(String),
+}
 
 pub trait Backend {
     /// A one-line description of the device, for logs.
@@ -26,6 +38,36 @@ pub trait Backend {
     fn read_params(&self) -> Vec<f32>;
     /// Replaces the parameter arena (same layout).
     fn write_params(&mut self, params: &[f32]);
+
+    /// A copy of the optimiser state (arenas of the parameter layout) and the number of
+    /// updates taken, for checkpoints. Call it between steps (after `take_loss`).
+    fn read_optim_state(&self) -> Result<OptimSnapshot, BackendError> {
+        Err(BackendError::Unsupported {
+            backend: self.describe(),
+            what: "read its optimiser state (for checkpoints)",
+        })
+    }
+    /// Restores the optimiser state and update count of a checkpoint, so the next
+    /// `train_step` continues as if the run had never stopped (Adam's bias correction and
+    /// the dropout masks depend on the count). Refuses a state of another optimiser kind or
+    /// arena size.
+    fn write_optim_state(&mut self, state: &OptimSnapshot) -> Result<(), BackendError> {
+        let _ = state;
+        Err(BackendError::Unsupported {
+            backend: self.describe(),
+            what: "restore an optimiser state (to resume)",
+        })
+    }
+
+    /// The `k` most probable rows of `batch` (evaluation mode) as `(row, probability)`,
+    /// best first, ties by row. The default scores on the device, reads every probability
+    /// back and selects on the host with [`top_k`]; a device backend may select on the
+    /// device and read back only `k` pairs.
+    fn predict_top_k(&mut self, batch: &Batch, k: usize) -> Vec<(usize, f32)> {
+        let mut probs = vec![0.0; batch.size];
+        self.predict(batch, &mut probs);
+        top_k(&probs, k)
+    }
 }
 
 /// The CPU reference backend.
@@ -138,5 +180,13 @@ impl Backend for CpuBackend {
 
     fn write_params(&mut self, params: &[f32]) {
         self.params.copy_from_slice(params);
+    }
+
+    fn read_optim_state(&self) -> Result<OptimSnapshot, BackendError> {
+        Ok(self.optim.snapshot())
+    }
+
+    fn write_optim_state(&mut self, state: &OptimSnapshot) -> Result<(), BackendError> {
+        self.optim.restore(state).map_err(BackendError::Mismatch)
     }
 }

@@ -3,11 +3,15 @@
 
 pub mod backend;
 pub mod batch;
+pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod encode;
+pub mod gpu_backend;
 pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod params;
+pub mod rank;
 pub mod rng;
 pub mod train;

@@ -125,17 +125,39 @@ pub fn logloss(probs: &[f32], labels: &[f32]) -> f64 {
     total / probs.len() as f64
 }
 
-/// The evaluation summary of one pass over a data set.
+/// The evaluation summary of one pass over a data set. NaN is written as JSON `null` and
+/// read back as NaN.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Metrics {
     /// Global AUC; NaN when undefined (one class only).
+    #[serde(with = "nan_as_null")]
     pub auc: f64,
     /// Group (per-user) AUC; NaN when no user holds both labels.
+    #[serde(with = "nan_as_null")]
     pub gauc: f64,
     /// Mean clipped binary cross-entropy.
+    #[serde(with = "nan_as_null")]
     pub logloss: f64,
     /// Number of samples evaluated.
     pub samples: usize,
+}
+
+/// Serde for an `f64` that may be NaN or infinite: written as `null`, read back as NaN
+/// (JSON has no NaN). Use with `#[serde(with = "crate::metrics::nan_as_null")]`.
+pub mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if x.is_finite() {
+            s.serialize_f64(*x)
+        } else {
+            s.serialize_none()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
 }
 
 impl Metrics {

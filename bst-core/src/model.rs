@@ -579,6 +579,10 @@ impl Model {
             d,
             3 * d,
         );
+        // The key bias adds the same q.b_k to every score of a query, which softmax
+        // ignores: its gradient is exactly 0. Say so, rather than keep the f32 round-off
+        // of a sum that is 0 in exact arithmetic (Adam would amplify it into steps).
+        db[d..2 * d].fill(0.0);
         add_into(&mut s.dx[..n * d], &s.dtmp[..n * d]);
     }
 }

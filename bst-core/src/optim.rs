@@ -7,6 +7,7 @@ use bst_kernels::cpu::optim::{AdamHyper, adagrad_update, adam_update};
 /// Adagrad's epsilon (PyTorch's default).
 pub const ADAGRAD_EPS: f32 = 1e-10;
 
+/// An optimiser's state arenas, each of the parameter arena's layout.
 #[derive(Clone, Debug, PartialEq)]
 pub enum OptimState {
     Adam { m: Vec<f32>, v: Vec<f32> },
@@ -19,6 +20,65 @@ pub struct Optimizer {
     /// Updates taken so far (Adam's bias correction uses `t = steps + 1` for the next).
     pub steps: u64,
     pub state: OptimState,
+}
+
+/// What a checkpoint keeps of an optimiser: its state arenas and the number of updates
+/// taken (Adam's bias correction and the dropout masks depend on it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimSnapshot {
+    pub steps: u64,
+    pub state: OptimState,
+}
+
+impl OptimState {
+    /// The optimiser this state belongs to.
+    pub fn kind(&self) -> Kind {
+        match self {
+            OptimState::Adam { .. } => Kind::Adam,
+            OptimState::Adagrad { .. } => Kind::Adagrad,
+        }
+    }
+
+    /// The state arenas by checkpoint name: `("adam.m", m)`, `("adam.v", v)` or
+    /// `("adagrad.sum", sum)`.
+    pub fn arenas(&self) -> Vec<(&'static str, &[f32])> {
+        match self {
+            OptimState::Adam { m, v } => vec![("adam.m", m), ("adam.v", v)],
+            OptimState::Adagrad { sum } => vec![("adagrad.sum", sum)],
+        }
+    }
+
+    /// The arena names of an optimiser kind, in the order of [`OptimState::arenas`].
+    pub fn arena_names(kind: Kind) -> &'static [&'static str] {
+        match kind {
+            Kind::Adam => &["adam.m", "adam.v"],
+            Kind::Adagrad => &["adagrad.sum"],
+        }
+    }
+
+    /// The state of `kind` from its arenas, in the order of [`OptimState::arena_names`].
+    pub fn from_arenas(kind: Kind, mut arenas: Vec<Vec<f32>>) -> OptimState {
+        assert_eq!(arenas.len(), OptimState::arena_names(kind).len());
+        match kind {
+            Kind::Adam => {
+                let v = arenas.pop().expect("two arenas");
+                let m = arenas.pop().expect("two arenas");
+                OptimState::Adam { m, v }
+            }
+            Kind::Adagrad => OptimState::Adagrad {
+                sum: arenas.pop().expect("one arena"),
+            },
+        }
+    }
+
+    /// Length of each arena (the number of parameters).
+    pub fn len(&self) -> usize {
+        self.arenas()[0].1.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl Optimizer {
@@ -37,6 +97,35 @@ impl Optimizer {
             steps: 0,
             state,
         }
+    }
+
+    /// A copy of the state and step count, for a checkpoint.
+    pub fn snapshot(&self) -> OptimSnapshot {
+        OptimSnapshot {
+            steps: self.steps,
+            state: self.state.clone(),
+        }
+    }
+
+    /// Restores a snapshot; it must be of the same optimiser and arena size.
+    pub fn restore(&mut self, s: &OptimSnapshot) -> Result<(), String> {
+        if s.state.kind() != self.state.kind() {
+            return Err(format!(
+                "the optimiser state is {:?}'s but this run uses {:?}",
+                s.state.kind(),
+                self.state.kind()
+            ));
+        }
+        if s.state.len() != self.state.len() {
+            return Err(format!(
+                "the optimiser state holds {} values for {} parameters",
+                s.state.len(),
+                self.state.len()
+            ));
+        }
+        self.steps = s.steps;
+        self.state = s.state.clone();
+        Ok(())
     }
 
     pub fn step(&mut self, params: &mut [f32], grads: &[f32]) {

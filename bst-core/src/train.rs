@@ -1,18 +1,32 @@
 //! The training loop: epochs of shuffled batches through a backend, validation metrics
 //! after each epoch, the model with the best validation AUC kept and scored on test.
+//!
+//! With [`TrainOptions`] the loop also saves checkpoints through a [`Checkpointer`] after
+//! every epoch, stops cleanly between two steps when asked (Ctrl-C), and resumes a saved
+//! run exactly where it stopped: the same parameters, optimiser state and update count,
+//! the same shuffled order at the same step. A resumed CPU run ends bit for bit where an
+//! uninterrupted one does.
+//!
+//! Data order: epoch `e` trains on `0..n` shuffled in place by `Rng::new(seed).fork(k)` for
+//! `k = 1..=e` in turn ([`epoch_order`]), so the order is a function of the seed and the
+//! epoch alone. Dropout masks are keyed by the seed and the update count.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
 use crate::batch::Batch;
+use crate::checkpoint::CheckpointError;
 use crate::config::TrainConfig;
 use crate::data::{Dataset, Samples};
-use crate::metrics::{Metrics, auc};
+use crate::metrics::{Metrics, auc, nan_as_null};
+use crate::optim::OptimSnapshot;
 use crate::rng::Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochReport {
     pub epoch: usize,
+    #[serde(with = "nan_as_null")]
     pub train_loss: f64,
     pub valid: Metrics,
     pub seconds: f64,
@@ -43,27 +57,218 @@ pub enum Event<'a> {
     Epoch(&'a EpochReport),
 }
 
-/// Steps between two reads of the loss (for the progress bar and the non-finite check).
+/// Default steps between two reads of the loss (for the progress bar and the non-finite
+/// check): a GPU step then needs no readback.
 pub const LOSS_EVERY: usize = 10;
+
+/// The epoch with the best validation AUC so far.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Best {
+    pub epoch: usize,
+    /// NaN (JSON `null`) when that epoch's AUC was undefined.
+    #[serde(with = "nan_as_null")]
+    pub valid_auc: f64,
+}
+
+impl Best {
+    /// The selection score: an undefined AUC loses to every defined one.
+    fn score(&self) -> f64 {
+        if self.valid_auc.is_nan() {
+            f64::NEG_INFINITY
+        } else {
+            self.valid_auc
+        }
+    }
+}
+
+/// Where a run stands between two steps. With the parameters and the optimiser state it
+/// is all a resumed run needs; a checkpoint stores it as JSON (`bst.progress`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Steps completed of epoch `epoch + 1` (0 at an epoch boundary).
+    pub step: usize,
+    /// Sum of the batch mean losses of those steps (for the epoch's train loss).
+    pub loss_sum: f64,
+    /// Training seconds of those steps.
+    pub epoch_seconds: f64,
+    /// Training seconds of the completed epochs.
+    pub train_seconds: f64,
+    /// Reports of the completed epochs: the learning curve.
+    pub epochs: Vec<EpochReport>,
+    /// The best epoch so far by validation AUC; `None` before the first epoch ends.
+    pub best: Option<Best>,
+    /// The shuffling seed (`train.seed`): see [`epoch_order`].
+    pub shuffle_seed: u64,
+    /// Number of training samples and their [`Samples::fingerprint`]: a resumed run must
+    /// see the same samples.
+    pub train_samples: usize,
+    pub train_fingerprint: u64,
+}
+
+impl Progress {
+    /// The start of a run on `train` with `seed`.
+    pub fn start(train: &Samples, seed: u64) -> Progress {
+        Progress {
+            shuffle_seed: seed,
+            train_samples: train.len(),
+            train_fingerprint: train.fingerprint(),
+            ..Progress::default()
+        }
+    }
+}
+
+/// A saved run to continue: its progress, parameters and optimiser state.
+#[derive(Clone, Debug)]
+pub struct Resume {
+    pub progress: Progress,
+    pub params: Vec<f32>,
+    pub optim: OptimSnapshot,
+    /// The parameters of `progress.best` (needed once an epoch has ended).
+    pub best_params: Option<Vec<f32>>,
+}
+
+/// What a checkpoint of the run holds, handed to a [`Checkpointer`].
+pub struct Snapshot<'a> {
+    pub progress: &'a Progress,
+    pub params: &'a [f32],
+    /// The optimiser state (for the latest checkpoint; `None` for the best model).
+    pub optim: Option<&'a OptimSnapshot>,
+    /// The parameters of `progress.best` (for the latest checkpoint).
+    pub best_params: Option<&'a [f32]>,
+}
+
+/// Which checkpoint to save.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Save {
+    /// The state to resume from: after every epoch, when stopped, at the end.
+    Latest,
+    /// The model of the best epoch so far: when validation AUC improves, at the end.
+    Best,
+}
+
+/// Where checkpoints go. [`crate::checkpoint::RunCheckpointer`] writes them into a run
+/// folder; tests may keep them in memory.
+pub trait Checkpointer {
+    fn save(&mut self, kind: Save, snapshot: &Snapshot) -> Result<(), CheckpointError>;
+}
+
+/// How [`train_with`] runs beyond the config.
+pub struct TrainOptions<'a> {
+    /// A saved run to continue; `None` starts from the backend's current parameters.
+    pub resume: Option<Resume>,
+    /// Saves checkpoints after every epoch, when stopped, and at the end.
+    pub checkpointer: Option<&'a mut dyn Checkpointer>,
+    /// Checked before every step: when set, the loop saves and returns
+    /// [`TrainError::Interrupted`].
+    pub stop: Option<&'a AtomicBool>,
+    /// Steps between two reads of the loss (>= 1): the resolution of the non-finite check.
+    pub loss_every: usize,
+}
+
+impl Default for TrainOptions<'_> {
+    fn default() -> Self {
+        TrainOptions {
+            resume: None,
+            checkpointer: None,
+            stop: None,
+            loss_every: LOSS_EVERY,
+        }
+    }
+}
+
+/// Where the last good checkpoint was saved: `(epochs completed, step)`, for messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SavedAt {
+    pub epoch: usize,
+    pub step: usize,
+}
+
+impl std::fmt::Display for SavedAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self.step {
+            0 if self.epoch == 0 => write!(f, "before the first step"),
+            0 => write!(f, "after epoch {}", self.epoch),
+            s => write!(f, "at epoch {}, step {s}", self.epoch + 1),
+        }
+    }
+}
+
+fn kept(saved: &Option<SavedAt>) -> String {
+    match saved {
+        Some(at) => format!("the last good checkpoint ({at}) is kept"),
+        None => "no checkpoint was saved".into(),
+    }
+}
+
+fn steps_read(first: &usize, step: &usize) -> String {
+    if first == step {
+        format!("step {step}")
+    } else {
+        format!(
+            "steps {first}-{step} (the loss is read every {} steps)",
+            step - first + 1
+        )
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    #[error("the loss became {loss} by epoch {epoch}, step {step}: lower the learning rate (--lr)")]
+    #[error(
+        "the loss became {loss} in epoch {epoch}, {}: lower the learning rate (--lr); {}",
+        steps_read(.first_step, .step),
+        kept(.saved)
+    )]
     NonFinite {
         epoch: usize,
+        /// The loss is read every few steps: it went bad in `first_step..=step`.
+        first_step: usize,
         step: usize,
         loss: f32,
+        saved: Option<SavedAt>,
     },
     #[error("the {0} split is empty: the data has too few users with 3 or more samples")]
     EmptySplit(&'static str),
+    /// Stopped on request (`TrainOptions::stop`), after saving when a checkpointer is set.
+    #[error("interrupted {at}; {}", if *.saved { "a checkpoint was saved" } else { "no checkpoint was saved" })]
+    Interrupted { at: SavedAt, saved: bool },
+    #[error("cannot resume: {0}")]
+    Resume(String),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("saving a checkpoint: {0}")]
+    Checkpoint(#[from] CheckpointError),
+}
+
+/// The sample order of epoch `epoch` (1-based) of a run with `n` samples and `seed`:
+/// `0..n` shuffled by `Rng::new(seed).fork(k)` for `k = 1..=epoch` in turn.
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let root = Rng::new(seed);
+    for k in 1..=epoch {
+        root.fork(k as u64).shuffle(&mut order);
+    }
+    order
 }
 
 /// Trains `backend` on `ds.train`, picks the epoch with the best validation AUC, and
-/// reports its test metrics.
+/// reports its test metrics. No checkpoints; see [`train_with`].
 pub fn train(
     backend: &mut dyn Backend,
     ds: &Dataset,
     cfg: &TrainConfig,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<TrainReport, TrainError> {
+    train_with(backend, ds, cfg, TrainOptions::default(), on_event)
+}
+
+/// [`train`] with checkpoints, a stop flag, and resuming (see the module docs).
+pub fn train_with(
+    backend: &mut dyn Backend,
+    ds: &Dataset,
+    cfg: &TrainConfig,
+    opts: TrainOptions,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<TrainReport, TrainError> {
     for (name, s) in [
@@ -75,27 +280,96 @@ pub fn train(
             return Err(TrainError::EmptySplit(name));
         }
     }
-    let mut order: Vec<usize> = (0..ds.train.len()).collect();
+    let TrainOptions {
+        resume,
+        mut checkpointer,
+        stop,
+        loss_every,
+    } = opts;
+    let loss_every = loss_every.max(1);
+    let stop_requested = || stop.is_some_and(|s| s.load(Ordering::SeqCst));
+    let n = ds.train.len();
+    let steps = n.div_ceil(cfg.batch);
+
+    let (mut progress, mut best_params, mut saved) = match resume {
+        Some(r) => {
+            check_resume(&r, ds, cfg, backend.model().layout.total)?;
+            backend.write_params(&r.params);
+            backend.write_optim_state(&r.optim)?;
+            let at = SavedAt {
+                epoch: r.progress.epoch,
+                step: r.progress.step,
+            };
+            (r.progress, r.best_params, Some(at))
+        }
+        None => (Progress::start(&ds.train, cfg.seed), None, None),
+    };
+
+    let mut order = epoch_order(n, cfg.seed, progress.epoch);
     let mut batch = Batch::default();
-    let mut epochs = Vec::new();
-    let mut best: Option<(f64, usize, Vec<f32>)> = None;
-    let mut train_secs = 0.0;
-    for epoch in 1..=cfg.epochs {
+    for epoch in progress.epoch + 1..=cfg.epochs {
         Rng::new(cfg.seed).fork(epoch as u64).shuffle(&mut order);
-        let steps = order.len().div_ceil(cfg.batch);
         let start = Instant::now();
-        let mut loss_sum = 0.0f64;
-        for (step, idx) in order.chunks(cfg.batch).enumerate() {
+        let mut window_start = progress.step + 1;
+        for (i, idx) in order.chunks(cfg.batch).enumerate().skip(progress.step) {
+            if stop_requested() {
+                // Fold the unread loss in, so the epoch's train loss stays whole.
+                let (sum, k) = backend.take_loss();
+                let loss = (sum / k.max(1) as f64) as f32;
+                if !loss.is_finite() {
+                    return Err(TrainError::NonFinite {
+                        epoch,
+                        first_step: window_start,
+                        step: i,
+                        loss,
+                        saved,
+                    });
+                }
+                progress.loss_sum += sum;
+                progress.epoch_seconds += start.elapsed().as_secs_f64();
+                let at = SavedAt {
+                    epoch: progress.epoch,
+                    step: progress.step,
+                };
+                // Nothing to save before the first step, nor twice the same state.
+                let fresh = saved != Some(at) && (at.epoch, at.step) != (0, 0);
+                if let (Some(c), true) = (checkpointer.as_deref_mut(), fresh) {
+                    let params = backend.read_params();
+                    let optim = backend.read_optim_state()?;
+                    c.save(
+                        Save::Latest,
+                        &Snapshot {
+                            progress: &progress,
+                            params: &params,
+                            optim: Some(&optim),
+                            best_params: best_params.as_deref(),
+                        },
+                    )?;
+                    saved = Some(at);
+                }
+                return Err(TrainError::Interrupted {
+                    at,
+                    saved: saved == Some(at),
+                });
+            }
             batch.gather(&ds.train, idx);
             backend.train_step(&batch);
-            let step = step + 1;
-            if step % LOSS_EVERY == 0 || step == steps {
-                let (sum, n) = backend.take_loss();
-                let loss = (sum / n.max(1) as f64) as f32;
+            let step = i + 1;
+            progress.step = step;
+            if step % loss_every == 0 || step == steps {
+                let (sum, k) = backend.take_loss();
+                let loss = (sum / k.max(1) as f64) as f32;
                 if !loss.is_finite() {
-                    return Err(TrainError::NonFinite { epoch, step, loss });
+                    return Err(TrainError::NonFinite {
+                        epoch,
+                        first_step: window_start,
+                        step,
+                        loss,
+                        saved,
+                    });
                 }
-                loss_sum += sum;
+                progress.loss_sum += sum;
+                window_start = step + 1;
                 on_event(Event::Step {
                     epoch,
                     step,
@@ -104,29 +378,66 @@ pub fn train(
                 });
             }
         }
-        let seconds = start.elapsed().as_secs_f64();
-        train_secs += seconds;
+        let seconds = progress.epoch_seconds + start.elapsed().as_secs_f64();
         let valid = evaluate(backend, &ds.valid, cfg.eval_batch);
         let report = EpochReport {
             epoch,
-            train_loss: loss_sum / steps as f64,
+            train_loss: progress.loss_sum / steps as f64,
             valid,
             seconds,
-            samples_per_sec: order.len() as f64 / seconds,
+            samples_per_sec: n as f64 / seconds,
         };
         on_event(Event::Epoch(&report));
-        let score = if valid.auc.is_nan() {
-            f64::NEG_INFINITY
-        } else {
-            valid.auc
+        progress.epoch = epoch;
+        progress.step = 0;
+        progress.loss_sum = 0.0;
+        progress.epoch_seconds = 0.0;
+        progress.train_seconds += seconds;
+        progress.epochs.push(report);
+        let this = Best {
+            epoch,
+            valid_auc: valid.auc,
         };
-        if best.as_ref().is_none_or(|(s, _, _)| score > *s) {
-            best = Some((score, epoch, backend.read_params()));
+        let improved = progress.best.is_none_or(|b| this.score() > b.score());
+        if improved {
+            progress.best = Some(this);
+            best_params = Some(backend.read_params());
         }
-        epochs.push(report);
+        if let Some(c) = checkpointer.as_deref_mut() {
+            let params = match (improved, &best_params) {
+                (true, Some(p)) => p.clone(),
+                _ => backend.read_params(),
+            };
+            if improved {
+                c.save(Save::Best, &best_snapshot(&progress, &params))?;
+            }
+            let optim = backend.read_optim_state()?;
+            c.save(
+                Save::Latest,
+                &Snapshot {
+                    progress: &progress,
+                    params: &params,
+                    optim: Some(&optim),
+                    best_params: best_params.as_deref(),
+                },
+            )?;
+            saved = Some(SavedAt { epoch, step: 0 });
+        }
+        if stop_requested() && epoch < cfg.epochs {
+            return Err(TrainError::Interrupted {
+                at: SavedAt { epoch, step: 0 },
+                saved: saved.is_some_and(|s| s.epoch == epoch),
+            });
+        }
     }
-    let (_, best_epoch, params) = best.expect("at least one epoch");
+
+    let best = progress.best.expect("at least one epoch");
+    let params = best_params.expect("the best epoch's parameters");
     backend.write_params(&params);
+    if let Some(c) = checkpointer {
+        // Again at the end: a run stopped between its two writes may have left it older.
+        c.save(Save::Best, &best_snapshot(&progress, &params))?;
+    }
     let test = evaluate(backend, &ds.test, cfg.eval_batch);
     let oracle_test_auc = ds
         .test
@@ -134,13 +445,86 @@ pub fn train(
         .as_ref()
         .and_then(|p| auc(p, &ds.test.label));
     Ok(TrainReport {
-        train_samples_per_sec: (cfg.epochs * ds.train.len()) as f64 / train_secs,
-        epochs,
-        best_epoch,
+        train_samples_per_sec: (progress.epochs.len() * n) as f64 / progress.train_seconds,
+        epochs: progress.epochs,
+        best_epoch: best.epoch,
         test,
         oracle_test_auc,
         device: backend.describe(),
     })
+}
+
+fn best_snapshot<'a>(progress: &'a Progress, params: &'a [f32]) -> Snapshot<'a> {
+    Snapshot {
+        progress,
+        params,
+        optim: None,
+        best_params: None,
+    }
+}
+
+/// Refuses a resume state that does not fit this data, config or model.
+fn check_resume(
+    r: &Resume,
+    ds: &Dataset,
+    cfg: &TrainConfig,
+    n_params: usize,
+) -> Result<(), TrainError> {
+    let bad = |m: String| Err(TrainError::Resume(m));
+    let p = &r.progress;
+    if p.train_samples != ds.train.len() || p.train_fingerprint != ds.train.fingerprint() {
+        return bad(format!(
+            "the training samples differ from the checkpoint's ({} samples then, {} now, or \
+             other contents): use the same data and data settings",
+            p.train_samples,
+            ds.train.len()
+        ));
+    }
+    if p.shuffle_seed != cfg.seed {
+        return bad(format!(
+            "the checkpoint was shuffled with seed {}, the config has seed {}",
+            p.shuffle_seed, cfg.seed
+        ));
+    }
+    let steps = ds.train.len().div_ceil(cfg.batch);
+    if p.step >= steps {
+        return bad(format!(
+            "the checkpoint stopped at step {} of an epoch of {steps} steps: the batch size differs",
+            p.step
+        ));
+    }
+    if p.epoch > cfg.epochs || (p.epoch == cfg.epochs && p.step > 0) {
+        let at = SavedAt {
+            epoch: p.epoch,
+            step: p.step,
+        };
+        return bad(format!(
+            "the checkpoint stopped {at}, past the {} epoch(s) asked for: ask for more epochs",
+            cfg.epochs
+        ));
+    }
+    if p.epoch != p.epochs.len() {
+        return bad(format!(
+            "the progress lists {} epoch reports for {} epochs",
+            p.epochs.len(),
+            p.epoch
+        ));
+    }
+    if p.best.is_some() != r.best_params.is_some() || (p.epoch > 0 && p.best.is_none()) {
+        return bad("the best epoch and its parameters are not both saved".into());
+    }
+    for (what, len) in [
+        ("parameter", Some(r.params.len())),
+        ("best parameter", r.best_params.as_ref().map(Vec::len)),
+        ("optimiser state", Some(r.optim.state.len())),
+    ] {
+        if let Some(len) = len.filter(|&l| l != n_params) {
+            return bad(format!(
+                "the {what} arena holds {len} values, the model has {n_params}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Click probabilities of every sample, in order, in evaluation mode.
@@ -159,4 +543,19 @@ pub fn predict_all(backend: &mut dyn Backend, s: &Samples, eval_batch: usize) ->
 pub fn evaluate(backend: &mut dyn Backend, s: &Samples, eval_batch: usize) -> Metrics {
     let probs = predict_all(backend, s, eval_batch);
     Metrics::compute(&probs, &s.label, &s.user)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_orders_replay_the_cumulative_shuffles() {
+        let mut order: Vec<usize> = (0..50).collect();
+        for e in 1..=3 {
+            Rng::new(9).fork(e as u64).shuffle(&mut order);
+            assert_eq!(epoch_order(50, 9, e), order, "epoch {e}");
+        }
+        assert_eq!(epoch_order(5, 9, 0), vec![0, 1, 2, 3, 4]);
+    }
 }

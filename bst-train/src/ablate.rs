@@ -14,6 +14,9 @@ pub const MODELS: [(&str, usize, Pooling); 5] = [
 ];
 
 pub fn ablate(args: &RunArgs) -> anyhow::Result<()> {
+    if args.resume.is_some() {
+        anyhow::bail!("ablate trains five fresh models and cannot --resume");
+    }
     let base = args.config()?;
     let src = args.source()?;
     let ds = load_data(&src, &base, args.quiet)?;

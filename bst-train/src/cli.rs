@@ -24,6 +24,61 @@ pub enum Command {
     /// Train WDL, WDL(+Seq) and BST with 1, 2 and 3 blocks on the same split, and print
     /// the paper's Table 4.
     Ablate(RunArgs),
+    /// Metrics (AUC, GAUC, logloss) of a checkpoint on a split of its data.
+    Eval(EvalArgs),
+    /// Click probabilities of the samples of a TSV file (README: "Scoring"), one per line.
+    Predict(PredictArgs),
+    /// The top k of candidate items for one user's history, with their probabilities.
+    Rank(RankArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Split {
+    Train,
+    Valid,
+    Test,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EvalArgs {
+    /// A checkpoint file (a run folder's best.safetensors or checkpoint.safetensors).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The data, rebuilt with the checkpoint's config; default: the data it was trained on.
+    #[arg(long)]
+    pub data: Option<String>,
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: Split,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PredictArgs {
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// TSV: user features, history `item@unix_time ...`, target item, target unix time
+    /// (README: "Scoring"). `-` reads standard input.
+    #[arg(long)]
+    pub input: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RankArgs {
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The user's history, oldest first: `item@unix_time item@unix_time ...`.
+    #[arg(long = "user-history", default_value = "")]
+    pub user_history: String,
+    /// The user's features: `field=value ...` or values in the checkpoint's field order.
+    #[arg(long, default_value = "")]
+    pub user: String,
+    /// Candidate items: a file with one id per line, a comma-separated list, or `all`.
+    #[arg(long)]
+    pub candidates: String,
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// Unix time of the recommendation; default: the newest history time.
+    #[arg(long)]
+    pub time: Option<i64>,
 }
 
 impl Default for Command {
@@ -42,13 +97,20 @@ pub enum Device {
 
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Data: `synthetic`, `recbole:FOLDER` (RecBole atomic files) or `taobao:FILE` (UserBehavior CSV).
-    #[arg(long, default_value = "synthetic")]
-    pub data: String,
+    /// Data: `synthetic` (the default), `recbole:FOLDER` (RecBole atomic files) or
+    /// `taobao:FILE` (UserBehavior CSV). With --resume: the checkpoint's data.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Continue the run in this folder from its checkpoint.safetensors: the optimiser
+    /// state, update count and data order included. The config comes from the checkpoint;
+    /// flags may only raise --epochs (others must agree with it).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
     /// TOML config file; flags below override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Where to write the run folder (config.toml, metrics.json). Default: runs/<data>-<time>.
+    /// Where to write the run folder (config.toml, metrics.json, checkpoints, learning
+    /// curve). Default: runs/<data>-<time>, or the --resume folder.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Compute device. Only `cpu` for now; the GPU backend plugs in behind the same trait.
@@ -87,14 +149,19 @@ pub struct RunArgs {
 
 impl RunArgs {
     pub fn source(&self) -> anyhow::Result<DataSource> {
-        Ok(self.data.parse()?)
+        Ok(self.data.as_deref().unwrap_or("synthetic").parse()?)
     }
 
     /// The config file (or defaults) with the flags applied, validated.
     pub fn config(&self) -> anyhow::Result<Config> {
+        self.config_over(Config::default())
+    }
+
+    /// The config file (or `base` when there is none) with the flags applied, validated.
+    pub fn config_over(&self, base: Config) -> anyhow::Result<Config> {
         let mut cfg = match &self.config {
             Some(path) => Config::from_file(path)?,
-            None => Config::default(),
+            None => base,
         };
         let m = &mut cfg.model;
         let t = &mut cfg.train;

@@ -1,10 +1,12 @@
-//! `bst-train`: train, evaluate and ablate the Behavior Sequence Transformer.
+//! `bst-train`: train, evaluate, score and ablate the Behavior Sequence Transformer.
 //!
 //! With no arguments it trains BST on the built-in synthetic data.
 
 mod ablate;
 mod cli;
+mod plot;
 mod run;
+mod serve;
 
 use clap::Parser;
 
@@ -13,5 +15,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or_default() {
         cli::Command::Train(args) => run::train(&args),
         cli::Command::Ablate(args) => ablate::ablate(&args),
+        cli::Command::Eval(args) => serve::eval(&args),
+        cli::Command::Predict(args) => serve::predict(&args),
+        cli::Command::Rank(args) => serve::rank(&args),
     }
 }

@@ -1,20 +1,137 @@
-//! `bst-train train`: one model, with progress bars, a run folder and a summary.
+//! `bst-train train`: one model, with progress bars, a run folder, checkpoints after every
+//! epoch, Ctrl-C handling, `--resume`, and a summary.
 
-use crate::cli::RunArgs;
+use crate::cli::{Device, RunArgs};
+use crate::plot;
 use anyhow::Context;
 use bst_core::backend::{Backend, CpuBackend};
+use bst_core::checkpoint::{self, Checkpoint, RunCheckpointer, RunInfo};
 use bst_core::config::Config;
-use bst_core::data::{self, Dataset};
-use bst_core::params::VocabSizes;
-use bst_core::train::{self, Event, TrainReport};
+use bst_core::data::{self, DataSource, Dataset};
+use bst_core::train::{
+    self, EpochReport, Event, Resume, SavedAt, TrainError, TrainOptions, TrainReport,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+/// Exit status of a run stopped by Ctrl-C after saving its checkpoint (128 + SIGINT).
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// Set by the first Ctrl-C; the training loop stops before its next step.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Installs the Ctrl-C handler once: the first Ctrl-C asks the loop to stop and save,
+/// a second one quits at once (the last checkpoint on disk stays whole).
+fn catch_ctrl_c() -> &'static AtomicBool {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let r = ctrlc::set_handler(|| {
+            if STOP.swap(true, Ordering::SeqCst) {
+                eprintln!("\nsecond Ctrl-C: quitting without saving");
+                std::process::exit(EXIT_INTERRUPTED);
+            }
+            eprintln!("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again quits at once)");
+        });
+        if let Err(e) = r {
+            eprintln!("warning: cannot catch Ctrl-C ({e}); an interrupted run will not save");
+        }
+    });
+    &STOP
+}
+
+/// A run to start: its config, data source, folder, and the checkpoint to resume from.
+struct Plan {
+    cfg: Config,
+    src: DataSource,
+    dir: PathBuf,
+    resume: Option<(PathBuf, Checkpoint)>,
+}
+
+fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
+    let Some(dir) = &args.resume else {
+        let cfg = args.config()?;
+        let src = args.source()?;
+        let dir = run_dir(args.out.as_deref(), &src.to_string())?;
+        if dir.join(checkpoint::LATEST).exists() {
+            eprintln!(
+                "warning: {} holds a checkpoint; this new run overwrites it                  (--resume {} continues it instead)",
+                dir.display(),
+                dir.display()
+            );
+        }
+        return Ok(Plan {
+            cfg,
+            src,
+            dir,
+            resume: None,
+        });
+    };
+    let path = dir.join(checkpoint::LATEST);
+    let ckpt = Checkpoint::load(&path).context("loading the checkpoint to resume")?;
+    let requested = args.config_over(ckpt.config.clone())?;
+    ckpt.check_config(&requested).with_context(|| {
+        format!(
+            "resuming {}: only --epochs may change (leave the other flags out)",
+            dir.display()
+        )
+    })?;
+    let mut cfg = ckpt.config.clone();
+    cfg.train.epochs = requested.train.epochs;
+    cfg.train.eval_batch = requested.train.eval_batch;
+    let src = match (&args.data, &ckpt.data_source) {
+        (Some(d), _) => d.parse()?,
+        (None, Some(d)) => d.parse()?,
+        (None, None) => anyhow::bail!(
+            "{}: the checkpoint does not say which data it was trained on; pass --data",
+            path.display()
+        ),
+    };
+    let dir = run_dir(Some(args.out.as_deref().unwrap_or(dir)), "")?;
+    Ok(Plan {
+        cfg,
+        src,
+        dir,
+        resume: Some((path, ckpt)),
+    })
+}
+
 pub fn train(args: &RunArgs) -> anyhow::Result<()> {
-    let cfg = args.config()?;
-    let src = args.source()?;
+    let Plan {
+        cfg,
+        src,
+        dir,
+        resume,
+    } = plan(args)?;
+    let stop = catch_ctrl_c();
     let ds = load_data(&src, &cfg, args.quiet)?;
+    let resume = match resume {
+        Some((path, ckpt)) => {
+            ckpt.check_vocab(&ds.vocab)
+                .with_context(|| format!("resuming from {}", path.display()))?;
+            let r = ckpt.into_resume(&path)?;
+            let p = &r.progress;
+            let at = SavedAt {
+                epoch: p.epoch,
+                step: p.step,
+            };
+            eprintln!(
+                "resuming {} {at} ({} updates)",
+                dir.display(),
+                r.optim.steps
+            );
+            if p.epoch == cfg.train.epochs && p.step == 0 {
+                eprintln!(
+                    "the run has finished its {} epoch(s): scoring its best model again                      (--epochs N trains more)",
+                    p.epoch
+                );
+            }
+            Some(r)
+        }
+        None => None,
+    };
     let mut backend = make_backend(&cfg, &ds);
     eprintln!(
         "model: {} blocks, {} heads, d = {}, pooling {:?}, {} parameters; device {}",
@@ -25,9 +142,43 @@ pub fn train(args: &RunArgs) -> anyhow::Result<()> {
         backend.model().layout.total,
         backend.describe()
     );
-    let report = run_training(backend.as_mut(), &ds, &cfg, args.quiet)?;
-    let dir = run_dir(args, &src.to_string())?;
-    write_run(&dir, &cfg, &report)?;
+    std::fs::write(dir.join("config.toml"), cfg.to_toml_string())?;
+    let info = RunInfo {
+        config: &cfg,
+        vocab: &ds.vocab,
+        data_source: &src.to_string(),
+    };
+    let mut ckpt = RunCheckpointer::new(&dir, info);
+    let opts = TrainOptions {
+        resume,
+        checkpointer: Some(&mut ckpt),
+        stop: Some(stop),
+        loss_every: match args.device {
+            Device::Cpu => 1,
+        },
+    };
+    let result = run_training_with(backend.as_mut(), &ds, &cfg, args.quiet, opts, Some(&dir));
+    let report = match result {
+        Ok(r) => r,
+        Err(TrainError::Interrupted { at, saved }) => {
+            if saved {
+                eprintln!(
+                    "interrupted {at}; checkpoint saved to {}\ncontinue with: bst-train train --resume {}",
+                    dir.join(checkpoint::LATEST).display(),
+                    dir.display()
+                );
+            } else {
+                eprintln!("interrupted {at}; no checkpoint was saved");
+            }
+            std::process::exit(EXIT_INTERRUPTED);
+        }
+        Err(e @ TrainError::NonFinite { .. }) => {
+            return Err(e)
+                .with_context(|| format!("training stopped (run folder {})", dir.display()));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    write_metrics(&dir, &report)?;
     println!("best epoch {} by validation AUC", report.best_epoch);
     println!("test  {}", report.test);
     if let Some(oracle) = report.oracle_test_auc {
@@ -41,7 +192,7 @@ pub fn train(args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn load_data(src: &data::DataSource, cfg: &Config, quiet: bool) -> anyhow::Result<Dataset> {
+pub fn load_data(src: &DataSource, cfg: &Config, quiet: bool) -> anyhow::Result<Dataset> {
     let start = Instant::now();
     let ds = data::load(src, cfg).with_context(|| format!("loading {src}"))?;
     if !quiet {
@@ -62,27 +213,40 @@ pub fn load_data(src: &data::DataSource, cfg: &Config, quiet: bool) -> anyhow::R
 
 /// The backend for the requested device. Only the CPU exists so far.
 pub fn make_backend(cfg: &Config, ds: &Dataset) -> Box<dyn Backend> {
-    let v = &ds.vocab;
-    let sizes = VocabSizes {
-        items: v.n_items(),
-        cats: v.n_cats(),
-        other: v.n_other(),
-        fields: v.fields.len(),
-    };
-    Box::new(CpuBackend::new(cfg, sizes))
+    Box::new(CpuBackend::new(cfg, ds.vocab.sizes()))
 }
 
-/// Trains with a progress bar per epoch and a line of validation metrics after each.
+/// Trains without checkpoints, with a progress bar per epoch and a line of validation
+/// metrics after each.
 pub fn run_training(
     backend: &mut dyn Backend,
     ds: &Dataset,
     cfg: &Config,
     quiet: bool,
 ) -> anyhow::Result<TrainReport> {
+    let opts = TrainOptions::default();
+    Ok(run_training_with(backend, ds, cfg, quiet, opts, None)?)
+}
+
+/// Trains with `opts`, a progress bar per epoch and a line of validation metrics after
+/// each; with a run folder, redraws its learning curve after every epoch.
+fn run_training_with(
+    backend: &mut dyn Backend,
+    ds: &Dataset,
+    cfg: &Config,
+    quiet: bool,
+    opts: TrainOptions,
+    dir: Option<&Path>,
+) -> Result<TrainReport, TrainError> {
     let style = ProgressStyle::with_template(
         "epoch {prefix} {bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]",
     )
     .expect("valid template");
+    let mut curve: Vec<EpochReport> = opts
+        .resume
+        .as_ref()
+        .map(|r: &Resume| r.progress.epochs.clone())
+        .unwrap_or_default();
     let mut bar: Option<ProgressBar> = None;
     let mut ema = None::<f32>;
     let mut on_event = |e: Event| match e {
@@ -114,14 +278,25 @@ pub fn run_training(
                 "epoch {}: train loss {:.4}, valid {}, {:.0} samples/s, {:.1}s",
                 r.epoch, r.train_loss, r.valid, r.samples_per_sec, r.seconds
             );
+            curve.push(r.clone());
+            if let Some(dir) = dir {
+                let path = dir.join(plot::LEARNING_CURVE);
+                if let Err(e) = plot::learning_curve(&path, &curve) {
+                    eprintln!("warning: cannot draw {}: {e}", path.display());
+                }
+            }
         }
     };
-    Ok(train::train(backend, ds, &cfg.train, &mut on_event)?)
+    let result = train::train_with(backend, ds, &cfg.train, opts, &mut on_event);
+    if let Some(b) = bar.take() {
+        b.abandon();
+    }
+    result
 }
 
-fn run_dir(args: &RunArgs, data: &str) -> anyhow::Result<PathBuf> {
-    let dir = match &args.out {
-        Some(d) => d.clone(),
+fn run_dir(out: Option<&Path>, data: &str) -> anyhow::Result<PathBuf> {
+    let dir = match out {
+        Some(d) => d.to_path_buf(),
         None => {
             let secs = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)?
@@ -138,8 +313,7 @@ fn run_dir(args: &RunArgs, data: &str) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-fn write_run(dir: &Path, cfg: &Config, report: &TrainReport) -> anyhow::Result<()> {
-    std::fs::write(dir.join("config.toml"), cfg.to_toml_string())?;
+fn write_metrics(dir: &Path, report: &TrainReport) -> anyhow::Result<()> {
     std::fs::write(
         dir.join("metrics.json"),
         serde_json::to_string_pretty(report)?,

@@ -8,6 +8,7 @@ pub mod samples;
 pub mod synthetic;
 pub mod taobao;
 
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// One user-item interaction, with dense indices.
@@ -24,7 +25,7 @@ pub struct Interaction {
 }
 
 /// One categorical field of the other-feature table.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Field {
     pub name: String,
     /// Number of rows this field owns in `emb.other.weight`.
@@ -37,7 +38,7 @@ pub struct Field {
 }
 
 /// Vocabularies: everything needed to map raw ids to model indices and back.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Vocab {
     /// Raw item id of each item index; `item_ids[0]` is "" (padding).
     pub item_ids: Vec<String>,
@@ -62,6 +63,50 @@ impl Vocab {
     /// Rows of the stacked other-feature table `emb.other.weight`.
     pub fn n_other(&self) -> usize {
         self.fields.iter().map(|f| f.size).sum()
+    }
+    /// The sizes the parameter shapes depend on.
+    pub fn sizes(&self) -> crate::params::VocabSizes {
+        crate::params::VocabSizes {
+            items: self.n_items(),
+            cats: self.n_cats(),
+            other: self.n_other(),
+            fields: self.fields.len(),
+        }
+    }
+
+    /// The first difference from `other`, described for an error message (`self` is
+    /// "the checkpoint's", `other` "the data's"), or `None` when they are equal.
+    pub fn first_difference(&self, other: &Vocab) -> Option<String> {
+        fn list<T: PartialEq + std::fmt::Debug>(what: &str, a: &[T], b: &[T]) -> Option<String> {
+            if a.len() != b.len() {
+                return Some(format!(
+                    "{what}: the checkpoint has {}, the data {}",
+                    a.len(),
+                    b.len()
+                ));
+            }
+            let i = a.iter().zip(b).position(|(x, y)| x != y)?;
+            Some(format!(
+                "{what}, entry {i}: the checkpoint has {:?}, the data {:?}",
+                a[i], b[i]
+            ))
+        }
+        let names = |v: &Vocab| -> Vec<String> {
+            v.fields
+                .iter()
+                .map(|f| format!("{} ({} rows at {})", f.name, f.size, f.offset))
+                .collect()
+        };
+        list("item ids", &self.item_ids, &other.item_ids)
+            .or_else(|| list("item categories", &self.item_cat, &other.item_cat))
+            .or_else(|| list("category names", &self.cat_names, &other.cat_names))
+            .or_else(|| list("fields", &names(self), &names(other)))
+            .or_else(|| {
+                self.fields.iter().zip(&other.fields).find_map(|(a, b)| {
+                    list(&format!("field `{}` tokens", a.name), &a.tokens, &b.tokens)
+                })
+            })
+            .or_else(|| list("user ids", &self.user_ids, &other.user_ids))
     }
 }
 
@@ -114,6 +159,33 @@ impl Samples {
     pub fn is_empty(&self) -> bool {
         self.label.is_empty()
     }
+    /// A 64-bit FNV-1a hash of every sample row, to tell whether two runs saw the same
+    /// data (a resumed run checks it against its checkpoint).
+    pub fn fingerprint(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |x: u32| {
+            for b in x.to_le_bytes() {
+                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        eat(self.seq_len as u32);
+        eat(self.fields as u32);
+        for part in [
+            &self.hist_item,
+            &self.hist_cat,
+            &self.hist_pos,
+            &self.target_item,
+            &self.target_cat,
+            &self.other,
+            &self.user,
+        ] {
+            eat(part.len() as u32);
+            part.iter().for_each(|&x| eat(x));
+        }
+        self.label.iter().for_each(|y| eat(y.to_bits()));
+        h
+    }
+
     /// Fraction of positive labels.
     pub fn positive_rate(&self) -> f64 {
         self.label.iter().map(|&y| y as f64).sum::<f64>() / self.len().max(1) as f64

@@ -21,6 +21,9 @@ use crate::rng::Rng;
 const HOURS: usize = 24;
 const WEEKDAYS: usize = 7;
 const DAY_SECONDS: i64 = 86_400;
+/// Names of the two context fields that follow the user fields, computed from the target's
+/// time: hour of day, then day of week.
+pub const CONTEXT_FIELDS: [&str; 2] = ["hour", "weekday"];
 
 /// Position bucket of a history item clicked `gap_seconds` before the target (spec 1.1):
 /// `1 + min(P - 2, floor(log2(1 + gap)))`, with the gap clamped at 0. Integer arithmetic.
@@ -28,6 +31,21 @@ pub fn time_gap_bucket(gap_seconds: i64, p: usize) -> u32 {
     let x = 1 + gap_seconds.max(0) as u64; // >= 1, no overflow: gap <= i64::MAX
     let log2 = 63 - x.leading_zeros() as u64;
     1 + log2.min(p.saturating_sub(2) as u64) as u32
+}
+
+/// Position bucket of the history item in slot `slot` of `l` (right-aligned, the newest in
+/// slot `l - 1`), clicked `gap_seconds` before the target (spec 1.1).
+pub fn history_position(
+    position: Position,
+    pos_buckets: usize,
+    l: usize,
+    slot: usize,
+    gap_seconds: i64,
+) -> u32 {
+    match position {
+        Position::Timegap => time_gap_bucket(gap_seconds, pos_buckets),
+        Position::Ordinal => (l - slot) as u32, // 1 + k, k = 0 for the newest
+    }
 }
 
 /// `(hour of day 0..24, day of week 0..7 with 0 = Monday)` of a Unix time, in UTC.
@@ -223,7 +241,7 @@ fn check_log(
 
 /// Appends the context fields `hour` (24) and `weekday` (7) after the user fields.
 fn with_context_fields(mut vocab: Vocab) -> Vocab {
-    for (name, size) in [("hour", HOURS), ("weekday", WEEKDAYS)] {
+    for (name, size) in CONTEXT_FIELDS.into_iter().zip([HOURS, WEEKDAYS]) {
         let offset = vocab.n_other();
         vocab.fields.push(Field {
             name: name.into(),
@@ -298,10 +316,7 @@ impl<'a> Layout<'a> {
             let it = &interactions[i];
             h.item[slot] = it.item;
             h.cat[slot] = self.vocab.item_cat[it.item as usize];
-            h.pos[slot] = match self.position {
-                Position::Timegap => time_gap_bucket(now - it.time, self.pos_buckets),
-                Position::Ordinal => (l - slot) as u32, // 1 + k, k = 0 for the newest
-            };
+            h.pos[slot] = history_position(self.position, self.pos_buckets, l, slot, now - it.time);
         }
         h
     }

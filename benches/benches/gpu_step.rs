@@ -1,0 +1,87 @@
+//! The whole training step and evaluation scoring on the GPU against the CPU backend, at
+//! the default model (L = 20, d = 64, MLP 1024-512-256).
+//!
+//! `cargo bench -p bst-benches --bench gpu_step`. Batch 256 by default; set
+//! `BST_BENCH_BATCH=4096` on a real GPU (lavapipe, the software driver, is far slower
+//! than the CPU, so small sample counts are used there).
+
+use bst_core::backend::{Backend, CpuBackend};
+use bst_core::batch::Batch;
+use bst_core::config::{Config, DataConfig};
+use bst_core::data::{self, DataSource};
+use bst_core::gpu_backend::GpuBackend;
+use bst_core::params::VocabSizes;
+use bst_kernels::gpu::{GpuContext, GpuOptions};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use std::sync::Arc;
+
+fn step(c: &mut Criterion) {
+    let batch_size: usize = std::env::var("BST_BENCH_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(256);
+    let mut cfg = Config {
+        data: DataConfig {
+            synthetic_users: 600,
+            ..Default::default()
+        },
+        ..Config::default()
+    };
+    cfg.train.batch = batch_size;
+    cfg.train.eval_batch = batch_size;
+    let ds = data::load(&DataSource::Synthetic, &cfg).expect("synthetic data");
+    let v = &ds.vocab;
+    let sizes = VocabSizes {
+        items: v.n_items(),
+        cats: v.n_cats(),
+        other: v.n_other(),
+        fields: v.fields.len(),
+    };
+    let batch = Batch::from_range(&ds.train, 0..batch_size);
+    let ctx = Arc::new(
+        GpuContext::new(&GpuOptions {
+            allow_software: true,
+            ..Default::default()
+        })
+        .expect("a GPU adapter"),
+    );
+    let software = ctx.is_software();
+    eprintln!("adapter: {}", ctx.describe());
+    let mut gpu = GpuBackend::init(ctx, &cfg, sizes).expect("GPU backend");
+    let mut cpu = CpuBackend::new(&cfg, sizes);
+
+    let mut g = c.benchmark_group(format!("train_step_b{batch_size}"));
+    g.sample_size(10);
+    if software {
+        g.measurement_time(std::time::Duration::from_secs(20));
+    }
+    g.throughput(Throughput::Elements(batch_size as u64));
+    g.bench_function("cpu", |b| b.iter(|| cpu.train_step(&batch)));
+    g.finish();
+    // Ten steps per iteration and one loss read, as the training loop does.
+    let mut g = c.benchmark_group(format!("train_10_steps_b{batch_size}"));
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(10 * batch_size as u64));
+    g.bench_function("gpu", |b| {
+        b.iter(|| {
+            for _ in 0..10 {
+                gpu.train_step(&batch);
+            }
+            gpu.take_loss()
+        })
+    });
+    g.finish();
+
+    let mut probs = vec![0.0; batch_size];
+    let mut g = c.benchmark_group(format!("predict_b{batch_size}"));
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(batch_size as u64));
+    g.bench_function("cpu", |b| b.iter(|| cpu.predict(&batch, &mut probs)));
+    g.bench_function("gpu_with_readback", |b| {
+        b.iter(|| gpu.predict(&batch, &mut probs))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, step);
+criterion_main!(benches);

@@ -1,0 +1,681 @@
+//! Checkpoints (spec section 3): one safetensors file of f32 tensors named and shaped as
+//! the parameter table ([`ParamLayout`]) says, so `safetensors.torch.load_file` gives a
+//! PyTorch `state_dict`.
+//!
+//! Tensors:
+//! - `<name>`: every parameter of the table (`emb.item.weight`, `blocks.0.qkv.weight`, ...);
+//! - `optim.adam.m.<name>`, `optim.adam.v.<name>` (Adam) or `optim.adagrad.sum.<name>`
+//!   (Adagrad): the optimiser state of each parameter, same shape (latest checkpoints only);
+//! - `best.<name>`: the parameters of the best epoch so far (latest checkpoints only, once
+//!   an epoch has ended), so one atomic file holds everything a resumed run needs.
+//!
+//! Metadata (all strings; JSON where structured):
+//! - `format` = `pt`, `bst.version` = `1`;
+//! - `bst.config`: the model config; `bst.train_config`, `bst.data_config`: the rest of the
+//!   run's config; `bst.data_source`: the data it was trained on (`synthetic`,
+//!   `recbole:FOLDER`, ...);
+//! - `bst.vocab`: the vocabularies (item ids, item categories, category names, user ids,
+//!   and the other-feature fields with their names, sizes, offsets and tokens);
+//! - `bst.progress`: epoch, step within the epoch, best epoch and validation AUC so far,
+//!   the per-epoch reports, the shuffling seed and a fingerprint of the training samples;
+//! - `bst.optimizer` and `bst.optim_steps`: the optimiser kind and update count (with the
+//!   `optim.` tensors);
+//! - `bst.checksum`: a hash of every tensor's name and bytes, to catch corrupted data.
+//!
+//! Files are written atomically: a temporary file in the same folder, written and synced,
+//! renamed over the old one, then the folder synced. A reader sees the old file or the new
+//! one, never a mix, even when the writer is killed.
+
+use crate::backend::CpuBackend;
+use crate::config::{Config, DataConfig, ModelConfig, Optimizer as Kind, TrainConfig};
+use crate::data::Vocab;
+use crate::model::Model;
+use crate::optim::{OptimSnapshot, OptimState};
+use crate::params::ParamLayout;
+use crate::train::{Checkpointer, Progress, Resume, Save, Snapshot};
+use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, View};
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// File name of the latest checkpoint in a run folder (the one to resume from).
+pub const LATEST: &str = "checkpoint.safetensors";
+/// File name of the best model in a run folder (the one to evaluate and serve).
+pub const BEST: &str = "best.safetensors";
+/// `bst.version` of the files this code writes and reads.
+pub const VERSION: &str = "1";
+
+/// Config keys that may differ between a checkpoint and a resumed run: they change
+/// neither the model nor the steps already taken.
+const MAY_CHANGE: [&str; 2] = ["train.epochs", "train.eval_batch"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{}: cannot {op}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{}: truncated checkpoint: {detail} (a write was cut short; use an older checkpoint)", .path.display())]
+    Truncated { path: PathBuf, detail: String },
+    #[error("{}: corrupted checkpoint: {detail}", .path.display())]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("{}: not a BST checkpoint: {detail}", .path.display())]
+    Foreign { path: PathBuf, detail: String },
+    #[error("{}: tensor `{name}` is missing (expected shape {expected:?})", .path.display())]
+    MissingTensor {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+    },
+    #[error(
+        "{}: tensor `{name}` has shape {found:?}, expected {expected:?} (from the file's config and vocabularies)",
+        .path.display()
+    )]
+    Shape {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("{}: tensor `{name}` is {found}, expected F32", .path.display())]
+    Dtype {
+        path: PathBuf,
+        name: String,
+        found: String,
+    },
+    #[error("{}: unexpected tensor `{name}`: not in the parameter table of the file's config", .path.display())]
+    Unexpected { path: PathBuf, name: String },
+    #[error(
+        "the checkpoint does not match the data: {0} (build the data as the checkpoint's run did)"
+    )]
+    DataMismatch(String),
+    #[error("the checkpoint does not match the config and flags: {0}")]
+    ConfigMismatch(String),
+    #[error("{}: {detail}", .path.display())]
+    NoState { path: PathBuf, detail: String },
+    #[error("cannot write checkpoint {}: {detail}", .path.display())]
+    Write { path: PathBuf, detail: String },
+}
+
+/// What a run records beside its tensors.
+#[derive(Clone, Copy, Debug)]
+pub struct RunInfo<'a> {
+    pub config: &'a Config,
+    pub vocab: &'a Vocab,
+    /// The data source as given on the command line (`synthetic`, `recbole:FOLDER`, ...).
+    pub data_source: &'a str,
+}
+
+/// A checkpoint read back.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    pub config: Config,
+    pub vocab: Vocab,
+    pub data_source: Option<String>,
+    pub progress: Progress,
+    /// The parameter arena ([`Checkpoint::layout`]).
+    pub params: Vec<f32>,
+    /// The optimiser state: latest checkpoints only.
+    pub optim: Option<OptimSnapshot>,
+    /// The best epoch's parameters: latest checkpoints only, once an epoch has ended.
+    pub best_params: Option<Vec<f32>>,
+}
+
+impl Checkpoint {
+    /// Reads and checks a checkpoint: framing, metadata, every tensor's name, dtype and
+    /// shape against the parameter table of the file's own config and vocabularies.
+    pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
+        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            op: "read",
+            source,
+        })?;
+        parse(path, &bytes)
+    }
+
+    /// Writes this checkpoint to `path` (atomically).
+    pub fn save(&self, path: &Path) -> Result<(), CheckpointError> {
+        let info = RunInfo {
+            config: &self.config,
+            vocab: &self.vocab,
+            data_source: self.data_source.as_deref().unwrap_or(""),
+        };
+        let snap = Snapshot {
+            progress: &self.progress,
+            params: &self.params,
+            optim: self.optim.as_ref(),
+            best_params: self.best_params.as_deref(),
+        };
+        write(path, &info, &snap)
+    }
+
+    /// The parameter table of this checkpoint's config and vocabularies.
+    pub fn layout(&self) -> ParamLayout {
+        ParamLayout::new(&self.config.model, self.vocab.sizes())
+    }
+
+    /// A CPU backend holding this checkpoint's parameters (for evaluation and scoring).
+    pub fn cpu_backend(&self) -> CpuBackend {
+        let model = Model::new(&self.config.model, self.vocab.sizes());
+        CpuBackend::with_params(&self.config, model, self.params.clone())
+    }
+
+    /// Refuses data whose vocabularies differ from the checkpoint's: the same raw ids must
+    /// map to the same rows of the embedding tables.
+    pub fn check_vocab(&self, data: &Vocab) -> Result<(), CheckpointError> {
+        match self.vocab.first_difference(data) {
+            None => Ok(()),
+            Some(d) => Err(CheckpointError::DataMismatch(d)),
+        }
+    }
+
+    /// Refuses a requested config (file and flags) that differs from the checkpoint's in
+    /// anything but `train.epochs` and `train.eval_batch`; lists every difference.
+    pub fn check_config(&self, requested: &Config) -> Result<(), CheckpointError> {
+        let a = serde_json::to_value(&self.config).expect("config serialises");
+        let b = serde_json::to_value(requested).expect("config serialises");
+        let mut diffs = Vec::new();
+        json_diff("", &a, &b, &mut diffs);
+        diffs.retain(|(key, _)| !MAY_CHANGE.contains(&key.as_str()));
+        if diffs.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = diffs.into_iter().map(|(_, d)| d).collect();
+        Err(CheckpointError::ConfigMismatch(list.join("; ")))
+    }
+
+    /// The state to continue training from. Needs the optimiser state of a latest
+    /// checkpoint (`checkpoint.safetensors`, not `best.safetensors`).
+    pub fn into_resume(self, path: &Path) -> Result<Resume, CheckpointError> {
+        let Some(optim) = self.optim else {
+            return Err(CheckpointError::NoState {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "holds no optimiser state, so training cannot resume from it \
+                     (resume from a run folder's {LATEST}, not {BEST})"
+                ),
+            });
+        };
+        Ok(Resume {
+            progress: self.progress,
+            params: self.params,
+            optim,
+            best_params: self.best_params,
+        })
+    }
+}
+
+/// `(key, message)` for every leaf where `a` (the checkpoint) and `b` (requested) differ.
+fn json_diff(
+    key: &str,
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    out: &mut Vec<(String, String)>,
+) {
+    use serde_json::Value::Object;
+    if let (Object(ma), Object(mb)) = (a, b) {
+        let keys: BTreeSet<&String> = ma.keys().chain(mb.keys()).collect();
+        for k in keys {
+            let null = serde_json::Value::Null;
+            let sub = if key.is_empty() {
+                k.clone()
+            } else {
+                format!("{key}.{k}")
+            };
+            json_diff(
+                &sub,
+                ma.get(k).unwrap_or(&null),
+                mb.get(k).unwrap_or(&null),
+                out,
+            );
+        }
+    } else if a != b {
+        out.push((
+            key.to_string(),
+            format!("{key} is {a} in the checkpoint but {b} in the request"),
+        ));
+    }
+}
+
+/// Saves checkpoints into a run folder: [`LATEST`] and [`BEST`].
+pub struct RunCheckpointer<'a> {
+    pub dir: PathBuf,
+    pub info: RunInfo<'a>,
+}
+
+impl<'a> RunCheckpointer<'a> {
+    pub fn new(dir: &Path, info: RunInfo<'a>) -> RunCheckpointer<'a> {
+        RunCheckpointer {
+            dir: dir.to_path_buf(),
+            info,
+        }
+    }
+    pub fn path(&self, kind: Save) -> PathBuf {
+        self.dir.join(match kind {
+            Save::Latest => LATEST,
+            Save::Best => BEST,
+        })
+    }
+}
+
+impl Checkpointer for RunCheckpointer<'_> {
+    fn save(&mut self, kind: Save, snapshot: &Snapshot) -> Result<(), CheckpointError> {
+        write(&self.path(kind), &self.info, snapshot)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Writing
+// ---------------------------------------------------------------------------------------
+
+/// An f32 tensor as little-endian bytes, for the safetensors writer.
+struct F32Tensor {
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl F32Tensor {
+    fn new(shape: &[usize], data: &[f32]) -> F32Tensor {
+        F32Tensor {
+            shape: shape.to_vec(),
+            bytes: data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    }
+}
+
+impl View for &F32Tensor {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// Writes a checkpoint of `snap` to `path`, atomically (see the module docs).
+pub fn write(path: &Path, info: &RunInfo, snap: &Snapshot) -> Result<(), CheckpointError> {
+    let layout = ParamLayout::new(&info.config.model, info.vocab.sizes());
+    let fail = |detail: String| CheckpointError::Write {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let mut arenas: Vec<(String, &[f32])> = vec![(String::new(), snap.params)];
+    if let Some(o) = snap.optim {
+        for (name, arena) in o.state.arenas() {
+            arenas.push((format!("optim.{name}."), arena));
+        }
+    }
+    if let Some(b) = snap.best_params {
+        arenas.push(("best.".into(), b));
+    }
+    let mut tensors: Vec<(String, F32Tensor)> = Vec::new();
+    for (prefix, arena) in arenas {
+        if arena.len() != layout.total {
+            return Err(fail(format!(
+                "the `{prefix}` arena holds {} values, the model has {}",
+                arena.len(),
+                layout.total
+            )));
+        }
+        for spec in &layout.specs {
+            let t = F32Tensor::new(&spec.shape, &arena[spec.range()]);
+            tensors.push((format!("{prefix}{}", spec.name), t));
+        }
+    }
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let mut meta: HashMap<String, String> = HashMap::new();
+    meta.insert("format".into(), "pt".into());
+    meta.insert("bst.version".into(), VERSION.into());
+    meta.insert("bst.config".into(), json(&info.config.model));
+    meta.insert("bst.train_config".into(), json(&info.config.train));
+    meta.insert("bst.data_config".into(), json(&info.config.data));
+    meta.insert("bst.data_source".into(), info.data_source.into());
+    meta.insert("bst.vocab".into(), json(info.vocab));
+    meta.insert("bst.progress".into(), json(snap.progress));
+    if let Some(o) = snap.optim {
+        meta.insert("bst.optimizer".into(), kind_name(o.state.kind()).into());
+        meta.insert("bst.optim_steps".into(), o.steps.to_string());
+    }
+    let named: Vec<(&str, &[u8])> = tensors
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.bytes.as_slice()))
+        .collect();
+    meta.insert("bst.checksum".into(), format!("{:016x}", checksum(&named)));
+
+    let views = tensors.iter().map(|(n, t)| (n.as_str(), t));
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| match e {
+        SafeTensorError::HeaderTooLarge => fail(
+            "the metadata (mostly the vocabularies) exceeds safetensors' 100 MB header limit"
+                .into(),
+        ),
+        e => fail(e.to_string()),
+    })?;
+    write_atomic(path, &bytes)
+}
+
+/// Compact JSON of a metadata value.
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("metadata serialises")
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Adam => "adam",
+        Kind::Adagrad => "adagrad",
+    }
+}
+
+/// A 64-bit hash of tensors' names and bytes (sorted by name): FNV-1a over 8-byte words.
+fn checksum(tensors: &[(&str, &[u8])]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let w = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+            h = (h ^ w).wrapping_mul(0x0100_0000_01b3);
+        }
+        for &b in words.remainder() {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        h = (h ^ bytes.len() as u64).wrapping_mul(0x0100_0000_01b3);
+    };
+    for (name, bytes) in tensors {
+        eat(name.as_bytes());
+        eat(bytes);
+    }
+    h
+}
+
+/// Writes `bytes` to `path` so that a reader sees the old or the new file, never a mix:
+/// a temporary file in the same folder, written and synced, renamed over `path`, then the
+/// folder synced so the rename itself is durable.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let io = |op: &'static str, p: &Path| {
+        let p = p.to_path_buf();
+        move |source| CheckpointError::Io {
+            path: p,
+            op,
+            source,
+        }
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".into());
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
+        f.write_all(bytes).map_err(io("write", &tmp))?;
+        f.sync_all().map_err(io("sync", &tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io("rename into place", path))?;
+    #[cfg(unix)]
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("sync the folder of", path))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading
+// ---------------------------------------------------------------------------------------
+
+/// The largest header safetensors accepts.
+const MAX_HEADER: u64 = 100_000_000;
+
+fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
+    let p = || path.to_path_buf();
+    check_framing(path, bytes)?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| CheckpointError::Corrupt {
+        path: p(),
+        detail: e.to_string(),
+    })?;
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| CheckpointError::Corrupt {
+        path: p(),
+        detail: e.to_string(),
+    })?;
+    let names: BTreeSet<String> = st.names().into_iter().map(String::from).collect();
+    let foreign = |detail: String| CheckpointError::Foreign { path: p(), detail };
+    let empty = HashMap::new();
+    let meta = header.metadata().as_ref().unwrap_or(&empty);
+    if !meta.contains_key("bst.config") {
+        let some: Vec<&str> = names.iter().take(4).map(String::as_str).collect();
+        return Err(foreign(format!(
+            "it has no `bst.config` metadata (its {} tensors start {:?})",
+            names.len(),
+            some
+        )));
+    }
+    let get = |key: &str| -> Result<&str, CheckpointError> {
+        meta.get(key)
+            .map(String::as_str)
+            .ok_or_else(|| foreign(format!("it has `bst.config` but no `{key}` metadata")))
+    };
+    let corrupt = |detail: String| CheckpointError::Corrupt { path: p(), detail };
+    fn from_json<T: serde::de::DeserializeOwned>(
+        key: &str,
+        text: &str,
+        corrupt: &dyn Fn(String) -> CheckpointError,
+    ) -> Result<T, CheckpointError> {
+        serde_json::from_str(text).map_err(|e| corrupt(format!("metadata `{key}`: {e}")))
+    }
+    let version = get("bst.version")?;
+    if version != VERSION {
+        return Err(foreign(format!(
+            "bst.version is {version}; this build reads version {VERSION}"
+        )));
+    }
+    let model: ModelConfig = from_json("bst.config", get("bst.config")?, &corrupt)?;
+    let train: TrainConfig = from_json("bst.train_config", get("bst.train_config")?, &corrupt)?;
+    let data: DataConfig = from_json("bst.data_config", get("bst.data_config")?, &corrupt)?;
+    let vocab: Vocab = from_json("bst.vocab", get("bst.vocab")?, &corrupt)?;
+    let progress: Progress = from_json("bst.progress", get("bst.progress")?, &corrupt)?;
+    let config = Config { model, train, data };
+    config
+        .validate()
+        .map_err(|e| corrupt(format!("metadata `bst.config`: {e}")))?;
+    check_vocab_shape(&vocab).map_err(|d| corrupt(format!("metadata `bst.vocab`: {d}")))?;
+    if let Some(sum) = meta.get("bst.checksum") {
+        let named: Vec<(&str, &[u8])> = names
+            .iter()
+            .map(|n| {
+                Ok((
+                    n.as_str(),
+                    st.tensor(n).map_err(|e| corrupt(e.to_string()))?.data(),
+                ))
+            })
+            .collect::<Result<_, CheckpointError>>()?;
+        let found = format!("{:016x}", checksum(&named));
+        if &found != sum {
+            return Err(corrupt(format!(
+                "the tensor data does not match its checksum ({found}, recorded {sum}); \
+                 a file rewritten by another tool must drop `bst.checksum`"
+            )));
+        }
+    }
+
+    let layout = ParamLayout::new(&config.model, vocab.sizes());
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut arena = |prefix: &str| -> Result<Vec<f32>, CheckpointError> {
+        let mut out = vec![0.0f32; layout.total];
+        for spec in &layout.specs {
+            let name = format!("{prefix}{}", spec.name);
+            let t = st
+                .tensor(&name)
+                .map_err(|_| CheckpointError::MissingTensor {
+                    path: p(),
+                    name: name.clone(),
+                    expected: spec.shape.clone(),
+                })?;
+            if t.dtype() != Dtype::F32 {
+                return Err(CheckpointError::Dtype {
+                    path: p(),
+                    name,
+                    found: t.dtype().to_string(),
+                });
+            }
+            if t.shape() != spec.shape.as_slice() {
+                return Err(CheckpointError::Shape {
+                    path: p(),
+                    name,
+                    expected: spec.shape.clone(),
+                    found: t.shape().to_vec(),
+                });
+            }
+            let dst = &mut out[spec.range()];
+            for (x, b) in dst.iter_mut().zip(t.data().chunks_exact(4)) {
+                *x = f32::from_le_bytes(b.try_into().expect("4 bytes"));
+            }
+            seen.insert(name);
+        }
+        Ok(out)
+    };
+    let params = arena("")?;
+    let has = |prefix: &str| names.iter().any(|n| n.starts_with(prefix));
+    let optim = match meta.get("bst.optimizer").map(String::as_str) {
+        None if has("optim.") => {
+            return Err(corrupt(
+                "it has `optim.` tensors but no `bst.optimizer` metadata".into(),
+            ));
+        }
+        None => None,
+        Some(kind) => {
+            let kind: Kind = kind
+                .parse()
+                .map_err(|e| corrupt(format!("metadata `bst.optimizer`: {e}")))?;
+            let steps: u64 = get("bst.optim_steps")?
+                .parse()
+                .map_err(|e| corrupt(format!("metadata `bst.optim_steps`: {e}")))?;
+            let arenas = OptimState::arena_names(kind)
+                .iter()
+                .map(|a| arena(&format!("optim.{a}.")))
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(OptimSnapshot {
+                steps,
+                state: OptimState::from_arenas(kind, arenas),
+            })
+        }
+    };
+    let best_params = if has("best.") {
+        Some(arena("best.")?)
+    } else {
+        None
+    };
+    if let Some(name) = names.iter().find(|n| !seen.contains(*n)) {
+        return Err(CheckpointError::Unexpected {
+            path: p(),
+            name: name.clone(),
+        });
+    }
+    Ok(Checkpoint {
+        config,
+        vocab,
+        data_source: meta
+            .get("bst.data_source")
+            .filter(|s| !s.is_empty())
+            .cloned(),
+        progress,
+        params,
+        optim,
+        best_params,
+    })
+}
+
+/// Checks the file's length against its header before parsing, so a cut-short file is
+/// reported as truncated rather than as a puzzling parse error.
+fn check_framing(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let truncated = |detail: String| CheckpointError::Truncated {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let corrupt = |detail: String| CheckpointError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let len = bytes.len() as u64;
+    if len < 8 {
+        return Err(truncated(format!(
+            "the file has {len} bytes, fewer than the 8 of the header length"
+        )));
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    if n > MAX_HEADER {
+        return Err(corrupt(format!(
+            "the header length field says {n} bytes, more than safetensors allows"
+        )));
+    }
+    if 8 + n > len {
+        return Err(truncated(format!(
+            "the header needs {n} bytes but the file ends {} bytes into it",
+            len - 8
+        )));
+    }
+    let header = std::str::from_utf8(&bytes[8..8 + n as usize])
+        .map_err(|e| corrupt(format!("the header is not UTF-8: {e}")))?;
+    let json: serde_json::Value = serde_json::from_str(header)
+        .map_err(|e| corrupt(format!("the header is not valid JSON: {e}")))?;
+    let serde_json::Value::Object(map) = json else {
+        return Err(corrupt("the header is not a JSON object".into()));
+    };
+    let end = map
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .filter_map(|(_, v)| v.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .unwrap_or(0);
+    let need = 8 + n + end;
+    if len < need {
+        return Err(truncated(format!(
+            "the tensors need {need} bytes, the file holds {len}"
+        )));
+    }
+    if let Err(e) = SafeTensors::read_metadata(bytes) {
+        return Err(match e {
+            SafeTensorError::MetadataIncompleteBuffer => {
+                corrupt(format!("{} bytes follow the last tensor", len - need))
+            }
+            e => corrupt(format!("invalid header: {e}")),
+        });
+    }
+    Ok(())
+}
+
+/// The vocabulary is consistent with itself (field offsets tile the table; categories
+/// are in range), so the layout built from it is sound.
+fn check_vocab_shape(v: &Vocab) -> Result<(), String> {
+    if v.item_cat.len() != v.item_ids.len() {
+        return Err(format!(
+            "{} item categories for {} items",
+            v.item_cat.len(),
+            v.item_ids.len()
+        ));
+    }
+    if v.item_cat.iter().any(|&c| c as usize >= v.n_cats()) {
+        return Err("an item category is outside the category vocabulary".into());
+    }
+    let mut offset = 0;
+    for f in &v.fields {
+        if f.offset != offset || (!f.tokens.is_empty() && f.tokens.len() != f.size) {
+            return Err(format!(
+                "field `{}` has an inconsistent offset or size",
+                f.name
+            ));
+        }
+        offset += f.size;
+    }
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! The GPU backend's buffers: the arenas, the batch inputs, one buffer per activation and
+//! activation gradient (the names of `crate::model::Activations` and `GradScratch`), each
+//! checked against the device's binding limit.
+
+use std::ops::Range;
+
+use bst_kernels::gpu::embedding::{EmbeddingDims, EmbeddingSegments};
+use bst_kernels::gpu::{GpuContext, GpuError, wgpu};
+
+use crate::model::Model;
+
+/// Arenas of the parameter layout: parameters, gradients, optimiser state.
+pub(super) struct Arenas {
+    pub params: wgpu::Buffer,
+    pub grads: wgpu::Buffer,
+    /// Adam's first moment, or Adagrad's sum of squares.
+    pub m: wgpu::Buffer,
+    /// Adam's second moment.
+    pub v: Option<wgpu::Buffer>,
+}
+
+/// Element offsets of one batch's ids in the ids buffer, fixed for the largest batch.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct IdsAt {
+    pub hist_item: u32,   // (B, L)
+    pub hist_cat: u32,    // (B, L)
+    pub hist_pos: u32,    // (B, L)
+    pub target_item: u32, // (B)
+    pub target_cat: u32,  // (B)
+    pub other: u32,       // (B, F)
+    pub len: usize,
+}
+
+impl IdsAt {
+    fn new(cap: usize, l: usize, f: usize) -> IdsAt {
+        let (bl, b) = ((cap * l) as u32, cap as u32);
+        IdsAt {
+            hist_item: 0,
+            hist_cat: bl,
+            hist_pos: 2 * bl,
+            target_item: 3 * bl,
+            target_cat: 3 * bl + b,
+            other: 3 * bl + 2 * b,
+            len: cap * (3 * l + 2 + f),
+        }
+    }
+}
+
+/// What the host writes per batch.
+pub(super) struct Inputs {
+    pub ids: wgpu::Buffer, // u32, laid out by `ids_at`
+    pub ids_at: IdsAt,
+    pub labels: wgpu::Buffer,   // (B)
+    pub valid: wgpu::Buffer,    // u32 (B, T)
+    pub segments: wgpu::Buffer, // u32 (EmbeddingSegments::buffer_len)
+}
+
+/// One block's forward activations (as `crate::model::BlockActs`).
+pub(super) struct BlockActs {
+    pub qkv: wgpu::Buffer,      // (B, T, 3d)
+    pub att: wgpu::Buffer,      // (B, h, T, T)
+    pub atty: wgpu::Buffer,     // (B, T, d)
+    pub a: wgpu::Buffer,        // (B, T, d)
+    pub res1: wgpu::Buffer,     // (B, T, d)
+    pub x1: wgpu::Buffer,       // (B, T, d)
+    pub ln1_mean: wgpu::Buffer, // (B, T)
+    pub ln1_rstd: wgpu::Buffer, // (B, T)
+    pub ff_pre: wgpu::Buffer,   // (B, T, d_ff)
+    pub ff: wgpu::Buffer,       // (B, T, d_ff)
+    pub f: wgpu::Buffer,        // (B, T, d)
+    pub res2: wgpu::Buffer,     // (B, T, d)
+    pub x2: wgpu::Buffer,       // (B, T, d)
+    pub ln2_mean: wgpu::Buffer, // (B, T)
+    pub ln2_rstd: wgpu::Buffer, // (B, T)
+}
+
+/// Forward activations (as `crate::model::Activations`) and the loss outputs.
+pub(super) struct Acts {
+    pub x0: wgpu::Buffer, // (B, T, d)
+    pub blocks: Vec<BlockActs>,
+    pub z: wgpu::Buffer,            // (B, zw)
+    pub mlp_pre: Vec<wgpu::Buffer>, // (B, out_k); the last is the logit
+    pub mlp_act: Vec<wgpu::Buffer>, // (B, out_k), hidden layers only
+    pub probs: wgpu::Buffer,        // (B)
+    pub losses: wgpu::Buffer,       // (B)
+    /// (1): the sum of the batch mean losses since the last `take_loss`.
+    pub loss_sum: wgpu::Buffer,
+    /// (1): the mean loss of the last `predict` (unused).
+    pub eval_loss: wgpu::Buffer,
+}
+
+/// Activation gradients (as `crate::model::GradScratch`), overwritten.
+pub(super) struct GradScratch {
+    pub dx: wgpu::Buffer,       // (B, T, d)
+    pub dx1: wgpu::Buffer,      // (B, T, d)
+    pub dres: wgpu::Buffer,     // (B, T, d)
+    pub dbr: wgpu::Buffer,      // (B, T, d)
+    pub datty: wgpu::Buffer,    // (B, T, d)
+    pub dtmp: wgpu::Buffer,     // (B, T, d)
+    pub dqkv: wgpu::Buffer,     // (B, T, 3d)
+    pub dff: wgpu::Buffer,      // (B, T, d_ff)
+    pub dff_pre: wgpu::Buffer,  // (B, T, d_ff)
+    pub dz: wgpu::Buffer,       // (B, zw)
+    pub dmlp: wgpu::Buffer,     // (B, max width)
+    pub dmlp_pre: wgpu::Buffer, // (B, max width)
+}
+
+/// Every buffer of the backend.
+pub(super) struct Buffers {
+    pub arenas: Arenas,
+    pub inputs: Inputs,
+    pub acts: Acts,
+    pub scratch: GradScratch,
+}
+
+impl Buffers {
+    /// Zeroed buffers for a model and batches of up to `cap` samples, with Adam's two
+    /// state arenas or Adagrad's one. First checks every size against the device's
+    /// binding limit, so that a batch too large fails before anything is allocated.
+    pub fn new(
+        ctx: &GpuContext,
+        model: &Model,
+        cap: usize,
+        adam: bool,
+    ) -> Result<Buffers, GpuError> {
+        Buffers::create(&Alloc { ctx, dry: true }, model, cap, adam)?;
+        Buffers::create(&Alloc { ctx, dry: false }, model, cap, adam)
+    }
+
+    fn create(a: &Alloc, model: &Model, cap: usize, adam: bool) -> Result<Buffers, GpuError> {
+        let dm = &model.dims;
+        let (t, d, dff) = (dm.t, dm.d, dm.dff);
+        let n = model.layout.total;
+        let arena_knob = format!(
+            "the model has {n} parameters: use smaller embedding widths, vocabularies or MLP"
+        );
+        let arena = |name: &str| a.buffer(name, n, &arena_knob);
+        let arenas = Arenas {
+            params: arena("the parameter arena")?,
+            grads: arena("the gradient arena")?,
+            m: arena(if adam {
+                "adam's m arena"
+            } else {
+                "adagrad's sum arena"
+            })?,
+            v: if adam {
+                Some(arena("adam's v arena")?)
+            } else {
+                None
+            },
+        };
+
+        let knob = format!(
+            "lower train.batch and train.eval_batch (the buffers hold {cap} samples, the \
+             larger of the two)"
+        );
+        // An activation with `per` elements per sample.
+        let act = |name: &str, per: usize| a.buffer(name, cap * per, &knob);
+        let ids_at = IdsAt::new(cap, dm.l, dm.fields);
+        let segments = EmbeddingSegments::buffer_len(&embedding_dims(model, cap))?;
+        let inputs = Inputs {
+            ids: a.buffer("batch ids", ids_at.len, &knob)?,
+            ids_at,
+            labels: act("labels (B)", 1)?,
+            valid: act("valid (B, T)", t)?,
+            segments: a.buffer("embedding segments", segments, &knob)?,
+        };
+        let mut blocks = Vec::new();
+        for i in 0..dm.blocks {
+            let act = |name: &str, per: usize| act(&format!("blocks.{i}.{name}"), per);
+            blocks.push(BlockActs {
+                qkv: act("qkv (B, T, 3d)", t * 3 * d)?,
+                att: act("att (B, h, T, T)", dm.h * t * t)?,
+                atty: act("atty (B, T, d)", t * d)?,
+                a: act("a (B, T, d)", t * d)?,
+                res1: act("res1 (B, T, d)", t * d)?,
+                x1: act("x1 (B, T, d)", t * d)?,
+                ln1_mean: act("ln1_mean (B, T)", t)?,
+                ln1_rstd: act("ln1_rstd (B, T)", t)?,
+                ff_pre: act("ff_pre (B, T, d_ff)", t * dff)?,
+                ff: act("ff (B, T, d_ff)", t * dff)?,
+                f: act("f (B, T, d)", t * d)?,
+                res2: act("res2 (B, T, d)", t * d)?,
+                x2: act("x2 (B, T, d)", t * d)?,
+                ln2_mean: act("ln2_mean (B, T)", t)?,
+                ln2_rstd: act("ln2_rstd (B, T)", t)?,
+            });
+        }
+        let last = dm.mlp.len() - 1;
+        let mlp = |what: &str, k: usize| act(&format!("mlp.{k}.{what} (B, out)"), dm.mlp[k]);
+        let acts = Acts {
+            x0: act("x0 (B, T, d)", t * d)?,
+            blocks,
+            z: act("z (B, zw)", dm.zw)?,
+            mlp_pre: (0..=last)
+                .map(|k| mlp("pre", k))
+                .collect::<Result<_, _>>()?,
+            mlp_act: (0..last).map(|k| mlp("act", k)).collect::<Result<_, _>>()?,
+            probs: act("probs (B)", 1)?,
+            losses: act("losses (B)", 1)?,
+            loss_sum: a.buffer("loss sum", 1, "")?,
+            eval_loss: a.buffer("eval loss", 1, "")?,
+        };
+        let wmax = dm.mlp.iter().copied().max().unwrap_or(1);
+        let scratch = GradScratch {
+            dx: act("dx (B, T, d)", t * d)?,
+            dx1: act("dx1 (B, T, d)", t * d)?,
+            dres: act("dres (B, T, d)", t * d)?,
+            dbr: act("dbr (B, T, d)", t * d)?,
+            datty: act("datty (B, T, d)", t * d)?,
+            dtmp: act("dtmp (B, T, d)", t * d)?,
+            dqkv: act("dqkv (B, T, 3d)", t * 3 * d)?,
+            dff: act("dff (B, T, d_ff)", t * dff)?,
+            dff_pre: act("dff_pre (B, T, d_ff)", t * dff)?,
+            dz: act("dz (B, zw)", dm.zw)?,
+            dmlp: act("dmlp (B, max width)", wmax)?,
+            dmlp_pre: act("dmlp_pre (B, max width)", wmax)?,
+        };
+        Ok(Buffers {
+            arenas,
+            inputs,
+            acts,
+            scratch,
+        })
+    }
+}
+
+/// Creates storage buffers after checking each against the device's binding limit;
+/// `dry` only checks (every buffer is 4 bytes).
+struct Alloc<'a> {
+    ctx: &'a GpuContext,
+    dry: bool,
+}
+
+impl Alloc<'_> {
+    /// A zeroed buffer of `len` elements, or an error naming it, its size, the limit and
+    /// `knob` (what to change) when the device cannot bind it.
+    fn buffer(&self, name: &str, len: usize, knob: &str) -> Result<wgpu::Buffer, GpuError> {
+        let limits = &self.ctx.limits;
+        // Kernels index elements with u32.
+        let limit = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size)
+            .min(4 * u64::from(u32::MAX));
+        let bytes = 4 * len as u64;
+        if bytes > limit {
+            return Err(GpuError::Binding(format!(
+                "{name}: {bytes} bytes, more than the device's \
+                 max_storage_buffer_binding_size ({limit} bytes); {knob}"
+            )));
+        }
+        let len = if self.dry { 1 } else { len };
+        Ok(self.ctx.storage_buffer_zeroed(name, len))
+    }
+}
+
+/// The embedding layer's sizes for batches of up to `cap` samples.
+pub(super) fn embedding_dims(model: &Model, cap: usize) -> EmbeddingDims {
+    let (dm, pi) = (&model.dims, &model.layout.index);
+    let (d_item, d_cat, d_pos) = dm.widths;
+    let rows = |r: &Range<usize>, w: usize| (r.len() / w) as u32;
+    EmbeddingDims {
+        rows: cap as u32,
+        seq_len: dm.l as u32,
+        d_item: d_item as u32,
+        d_cat: d_cat as u32,
+        d_pos: d_pos as u32,
+        fields: dm.fields as u32,
+        d_other: dm.d_o as u32,
+        z_width: dm.zw as u32,
+        z_off: dm.pw as u32,
+        n_item: rows(&pi.emb_item, d_item),
+        n_cat: rows(&pi.emb_cat, d_cat),
+        n_pos: rows(&pi.emb_pos, d_pos),
+        n_other: rows(&pi.emb_other, dm.d_o),
+    }
+}

@@ -1,0 +1,579 @@
+//! The GPU backend's call sites: every launcher bound once to the buffers of
+//! `buffers.rs`, in the order of `crate::model`'s forward.
+
+use std::ops::Range;
+
+use bst_kernels::cpu::dropout::DropoutKey;
+use bst_kernels::gpu::activation::{
+    ActivationBinding, ActivationBuffers, ActivationDims, ActivationGradBuffers,
+};
+use bst_kernels::gpu::attention::{
+    AttentionBinding, AttentionBuffers, AttentionDims, AttentionGradBuffers,
+};
+use bst_kernels::gpu::dropout::{DropoutBinding, DropoutBuffers, DropoutDims, DropoutGradBuffers};
+use bst_kernels::gpu::embedding::{EmbeddingBinding, EmbeddingBuffers, EmbeddingGradBuffers};
+use bst_kernels::gpu::layernorm::{
+    LayerNormBinding, LayerNormBuffers, LayerNormDims, LayerNormGradBuffers,
+};
+use bst_kernels::gpu::loss::{LossBinding, LossBuffers, LossDims};
+use bst_kernels::gpu::matmul::{
+    Activation, MatmulBinding, MatmulBuffers, MatmulDims, MatmulGradBuffers,
+};
+use bst_kernels::gpu::optim::{AdamHyper, FillBinding, OptimBinding, UpdateRule};
+use bst_kernels::gpu::pooling::{PoolingBinding, PoolingBuffers, PoolingDims, PoolingGradBuffers};
+use bst_kernels::gpu::{GpuContext, GpuError, TensorRef, wgpu};
+
+use super::Kernels;
+use super::buffers::{BlockActs, Buffers, GradScratch, embedding_dims};
+use crate::config::TrainConfig;
+use crate::model::{Dims, Model};
+use crate::optim::ADAGRAD_EPS;
+use crate::params::BlockParams;
+
+/// The bindings of one transformer block, in forward order.
+pub(super) struct BlockSites {
+    pub qkv: MatmulBinding,          // qkv = x Wqkv^T + bqkv
+    pub attention: AttentionBinding, // atty = attention(qkv)
+    pub out: MatmulBinding,          // a = atty Wout^T + bout
+    pub res1: DropoutBinding,        // res1 = x + dropout(a)
+    pub ln1: LayerNormBinding,       // x1 = LN1(res1)
+    pub ffn1: MatmulBinding,         // ff = LeakyReLU(ff_pre), ff_pre = x1 W1^T + b1
+    pub ffn1_act: ActivationBinding, // backward only: dff_pre = dff * leaky'(ff_pre)
+    pub ffn2: MatmulBinding,         // f = ff W2^T + b2
+    pub res2: DropoutBinding,        // res2 = x1 + dropout(f)
+    pub ln2: LayerNormBinding,       // x2 = LN2(res2)
+    /// Backward, `dx1 = dres + dtmp`: a residual dropout forward with p = 0.
+    pub sum_dx1: DropoutBinding,
+    /// Backward, `dx = dres + dtmp`.
+    pub sum_dx: DropoutBinding,
+    /// Backward: the key bias gradient is exactly 0 (see `Model::block_backward`).
+    pub zero_key_bias: FillBinding,
+}
+
+/// One MLP layer: the linear (with the LeakyReLU epilogue on hidden layers) and, on
+/// hidden layers, the activation's backward.
+pub(super) struct MlpSite {
+    pub linear: MatmulBinding,
+    pub act: Option<ActivationBinding>,
+}
+
+/// Every call site, bound once.
+pub(super) struct Sites {
+    pub embedding: EmbeddingBinding,
+    pub blocks: Vec<BlockSites>,
+    pub pooling: PoolingBinding,
+    pub mlp: Vec<MlpSite>,
+    /// Training: accumulates the batch mean into `loss_sum`, writes dlogits.
+    pub loss: LossBinding,
+    /// Evaluation: probabilities only (its mean goes to `eval_loss`).
+    pub eval_loss: LossBinding,
+    pub zero_grads: FillBinding,
+    pub update: OptimBinding,
+}
+
+impl Sites {
+    /// Binds every call site to `bufs`, for batches of up to `cap` samples. The dropout
+    /// keys are set per step.
+    pub fn new(
+        ctx: &GpuContext,
+        k: &Kernels,
+        model: &Model,
+        train: &TrainConfig,
+        cap: usize,
+        bufs: &Buffers,
+    ) -> Result<Sites, GpuError> {
+        let (dm, pi) = (&model.dims, &model.layout.index);
+        let Buffers {
+            arenas,
+            inputs,
+            acts,
+            scratch: s,
+        } = bufs;
+        let emb_dims = embedding_dims(model, cap);
+        let bind = Binder {
+            ctx,
+            k,
+            params: &arenas.params,
+            grads: &arenas.grads,
+        };
+        let ids = |off: u32| TensorRef::new(&inputs.ids, off);
+        let at = inputs.ids_at;
+        let embedding = k.emb.bind(
+            ctx,
+            &EmbeddingBuffers {
+                x: all(&acts.x0),
+                z: all(&acts.z),
+                e_item: bind.param(&pi.emb_item),
+                e_cat: bind.param(&pi.emb_cat),
+                e_pos: bind.param(&pi.emb_pos),
+                e_other: bind.param(&pi.emb_other),
+                hist_item: ids(at.hist_item),
+                hist_cat: ids(at.hist_cat),
+                hist_pos: ids(at.hist_pos),
+                target_item: ids(at.target_item),
+                target_cat: ids(at.target_cat),
+                other: ids(at.other),
+            },
+            Some(&EmbeddingGradBuffers {
+                de_item: bind.grad(&pi.emb_item),
+                de_cat: bind.grad(&pi.emb_cat),
+                de_pos: bind.grad(&pi.emb_pos),
+                de_other: bind.grad(&pi.emb_other),
+                dx: all(&s.dx),
+                dz: all(&s.dz),
+                segments: all(&inputs.segments),
+            }),
+            emb_dims,
+        )?;
+        let mut blocks = Vec::new();
+        for i in 0..dm.blocks {
+            let x = if i == 0 {
+                &acts.x0
+            } else {
+                &acts.blocks[i - 1].x2
+            };
+            blocks.push(bind.block(
+                x,
+                &acts.blocks[i],
+                s,
+                &pi.blocks[i],
+                &inputs.valid,
+                dm,
+                cap,
+            )?);
+        }
+        let top = acts.blocks.last().map_or(&acts.x0, |b| &b.x2);
+        let pooling = k.pool.bind(
+            ctx,
+            &PoolingBuffers {
+                out: all(&acts.z),
+                x: all(top),
+                valid: all(&inputs.valid),
+            },
+            Some(&PoolingGradBuffers {
+                dx: all(&s.dx),
+                dout: all(&s.dz),
+            }),
+            PoolingDims {
+                rows: cap as u32,
+                t: dm.t as u32,
+                d: dm.d as u32,
+                row: dm.zw as u32,
+                off: 0,
+                mode: dm.pool,
+            },
+        )?;
+        let last = dm.mlp.len() - 1;
+        let mut mlp = Vec::new();
+        for (layer, (w, b)) in pi.mlp.iter().enumerate() {
+            let (inp, dinp) = match layer {
+                0 => (&acts.z, &s.dz),
+                _ => (&acts.mlp_act[layer - 1], &s.dmlp),
+            };
+            let widths = (dm.mlp_in(layer), dm.mlp[layer]);
+            let pre = &acts.mlp_pre[layer];
+            mlp.push(if layer < last {
+                let out = &acts.mlp_act[layer];
+                let leaky = Activation::LeakyRelu { alpha: dm.alpha };
+                MlpSite {
+                    linear: bind.linear(
+                        out,
+                        Some(pre),
+                        inp,
+                        (w, b),
+                        dinp,
+                        &s.dmlp_pre,
+                        cap,
+                        widths,
+                        leaky,
+                    )?,
+                    act: Some(bind.leaky(
+                        out,
+                        pre,
+                        &s.dmlp_pre,
+                        &s.dmlp,
+                        cap,
+                        widths.1,
+                        dm.alpha,
+                    )?),
+                }
+            } else {
+                MlpSite {
+                    linear: bind.linear(
+                        pre,
+                        None,
+                        inp,
+                        (w, b),
+                        dinp,
+                        &s.dmlp_pre,
+                        cap,
+                        widths,
+                        Activation::None,
+                    )?,
+                    act: None,
+                }
+            });
+        }
+        let loss_bufs = |mean| LossBuffers {
+            probs: all(&acts.probs),
+            losses: all(&acts.losses),
+            mean: all(mean),
+            logits: all(&acts.mlp_pre[last]),
+            labels: all(&inputs.labels),
+        };
+        let loss = k.loss.bind(
+            ctx,
+            &loss_bufs(&acts.loss_sum),
+            Some(all(&s.dmlp_pre)),
+            LossDims {
+                rows: cap as u32,
+                accumulate_mean: true,
+            },
+        )?;
+        let eval_loss = k.loss.bind(
+            ctx,
+            &loss_bufs(&acts.eval_loss),
+            None,
+            LossDims {
+                rows: cap as u32,
+                accumulate_mean: false,
+            },
+        )?;
+        let n = model.layout.total as u32;
+        let zero_grads = k.optim.bind_fill(ctx, all(&arenas.grads), n, 0.0)?;
+        let lr = train.lr();
+        let rule = match &arenas.v {
+            Some(v) => UpdateRule::Adam {
+                hp: AdamHyper {
+                    lr,
+                    ..AdamHyper::default()
+                },
+                m: all(&arenas.m),
+                v: all(v),
+            },
+            None => UpdateRule::Adagrad {
+                lr,
+                eps: ADAGRAD_EPS,
+                sum: all(&arenas.m),
+            },
+        };
+        let update = k
+            .optim
+            .bind(ctx, all(&arenas.params), all(&arenas.grads), rule, n)?;
+        Ok(Sites {
+            embedding,
+            blocks,
+            pooling,
+            mlp,
+            loss,
+            eval_loss,
+            zero_grads,
+            update,
+        })
+    }
+
+    /// Sets every binding to batches of `b` samples of `t` tokens.
+    pub fn set_rows(&mut self, ctx: &GpuContext, b: usize, t: usize) {
+        let (b32, n) = (b as u32, (b * t) as u32);
+        self.embedding.set_rows(ctx, b32);
+        for blk in &mut self.blocks {
+            blk.qkv.set_rows(ctx, n);
+            blk.attention.set_rows(ctx, b32);
+            blk.out.set_rows(ctx, n);
+            blk.res1.set_rows(ctx, n);
+            blk.ln1.set_rows(ctx, n);
+            blk.ffn1.set_rows(ctx, n);
+            blk.ffn1_act.set_rows(ctx, n);
+            blk.ffn2.set_rows(ctx, n);
+            blk.res2.set_rows(ctx, n);
+            blk.ln2.set_rows(ctx, n);
+            blk.sum_dx1.set_rows(ctx, n);
+            blk.sum_dx.set_rows(ctx, n);
+        }
+        self.pooling.set_rows(ctx, b32);
+        for layer in &mut self.mlp {
+            layer.linear.set_rows(ctx, b32);
+            if let Some(act) = &mut layer.act {
+                act.set_rows(ctx, b32);
+            }
+        }
+        self.loss.set_rows(ctx, b32);
+        self.eval_loss.set_rows(ctx, b32);
+    }
+}
+
+/// What the binding helpers share: the device, the kernels and the two arenas.
+struct Binder<'a> {
+    ctx: &'a GpuContext,
+    k: &'a Kernels,
+    params: &'a wgpu::Buffer,
+    grads: &'a wgpu::Buffer,
+}
+
+/// The whole buffer as a tensor from element 0.
+fn all(b: &wgpu::Buffer) -> TensorRef<'_> {
+    TensorRef::whole(b)
+}
+
+impl<'a> Binder<'a> {
+    fn param(&self, r: &Range<usize>) -> TensorRef<'a> {
+        TensorRef::new(self.params, r.start as u32)
+    }
+
+    fn grad(&self, r: &Range<usize>) -> TensorRef<'a> {
+        TensorRef::new(self.grads, r.start as u32)
+    }
+
+    /// `out = act(inp W^T + b)` over `rows` rows (and `pre` before the activation), with
+    /// its backward: `dinp = dout W` (if any), `dW += dout^T inp`, `db += sum dout`.
+    fn linear(
+        &self,
+        out: &wgpu::Buffer,
+        pre: Option<&wgpu::Buffer>,
+        inp: &wgpu::Buffer,
+        (w, b): (&Range<usize>, &Range<usize>),
+        dinp: &wgpu::Buffer,
+        dout: &wgpu::Buffer,
+        rows: usize,
+        (n_in, n_out): (usize, usize),
+        act: Activation,
+    ) -> Result<MatmulBinding, GpuError> {
+        let bufs = MatmulBuffers {
+            out: all(out),
+            pre: pre.map(all),
+            inp: all(inp),
+            weight: self.param(w),
+            bias: Some(self.param(b)),
+        };
+        let grads = MatmulGradBuffers {
+            dinp: Some(all(dinp)),
+            dweight: self.grad(w),
+            dbias: Some(self.grad(b)),
+            dout: all(dout),
+        };
+        let dims = MatmulDims {
+            rows: rows as u32,
+            n_in: n_in as u32,
+            n_out: n_out as u32,
+            act,
+        };
+        self.k.mm.bind(self.ctx, &bufs, Some(&grads), dims)
+    }
+
+    /// `out = x + dropout(a)` over `rows x width`, with `da = dout * mask` if `grads`.
+    fn residual(
+        &self,
+        out: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+        a: &wgpu::Buffer,
+        grads: Option<(&wgpu::Buffer, &wgpu::Buffer)>,
+        rows: usize,
+        width: usize,
+        key: DropoutKey,
+    ) -> Result<DropoutBinding, GpuError> {
+        let bufs = DropoutBuffers {
+            out: all(out),
+            x: all(x),
+            a: all(a),
+        };
+        let grads = grads.map(|(da, dout)| DropoutGradBuffers {
+            da: all(da),
+            dout: all(dout),
+        });
+        let dims = DropoutDims {
+            rows: rows as u32,
+            width: width as u32,
+        };
+        self.k.drop.bind(self.ctx, &bufs, grads.as_ref(), dims, key)
+    }
+
+    /// `out = LN(inp)` (saving mean and rstd), with `dinp`, `dW += `, `db +=` from `dout`.
+    fn layernorm(
+        &self,
+        out: &wgpu::Buffer,
+        (mean, rstd): (&wgpu::Buffer, &wgpu::Buffer),
+        inp: &wgpu::Buffer,
+        (w, b): (&Range<usize>, &Range<usize>),
+        dinp: &wgpu::Buffer,
+        dout: &wgpu::Buffer,
+        rows: usize,
+        c: usize,
+    ) -> Result<LayerNormBinding, GpuError> {
+        let bufs = LayerNormBuffers {
+            out: all(out),
+            mean: all(mean),
+            rstd: all(rstd),
+            inp: all(inp),
+            weight: self.param(w),
+            bias: self.param(b),
+        };
+        let grads = LayerNormGradBuffers {
+            dinp: all(dinp),
+            dweight: self.grad(w),
+            dbias: self.grad(b),
+            dout: all(dout),
+        };
+        let dims = LayerNormDims {
+            rows: rows as u32,
+            c: c as u32,
+        };
+        self.k.ln.bind(self.ctx, &bufs, Some(&grads), dims)
+    }
+
+    /// The LeakyReLU `out = leaky(pre)` (computed by the matmul's epilogue), bound for
+    /// its backward `dpre = dout * leaky'(pre)`.
+    fn leaky(
+        &self,
+        out: &wgpu::Buffer,
+        pre: &wgpu::Buffer,
+        dpre: &wgpu::Buffer,
+        dout: &wgpu::Buffer,
+        rows: usize,
+        width: usize,
+        alpha: f32,
+    ) -> Result<ActivationBinding, GpuError> {
+        let bufs = ActivationBuffers {
+            out: all(out),
+            inp: all(pre),
+        };
+        let grads = ActivationGradBuffers {
+            dinp: all(dpre),
+            dout: all(dout),
+        };
+        let dims = ActivationDims {
+            rows: rows as u32,
+            width: width as u32,
+            alpha,
+        };
+        self.k.act.bind(self.ctx, &bufs, Some(&grads), dims)
+    }
+
+    /// One block with input `x` (x0 or the previous block's x2), as `Model::forward` and
+    /// `Model::block_backward`. Dropout keys are set per step.
+    fn block(
+        &self,
+        x: &wgpu::Buffer,
+        a: &BlockActs,
+        s: &GradScratch,
+        p: &BlockParams,
+        valid: &wgpu::Buffer,
+        dm: &Dims,
+        cap: usize,
+    ) -> Result<BlockSites, GpuError> {
+        let (t, d, dff) = (dm.t, dm.d, dm.dff);
+        let n = cap * t;
+        let none = Activation::None;
+        let leaky = Activation::LeakyRelu { alpha: dm.alpha };
+        let keep_all = DropoutKey {
+            p: 0.0,
+            seed: 0,
+            step: 0,
+            site: 0,
+        };
+        let attention = self.k.attn.bind(
+            self.ctx,
+            &AttentionBuffers {
+                out: all(&a.atty),
+                att: all(&a.att),
+                qkv: all(&a.qkv),
+                valid: all(valid),
+            },
+            Some(&AttentionGradBuffers {
+                dqkv: all(&s.dqkv),
+                dout: all(&s.datty),
+            }),
+            AttentionDims {
+                batch: cap as u32,
+                t: t as u32,
+                d: d as u32,
+                heads: dm.h as u32,
+            },
+        )?;
+        Ok(BlockSites {
+            qkv: self.linear(
+                &a.qkv,
+                None,
+                x,
+                (&p.qkv_w, &p.qkv_b),
+                &s.dtmp,
+                &s.dqkv,
+                n,
+                (d, 3 * d),
+                none,
+            )?,
+            attention,
+            out: self.linear(
+                &a.a,
+                None,
+                &a.atty,
+                (&p.out_w, &p.out_b),
+                &s.datty,
+                &s.dbr,
+                n,
+                (d, d),
+                none,
+            )?,
+            res1: self.residual(&a.res1, x, &a.a, Some((&s.dbr, &s.dres)), n, d, keep_all)?,
+            ln1: self.layernorm(
+                &a.x1,
+                (&a.ln1_mean, &a.ln1_rstd),
+                &a.res1,
+                (&p.ln1_w, &p.ln1_b),
+                &s.dres,
+                &s.dx1,
+                n,
+                d,
+            )?,
+            ffn1: self.linear(
+                &a.ff,
+                Some(&a.ff_pre),
+                &a.x1,
+                (&p.ffn1_w, &p.ffn1_b),
+                &s.dtmp,
+                &s.dff_pre,
+                n,
+                (d, dff),
+                leaky,
+            )?,
+            ffn1_act: self.leaky(&a.ff, &a.ff_pre, &s.dff_pre, &s.dff, n, dff, dm.alpha)?,
+            ffn2: self.linear(
+                &a.f,
+                None,
+                &a.ff,
+                (&p.ffn2_w, &p.ffn2_b),
+                &s.dff,
+                &s.dbr,
+                n,
+                (dff, d),
+                none,
+            )?,
+            res2: self.residual(
+                &a.res2,
+                &a.x1,
+                &a.f,
+                Some((&s.dbr, &s.dres)),
+                n,
+                d,
+                keep_all,
+            )?,
+            ln2: self.layernorm(
+                &a.x2,
+                (&a.ln2_mean, &a.ln2_rstd),
+                &a.res2,
+                (&p.ln2_w, &p.ln2_b),
+                &s.dres,
+                &s.dx,
+                n,
+                d,
+            )?,
+            sum_dx1: self.residual(&s.dx1, &s.dres, &s.dtmp, None, n, d, keep_all)?,
+            sum_dx: self.residual(&s.dx, &s.dres, &s.dtmp, None, n, d, keep_all)?,
+            zero_key_bias: self.k.optim.bind_fill(
+                self.ctx,
+                TensorRef::new(self.grads, (p.qkv_b.start + d) as u32),
+                d as u32,
+                0.0,
+            )?,
+        })
+    }
+}

@@ -1,0 +1,96 @@
+//! Ranking: the `k` best-scored candidates. The host version here is the reference that
+//! [`Backend::predict_top_k`](crate::backend::Backend::predict_top_k) uses by default; a
+//! device backend may replace it with a selection kernel.
+
+use crate::backend::Backend;
+use crate::batch::Batch;
+use crate::encode::{Context, Encoder};
+use std::cmp::Ordering;
+
+/// Best first: higher probability first, ties by lower row; NaN ranks below every number.
+fn better(a: (usize, f32), b: (usize, f32)) -> Ordering {
+    match (a.1.is_nan(), b.1.is_nan()) {
+        (false, false) => b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)),
+        (true, true) => a.0.cmp(&b.0),
+        (false, true) => Ordering::Less,
+        (true, false) => Ordering::Greater,
+    }
+}
+
+/// The `k` highest `scores` as `(index, score)`, best first, ties by lower index, NaN last.
+/// O(n + k log k): a partial selection, then a sort of the `k` selected.
+pub fn top_k(scores: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut all: Vec<(usize, f32)> = scores.iter().copied().enumerate().collect();
+    select_best(&mut all, k);
+    all
+}
+
+/// Keeps the `k` best of `(index, score)` pairs in `pairs`, best first (the merge step
+/// when candidates are scored in chunks).
+pub fn select_best(pairs: &mut Vec<(usize, f32)>, k: usize) {
+    let k = k.min(pairs.len());
+    if k == 0 {
+        pairs.clear();
+        return;
+    }
+    if k < pairs.len() {
+        pairs.select_nth_unstable_by(k - 1, |&a, &b| better(a, b));
+        pairs.truncate(k);
+    }
+    pairs.sort_unstable_by(|&a, &b| better(a, b));
+}
+
+/// Scores every item index of `items` as the target of one user's context and returns the
+/// `k` best as `(position in items, probability)`, best first. Scores `chunk` candidates
+/// per batch with [`Backend::predict_top_k`] and merges the partial top-k lists.
+pub fn rank_items(
+    backend: &mut dyn Backend,
+    enc: &Encoder,
+    ctx: &Context,
+    items: &[u32],
+    k: usize,
+    chunk: usize,
+) -> Vec<(usize, f32)> {
+    let mut best: Vec<(usize, f32)> = Vec::new();
+    let mut batch = Batch::default();
+    let chunk = chunk.max(1);
+    for (c, part) in items.chunks(chunk).enumerate() {
+        let mut s = enc.samples();
+        for &item in part {
+            enc.push(&mut s, ctx, item);
+        }
+        let rows: Vec<usize> = (0..s.len()).collect();
+        batch.gather(&s, &rows);
+        let top = backend.predict_top_k(&batch, k);
+        best.extend(top.into_iter().map(|(i, p)| (c * chunk + i, p)));
+        select_best(&mut best, k);
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_is_sorted_with_ties_by_index_and_nan_last() {
+        let s = [0.1, 0.9, f32::NAN, 0.5, 0.9, 0.3];
+        assert_eq!(top_k(&s, 3), vec![(1, 0.9), (4, 0.9), (3, 0.5)]);
+        let all = top_k(&s, 10);
+        assert_eq!(all.len(), 6);
+        assert_eq!(all[5].0, 2, "NaN ranks last");
+        assert!(top_k(&s, 0).is_empty());
+        assert!(top_k(&[], 3).is_empty());
+    }
+
+    #[test]
+    fn top_k_matches_a_full_sort() {
+        let mut rng = crate::rng::Rng::new(3);
+        let s: Vec<f32> = (0..1000).map(|_| (rng.below(50) as f32) / 50.0).collect();
+        let mut full: Vec<(usize, f32)> = s.iter().copied().enumerate().collect();
+        full.sort_by(|&a, &b| better(a, b));
+        for k in [1, 7, 50, 999, 1000] {
+            assert_eq!(top_k(&s, k), full[..k].to_vec(), "k = {k}");
+        }
+    }
+}

@@ -1,0 +1,448 @@
+//! `GpuBackend` against `CpuBackend`: the same training steps from the same parameters
+//! (dropout on) give the same parameters and loss, `predict` the same probabilities, and
+//! training on a small synthetic world the same test AUC.
+//!
+//! The device is lavapipe (or any Vulkan adapter, software allowed). When none is found
+//! the tests fail with the reason, unless `BST_SKIP_GPU_TESTS=1`, which turns each test
+//! into a printed note.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use bst_core::backend::{Backend, CpuBackend};
+use bst_core::batch::Batch;
+use bst_core::config::{Config, ModelConfig, Optimizer, Pooling};
+use bst_core::data::{self, DataSource, Dataset, Samples};
+use bst_core::gpu_backend::GpuBackend;
+use bst_core::model::Model;
+use bst_core::params::{ParamLayout, VocabSizes};
+use bst_core::rng::Rng;
+use bst_core::train::{predict_all, train};
+use bst_kernels::gpu::{GpuContext, GpuOptions, wgpu};
+
+static GPU: OnceLock<Result<Arc<GpuContext>, String>> = OnceLock::new();
+
+/// The shared device, or `None` (after printing a note) when GPU tests are skipped.
+fn gpu() -> Option<Arc<GpuContext>> {
+    let ctx = GPU.get_or_init(|| {
+        let opts = GpuOptions {
+            // Pinned: with all backends, a GL adapter without the needed limits may win.
+            backends: wgpu::Backends::VULKAN,
+            adapter_name: None,
+            allow_software: true,
+        };
+        let ctx = GpuContext::new(&opts).map_err(|e| e.to_string())?;
+        eprintln!("{}", ctx.limits_report());
+        Ok(Arc::new(ctx))
+    });
+    match ctx {
+        Ok(ctx) => Some(ctx.clone()),
+        Err(e) if std::env::var("BST_SKIP_GPU_TESTS").is_ok_and(|v| v == "1") => {
+            eprintln!("note: BST_SKIP_GPU_TESTS=1, skipping a GPU test: {e}");
+            None
+        }
+        Err(e) => panic!("{e}\n(set BST_SKIP_GPU_TESTS=1 to skip the GPU tests)"),
+    }
+}
+
+const ATOL: f32 = 1e-5;
+const RTOL: f32 = 1e-4;
+
+/// Asserts `|gpu - cpu| <= ATOL + RTOL * |cpu|` everywhere; prints the max error, and on
+/// failure the worst tensors of `layout` (when given) and the first mismatching values.
+fn assert_close(what: &str, gpu: &[f32], cpu: &[f32], layout: Option<&ParamLayout>) {
+    assert_eq!(gpu.len(), cpu.len(), "{what}: length");
+    let bad_at = |i: usize| {
+        let err = (gpu[i] - cpu[i]).abs();
+        err.is_nan() || err > ATOL + RTOL * cpu[i].abs()
+    };
+    let max_err = (0..cpu.len())
+        .map(|i| (gpu[i] - cpu[i]).abs())
+        .fold(0.0f32, f32::max);
+    let bad: Vec<usize> = (0..cpu.len()).filter(|&i| bad_at(i)).collect();
+    println!(
+        "{what}: {} values, max |gpu - cpu| = {max_err:.3e}",
+        cpu.len()
+    );
+    if bad.is_empty() {
+        return;
+    }
+    if let Some(layout) = layout {
+        for spec in &layout.specs {
+            let r = spec.range();
+            let n_bad = r.clone().filter(|&i| bad_at(i)).count();
+            if n_bad > 0 {
+                let err = r.map(|i| (gpu[i] - cpu[i]).abs()).fold(0.0f32, f32::max);
+                println!("  {}: {n_bad} bad, max error {err:.3e}", spec.name);
+            }
+        }
+    }
+    for &i in bad.iter().take(8) {
+        let at = layout
+            .and_then(|l| l.specs.iter().find(|s| s.range().contains(&i)))
+            .map_or(String::new(), |s| {
+                format!(" ({}[{}])", s.name, i - s.offset)
+            });
+        println!("  [{i}]{at} gpu {} cpu {}", gpu[i], cpu[i]);
+    }
+    panic!(
+        "{what}: {} of {} values differ by more than {ATOL:e} + {RTOL:e} * |cpu| (max error \
+         {max_err:.3e})",
+        bad.len(),
+        cpu.len()
+    );
+}
+
+const SIZES: VocabSizes = VocabSizes {
+    items: 30,
+    cats: 6,
+    other: 20,
+    fields: 3,
+};
+
+/// A small model: L = 5, d = 8 + 4 + 4, 2 heads, d_ff 16, MLP 32-16; batches of 7
+/// (training) and 9 (evaluation).
+fn small_config(blocks: usize, pooling: Pooling, optimizer: Optimizer) -> Config {
+    let mut cfg = Config {
+        model: ModelConfig {
+            seq_len: 5,
+            d_item: 8,
+            d_cat: 4,
+            d_pos: 4,
+            pos_buckets: 8,
+            heads: 2,
+            d_ff: 16,
+            blocks,
+            d_other: 4,
+            mlp: vec![32, 16],
+            pooling,
+            ..ModelConfig::default()
+        },
+        ..Config::default()
+    };
+    cfg.train.optimizer = optimizer;
+    cfg.train.batch = 7;
+    cfg.train.eval_batch = 9;
+    cfg.validate().expect("a valid config");
+    cfg
+}
+
+/// `n` random samples: every fifth has an all-padding history, every fifth (offset 1) a
+/// full one, the rest are partly padded (right-aligned, as the loaders build them).
+fn random_samples(n: usize, cfg: &ModelConfig, seed: u64) -> Samples {
+    let (l, f) = (cfg.seq_len, SIZES.fields);
+    let mut rng = Rng::new(seed);
+    let mut s = Samples::new(l, f);
+    let id = |rng: &mut Rng, below: usize| 1 + rng.below(below as u64 - 1) as u32;
+    for i in 0..n {
+        let hist = match i % 5 {
+            0 => 0,
+            1 => l,
+            _ => 1 + rng.below(l as u64 - 1) as usize,
+        };
+        for slot in 0..l {
+            let real = slot >= l - hist;
+            s.hist_item
+                .push(if real { id(&mut rng, SIZES.items) } else { 0 });
+            s.hist_cat
+                .push(if real { id(&mut rng, SIZES.cats) } else { 0 });
+            s.hist_pos.push(if real {
+                id(&mut rng, cfg.pos_buckets)
+            } else {
+                0
+            });
+        }
+        s.target_item.push(id(&mut rng, SIZES.items));
+        s.target_cat.push(id(&mut rng, SIZES.cats));
+        for _ in 0..f {
+            s.other.push(rng.below(SIZES.other as u64) as u32);
+        }
+        s.label.push((rng.uniform() < 0.4) as u32 as f32);
+        s.user.push((i % 4) as u32);
+    }
+    s
+}
+
+/// A CPU and a GPU backend with the same initial parameters.
+fn backends(ctx: Arc<GpuContext>, cfg: &Config) -> (CpuBackend, GpuBackend) {
+    let cpu = CpuBackend::new(cfg, SIZES);
+    let model = Model::new(&cfg.model, SIZES);
+    let gpu = GpuBackend::new(ctx, cfg, model, cpu.params.clone()).expect("GPU backend");
+    (cpu, gpu)
+}
+
+/// Batches of 7, 7 and 3 samples (a partial last batch), in a shuffled order.
+fn training_batches(s: &Samples) -> Vec<Batch> {
+    let order = [3, 12, 0, 16, 5, 9, 1, 14, 7, 2, 10, 15, 4, 8, 13, 6, 11];
+    order
+        .chunks(7)
+        .map(|idx| {
+            let mut b = Batch::default();
+            b.gather(s, idx);
+            b
+        })
+        .collect()
+}
+
+/// The key bias (`qkv.bias[d..2d]`) shifts all of a query's scores alike, which softmax
+/// ignores: both backends give it a gradient of exactly 0 (rather than f32 round-off that
+/// Adam and Adagrad would amplify into steps), so it never moves.
+fn assert_key_bias_still(
+    what: &str,
+    params: &[f32],
+    grads: &[f32],
+    cpu: &CpuBackend,
+    init: &[f32],
+) {
+    let d = cpu.model.dims.d;
+    for (i, block) in cpu.model.layout.index.blocks.iter().enumerate() {
+        for j in block.qkv_b.start + d..block.qkv_b.start + 2 * d {
+            assert_eq!(
+                (grads[j], cpu.grads[j]),
+                (0.0, 0.0),
+                "{what}: blocks.{i} key bias gradient"
+            );
+            assert_eq!(
+                (params[j], cpu.params[j]),
+                (init[j], init[j]),
+                "{what}: blocks.{i} key bias"
+            );
+        }
+    }
+}
+
+/// Three training steps on both backends; parameters, the last step's gradients and the
+/// loss sum agree.
+fn check_training_steps(ctx: Arc<GpuContext>, blocks: usize, pooling: Pooling, opt: Optimizer) {
+    let cfg = small_config(blocks, pooling, opt);
+    let what = format!("blocks {blocks}, {pooling:?}, {opt:?}");
+    let start = Instant::now();
+    let (mut cpu, mut gpu) = backends(ctx, &cfg);
+    let init = cpu.params.clone();
+    let batches = training_batches(&random_samples(17, &cfg.model, 7));
+    for batch in &batches {
+        cpu.train_step(batch);
+        gpu.train_step(batch);
+    }
+    let layout = &cpu.model.layout;
+    let grads = gpu.read_grads();
+    assert_close(&format!("{what}: last gradients"), &grads, &cpu.grads, None);
+    let params = gpu.read_params();
+    assert_key_bias_still(&what, &params, &grads, &cpu, &init);
+    assert_close(
+        &format!("{what}: parameters after 3 steps"),
+        &params,
+        &cpu.params,
+        Some(layout),
+    );
+    let (gpu_state, cpu_state) = (
+        gpu.read_optim_state().expect("GPU optimiser state"),
+        cpu.read_optim_state().expect("CPU optimiser state"),
+    );
+    assert_eq!(gpu_state.steps, 3, "{what}: optimiser steps");
+    assert_eq!(gpu_state.state.kind(), cpu_state.state.kind());
+    for ((name, g), (_, c)) in gpu_state
+        .state
+        .arenas()
+        .iter()
+        .zip(cpu_state.state.arenas())
+    {
+        assert_close(&format!("{what}: {name}"), g, c, Some(layout));
+    }
+    let (gpu_sum, gpu_n) = gpu.take_loss();
+    let (cpu_sum, cpu_n) = cpu.take_loss();
+    println!("{what}: loss sum gpu {gpu_sum:.7} cpu {cpu_sum:.7}");
+    assert_eq!(gpu_n, cpu_n, "{what}: steps in the loss sum");
+    assert!(
+        (gpu_sum - cpu_sum).abs() <= 1e-5 * (1.0 + cpu_sum.abs()),
+        "{what}: loss sum gpu {gpu_sum} cpu {cpu_sum}"
+    );
+    assert_eq!(gpu.take_loss(), (0.0, 0), "take_loss empties the sum");
+    println!("{what}: {:.2} s", start.elapsed().as_secs_f64());
+}
+
+#[test]
+fn three_adam_and_adagrad_steps_match_the_cpu_for_every_pooling_and_depth() {
+    let Some(ctx) = gpu() else { return };
+    for opt in [Optimizer::Adam, Optimizer::Adagrad] {
+        for blocks in [1, 2] {
+            for pooling in [Pooling::Target, Pooling::Mean, Pooling::Flatten] {
+                check_training_steps(ctx.clone(), blocks, pooling, opt);
+            }
+        }
+        // The WDL(+Seq) baseline: no block, the embeddings pooled directly.
+        check_training_steps(ctx.clone(), 0, Pooling::Mean, opt);
+    }
+}
+
+#[test]
+fn a_run_resumed_from_params_and_optimiser_state_continues_bit_for_bit() {
+    let Some(ctx) = gpu() else { return };
+    for opt in [Optimizer::Adam, Optimizer::Adagrad] {
+        let cfg = small_config(2, Pooling::Mean, opt);
+        let model = Model::new(&cfg.model, SIZES);
+        let init = model.layout.init(cfg.train.seed);
+        let fresh = |params: Vec<f32>| {
+            GpuBackend::new(ctx.clone(), &cfg, model.clone(), params).expect("GPU backend")
+        };
+        let batches = training_batches(&random_samples(17, &cfg.model, 7));
+        let mut whole = fresh(init.clone());
+        for batch in &batches {
+            whole.train_step(batch);
+        }
+        let mut first = fresh(init);
+        for batch in &batches[..2] {
+            first.train_step(batch);
+        }
+        let state = first.read_optim_state().expect("optimiser state");
+        let mut resumed = fresh(first.read_params());
+        resumed
+            .write_optim_state(&state)
+            .expect("a state of this run");
+        assert_eq!(resumed.steps(), 2);
+        resumed.train_step(&batches[2]);
+        assert!(
+            resumed.read_params() == whole.read_params(),
+            "{opt:?}: the resumed run's parameters differ from the uninterrupted run's"
+        );
+        let other = small_config(2, Pooling::Mean, Optimizer::Adagrad);
+        if opt == Optimizer::Adam {
+            let mut adagrad =
+                GpuBackend::new(ctx.clone(), &other, model.clone(), whole.read_params())
+                    .expect("GPU backend");
+            let e = adagrad.write_optim_state(&state).unwrap_err().to_string();
+            assert!(e.contains("Adam's but this run uses Adagrad"), "{e}");
+        }
+    }
+}
+
+#[test]
+fn predict_matches_the_cpu_in_eval_mode_and_leaves_the_loss_alone() {
+    let Some(ctx) = gpu() else { return };
+    for (blocks, pooling) in [(1, Pooling::Target), (2, Pooling::Flatten)] {
+        let cfg = small_config(blocks, pooling, Optimizer::Adam);
+        let what = format!("blocks {blocks}, {pooling:?}");
+        let (mut cpu, mut gpu) = backends(ctx.clone(), &cfg);
+        let samples = random_samples(23, &cfg.model, 11);
+        for batch in training_batches(&samples).iter().take(2) {
+            cpu.train_step(batch);
+            gpu.train_step(batch);
+        }
+        // Eval batches of 9, 9, 5: larger than the training batch, then partial.
+        let want = predict_all(&mut cpu, &samples, cfg.train.eval_batch);
+        let got = predict_all(&mut gpu, &samples, cfg.train.eval_batch);
+        assert_close(&format!("{what}: probabilities"), &got, &want, None);
+        // Predicting added nothing to the training loss.
+        let (gpu_sum, gpu_n) = gpu.take_loss();
+        let (cpu_sum, _) = cpu.take_loss();
+        assert_eq!(gpu_n, 2);
+        assert!((gpu_sum - cpu_sum).abs() <= 1e-5 * (1.0 + cpu_sum.abs()));
+        // Parameters written are read back unchanged, and predict uses them.
+        let params = cpu.read_params();
+        gpu.write_params(&params);
+        assert_eq!(gpu.read_params(), params, "{what}: write_params round trip");
+        let got = predict_all(&mut gpu, &samples, cfg.train.eval_batch);
+        assert_close(
+            &format!("{what}: probabilities after write_params"),
+            &got,
+            &want,
+            None,
+        );
+    }
+}
+
+fn sizes(ds: &Dataset) -> VocabSizes {
+    let v = &ds.vocab;
+    VocabSizes {
+        items: v.n_items(),
+        cats: v.n_cats(),
+        other: v.n_other(),
+        fields: v.fields.len(),
+    }
+}
+
+/// The whole loop (`train`: steps, take_loss, predict, read_params, write_params) on a
+/// small world and model, d = 32 and MLP 64-32, 2 epochs of 38 steps. lavapipe on two
+/// cores trains at about 320 samples/s: about 65 s here (the CPU takes 1.5 s).
+#[test]
+fn training_on_the_gpu_reaches_the_cpu_test_auc() {
+    let Some(ctx) = gpu() else { return };
+    let mut cfg = Config::default();
+    cfg.data.synthetic_users = 300;
+    cfg.model.mlp = vec![64, 32];
+    cfg.model.d_ff = 64;
+    (cfg.model.d_item, cfg.model.d_cat, cfg.model.d_pos) = (16, 8, 8);
+    cfg.model.heads = 4;
+    cfg.train.lr = Some(3e-3);
+    cfg.train.epochs = 2;
+    let ds = data::load(&DataSource::Synthetic, &cfg).expect("synthetic data");
+    println!(
+        "synthetic: {} train, {} valid, {} test samples",
+        ds.train.len(),
+        ds.valid.len(),
+        ds.test.len()
+    );
+    let mut cpu = CpuBackend::new(&cfg, sizes(&ds));
+    let model = Model::new(&cfg.model, sizes(&ds));
+    let mut gpu = GpuBackend::new(ctx, &cfg, model, cpu.params.clone()).expect("GPU backend");
+    let report = |backend: &mut dyn Backend| {
+        let start = Instant::now();
+        let r = train(backend, &ds, &cfg.train, &mut |_| {}).expect("training runs");
+        println!(
+            "{}: test {} (best epoch {}), {:.0} samples/s, {:.1} s",
+            r.device,
+            r.test,
+            r.best_epoch,
+            r.train_samples_per_sec,
+            start.elapsed().as_secs_f64()
+        );
+        r
+    };
+    let on_cpu = report(&mut cpu);
+    assert!(
+        on_cpu.test.auc > 0.55,
+        "the model learned little: {}",
+        on_cpu.test
+    );
+    let on_gpu = report(&mut gpu);
+    assert!(on_gpu.device.starts_with("gpu: "), "{}", on_gpu.device);
+    println!("oracle test AUC {:?}", on_cpu.oracle_test_auc);
+    assert!(
+        (on_gpu.test.auc - on_cpu.test.auc).abs() <= 0.005,
+        "test AUC gpu {:.4} cpu {:.4}",
+        on_gpu.test.auc,
+        on_cpu.test.auc
+    );
+}
+
+#[test]
+fn a_batch_too_large_for_a_binding_names_the_tensor_and_the_knob() {
+    let Some(ctx) = gpu() else { return };
+    // T = 41 and 4 heads of width 4: the attention probabilities (B, h, T, T) are the
+    // largest activation, 6724 floats per sample.
+    let mut cfg = small_config(1, Pooling::Target, Optimizer::Adam);
+    cfg.model.seq_len = 40;
+    cfg.model.heads = 4;
+    let l = &ctx.limits;
+    let limit = l
+        .max_storage_buffer_binding_size
+        .min(l.max_buffer_size)
+        .min(4 * u64::from(u32::MAX));
+    cfg.train.eval_batch = (limit / (4 * 4 * 41 * 41)) as usize + 1;
+    let model = Model::new(&cfg.model, SIZES);
+    let params = model.layout.init(0);
+    let start = Instant::now();
+    let e = GpuBackend::new(ctx, &cfg, model, params)
+        .err()
+        .expect("the attention probabilities exceed the binding limit")
+        .to_string();
+    println!("{e} ({:.2} s)", start.elapsed().as_secs_f64());
+    for part in [
+        "blocks.0.att (B, h, T, T)",
+        "max_storage_buffer_binding_size",
+        &format!("({limit} bytes)"),
+        "lower train.batch and train.eval_batch",
+    ] {
+        assert!(e.contains(part), "`{part}` missing from: {e}");
+    }
+}
