@@ -29,6 +29,12 @@ pub trait Backend {
     /// mean loss is added to a running sum that `take_loss` returns, so a GPU backend need
     /// not read anything back per step.
     fn train_step(&mut self, batch: &Batch);
+    /// Steps between two `take_loss` calls that cost the device nothing noticeable: 1 on
+    /// the CPU (so a non-finite loss is caught at its step), more on a GPU, where each
+    /// read waits for the device.
+    fn loss_read_interval(&self) -> usize {
+        1
+    }
     /// The sum of the batch mean losses since the last call, and how many steps it holds.
     /// (The training loop calls this every few steps, not every step.)
     fn take_loss(&mut self) -> (f64, usize);

@@ -336,6 +336,10 @@ impl Backend for GpuBackend {
         self.loss_steps += 1;
     }
 
+    fn loss_read_interval(&self) -> usize {
+        crate::train::LOSS_EVERY
+    }
+
     fn take_loss(&mut self) -> (f64, usize) {
         if self.loss_steps == 0 {
             return (0.0, 0);

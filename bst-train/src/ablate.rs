@@ -1,7 +1,8 @@
 //! `bst-train ablate`: the paper's Table 4 on one split.
 
 use crate::cli::RunArgs;
-use crate::run::{load_data, make_backend, run_training};
+use crate::device::make_backend;
+use crate::run::{load_data, run_training};
 use bst_core::config::{Config, Pooling};
 
 /// The five models of the paper's comparison: (name, blocks, pooling).
@@ -26,7 +27,7 @@ pub fn ablate(args: &RunArgs) -> anyhow::Result<()> {
         cfg.model.blocks = blocks;
         cfg.model.pooling = pooling;
         eprintln!("== {name}");
-        let mut backend = make_backend(&cfg, &ds);
+        let mut backend = make_backend(args.device, &cfg, &ds)?;
         let r = run_training(backend.as_mut(), &ds, &cfg, args.quiet)?;
         rows.push((name, r));
     }

@@ -1,5 +1,6 @@
 //! Command-line arguments: subcommands, and the overrides shared by all of them.
 
+use crate::device::Device;
 use anyhow::Context;
 use bst_core::config::{Config, Optimizer, Pooling};
 use bst_core::data::DataSource;
@@ -90,11 +91,6 @@ impl Default for Command {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Device {
-    Cpu,
-}
-
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// Data: `synthetic` (the default), `recbole:FOLDER` (RecBole atomic files) or
@@ -113,8 +109,8 @@ pub struct RunArgs {
     /// curve). Default: runs/<data>-<time>, or the --resume folder.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Compute device. Only `cpu` for now; the GPU backend plugs in behind the same trait.
-    #[arg(long, value_enum, default_value = "cpu")]
+    /// Compute device: `auto` (a hardware GPU if there is one, else the CPU), `gpu`, `cpu`.
+    #[arg(long, value_enum, default_value = "auto")]
     pub device: Device,
     #[arg(long)]
     pub epochs: Option<usize>,

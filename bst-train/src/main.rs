@@ -4,6 +4,7 @@
 
 mod ablate;
 mod cli;
+mod device;
 mod plot;
 mod run;
 mod serve;

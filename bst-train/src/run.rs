@@ -1,10 +1,11 @@
 //! `bst-train train`: one model, with progress bars, a run folder, checkpoints after every
 //! epoch, Ctrl-C handling, `--resume`, and a summary.
 
-use crate::cli::{Device, RunArgs};
+use crate::cli::RunArgs;
+use crate::device::make_backend;
 use crate::plot;
 use anyhow::Context;
-use bst_core::backend::{Backend, CpuBackend};
+use bst_core::backend::Backend;
 use bst_core::checkpoint::{self, Checkpoint, RunCheckpointer, RunInfo};
 use bst_core::config::Config;
 use bst_core::data::{self, DataSource, Dataset};
@@ -57,7 +58,7 @@ fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
         let dir = run_dir(args.out.as_deref(), &src.to_string())?;
         if dir.join(checkpoint::LATEST).exists() {
             eprintln!(
-                "warning: {} holds a checkpoint; this new run overwrites it                  (--resume {} continues it instead)",
+                "warning: {} holds a checkpoint; this new run overwrites it (--resume {} continues it instead)",
                 dir.display(),
                 dir.display()
             );
@@ -124,7 +125,7 @@ pub fn train(args: &RunArgs) -> anyhow::Result<()> {
             );
             if p.epoch == cfg.train.epochs && p.step == 0 {
                 eprintln!(
-                    "the run has finished its {} epoch(s): scoring its best model again                      (--epochs N trains more)",
+                    "the run has finished its {} epoch(s): scoring its best model again (--epochs N trains more)",
                     p.epoch
                 );
             }
@@ -132,7 +133,7 @@ pub fn train(args: &RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let mut backend = make_backend(&cfg, &ds);
+    let mut backend = make_backend(args.device, &cfg, &ds)?;
     eprintln!(
         "model: {} blocks, {} heads, d = {}, pooling {:?}, {} parameters; device {}",
         cfg.model.blocks,
@@ -153,9 +154,7 @@ pub fn train(args: &RunArgs) -> anyhow::Result<()> {
         resume,
         checkpointer: Some(&mut ckpt),
         stop: Some(stop),
-        loss_every: match args.device {
-            Device::Cpu => 1,
-        },
+        loss_every: backend.loss_read_interval(),
     };
     let result = run_training_with(backend.as_mut(), &ds, &cfg, args.quiet, opts, Some(&dir));
     let report = match result {
@@ -209,11 +208,6 @@ pub fn load_data(src: &DataSource, cfg: &Config, quiet: bool) -> anyhow::Result<
         );
     }
     Ok(ds)
-}
-
-/// The backend for the requested device. Only the CPU exists so far.
-pub fn make_backend(cfg: &Config, ds: &Dataset) -> Box<dyn Backend> {
-    Box::new(CpuBackend::new(cfg, ds.vocab.sizes()))
 }
 
 /// Trains without checkpoints, with a progress bar per epoch and a line of validation

@@ -1,0 +1,75 @@
+//! `--device auto|gpu|cpu`: which backend trains and scores.
+
+use bst_core::backend::{Backend, CpuBackend};
+use bst_core::config::Config;
+use bst_core::data::Dataset;
+use bst_core::gpu_backend::GpuBackend;
+use bst_kernels::gpu::{GpuContext, GpuOptions};
+use clap::ValueEnum;
+use std::sync::{Arc, OnceLock};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Device {
+    /// A hardware GPU when there is one, else the CPU (software Vulkan is slower than
+    /// the CPU backend, so it is never picked by `auto`).
+    Auto,
+    /// The GPU through wgpu (Vulkan, Metal or DX12); fails when no adapter exists.
+    Gpu,
+    /// The CPU reference backend.
+    Cpu,
+}
+
+/// The GPU context, created once per process and shared by every model (the ablation
+/// trains five). `None` when no adapter was found.
+fn gpu_context(allow_software: bool) -> Result<Arc<GpuContext>, String> {
+    static CTX: OnceLock<Result<Arc<GpuContext>, String>> = OnceLock::new();
+    CTX.get_or_init(|| {
+        let opts = GpuOptions {
+            allow_software,
+            ..Default::default()
+        };
+        GpuContext::new(&opts)
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
+    })
+    .clone()
+}
+
+/// The backend for `device`, with a freshly initialised model.
+pub fn make_backend(
+    device: Device,
+    cfg: &Config,
+    ds: &Dataset,
+) -> anyhow::Result<Box<dyn Backend>> {
+    let sizes = ds.vocab.sizes();
+    let ctx = match device {
+        Device::Cpu => None,
+        // The user asked for the GPU: a software adapter is taken (with a warning).
+        Device::Gpu => Some(gpu_context(false).map_err(anyhow::Error::msg)?),
+        Device::Auto => match gpu_context(true) {
+            Ok(ctx) if !ctx.is_software() => Some(ctx),
+            Ok(ctx) => {
+                note_once(&format!(
+                    "note: only a software GPU adapter ({}); training on the CPU, which is faster (--device gpu forces it)",
+                    ctx.describe()
+                ));
+                None
+            }
+            Err(_) => {
+                note_once(
+                    "note: no GPU adapter found; training on the CPU (--device gpu says why)",
+                );
+                None
+            }
+        },
+    };
+    Ok(match ctx {
+        Some(ctx) => Box::new(GpuBackend::init(ctx, cfg, sizes)?),
+        None => Box::new(CpuBackend::new(cfg, sizes)),
+    })
+}
+
+fn note_once(msg: &str) {
+    static SAID: OnceLock<()> = OnceLock::new();
+    SAID.get_or_init(|| eprintln!("{msg}"));
+}
