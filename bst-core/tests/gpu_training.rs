@@ -446,3 +446,88 @@ fn a_batch_too_large_for_a_binding_names_the_tensor_and_the_knob() {
         assert!(e.contains(part), "`{part}` missing from: {e}");
     }
 }
+
+/// An item vocabulary whose table (and so the parameter arena) exceeds one binding is
+/// refused before anything is allocated, naming the arena, the sizes and what to change.
+#[test]
+fn an_embedding_table_larger_than_a_binding_is_refused_clearly() {
+    let Some(ctx) = gpu() else { return };
+    let cfg = small_config(1, Pooling::Target, Optimizer::Adam);
+    let l = &ctx.limits;
+    let limit = l
+        .max_storage_buffer_binding_size
+        .min(l.max_buffer_size)
+        .min(4 * u64::from(u32::MAX));
+    let items = (limit / (4 * cfg.model.d_item as u64)) as usize + 1;
+    let model = Model::new(&cfg.model, VocabSizes { items, ..SIZES });
+    let params = vec![0.0; model.layout.total];
+    let e = GpuBackend::new(ctx, &cfg, model, params)
+        .err()
+        .expect("the item table exceeds the binding limit")
+        .to_string();
+    println!("{e}");
+    for part in [
+        "the parameter arena",
+        "max_storage_buffer_binding_size",
+        &format!("({limit} bytes)"),
+        "use smaller embedding widths, vocabularies or MLP",
+    ] {
+        assert!(e.contains(part), "`{part}` missing from: {e}");
+    }
+}
+
+/// The same on MovieLens-100k (fetched by scripts/fetch-data.sh; missing data fails the
+/// test unless BST_SKIP_ML100K=1). A narrow model and one epoch keep lavapipe, the
+/// software driver of CI, within minutes; the path is the real one (vocabularies of
+/// 1,683 items and 1,858 other-feature rows, padded histories, a partial last batch).
+#[test]
+fn training_on_the_gpu_reaches_the_cpu_test_auc_on_ml100k() {
+    let Some(ctx) = gpu() else { return };
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/ml-100k");
+    if !dir.join("ml-100k.inter").exists() {
+        if std::env::var("BST_SKIP_ML100K").is_ok_and(|v| v == "1") {
+            eprintln!("note: BST_SKIP_ML100K=1, skipping the ml-100k GPU training test");
+            return;
+        }
+        panic!(
+            "{} is missing: run scripts/fetch-data.sh (or set BST_SKIP_ML100K=1)",
+            dir.display()
+        );
+    }
+    let mut cfg = Config::default();
+    (cfg.model.d_item, cfg.model.d_cat, cfg.model.d_pos) = (8, 4, 4);
+    cfg.model.heads = 2;
+    cfg.model.d_ff = 32;
+    cfg.model.mlp = vec![64, 32];
+    cfg.train.lr = Some(3e-3);
+    cfg.train.epochs = 1;
+    let ds = data::load(&DataSource::Recbole(dir), &cfg).expect("ml-100k loads");
+    let mut cpu = CpuBackend::new(&cfg, sizes(&ds));
+    let model = Model::new(&cfg.model, sizes(&ds));
+    let mut gpu = GpuBackend::new(ctx, &cfg, model, cpu.params.clone()).expect("GPU backend");
+    let mut report = |backend: &mut dyn Backend| {
+        let start = Instant::now();
+        let r = train(backend, &ds, &cfg.train, &mut |_| {}).expect("training runs");
+        println!(
+            "{}: test {}, {:.0} samples/s, {:.1} s",
+            r.device,
+            r.test,
+            r.train_samples_per_sec,
+            start.elapsed().as_secs_f64()
+        );
+        r
+    };
+    let on_cpu = report(&mut cpu);
+    assert!(
+        on_cpu.test.auc > 0.70,
+        "the model learned little: {}",
+        on_cpu.test
+    );
+    let on_gpu = report(&mut gpu);
+    assert!(
+        (on_gpu.test.auc - on_cpu.test.auc).abs() <= 0.005,
+        "GPU test AUC {:.4} vs CPU {:.4}",
+        on_gpu.test.auc,
+        on_cpu.test.auc
+    );
+}
