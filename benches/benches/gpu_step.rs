@@ -1,10 +1,13 @@
 //! The whole training step and evaluation scoring on the GPU against the CPU backend, at
-//! the default model (L = 20, d = 64, MLP 1024-512-256).
+//! the default model (L = 20, d = 64, MLP 1024-512-256), and the scoring of 1,000
+//! candidate items for one user (`score_1000_candidates`: `Backend::predict`, the GPU's
+//! including the readback of the probabilities).
 //!
 //! `cargo bench -p bst-benches --bench gpu_step`. Batch 256 by default; set
 //! `BST_BENCH_BATCH=4096` on a real GPU (lavapipe, the software driver, is far slower
 //! than the CPU, so small sample counts are used there).
 
+use bst_benches::{SCORING_CANDIDATES, scoring_batch};
 use bst_core::backend::{Backend, CpuBackend};
 use bst_core::batch::Batch;
 use bst_core::config::{Config, DataConfig};
@@ -12,8 +15,12 @@ use bst_core::data::{self, DataSource};
 use bst_core::gpu_backend::GpuBackend;
 use bst_core::params::VocabSizes;
 use bst_kernels::gpu::{GpuContext, GpuOptions};
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{
+    BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
 use std::sync::Arc;
+use std::time::Duration;
 
 fn step(c: &mut Criterion) {
     let batch_size: usize = std::env::var("BST_BENCH_BATCH")
@@ -28,7 +35,7 @@ fn step(c: &mut Criterion) {
         ..Config::default()
     };
     cfg.train.batch = batch_size;
-    cfg.train.eval_batch = batch_size;
+    cfg.train.eval_batch = batch_size.max(SCORING_CANDIDATES);
     let ds = data::load(&DataSource::Synthetic, &cfg).expect("synthetic data");
     let v = &ds.vocab;
     let sizes = VocabSizes {
@@ -50,21 +57,18 @@ fn step(c: &mut Criterion) {
     let mut gpu = GpuBackend::init(ctx, &cfg, sizes).expect("GPU backend");
     let mut cpu = CpuBackend::new(&cfg, sizes);
 
-    let mut g = c.benchmark_group(format!("train_step_b{batch_size}"));
-    g.sample_size(10);
-    if software {
-        g.measurement_time(std::time::Duration::from_secs(20));
-    }
+    let mut g = group(c, format!("train_step_b{batch_size}"), software);
     g.throughput(Throughput::Elements(batch_size as u64));
     g.bench_function("cpu", |b| b.iter(|| cpu.train_step(&batch)));
     g.finish();
-    // Ten steps per iteration and one loss read, as the training loop does.
-    let mut g = c.benchmark_group(format!("train_10_steps_b{batch_size}"));
-    g.sample_size(10);
-    g.throughput(Throughput::Elements(10 * batch_size as u64));
+    // Ten steps per iteration and one loss read, as the training loop does (one step on
+    // a software adapter, where a step takes seconds and the read costs nothing beside).
+    let steps = if software { 1 } else { 10 };
+    let mut g = group(c, format!("train_{steps}_steps_b{batch_size}"), software);
+    g.throughput(Throughput::Elements((steps * batch_size) as u64));
     g.bench_function("gpu", |b| {
         b.iter(|| {
-            for _ in 0..10 {
+            for _ in 0..steps {
                 gpu.train_step(&batch);
             }
             gpu.take_loss()
@@ -73,14 +77,40 @@ fn step(c: &mut Criterion) {
     g.finish();
 
     let mut probs = vec![0.0; batch_size];
-    let mut g = c.benchmark_group(format!("predict_b{batch_size}"));
-    g.sample_size(10);
+    let mut g = group(c, format!("predict_b{batch_size}"), software);
     g.throughput(Throughput::Elements(batch_size as u64));
     g.bench_function("cpu", |b| b.iter(|| cpu.predict(&batch, &mut probs)));
     g.bench_function("gpu_with_readback", |b| {
         b.iter(|| gpu.predict(&batch, &mut probs))
     });
     g.finish();
+
+    let one_user = scoring_batch(&ds.train, &ds.vocab, SCORING_CANDIDATES);
+    let mut probs = vec![0.0; SCORING_CANDIDATES];
+    let mut g = group(
+        c,
+        format!("score_{SCORING_CANDIDATES}_candidates"),
+        software,
+    );
+    g.throughput(Throughput::Elements(SCORING_CANDIDATES as u64));
+    g.bench_function("cpu", |b| b.iter(|| cpu.predict(&one_user, &mut probs)));
+    g.bench_function("gpu_with_readback", |b| {
+        b.iter(|| gpu.predict(&one_user, &mut probs))
+    });
+    g.finish();
+}
+
+/// Ten samples; on a software adapter, flat sampling (as few as one iteration per sample)
+/// and short warm-up and measurement times, so the slowest group takes about 10 runs.
+fn group(c: &mut Criterion, name: String, software: bool) -> BenchmarkGroup<'_, WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.sample_size(10);
+    if software {
+        g.sampling_mode(SamplingMode::Flat);
+        g.warm_up_time(Duration::from_millis(500));
+        g.measurement_time(Duration::from_secs(5));
+    }
+    g
 }
 
 criterion_group!(benches, step);

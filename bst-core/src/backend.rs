@@ -14,12 +14,20 @@ use crate::rank::top_k;
 pub enum BackendError {
     /// The backend does not implement an optional capability (yet).
     #[error("the {backend} backend cannot {what} yet")]
-    Unsupported { backend: String, what: &'static str },
+    Unsupported {
+        /// The backend's description.
+        backend: String,
+        /// The capability, as a verb phrase ("read its optimiser state").
+        what: &'static str,
+    },
     /// Restored state that does not fit this backend's model or optimiser.
     #[error("{0}")]
     Mismatch(String),
 }
 
+/// A compute device that trains and scores BST: the CPU reference ([`CpuBackend`]) or the
+/// GPU ([`crate::gpu_backend::GpuBackend`]). The training loop ([`crate::train`]) sees only
+/// this trait.
 pub trait Backend {
     /// A one-line description of the device, for logs.
     fn describe(&self) -> String;
@@ -78,9 +86,13 @@ pub trait Backend {
 
 /// The CPU reference backend.
 pub struct CpuBackend {
+    /// The model (shapes and parameter layout).
     pub model: Model,
+    /// The parameter arena.
     pub params: Vec<f32>,
+    /// The gradient arena of the last step (same layout).
     pub grads: Vec<f32>,
+    /// The optimiser and its state.
     pub optim: Optimizer,
     /// Seed of the dropout masks.
     pub seed: u64,
@@ -98,6 +110,8 @@ impl CpuBackend {
         CpuBackend::with_params(cfg, model, params)
     }
 
+    /// A backend holding `params` (the arena of `model.layout`), with a fresh optimiser.
+    /// Panics if the arena has the wrong size.
     pub fn with_params(cfg: &Config, model: Model, params: Vec<f32>) -> CpuBackend {
         let cap = cfg.train.batch.max(cfg.train.eval_batch);
         let n = model.layout.total;

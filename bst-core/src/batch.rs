@@ -2,19 +2,32 @@
 
 use crate::data::Samples;
 use bst_kernels::cpu::embedding::TokenIds;
+use bst_kernels::cpu::mask::valid_mask;
 
+/// Samples gathered for one step, row-major: the layout the kernels and
+/// [`crate::scorer::CandidateBuffers`] use.
 #[derive(Clone, Debug, Default)]
 pub struct Batch {
+    /// Samples in the batch (B).
     pub size: usize,
+    /// History length (L).
     pub seq_len: usize,
+    /// Other-feature fields per sample (F).
     pub fields: usize,
-    pub hist_item: Vec<u32>,   // (B, L)
-    pub hist_cat: Vec<u32>,    // (B, L)
-    pub hist_pos: Vec<u32>,    // (B, L)
-    pub target_item: Vec<u32>, // (B)
-    pub target_cat: Vec<u32>,  // (B)
-    pub other: Vec<u32>,       // (B, F)
-    pub label: Vec<f32>,       // (B)
+    /// (B, L)
+    pub hist_item: Vec<u32>,
+    /// (B, L)
+    pub hist_cat: Vec<u32>,
+    /// (B, L)
+    pub hist_pos: Vec<u32>,
+    /// (B)
+    pub target_item: Vec<u32>,
+    /// (B)
+    pub target_cat: Vec<u32>,
+    /// (B, F)
+    pub other: Vec<u32>,
+    /// (B)
+    pub label: Vec<f32>,
 }
 
 impl Batch {
@@ -48,6 +61,7 @@ impl Batch {
         b
     }
 
+    /// The token ids, as the embedding kernels take them.
     pub fn token_ids(&self) -> TokenIds<'_> {
         TokenIds {
             hist_item: &self.hist_item,
@@ -58,17 +72,12 @@ impl Batch {
         }
     }
 
-    /// valid (B, T): 1 where the token's item is not padding; the target always is valid.
+    /// valid (B, T): 1 where the token's item is not padding; the target always is valid
+    /// (as [`bst_kernels::cpu::mask::valid_mask`], which the GPU runs on the device).
     pub fn valid_mask(&self, valid: &mut Vec<u32>) {
         let (b, l) = (self.size, self.seq_len);
         valid.clear();
-        for bi in 0..b {
-            valid.extend(
-                self.hist_item[bi * l..(bi + 1) * l]
-                    .iter()
-                    .map(|&i| (i != 0) as u32),
-            );
-            valid.push(1);
-        }
+        valid.resize(b * (l + 1), 0);
+        valid_mask(valid, &self.hist_item, b, l);
     }
 }

@@ -50,60 +50,119 @@ pub const VERSION: &str = "1";
 /// neither the model nor the steps already taken.
 const MAY_CHANGE: [&str; 2] = ["train.epochs", "train.eval_batch"];
 
+/// Why a checkpoint could not be read, written or used. Each message names the file and
+/// says what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
+    /// Reading or writing the file failed.
     #[error("{}: cannot {op}: {source}", .path.display())]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What was being done ("read", "rename", ...).
         op: &'static str,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The file ends early: a write was cut short.
     #[error("{}: truncated checkpoint: {detail} (a write was cut short; use an older checkpoint)", .path.display())]
-    Truncated { path: PathBuf, detail: String },
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// What is missing.
+        detail: String,
+    },
+    /// The header or, by checksum, the tensor data is damaged.
     #[error("{}: corrupted checkpoint: {detail}", .path.display())]
-    Corrupt { path: PathBuf, detail: String },
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is damaged.
+        detail: String,
+    },
+    /// A safetensors file that bst did not write, or not safetensors at all.
     #[error("{}: not a BST checkpoint: {detail}", .path.display())]
-    Foreign { path: PathBuf, detail: String },
+    Foreign {
+        /// The file.
+        path: PathBuf,
+        /// What is missing or different.
+        detail: String,
+    },
+    /// A tensor of the parameter table is not in the file.
     #[error("{}: tensor `{name}` is missing (expected shape {expected:?})", .path.display())]
     MissingTensor {
+        /// The file.
         path: PathBuf,
+        /// The tensor's name.
         name: String,
+        /// Its shape by the file's config and vocabularies.
         expected: Vec<usize>,
     },
+    /// A tensor has another shape than the file's config and vocabularies give.
     #[error(
         "{}: tensor `{name}` has shape {found:?}, expected {expected:?} (from the file's config and vocabularies)",
         .path.display()
     )]
     Shape {
+        /// The file.
         path: PathBuf,
+        /// The tensor's name.
         name: String,
+        /// Its shape by the file's config and vocabularies.
         expected: Vec<usize>,
+        /// Its shape in the file.
         found: Vec<usize>,
     },
+    /// A tensor is not f32.
     #[error("{}: tensor `{name}` is {found}, expected F32", .path.display())]
     Dtype {
+        /// The file.
         path: PathBuf,
+        /// The tensor's name.
         name: String,
+        /// Its dtype in the file.
         found: String,
     },
+    /// A tensor the parameter table does not have.
     #[error("{}: unexpected tensor `{name}`: not in the parameter table of the file's config", .path.display())]
-    Unexpected { path: PathBuf, name: String },
+    Unexpected {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        name: String,
+    },
+    /// The data's vocabularies or samples differ from the checkpoint's.
     #[error(
         "the checkpoint does not match the data: {0} (build the data as the checkpoint's run did)"
     )]
     DataMismatch(String),
+    /// A resumed run's config differs in more than the keys that may change.
     #[error("the checkpoint does not match the config and flags: {0}")]
     ConfigMismatch(String),
+    /// The file lacks the state asked for (no optimiser state in a best model).
     #[error("{}: {detail}", .path.display())]
-    NoState { path: PathBuf, detail: String },
+    NoState {
+        /// The file.
+        path: PathBuf,
+        /// What is missing and which file has it.
+        detail: String,
+    },
+    /// The checkpoint cannot be serialised.
     #[error("cannot write checkpoint {}: {detail}", .path.display())]
-    Write { path: PathBuf, detail: String },
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
 }
 
 /// What a run records beside its tensors.
 #[derive(Clone, Copy, Debug)]
 pub struct RunInfo<'a> {
+    /// The run's whole config.
     pub config: &'a Config,
+    /// The vocabularies the data was built with.
     pub vocab: &'a Vocab,
     /// The data source as given on the command line (`synthetic`, `recbole:FOLDER`, ...).
     pub data_source: &'a str,
@@ -112,9 +171,13 @@ pub struct RunInfo<'a> {
 /// A checkpoint read back.
 #[derive(Clone, Debug)]
 pub struct Checkpoint {
+    /// The run's config (`bst.config`, `bst.train_config`, `bst.data_config`).
     pub config: Config,
+    /// The vocabularies (`bst.vocab`).
     pub vocab: Vocab,
+    /// The data source the run trained on (`bst.data_source`), when recorded.
     pub data_source: Option<String>,
+    /// Where the run stood (`bst.progress`).
     pub progress: Progress,
     /// The parameter arena ([`Checkpoint::layout`]).
     pub params: Vec<f32>,
@@ -242,17 +305,21 @@ fn json_diff(
 
 /// Saves checkpoints into a run folder: [`LATEST`] and [`BEST`].
 pub struct RunCheckpointer<'a> {
+    /// The run folder.
     pub dir: PathBuf,
+    /// What every checkpoint of the run records beside its tensors.
     pub info: RunInfo<'a>,
 }
 
 impl<'a> RunCheckpointer<'a> {
+    /// Saves into `dir` (created if missing when the first checkpoint is written).
     pub fn new(dir: &Path, info: RunInfo<'a>) -> RunCheckpointer<'a> {
         RunCheckpointer {
             dir: dir.to_path_buf(),
             info,
         }
     }
+    /// The file of `kind` in the run folder ([`LATEST`] or [`BEST`]).
     pub fn path(&self, kind: Save) -> PathBuf {
         self.dir.join(match kind {
             Save::Latest => LATEST,

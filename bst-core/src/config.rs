@@ -40,10 +40,13 @@ pub enum Position {
     Ordinal,
 }
 
+/// The optimiser of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Optimizer {
+    /// Adam (PyTorch defaults, betas 0.9, 0.999, eps 1e-8).
     Adam,
+    /// Adagrad, the paper's (eps 1e-10).
     Adagrad,
 }
 
@@ -66,13 +69,19 @@ impl std::str::FromStr for Optimizer {
 pub struct ModelConfig {
     /// History length `L`; the model sees `T = L + 1` tokens.
     pub seq_len: usize,
+    /// Width of the item embedding.
     pub d_item: usize,
+    /// Width of the category embedding.
     pub d_cat: usize,
+    /// Width of the position embedding; `d = d_item + d_cat + d_pos`.
     pub d_pos: usize,
     /// Number of position buckets `P`.
     pub pos_buckets: usize,
+    /// How history positions are bucketed: time gaps or ordinal.
     pub position: Position,
+    /// Attention heads `h` (must divide `d`).
     pub heads: usize,
+    /// Hidden width of each block's feed-forward network.
     pub d_ff: usize,
     /// Number of transformer blocks `b` (0 gives the WDL baselines).
     pub blocks: usize,
@@ -80,7 +89,9 @@ pub struct ModelConfig {
     pub d_other: usize,
     /// Hidden widths of the MLP head; a final `Linear(.., 1)` follows.
     pub mlp: Vec<usize>,
+    /// How the last block's tokens become the MLP input.
     pub pooling: Pooling,
+    /// Dropout probability on both residual branches of every block.
     pub dropout: f32,
     /// Negative slope of LeakyReLU.
     pub leaky_alpha: f32,
@@ -125,6 +136,7 @@ impl ModelConfig {
         }
     }
 
+    /// Refuses inconsistent shapes (zero sizes, heads not dividing `d`, ...), naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.seq_len == 0 {
@@ -170,11 +182,15 @@ impl ModelConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
+    /// Adam or Adagrad.
     pub optimizer: Optimizer,
     /// Learning rate; `None` takes the optimiser's default (Adam 1e-3, Adagrad 1e-2).
     pub lr: Option<f32>,
+    /// Training batch size.
     pub batch: usize,
+    /// Epochs to train.
     pub epochs: usize,
+    /// Seed of initialisation, shuffling and dropout.
     pub seed: u64,
     /// Evaluation batch size (no effect on results).
     pub eval_batch: usize,
@@ -194,12 +210,14 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The learning rate: `lr`, or the optimiser's default.
     pub fn lr(&self) -> f32 {
         self.lr.unwrap_or(match self.optimizer {
             Optimizer::Adam => 1e-3,
             Optimizer::Adagrad => 1e-2,
         })
     }
+    /// Refuses zero batch sizes or epochs and a learning rate that is not positive.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.batch == 0 || self.eval_batch == 0 {
             return Err(ConfigError::Invalid(
@@ -254,17 +272,22 @@ impl Default for DataConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// The network (`[model]`).
     pub model: ModelConfig,
+    /// Optimisation (`[train]`).
     pub train: TrainConfig,
+    /// Sample building (`[data]`).
     pub data: DataConfig,
 }
 
 impl Config {
+    /// Parses TOML (every key optional) and validates.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         Ok(cfg)
     }
 
+    /// Reads, parses and validates a TOML file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::Io(format!("{}: {e}", path.display())))?;
@@ -274,22 +297,28 @@ impl Config {
         })
     }
 
+    /// The config as TOML, every key written (readable by [`Config::from_toml_str`]).
     pub fn to_toml_string(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
     }
 
+    /// Validates every table.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.model.validate()?;
         self.train.validate()
     }
 }
 
+/// A config that cannot be read or used; each message names the key or file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A value out of range or inconsistent with another.
     #[error("invalid config: {0}")]
     Invalid(String),
+    /// Not TOML, or an unknown key.
     #[error("cannot parse config {0}")]
     Parse(String),
+    /// The file cannot be read.
     #[error("cannot read config {0}")]
     Io(String),
 }

@@ -11,12 +11,16 @@ use std::collections::HashMap;
 /// Ids the vocabularies did not know, each scored as index 0.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Unknown {
+    /// Unknown candidate items.
     pub targets: usize,
+    /// Unknown history items (their slots left as padding).
     pub history: usize,
+    /// Unknown user feature values.
     pub features: usize,
 }
 
 impl Unknown {
+    /// All unknown ids.
     pub fn total(&self) -> usize {
         self.targets + self.history + self.features
     }
@@ -35,10 +39,14 @@ impl std::fmt::Display for Unknown {
 /// What one user's samples share: the history rows and the other-feature rows.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Context {
-    pub hist_item: Vec<u32>, // (L)
-    pub hist_cat: Vec<u32>,  // (L)
-    pub hist_pos: Vec<u32>,  // (L)
-    pub other: Vec<u32>,     // (F)
+    /// (L)
+    pub hist_item: Vec<u32>,
+    /// (L)
+    pub hist_cat: Vec<u32>,
+    /// (L)
+    pub hist_pos: Vec<u32>,
+    /// (F)
+    pub other: Vec<u32>,
 }
 
 /// Maps raw ids to indices with a checkpoint's vocabularies and model config.

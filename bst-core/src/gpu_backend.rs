@@ -10,11 +10,16 @@
 //! `u32` buffer at offsets fixed for the largest batch. Buffers: `buffers.rs`; the call
 //! sites, each launcher bound once: `sites.rs`.
 //!
-//! A training step writes only inputs: the batch (ids, labels, valid mask), its embedding
+//! A training step writes only inputs: the batch (ids and labels), its embedding
 //! segments, the dropout keys, Adam's step and, when the batch size changes, the rows of
-//! every binding. Then one command encoder: zero the gradients, forward, loss (its mean
-//! added to a sum on the device), backward, update; one submit and no readback.
-//! [`Backend::take_loss`] reads the sum every few steps.
+//! every binding. Then one command encoder: zero the gradients, the valid mask (from the
+//! history ids, on the device), forward, loss (its mean added to a sum on the device),
+//! backward, update; one submit and no readback. [`Backend::take_loss`] reads the sum
+//! every few steps. [`Backend::predict_top_k`] selects on the device
+//! (`bst_kernels::gpu::topk`) and reads back only the `k` pairs.
+//!
+//! [`crate::scorer::Scorer`] runs the same forward pass on ids an application wrote into
+//! its own buffers, recorded into its own command encoder.
 
 mod buffers;
 mod sites;
@@ -28,10 +33,12 @@ use bst_kernels::gpu::dropout::DropoutKernels;
 use bst_kernels::gpu::embedding::{EmbeddingDims, EmbeddingKernels, EmbeddingSegments};
 use bst_kernels::gpu::layernorm::LayerNormKernels;
 use bst_kernels::gpu::loss::LossKernels;
+use bst_kernels::gpu::mask::MaskKernels;
 use bst_kernels::gpu::matmul::MatmulKernels;
 use bst_kernels::gpu::optim::OptimKernels;
 use bst_kernels::gpu::pooling::PoolingKernels;
-use bst_kernels::gpu::{GpuContext, GpuError, wgpu};
+use bst_kernels::gpu::topk::{MAX_K, TopKBinding, TopKBuffers, TopKDims, TopKKernels, read_pairs};
+use bst_kernels::gpu::{GpuContext, GpuError, TensorRef, wgpu};
 
 use crate::backend::{Backend, BackendError};
 use crate::batch::Batch;
@@ -39,6 +46,8 @@ use crate::config::{Config, Optimizer as OptimizerKind};
 use crate::model::Model;
 use crate::optim::{OptimSnapshot, OptimState};
 use crate::params::VocabSizes;
+use crate::rank::top_k;
+pub(crate) use buffers::IdsAt;
 use buffers::{Buffers, embedding_dims};
 use sites::Sites;
 
@@ -61,12 +70,14 @@ pub struct GpuBackend {
     seed: u64,
     /// Steps whose mean loss the device has added into `acts.loss_sum` since `take_loss`.
     loss_steps: usize,
-    /// Host copy of the valid mask (B, T), rebuilt per batch.
-    valid: Vec<u32>,
+    /// The device top-k over `acts.probs` for the last `k` asked, and its output
+    /// `(k, 2)`; rebuilt when `k` changes.
+    topk: Option<(TopKBinding, wgpu::Buffer)>,
 }
 
 /// Pipelines of every op, created once.
 struct Kernels {
+    mask: MaskKernels,
     emb: EmbeddingKernels,
     mm: MatmulKernels,
     attn: AttentionKernels,
@@ -76,11 +87,13 @@ struct Kernels {
     pool: PoolingKernels,
     loss: LossKernels,
     optim: OptimKernels,
+    topk: TopKKernels,
 }
 
 impl Kernels {
     fn new(ctx: &GpuContext) -> Result<Kernels, GpuError> {
         Ok(Kernels {
+            mask: MaskKernels::new(ctx)?,
             emb: EmbeddingKernels::new(ctx)?,
             mm: MatmulKernels::new(ctx)?,
             attn: AttentionKernels::new(ctx)?,
@@ -90,6 +103,7 @@ impl Kernels {
             pool: PoolingKernels::new(ctx)?,
             loss: LossKernels::new(ctx)?,
             optim: OptimKernels::new(ctx)?,
+            topk: TopKKernels::new(ctx)?,
         })
     }
 }
@@ -118,6 +132,7 @@ impl GpuBackend {
         model: Model,
         params: Vec<f32>,
     ) -> Result<GpuBackend, GpuError> {
+        check_limits(&ctx)?;
         let n = model.layout.total;
         if params.len() != n {
             return Err(GpuError::Binding(format!(
@@ -134,7 +149,7 @@ impl GpuBackend {
             Sites::new(&ctx, &k, &model, &cfg.train, cap, &bufs)
         })??;
         Ok(GpuBackend {
-            valid: Vec::with_capacity(cap * model.dims.t),
+            topk: None,
             seed: cfg.train.seed,
             rows: cap,
             steps: 0,
@@ -165,6 +180,28 @@ impl GpuBackend {
         self.read_arena(&self.bufs.arenas.grads, "the gradients")
     }
 
+    /// The device top-k of `k` over the probabilities of up to `cap` samples, and its
+    /// output buffer `(k, 2)`.
+    fn bind_topk(&self, k: u32) -> (TopKBinding, wgpu::Buffer) {
+        let out = self
+            .ctx
+            .storage_buffer_zeroed("top-k out (k, 2)", 2 * k as usize);
+        let bufs = TopKBuffers {
+            out: TensorRef::whole(&out),
+            scores: TensorRef::whole(&self.bufs.acts.probs),
+        };
+        let dims = TopKDims {
+            n: self.cap as u32,
+            k,
+        };
+        let binding = self
+            .k
+            .topk
+            .bind(&self.ctx, &bufs, dims)
+            .unwrap_or_else(|e| panic!("binding the GPU top-k: {e}"));
+        (binding, out)
+    }
+
     /// A copy of one arena (blocking); panics with `what` if the device fails.
     fn read_arena(&self, arena: &wgpu::Buffer, what: &str) -> Vec<f32> {
         self.ctx
@@ -190,8 +227,8 @@ impl GpuBackend {
         }
     }
 
-    /// Writes the batch (ids, labels, valid mask), the dropout keys (`None`: evaluation)
-    /// and, when the batch size changed, every binding's rows.
+    /// Writes the batch (ids, labels), the dropout keys (`None`: evaluation) and, when the
+    /// batch size changed, every binding's rows.
     fn upload(&mut self, batch: &Batch, train_step: Option<u32>) {
         let dm = &self.model.dims;
         let (b, l, f) = (batch.size, dm.l, dm.fields);
@@ -206,10 +243,7 @@ impl GpuBackend {
             batch.seq_len,
             batch.fields
         );
-        if b != self.rows {
-            self.sites.set_rows(&self.ctx, b, self.model.dims.t);
-            self.rows = b;
-        }
+        self.set_rows(b);
         let ctx = &*self.ctx;
         let (ids, at) = (&self.bufs.inputs.ids, self.bufs.inputs.ids_at);
         ctx.write(ids, at.hist_item, &batch.hist_item[..b * l]);
@@ -219,8 +253,6 @@ impl GpuBackend {
         ctx.write(ids, at.target_cat, &batch.target_cat[..b]);
         ctx.write(ids, at.other, &batch.other[..b * f]);
         ctx.write(&self.bufs.inputs.labels, 0, &batch.label[..b]);
-        batch.valid_mask(&mut self.valid);
-        ctx.write(&self.bufs.inputs.valid, 0, &self.valid);
         for i in 0..self.sites.blocks.len() {
             let (k0, k1) = (
                 self.dropout_key(train_step, i, 0),
@@ -232,9 +264,11 @@ impl GpuBackend {
         }
     }
 
-    /// Records the forward pass up to the logit (as `Model::forward` before the loss).
+    /// Records the forward pass up to the logit (as `Model::forward` before the loss),
+    /// starting with the valid mask from the history ids.
     fn forward(&self, pass: &mut wgpu::ComputePass) {
         let (k, s) = (&self.k, &self.sites);
+        k.mask.valid_mask(pass, &s.mask);
         k.emb.token_embedding_forward(pass, &s.embedding);
         for blk in &s.blocks {
             k.mm.forward(pass, &blk.qkv);
@@ -285,6 +319,42 @@ impl GpuBackend {
         k.emb.token_embedding_backward(pass, &s.embedding);
     }
 
+    /// Records the evaluation forward pass of the ids in the batch buffer (mask, forward,
+    /// probabilities into `probs`) for the current rows; the dropout keys must be off.
+    pub(crate) fn record_predict(&self, pass: &mut wgpu::ComputePass) {
+        self.forward(pass);
+        self.k.loss.forward(pass, &self.sites.eval_loss);
+    }
+
+    /// Largest batch the buffers hold.
+    pub(crate) fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Samples every binding is set to.
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Sets every binding to batches of `b <= capacity` samples. A `queue.write_buffer`:
+    /// every dispatch of the next submit sees the last value set.
+    pub(crate) fn set_rows(&mut self, b: usize) {
+        if b != self.rows {
+            self.sites.set_rows(&self.ctx, b, self.model.dims.t);
+            self.rows = b;
+        }
+    }
+
+    /// The batch ids buffer (u32) and where each tensor starts in it.
+    pub(crate) fn ids(&self) -> (&wgpu::Buffer, IdsAt) {
+        (&self.bufs.inputs.ids, self.bufs.inputs.ids_at)
+    }
+
+    /// probs (B): the click probabilities of the last forward pass.
+    pub(crate) fn probs(&self) -> &wgpu::Buffer {
+        &self.bufs.acts.probs
+    }
+
     /// Records `record` into one compute pass of one encoder and submits it.
     fn submit(&self, label: &str, record: impl FnOnce(&mut wgpu::ComputePass)) {
         let mut encoder = self
@@ -300,6 +370,47 @@ impl GpuBackend {
         }
         self.ctx.queue.submit([encoder.finish()]);
     }
+}
+
+/// Refuses a device below the limits the kernels use: [`GpuContext::new`] checks them
+/// when it chooses the adapter, but an application's own device
+/// ([`GpuContext::from_device`]) may have been created with lower ones.
+fn check_limits(ctx: &GpuContext) -> Result<(), GpuError> {
+    use bst_kernels::gpu::context::{
+        MIN_INVOCATIONS_PER_WORKGROUP, MIN_STORAGE_BUFFERS_PER_STAGE, MIN_WORKGROUP_STORAGE_BYTES,
+    };
+    let l = &ctx.limits;
+    for (name, have, need) in [
+        (
+            "max_storage_buffers_per_shader_stage",
+            l.max_storage_buffers_per_shader_stage,
+            MIN_STORAGE_BUFFERS_PER_STAGE,
+        ),
+        (
+            "max_compute_invocations_per_workgroup",
+            l.max_compute_invocations_per_workgroup,
+            MIN_INVOCATIONS_PER_WORKGROUP,
+        ),
+        (
+            "max_compute_workgroup_size_x",
+            l.max_compute_workgroup_size_x,
+            MIN_INVOCATIONS_PER_WORKGROUP,
+        ),
+        (
+            "max_compute_workgroup_storage_size",
+            l.max_compute_workgroup_storage_size,
+            MIN_WORKGROUP_STORAGE_BYTES,
+        ),
+    ] {
+        if have < need {
+            return Err(GpuError::Device(format!(
+                "the device {}: its {name} is {have}, the kernels need at least {need}; \
+                 create it with wgpu::Limits::default() or the adapter's limits",
+                ctx.describe()
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl Backend for GpuBackend {
@@ -356,15 +467,40 @@ impl Backend for GpuBackend {
 
     fn predict(&mut self, batch: &Batch, probs: &mut [f32]) {
         self.upload(batch, None);
-        self.submit("predict", |pass| {
-            self.forward(pass);
-            self.k.loss.forward(pass, &self.sites.eval_loss);
-        });
+        self.submit("predict", |pass| self.record_predict(pass));
         let got = self
             .ctx
             .read_f32(&self.bufs.acts.probs, 0, batch.size)
             .unwrap_or_else(|e| panic!("reading the probabilities back from the GPU: {e}"));
         probs[..batch.size].copy_from_slice(&got);
+    }
+
+    /// Scores on the device, selects there (`bst_kernels::gpu::topk`, exactly the order of
+    /// [`top_k`]) and reads back only the `min(k, B)` pairs. For `k` above the kernel's
+    /// `MAX_K` (1024) it reads every probability and selects on the host.
+    fn predict_top_k(&mut self, batch: &Batch, k: usize) -> Vec<(usize, f32)> {
+        if k == 0 || batch.size == 0 {
+            return Vec::new();
+        }
+        if k > MAX_K as usize {
+            let mut probs = vec![0.0; batch.size];
+            self.predict(batch, &mut probs);
+            return top_k(&probs, k);
+        }
+        self.upload(batch, None);
+        let (mut topk, out) = match self.topk.take() {
+            Some(site) if site.0.k() == k as u32 => site,
+            _ => self.bind_topk(k as u32),
+        };
+        topk.set_len(&self.ctx, batch.size as u32);
+        self.submit("predict top-k", |pass| {
+            self.record_predict(pass);
+            self.k.topk.record(pass, &topk);
+        });
+        let pairs = read_pairs(&self.ctx, TensorRef::whole(&out), topk.pairs())
+            .unwrap_or_else(|e| panic!("reading the top {k} back from the GPU: {e}"));
+        self.topk = Some((topk, out));
+        pairs.into_iter().map(|(i, p)| (i as usize, p)).collect()
     }
 
     fn read_params(&self) -> Vec<f32> {

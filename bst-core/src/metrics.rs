@@ -147,6 +147,7 @@ pub struct Metrics {
 pub mod nan_as_null {
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Writes a finite `x` as a number, anything else as `null`.
     pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
         if x.is_finite() {
             s.serialize_f64(*x)
@@ -155,6 +156,7 @@ pub mod nan_as_null {
         }
     }
 
+    /// Reads a number, or `null` as NaN.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
         Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
     }

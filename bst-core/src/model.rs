@@ -20,21 +20,37 @@ use bst_kernels::cpu::pooling::{PoolMode, pooling_backward, pooling_forward};
 /// Training (dropout on, masks keyed by seed and step) or evaluation (no dropout).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    Train { seed: u64, step: u32 },
+    /// Dropout on.
+    Train {
+        /// The run's seed (`train.seed`).
+        seed: u64,
+        /// The update count: each step draws new masks.
+        step: u32,
+    },
+    /// No dropout (validation, test, scoring).
     Eval,
 }
 
 /// Every size the model's buffers depend on.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dims {
+    /// History length L.
     pub l: usize,
+    /// Tokens T = L + 1 (the target last).
     pub t: usize,
+    /// Token width d = d_item + d_cat + d_pos.
     pub d: usize,
+    /// Attention heads h.
     pub h: usize,
+    /// Feed-forward width d_ff.
     pub dff: usize,
+    /// (d_item, d_cat, d_pos).
     pub widths: (usize, usize, usize),
+    /// Other-feature fields F.
     pub fields: usize,
+    /// Width of each other-feature embedding d_o.
     pub d_o: usize,
+    /// How the last block's tokens are pooled.
     pub pool: PoolMode,
     /// Pooled width; the other embeddings follow it in `z`.
     pub pw: usize,
@@ -42,12 +58,16 @@ pub struct Dims {
     pub zw: usize,
     /// Output width of each MLP layer, ending with 1.
     pub mlp: Vec<usize>,
+    /// Transformer blocks.
     pub blocks: usize,
+    /// LeakyReLU's negative slope.
     pub alpha: f32,
+    /// Dropout probability of the residual branches.
     pub dropout: f32,
 }
 
 impl Dims {
+    /// The sizes of a model config with `fields` other-feature fields.
     pub fn new(cfg: &ModelConfig, fields: usize) -> Dims {
         let pool = match cfg.pooling {
             Pooling::Target => PoolMode::Target,
@@ -83,37 +103,61 @@ impl Dims {
 /// What one block's forward saves for its backward (capacity for `B` samples).
 #[derive(Clone, Debug, Default)]
 pub struct BlockActs {
-    pub qkv: Vec<f32>,      // (B, T, 3d)
-    pub att: Vec<f32>,      // (B, h, T, T)
-    pub atty: Vec<f32>,     // (B, T, d) attention output before the projection
-    pub a: Vec<f32>,        // (B, T, d) after the output projection
-    pub res1: Vec<f32>,     // (B, T, d) x + dropout(a)
-    pub x1: Vec<f32>,       // (B, T, d) LN1(res1)
-    pub ln1_mean: Vec<f32>, // (B, T)
-    pub ln1_rstd: Vec<f32>, // (B, T)
-    pub ff_pre: Vec<f32>,   // (B, T, d_ff) before LeakyReLU
-    pub ff: Vec<f32>,       // (B, T, d_ff)
-    pub f: Vec<f32>,        // (B, T, d)
-    pub res2: Vec<f32>,     // (B, T, d) x1 + dropout(f)
-    pub x2: Vec<f32>,       // (B, T, d) LN2(res2): the block's output
-    pub ln2_mean: Vec<f32>, // (B, T)
-    pub ln2_rstd: Vec<f32>, // (B, T)
+    /// (B, T, 3d)
+    pub qkv: Vec<f32>,
+    /// (B, h, T, T)
+    pub att: Vec<f32>,
+    /// (B, T, d) attention output before the projection
+    pub atty: Vec<f32>,
+    /// (B, T, d) after the output projection
+    pub a: Vec<f32>,
+    /// (B, T, d) x + dropout(a)
+    pub res1: Vec<f32>,
+    /// (B, T, d) LN1(res1)
+    pub x1: Vec<f32>,
+    /// (B, T)
+    pub ln1_mean: Vec<f32>,
+    /// (B, T)
+    pub ln1_rstd: Vec<f32>,
+    /// (B, T, d_ff) before LeakyReLU
+    pub ff_pre: Vec<f32>,
+    /// (B, T, d_ff)
+    pub ff: Vec<f32>,
+    /// (B, T, d)
+    pub f: Vec<f32>,
+    /// (B, T, d) x1 + dropout(f)
+    pub res2: Vec<f32>,
+    /// (B, T, d) LN2(res2): the block's output
+    pub x2: Vec<f32>,
+    /// (B, T)
+    pub ln2_mean: Vec<f32>,
+    /// (B, T)
+    pub ln2_rstd: Vec<f32>,
 }
 
 /// All activations of a forward pass, sized for `capacity` samples.
 #[derive(Clone, Debug, Default)]
 pub struct Activations {
+    /// Samples these buffers hold.
     pub capacity: usize,
-    pub valid: Vec<u32>, // (B, T)
-    pub x0: Vec<f32>,    // (B, T, d) token embeddings
+    /// (B, T)
+    pub valid: Vec<u32>,
+    /// (B, T, d) token embeddings
+    pub x0: Vec<f32>,
+    /// Per block, in order.
     pub blocks: Vec<BlockActs>,
-    pub z: Vec<f32>,            // (B, zw) pooled tokens, then other embeddings
-    pub mlp_pre: Vec<Vec<f32>>, // (B, out_k) before LeakyReLU; the last is the logit
-    pub mlp_act: Vec<Vec<f32>>, // (B, out_k) after LeakyReLU (hidden layers)
-    pub probs: Vec<f32>,        // (B)
+    /// (B, zw) pooled tokens, then other embeddings
+    pub z: Vec<f32>,
+    /// (B, out_k) before LeakyReLU; the last is the logit
+    pub mlp_pre: Vec<Vec<f32>>,
+    /// (B, out_k) after LeakyReLU (hidden layers)
+    pub mlp_act: Vec<Vec<f32>>,
+    /// (B)
+    pub probs: Vec<f32>,
 }
 
 impl Activations {
+    /// Zeroed buffers for `capacity` samples.
     pub fn new(dims: &Dims, capacity: usize) -> Activations {
         let (b, t, d) = (capacity, dims.t, dims.d);
         let v = |n: usize| vec![0.0f32; n];
@@ -170,6 +214,7 @@ impl GradScratch {
         self.dz.len() / dims.zw
     }
 
+    /// Zeroed buffers for `capacity` samples.
     pub fn new(dims: &Dims, capacity: usize) -> GradScratch {
         let (b, t, d) = (capacity, dims.t, dims.d);
         let v = |n: usize| vec![0.0f32; n];
@@ -195,12 +240,16 @@ impl GradScratch {
 /// parameters, gradients and activations are passed in.
 #[derive(Clone, Debug)]
 pub struct Model {
+    /// The config the model was built from.
     pub cfg: ModelConfig,
+    /// The parameter table.
     pub layout: ParamLayout,
+    /// Derived sizes.
     pub dims: Dims,
 }
 
 impl Model {
+    /// The model of `cfg` for vocabularies of `sizes`.
     pub fn new(cfg: &ModelConfig, sizes: VocabSizes) -> Model {
         Model {
             cfg: cfg.clone(),

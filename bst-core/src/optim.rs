@@ -10,15 +10,28 @@ pub const ADAGRAD_EPS: f32 = 1e-10;
 /// An optimiser's state arenas, each of the parameter arena's layout.
 #[derive(Clone, Debug, PartialEq)]
 pub enum OptimState {
-    Adam { m: Vec<f32>, v: Vec<f32> },
-    Adagrad { sum: Vec<f32> },
+    /// Adam's moments.
+    Adam {
+        /// First moment (PyTorch's `exp_avg`).
+        m: Vec<f32>,
+        /// Second moment (PyTorch's `exp_avg_sq`).
+        v: Vec<f32>,
+    },
+    /// Adagrad's state.
+    Adagrad {
+        /// Sum of squared gradients (PyTorch's `sum`).
+        sum: Vec<f32>,
+    },
 }
 
+/// The CPU optimiser: hyper-parameters, update count and state arenas.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Optimizer {
+    /// Learning rate.
     pub lr: f32,
     /// Updates taken so far (Adam's bias correction uses `t = steps + 1` for the next).
     pub steps: u64,
+    /// The state arenas.
     pub state: OptimState,
 }
 
@@ -26,7 +39,9 @@ pub struct Optimizer {
 /// taken (Adam's bias correction and the dropout masks depend on it).
 #[derive(Clone, Debug, PartialEq)]
 pub struct OptimSnapshot {
+    /// Updates taken (PyTorch's `step`).
     pub steps: u64,
+    /// The state arenas.
     pub state: OptimState,
 }
 
@@ -76,12 +91,14 @@ impl OptimState {
         self.arenas()[0].1.len()
     }
 
+    /// No values.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
 impl Optimizer {
+    /// A fresh optimiser (zero state, no steps) for `n_params` parameters.
     pub fn new(cfg: &TrainConfig, n_params: usize) -> Optimizer {
         let state = match cfg.optimizer {
             Kind::Adam => OptimState::Adam {
@@ -128,6 +145,7 @@ impl Optimizer {
         Ok(())
     }
 
+    /// One update of `params` from `grads` (both of the parameter layout).
     pub fn step(&mut self, params: &mut [f32], grads: &[f32]) {
         self.steps += 1;
         match &mut self.state {

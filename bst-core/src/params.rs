@@ -13,25 +13,35 @@ pub enum Init {
     Normal,
     /// U(-bound, bound) with bound = 1/sqrt(fan_in): linear weights and biases.
     Uniform(f32),
+    /// All ones: LayerNorm weights.
     Ones,
+    /// All zeros: LayerNorm biases.
     Zeros,
 }
 
+/// One named tensor of the parameter arena.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamSpec {
+    /// Checkpoint name, e.g. `blocks.0.qkv.weight`.
     pub name: String,
+    /// Shape, row-major (PyTorch's).
     pub shape: Vec<usize>,
+    /// First element in the arena.
     pub offset: usize,
+    /// How it is initialised.
     pub init: Init,
 }
 
 impl ParamSpec {
+    /// Number of elements.
     pub fn len(&self) -> usize {
         self.shape.iter().product()
     }
+    /// No elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Its elements' range in the arena.
     pub fn range(&self) -> Range<usize> {
         self.offset..self.offset + self.len()
     }
@@ -40,7 +50,9 @@ impl ParamSpec {
 /// Vocabulary sizes the parameter shapes depend on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VocabSizes {
+    /// Rows of the item table (index 0 = padding).
     pub items: usize,
+    /// Rows of the category table (index 0 = unknown).
     pub cats: usize,
     /// Rows of the stacked other-feature table.
     pub other: usize,
@@ -51,27 +63,44 @@ pub struct VocabSizes {
 /// Where each tensor of one transformer block lives in the arena.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BlockParams {
-    pub qkv_w: Range<usize>,  // (3d, d)
-    pub qkv_b: Range<usize>,  // (3d)
-    pub out_w: Range<usize>,  // (d, d)
-    pub out_b: Range<usize>,  // (d)
-    pub ln1_w: Range<usize>,  // (d)
-    pub ln1_b: Range<usize>,  // (d)
-    pub ffn1_w: Range<usize>, // (d_ff, d)
-    pub ffn1_b: Range<usize>, // (d_ff)
-    pub ffn2_w: Range<usize>, // (d, d_ff)
-    pub ffn2_b: Range<usize>, // (d)
-    pub ln2_w: Range<usize>,  // (d)
-    pub ln2_b: Range<usize>,  // (d)
+    /// (3d, d)
+    pub qkv_w: Range<usize>,
+    /// (3d)
+    pub qkv_b: Range<usize>,
+    /// (d, d)
+    pub out_w: Range<usize>,
+    /// (d)
+    pub out_b: Range<usize>,
+    /// (d)
+    pub ln1_w: Range<usize>,
+    /// (d)
+    pub ln1_b: Range<usize>,
+    /// (d_ff, d)
+    pub ffn1_w: Range<usize>,
+    /// (d_ff)
+    pub ffn1_b: Range<usize>,
+    /// (d, d_ff)
+    pub ffn2_w: Range<usize>,
+    /// (d)
+    pub ffn2_b: Range<usize>,
+    /// (d)
+    pub ln2_w: Range<usize>,
+    /// (d)
+    pub ln2_b: Range<usize>,
 }
 
 /// Where each tensor lives in the arena, by role: the model indexes with this, never by name.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamIndex {
-    pub emb_item: Range<usize>,  // (V_item, d_item)
-    pub emb_cat: Range<usize>,   // (V_cat, d_cat)
-    pub emb_pos: Range<usize>,   // (P, d_pos)
-    pub emb_other: Range<usize>, // (V_other, d_o)
+    /// (V_item, d_item)
+    pub emb_item: Range<usize>,
+    /// (V_cat, d_cat)
+    pub emb_cat: Range<usize>,
+    /// (P, d_pos)
+    pub emb_pos: Range<usize>,
+    /// (V_other, d_o)
+    pub emb_other: Range<usize>,
+    /// Per transformer block.
     pub blocks: Vec<BlockParams>,
     /// (weight (out_k, in_k), bias (out_k)) of each MLP layer; the last has out = 1.
     pub mlp: Vec<(Range<usize>, Range<usize>)>,
@@ -80,12 +109,16 @@ pub struct ParamIndex {
 /// The table: every tensor in arena order, with its name, shape, offset and init.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamLayout {
+    /// Every tensor, in arena order.
     pub specs: Vec<ParamSpec>,
+    /// Elements in the arena.
     pub total: usize,
+    /// The ranges by role, for the model's code.
     pub index: ParamIndex,
 }
 
 impl ParamLayout {
+    /// The table of a model config with vocabularies of `v`.
     pub fn new(cfg: &ModelConfig, v: VocabSizes) -> ParamLayout {
         let mut specs = Vec::new();
         let mut total = 0;
@@ -164,6 +197,7 @@ impl ParamLayout {
         }
     }
 
+    /// The tensor named `name`.
     pub fn get(&self, name: &str) -> Option<&ParamSpec> {
         self.specs.iter().find(|s| s.name == name)
     }

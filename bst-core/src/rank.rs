@@ -1,21 +1,12 @@
-//! Ranking: the `k` best-scored candidates. The host version here is the reference that
-//! [`Backend::predict_top_k`](crate::backend::Backend::predict_top_k) uses by default; a
-//! device backend may replace it with a selection kernel.
+//! Ranking: the `k` best-scored candidates. The host selection here is what
+//! [`Backend::predict_top_k`] uses by default; the GPU backend selects on the device
+//! (`bst_kernels::gpu::topk`). Both give the order of [`bst_kernels::cpu::topk::better`]:
+//! higher first, ties by lower index, NaN last.
 
 use crate::backend::Backend;
 use crate::batch::Batch;
 use crate::encode::{Context, Encoder};
-use std::cmp::Ordering;
-
-/// Best first: higher probability first, ties by lower row; NaN ranks below every number.
-fn better(a: (usize, f32), b: (usize, f32)) -> Ordering {
-    match (a.1.is_nan(), b.1.is_nan()) {
-        (false, false) => b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)),
-        (true, true) => a.0.cmp(&b.0),
-        (false, true) => Ordering::Less,
-        (true, false) => Ordering::Greater,
-    }
-}
+use bst_kernels::cpu::topk::better;
 
 /// The `k` highest `scores` as `(index, score)`, best first, ties by lower index, NaN last.
 /// O(n + k log k): a partial selection, then a sort of the `k` selected.

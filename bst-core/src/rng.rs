@@ -1,12 +1,15 @@
 //! A small seeded random number generator (SplitMix64) with a state that is one `u64`,
 //! so runs are reproducible and the state can be saved and restored.
 
+/// SplitMix64: one `u64` of state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rng {
+    /// The whole state (saving and restoring it replays the stream).
     pub state: u64,
 }
 
 impl Rng {
+    /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Rng {
         Rng {
             state: seed ^ 0x9E37_79B9_7F4A_7C15,
@@ -22,6 +25,7 @@ impl Rng {
         r
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;

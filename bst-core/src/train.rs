@@ -23,37 +23,53 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+/// What one epoch did, as `metrics.json` and checkpoints record it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochReport {
+    /// 1-based epoch.
     pub epoch: usize,
+    /// Mean batch loss of the epoch (NaN, JSON `null`, if undefined).
     #[serde(with = "nan_as_null")]
     pub train_loss: f64,
+    /// Validation metrics after the epoch.
     pub valid: Metrics,
+    /// Wall seconds of the epoch (steps and validation).
     pub seconds: f64,
     /// Training samples per second of this epoch (steps only, evaluation excluded).
     pub samples_per_sec: f64,
 }
 
+/// What a whole run did.
 #[derive(Clone, Debug, Serialize)]
 pub struct TrainReport {
+    /// Every epoch, in order.
     pub epochs: Vec<EpochReport>,
     /// 1-based epoch whose parameters scored `test`.
     pub best_epoch: usize,
+    /// Test metrics of the best epoch's parameters.
     pub test: Metrics,
     /// AUC of the generator's true click probabilities on test (synthetic data only).
     pub oracle_test_auc: Option<f64>,
+    /// Training samples per second over all epochs.
     pub train_samples_per_sec: f64,
+    /// The backend's description.
     pub device: String,
 }
 
 /// What the loop reports while it runs.
 pub enum Event<'a> {
+    /// The loss was read (every [`TrainOptions::loss_every`] steps and at the epoch's end).
     Step {
+        /// 1-based epoch.
         epoch: usize,
+        /// Steps done in this epoch.
         step: usize,
+        /// Steps of the epoch.
         steps: usize,
+        /// Mean batch loss since the previous read.
         loss: f32,
     },
+    /// An epoch ended and was validated.
     Epoch(&'a EpochReport),
 }
 
@@ -64,6 +80,7 @@ pub const LOSS_EVERY: usize = 10;
 /// The epoch with the best validation AUC so far.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Best {
+    /// 1-based epoch.
     pub epoch: usize,
     /// NaN (JSON `null`) when that epoch's AUC was undefined.
     #[serde(with = "nan_as_null")]
@@ -101,9 +118,9 @@ pub struct Progress {
     pub best: Option<Best>,
     /// The shuffling seed (`train.seed`): see [`epoch_order`].
     pub shuffle_seed: u64,
-    /// Number of training samples and their [`Samples::fingerprint`]: a resumed run must
-    /// see the same samples.
+    /// Number of training samples: a resumed run must see the same samples.
     pub train_samples: usize,
+    /// Their [`Samples::fingerprint`].
     pub train_fingerprint: u64,
 }
 
@@ -122,8 +139,11 @@ impl Progress {
 /// A saved run to continue: its progress, parameters and optimiser state.
 #[derive(Clone, Debug)]
 pub struct Resume {
+    /// Where the run stood.
     pub progress: Progress,
+    /// The parameters at that point.
     pub params: Vec<f32>,
+    /// The optimiser state and update count.
     pub optim: OptimSnapshot,
     /// The parameters of `progress.best` (needed once an epoch has ended).
     pub best_params: Option<Vec<f32>>,
@@ -131,7 +151,9 @@ pub struct Resume {
 
 /// What a checkpoint of the run holds, handed to a [`Checkpointer`].
 pub struct Snapshot<'a> {
+    /// Where the run stands.
     pub progress: &'a Progress,
+    /// The current parameters.
     pub params: &'a [f32],
     /// The optimiser state (for the latest checkpoint; `None` for the best model).
     pub optim: Option<&'a OptimSnapshot>,
@@ -151,6 +173,7 @@ pub enum Save {
 /// Where checkpoints go. [`crate::checkpoint::RunCheckpointer`] writes them into a run
 /// folder; tests may keep them in memory.
 pub trait Checkpointer {
+    /// Saves `snapshot` as the checkpoint of `kind`.
     fn save(&mut self, kind: Save, snapshot: &Snapshot) -> Result<(), CheckpointError>;
 }
 
@@ -181,7 +204,9 @@ impl Default for TrainOptions<'_> {
 /// Where the last good checkpoint was saved: `(epochs completed, step)`, for messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SavedAt {
+    /// Epochs completed.
     pub epoch: usize,
+    /// Steps completed of the next epoch.
     pub step: usize,
 }
 
@@ -213,30 +238,45 @@ fn steps_read(first: &usize, step: &usize) -> String {
     }
 }
 
+/// Why training stopped early.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    /// The loss became NaN or infinite; the last good checkpoint is kept.
     #[error(
         "the loss became {loss} in epoch {epoch}, {}: lower the learning rate (--lr); {}",
         steps_read(.first_step, .step),
         kept(.saved)
     )]
     NonFinite {
+        /// 1-based epoch.
         epoch: usize,
         /// The loss is read every few steps: it went bad in `first_step..=step`.
         first_step: usize,
+        /// The step whose read saw it.
         step: usize,
+        /// The value read.
         loss: f32,
+        /// The last good checkpoint, if any was saved.
         saved: Option<SavedAt>,
     },
+    /// A split has no samples.
     #[error("the {0} split is empty: the data has too few users with 3 or more samples")]
     EmptySplit(&'static str),
     /// Stopped on request (`TrainOptions::stop`), after saving when a checkpointer is set.
     #[error("interrupted {at}; {}", if *.saved { "a checkpoint was saved" } else { "no checkpoint was saved" })]
-    Interrupted { at: SavedAt, saved: bool },
+    Interrupted {
+        /// Where the run stopped.
+        at: SavedAt,
+        /// Whether a checkpoint was saved there.
+        saved: bool,
+    },
+    /// The resume state does not fit the data, config or model.
     #[error("cannot resume: {0}")]
     Resume(String),
+    /// The backend refused (e.g. an optimiser state of another kind).
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// Saving a checkpoint failed.
     #[error("saving a checkpoint: {0}")]
     Checkpoint(#[from] CheckpointError),
 }

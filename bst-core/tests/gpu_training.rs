@@ -505,7 +505,7 @@ fn training_on_the_gpu_reaches_the_cpu_test_auc_on_ml100k() {
     let mut cpu = CpuBackend::new(&cfg, sizes(&ds));
     let model = Model::new(&cfg.model, sizes(&ds));
     let mut gpu = GpuBackend::new(ctx, &cfg, model, cpu.params.clone()).expect("GPU backend");
-    let mut report = |backend: &mut dyn Backend| {
+    let report = |backend: &mut dyn Backend| {
         let start = Instant::now();
         let r = train(backend, &ds, &cfg.train, &mut |_| {}).expect("training runs");
         println!(

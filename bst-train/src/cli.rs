@@ -31,6 +31,9 @@ pub enum Command {
     Predict(PredictArgs),
     /// The top k of candidate items for one user's history, with their probabilities.
     Rank(RankArgs),
+    /// Training, inference and scoring speed, device memory and per-kernel times, as
+    /// one JSON object (README: "Benchmarks").
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -50,6 +53,9 @@ pub struct EvalArgs {
     pub data: Option<String>,
     #[arg(long, value_enum, default_value = "test")]
     pub split: Split,
+    /// Compute device: `auto` (a hardware GPU if there is one, else the CPU), `gpu`, `cpu`.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: Device,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -60,6 +66,9 @@ pub struct PredictArgs {
     /// (README: "Scoring"). `-` reads standard input.
     #[arg(long)]
     pub input: PathBuf,
+    /// Compute device: `auto` (a hardware GPU if there is one, else the CPU), `gpu`, `cpu`.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: Device,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -80,6 +89,10 @@ pub struct RankArgs {
     /// Unix time of the recommendation; default: the newest history time.
     #[arg(long)]
     pub time: Option<i64>,
+    /// Compute device: `auto` (a hardware GPU if there is one, else the CPU), `gpu`, `cpu`.
+    /// On the GPU the top k are selected on the device.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: Device,
 }
 
 impl Default for Command {

@@ -1,9 +1,11 @@
 //! `--device auto|gpu|cpu`: which backend trains and scores.
 
 use bst_core::backend::{Backend, CpuBackend};
+use bst_core::checkpoint::Checkpoint;
 use bst_core::config::Config;
 use bst_core::data::Dataset;
 use bst_core::gpu_backend::GpuBackend;
+use bst_core::model::Model;
 use bst_kernels::gpu::{GpuContext, GpuOptions};
 use clap::ValueEnum;
 use std::sync::{Arc, OnceLock};
@@ -42,7 +44,36 @@ pub fn make_backend(
     ds: &Dataset,
 ) -> anyhow::Result<Box<dyn Backend>> {
     let sizes = ds.vocab.sizes();
-    let ctx = match device {
+    Ok(match choose(device, "training")? {
+        Some(ctx) => Box::new(GpuBackend::init(ctx, cfg, sizes)?),
+        None => Box::new(CpuBackend::new(cfg, sizes)),
+    })
+}
+
+/// The backend for `device` holding a checkpoint's model and parameters, for `eval`,
+/// `predict` and `rank`.
+pub fn backend_from_checkpoint(
+    device: Device,
+    ckpt: &Checkpoint,
+) -> anyhow::Result<Box<dyn Backend>> {
+    Ok(match choose(device, "scoring")? {
+        Some(ctx) => {
+            let model = Model::new(&ckpt.config.model, ckpt.vocab.sizes());
+            Box::new(GpuBackend::new(
+                ctx,
+                &ckpt.config,
+                model,
+                ckpt.params.clone(),
+            )?)
+        }
+        None => Box::new(ckpt.cpu_backend()),
+    })
+}
+
+/// The GPU context for `device`, or `None` for the CPU; `doing` completes the note that
+/// `auto` prints when it falls back to the CPU ("training", "scoring").
+fn choose(device: Device, doing: &str) -> anyhow::Result<Option<Arc<GpuContext>>> {
+    Ok(match device {
         Device::Cpu => None,
         // The user asked for the GPU: a software adapter is taken (with a warning).
         Device::Gpu => Some(gpu_context(false).map_err(anyhow::Error::msg)?),
@@ -50,22 +81,18 @@ pub fn make_backend(
             Ok(ctx) if !ctx.is_software() => Some(ctx),
             Ok(ctx) => {
                 note_once(&format!(
-                    "note: only a software GPU adapter ({}); training on the CPU, which is faster (--device gpu forces it)",
+                    "note: only a software GPU adapter ({}); {doing} on the CPU, which is faster (--device gpu forces it)",
                     ctx.describe()
                 ));
                 None
             }
             Err(_) => {
-                note_once(
-                    "note: no GPU adapter found; training on the CPU (--device gpu says why)",
-                );
+                note_once(&format!(
+                    "note: no GPU adapter found; {doing} on the CPU (--device gpu says why)"
+                ));
                 None
             }
         },
-    };
-    Ok(match ctx {
-        Some(ctx) => Box::new(GpuBackend::init(ctx, cfg, sizes)?),
-        None => Box::new(CpuBackend::new(cfg, sizes)),
     })
 }
 

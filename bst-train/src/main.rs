@@ -3,6 +3,7 @@
 //! With no arguments it trains BST on the built-in synthetic data.
 
 mod ablate;
+mod bench;
 mod cli;
 mod device;
 mod plot;
@@ -19,5 +20,6 @@ fn main() -> anyhow::Result<()> {
         cli::Command::Eval(args) => serve::eval(&args),
         cli::Command::Predict(args) => serve::predict(&args),
         cli::Command::Rank(args) => serve::rank(&args),
+        cli::Command::Bench(args) => bench::bench(&args),
     }
 }

@@ -5,6 +5,7 @@
 //! `%3D`, `%40` (URL style); any `%XX` is decoded.
 
 use crate::cli::{EvalArgs, PredictArgs, RankArgs, Split};
+use crate::device::backend_from_checkpoint;
 use crate::run::load_data;
 use anyhow::{Context, bail};
 use bst_core::checkpoint::Checkpoint;
@@ -49,8 +50,8 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     if samples.is_empty() {
         bail!("the {name} split of {src} is empty");
     }
-    let mut backend = ckpt.cpu_backend();
-    let m = evaluate(&mut backend, samples, ckpt.config.train.eval_batch);
+    let mut backend = backend_from_checkpoint(args.device, &ckpt)?;
+    let m = evaluate(backend.as_mut(), samples, ckpt.config.train.eval_batch);
     println!("{name}  {m}  ({} samples)", m.samples);
     Ok(())
 }
@@ -187,8 +188,8 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
         })();
         sample.map_err(|e| anyhow::anyhow!("{}: {e}", at()))?;
     }
-    let mut backend = ckpt.cpu_backend();
-    let probs = predict_all(&mut backend, &samples, ckpt.config.train.eval_batch);
+    let mut backend = backend_from_checkpoint(args.device, &ckpt)?;
+    let probs = predict_all(backend.as_mut(), &samples, ckpt.config.train.eval_batch);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for p in &probs {
         writeln!(out, "{p}")?;
@@ -255,9 +256,9 @@ pub fn rank(args: &RankArgs) -> anyhow::Result<()> {
     if items.is_empty() {
         bail!("none of the candidates is in the checkpoint's item vocabulary");
     }
-    let mut backend = ckpt.cpu_backend();
+    let mut backend = backend_from_checkpoint(args.device, &ckpt)?;
     let top = rank_items(
-        &mut backend,
+        backend.as_mut(),
         &enc,
         &ctx,
         &items,

@@ -440,3 +440,96 @@ fn ctrl_c_saves_a_checkpoint_exits_130_and_the_run_resumes() {
     assert!(out.join("metrics.json").exists());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `bst-train ARGS --device DEVICE CHECKPOINT` on Vulkan, or `None` when the GPU tests are
+/// skipped (`BST_SKIP_GPU_TESTS=1`) and the GPU run fails.
+fn run_on(device: &str, args: &[&str], ckpt: &Path) -> Option<Output> {
+    let mut c = bst_train();
+    c.env("WGPU_BACKEND", "vulkan").args(args).arg(ckpt);
+    c.args(["--device", device]);
+    let o = c.output().expect("bst-train runs");
+    if !o.status.success() && std::env::var("BST_SKIP_GPU_TESTS").is_ok_and(|v| v == "1") {
+        eprintln!("note: BST_SKIP_GPU_TESTS=1, skipping: {}", stderr(&o));
+        return None;
+    }
+    assert_ok(&o);
+    Some(o)
+}
+
+#[test]
+fn eval_predict_and_rank_on_the_gpu_agree_with_the_cpu() {
+    let dir = temp_dir("serve-gpu");
+    let cfg = tiny_config(&dir);
+    let out = dir.join("run");
+    assert_ok(&train(
+        &cfg,
+        &[
+            "--synthetic-users",
+            "80",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+        ],
+        &out,
+    ));
+    let best = out.join(BEST);
+    let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 + 1e-4 * b.abs();
+
+    let Some(gpu) = run_on("gpu", &["eval", "--checkpoint"], &best) else {
+        return;
+    };
+    let cpu = run_on("cpu", &["eval", "--checkpoint"], &best).unwrap();
+    assert_eq!(stdout(&gpu), stdout(&cpu), "eval: the same metrics");
+
+    let tsv = dir.join("in.tsv");
+    std::fs::write(
+        &tsv,
+        "user_id=user_id_1\titem_3@1600000000 item_25@1600000100\titem_26\t1600000200\n\
+         -\t-\titem_5\t1600000100\n",
+    )
+    .unwrap();
+    let predict = |device| {
+        let o = run_on(
+            device,
+            &["predict", "--input", tsv.to_str().unwrap(), "--checkpoint"],
+            &best,
+        );
+        stdout(&o.unwrap())
+            .lines()
+            .map(|l| l.parse::<f32>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let (g, c) = (predict("gpu"), predict("cpu"));
+    assert_eq!(g.len(), 2);
+    assert!(
+        g.iter().zip(&c).all(|(&g, &c)| close(g, c)),
+        "predict: gpu {g:?} cpu {c:?}"
+    );
+
+    // rank selects on the device; the probabilities at each rank agree with the CPU's.
+    let rank = |device| {
+        let args = [
+            "rank",
+            "--user-history",
+            "item_3@1600000000 item_25@1600000100",
+            "--candidates",
+            "all",
+            "--k",
+            "7",
+            "--checkpoint",
+        ];
+        let o = run_on(device, &args, &best).unwrap();
+        stdout(&o)
+            .lines()
+            .map(|l| l.split('\t').nth(2).unwrap().parse::<f32>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let (g, c) = (rank("gpu"), rank("cpu"));
+    assert_eq!(g.len(), 7);
+    assert!(
+        g.iter().zip(&c).all(|(&g, &c)| close(g, c)),
+        "rank: gpu {g:?} cpu {c:?}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -27,6 +27,7 @@ pub struct Interaction {
 /// One categorical field of the other-feature table.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Field {
+    /// The field's name (a user-file column, `user_id`, `hour` or `weekday`).
     pub name: String,
     /// Number of rows this field owns in `emb.other.weight`.
     pub size: usize,
@@ -54,9 +55,11 @@ pub struct Vocab {
 }
 
 impl Vocab {
+    /// Rows of the item table (index 0 included).
     pub fn n_items(&self) -> usize {
         self.item_ids.len()
     }
+    /// Rows of the category table (index 0 included).
     pub fn n_cats(&self) -> usize {
         self.cat_names.len()
     }
@@ -114,6 +117,7 @@ impl Vocab {
 /// feature tokens (local indices per user-file field).
 #[derive(Clone, Debug, Default)]
 pub struct InteractionLog {
+    /// Every interaction, in file order.
     pub interactions: Vec<Interaction>,
     /// `true` for click logs: every interaction is a positive and negatives are sampled.
     pub implicit: bool,
@@ -133,19 +137,28 @@ pub struct Samples {
     pub seq_len: usize,
     /// Other-feature fields `F`.
     pub fields: usize,
-    pub hist_item: Vec<u32>,   // (n, L), right-aligned, 0 = padding
-    pub hist_cat: Vec<u32>,    // (n, L)
-    pub hist_pos: Vec<u32>,    // (n, L), 0 in padded slots
-    pub target_item: Vec<u32>, // (n)
-    pub target_cat: Vec<u32>,  // (n)
-    pub other: Vec<u32>,       // (n, F), global rows of emb.other.weight
-    pub label: Vec<f32>,       // (n)
-    pub user: Vec<u32>,        // (n), dense user index, for GAUC
+    /// (n, L), right-aligned, 0 = padding
+    pub hist_item: Vec<u32>,
+    /// (n, L)
+    pub hist_cat: Vec<u32>,
+    /// (n, L), 0 in padded slots
+    pub hist_pos: Vec<u32>,
+    /// (n)
+    pub target_item: Vec<u32>,
+    /// (n)
+    pub target_cat: Vec<u32>,
+    /// (n, F), global rows of emb.other.weight
+    pub other: Vec<u32>,
+    /// (n)
+    pub label: Vec<f32>,
+    /// (n), dense user index, for GAUC
+    pub user: Vec<u32>,
     /// True click probability, when known (synthetic data): gives the oracle AUC.
     pub true_prob: Option<Vec<f32>>, // (n)
 }
 
 impl Samples {
+    /// No samples, of history length `seq_len` and `fields` other-feature fields.
     pub fn new(seq_len: usize, fields: usize) -> Samples {
         Samples {
             seq_len,
@@ -153,9 +166,11 @@ impl Samples {
             ..Default::default()
         }
     }
+    /// Number of samples.
     pub fn len(&self) -> usize {
         self.label.len()
     }
+    /// No samples.
     pub fn is_empty(&self) -> bool {
         self.label.is_empty()
     }
@@ -195,24 +210,40 @@ impl Samples {
 /// Train, validation and test samples with their vocabularies.
 #[derive(Clone, Debug, Default)]
 pub struct Dataset {
+    /// The data's name, for run folders (`synthetic`, `ml-100k`, ...).
     pub name: String,
+    /// The vocabularies.
     pub vocab: Vocab,
+    /// Training samples.
     pub train: Samples,
+    /// Validation samples (model selection).
     pub valid: Samples,
+    /// Test samples (the reported metrics).
     pub test: Samples,
 }
 
 /// A data error that says which file and line, and what is wrong there.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
+    /// A whole file is wrong (missing, unreadable, a missing column).
     #[error("{path}: {msg}")]
-    File { path: PathBuf, msg: String },
-    #[error("{path}:{line}: {msg}")]
-    Line {
+    File {
+        /// The file.
         path: PathBuf,
-        line: usize,
+        /// What is wrong and what to change.
         msg: String,
     },
+    /// One line is wrong.
+    #[error("{path}:{line}: {msg}")]
+    Line {
+        /// The file.
+        path: PathBuf,
+        /// The line, 1-based.
+        line: usize,
+        /// What is wrong and what to change.
+        msg: String,
+    },
+    /// Anything else (a bad data spec, too little data).
     #[error("{0}")]
     Other(String),
 }

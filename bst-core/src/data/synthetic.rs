@@ -20,17 +20,22 @@ use crate::rng::Rng;
 /// The shape of the synthetic world.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SyntheticSpec {
+    /// Number of users.
     pub users: usize,
+    /// Number of item categories.
     pub categories: usize,
+    /// Items in each category.
     pub items_per_category: usize,
     /// Mean interactions per user (at least 8 each).
     pub mean_events: usize,
     /// History window the complement pull looks back over (the model's `L`).
     pub lookback: usize,
+    /// Seed of the world and its events.
     pub seed: u64,
 }
 
 impl SyntheticSpec {
+    /// The default world of `users` users, for a model with history length `lookback`.
     pub fn new(users: usize, lookback: usize, seed: u64) -> SyntheticSpec {
         SyntheticSpec {
             users,

@@ -21,7 +21,7 @@ pub(super) struct Arenas {
 
 /// Element offsets of one batch's ids in the ids buffer, fixed for the largest batch.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct IdsAt {
+pub(crate) struct IdsAt {
     pub hist_item: u32,   // (B, L)
     pub hist_cat: u32,    // (B, L)
     pub hist_pos: u32,    // (B, L)

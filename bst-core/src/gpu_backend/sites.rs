@@ -16,6 +16,7 @@ use bst_kernels::gpu::layernorm::{
     LayerNormBinding, LayerNormBuffers, LayerNormDims, LayerNormGradBuffers,
 };
 use bst_kernels::gpu::loss::{LossBinding, LossBuffers, LossDims};
+use bst_kernels::gpu::mask::{MaskBinding, MaskBuffers, MaskDims};
 use bst_kernels::gpu::matmul::{
     Activation, MatmulBinding, MatmulBuffers, MatmulDims, MatmulGradBuffers,
 };
@@ -59,6 +60,8 @@ pub(super) struct MlpSite {
 
 /// Every call site, bound once.
 pub(super) struct Sites {
+    /// valid (B, T) from the batch's history ids.
+    pub mask: MaskBinding,
     pub embedding: EmbeddingBinding,
     pub blocks: Vec<BlockSites>,
     pub pooling: PoolingBinding,
@@ -98,6 +101,17 @@ impl Sites {
         };
         let ids = |off: u32| TensorRef::new(&inputs.ids, off);
         let at = inputs.ids_at;
+        let mask = k.mask.bind(
+            ctx,
+            &MaskBuffers {
+                valid: all(&inputs.valid),
+                hist_item: ids(at.hist_item),
+            },
+            MaskDims {
+                rows: cap as u32,
+                seq_len: dm.l as u32,
+            },
+        )?;
         let embedding = k.emb.bind(
             ctx,
             &EmbeddingBuffers {
@@ -261,6 +275,7 @@ impl Sites {
             .optim
             .bind(ctx, all(&arenas.params), all(&arenas.grads), rule, n)?;
         Ok(Sites {
+            mask,
             embedding,
             blocks,
             pooling,
@@ -275,6 +290,7 @@ impl Sites {
     /// Sets every binding to batches of `b` samples of `t` tokens.
     pub fn set_rows(&mut self, ctx: &GpuContext, b: usize, t: usize) {
         let (b32, n) = (b as u32, (b * t) as u32);
+        self.mask.set_rows(ctx, b32);
         self.embedding.set_rows(ctx, b32);
         for blk in &mut self.blocks {
             blk.qkv.set_rows(ctx, n);

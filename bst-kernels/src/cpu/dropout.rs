@@ -23,7 +23,9 @@ pub fn hash_u32(mut x: u32) -> u32 {
 pub struct DropoutKey {
     /// Drop probability `p` in [0, 1). With `p = 0` every element is kept (eval mode).
     pub p: f32,
+    /// The run's seed.
     pub seed: u64,
+    /// The update count: each step draws new masks.
     pub step: u32,
     /// Which dropout site: `2 * block + {0: attention output, 1: FFN output}`.
     pub site: u32,

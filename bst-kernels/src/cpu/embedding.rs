@@ -9,11 +9,16 @@ use rayon::prelude::*;
 /// Ids of one batch (row-major, `B` samples).
 #[derive(Clone, Copy, Debug)]
 pub struct TokenIds<'a> {
-    pub hist_item: &'a [u32],   // (B, L)
-    pub hist_cat: &'a [u32],    // (B, L)
-    pub hist_pos: &'a [u32],    // (B, L)
-    pub target_item: &'a [u32], // (B)
-    pub target_cat: &'a [u32],  // (B)
+    /// (B, L) history item rows, 0 = padding.
+    pub hist_item: &'a [u32],
+    /// (B, L) history category rows.
+    pub hist_cat: &'a [u32],
+    /// (B, L) history position buckets.
+    pub hist_pos: &'a [u32],
+    /// (B) target item rows.
+    pub target_item: &'a [u32],
+    /// (B) target category rows.
+    pub target_cat: &'a [u32],
 }
 
 impl TokenIds<'_> {

@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+/// LayerNorm's epsilon (PyTorch's default).
 pub const LN_EPS: f32 = 1e-5;
 
 /// out (N, C) = (inp - mean) * rstd * weight + bias;  mean (N), rstd (N) saved

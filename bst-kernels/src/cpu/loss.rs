@@ -19,6 +19,7 @@ pub fn bce_backward(dlogits: &mut [f32], logits: &[f32], labels: &[f32]) {
     }
 }
 
+/// The logistic function, computed without overflow for any `z`.
 #[inline]
 pub fn sigmoid(z: f32) -> f32 {
     if z >= 0.0 {

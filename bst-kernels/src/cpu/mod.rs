@@ -8,9 +8,11 @@ pub mod dropout;
 pub mod embedding;
 pub mod layernorm;
 pub mod loss;
+pub mod mask;
 pub mod matmul;
 pub mod optim;
 pub mod pooling;
+pub mod topk;
 
 #[cfg(test)]
 pub(crate) mod gradcheck;

@@ -3,11 +3,16 @@
 
 use rayon::prelude::*;
 
+/// Adam's hyper-parameters (PyTorch's names and defaults).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamHyper {
+    /// Learning rate.
     pub lr: f32,
+    /// Decay of the first moment.
     pub beta1: f32,
+    /// Decay of the second moment.
     pub beta2: f32,
+    /// Added to the root of the second moment.
     pub eps: f32,
 }
 

@@ -16,6 +16,7 @@ pub enum PoolMode {
 }
 
 impl PoolMode {
+    /// Columns of the pooled vector for `t_n` tokens of width `d`.
     pub fn width(self, t_n: usize, d: usize) -> usize {
         match self {
             PoolMode::Target => d,
@@ -25,7 +26,7 @@ impl PoolMode {
     }
 }
 
-/// out[b, off .. off + width] = pool(x[b]);  x (B, T, d), valid (B, T), out (B, row)
+/// `out[b, off .. off + width] = pool(x[b])`;  x (B, T, d), valid (B, T), out (B, row)
 pub fn pooling_forward(
     out: &mut [f32],
     x: &[f32],

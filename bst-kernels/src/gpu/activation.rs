@@ -34,7 +34,9 @@ const WG: u32 = 256;
 /// buffers hold; smaller batches are set later with [`ActivationBinding::set_rows`].
 #[derive(Clone, Copy, Debug)]
 pub struct ActivationDims {
+    /// Rows the buffers hold (a smaller batch: `set_rows`).
     pub rows: u32,
+    /// Elements per row.
     pub width: u32,
     /// Slope for `x <= 0`.
     pub alpha: f32,
@@ -106,6 +108,7 @@ pub struct ActivationKernels {
 }
 
 impl ActivationKernels {
+    /// Compiles the shader and creates its pipelines.
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
         ctx.checked("creating the activation kernels", || {
             let layout = ctx.bind_group_layout(

@@ -54,11 +54,13 @@ pub const MAX_BACKWARD_T: u32 = 64;
 /// hold; smaller batches are set later with [`AttentionBinding::set_rows`].
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionDims {
+    /// Samples the buffers hold (a smaller batch: `set_rows`).
     pub batch: u32,
     /// Tokens per sample (history and target).
     pub t: u32,
     /// Model width; each head has `d / heads` columns.
     pub d: u32,
+    /// Attention heads (must divide `d`).
     pub heads: u32,
 }
 
@@ -132,6 +134,7 @@ pub struct AttentionKernels {
 }
 
 impl AttentionKernels {
+    /// Compiles the shader and creates its pipelines.
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
         ctx.checked("creating the attention kernels", || {
             let layout = ctx.bind_group_layout(

@@ -17,12 +17,14 @@ pub const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
 /// Kernels bind the whole buffer and receive `offset` through their uniform.
 #[derive(Clone, Copy, Debug)]
 pub struct TensorRef<'a> {
+    /// The whole buffer (kernels bind it entire).
     pub buffer: &'a wgpu::Buffer,
     /// Index of the first element (of 4 bytes) in `buffer`.
     pub offset: u32,
 }
 
 impl<'a> TensorRef<'a> {
+    /// The tensor at element `offset` of `buffer`.
     pub fn new(buffer: &'a wgpu::Buffer, offset: u32) -> Self {
         Self { buffer, offset }
     }

@@ -99,6 +99,9 @@ pub struct GpuContext {
     pub adapter_info: wgpu::AdapterInfo,
     /// The limits the device was created with (exactly what kernels may use).
     pub limits: wgpu::Limits,
+    /// The optional features the device was created with (none unless asked for with
+    /// [`GpuContext::with_optional_features`]).
+    pub features: wgpu::Features,
     /// First uncaptured wgpu error or device loss since the last [`GpuContext::check`].
     errors: Arc<Mutex<Option<String>>>,
 }
@@ -112,8 +115,20 @@ impl std::fmt::Debug for GpuContext {
 }
 
 impl GpuContext {
-    /// Chooses an adapter (see the module doc) and creates the device.
+    /// Chooses an adapter (see the module doc) and creates the device, with no optional
+    /// features.
     pub fn new(opts: &GpuOptions) -> Result<GpuContext, GpuError> {
+        Self::with_optional_features(opts, wgpu::Features::empty())
+    }
+
+    /// As [`GpuContext::new`], and requests those of the `optional` features that the
+    /// chosen adapter has (the choice itself does not depend on them; see
+    /// [`GpuContext::features`] for what was granted). The benchmarks ask for
+    /// `TIMESTAMP_QUERY` to time kernels on the device.
+    pub fn with_optional_features(
+        opts: &GpuOptions,
+        optional: wgpu::Features,
+    ) -> Result<GpuContext, GpuError> {
         let backends = backends_from_env()?.unwrap_or(opts.backends);
         let wanted = std::env::var("WGPU_ADAPTER_NAME")
             .ok()
@@ -176,7 +191,7 @@ impl GpuContext {
         };
         let desc = wgpu::DeviceDescriptor {
             label: Some("bst"),
-            required_features: wgpu::Features::empty(),
+            required_features: optional & adapter.features(),
             required_limits,
             ..Default::default()
         };
@@ -213,6 +228,7 @@ impl GpuContext {
         });
         let limits = device.limits();
         GpuContext {
+            features: device.features(),
             device,
             queue,
             adapter_info,
@@ -229,6 +245,12 @@ impl GpuContext {
     /// A CPU/software adapter (lavapipe, llvmpipe, SwiftShader, WARP): correct but slow.
     pub fn is_software(&self) -> bool {
         is_software_adapter(&self.adapter_info)
+    }
+
+    /// The device can write timestamps at the start and end of a compute pass
+    /// (`TIMESTAMP_QUERY`, requested with [`GpuContext::with_optional_features`]).
+    pub fn has_timestamps(&self) -> bool {
+        self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
     /// Returns (and clears) the first wgpu error or device loss since the last check.

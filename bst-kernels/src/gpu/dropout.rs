@@ -59,7 +59,9 @@ const WG: u32 = 256;
 /// buffers hold; smaller batches are set later with [`DropoutBinding::set_rows`].
 #[derive(Clone, Copy, Debug)]
 pub struct DropoutDims {
+    /// Rows the buffers hold (a smaller batch: `set_rows`).
     pub rows: u32,
+    /// Elements per row.
     pub width: u32,
 }
 
@@ -143,6 +145,7 @@ pub struct DropoutKernels {
 }
 
 impl DropoutKernels {
+    /// Compiles the shader and creates its pipelines.
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
         ctx.checked("creating the dropout kernels", || {
             let layout = ctx.bind_group_layout(

@@ -89,11 +89,15 @@ pub struct EmbeddingDims {
     pub rows: u32,
     /// L, history slots per sample; T = L + 1 tokens with the target.
     pub seq_len: u32,
+    /// Width of the item embedding.
     pub d_item: u32,
+    /// Width of the category embedding.
     pub d_cat: u32,
+    /// Width of the position embedding.
     pub d_pos: u32,
     /// F, other-feature fields per sample.
     pub fields: u32,
+    /// Width of each other-feature embedding.
     pub d_other: u32,
     /// Row width of z, the MLP input.
     pub z_width: u32,
@@ -101,8 +105,11 @@ pub struct EmbeddingDims {
     pub z_off: u32,
     /// Rows of each table (vocabulary sizes; `n_pos` position buckets).
     pub n_item: u32,
+    /// Rows of the category table.
     pub n_cat: u32,
+    /// Rows of the position table.
     pub n_pos: u32,
+    /// Rows of the stacked other-feature table.
     pub n_other: u32,
 }
 
@@ -532,6 +539,7 @@ pub struct EmbeddingKernels {
 }
 
 impl EmbeddingKernels {
+    /// Compiles the shader and creates its pipelines.
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
         let max = ctx.limits.max_compute_workgroups_per_dimension;
         Self::with_grid_limit(ctx, max)

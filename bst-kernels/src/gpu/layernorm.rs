@@ -49,7 +49,9 @@ pub const CHUNK_ROWS: u32 = 256;
 /// buffers hold; smaller batches are set later with [`LayerNormBinding::set_rows`].
 #[derive(Clone, Copy, Debug)]
 pub struct LayerNormDims {
+    /// Rows the buffers hold (a smaller batch: `set_rows`).
     pub rows: u32,
+    /// Channels per row (the normalised width).
     pub c: u32,
 }
 
@@ -141,6 +143,7 @@ pub struct LayerNormKernels {
 }
 
 impl LayerNormKernels {
+    /// Compiles the shader and creates its pipelines.
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
         ctx.checked("creating the layernorm kernels", || {
             let layout = ctx.bind_group_layout(

@@ -39,6 +39,7 @@ const WG: u32 = 256;
 /// set later with [`LossBinding::set_rows`].
 #[derive(Clone, Copy, Debug)]
 pub struct LossDims {
+    /// Rows the buffers hold (a smaller batch: `set_rows`).
     pub rows: u32,
     /// `false`: `mean` = this batch's mean loss. `true`: `mean +=` it, so that one read
     /// every N steps gives the sum of N batch means; the host zeroes it after reading
@@ -106,6 +107,7 @@ pub struct LossKernels {
 }
 
 impl LossKernels {
+    /// Compiles the shader and creates its pipelines.
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
         ctx.checked("creating the loss kernels", || {
             let layout = ctx.bind_group_layout(

@@ -54,9 +54,11 @@ const DBIAS: usize = 3;
 /// Epilogue applied to `inp W^T + b` in the forward pass.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Activation {
+    /// No epilogue.
     None,
     /// `x > 0 ? x : alpha * x`, as [`crate::cpu::activation::leaky_relu_forward`].
     LeakyRelu {
+        /// Slope for negative inputs.
         alpha: f32,
     },
 }
@@ -65,9 +67,13 @@ pub enum Activation {
 /// batches are set later with [`MatmulBinding::set_rows`].
 #[derive(Clone, Copy, Debug)]
 pub struct MatmulDims {
+    /// Rows the buffers hold (a smaller batch: `set_rows`).
     pub rows: u32,
+    /// Input features.
     pub n_in: u32,
+    /// Output features.
     pub n_out: u32,
+    /// The epilogue after the bias.
     pub act: Activation,
 }
 
@@ -156,6 +162,7 @@ pub struct MatmulKernels {
 }
 
 impl MatmulKernels {
+    /// Compiles the shader and creates its pipelines.
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
         ctx.checked("creating the matmul kernels", || {
             let layout = ctx.bind_group_layout(

@@ -44,9 +44,11 @@ pub mod dropout;
 pub mod embedding;
 pub mod layernorm;
 pub mod loss;
+pub mod mask;
 pub mod matmul;
 pub mod optim;
 pub mod pooling;
+pub mod topk;
 
 pub use buffer::{STORAGE_USAGE, TensorRef};
 pub use context::{GpuContext, GpuError, GpuOptions};

@@ -61,14 +61,20 @@ pub(crate) fn dispatch_flat(pass: &mut wgpu::ComputePass, n: u32, wg: u32, max_p
 pub enum UpdateRule<'a> {
     /// As [`crate::cpu::optim::adam_update`]; set the step with [`OptimBinding::set_step`].
     Adam {
+        /// Learning rate, betas and epsilon.
         hp: AdamHyper,
+        /// (n) first moment.
         m: TensorRef<'a>,
+        /// (n) second moment.
         v: TensorRef<'a>,
     },
     /// As [`crate::cpu::optim::adagrad_update`].
     Adagrad {
+        /// Learning rate.
         lr: f32,
+        /// Added to the root of the sum.
         eps: f32,
+        /// (n) sum of squared gradients.
         sum: TensorRef<'a>,
     },
 }
@@ -122,6 +128,7 @@ impl FillBinding {
         self.params.n
     }
 
+    /// No elements to fill.
     pub fn is_empty(&self) -> bool {
         self.params.n == 0
     }
@@ -155,6 +162,7 @@ pub struct OptimKernels {
 }
 
 impl OptimKernels {
+    /// Compiles the shader and creates its pipelines.
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
         ctx.checked("creating the optimiser kernels", || {
             let layout = ctx.bind_group_layout(

@@ -41,11 +41,17 @@ const WG: u32 = 256;
 /// (`mode.width(t, d)` columns) goes to columns `off..off + width` of rows `row` wide.
 #[derive(Clone, Copy, Debug)]
 pub struct PoolingDims {
+    /// Samples the buffers hold (a smaller batch: `set_rows`).
     pub rows: u32,
+    /// Tokens per sample (T).
     pub t: u32,
+    /// Token width (d).
     pub d: u32,
+    /// Row width of `out` (the MLP input).
     pub row: u32,
+    /// First column of `out` the pooled vector fills.
     pub off: u32,
+    /// Target, mean or flatten.
     pub mode: PoolMode,
 }
 
@@ -113,6 +119,7 @@ pub struct PoolingKernels {
 }
 
 impl PoolingKernels {
+    /// Compiles the shader and creates its pipelines.
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
         ctx.checked("creating the pooling kernels", || {
             let layout = ctx.bind_group_layout(
@@ -234,7 +241,7 @@ impl PoolingKernels {
         })
     }
 
-    /// out[b, off..off + width] = pool(x[b]), as [`crate::cpu::pooling::pooling_forward`].
+    /// `out[b, off..off + width] = pool(x[b])`, as [`crate::cpu::pooling::pooling_forward`].
     pub fn forward(&self, pass: &mut wgpu::ComputePass, b: &PoolingBinding) {
         let n = b.params.b * b.params.width;
         pass.set_pipeline(&self.forward);

@@ -1,0 +1,170 @@
+"""BST in PyTorch: the model of spec section 2, with the parameter names of section 3.
+
+A `bst` checkpoint loads into it with `load_state_dict` (see `load_bst_checkpoint`), and
+`bench_torch.py` times it against `bst-train bench`. Needs `torch` (and `safetensors`
+to load a checkpoint).
+
+    cfg   = {"seq_len": 20, "d_item": 32, ..., "mlp": [1024, 512, 256]}   # bst.config
+    vocab = {"items": 241, "cats": 13, "other": 6042, "field_sizes": [...]} # or bst.vocab
+    model = BST(cfg, vocab)
+    logit = model(hist_item, hist_cat, hist_pos, target_item, target_cat, other)
+
+Batch tensors (int64, B samples): hist_item, hist_cat, hist_pos (B, L), right-aligned with
+0 in padded slots; target_item, target_cat (B); other (B, F), rows of the stacked
+other-feature table. A token is valid when its item is not 0; the target always is.
+"""
+
+import json
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+DEFAULT_CONFIG = {
+    "seq_len": 20,
+    "d_item": 32,
+    "d_cat": 16,
+    "d_pos": 16,
+    "pos_buckets": 64,
+    "heads": 8,
+    "d_ff": 256,
+    "blocks": 1,
+    "d_other": 16,
+    "mlp": [1024, 512, 256],
+    "pooling": "target",
+    "dropout": 0.2,
+    "leaky_alpha": 0.01,
+}
+
+
+def vocab_sizes(vocab):
+    """(items, cats, other rows, fields) from `bst-train bench`'s config.vocab, or from a
+    checkpoint's bst.vocab metadata (item_ids, cat_names, fields)."""
+    if "item_ids" in vocab:
+        sizes = [f["size"] for f in vocab["fields"]]
+        return len(vocab["item_ids"]), len(vocab["cat_names"]), sum(sizes), len(sizes)
+    sizes = vocab["field_sizes"]
+    return vocab["items"], vocab["cats"], vocab["other"], len(sizes)
+
+
+class Block(nn.Module):
+    """Post-LayerNorm transformer block: attention, then the FFN, each added to its input
+    through dropout and normalised."""
+
+    def __init__(self, d, heads, d_ff, dropout, alpha):
+        super().__init__()
+        self.heads = heads
+        self.alpha = alpha
+        self.qkv = nn.Linear(d, 3 * d)  # rows 0..d Q, d..2d K, 2d..3d V
+        self.out = nn.Linear(d, d)
+        self.ln1 = nn.LayerNorm(d, eps=1e-5)
+        self.ffn1 = nn.Linear(d, d_ff)
+        self.ffn2 = nn.Linear(d_ff, d)
+        self.ln2 = nn.LayerNorm(d, eps=1e-5)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, valid):
+        # x (B, T, d); valid (B, T) bool, masks invalid tokens as keys.
+        b, t, d = x.shape
+        h, dh = self.heads, d // self.heads
+        q, k, v = self.qkv(x).split(d, dim=-1)
+        q, k, v = (z.view(b, t, h, dh).transpose(1, 2) for z in (q, k, v))  # (B, h, T, dh)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(dh)  # (B, h, T, T)
+        scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+        att = scores.softmax(dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(b, t, d)
+        x1 = self.ln1(x + self.drop(self.out(y)))
+        f = self.ffn2(F.leaky_relu(self.ffn1(x1), self.alpha))
+        return self.ln2(x1 + self.drop(f))
+
+
+class BST(nn.Module):
+    """Embeddings (item, category, time-gap position), `blocks` transformer blocks,
+    pooling (target, mean or flatten), the other-feature embeddings, and the MLP head
+    with LeakyReLU between its layers. `forward` returns the logit (B,)."""
+
+    def __init__(self, cfg, vocab):
+        super().__init__()
+        c = dict(DEFAULT_CONFIG, **cfg)
+        items, cats, other, fields = vocab_sizes(vocab)
+        d = c["d_item"] + c["d_cat"] + c["d_pos"]
+        t = c["seq_len"] + 1
+        self.cfg, self.d, self.t, self.fields = c, d, t, fields
+        self.alpha = c["leaky_alpha"]
+        # nn.Embedding initialises N(0, 1), nn.Linear U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+        # nn.LayerNorm weight 1 and bias 0: the spec's initialisation.
+        self.emb = nn.ModuleDict(
+            {
+                "item": nn.Embedding(items, c["d_item"]),
+                "cat": nn.Embedding(cats, c["d_cat"]),
+                "pos": nn.Embedding(c["pos_buckets"], c["d_pos"]),
+                "other": nn.Embedding(other, c["d_other"]),
+            }
+        )
+        self.blocks = nn.ModuleList(
+            Block(d, c["heads"], c["d_ff"], c["dropout"], self.alpha)
+            for _ in range(c["blocks"])
+        )
+        pooled = {"target": d, "mean": 2 * d, "flatten": t * d}[c["pooling"]]
+        widths = [pooled + fields * c["d_other"]] + list(c["mlp"]) + [1]
+        self.mlp = nn.ModuleList(
+            nn.Linear(n_in, n_out) for n_in, n_out in zip(widths[:-1], widths[1:])
+        )
+
+    def forward(self, hist_item, hist_cat, hist_pos, target_item, target_cat, other):
+        b = hist_item.shape[0]
+        zero = torch.zeros_like(target_item)
+        items = torch.cat([hist_item, target_item[:, None]], dim=1)  # (B, T), target last
+        cats = torch.cat([hist_cat, target_cat[:, None]], dim=1)
+        pos = torch.cat([hist_pos, zero[:, None]], dim=1)  # the target's bucket is 0
+        x = torch.cat(
+            [self.emb["item"](items), self.emb["cat"](cats), self.emb["pos"](pos)], dim=-1
+        )  # (B, T, d)
+        valid = items != 0
+        valid[:, -1] = True
+        for block in self.blocks:
+            x = block(x, valid)
+        x = x * valid[..., None]  # zero invalid tokens before pooling
+        pooling = self.cfg["pooling"]
+        if pooling == "target":
+            pooled = x[:, -1]
+        elif pooling == "mean":
+            n = valid[:, :-1].sum(dim=1, keepdim=True).clamp(min=1)
+            pooled = torch.cat([x[:, -1], x[:, :-1].sum(dim=1) / n], dim=-1)
+        else:  # flatten
+            pooled = x.reshape(b, -1)
+        z = torch.cat([pooled, self.emb["other"](other).reshape(b, -1)], dim=-1)
+        for layer in self.mlp[:-1]:
+            z = F.leaky_relu(layer(z), self.alpha)
+        return self.mlp[-1](z).squeeze(-1)
+
+    def loss(self, logit, label):
+        """Mean binary cross-entropy, from the logit (the stable form)."""
+        return F.binary_cross_entropy_with_logits(logit, label)
+
+
+def make_optimizer(model, optimizer="adam", lr=None):
+    """Adam (lr 1e-3, betas 0.9/0.999, eps 1e-8) or Adagrad (lr 0.01, eps 1e-10), as the
+    spec's defaults."""
+    if optimizer == "adagrad":
+        return torch.optim.Adagrad(model.parameters(), lr=lr or 1e-2, eps=1e-10)
+    return torch.optim.Adam(model.parameters(), lr=lr or 1e-3, betas=(0.9, 0.999), eps=1e-8)
+
+
+def load_bst_checkpoint(path):
+    """A BST with the parameters of a bst checkpoint (best.safetensors or
+    checkpoint.safetensors), and the checkpoint's config and vocabulary."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata()
+    cfg = json.loads(meta["bst.config"])
+    vocab = json.loads(meta["bst.vocab"])
+    model = BST(cfg, vocab)
+    state = load_file(path)
+    model.load_state_dict(
+        {k: v for k, v in state.items() if not k.startswith(("optim.", "best."))}
+    )
+    return model, cfg, vocab

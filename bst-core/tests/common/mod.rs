@@ -1,0 +1,148 @@
+//! Shared by the scorer and example tests: one device per test binary, a small model,
+//! seeded samples and a tolerant comparison.
+//!
+//! The device is lavapipe (or any Vulkan adapter, software allowed). When none is found
+//! the tests fail with the reason, unless `BST_SKIP_GPU_TESTS=1`, which turns each test
+//! into a printed note.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::sync::{Arc, OnceLock};
+
+use bst_core::config::{Config, ModelConfig, Pooling};
+use bst_core::data::Samples;
+use bst_core::params::VocabSizes;
+use bst_core::rng::Rng;
+use bst_core::scorer::{GpuContext, GpuOptions, wgpu};
+
+static GPU: OnceLock<Result<Arc<GpuContext>, String>> = OnceLock::new();
+
+/// The shared device, or `None` (after printing a note) when GPU tests are skipped.
+pub fn gpu() -> Option<Arc<GpuContext>> {
+    let ctx = GPU.get_or_init(|| {
+        let opts = GpuOptions {
+            // Pinned: with all backends, a GL adapter without the needed limits may win.
+            backends: wgpu::Backends::VULKAN,
+            adapter_name: None,
+            allow_software: true,
+        };
+        let ctx = GpuContext::new(&opts).map_err(|e| e.to_string())?;
+        eprintln!("{}", ctx.limits_report());
+        Ok(Arc::new(ctx))
+    });
+    match ctx {
+        Ok(ctx) => Some(ctx.clone()),
+        Err(e) if skip_gpu_tests() => {
+            eprintln!("note: BST_SKIP_GPU_TESTS=1, skipping a GPU test: {e}");
+            None
+        }
+        Err(e) => panic!("{e}\n(set BST_SKIP_GPU_TESTS=1 to skip the GPU tests)"),
+    }
+}
+
+/// `BST_SKIP_GPU_TESTS=1`.
+pub fn skip_gpu_tests() -> bool {
+    std::env::var("BST_SKIP_GPU_TESTS").is_ok_and(|v| v == "1")
+}
+
+pub const ATOL: f32 = 1e-5;
+pub const RTOL: f32 = 1e-4;
+
+/// Asserts `|gpu - cpu| <= ATOL + RTOL * |cpu|` everywhere; prints the max error, and on
+/// failure the first mismatching values.
+pub fn assert_close(what: &str, gpu: &[f32], cpu: &[f32]) {
+    assert_eq!(gpu.len(), cpu.len(), "{what}: length");
+    let bad: Vec<usize> = (0..cpu.len())
+        .filter(|&i| {
+            let err = (gpu[i] - cpu[i]).abs();
+            err.is_nan() || err > ATOL + RTOL * cpu[i].abs()
+        })
+        .collect();
+    let max_err = (0..cpu.len())
+        .map(|i| (gpu[i] - cpu[i]).abs())
+        .fold(0.0f32, f32::max);
+    println!(
+        "{what}: {} values, max |gpu - cpu| = {max_err:.3e}",
+        cpu.len()
+    );
+    for &i in bad.iter().take(8) {
+        println!("  [{i}] gpu {} cpu {}", gpu[i], cpu[i]);
+    }
+    assert!(
+        bad.is_empty(),
+        "{what}: {} of {} values differ by more than {ATOL:e} + {RTOL:e} * |cpu| (max error \
+         {max_err:.3e})",
+        bad.len(),
+        cpu.len()
+    );
+}
+
+pub const SIZES: VocabSizes = VocabSizes {
+    items: 30,
+    cats: 6,
+    other: 20,
+    fields: 3,
+};
+
+/// A small model: L = 5, d = 8 + 4 + 4, 2 heads, d_ff 16, MLP 32-16; batches of 7
+/// (training) and 9 (evaluation).
+pub fn small_config(blocks: usize, pooling: Pooling) -> Config {
+    let mut cfg = Config {
+        model: ModelConfig {
+            seq_len: 5,
+            d_item: 8,
+            d_cat: 4,
+            d_pos: 4,
+            pos_buckets: 8,
+            heads: 2,
+            d_ff: 16,
+            blocks,
+            d_other: 4,
+            mlp: vec![32, 16],
+            pooling,
+            ..ModelConfig::default()
+        },
+        ..Config::default()
+    };
+    cfg.train.batch = 7;
+    cfg.train.eval_batch = 9;
+    cfg.validate().expect("a valid config");
+    cfg
+}
+
+/// `n` random samples of `SIZES`: every fifth has an all-padding history, every fifth
+/// (offset 1) a full one, the rest are partly padded (right-aligned, as the loaders
+/// build them).
+pub fn random_samples(n: usize, cfg: &ModelConfig, seed: u64) -> Samples {
+    let (l, f) = (cfg.seq_len, SIZES.fields);
+    let mut rng = Rng::new(seed);
+    let mut s = Samples::new(l, f);
+    let id = |rng: &mut Rng, below: usize| 1 + rng.below(below as u64 - 1) as u32;
+    for i in 0..n {
+        let hist = match i % 5 {
+            0 => 0,
+            1 => l,
+            _ => 1 + rng.below(l as u64 - 1) as usize,
+        };
+        for slot in 0..l {
+            let real = slot >= l - hist;
+            s.hist_item
+                .push(if real { id(&mut rng, SIZES.items) } else { 0 });
+            s.hist_cat
+                .push(if real { id(&mut rng, SIZES.cats) } else { 0 });
+            s.hist_pos.push(if real {
+                id(&mut rng, cfg.pos_buckets)
+            } else {
+                0
+            });
+        }
+        s.target_item.push(id(&mut rng, SIZES.items));
+        s.target_cat.push(id(&mut rng, SIZES.cats));
+        for _ in 0..f {
+            s.other.push(rng.below(SIZES.other as u64) as u32);
+        }
+        s.label.push((rng.uniform() < 0.4) as u32 as f32);
+        s.user.push((i % 4) as u32);
+    }
+    s
+}

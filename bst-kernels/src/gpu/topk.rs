@@ -1,0 +1,357 @@
+//! Top-k selection on the GPU: launcher for `shaders/topk.wgsl`.
+//! CPU reference: [`crate::cpu::topk`], which the kernel matches exactly.
+//!
+//! The `k` best of `n` f32 scores as `(index u32, score f32)` pairs, best first: a higher
+//! score first, equal scores by lower index, NaN last. Only `2 * min(k, n)` words need to
+//! come back to the host.
+//!
+//! Passes: each workgroup reduces 2048 scores (or pairs) to its best `K` (`k` rounded up
+//! to a power of two), in workgroup memory with fixed compare-exchange networks; passes
+//! chain until one workgroup is left, which writes the answer. `n = 1e6` takes 10 passes
+//! for `k = 1000`, 3 for `k = 10`, all recorded into one compute pass.
+//!
+//! Limits: `k <= MAX_K` (1024), `n <= MAX_N` (2^31), the scores' buffer within the
+//! device's `max_storage_buffer_binding_size`, and the first pass's scratch
+//! (`8 * K * ceil(n / 2048)` bytes, 4 MB for `n = 1e6, k = 1000`) too.
+//!
+//! ```text
+//! let topk = TopKKernels::new(&ctx)?;                                  // once
+//! let mut b = topk.bind(&ctx, &TopKBuffers { out, scores }, dims)?;    // once per buffer set
+//! b.set_len(&ctx, n);                                                  // when n changes
+//! topk.record(&mut pass, &b);                                          // after the scores
+//! let best = read_pairs(&ctx, out, b.pairs())?;                        // (index, score)
+//! ```
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{GpuContext, GpuError, Slot, TensorRef};
+
+/// Largest `k` the kernel selects (a workgroup keeps `K` of 2048 pairs, `K <= 1024`).
+pub const MAX_K: u32 = 1024;
+/// Largest `n` (indices stay below 2^31, far from the padding index `u32::MAX`).
+pub const MAX_N: u32 = 1 << 31;
+/// Pairs one workgroup sorts (`CHUNK` in the shader): 16 KiB of workgroup memory.
+const CHUNK: u32 = 2048;
+/// Each pass's uniform sits at this stride in one buffer (a multiple of every device's
+/// `min_uniform_buffer_offset_alignment`, which WebGPU caps at 256).
+const UNIFORM_STRIDE: u64 = 256;
+
+/// One pass's uniform, field for field `Params` in `shaders/topk.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+struct TopKParams {
+    n: u32,
+    k: u32,
+    run: u32,
+    first: u32,
+    last: u32,
+    groups: u32,
+    scores_off: u32,
+    out_off: u32,
+}
+
+/// Sizes of one call site. `n` is the largest number of scores the binding selects from;
+/// fewer are set later with [`TopKBinding::set_len`].
+#[derive(Clone, Copy, Debug)]
+pub struct TopKDims {
+    /// Scores (at most [`MAX_N`]).
+    pub n: u32,
+    /// Pairs to select (at most [`MAX_K`]); `min(k, n)` are written.
+    pub k: u32,
+}
+
+/// The tensors of the selection. `out` must not overlap `scores`.
+#[derive(Clone, Copy, Debug)]
+pub struct TopKBuffers<'a> {
+    /// (min(k, n), 2) u32: `(index, score bits)` pairs, best first (overwritten). Read
+    /// with [`read_pairs`].
+    pub out: TensorRef<'a>,
+    /// (n) f32.
+    pub scores: TensorRef<'a>,
+}
+
+/// Uniforms, scratch and bind groups of one call site, made by [`TopKKernels::bind`].
+#[derive(Debug)]
+pub struct TopKBinding {
+    n: u32,
+    max_n: u32,
+    k: u32,
+    /// `K`: `k` rounded up to a power of two.
+    run: u32,
+    scores_off: u32,
+    out_off: u32,
+    /// The current `n`'s passes (at most `groups.len()`).
+    passes: Vec<TopKParams>,
+    uniform: wgpu::Buffer,
+    /// One per pass of the largest `n`: pass `p` reads scratch `(p - 1) % 2` and writes
+    /// scratch `p % 2`.
+    groups: Vec<wgpu::BindGroup>,
+    _scratch: [wgpu::Buffer; 2],
+}
+
+impl TopKBinding {
+    /// Scores the next selection reads.
+    pub fn len(&self) -> u32 {
+        self.n
+    }
+
+    /// No scores: [`TopKKernels::record`] records nothing.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// The `k` of the binding.
+    pub fn k(&self) -> u32 {
+        self.k
+    }
+
+    /// Pairs the next selection writes to `out`: `min(k, n)`.
+    pub fn pairs(&self) -> usize {
+        self.k.min(self.n) as usize
+    }
+
+    /// Selects from the first `n` scores (at most the bound `n`) from the next submit on.
+    /// A `queue.write_buffer`: every dispatch of this binding in that submit sees the last
+    /// value set. Panics if `n` exceeds the bound maximum.
+    pub fn set_len(&mut self, ctx: &GpuContext, n: u32) {
+        assert!(
+            n <= self.max_n,
+            "topk set_len({n}): the binding was made for at most {} scores",
+            self.max_n
+        );
+        self.n = n;
+        self.passes = plan(n, self.k, self.run, self.scores_off, self.out_off);
+        ctx.queue
+            .write_buffer(&self.uniform, 0, &uniform_bytes(&self.passes));
+    }
+}
+
+/// The pipeline of `shaders/topk.wgsl`, created once.
+#[derive(Debug)]
+pub struct TopKKernels {
+    layout: wgpu::BindGroupLayout,
+    pass: wgpu::ComputePipeline,
+    /// Bound where a pass reads no pairs.
+    dummy: wgpu::Buffer,
+    max_groups: u32,
+}
+
+impl TopKKernels {
+    /// Compiles the shader and creates its pipeline.
+    pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
+        ctx.checked("creating the top-k kernel", || {
+            let layout = ctx.bind_group_layout(
+                "topk",
+                &[
+                    Slot::Uniform, // params
+                    Slot::Storage, // scores
+                    Slot::Storage, // src
+                    Slot::Storage, // dst
+                    Slot::Storage, // out
+                ],
+            );
+            let module = ctx.shader_module("topk.wgsl", include_str!("../../../shaders/topk.wgsl"));
+            Self {
+                pass: ctx.compute_pipeline(&module, "topk_pass", Some(&layout)),
+                dummy: ctx.storage_buffer_zeroed("topk dummy", 4),
+                max_groups: ctx.limits.max_compute_workgroups_per_dimension,
+                layout,
+            }
+        })
+    }
+
+    /// Caps the workgroups per grid row (at least 1), so that tests reach the grid's
+    /// second row with small data.
+    pub fn with_max_workgroups_per_dim(mut self, max: u32) -> Self {
+        self.max_groups = max.clamp(1, self.max_groups);
+        self
+    }
+
+    /// Allocates the scratch and creates the uniforms and bind groups for selecting `k` of
+    /// up to `n` scores, after checking the limits and that both tensors lie inside their
+    /// buffers.
+    pub fn bind(
+        &self,
+        ctx: &GpuContext,
+        bufs: &TopKBuffers,
+        dims: TopKDims,
+    ) -> Result<TopKBinding, GpuError> {
+        let TopKDims { n, k } = dims;
+        if k > MAX_K {
+            return Err(GpuError::Binding(format!(
+                "top-k: k = {k} is more than the kernel's {MAX_K}; select on the host \
+                 (bst_kernels::cpu::topk) or in rounds"
+            )));
+        }
+        if n > MAX_N {
+            return Err(GpuError::Binding(format!(
+                "top-k: n = {n} scores is more than the kernel's {MAX_N}; split the scores"
+            )));
+        }
+        bufs.scores.check(ctx, "top-k scores (n)", u64::from(n))?;
+        bufs.out
+            .check(ctx, "top-k out (min(k, n), 2)", 2 * u64::from(k.min(n)))?;
+        let run = k.max(1).next_power_of_two();
+        let (scores_off, out_off) = (bufs.scores.offset, bufs.out.offset);
+        let passes = plan(n, k, run, scores_off, out_off);
+
+        // Pass p writes scratch p % 2; the first two passes write the most.
+        let limit = ctx
+            .limits
+            .max_storage_buffer_binding_size
+            .min(ctx.limits.max_buffer_size);
+        let mut scratch = Vec::new();
+        for (p, name) in ["top-k scratch 0", "top-k scratch 1"]
+            .into_iter()
+            .enumerate()
+        {
+            let pairs = passes
+                .get(p)
+                .filter(|pass| pass.last == 0)
+                .map_or(0, |pass| u64::from(pass.groups) * u64::from(run));
+            if 8 * pairs > limit {
+                return Err(GpuError::Binding(format!(
+                    "{name}: {} bytes for n = {n}, k = {k}, more than the device's \
+                     max_storage_buffer_binding_size ({limit} bytes); split the scores",
+                    8 * pairs
+                )));
+            }
+            scratch.push(ctx.storage_buffer_zeroed(name, 2 * pairs as usize));
+        }
+        let scratch: [wgpu::Buffer; 2] = scratch.try_into().expect("two scratch buffers");
+
+        let uniform = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("topk params"),
+            size: UNIFORM_STRIDE * passes.len() as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        ctx.queue.write_buffer(&uniform, 0, &uniform_bytes(&passes));
+        let groups = (0..passes.len())
+            .map(|p| {
+                let params = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &uniform,
+                    offset: p as u64 * UNIFORM_STRIDE,
+                    size: wgpu::BufferSize::new(std::mem::size_of::<TopKParams>() as u64),
+                });
+                let src = if p == 0 {
+                    &self.dummy
+                } else {
+                    &scratch[(p - 1) % 2]
+                };
+                ctx.bind_group(
+                    "topk",
+                    &self.layout,
+                    &[
+                        params,
+                        bufs.scores.buffer.as_entire_binding(),
+                        src.as_entire_binding(),
+                        scratch[p % 2].as_entire_binding(),
+                        bufs.out.buffer.as_entire_binding(),
+                    ],
+                )
+            })
+            .collect();
+        Ok(TopKBinding {
+            n,
+            max_n: n,
+            k,
+            run,
+            scores_off,
+            out_off,
+            passes,
+            uniform,
+            groups,
+            _scratch: scratch,
+        })
+    }
+
+    /// out = the best `min(k, n)` `(index, score)` pairs of `scores (n)`, best first, as
+    /// [`crate::cpu::topk::top_k`]. Nothing when `k = 0` or `n = 0`.
+    pub fn record(&self, pass: &mut wgpu::ComputePass, b: &TopKBinding) {
+        if b.pairs() == 0 {
+            return;
+        }
+        pass.set_pipeline(&self.pass);
+        for (params, group) in b.passes.iter().zip(&b.groups) {
+            pass.set_bind_group(0, group, &[]);
+            let x = params.groups.min(self.max_groups);
+            pass.dispatch_workgroups(x, params.groups.div_ceil(x), 1);
+        }
+    }
+}
+
+/// Reads `pairs` `(index, score)` pairs back from `out` (blocking): tests and answers.
+pub fn read_pairs(
+    ctx: &GpuContext,
+    out: TensorRef,
+    pairs: usize,
+) -> Result<Vec<(u32, f32)>, GpuError> {
+    let words = ctx.read_u32(out.buffer, out.offset, 2 * pairs)?;
+    Ok(words
+        .chunks_exact(2)
+        .map(|w| (w[0], f32::from_bits(w[1])))
+        .collect())
+}
+
+/// The passes for `n` scores: the first reads the scores, each keeps `run` pairs of every
+/// `CHUNK`, and the last is the first with one workgroup.
+fn plan(n: u32, k: u32, run: u32, scores_off: u32, out_off: u32) -> Vec<TopKParams> {
+    let mut passes = Vec::new();
+    let mut m = n;
+    loop {
+        let groups = m.div_ceil(CHUNK).max(1);
+        let last = groups == 1;
+        passes.push(TopKParams {
+            n: m,
+            k: k.min(n),
+            run,
+            first: passes.is_empty().into(),
+            last: last.into(),
+            groups,
+            scores_off,
+            out_off,
+        });
+        if last {
+            return passes;
+        }
+        m = groups * run;
+    }
+}
+
+fn uniform_bytes(passes: &[TopKParams]) -> Vec<u8> {
+    let mut bytes = vec![0u8; UNIFORM_STRIDE as usize * passes.len()];
+    for (i, p) in passes.iter().enumerate() {
+        let at = i * UNIFORM_STRIDE as usize;
+        let src = bytemuck::bytes_of(p);
+        bytes[at..at + src.len()].copy_from_slice(src);
+    }
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passes_shrink_to_one_workgroup() {
+        let counts = |n, k: u32| plan(n, k, k.max(1).next_power_of_two(), 0, 0).len();
+        assert_eq!(counts(0, 5), 1);
+        assert_eq!(counts(1, 1), 1);
+        assert_eq!(counts(2048, 1000), 1);
+        assert_eq!(counts(2049, 1000), 2);
+        assert_eq!(counts(1_000_000, 10), 3);
+        assert_eq!(counts(1_000_000, 1000), 10);
+        let p = plan(5000, 3, 4, 7, 9);
+        assert_eq!(
+            p.iter()
+                .map(|p| (p.n, p.groups, p.first, p.last))
+                .collect::<Vec<_>>(),
+            [(5000, 3, 1, 0), (12, 1, 0, 1)]
+        );
+        assert!(
+            p.iter()
+                .all(|p| p.k == 3 && p.scores_off == 7 && p.out_off == 9)
+        );
+    }
+}

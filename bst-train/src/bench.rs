@@ -1,0 +1,542 @@
+//! `bst-train bench`: how fast this machine trains and scores BST, as ONE JSON object on
+//! standard output (notes go to standard error). The README's "Benchmarks" section
+//! describes every field; `benches/compare.sh` sets it beside the PyTorch reference.
+//!
+//! What is measured, in order:
+//! - `train`: `--steps` training steps of `--batch` samples after `--warmup` untimed ones,
+//!   batches gathered from the shuffled training samples as in training, the loss read
+//!   every `Backend::loss_read_interval` steps as in training (10 on a GPU), and once at
+//!   the end, which waits for the device.
+//! - `inference`: `Backend::predict` of the eval batch (`--eval-batch`, default
+//!   `train.eval_batch`), probabilities read back, repeated.
+//! - `scoring`: `Backend::predict` of `--candidates` items (1,000) for one user, the
+//!   readback included; median and p99 (nearest rank) of the runs.
+//! - `memory` (GPU): the bytes of the GPU backend's buffers, by the accounting of
+//!   [`bst_benches::gpu_backend_memory`] (computed from the model's dims and the batch:
+//!   the backend does not report its allocations), and what wgpu's allocator gained
+//!   across the backend's creation where the adapter reports it (a cross-check).
+//! - `kernels`: every kernel family of `bst_kernels::workload` in isolation at the batch's
+//!   shapes: on a GPU with `TIMESTAMP_QUERY`, one compute pass per call with timestamps at
+//!   its start and end (median of the calls); without it, calls recorded into one pass
+//!   and timed by the host; on the CPU, the reference ops timed by the host (median).
+//!
+//! Runs and kernel calls repeat up to `--runs` / `--kernel-reps` times but stop after
+//! about `--max-seconds` per measurement (at least [`MIN_RUNS`]), so a run on a slow
+//! software adapter finishes in about a minute.
+
+use crate::cli::RunArgs;
+use crate::run::load_data;
+use anyhow::{Context, bail};
+use bst_benches::{
+    DeviceMemory, allocator_bytes, gpu_backend_memory, kernel_shapes, scoring_batch,
+};
+use bst_core::backend::{Backend, CpuBackend};
+use bst_core::batch::Batch;
+use bst_core::config::{Config, ModelConfig, Optimizer};
+use bst_core::data::Dataset;
+use bst_core::gpu_backend::GpuBackend;
+use bst_core::model::Model;
+use bst_core::train::epoch_order;
+use bst_kernels::gpu::{GpuContext, GpuOptions, wgpu};
+use bst_kernels::workload::{Case, CpuWorkloads, GpuWorkloads};
+use clap::Args;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Version of the JSON layout; raised when a field changes meaning.
+const SCHEMA: u32 = 1;
+/// Fewest runs of a repeated measurement, whatever the time limit.
+pub const MIN_RUNS: usize = 3;
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// The model, data, batch, seed and device, as for `train` (--resume, --out and
+    /// --epochs do not apply).
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Training steps timed, after the warm-up.
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// Untimed training steps first.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    /// Runs of the inference and of the scoring measurement (fewer when --max-seconds
+    /// runs out, at least 3).
+    #[arg(long, default_value_t = 100)]
+    pub runs: usize,
+    /// Candidate items scored for one user.
+    #[arg(long, default_value_t = bst_benches::SCORING_CANDIDATES)]
+    pub candidates: usize,
+    /// Samples per inference batch; default: the config's train.eval_batch.
+    #[arg(long = "eval-batch")]
+    pub eval_batch: Option<usize>,
+    /// Timed calls per kernel (fewer when --max-seconds runs out, at least 3).
+    #[arg(long = "kernel-reps", default_value_t = 20)]
+    pub kernel_reps: usize,
+    /// Seconds after which a repeated measurement stops repeating (the kernels share
+    /// this budget).
+    #[arg(long = "max-seconds", default_value_t = 5.0)]
+    pub max_seconds: f64,
+    /// Leave out the per-kernel timings.
+    #[arg(long = "no-kernels")]
+    pub no_kernels: bool,
+}
+
+/// The device the benchmark runs on.
+enum Device {
+    Cpu,
+    Gpu(Arc<GpuContext>),
+}
+
+pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    let r = &args.run;
+    if r.resume.is_some() || r.out.is_some() || r.epochs.is_some() {
+        bail!(
+            "bench trains for --steps steps and writes no run folder: leave out --resume, --out and --epochs"
+        );
+    }
+    if args.steps == 0 || args.candidates == 0 || args.runs == 0 {
+        bail!("--steps, --candidates and --runs must be at least 1");
+    }
+    let mut cfg = r.config()?;
+    let eval_batch = args.eval_batch.unwrap_or(cfg.train.eval_batch).max(1);
+    // The backend's buffers hold the largest of the three batches.
+    cfg.train.eval_batch = eval_batch.max(args.candidates);
+    let src = r.source()?;
+    let ds = load_data(&src, &cfg, true)?;
+    if ds.train.is_empty() {
+        bail!("{src} has no training samples to benchmark with");
+    }
+    let device = choose_device(r.device)?;
+    let sizes = ds.vocab.sizes();
+    let mut allocated = None;
+    let mut backend: Box<dyn Backend> = match &device {
+        Device::Cpu => Box::new(CpuBackend::new(&cfg, sizes)),
+        Device::Gpu(ctx) => {
+            let before = allocator_bytes(ctx);
+            let backend = GpuBackend::init(ctx.clone(), &cfg, sizes)?;
+            allocated = allocator_bytes(ctx)
+                .zip(before)
+                .map(|(a, b)| a.saturating_sub(b));
+            Box::new(backend)
+        }
+    };
+    eprintln!("bench: {} on {}", src, backend.describe());
+
+    let train = bench_train(backend.as_mut(), &ds, &cfg, args)?;
+    let inference = bench_inference(backend.as_mut(), &ds, eval_batch, args);
+    let scoring = bench_scoring(backend.as_mut(), &ds, args);
+    let model = backend.model().clone();
+    drop(backend);
+    let cap = cfg.train.batch.max(cfg.train.eval_batch);
+    let memory = gpu_backend_memory(&model, cap, cfg.train.optimizer == Optimizer::Adam);
+    let (adapter, memory, kernels) = match &device {
+        Device::Cpu => (
+            Adapter::Cpu("cpu"),
+            None,
+            bench_cpu_kernels(&model, &cfg, args),
+        ),
+        Device::Gpu(ctx) => (
+            Adapter::Gpu(adapter(ctx)),
+            Some(Memory {
+                peak_device_bytes: memory.total,
+                method: "the sum of the sizes of the GPU backend's storage buffers, computed \
+                         from the model's dims and the batch (bst_benches::gpu_backend_memory); \
+                         uniforms and transient readback buffers left out",
+                buffers_hold_samples: cap,
+                breakdown: memory,
+                allocator_bytes: allocated,
+            }),
+            bench_gpu_kernels(ctx, &model, &cfg, args)?,
+        ),
+    };
+    let v = &ds.vocab;
+    let report = Report {
+        schema: SCHEMA,
+        adapter,
+        config: ReportConfig {
+            model: cfg.model.clone(),
+            batch: cfg.train.batch,
+            eval_batch,
+            optimizer: cfg.train.optimizer,
+            lr: cfg.train.lr(),
+            seed: cfg.train.seed,
+            data: src.to_string(),
+            vocab: VocabReport {
+                items: v.n_items(),
+                cats: v.n_cats(),
+                pos_buckets: cfg.model.pos_buckets,
+                other: v.n_other(),
+                field_sizes: v.fields.iter().map(|f| f.size).collect(),
+            },
+            params: model.layout.total,
+        },
+        train,
+        inference,
+        scoring,
+        memory,
+        kernels,
+    };
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+/// The JSON object `bst-train bench` prints (README: "Benchmarks").
+#[derive(Serialize)]
+struct Report {
+    schema: u32,
+    adapter: Adapter,
+    config: ReportConfig,
+    train: Train,
+    inference: Inference,
+    scoring: Scoring,
+    /// `null` on the CPU.
+    memory: Option<Memory>,
+    /// `null` with --no-kernels.
+    kernels: Option<Kernels>,
+}
+
+/// `"cpu"`, or the GPU adapter.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Adapter {
+    Cpu(&'static str),
+    Gpu(GpuAdapter),
+}
+
+#[derive(Serialize)]
+struct GpuAdapter {
+    name: String,
+    backend: String,
+    device_type: String,
+    driver: String,
+    software: bool,
+    timestamp_query: bool,
+}
+
+/// What the PyTorch bench needs to build the same model on the same vocabularies.
+#[derive(Serialize)]
+struct ReportConfig {
+    model: ModelConfig,
+    batch: usize,
+    eval_batch: usize,
+    optimizer: Optimizer,
+    lr: f32,
+    seed: u64,
+    data: String,
+    vocab: VocabReport,
+    params: usize,
+}
+
+#[derive(Serialize)]
+struct VocabReport {
+    items: usize,
+    cats: usize,
+    pos_buckets: usize,
+    /// Rows of the stacked other-feature table: the sum of `field_sizes`.
+    other: usize,
+    field_sizes: Vec<usize>,
+}
+
+#[derive(Serialize)]
+struct Train {
+    samples_per_sec: f64,
+    batch: usize,
+    steps: usize,
+    warmup_steps: usize,
+    seconds: f64,
+    loss_read_every: usize,
+    mean_loss: f64,
+}
+
+#[derive(Serialize)]
+struct Inference {
+    samples_per_sec: f64,
+    batch: usize,
+    runs: usize,
+    seconds: f64,
+}
+
+#[derive(Serialize)]
+struct Scoring {
+    candidates: usize,
+    runs: usize,
+    median_ms: f64,
+    p99_ms: f64,
+    min_ms: f64,
+    mean_ms: f64,
+    includes_readback: bool,
+}
+
+#[derive(Serialize)]
+struct Memory {
+    peak_device_bytes: u64,
+    method: &'static str,
+    buffers_hold_samples: usize,
+    breakdown: DeviceMemory,
+    /// What wgpu's allocator gained across `GpuBackend::init` (uniforms and padding
+    /// included), where the backend reports it: a cross-check of `peak_device_bytes`.
+    allocator_bytes: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Kernels {
+    timer: &'static str,
+    timestamps: bool,
+    batch: usize,
+    results: Vec<KernelTime>,
+}
+
+#[derive(Serialize)]
+struct KernelTime {
+    name: String,
+    ms: f64,
+    gflop_per_s: f64,
+    gb_per_s: f64,
+    flop: f64,
+    bytes: f64,
+    calls: usize,
+}
+
+/// `--device`: the CPU, or a GPU context with timestamps where the adapter has them.
+/// `auto` takes a hardware GPU only, as `train` does.
+fn choose_device(device: crate::device::Device) -> anyhow::Result<Device> {
+    use crate::device::Device as D;
+    let context = |allow_software| {
+        let opts = GpuOptions {
+            allow_software,
+            ..Default::default()
+        };
+        GpuContext::with_optional_features(&opts, wgpu::Features::TIMESTAMP_QUERY)
+    };
+    Ok(match device {
+        D::Cpu => Device::Cpu,
+        D::Gpu => Device::Gpu(Arc::new(context(false)?)),
+        D::Auto => match context(true) {
+            Ok(ctx) if !ctx.is_software() => Device::Gpu(Arc::new(ctx)),
+            Ok(ctx) => {
+                eprintln!(
+                    "note: only a software GPU adapter ({}); benchmarking the CPU (--device gpu forces it)",
+                    ctx.describe()
+                );
+                Device::Cpu
+            }
+            Err(_) => {
+                eprintln!(
+                    "note: no GPU adapter found; benchmarking the CPU (--device gpu says why)"
+                );
+                Device::Cpu
+            }
+        },
+    })
+}
+
+fn adapter(ctx: &GpuContext) -> GpuAdapter {
+    let i = &ctx.adapter_info;
+    GpuAdapter {
+        name: i.name.clone(),
+        backend: format!("{:?}", i.backend),
+        device_type: format!("{:?}", i.device_type),
+        driver: format!("{} {}", i.driver, i.driver_info).trim().to_string(),
+        software: ctx.is_software(),
+        timestamp_query: ctx.has_timestamps(),
+    }
+}
+
+/// Training samples per second over `--steps` steps after `--warmup`.
+fn bench_train(
+    backend: &mut dyn Backend,
+    ds: &Dataset,
+    cfg: &Config,
+    args: &BenchArgs,
+) -> anyhow::Result<Train> {
+    let b = cfg.train.batch;
+    let order = epoch_order(ds.train.len(), cfg.train.seed, 1);
+    let mut batch = Batch::default();
+    let mut idx = Vec::with_capacity(b);
+    let mut next = 0;
+    let mut step = |backend: &mut dyn Backend| {
+        // Full batches, wrapping around the shuffled samples.
+        idx.clear();
+        idx.extend((0..b).map(|j| order[(next + j) % order.len()]));
+        next = (next + b) % order.len();
+        batch.gather(&ds.train, &idx);
+        backend.train_step(&batch);
+    };
+    for _ in 0..args.warmup {
+        step(backend);
+    }
+    backend.take_loss(); // waits for the warm-up
+    let every = backend.loss_read_interval().max(1);
+    let (mut loss_sum, mut loss_steps) = (0.0, 0);
+    let start = Instant::now();
+    for s in 1..=args.steps {
+        step(backend);
+        if s % every == 0 || s == args.steps {
+            let (sum, k) = backend.take_loss();
+            loss_sum += sum;
+            loss_steps += k;
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let loss = loss_sum / loss_steps.max(1) as f64;
+    if !loss.is_finite() {
+        bail!("the training loss is {loss} after the benchmark's steps");
+    }
+    Ok(Train {
+        samples_per_sec: (args.steps * b) as f64 / seconds,
+        batch: b,
+        steps: args.steps,
+        warmup_steps: args.warmup,
+        seconds,
+        loss_read_every: every,
+        mean_loss: loss,
+    })
+}
+
+/// Runs `f` once untimed, then up to `runs` times (at least [`MIN_RUNS`]) until
+/// `max_seconds` have passed; returns each timed run's seconds.
+fn repeat(runs: usize, max_seconds: f64, mut f: impl FnMut()) -> Vec<f64> {
+    f();
+    let start = Instant::now();
+    let mut times = Vec::new();
+    while times.len() < runs.max(1)
+        && (times.len() < MIN_RUNS || start.elapsed().as_secs_f64() < max_seconds)
+    {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times
+}
+
+/// Inference samples per second: predictions of the eval batch, read back.
+fn bench_inference(
+    backend: &mut dyn Backend,
+    ds: &Dataset,
+    eval_batch: usize,
+    args: &BenchArgs,
+) -> Inference {
+    let n = ds.train.len();
+    let idx: Vec<usize> = (0..eval_batch).map(|i| i % n).collect();
+    let mut batch = Batch::default();
+    batch.gather(&ds.train, &idx);
+    let mut probs = vec![0.0; eval_batch];
+    let times = repeat(args.runs, args.max_seconds, || {
+        backend.predict(&batch, &mut probs)
+    });
+    let seconds: f64 = times.iter().sum();
+    Inference {
+        samples_per_sec: (eval_batch * times.len()) as f64 / seconds,
+        batch: eval_batch,
+        runs: times.len(),
+        seconds,
+    }
+}
+
+/// Latency of scoring `--candidates` items for one user, the readback included.
+fn bench_scoring(backend: &mut dyn Backend, ds: &Dataset, args: &BenchArgs) -> Scoring {
+    let batch = scoring_batch(&ds.train, &ds.vocab, args.candidates);
+    let mut probs = vec![0.0; args.candidates];
+    let mut ms: Vec<f64> = repeat(args.runs, args.max_seconds, || {
+        backend.predict(&batch, &mut probs)
+    })
+    .into_iter()
+    .map(|s| 1e3 * s)
+    .collect();
+    ms.sort_by(f64::total_cmp);
+    // Nearest rank: the smallest time at least p% of the runs do not exceed.
+    let rank = |p: f64| ms[((p * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
+    Scoring {
+        candidates: args.candidates,
+        runs: ms.len(),
+        median_ms: rank(0.5),
+        p99_ms: rank(0.99),
+        min_ms: ms[0],
+        mean_ms: ms.iter().sum::<f64>() / ms.len() as f64,
+        includes_readback: true,
+    }
+}
+
+/// Milliseconds per call, GFLOP/s and GB/s of one case (see `bst_kernels::workload`).
+fn kernel_time(case: &Case, seconds: f64, calls: usize) -> KernelTime {
+    KernelTime {
+        name: case.name.clone(),
+        ms: 1e3 * seconds,
+        gflop_per_s: case.flop / seconds / 1e9,
+        gb_per_s: case.bytes / seconds / 1e9,
+        flop: case.flop,
+        bytes: case.bytes,
+        calls,
+    }
+}
+
+/// Calls per case within the kernels' share of `--max-seconds`, given one call's time.
+fn kernel_calls(args: &BenchArgs, cases: usize, one_call: f64) -> usize {
+    let budget = args.max_seconds / cases.max(1) as f64;
+    let fit = (budget / one_call.max(1e-9)) as usize;
+    fit.clamp(MIN_RUNS, args.kernel_reps.max(MIN_RUNS))
+}
+
+fn bench_gpu_kernels(
+    ctx: &GpuContext,
+    model: &Model,
+    cfg: &Config,
+    args: &BenchArgs,
+) -> anyhow::Result<Option<Kernels>> {
+    if args.no_kernels {
+        return Ok(None);
+    }
+    let w = GpuWorkloads::new(ctx, &kernel_shapes(model, cfg.train.batch))
+        .context("binding the kernel workloads")?;
+    let mut results = Vec::new();
+    for (i, case) in w.cases().iter().enumerate() {
+        // One call in its own submit: a warm-up, and the time that sizes the repetitions.
+        let one = w.time_batched(ctx, i, 1)?.as_secs_f64();
+        let calls = kernel_calls(args, w.cases().len(), one);
+        let t = w.time(ctx, i, calls as u32)?;
+        results.push(kernel_time(case, t.seconds, calls));
+    }
+    let timer = if ctx.has_timestamps() {
+        "gpu_timestamps: one compute pass per call with timestamp_writes at its start and end; median of the calls"
+    } else {
+        "gpu_host_batched: the calls recorded into one compute pass, submit and wait timed by the host, divided by the calls"
+    };
+    Ok(Some(Kernels {
+        timer,
+        timestamps: ctx.has_timestamps(),
+        batch: cfg.train.batch,
+        results,
+    }))
+}
+
+fn bench_cpu_kernels(model: &Model, cfg: &Config, args: &BenchArgs) -> Option<Kernels> {
+    if args.no_kernels {
+        return None;
+    }
+    let mut w = CpuWorkloads::new(&kernel_shapes(model, cfg.train.batch));
+    let cases = w.cases().to_vec();
+    let mut results = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let t = Instant::now();
+        w.run(i);
+        let calls = kernel_calls(args, cases.len(), t.elapsed().as_secs_f64());
+        let mut secs: Vec<f64> = (0..calls)
+            .map(|_| {
+                let t = Instant::now();
+                w.run(i);
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        secs.sort_by(f64::total_cmp);
+        let median = secs[secs.len() / 2].max(1e-9);
+        results.push(kernel_time(case, median, calls));
+    }
+    Some(Kernels {
+        timer: "cpu_host: the CPU reference op timed by the host; median of the calls",
+        timestamps: false,
+        batch: cfg.train.batch,
+        results,
+    })
+}
