@@ -50,6 +50,13 @@ const SCHEMA: u32 = 1;
 pub const MIN_RUNS: usize = 3;
 
 #[derive(Args, Debug, Clone)]
+// `train`'s flags that do not apply here stay out of the help (and are refused).
+#[command(
+    mut_arg("resume", |a| a.hide(true)),
+    mut_arg("out", |a| a.hide(true)),
+    mut_arg("epochs", |a| a.hide(true)),
+    mut_arg("quiet", |a| a.hide(true))
+)]
 pub struct BenchArgs {
     /// The model, data, batch, seed and device, as for `train` (--resume, --out and
     /// --epochs do not apply).
