@@ -14,8 +14,8 @@ use bst_kernels::cpu::activation;
 use bst_kernels::gpu::activation::{
     ActivationBuffers, ActivationDims, ActivationGradBuffers, ActivationKernels,
 };
-use bst_kernels::gpu::{GpuContext, TensorRef, wgpu};
-use common::{gpu, random_vec, run};
+use bst_kernels::gpu::{GpuContext, TensorRef};
+use common::{at, gpu, random_vec, run};
 
 /// Appends `pad` sentinels (100 + noise) then `values` to `data`; returns the range of
 /// `values`.
@@ -24,10 +24,6 @@ fn push(data: &mut Vec<f32>, pad: usize, values: &[f32]) -> Range<usize> {
     let start = data.len();
     data.extend_from_slice(values);
     start..data.len()
-}
-
-fn at<'a>(buffer: &'a wgpu::Buffer, r: &Range<usize>) -> TensorRef<'a> {
-    TensorRef::new(buffer, r.start as u32)
 }
 
 fn assert_bits_eq(what: &str, got: &[f32], want: &[f32]) {

@@ -19,7 +19,7 @@ use bst_kernels::gpu::embedding::{
     build_segments,
 };
 use bst_kernels::gpu::{GpuContext, TensorRef, wgpu};
-use common::{gpu, random_vec, run};
+use common::{at, gpu, random_vec, run};
 
 /// Marks the u32 words around tensors; as an id it is past every table.
 const SENTINEL: u32 = 0xDEAD_BEEF;
@@ -54,10 +54,6 @@ fn f32_pad(r: &[f32]) -> Vec<f32> {
 
 fn u32_pad(r: &[f32]) -> Vec<u32> {
     vec![SENTINEL; r.len()]
-}
-
-fn at<'a>(buffer: &'a wgpu::Buffer, r: &Range<usize>) -> TensorRef<'a> {
-    TensorRef::new(buffer, r.start as u32)
 }
 
 /// `n` ids below `vocab`, from a fixed seed.

@@ -17,7 +17,7 @@ use bst_kernels::gpu::layernorm::{
     LayerNormBuffers, LayerNormDims, LayerNormGradBuffers, LayerNormKernels,
 };
 use bst_kernels::gpu::{GpuContext, TensorRef, wgpu};
-use common::{assert_close, gpu, random_vec, run};
+use common::{assert_close, assert_untouched, at, gpu, random_vec, run};
 
 const ATOL: f32 = 1e-5;
 const RTOL: f32 = 1e-4;
@@ -29,19 +29,6 @@ fn push(data: &mut Vec<f32>, pad: usize, values: &[f32]) -> Range<usize> {
     let start = data.len();
     data.extend_from_slice(values);
     start..data.len()
-}
-
-fn at<'a>(buffer: &'a wgpu::Buffer, r: &Range<usize>) -> TensorRef<'a> {
-    TensorRef::new(buffer, r.start as u32)
-}
-
-/// Asserts that `got` equals `init` outside the `written` ranges.
-fn assert_untouched(what: &str, got: &[f32], init: &[f32], written: &[&Range<usize>]) {
-    for (i, (g, w)) in got.iter().zip(init).enumerate() {
-        if !written.iter().any(|r| r.contains(&i)) {
-            assert_eq!(g.to_bits(), w.to_bits(), "{what}[{i}] was overwritten");
-        }
-    }
 }
 
 /// Runs forward and backward on `rows` rows of a binding made for `cap` rows, and

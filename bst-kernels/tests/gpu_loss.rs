@@ -18,46 +18,8 @@ use std::ops::Range;
 
 use bst_kernels::cpu::loss::{bce_backward, bce_forward};
 use bst_kernels::gpu::loss::{LossBuffers, LossDims, LossKernels};
-use bst_kernels::gpu::{GpuContext, TensorRef, wgpu};
-use common::{assert_close, gpu, random_vec, run};
-
-/// Host image of a buffer holding several tensors between padding of sentinel values.
-struct Arena {
-    data: Vec<f32>,
-    seed: u64,
-}
-
-impl Arena {
-    fn new(seed: u64) -> Self {
-        Self {
-            data: Vec::new(),
-            seed,
-        }
-    }
-
-    /// Appends `pad` sentinels, then `values`; returns the range of `values`.
-    fn push(&mut self, pad: usize, values: &[f32]) -> Range<usize> {
-        self.seed += 1;
-        self.data
-            .extend(random_vec(pad, self.seed).iter().map(|v| 100.0 + v));
-        let start = self.data.len();
-        self.data.extend_from_slice(values);
-        start..self.data.len()
-    }
-}
-
-fn at<'a>(buffer: &'a wgpu::Buffer, r: &Range<usize>) -> TensorRef<'a> {
-    TensorRef::new(buffer, r.start as u32)
-}
-
-/// Asserts that `got` equals `init` outside the `written` ranges.
-fn assert_untouched(what: &str, got: &[f32], init: &[f32], written: &[&Range<usize>]) {
-    for (i, (g, w)) in got.iter().zip(init).enumerate() {
-        if !written.iter().any(|r| r.contains(&i)) {
-            assert_eq!(g.to_bits(), w.to_bits(), "{what}[{i}] was overwritten");
-        }
-    }
-}
+use bst_kernels::gpu::{GpuContext, TensorRef};
+use common::{Arena, assert_close, assert_untouched, at, gpu, random_vec, run};
 
 /// Labels 0.0 / 1.0 from a seed.
 fn labels(n: usize, seed: u64) -> Vec<f32> {

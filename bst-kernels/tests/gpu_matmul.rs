@@ -17,48 +17,10 @@ use bst_kernels::gpu::matmul::{
     Activation, MatmulBuffers, MatmulDims, MatmulGradBuffers, MatmulKernels,
 };
 use bst_kernels::gpu::{GpuContext, TensorRef, wgpu};
-use common::{assert_close, gpu, random_vec, run};
+use common::{Arena, assert_close, assert_untouched, at, gpu, random_vec, run};
 
 const ATOL: f32 = 1e-5;
 const RTOL: f32 = 1e-4;
-
-/// Host image of a buffer holding several tensors between padding of sentinel values.
-struct Arena {
-    data: Vec<f32>,
-    seed: u64,
-}
-
-impl Arena {
-    fn new(seed: u64) -> Self {
-        Self {
-            data: Vec::new(),
-            seed,
-        }
-    }
-
-    /// Appends `pad` sentinels, then `values`; returns the range of `values`.
-    fn push(&mut self, pad: usize, values: &[f32]) -> Range<usize> {
-        self.seed += 1;
-        self.data
-            .extend(random_vec(pad, self.seed).iter().map(|v| 100.0 + v));
-        let start = self.data.len();
-        self.data.extend_from_slice(values);
-        start..self.data.len()
-    }
-}
-
-fn at<'a>(buffer: &'a wgpu::Buffer, r: &Range<usize>) -> TensorRef<'a> {
-    TensorRef::new(buffer, r.start as u32)
-}
-
-/// Asserts that `got` equals `init` outside the `written` ranges.
-fn assert_untouched(what: &str, got: &[f32], init: &[f32], written: &[&Range<usize>]) {
-    for (i, (g, w)) in got.iter().zip(init).enumerate() {
-        if !written.iter().any(|r| r.contains(&i)) {
-            assert_eq!(g.to_bits(), w.to_bits(), "{what}[{i}] was overwritten");
-        }
-    }
-}
 
 struct Case {
     rows: usize,

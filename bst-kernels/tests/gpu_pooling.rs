@@ -11,45 +11,14 @@
 
 mod common;
 
-use std::ops::Range;
-
 use bst_kernels::cpu::pooling::{pooling_backward, pooling_forward};
 use bst_kernels::gpu::pooling::{
     PoolMode, PoolingBinding, PoolingBuffers, PoolingDims, PoolingGradBuffers, PoolingKernels,
 };
-use bst_kernels::gpu::{GpuContext, TensorRef, wgpu};
-use common::{assert_close, gpu, random_vec, run};
+use bst_kernels::gpu::{GpuContext, TensorRef};
+use common::{Arena, assert_close, at, gpu, random_vec, run};
 
 const MODES: [PoolMode; 3] = [PoolMode::Target, PoolMode::Mean, PoolMode::Flatten];
-
-/// Host image of a buffer holding several tensors between padding of sentinel values.
-struct Arena {
-    data: Vec<f32>,
-    seed: u64,
-}
-
-impl Arena {
-    fn new(seed: u64) -> Self {
-        Self {
-            data: Vec::new(),
-            seed,
-        }
-    }
-
-    /// Appends `pad` sentinels, then `values`; returns the range of `values`.
-    fn push(&mut self, pad: usize, values: &[f32]) -> Range<usize> {
-        self.seed += 1;
-        self.data
-            .extend(random_vec(pad, self.seed).iter().map(|v| 100.0 + v));
-        let start = self.data.len();
-        self.data.extend_from_slice(values);
-        start..self.data.len()
-    }
-}
-
-fn at<'a>(buffer: &'a wgpu::Buffer, r: &Range<usize>) -> TensorRef<'a> {
-    TensorRef::new(buffer, r.start as u32)
-}
 
 /// Asserts that `got` equals `init` wherever `written(i)` is false.
 fn assert_untouched(what: &str, got: &[f32], init: &[f32], written: impl Fn(usize) -> bool) {

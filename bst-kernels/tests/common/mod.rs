@@ -8,7 +8,9 @@
 
 use std::sync::OnceLock;
 
-use bst_kernels::gpu::{GpuContext, GpuOptions, wgpu};
+use std::ops::Range;
+
+use bst_kernels::gpu::{GpuContext, GpuOptions, TensorRef, wgpu};
 
 static GPU: OnceLock<Result<GpuContext, String>> = OnceLock::new();
 
@@ -97,5 +99,44 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
             bad.len(),
             got.len()
         );
+    }
+}
+
+/// Host image of a buffer holding several tensors between padding of sentinel values.
+pub struct Arena {
+    pub data: Vec<f32>,
+    seed: u64,
+}
+
+impl Arena {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            data: Vec::new(),
+            seed,
+        }
+    }
+
+    /// Appends `pad` sentinels, then `values`; returns the range of `values`.
+    pub fn push(&mut self, pad: usize, values: &[f32]) -> Range<usize> {
+        self.seed += 1;
+        self.data
+            .extend(random_vec(pad, self.seed).iter().map(|v| 100.0 + v));
+        let start = self.data.len();
+        self.data.extend_from_slice(values);
+        start..self.data.len()
+    }
+}
+
+/// The tensor that starts at `r` in `buffer`.
+pub fn at<'a>(buffer: &'a wgpu::Buffer, r: &Range<usize>) -> TensorRef<'a> {
+    TensorRef::new(buffer, r.start as u32)
+}
+
+/// Asserts that `got` equals `init` outside the `written` ranges.
+pub fn assert_untouched(what: &str, got: &[f32], init: &[f32], written: &[&Range<usize>]) {
+    for (i, (g, w)) in got.iter().zip(init).enumerate() {
+        if !written.iter().any(|r| r.contains(&i)) {
+            assert_eq!(g.to_bits(), w.to_bits(), "{what}[{i}] was overwritten");
+        }
     }
 }
