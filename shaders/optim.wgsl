@@ -8,6 +8,14 @@
 //   adagrad_update  sum += g g;  p -= lr g / (sqrt(sum) + eps)
 //   fill            p = value
 // over elements 0 .. n of each tensor; p, m, v (sum) are updated in place, g only read.
+//
+//   adam_rows, adagrad_rows   the same updates, lazily, on the rows of an embedding table
+//       (R, w) that a batch touched: rows[rows_off .. rows_off + U] lists them (the
+//       embedding segments' unique ids), n = U * w, element i is column i % w of row
+//       rows[rows_off + i / w]. Each then sets its gradient to 0: the update consumes
+//       the table's gradient, so the next step's segment sums start from zeros without a
+//       fill over the whole table. Untouched rows are not read or written.
+//
 // Operations in the order of the CPU reference. One invocation per element, on a flat
 // index over a 2D grid of workgroups (the launcher spreads more than 65535 workgroups
 // over y, for arenas of up to ~1G elements).
@@ -27,8 +35,12 @@ struct Params {
     step: f32,
     bc2_sqrt: f32,
     value: f32, // fill
+    w: u32, // *_rows: the table's width
+    rows_off: u32, // *_rows: the first row id in `rows`
+    table_rows: u32, // *_rows: R; a row id >= R is skipped
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -37,6 +49,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> grads: array<f32>;
 @group(0) @binding(3) var<storage, read_write> m: array<f32>;
 @group(0) @binding(4) var<storage, read_write> v: array<f32>;
+@group(0) @binding(5) var<storage, read_write> rows: array<u32>; // *_rows: the row ids
 
 const WG: u32 = 256u;
 
@@ -54,12 +67,66 @@ fn adam_update(
     if (i >= p.n) {
         return;
     }
+    adam_at(i);
+}
+
+// Adam on element i of the bound tensors.
+fn adam_at(i: u32) {
     let g = grads[p.g_off + i];
     let mi = p.beta1 * m[p.m_off + i] + p.one_minus_beta1 * g;
     let vi = p.beta2 * v[p.v_off + i] + p.one_minus_beta2 * g * g;
     m[p.m_off + i] = mi;
     v[p.v_off + i] = vi;
     params[p.p_off + i] -= p.step * mi / (sqrt(vi) / p.bc2_sqrt + p.eps);
+}
+
+// Adagrad on element i of the bound tensors.
+fn adagrad_at(i: u32) {
+    let g = grads[p.g_off + i];
+    let s = m[p.m_off + i] + g * g;
+    m[p.m_off + i] = s;
+    params[p.p_off + i] -= p.lr * g / (sqrt(s) + p.eps);
+}
+
+// The element of the table that invocation i of a *_rows update owns, or 0xffffffff for
+// none (past the n = U * w elements, or a row id past the table).
+fn row_element(i: u32) -> u32 {
+    if (i >= p.n) {
+        return 0xffffffffu;
+    }
+    let row = rows[p.rows_off + i / p.w];
+    if (row >= p.table_rows) {
+        return 0xffffffffu;
+    }
+    return row * p.w + i % p.w;
+}
+
+@compute @workgroup_size(256)
+fn adam_rows(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let e = row_element(flat_index(wg, nwg, lid));
+    if (e == 0xffffffffu) {
+        return;
+    }
+    adam_at(e);
+    grads[p.g_off + e] = 0.0;
+}
+
+@compute @workgroup_size(256)
+fn adagrad_rows(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let e = row_element(flat_index(wg, nwg, lid));
+    if (e == 0xffffffffu) {
+        return;
+    }
+    adagrad_at(e);
+    grads[p.g_off + e] = 0.0;
 }
 
 @compute @workgroup_size(256)
@@ -72,10 +139,7 @@ fn adagrad_update(
     if (i >= p.n) {
         return;
     }
-    let g = grads[p.g_off + i];
-    let s = m[p.m_off + i] + g * g;
-    m[p.m_off + i] = s;
-    params[p.p_off + i] -= p.lr * g / (sqrt(s) + p.eps);
+    adagrad_at(i);
 }
 
 @compute @workgroup_size(256)

@@ -96,6 +96,10 @@ pub struct CpuBackend {
     pub optim: Optimizer,
     /// Seed of the dropout masks.
     pub seed: u64,
+    /// Sparse embedding updates (`train.sparse_embeddings`): the rows of each table
+    /// (item, category, position, other) whose gradients the last backward wrote, which
+    /// the next one zeroes instead of the whole table. `None` for dense updates.
+    dirty_rows: Option<[Vec<u32>; 4]>,
     loss_sum: f64,
     loss_steps: usize,
     acts: Activations,
@@ -122,6 +126,7 @@ impl CpuBackend {
             grads: vec![0.0; n],
             optim: Optimizer::new(&cfg.train, n),
             seed: cfg.train.seed,
+            dirty_rows: cfg.train.sparse_embeddings.then(Default::default),
             loss_sum: 0.0,
             loss_steps: 0,
             params,
@@ -135,13 +140,28 @@ impl CpuBackend {
         }
     }
 
-    /// Loss and gradients of one batch (gradients overwritten), no update.
+    /// Loss and gradients of one batch (gradients overwritten), no update. With sparse
+    /// updates only the dense part and the rows the last batch touched are zeroed first:
+    /// the others are zero already, so the whole arena is the gradient either way.
     pub fn loss_and_grads(&mut self, batch: &Batch, mode: Mode) -> f32 {
         self.ensure_capacity(batch.size);
         if self.scratch_capacity() < batch.size {
             self.scratch = GradScratch::new(&self.model.dims, batch.size);
         }
-        self.grads.fill(0.0);
+        match &mut self.dirty_rows {
+            None => self.grads.fill(0.0),
+            Some(dirty) => {
+                let layout = &self.model.layout;
+                self.grads[layout.dense_range()].fill(0.0);
+                for ((r, w), rows) in layout.embedding_tables().into_iter().zip(dirty.iter()) {
+                    let table = &mut self.grads[r];
+                    for &row in rows {
+                        table[row as usize * w..][..w].fill(0.0);
+                    }
+                }
+                *dirty = batch.touched_rows();
+            }
+        }
         let loss = self
             .model
             .forward(&mut self.acts, &self.params, batch, mode);
@@ -176,7 +196,21 @@ impl Backend for CpuBackend {
             step: self.optim.steps as u32,
         };
         let loss = self.loss_and_grads(batch, mode);
-        self.optim.step(&mut self.params, &self.grads);
+        match &self.dirty_rows {
+            None => self.optim.step(&mut self.params, &self.grads),
+            Some(touched) => {
+                let layout = &self.model.layout;
+                let tables = layout.embedding_tables();
+                let tables: Vec<_> = tables
+                    .into_iter()
+                    .zip(touched)
+                    .map(|((r, w), rows)| (r, w, rows.as_slice()))
+                    .collect();
+                let dense = layout.dense_range();
+                self.optim
+                    .step_sparse(&mut self.params, &self.grads, dense, &tables);
+            }
+        }
         self.loss_sum += loss as f64;
         self.loss_steps += 1;
     }

@@ -80,4 +80,25 @@ impl Batch {
         valid.resize(b * (l + 1), 0);
         valid_mask(valid, &self.hist_item, b, l);
     }
+
+    /// The rows of each embedding table (item, category, position, other) the batch
+    /// reads, ascending and distinct: the rows its backward gives a gradient, and all a
+    /// sparse update touches. The target's position bucket is 0.
+    pub fn touched_rows(&self) -> [Vec<u32>; 4] {
+        let (b, l, f) = (self.size, self.seq_len, self.fields);
+        let distinct = |mut ids: Vec<u32>| {
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        };
+        let with = |hist: &[u32], target: &[u32]| {
+            distinct(hist[..b * l].iter().chain(target).copied().collect())
+        };
+        [
+            with(&self.hist_item, &self.target_item[..b]),
+            with(&self.hist_cat, &self.target_cat[..b]),
+            with(&self.hist_pos, if b > 0 { &[0] } else { &[] }),
+            distinct(self.other[..b * f].to_vec()),
+        ]
+    }
 }

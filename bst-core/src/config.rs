@@ -194,6 +194,11 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Evaluation batch size (no effect on results).
     pub eval_batch: usize,
+    /// Update the embedding tables lazily, only the rows a batch touches (PyTorch's
+    /// `SparseAdam` and sparse Adagrad), so a step's cost does not grow with the
+    /// vocabulary. Adagrad gives the same results as the dense update; Adam's moments of
+    /// rows a batch does not touch do not decay (lazy Adam).
+    pub sparse_embeddings: bool,
 }
 
 impl Default for TrainConfig {
@@ -205,6 +210,7 @@ impl Default for TrainConfig {
             epochs: 3,
             seed: 0,
             eval_batch: 1024,
+            sparse_embeddings: false,
         }
     }
 }

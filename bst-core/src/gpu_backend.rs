@@ -15,7 +15,11 @@
 //! every binding. Then one command encoder: zero the gradients, the valid mask (from the
 //! history ids, on the device), forward, loss (its mean added to a sum on the device),
 //! backward, update; one submit and no readback. [`Backend::take_loss`] reads the sum
-//! every few steps. [`Backend::predict_top_k`] selects on the device
+//! every few steps. With `train.sparse_embeddings` the fill and the update cover only the
+//! blocks and the MLP, and one row-wise update per embedding table walks the rows the
+//! batch touched (the segments' unique ids, already on the device) and zeroes their
+//! gradients after use, so nothing in a step scales with the vocabulary.
+//! [`Backend::predict_top_k`] selects on the device
 //! (`bst_kernels::gpu::topk`) and reads back only the `k` pairs.
 //!
 //! [`crate::scorer::Scorer`] runs the same forward pass on ids an application wrote into
@@ -175,7 +179,9 @@ impl GpuBackend {
         self.steps
     }
 
-    /// A copy of the gradient arena: the gradients of the last training step.
+    /// A copy of the gradient arena: the gradients of the last training step. With
+    /// sparse updates (`train.sparse_embeddings`) the embedding tables read as zeros:
+    /// the row-wise update consumes their gradients.
     pub fn read_grads(&self) -> Vec<f32> {
         self.read_arena(&self.bufs.arenas.grads, "the gradients")
     }
@@ -432,8 +438,15 @@ impl Backend for GpuBackend {
         )
         .unwrap_or_else(|e| panic!("segmenting the batch's embedding ids: {e}"));
         self.sites.embedding.set_segments(&self.ctx, &segs);
+        for (rows, &u) in self.sites.update_rows.iter_mut().zip(&segs.unique_ids()) {
+            rows.set_rows(&self.ctx, u);
+        }
         if self.adam {
-            self.sites.update.set_step(&self.ctx, self.steps + 1);
+            let t = self.steps + 1;
+            self.sites.update.set_step(&self.ctx, t);
+            for rows in &mut self.sites.update_rows {
+                rows.set_step(&self.ctx, t);
+            }
         }
         self.submit("train step", |pass| {
             let (k, s) = (&self.k, &self.sites);
@@ -442,6 +455,9 @@ impl Backend for GpuBackend {
             k.loss.forward(pass, &s.loss);
             self.backward(pass);
             k.optim.update(pass, &s.update);
+            for rows in &s.update_rows {
+                k.optim.update(pass, rows);
+            }
         });
         self.steps += 1;
         self.loss_steps += 1;

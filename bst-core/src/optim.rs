@@ -2,7 +2,10 @@
 //! state in arenas of the same layout as the parameters.
 
 use crate::config::{Optimizer as Kind, TrainConfig};
-use bst_kernels::cpu::optim::{AdamHyper, adagrad_update, adam_update};
+use bst_kernels::cpu::optim::{
+    AdamHyper, adagrad_update, adagrad_update_rows, adam_update, adam_update_rows,
+};
+use std::ops::Range;
 
 /// Adagrad's epsilon (PyTorch's default).
 pub const ADAGRAD_EPS: f32 = 1e-10;
@@ -148,15 +151,53 @@ impl Optimizer {
     /// One update of `params` from `grads` (both of the parameter layout).
     pub fn step(&mut self, params: &mut [f32], grads: &[f32]) {
         self.steps += 1;
+        let all = 0..params.len();
+        self.update_range(params, grads, all);
+    }
+
+    /// One sparse update: the range `dense` whole, and of each embedding table
+    /// `(range, width, rows)` only the listed rows (distinct), lazily
+    /// ([`adam_update_rows`], [`adagrad_update_rows`]).
+    pub fn step_sparse(
+        &mut self,
+        params: &mut [f32],
+        grads: &[f32],
+        dense: Range<usize>,
+        tables: &[(Range<usize>, usize, &[u32])],
+    ) {
+        self.steps += 1;
+        self.update_range(params, grads, dense);
+        let (lr, t) = (self.lr, self.steps);
+        for (r, w, rows) in tables {
+            let (p, g) = (&mut params[r.clone()], &grads[r.clone()]);
+            match &mut self.state {
+                OptimState::Adam { m, v } => {
+                    let hp = AdamHyper {
+                        lr,
+                        ..AdamHyper::default()
+                    };
+                    let (m, v) = (&mut m[r.clone()], &mut v[r.clone()]);
+                    adam_update_rows(p, m, v, g, *w, rows, hp, t);
+                }
+                OptimState::Adagrad { sum } => {
+                    adagrad_update_rows(p, &mut sum[r.clone()], g, *w, rows, lr, ADAGRAD_EPS)
+                }
+            }
+        }
+    }
+
+    /// The update of step `self.steps` over `range` of the arenas.
+    fn update_range(&mut self, params: &mut [f32], grads: &[f32], r: Range<usize>) {
+        let (p, g) = (&mut params[r.clone()], &grads[r.clone()]);
         match &mut self.state {
             OptimState::Adam { m, v } => {
                 let hp = AdamHyper {
                     lr: self.lr,
                     ..AdamHyper::default()
                 };
-                adam_update(params, m, v, grads, hp, self.steps);
+                adam_update(p, &mut m[r.clone()], &mut v[r], g, hp, self.steps);
             }
-            OptimState::Adagrad { sum } => adagrad_update(params, sum, grads, self.lr, ADAGRAD_EPS),
+            OptimState::Adagrad { sum } => adagrad_update(p, &mut sum[r], g, self.lr, ADAGRAD_EPS),
         }
     }
 }

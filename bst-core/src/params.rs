@@ -197,6 +197,22 @@ impl ParamLayout {
         }
     }
 
+    /// The four embedding tables in arena order (item, category, position, other): each
+    /// one's range and row width. They come first in the arena, one after the other.
+    pub fn embedding_tables(&self) -> [(Range<usize>, usize); 4] {
+        std::array::from_fn(|i| {
+            let s = &self.specs[i];
+            debug_assert!(s.name.starts_with("emb."), "{} is not a table", s.name);
+            (s.range(), s.shape[1])
+        })
+    }
+
+    /// Everything after the embedding tables: the transformer blocks and the MLP, which
+    /// every step updates whole.
+    pub fn dense_range(&self) -> Range<usize> {
+        self.index.emb_other.end..self.total
+    }
+
     /// The tensor named `name`.
     pub fn get(&self, name: &str) -> Option<&ParamSpec> {
         self.specs.iter().find(|s| s.name == name)
@@ -264,6 +280,14 @@ mod tests {
             off += s.len();
         }
         assert_eq!(off, l.total);
+        // The tables, then the dense rest, tile the arena.
+        let t = l.embedding_tables();
+        assert_eq!(t[0], (0..100 * 32, 32));
+        assert_eq!(t[3].1, 16);
+        for k in 1..4 {
+            assert_eq!(t[k].0.start, t[k - 1].0.end);
+        }
+        assert_eq!(l.dense_range(), t[3].0.end..l.total);
     }
 
     #[test]

@@ -134,6 +134,10 @@ pub struct RunArgs {
     /// adam or adagrad.
     #[arg(long)]
     pub optimizer: Option<Optimizer>,
+    /// Update the embedding tables lazily, only the rows each batch touches (sparse Adam /
+    /// Adagrad): a step's cost then does not grow with the vocabulary.
+    #[arg(long = "sparse-embeddings")]
+    pub sparse_embeddings: bool,
     /// Transformer blocks (0 gives the WDL baselines).
     #[arg(long)]
     pub blocks: Option<usize>,
@@ -191,6 +195,9 @@ impl RunArgs {
         set!(cfg.data.synthetic_users, self.synthetic_users);
         if self.lr.is_some() {
             t.lr = self.lr;
+        }
+        if self.sparse_embeddings {
+            t.sparse_embeddings = true;
         }
         if let Some(seed) = self.seed {
             t.seed = seed;

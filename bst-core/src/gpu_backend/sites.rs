@@ -11,6 +11,7 @@ use bst_kernels::gpu::attention::{
     AttentionBinding, AttentionBuffers, AttentionDims, AttentionGradBuffers,
 };
 use bst_kernels::gpu::dropout::{DropoutBinding, DropoutBuffers, DropoutDims, DropoutGradBuffers};
+use bst_kernels::gpu::embedding::EmbeddingSegments;
 use bst_kernels::gpu::embedding::{EmbeddingBinding, EmbeddingBuffers, EmbeddingGradBuffers};
 use bst_kernels::gpu::layernorm::{
     LayerNormBinding, LayerNormBuffers, LayerNormDims, LayerNormGradBuffers,
@@ -20,7 +21,7 @@ use bst_kernels::gpu::mask::{MaskBinding, MaskBuffers, MaskDims};
 use bst_kernels::gpu::matmul::{
     Activation, MatmulBinding, MatmulBuffers, MatmulDims, MatmulGradBuffers,
 };
-use bst_kernels::gpu::optim::{AdamHyper, FillBinding, OptimBinding, UpdateRule};
+use bst_kernels::gpu::optim::{AdamHyper, FillBinding, OptimBinding, TableRows, UpdateRule};
 use bst_kernels::gpu::pooling::{PoolingBinding, PoolingBuffers, PoolingDims, PoolingGradBuffers};
 use bst_kernels::gpu::{GpuContext, GpuError, TensorRef, wgpu};
 
@@ -70,8 +71,14 @@ pub(super) struct Sites {
     pub loss: LossBinding,
     /// Evaluation: probabilities only (its mean goes to `eval_loss`).
     pub eval_loss: LossBinding,
+    /// The gradient arena, or with sparse updates its dense range only (the tables'
+    /// gradients are consumed by `update_rows`).
     pub zero_grads: FillBinding,
+    /// The whole arena, or with sparse updates its dense range (blocks and MLP).
     pub update: OptimBinding,
+    /// Sparse updates: the touched rows of each embedding table (item, category,
+    /// position, other), read from the segments' unique ids. Empty for dense updates.
+    pub update_rows: Vec<OptimBinding>,
 }
 
 impl Sites {
@@ -253,27 +260,63 @@ impl Sites {
                 accumulate_mean: false,
             },
         )?;
-        let n = model.layout.total as u32;
-        let zero_grads = k.optim.bind_fill(ctx, all(&arenas.grads), n, 0.0)?;
+        let layout = &model.layout;
+        // Dense updates cover the arena; sparse ones the blocks and MLP, plus each
+        // table's touched rows below.
+        let dense = if train.sparse_embeddings {
+            layout.dense_range()
+        } else {
+            0..layout.total
+        };
+        let start = dense.start as u32;
+        let n = dense.len() as u32;
+        let zero_grads = k
+            .optim
+            .bind_fill(ctx, TensorRef::new(&arenas.grads, start), n, 0.0)?;
         let lr = train.lr();
-        let rule = match &arenas.v {
+        // The rule with its state tensors at element `off` of the state arenas.
+        let rule = |off: usize| match &arenas.v {
             Some(v) => UpdateRule::Adam {
                 hp: AdamHyper {
                     lr,
                     ..AdamHyper::default()
                 },
-                m: all(&arenas.m),
-                v: all(v),
+                m: TensorRef::new(&arenas.m, off as u32),
+                v: TensorRef::new(v, off as u32),
             },
             None => UpdateRule::Adagrad {
                 lr,
                 eps: ADAGRAD_EPS,
-                sum: all(&arenas.m),
+                sum: TensorRef::new(&arenas.m, off as u32),
             },
         };
-        let update = k
-            .optim
-            .bind(ctx, all(&arenas.params), all(&arenas.grads), rule, n)?;
+        let update = k.optim.bind(
+            ctx,
+            TensorRef::new(&arenas.params, start),
+            TensorRef::new(&arenas.grads, start),
+            rule(dense.start),
+            n,
+        )?;
+        let mut update_rows = Vec::new();
+        if train.sparse_embeddings {
+            let unique = EmbeddingSegments::unique_ids_at(&emb_dims)?;
+            for ((r, w), (ids_at, room)) in layout.embedding_tables().into_iter().zip(unique) {
+                let off = r.start as u32;
+                let rows = TableRows {
+                    ids: TensorRef::new(&inputs.segments, ids_at),
+                    max_rows: room,
+                    table_rows: (r.len() / w) as u32,
+                    width: w as u32,
+                };
+                update_rows.push(k.optim.bind_rows(
+                    ctx,
+                    TensorRef::new(&arenas.params, off),
+                    TensorRef::new(&arenas.grads, off),
+                    rule(r.start),
+                    rows,
+                )?);
+            }
+        }
         Ok(Sites {
             mask,
             embedding,
@@ -284,6 +327,7 @@ impl Sites {
             eval_loss,
             zero_grads,
             update,
+            update_rows,
         })
     }
 

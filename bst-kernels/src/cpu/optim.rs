@@ -1,5 +1,8 @@
-//! Optimiser updates over the whole parameter arena, as PyTorch's Adam and Adagrad
-//! (no weight decay, no learning-rate decay).
+//! Optimiser updates, as PyTorch's Adam and Adagrad (no weight decay, no learning-rate
+//! decay): over a whole range of the parameter arena, or lazily over the rows of an
+//! embedding table that a batch touched (`*_rows`, PyTorch's `SparseAdam` and sparse
+//! Adagrad): untouched rows keep their parameters and state as they are, so a step's cost
+//! follows the batch, not the vocabulary.
 
 use rayon::prelude::*;
 
@@ -36,21 +39,72 @@ pub fn adam_update(
     hp: AdamHyper,
     t: u64,
 ) {
-    let bc1 = 1.0 - (hp.beta1 as f64).powi(t as i32);
-    let bc2 = 1.0 - (hp.beta2 as f64).powi(t as i32);
-    let step = (hp.lr as f64 / bc1) as f32;
-    let bc2_sqrt = bc2.sqrt() as f32;
+    let bc = AdamCorrection::new(hp, t);
     params
         .par_iter_mut()
         .zip(m.par_iter_mut().zip(v.par_iter_mut()))
         .zip(grads)
         .with_min_len(8192)
-        .for_each(|((p, (m, v)), &g)| {
-            *m = hp.beta1 * *m + (1.0 - hp.beta1) * g;
-            *v = hp.beta2 * *v + (1.0 - hp.beta2) * g * g;
-            // PyTorch: p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps)
-            *p -= step * *m / ((*v).sqrt() / bc2_sqrt + hp.eps);
-        });
+        .for_each(|((p, (m, v)), &g)| adam_element(p, m, v, g, hp, bc));
+}
+
+/// Lazy Adam step `t` on the rows `rows` (distinct) of one table of width `w`: params,
+/// m, v and grads are that table's (R, w) slices. Each element of a listed row is
+/// updated exactly as [`adam_update`] would; the other rows are not touched (their
+/// moments do not decay). Panics on a row past the table.
+pub fn adam_update_rows(
+    params: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    grads: &[f32],
+    w: usize,
+    rows: &[u32],
+    hp: AdamHyper,
+    t: u64,
+) {
+    let bc = AdamCorrection::new(hp, t);
+    for &r in rows {
+        let at = r as usize * w..(r as usize + 1) * w;
+        let (p, m, v, g) = (
+            &mut params[at.clone()],
+            &mut m[at.clone()],
+            &mut v[at.clone()],
+            &grads[at],
+        );
+        for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(g) {
+            adam_element(p, m, v, g, hp, bc);
+        }
+    }
+}
+
+/// Adam's bias corrections for step `t`, computed in f64 and rounded once (the GPU's
+/// `OptimBinding::set_step` computes them the same way).
+#[derive(Clone, Copy, Debug)]
+struct AdamCorrection {
+    /// lr / (1 - beta1^t)
+    step: f32,
+    /// sqrt(1 - beta2^t)
+    bc2_sqrt: f32,
+}
+
+impl AdamCorrection {
+    fn new(hp: AdamHyper, t: u64) -> Self {
+        let bc1 = 1.0 - (hp.beta1 as f64).powi(t as i32);
+        let bc2 = 1.0 - (hp.beta2 as f64).powi(t as i32);
+        AdamCorrection {
+            step: (hp.lr as f64 / bc1) as f32,
+            bc2_sqrt: bc2.sqrt() as f32,
+        }
+    }
+}
+
+/// One element of an Adam step, in the operation order `shaders/optim.wgsl` follows.
+#[inline]
+fn adam_element(p: &mut f32, m: &mut f32, v: &mut f32, g: f32, hp: AdamHyper, bc: AdamCorrection) {
+    *m = hp.beta1 * *m + (1.0 - hp.beta1) * g;
+    *v = hp.beta2 * *v + (1.0 - hp.beta2) * g * g;
+    // PyTorch: p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps)
+    *p -= bc.step * *m / ((*v).sqrt() / bc.bc2_sqrt + hp.eps);
 }
 
 /// One Adagrad step on params (N) with grads (N); the running sum of squares (N) updated.
@@ -60,10 +114,35 @@ pub fn adagrad_update(params: &mut [f32], sum: &mut [f32], grads: &[f32], lr: f3
         .zip(sum.par_iter_mut())
         .zip(grads)
         .with_min_len(8192)
-        .for_each(|((p, s), &g)| {
-            *s += g * g;
-            *p -= lr * g / (s.sqrt() + eps);
-        });
+        .for_each(|((p, s), &g)| adagrad_element(p, s, g, lr, eps));
+}
+
+/// Adagrad on the rows `rows` (distinct) of one table of width `w` (params, sum and grads
+/// are the table's (R, w) slices). A row outside the batch has a zero gradient, for which
+/// [`adagrad_update`] changes nothing, so this equals the dense update bit for bit when
+/// `rows` holds every row with a nonzero gradient. Panics on a row past the table.
+pub fn adagrad_update_rows(
+    params: &mut [f32],
+    sum: &mut [f32],
+    grads: &[f32],
+    w: usize,
+    rows: &[u32],
+    lr: f32,
+    eps: f32,
+) {
+    for &r in rows {
+        let at = r as usize * w..(r as usize + 1) * w;
+        let (p, s, g) = (&mut params[at.clone()], &mut sum[at.clone()], &grads[at]);
+        for ((p, s), &g) in p.iter_mut().zip(s).zip(g) {
+            adagrad_element(p, s, g, lr, eps);
+        }
+    }
+}
+
+#[inline]
+fn adagrad_element(p: &mut f32, s: &mut f32, g: f32, lr: f32, eps: f32) {
+    *s += g * g;
+    *p -= lr * g / (s.sqrt() + eps);
 }
 
 #[cfg(test)]
@@ -108,6 +187,57 @@ mod tests {
             pr -= 0.01 * mh / (vh.sqrt() + 1e-8);
         }
         assert!((p[0] as f64 - pr).abs() < 1e-6, "{} vs {pr}", p[0]);
+    }
+
+    /// (R = 5, w = 3) with gradients on rows 1 and 3 only.
+    fn sparse_grads(step: usize) -> Vec<f32> {
+        let mut g = vec![0.0; 15];
+        for (k, i) in (3..6).chain(9..12).enumerate() {
+            g[i] = ((k + 3 * step) as f32 * 0.37).sin();
+        }
+        g
+    }
+
+    #[test]
+    fn adagrad_rows_equals_the_dense_update_bit_for_bit() {
+        let init: Vec<f32> = (0..15).map(|i| i as f32 * 0.1 - 0.7).collect();
+        let (mut pd, mut sd) = (init.clone(), vec![0.0; 15]);
+        let (mut ps, mut ss) = (init, vec![0.0; 15]);
+        for step in 0..4 {
+            let g = sparse_grads(step);
+            adagrad_update(&mut pd, &mut sd, &g, 0.01, 1e-10);
+            adagrad_update_rows(&mut ps, &mut ss, &g, 3, &[3, 1], 0.01, 1e-10);
+        }
+        assert_eq!(pd, ps);
+        assert_eq!(sd, ss);
+    }
+
+    #[test]
+    fn adam_rows_updates_listed_rows_as_dense_adam_and_leaves_the_rest_alone() {
+        let hp = AdamHyper {
+            lr: 0.01,
+            ..Default::default()
+        };
+        let init: Vec<f32> = (0..15).map(|i| i as f32 * 0.1 - 0.7).collect();
+        let (mut p, mut m, mut v) = (init.clone(), vec![0.0; 15], vec![0.0; 15]);
+        // Step 1 touches rows 1 and 3, step 2 only row 3.
+        adam_update_rows(&mut p, &mut m, &mut v, &sparse_grads(0), 3, &[1, 3], hp, 1);
+        let g2 = sparse_grads(1);
+        adam_update_rows(&mut p, &mut m, &mut v, &g2, 3, &[3], hp, 2);
+        // Rows 0, 2, 4: never listed, never changed.
+        for r in [0, 2, 4] {
+            assert_eq!(&p[3 * r..3 * r + 3], &init[3 * r..3 * r + 3]);
+            assert!(m[3 * r..3 * r + 3].iter().all(|&x| x == 0.0));
+        }
+        // Row 1: one step, then frozen (lazy: its moments did not decay at step 2).
+        let (mut p1, mut m1, mut v1) = (init[3..6].to_vec(), vec![0.0; 3], vec![0.0; 3]);
+        adam_update(&mut p1, &mut m1, &mut v1, &sparse_grads(0)[3..6], hp, 1);
+        assert_eq!((&p[3..6], &m[3..6], &v[3..6]), (&p1[..], &m1[..], &v1[..]));
+        // Row 3: both steps, exactly as dense Adam on that row.
+        let (mut p3, mut m3, mut v3) = (init[9..12].to_vec(), vec![0.0; 3], vec![0.0; 3]);
+        adam_update(&mut p3, &mut m3, &mut v3, &sparse_grads(0)[9..12], hp, 1);
+        adam_update(&mut p3, &mut m3, &mut v3, &g2[9..12], hp, 2);
+        assert_eq!(&p[9..12], &p3[..]);
     }
 
     #[test]

@@ -375,6 +375,20 @@ impl EmbeddingSegments {
         Ok(segments_layout(dims).1 as usize)
     }
 
+    /// Where each table's unique ids lie in the segments image (item, category,
+    /// position, other): `(element offset, room)`, room being the table's tokens in a
+    /// batch of `dims.rows` samples. The first `unique_ids()[i]` of table `i`'s room hold
+    /// its ids after [`EmbeddingBinding::set_segments`]: the rows a step touches, for
+    /// the lazy row-wise optimiser updates. An error for dims that `bind` rejects.
+    pub fn unique_ids_at(dims: &EmbeddingDims) -> Result<[(u32, u32); TABLES], GpuError> {
+        check_dims(dims)?;
+        let (at, _) = segments_layout(dims);
+        let maps = table_maps(dims);
+        Ok(std::array::from_fn(|i| {
+            (at[i].ids, maps[i].tokens(dims.rows))
+        }))
+    }
+
     /// Segments the ids of the first `rows` samples, in the CPU reference's token order:
     /// sample by sample, history slots then the target (token L, position bucket 0), and
     /// `other` field by field. `dims` must be the binding's.

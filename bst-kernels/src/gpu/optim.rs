@@ -1,6 +1,11 @@
-//! Optimiser updates (Adam, Adagrad) over a parameter arena, and a fill that zeroes the
-//! gradient arena each step, on the GPU: launcher for `shaders/optim.wgsl`.
-//! CPU reference: [`crate::cpu::optim`].
+//! Optimiser updates (Adam, Adagrad) over a parameter arena, lazily over the touched rows
+//! of an embedding table, and a fill that zeroes the gradient arena each step, on the
+//! GPU: launcher for `shaders/optim.wgsl`. CPU reference: [`crate::cpu::optim`].
+//!
+//! A row-wise binding ([`OptimKernels::bind_rows`]) updates the rows listed in a `u32`
+//! tensor (the embedding segments' unique ids of the step, see
+//! [`crate::gpu::embedding::EmbeddingSegments`]) and zeroes their gradients after use;
+//! set the number of rows each step with [`OptimBinding::set_rows`].
 //!
 //! ```text
 //! let opt = OptimKernels::new(&ctx)?;                                     // once
@@ -36,8 +41,12 @@ struct OptimParams {
     step: f32,
     bc2_sqrt: f32,
     value: f32,
+    w: u32,
+    rows_off: u32,
+    table_rows: u32,
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 /// Invocations per workgroup (`WG` in the shader).
@@ -79,17 +88,54 @@ pub enum UpdateRule<'a> {
     },
 }
 
-/// Uniform and bind group of one update, made by [`OptimKernels::bind`].
+/// The rows of one embedding table for a lazy update ([`OptimKernels::bind_rows`]).
+#[derive(Clone, Copy, Debug)]
+pub struct TableRows<'a> {
+    /// u32 (max_rows): the ids of the rows to update, distinct, written before each
+    /// step's submit (e.g. a table's unique ids in the embedding segments).
+    pub ids: TensorRef<'a>,
+    /// Most ids one step lists.
+    pub max_rows: u32,
+    /// R, rows of the table; an id `>= R` is skipped.
+    pub table_rows: u32,
+    /// w, the table's width.
+    pub width: u32,
+}
+
+/// Uniform and bind group of one update, made by [`OptimKernels::bind`] or
+/// [`OptimKernels::bind_rows`].
 #[derive(Debug)]
 pub struct OptimBinding {
     params: OptimParams,
     adam: Option<AdamHyper>,
+    /// Row-wise: the most rows [`OptimBinding::set_rows`] accepts.
+    max_rows: Option<u32>,
     t: u64,
     uniform: wgpu::Buffer,
     group: wgpu::BindGroup,
 }
 
 impl OptimBinding {
+    /// Sets the number of listed rows `u` the next updates of a row-wise binding walk
+    /// (n = u * w elements). A `queue.write_buffer`, like [`OptimBinding::set_step`].
+    /// Panics for a binding over a range, or `u` above the bound `max_rows`.
+    pub fn set_rows(&mut self, ctx: &GpuContext, u: u32) {
+        let max = self
+            .max_rows
+            .expect("optim set_rows: the binding is over a range, not rows");
+        assert!(
+            u <= max,
+            "optim set_rows({u}): the binding was made for at most {max} rows"
+        );
+        self.params.n = u * self.params.w;
+        self.write_uniform(ctx);
+    }
+
+    fn write_uniform(&self, ctx: &GpuContext) {
+        ctx.queue
+            .write_buffer(&self.uniform, 0, bytemuck::bytes_of(&self.params));
+    }
+
     /// Adam's step `t` (1-based) the next update uses; 1 after `bind`.
     pub fn t(&self) -> u64 {
         self.t
@@ -108,8 +154,7 @@ impl OptimBinding {
         let bc2 = 1.0 - f64::from(hp.beta2).powi(t as i32);
         self.params.step = (f64::from(hp.lr) / bc1) as f32;
         self.params.bc2_sqrt = bc2.sqrt() as f32;
-        ctx.queue
-            .write_buffer(&self.uniform, 0, bytemuck::bytes_of(&self.params));
+        self.write_uniform(ctx);
     }
 }
 
@@ -155,8 +200,11 @@ pub struct OptimKernels {
     layout: wgpu::BindGroupLayout,
     adam: wgpu::ComputePipeline,
     adagrad: wgpu::ComputePipeline,
+    adam_rows: wgpu::ComputePipeline,
+    adagrad_rows: wgpu::ComputePipeline,
     fill: wgpu::ComputePipeline,
-    /// Bound where a tensor is absent (Adagrad's v, the fill's all but one).
+    /// Bound where a tensor is absent (Adagrad's v, the rows of an update over a range,
+    /// the fill's all but one).
     dummy: wgpu::Buffer,
     max_groups: u32,
 }
@@ -173,6 +221,7 @@ impl OptimKernels {
                     Slot::Storage, // grads
                     Slot::Storage, // m, or Adagrad's sum
                     Slot::Storage, // v
+                    Slot::Storage, // rows (u32)
                 ],
             );
             let module =
@@ -181,6 +230,8 @@ impl OptimKernels {
             Self {
                 adam: pipeline("adam_update"),
                 adagrad: pipeline("adagrad_update"),
+                adam_rows: pipeline("adam_rows"),
+                adagrad_rows: pipeline("adagrad_rows"),
                 fill: pipeline("fill"),
                 dummy: ctx.storage_buffer_zeroed("optim dummy", 4),
                 max_groups: ctx.limits.max_compute_workgroups_per_dimension,
@@ -208,7 +259,45 @@ impl OptimKernels {
         rule: UpdateRule,
         n: u32,
     ) -> Result<OptimBinding, GpuError> {
-        let len = u64::from(n);
+        self.bind_update(ctx, params, grads, rule, u64::from(n), None)
+    }
+
+    /// Binds a lazy update of the rows `rows.ids` lists of one table (R, w): `params`,
+    /// `grads` and the rule's state are the table's (R * w elements each, checked). Each
+    /// listed row is updated as [`OptimKernels::bind`]'s update would, then its gradient
+    /// is set to 0; the other rows are left alone. No rows until
+    /// [`OptimBinding::set_rows`]; Adam starts at `t = 1` as with `bind`.
+    pub fn bind_rows(
+        &self,
+        ctx: &GpuContext,
+        params: TensorRef,
+        grads: TensorRef,
+        rule: UpdateRule,
+        rows: TableRows,
+    ) -> Result<OptimBinding, GpuError> {
+        let len = u64::from(rows.table_rows) * u64::from(rows.width);
+        let walked = u64::from(rows.max_rows) * u64::from(rows.width);
+        if rows.width == 0 || len.max(walked) > u64::from(u32::MAX) {
+            return Err(GpuError::Binding(format!(
+                "optim rows: a table of {} rows of width {} (up to {} rows a step) does not \
+                 fit u32 element offsets, or has width 0",
+                rows.table_rows, rows.width, rows.max_rows
+            )));
+        }
+        rows.ids
+            .check(ctx, "optim row ids (max_rows)", u64::from(rows.max_rows))?;
+        self.bind_update(ctx, params, grads, rule, len, Some(rows))
+    }
+
+    fn bind_update(
+        &self,
+        ctx: &GpuContext,
+        params: TensorRef,
+        grads: TensorRef,
+        rule: UpdateRule,
+        len: u64,
+        rows: Option<TableRows>,
+    ) -> Result<OptimBinding, GpuError> {
         params.check(ctx, "optim params (n)", len)?;
         grads.check(ctx, "optim grads (n)", len)?;
         let (m, v) = match rule {
@@ -223,11 +312,16 @@ impl OptimKernels {
             }
         };
         let mut uniform_params = OptimParams {
-            n,
+            // A range's n is its length (checked against u32 by the caller's type); a
+            // row-wise update walks no rows until set_rows.
+            n: if rows.is_some() { 0 } else { len as u32 },
             p_off: params.offset,
             g_off: grads.offset,
             m_off: m.offset,
             v_off: v.map_or(0, |v| v.offset),
+            w: rows.map_or(0, |r| r.width),
+            rows_off: rows.map_or(0, |r| r.ids.offset),
+            table_rows: rows.map_or(0, |r| r.table_rows),
             ..Default::default()
         };
         let adam = match rule {
@@ -256,16 +350,20 @@ impl OptimKernels {
                 grads.buffer,
                 m.buffer,
                 v.map_or(&self.dummy, |v| v.buffer),
+                rows.map_or(&self.dummy, |r| r.ids.buffer),
             ],
         );
         let mut binding = OptimBinding {
             params: uniform_params,
             adam,
+            max_rows: rows.map(|r| r.max_rows),
             t: 1,
             uniform,
             group,
         };
         binding.set_step(ctx, 1);
+        // set_step writes the uniform for Adam only.
+        binding.write_uniform(ctx);
         Ok(binding)
     }
 
@@ -287,7 +385,7 @@ impl OptimKernels {
         };
         let uniform = ctx.uniform_buffer("fill params", &params);
         let d = &self.dummy;
-        let group = self.group(ctx, "fill", &uniform, [target.buffer, d, d, d]);
+        let group = self.group(ctx, "fill", &uniform, [target.buffer, d, d, d, d]);
         Ok(FillBinding {
             params,
             max_len: n,
@@ -296,12 +394,14 @@ impl OptimKernels {
         })
     }
 
-    /// One Adam or Adagrad step over the bound range (parameters and state in place).
+    /// One Adam or Adagrad step over the bound range, or the rows set (parameters and
+    /// state in place).
     pub fn update(&self, pass: &mut wgpu::ComputePass, b: &OptimBinding) {
-        let pipeline = if b.adam.is_some() {
-            &self.adam
-        } else {
-            &self.adagrad
+        let pipeline = match (b.adam.is_some(), b.max_rows.is_some()) {
+            (true, false) => &self.adam,
+            (false, false) => &self.adagrad,
+            (true, true) => &self.adam_rows,
+            (false, true) => &self.adagrad_rows,
         };
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, &b.group, &[]);
@@ -315,13 +415,13 @@ impl OptimKernels {
         dispatch_flat(pass, b.params.n, WG, self.max_groups);
     }
 
-    /// (uniform, params, grads, m, v) as in the shader.
+    /// (uniform, params, grads, m, v, rows) as in the shader.
     fn group(
         &self,
         ctx: &GpuContext,
         label: &str,
         uniform: &wgpu::Buffer,
-        bufs: [&wgpu::Buffer; 4],
+        bufs: [&wgpu::Buffer; 5],
     ) -> wgpu::BindGroup {
         let mut resources = vec![uniform.as_entire_binding()];
         resources.extend(bufs.iter().map(|b| b.as_entire_binding()));
