@@ -42,6 +42,7 @@ pub mod buffer;
 pub mod context;
 pub mod dropout;
 pub mod embedding;
+mod launch;
 pub mod layernorm;
 pub mod loss;
 pub mod mask;
@@ -50,7 +51,7 @@ pub mod optim;
 pub mod pooling;
 pub mod topk;
 
-pub use buffer::{STORAGE_USAGE, TensorRef};
+pub use buffer::{STORAGE_USAGE, TensorRef, UNIFORM_STRIDE, uniform_slot};
 pub use context::{GpuContext, GpuError, GpuOptions};
 /// The wgpu this crate is built against, so that users name the same version.
 pub use wgpu;
@@ -111,6 +112,21 @@ impl GpuContext {
             layout,
             entries: &entries,
         })
+    }
+
+    /// A bind group of the layout every launcher uses: `uniform` at `@binding(0)`, then
+    /// `storage[i]`, whole, at `@binding(i + 1)` (rule 1 above). `uniform` is
+    /// `buffer.as_entire_binding()`, or a [`uniform_slot`] of a buffer of several.
+    pub fn kernel_bind_group(
+        &self,
+        label: &str,
+        layout: &wgpu::BindGroupLayout,
+        uniform: wgpu::BindingResource<'_>,
+        storage: &[&wgpu::Buffer],
+    ) -> wgpu::BindGroup {
+        let mut resources = vec![uniform];
+        resources.extend(storage.iter().map(|b| b.as_entire_binding()));
+        self.bind_group(label, layout, &resources)
     }
 
     /// A shader module from WGSL source (errors surface through [`GpuContext::checked`]).
