@@ -22,13 +22,18 @@
 //!    the same file, sharing one explicit layout).
 //! 4. **Bind once per call site.** `bind(ctx, buffers, dims) -> <Op>Binding` creates the
 //!    uniform buffer(s) and bind group(s) once per buffer set (one per layer, say) and
-//!    checks every tensor range fits its buffer. Sizes that change per step (the last,
-//!    partial batch) are rewritten with `<Op>Binding::set_rows(ctx, rows)`, a
+//!    checks every tensor range fits its buffer (one uniform:
+//!    [`GpuContext::uniform_buffer`]; one per kernel or pass:
+//!    [`GpuContext::uniform_slots_buffer`] and [`uniform_slot`]; the group:
+//!    [`GpuContext::kernel_bind_group`]). Sizes that change per step (the last, partial
+//!    batch) are rewritten with `<Op>Binding::set_rows(ctx, rows)`, a
 //!    `queue.write_buffer` that takes effect at the next submit: every dispatch in that
 //!    submit sees the last value written.
 //! 5. **Record into the caller's pass.** Launcher methods take `&mut wgpu::ComputePass`
-//!    and the binding, set pipeline and bind group, and dispatch with `div_ceil` counts.
-//!    wgpu inserts the barriers between dispatches of one pass.
+//!    and the binding, set pipeline and bind group, and dispatch with `div_ceil` counts
+//!    (`launch::dispatch` with `flat_grid` or `strided_grid`, which respect the device's
+//!    `max_compute_workgroups_per_dimension`). wgpu inserts the barriers between
+//!    dispatches of one pass.
 //! 6. **Shaders guard out-of-range invocations** and never `return` early before a
 //!    `workgroupBarrier` (barriers must stay in uniform control flow).
 //! 7. **As on the CPU:** parameter gradients accumulate (`+=`), activation gradients
