@@ -6,6 +6,8 @@
 //! gradients accumulate (`+=`), activation gradients overwrite (`=`). Every buffer's shape
 //! is given in a comment, row-major.
 
+#![warn(missing_docs)]
+
 pub mod cpu;
 pub mod gpu;
 pub mod workload;

@@ -18,19 +18,10 @@ use bst_kernels::gpu::attention::{
     AttentionBuffers, AttentionDims, AttentionGradBuffers, AttentionKernels,
 };
 use bst_kernels::gpu::{GpuContext, TensorRef};
-use common::{assert_close, assert_untouched, at, gpu, random_vec, run};
+use common::{Arena, assert_close, assert_untouched, at, gpu, random_vec, run};
 
 const ATOL: f32 = 1e-5;
 const RTOL: f32 = 1e-4;
-
-/// Appends `pad` sentinels (100 + noise) then `values` to `data`; returns the range of
-/// `values`.
-fn push(data: &mut Vec<f32>, pad: usize, values: &[f32]) -> Range<usize> {
-    data.extend(random_vec(pad, data.len() as u64).iter().map(|v| 100.0 + v));
-    let start = data.len();
-    data.extend_from_slice(values);
-    start..data.len()
-}
 
 /// valid (B, T): the target (last token) always valid, the history about 3/4 valid,
 /// and the history of sample 1 (when there is one) all padding.
@@ -81,21 +72,21 @@ fn check(ctx: &GpuContext, case: &Case) {
     let dout = random_vec(cap * t * d, 2);
     let stale = random_vec(cap * h * t * t.max(3 * d), 3);
 
-    let mut acts = Vec::new();
-    let qkv_r = push(&mut acts, 5, &qkv);
-    let out_r = push(&mut acts, 3, &stale[..cap * t * d]);
-    let att_r = push(&mut acts, 2, &stale[..cap * h * t * t]);
-    push(&mut acts, 4, &[]);
-    let mut dacts = Vec::new();
-    let dout_r = push(&mut dacts, 7, &dout);
-    let dqkv_r = push(&mut dacts, 1, &stale[..cap * t * 3 * d]);
-    push(&mut dacts, 3, &[]);
+    let mut acts = Arena::new(20);
+    let qkv_r = acts.push(5, &qkv);
+    let out_r = acts.push(3, &stale[..cap * t * d]);
+    let att_r = acts.push(2, &stale[..cap * h * t * t]);
+    acts.push(4, &[]);
+    let mut dacts = Arena::new(40);
+    let dout_r = dacts.push(7, &dout);
+    let dqkv_r = dacts.push(1, &stale[..cap * t * 3 * d]);
+    dacts.push(3, &[]);
     let mut valid_host = vec![7u32; 6]; // sentinels before the tensor
     valid_host.extend(&valid);
     let valid_r = 6..valid_host.len();
 
-    let acts_buf = ctx.storage_buffer("acts", &acts);
-    let dacts_buf = ctx.storage_buffer("dacts", &dacts);
+    let acts_buf = ctx.storage_buffer("acts", &acts.data);
+    let dacts_buf = ctx.storage_buffer("dacts", &dacts.data);
     let valid_buf = ctx.storage_buffer("valid", &valid_host);
 
     let kernels = AttentionKernels::new(ctx).expect("attention kernels");
@@ -135,8 +126,12 @@ fn check(ctx: &GpuContext, case: &Case) {
     let mut dqkv = vec![0.0; b * t * 3 * d];
     attention::attention_backward(&mut dqkv, &dout[..b * t * d], &att, qkv, b, t, d, h);
 
-    let acts_gpu = ctx.read_f32(&acts_buf, 0, acts.len()).expect("readback");
-    let dacts_gpu = ctx.read_f32(&dacts_buf, 0, dacts.len()).expect("readback");
+    let acts_gpu = ctx
+        .read_f32(&acts_buf, 0, acts.data.len())
+        .expect("readback");
+    let dacts_gpu = ctx
+        .read_f32(&dacts_buf, 0, dacts.data.len())
+        .expect("readback");
     let first = |r: &Range<usize>, len: usize| r.start..r.start + len;
     let (out_w, att_w) = (first(&out_r, out.len()), first(&att_r, att.len()));
     let att_gpu = &acts_gpu[att_w.clone()];
@@ -154,7 +149,12 @@ fn check(ctx: &GpuContext, case: &Case) {
             assert_eq!(a.to_bits(), 0, "{name} att[{i}]: a masked key got {a}");
         }
     }
-    assert_untouched(&format!("{name} acts"), &acts_gpu, &acts, &[&out_w, &att_w]);
+    assert_untouched(
+        &format!("{name} acts"),
+        &acts_gpu,
+        &acts.data,
+        &[&out_w, &att_w],
+    );
 
     let dqkv_w = first(&dqkv_r, dqkv.len());
     let mut dacts_written = vec![];
@@ -168,7 +168,12 @@ fn check(ctx: &GpuContext, case: &Case) {
         );
         dacts_written.push(&dqkv_w);
     }
-    assert_untouched(&format!("{name} dacts"), &dacts_gpu, &dacts, &dacts_written);
+    assert_untouched(
+        &format!("{name} dacts"),
+        &dacts_gpu,
+        &dacts.data,
+        &dacts_written,
+    );
     let valid_gpu = ctx
         .read_u32(&valid_buf, 0, valid_host.len())
         .expect("readback");

@@ -17,19 +17,10 @@ use bst_kernels::gpu::layernorm::{
     LayerNormBuffers, LayerNormDims, LayerNormGradBuffers, LayerNormKernels,
 };
 use bst_kernels::gpu::{GpuContext, TensorRef, wgpu};
-use common::{assert_close, assert_untouched, at, gpu, random_vec, run};
+use common::{Arena, assert_close, assert_untouched, at, gpu, random_vec, run};
 
 const ATOL: f32 = 1e-5;
 const RTOL: f32 = 1e-4;
-
-/// Appends `pad` sentinels (100 + noise) then `values` to `data`; returns the range of
-/// `values`.
-fn push(data: &mut Vec<f32>, pad: usize, values: &[f32]) -> Range<usize> {
-    data.extend(random_vec(pad, data.len() as u64).iter().map(|v| 100.0 + v));
-    let start = data.len();
-    data.extend_from_slice(values);
-    start..data.len()
-}
 
 /// Runs forward and backward on `rows` rows of a binding made for `cap` rows, and
 /// compares everything with the CPU.
@@ -43,29 +34,29 @@ fn check(ctx: &GpuContext, rows: usize, c: usize, cap: usize) {
     let dbias0 = random_vec(c, 6);
     let stale = random_vec(cap * c, 7);
 
-    let mut params = Vec::new();
-    let w_r = push(&mut params, 3, &weight);
-    let b_r = push(&mut params, 2, &bias);
-    push(&mut params, 1, &[]);
-    let mut acts = Vec::new();
-    let inp_r = push(&mut acts, 5, &inp);
-    let out_r = push(&mut acts, 2, &stale);
-    let mean_r = push(&mut acts, 3, &stale[..cap]);
-    let rstd_r = push(&mut acts, 1, &stale[..cap]);
-    push(&mut acts, 4, &[]);
-    let mut grads = Vec::new();
-    let dw_r = push(&mut grads, 7, &dweight0);
-    let db_r = push(&mut grads, 1, &dbias0);
-    push(&mut grads, 2, &[]);
-    let mut dacts = Vec::new();
-    let dout_r = push(&mut dacts, 6, &dout);
-    let dinp_r = push(&mut dacts, 3, &stale);
-    push(&mut dacts, 5, &[]);
+    let mut params = Arena::new(10);
+    let w_r = params.push(3, &weight);
+    let b_r = params.push(2, &bias);
+    params.push(1, &[]);
+    let mut acts = Arena::new(20);
+    let inp_r = acts.push(5, &inp);
+    let out_r = acts.push(2, &stale);
+    let mean_r = acts.push(3, &stale[..cap]);
+    let rstd_r = acts.push(1, &stale[..cap]);
+    acts.push(4, &[]);
+    let mut grads = Arena::new(30);
+    let dw_r = grads.push(7, &dweight0);
+    let db_r = grads.push(1, &dbias0);
+    grads.push(2, &[]);
+    let mut dacts = Arena::new(40);
+    let dout_r = dacts.push(6, &dout);
+    let dinp_r = dacts.push(3, &stale);
+    dacts.push(5, &[]);
 
-    let params_buf = ctx.storage_buffer("params", &params);
-    let acts_buf = ctx.storage_buffer("acts", &acts);
-    let grads_buf = ctx.storage_buffer("grads", &grads);
-    let dacts_buf = ctx.storage_buffer("dacts", &dacts);
+    let params_buf = ctx.storage_buffer("params", &params.data);
+    let acts_buf = ctx.storage_buffer("acts", &acts.data);
+    let grads_buf = ctx.storage_buffer("grads", &grads.data);
+    let dacts_buf = ctx.storage_buffer("dacts", &dacts.data);
 
     let kernels = LayerNormKernels::new(ctx).expect("layernorm kernels");
     let bufs = LayerNormBuffers {
@@ -117,10 +108,10 @@ fn check(ctx: &GpuContext, rows: usize, c: usize, cap: usize) {
     );
 
     let read = |buf: &wgpu::Buffer, len: usize| ctx.read_f32(buf, 0, len).expect("readback");
-    let acts_gpu = read(&acts_buf, acts.len());
-    let dacts_gpu = read(&dacts_buf, dacts.len());
-    let grads_gpu = read(&grads_buf, grads.len());
-    let params_gpu = read(&params_buf, params.len());
+    let acts_gpu = read(&acts_buf, acts.data.len());
+    let dacts_gpu = read(&dacts_buf, dacts.data.len());
+    let grads_gpu = read(&grads_buf, grads.data.len());
+    let params_gpu = read(&params_buf, params.data.len());
     let first = |r: &Range<usize>, len: usize| r.start..r.start + len;
     let (out_w, mean_w, rstd_w) = (
         first(&out_r, rows * c),
@@ -141,17 +132,22 @@ fn check(ctx: &GpuContext, rows: usize, c: usize, cap: usize) {
     assert_untouched(
         &format!("{name} acts"),
         &acts_gpu,
-        &acts,
+        &acts.data,
         &[&out_w, &mean_w, &rstd_w],
     );
-    assert_untouched(&format!("{name} dacts"), &dacts_gpu, &dacts, &[&dinp_w]);
+    assert_untouched(
+        &format!("{name} dacts"),
+        &dacts_gpu,
+        &dacts.data,
+        &[&dinp_w],
+    );
     assert_untouched(
         &format!("{name} grads"),
         &grads_gpu,
-        &grads,
+        &grads.data,
         &[&dw_r, &db_r],
     );
-    assert_untouched(&format!("{name} params"), &params_gpu, &params, &[]);
+    assert_untouched(&format!("{name} params"), &params_gpu, &params.data, &[]);
 }
 
 #[test]

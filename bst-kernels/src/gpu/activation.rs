@@ -11,6 +11,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::launch::{assert_bound, dispatch, strided_grid};
 use super::{GpuContext, GpuError, Slot, TensorRef};
 
 /// The uniform, field for field `Params` in `shaders/activation.wgsl`.
@@ -85,15 +86,15 @@ impl ActivationBinding {
     /// binding in that submit sees the last value set). Panics if `rows` exceeds the
     /// bound maximum (the buffers are not big enough).
     pub fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
-        assert!(
-            rows <= self.max_rows,
-            "activation set_rows({rows}): the binding was made for at most {} rows",
-            self.max_rows
-        );
+        assert_bound("activation set_rows", rows, self.max_rows, "rows");
         self.rows = rows;
         self.params.n = rows * self.width;
-        ctx.queue
-            .write_buffer(&self.uniform, 0, bytemuck::bytes_of(&self.params));
+        ctx.write(&self.uniform, 0, &[self.params]);
+    }
+
+    /// One invocation per element, grid-stride past the device's workgroup limit.
+    fn grid(&self) -> [u32; 3] {
+        strided_grid(self.rows * self.width, WG, self.max_groups)
     }
 }
 
@@ -165,15 +166,15 @@ impl ActivationKernels {
         };
         let uniform = ctx.uniform_buffer("activation params", &params);
         let d = &self.dummy;
-        let group = ctx.bind_group(
+        let group = ctx.kernel_bind_group(
             "activation",
             &self.layout,
+            uniform.as_entire_binding(),
             &[
-                uniform.as_entire_binding(),
-                bufs.inp.buffer.as_entire_binding(),
-                bufs.out.buffer.as_entire_binding(),
-                grads.map_or(d, |g| g.dout.buffer).as_entire_binding(),
-                grads.map_or(d, |g| g.dinp.buffer).as_entire_binding(),
+                bufs.inp.buffer,
+                bufs.out.buffer,
+                grads.map_or(d, |g| g.dout.buffer),
+                grads.map_or(d, |g| g.dinp.buffer),
             ],
         );
         Ok(ActivationBinding {
@@ -190,7 +191,7 @@ impl ActivationKernels {
 
     /// out = leaky_relu(inp)
     pub fn forward(&self, pass: &mut wgpu::ComputePass, b: &ActivationBinding) {
-        self.dispatch(pass, &self.forward, b);
+        dispatch(pass, &self.forward, &b.group, b.grid());
     }
 
     /// dinp = dout * (inp > 0 ? 1 : alpha). Panics if the binding was made without
@@ -200,22 +201,6 @@ impl ActivationKernels {
             b.has_grads,
             "activation backward: the binding was made without gradient buffers"
         );
-        self.dispatch(pass, &self.backward, b);
-    }
-
-    /// One invocation per element, grid-stride past the device's workgroup limit.
-    fn dispatch(
-        &self,
-        pass: &mut wgpu::ComputePass,
-        pipeline: &wgpu::ComputePipeline,
-        b: &ActivationBinding,
-    ) {
-        let n = b.rows * b.width;
-        if n == 0 {
-            return;
-        }
-        pass.set_pipeline(pipeline);
-        pass.set_bind_group(0, &b.group, &[]);
-        pass.dispatch_workgroups(n.div_ceil(WG).min(b.max_groups), 1, 1);
+        dispatch(pass, &self.backward, &b.group, b.grid());
     }
 }

@@ -21,6 +21,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::launch::{assert_bound, dispatch};
 use super::{GpuContext, GpuError, Slot, TensorRef};
 
 /// The uniform, field for field `Params` in `shaders/attention.wgsl`.
@@ -111,15 +112,15 @@ impl AttentionBinding {
     /// of this binding in that submit sees the last value set). Panics if `batch`
     /// exceeds the bound maximum (the buffers are not big enough).
     pub fn set_rows(&mut self, ctx: &GpuContext, batch: u32) {
-        assert!(
-            batch <= self.max_batch,
-            "attention set_rows({batch}): the binding was made for at most {} samples",
-            self.max_batch
-        );
+        assert_bound("attention set_rows", batch, self.max_batch, "samples");
         self.batch = batch;
         self.params.b = batch;
-        ctx.queue
-            .write_buffer(&self.uniform, 0, bytemuck::bytes_of(&self.params));
+        ctx.write(&self.uniform, 0, &[self.params]);
+    }
+
+    /// Workgroups (heads, samples), grid-stride over samples past the device's limit.
+    fn grid(&self) -> [u32; 3] {
+        [self.heads, self.batch.min(self.max_groups), 1]
     }
 }
 
@@ -237,17 +238,17 @@ impl AttentionKernels {
         };
         let uniform = ctx.uniform_buffer("attention params", &params);
         let dummy = &self.dummy;
-        let group = ctx.bind_group(
+        let group = ctx.kernel_bind_group(
             "attention",
             &self.layout,
+            uniform.as_entire_binding(),
             &[
-                uniform.as_entire_binding(),
-                bufs.qkv.buffer.as_entire_binding(),
-                bufs.valid.buffer.as_entire_binding(),
-                bufs.out.buffer.as_entire_binding(),
-                bufs.att.buffer.as_entire_binding(),
-                grads.map_or(dummy, |g| g.dout.buffer).as_entire_binding(),
-                grads.map_or(dummy, |g| g.dqkv.buffer).as_entire_binding(),
+                bufs.qkv.buffer,
+                bufs.valid.buffer,
+                bufs.out.buffer,
+                bufs.att.buffer,
+                grads.map_or(dummy, |g| g.dout.buffer),
+                grads.map_or(dummy, |g| g.dqkv.buffer),
             ],
         );
         Ok(AttentionBinding {
@@ -264,7 +265,7 @@ impl AttentionKernels {
 
     /// out and att from qkv and valid.
     pub fn forward(&self, pass: &mut wgpu::ComputePass, b: &AttentionBinding) {
-        self.dispatch(pass, &self.forward, b);
+        dispatch(pass, &self.forward, &b.group, b.grid());
     }
 
     /// dqkv (overwritten) from dout, att and qkv. Panics if the binding was made without
@@ -274,21 +275,6 @@ impl AttentionKernels {
             b.has_grads,
             "attention backward: the binding was made without gradient buffers"
         );
-        self.dispatch(pass, &self.backward, b);
-    }
-
-    /// Workgroups (heads, samples), grid-stride over samples past the device's limit.
-    fn dispatch(
-        &self,
-        pass: &mut wgpu::ComputePass,
-        pipeline: &wgpu::ComputePipeline,
-        b: &AttentionBinding,
-    ) {
-        if b.batch == 0 {
-            return;
-        }
-        pass.set_pipeline(pipeline);
-        pass.set_bind_group(0, &b.group, &[]);
-        pass.dispatch_workgroups(b.heads, b.batch.min(b.max_groups), 1);
+        dispatch(pass, &self.backward, &b.group, b.grid());
     }
 }

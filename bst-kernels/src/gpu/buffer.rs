@@ -13,6 +13,11 @@ pub const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
 
+/// Launchers with several uniforms (one per kernel or pass) keep them in one buffer at
+/// this stride: a multiple of every device's `min_uniform_buffer_offset_alignment`,
+/// which WebGPU caps at 256.
+pub const UNIFORM_STRIDE: u64 = 256;
+
 /// A tensor inside a buffer (an arena): the buffer and the tensor's first element.
 /// Kernels bind the whole buffer and receive `offset` through their uniform.
 #[derive(Clone, Copy, Debug)]
@@ -94,6 +99,25 @@ impl GpuContext {
             bytemuck::bytes_of(value),
             wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         )
+    }
+
+    /// A uniform buffer holding `slots[i]` at byte `i * UNIFORM_STRIDE` (at least one
+    /// slot), bound one slot at a time with [`uniform_slot`] and rewritten with
+    /// [`GpuContext::write_uniform_slots`].
+    pub fn uniform_slots_buffer<T: Pod>(&self, label: &str, slots: &[T]) -> wgpu::Buffer {
+        let mut bytes = slot_bytes(slots);
+        bytes.resize(bytes.len().max(UNIFORM_STRIDE as usize), 0);
+        self.buffer_init(
+            label,
+            &bytes,
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        )
+    }
+
+    /// Rewrites the first `slots.len()` slots of a buffer made by
+    /// [`GpuContext::uniform_slots_buffer`]; takes effect at the next `queue.submit`.
+    pub fn write_uniform_slots<T: Pod>(&self, buffer: &wgpu::Buffer, slots: &[T]) {
+        self.queue.write_buffer(buffer, 0, &slot_bytes(slots));
     }
 
     fn buffer_init(&self, label: &str, bytes: &[u8], usage: wgpu::BufferUsages) -> wgpu::Buffer {
@@ -179,4 +203,25 @@ impl GpuContext {
         staging.unmap();
         Ok(out)
     }
+}
+
+/// Slot `i` of a buffer made by [`GpuContext::uniform_slots_buffer`], to bind as a kernel's
+/// uniform.
+pub fn uniform_slot<T: Pod>(buffer: &wgpu::Buffer, i: usize) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer,
+        offset: i as u64 * UNIFORM_STRIDE,
+        size: wgpu::BufferSize::new(std::mem::size_of::<T>() as u64),
+    })
+}
+
+/// `slots[i]` at byte `i * UNIFORM_STRIDE`, zeros between.
+fn slot_bytes<T: Pod>(slots: &[T]) -> Vec<u8> {
+    let stride = UNIFORM_STRIDE as usize;
+    let mut bytes = vec![0u8; stride * slots.len()];
+    for (i, slot) in slots.iter().enumerate() {
+        let src = bytemuck::bytes_of(slot);
+        bytes[i * stride..i * stride + src.len()].copy_from_slice(src);
+    }
+    bytes
 }

@@ -23,33 +23,56 @@ pub const MIN_WORKGROUP_STORAGE_BYTES: u32 = 16 << 10;
 /// Errors from device creation, binding and readback. Each message says what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
+    /// wgpu enumerated no adapter on the backends tried.
     #[error(
         "no GPU adapter found (backends: {backends}). Install a Vulkan driver (on \
          Debian/Ubuntu: `apt-get install mesa-vulkan-drivers libvulkan1` for the software \
          lavapipe driver, or your GPU vendor's driver), or run with --device cpu"
     )]
-    NoAdapter { backends: String },
+    NoAdapter {
+        /// The backends tried, e.g. "vulkan, gl".
+        backends: String,
+    },
 
+    /// No adapter's name contains the requested `WGPU_ADAPTER_NAME` / `adapter_name`.
     #[error(
         "no adapter matches WGPU_ADAPTER_NAME / adapter_name {wanted:?}; adapters found:\n{found}"
     )]
-    NoAdapterNamed { wanted: String, found: String },
+    NoAdapterNamed {
+        /// The requested name (substring).
+        wanted: String,
+        /// The adapters found, one per line.
+        found: String,
+    },
 
+    /// Every adapter lacks something the kernels need (compute shaders or a limit).
     #[error(
         "no usable GPU adapter (backends: {backends}); adapters found and why each was \
          skipped:\n{found}Use a GPU that meets these limits, or run with --device cpu"
     )]
-    NoSuitableAdapter { backends: String, found: String },
+    NoSuitableAdapter {
+        /// The backends tried.
+        backends: String,
+        /// Each adapter found and why it was skipped, one per line.
+        found: String,
+    },
 
+    /// `WGPU_BACKEND` holds a name that is not a backend.
     #[error(
         "WGPU_BACKEND={value:?} names no backend; use a comma-separated list of vulkan, \
          metal, dx12, gl"
     )]
-    BadBackendEnv { value: String },
+    BadBackendEnv {
+        /// The variable's value.
+        value: String,
+    },
 
+    /// The chosen adapter refused to create the device.
     #[error("requesting a device from {adapter} failed: {source}")]
     RequestDevice {
+        /// The adapter, as [`GpuContext::describe`] writes it.
         adapter: String,
+        /// wgpu's reason.
         source: wgpu::RequestDeviceError,
     },
 
@@ -57,9 +80,11 @@ pub enum GpuError {
     #[error("GPU error: {0}")]
     Device(String),
 
+    /// Mapping a readback buffer failed.
     #[error("mapping a buffer for readback failed: {0}")]
     Map(#[from] wgpu::BufferAsyncError),
 
+    /// Waiting for the GPU (`device.poll`) failed.
     #[error("waiting for the GPU failed: {0}")]
     Poll(#[from] wgpu::PollError),
 
@@ -94,8 +119,11 @@ impl Default for GpuOptions {
 
 /// Device, queue and what the kernels need to know about them. Create once, share by `&`.
 pub struct GpuContext {
+    /// The device: creates buffers, bind groups, pipelines and command encoders.
     pub device: wgpu::Device,
+    /// The device's queue: buffer writes and submissions.
     pub queue: wgpu::Queue,
+    /// Name, backend and type of the adapter the device came from.
     pub adapter_info: wgpu::AdapterInfo,
     /// The limits the device was created with (exactly what kernels may use).
     pub limits: wgpu::Limits,

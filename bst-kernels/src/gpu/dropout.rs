@@ -16,6 +16,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::launch::{assert_bound, dispatch, strided_grid};
 use super::{GpuContext, GpuError, Slot, TensorRef};
 use crate::cpu::dropout::DropoutKey;
 
@@ -110,11 +111,7 @@ impl DropoutBinding {
     /// binding in that submit sees the last value set). Panics if `rows` exceeds the
     /// bound maximum (the buffers are not big enough).
     pub fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
-        assert!(
-            rows <= self.max_rows,
-            "dropout set_rows({rows}): the binding was made for at most {} rows",
-            self.max_rows
-        );
+        assert_bound("dropout set_rows", rows, self.max_rows, "rows");
         self.rows = rows;
         self.params.n = rows * self.width;
         self.write(ctx);
@@ -129,8 +126,12 @@ impl DropoutBinding {
     }
 
     fn write(&self, ctx: &GpuContext) {
-        ctx.queue
-            .write_buffer(&self.uniform, 0, bytemuck::bytes_of(&self.params));
+        ctx.write(&self.uniform, 0, &[self.params]);
+    }
+
+    /// One invocation per element, grid-stride past the device's workgroup limit.
+    fn grid(&self) -> [u32; 3] {
+        strided_grid(self.rows * self.width, WG, self.max_groups)
     }
 }
 
@@ -207,16 +208,16 @@ impl DropoutKernels {
         params.set_key(key);
         let uniform = ctx.uniform_buffer("dropout params", &params);
         let d = &self.dummy;
-        let group = ctx.bind_group(
+        let group = ctx.kernel_bind_group(
             "dropout",
             &self.layout,
+            uniform.as_entire_binding(),
             &[
-                uniform.as_entire_binding(),
-                bufs.x.buffer.as_entire_binding(),
-                bufs.a.buffer.as_entire_binding(),
-                bufs.out.buffer.as_entire_binding(),
-                grads.map_or(d, |g| g.dout.buffer).as_entire_binding(),
-                grads.map_or(d, |g| g.da.buffer).as_entire_binding(),
+                bufs.x.buffer,
+                bufs.a.buffer,
+                bufs.out.buffer,
+                grads.map_or(d, |g| g.dout.buffer),
+                grads.map_or(d, |g| g.da.buffer),
             ],
         );
         Ok(DropoutBinding {
@@ -233,7 +234,7 @@ impl DropoutKernels {
 
     /// out = x + a * mask
     pub fn forward(&self, pass: &mut wgpu::ComputePass, b: &DropoutBinding) {
-        self.dispatch(pass, &self.forward, b);
+        dispatch(pass, &self.forward, &b.group, b.grid());
     }
 
     /// da = dout * mask (the gradient of `x` is `dout` itself). Panics if the binding was
@@ -243,22 +244,6 @@ impl DropoutKernels {
             b.has_grads,
             "dropout backward: the binding was made without gradient buffers"
         );
-        self.dispatch(pass, &self.backward, b);
-    }
-
-    /// One invocation per element, grid-stride past the device's workgroup limit.
-    fn dispatch(
-        &self,
-        pass: &mut wgpu::ComputePass,
-        pipeline: &wgpu::ComputePipeline,
-        b: &DropoutBinding,
-    ) {
-        let n = b.rows * b.width;
-        if n == 0 {
-            return;
-        }
-        pass.set_pipeline(pipeline);
-        pass.set_bind_group(0, &b.group, &[]);
-        pass.dispatch_workgroups(n.div_ceil(WG).min(b.max_groups), 1, 1);
+        dispatch(pass, &self.backward, &b.group, b.grid());
     }
 }

@@ -15,6 +15,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::launch::{assert_bound, dispatch, strided_grid};
 use super::{GpuContext, GpuError, Slot, TensorRef};
 use crate::cpu::layernorm::LN_EPS;
 
@@ -118,15 +119,15 @@ impl LayerNormBinding {
     /// binding in that submit sees the last value set). Panics if `rows` exceeds the
     /// bound maximum (the buffers are not big enough).
     pub fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
-        assert!(
-            rows <= self.max_rows,
-            "layernorm set_rows({rows}): the binding was made for at most {} rows",
-            self.max_rows
-        );
+        assert_bound("layernorm set_rows", rows, self.max_rows, "rows");
         self.rows = rows;
         self.params.rows = rows;
-        ctx.queue
-            .write_buffer(&self.uniform, 0, bytemuck::bytes_of(&self.params));
+        ctx.write(&self.uniform, 0, &[self.params]);
+    }
+
+    /// One workgroup per row, grid-stride past the device's workgroup limit.
+    fn row_grid(&self) -> [u32; 3] {
+        strided_grid(self.rows, 1, self.max_groups)
     }
 }
 
@@ -241,9 +242,7 @@ impl LayerNormKernels {
         // Slots (params, inp, mean, rstd, weight | dweight, bias | dbias, out | dinp, dout,
         // scratch), as in the shader.
         let group = |label: &str, bufs: [&wgpu::Buffer; 8]| {
-            let mut resources = vec![uniform.as_entire_binding()];
-            resources.extend(bufs.iter().map(|b| b.as_entire_binding()));
-            ctx.bind_group(label, &self.layout, &resources)
+            ctx.kernel_bind_group(label, &self.layout, uniform.as_entire_binding(), &bufs)
         };
         let d = &self.dummy;
         let (inp, mean, rstd) = (bufs.inp.buffer, bufs.mean.buffer, bufs.rstd.buffer);
@@ -303,12 +302,7 @@ impl LayerNormKernels {
 
     /// out = (inp - mean) * rstd * weight + bias; mean and rstd saved.
     pub fn forward(&self, pass: &mut wgpu::ComputePass, b: &LayerNormBinding) {
-        if b.rows == 0 {
-            return;
-        }
-        pass.set_pipeline(&self.forward);
-        pass.set_bind_group(0, &b.forward, &[]);
-        pass.dispatch_workgroups(b.rows.min(b.max_groups), 1, 1);
+        dispatch(pass, &self.forward, &b.forward, b.row_grid());
     }
 
     /// dinp (overwritten), dweight and dbias (accumulated). Panics if the binding was
@@ -321,17 +315,16 @@ impl LayerNormKernels {
         if b.rows == 0 {
             return;
         }
-        // One workgroup per row, grid-stride past the device's workgroup limit.
-        pass.set_pipeline(&self.backward_dinp);
-        pass.set_bind_group(0, &g.dinp, &[]);
-        pass.dispatch_workgroups(b.rows.min(b.max_groups), 1, 1);
+        dispatch(pass, &self.backward_dinp, &g.dinp, b.row_grid());
         // One invocation per (chunk, column), then one per column.
         let col_groups = b.c.div_ceil(WG);
-        pass.set_pipeline(&self.backward_partials);
-        pass.set_bind_group(0, &g.partials, &[]);
-        pass.dispatch_workgroups(col_groups, b.rows.div_ceil(CHUNK_ROWS), 1);
-        pass.set_pipeline(&self.backward_dparams);
-        pass.set_bind_group(0, &g.dparams, &[]);
-        pass.dispatch_workgroups(col_groups, 1, 1);
+        let chunks = b.rows.div_ceil(CHUNK_ROWS);
+        dispatch(
+            pass,
+            &self.backward_partials,
+            &g.partials,
+            [col_groups, chunks, 1],
+        );
+        dispatch(pass, &self.backward_dparams, &g.dparams, [col_groups, 1, 1]);
     }
 }

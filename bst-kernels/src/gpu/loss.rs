@@ -15,7 +15,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::optim::dispatch_flat;
+use super::launch::{assert_bound, dispatch, flat_grid};
 use super::{GpuContext, GpuError, Slot, TensorRef};
 
 /// The kernels' uniform, field for field `Params` in `shaders/loss.wgsl`.
@@ -83,14 +83,9 @@ impl LossBinding {
     /// effect at the next submit, and every dispatch of this binding in that submit sees
     /// the last value set. Panics if `rows` exceeds the bound maximum.
     pub fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
-        assert!(
-            rows <= self.max_rows,
-            "loss set_rows({rows}): the binding was made for at most {} rows",
-            self.max_rows
-        );
+        assert_bound("loss set_rows", rows, self.max_rows, "rows");
         self.params.b = rows;
-        ctx.queue
-            .write_buffer(&self.uniform, 0, bytemuck::bytes_of(&self.params));
+        ctx.write(&self.uniform, 0, &[self.params]);
     }
 }
 
@@ -178,17 +173,17 @@ impl LossKernels {
         };
         let uniform = ctx.uniform_buffer("loss params", &params);
         let dlogits_buf = dlogits.map_or(&self.dummy, |t| t.buffer);
-        let group = ctx.bind_group(
+        let group = ctx.kernel_bind_group(
             "loss",
             &self.layout,
+            uniform.as_entire_binding(),
             &[
-                uniform.as_entire_binding(),
-                bufs.logits.buffer.as_entire_binding(),
-                bufs.labels.buffer.as_entire_binding(),
-                bufs.probs.buffer.as_entire_binding(),
-                bufs.losses.buffer.as_entire_binding(),
-                bufs.mean.buffer.as_entire_binding(),
-                dlogits_buf.as_entire_binding(),
+                bufs.logits.buffer,
+                bufs.labels.buffer,
+                bufs.probs.buffer,
+                bufs.losses.buffer,
+                bufs.mean.buffer,
+                dlogits_buf,
             ],
         );
         Ok(LossBinding {
@@ -203,11 +198,8 @@ impl LossKernels {
     /// probs, losses, then the mean loss (one workgroup, fixed order), as
     /// [`crate::cpu::loss::bce_forward`] (which sums in f64: expect 1e-6 relative).
     pub fn forward(&self, pass: &mut wgpu::ComputePass, b: &LossBinding) {
-        pass.set_bind_group(0, &b.group, &[]);
-        pass.set_pipeline(&self.forward);
-        dispatch_flat(pass, b.params.b, WG, self.max_groups);
-        pass.set_pipeline(&self.mean);
-        pass.dispatch_workgroups(1, 1, 1);
+        dispatch(pass, &self.forward, &b.group, self.grid(b));
+        dispatch(pass, &self.mean, &b.group, [1, 1, 1]);
     }
 
     /// dlogits = (sigmoid(logits) - labels) / rows (overwrites), as
@@ -217,8 +209,11 @@ impl LossKernels {
             b.has_dlogits,
             "loss backward: the binding was made without dlogits"
         );
-        pass.set_bind_group(0, &b.group, &[]);
-        pass.set_pipeline(&self.backward);
-        dispatch_flat(pass, b.params.b, WG, self.max_groups);
+        dispatch(pass, &self.backward, &b.group, self.grid(b));
+    }
+
+    /// One invocation per row.
+    fn grid(&self, b: &LossBinding) -> [u32; 3] {
+        flat_grid(b.params.b, WG, self.max_groups)
     }
 }

@@ -10,7 +10,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::optim::dispatch_flat;
+use super::launch::{assert_bound, dispatch, flat_grid};
 use super::{GpuContext, GpuError, Slot, TensorRef};
 
 /// The kernel's uniform, field for field `Params` in `shaders/mask.wgsl`.
@@ -64,14 +64,9 @@ impl MaskBinding {
     /// effect at the next submit, and every dispatch of this binding in that submit sees
     /// the last value set. Panics if `rows` exceeds the bound maximum.
     pub fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
-        assert!(
-            rows <= self.max_rows,
-            "mask set_rows({rows}): the binding was made for at most {} rows",
-            self.max_rows
-        );
+        assert_bound("mask set_rows", rows, self.max_rows, "rows");
         self.params.b = rows;
-        ctx.queue
-            .write_buffer(&self.uniform, 0, bytemuck::bytes_of(&self.params));
+        ctx.write(&self.uniform, 0, &[self.params]);
     }
 }
 
@@ -130,14 +125,11 @@ impl MaskKernels {
             valid_off: bufs.valid.offset,
         };
         let uniform = ctx.uniform_buffer("mask params", &params);
-        let group = ctx.bind_group(
+        let group = ctx.kernel_bind_group(
             "mask",
             &self.layout,
-            &[
-                uniform.as_entire_binding(),
-                bufs.hist_item.buffer.as_entire_binding(),
-                bufs.valid.buffer.as_entire_binding(),
-            ],
+            uniform.as_entire_binding(),
+            &[bufs.hist_item.buffer, bufs.valid.buffer],
         );
         Ok(MaskBinding {
             params,
@@ -149,8 +141,12 @@ impl MaskKernels {
 
     /// valid (B, T) from hist_item (B, L), as [`crate::cpu::mask::valid_mask`].
     pub fn valid_mask(&self, pass: &mut wgpu::ComputePass, b: &MaskBinding) {
-        pass.set_pipeline(&self.valid_mask);
-        pass.set_bind_group(0, &b.group, &[]);
-        dispatch_flat(pass, b.params.b * (b.params.l + 1), WG, self.max_groups);
+        let n = b.params.b * (b.params.l + 1);
+        dispatch(
+            pass,
+            &self.valid_mask,
+            &b.group,
+            flat_grid(n, WG, self.max_groups),
+        );
     }
 }

@@ -11,7 +11,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{GpuContext, GpuError, Slot, TensorRef};
+use super::launch::{assert_bound, dispatch};
+use super::{GpuContext, GpuError, Slot, TensorRef, uniform_slot};
 
 /// The GEMM's uniform, field for field `Params` in `shaders/matmul.wgsl`.
 #[repr(C)]
@@ -43,9 +44,7 @@ struct GemmParams {
 const TILE: u32 = 64;
 /// Workgroup size of `matmul_backward_dbias`.
 const DBIAS_WG: u32 = 64;
-/// The four kernels' uniforms share one buffer, at this stride (a multiple of every
-/// device's `min_uniform_buffer_offset_alignment`, which WebGPU caps at 256).
-const UNIFORM_STRIDE: u64 = 256;
+/// Slots of the four kernels' uniforms in the binding's one uniform buffer.
 const FWD: usize = 0;
 const DINP: usize = 1;
 const DWEIGHT: usize = 2;
@@ -134,18 +133,13 @@ impl MatmulBinding {
     /// of this binding in that submit sees the last value set. Panics if `rows` exceeds
     /// the bound maximum (the buffers are not big enough).
     pub fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
-        assert!(
-            rows <= self.max_rows,
-            "matmul set_rows({rows}): the binding was made for at most {} rows",
-            self.max_rows
-        );
+        assert_bound("matmul set_rows", rows, self.max_rows, "rows");
         self.rows = rows;
         self.params[FWD].m = rows;
         self.params[DINP].m = rows;
         self.params[DWEIGHT].k = rows;
         self.params[DBIAS].m = rows;
-        ctx.queue
-            .write_buffer(&self.uniform, 0, &uniform_bytes(&self.params));
+        ctx.write_uniform_slots(&self.uniform, &self.params);
     }
 }
 
@@ -315,24 +309,12 @@ impl MatmulKernels {
             };
         }
 
-        let uniform = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("matmul params"),
-            size: 4 * UNIFORM_STRIDE,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        ctx.queue.write_buffer(&uniform, 0, &uniform_bytes(&params));
+        let uniform = ctx.uniform_slots_buffer("matmul params", &params);
 
         // One bind group per kernel: (params, a, b, c, bias, pre) as in the shader.
         let group = |label: &str, which: usize, bufs: [&wgpu::Buffer; 5]| {
-            let params = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: &uniform,
-                offset: which as u64 * UNIFORM_STRIDE,
-                size: wgpu::BufferSize::new(std::mem::size_of::<GemmParams>() as u64),
-            });
-            let mut resources = vec![params];
-            resources.extend(bufs.iter().map(|b| b.as_entire_binding()));
-            ctx.bind_group(label, &self.layout, &resources)
+            let params = uniform_slot::<GemmParams>(&uniform, which);
+            ctx.kernel_bind_group(label, &self.layout, params, &bufs)
         };
         let d = &self.dummy;
         let (inp, weight) = (bufs.inp.buffer, bufs.weight.buffer);
@@ -387,9 +369,8 @@ impl MatmulKernels {
         self.gemm(pass, &self.backward_dweight, dweight, b.n_out, b.n_in);
         if let Some(bg) = &b.dbias {
             // One invocation per bias element.
-            pass.set_pipeline(&self.backward_dbias);
-            pass.set_bind_group(0, bg, &[]);
-            pass.dispatch_workgroups(b.n_out.div_ceil(DBIAS_WG), 1, 1);
+            let groups = [b.n_out.div_ceil(DBIAS_WG), 1, 1];
+            dispatch(pass, &self.backward_dbias, bg, groups);
         }
     }
 
@@ -402,21 +383,6 @@ impl MatmulKernels {
         m: u32,
         n: u32,
     ) {
-        if m == 0 || n == 0 {
-            return;
-        }
-        pass.set_pipeline(pipeline);
-        pass.set_bind_group(0, bg, &[]);
-        pass.dispatch_workgroups(n.div_ceil(TILE), m.div_ceil(TILE), 1);
+        dispatch(pass, pipeline, bg, [n.div_ceil(TILE), m.div_ceil(TILE), 1]);
     }
-}
-
-fn uniform_bytes(params: &[GemmParams; 4]) -> Vec<u8> {
-    let mut bytes = vec![0u8; 4 * UNIFORM_STRIDE as usize];
-    for (i, p) in params.iter().enumerate() {
-        let at = i * UNIFORM_STRIDE as usize;
-        let src = bytemuck::bytes_of(p);
-        bytes[at..at + src.len()].copy_from_slice(src);
-    }
-    bytes
 }

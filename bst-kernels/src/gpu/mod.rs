@@ -22,13 +22,18 @@
 //!    the same file, sharing one explicit layout).
 //! 4. **Bind once per call site.** `bind(ctx, buffers, dims) -> <Op>Binding` creates the
 //!    uniform buffer(s) and bind group(s) once per buffer set (one per layer, say) and
-//!    checks every tensor range fits its buffer. Sizes that change per step (the last,
-//!    partial batch) are rewritten with `<Op>Binding::set_rows(ctx, rows)`, a
+//!    checks every tensor range fits its buffer (one uniform:
+//!    [`GpuContext::uniform_buffer`]; one per kernel or pass:
+//!    [`GpuContext::uniform_slots_buffer`] and [`uniform_slot`]; the group:
+//!    [`GpuContext::kernel_bind_group`]). Sizes that change per step (the last, partial
+//!    batch) are rewritten with `<Op>Binding::set_rows(ctx, rows)`, a
 //!    `queue.write_buffer` that takes effect at the next submit: every dispatch in that
 //!    submit sees the last value written.
 //! 5. **Record into the caller's pass.** Launcher methods take `&mut wgpu::ComputePass`
-//!    and the binding, set pipeline and bind group, and dispatch with `div_ceil` counts.
-//!    wgpu inserts the barriers between dispatches of one pass.
+//!    and the binding, set pipeline and bind group, and dispatch with `div_ceil` counts
+//!    (`launch::dispatch` with `flat_grid` or `strided_grid`, which respect the device's
+//!    `max_compute_workgroups_per_dimension`). wgpu inserts the barriers between
+//!    dispatches of one pass.
 //! 6. **Shaders guard out-of-range invocations** and never `return` early before a
 //!    `workgroupBarrier` (barriers must stay in uniform control flow).
 //! 7. **As on the CPU:** parameter gradients accumulate (`+=`), activation gradients
@@ -42,6 +47,7 @@ pub mod buffer;
 pub mod context;
 pub mod dropout;
 pub mod embedding;
+mod launch;
 pub mod layernorm;
 pub mod loss;
 pub mod mask;
@@ -50,7 +56,7 @@ pub mod optim;
 pub mod pooling;
 pub mod topk;
 
-pub use buffer::{STORAGE_USAGE, TensorRef};
+pub use buffer::{STORAGE_USAGE, TensorRef, UNIFORM_STRIDE, uniform_slot};
 pub use context::{GpuContext, GpuError, GpuOptions};
 /// The wgpu this crate is built against, so that users name the same version.
 pub use wgpu;
@@ -111,6 +117,21 @@ impl GpuContext {
             layout,
             entries: &entries,
         })
+    }
+
+    /// A bind group of the layout every launcher uses: `uniform` at `@binding(0)`, then
+    /// `storage[i]`, whole, at `@binding(i + 1)` (rule 1 above). `uniform` is
+    /// `buffer.as_entire_binding()`, or a [`uniform_slot`] of a buffer of several.
+    pub fn kernel_bind_group(
+        &self,
+        label: &str,
+        layout: &wgpu::BindGroupLayout,
+        uniform: wgpu::BindingResource<'_>,
+        storage: &[&wgpu::Buffer],
+    ) -> wgpu::BindGroup {
+        let mut resources = vec![uniform];
+        resources.extend(storage.iter().map(|b| b.as_entire_binding()));
+        self.bind_group(label, layout, &resources)
     }
 
     /// A shader module from WGSL source (errors surface through [`GpuContext::checked`]).

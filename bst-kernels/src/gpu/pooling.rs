@@ -11,7 +11,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::optim::dispatch_flat;
+use super::launch::{assert_bound, dispatch, flat_grid};
 use super::{GpuContext, GpuError, Slot, TensorRef};
 pub use crate::cpu::pooling::PoolMode;
 
@@ -96,14 +96,9 @@ impl PoolingBinding {
     /// of this binding in that submit sees the last value set. Panics if `rows` exceeds
     /// the bound maximum (the buffers are not big enough).
     pub fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
-        assert!(
-            rows <= self.max_rows,
-            "pooling set_rows({rows}): the binding was made for at most {} rows",
-            self.max_rows
-        );
+        assert_bound("pooling set_rows", rows, self.max_rows, "rows");
         self.params.b = rows;
-        ctx.queue
-            .write_buffer(&self.uniform, 0, bytemuck::bytes_of(&self.params));
+        ctx.write(&self.uniform, 0, &[self.params]);
     }
 }
 
@@ -220,17 +215,11 @@ impl PoolingKernels {
         let uniform = ctx.uniform_buffer("pooling params", &params);
         let dout = grads.map_or(&self.dummy, |g| g.dout.buffer);
         let dx = grads.map_or(&self.dummy, |g| g.dx.buffer);
-        let group = ctx.bind_group(
+        let group = ctx.kernel_bind_group(
             "pooling",
             &self.layout,
-            &[
-                uniform.as_entire_binding(),
-                bufs.x.buffer.as_entire_binding(),
-                bufs.valid.buffer.as_entire_binding(),
-                bufs.out.buffer.as_entire_binding(),
-                dout.as_entire_binding(),
-                dx.as_entire_binding(),
-            ],
+            uniform.as_entire_binding(),
+            &[bufs.x.buffer, bufs.valid.buffer, bufs.out.buffer, dout, dx],
         );
         Ok(PoolingBinding {
             params,
@@ -244,9 +233,12 @@ impl PoolingKernels {
     /// `out[b, off..off + width] = pool(x[b])`, as [`crate::cpu::pooling::pooling_forward`].
     pub fn forward(&self, pass: &mut wgpu::ComputePass, b: &PoolingBinding) {
         let n = b.params.b * b.params.width;
-        pass.set_pipeline(&self.forward);
-        pass.set_bind_group(0, &b.group, &[]);
-        dispatch_flat(pass, n, WG, self.max_groups);
+        dispatch(
+            pass,
+            &self.forward,
+            &b.group,
+            flat_grid(n, WG, self.max_groups),
+        );
     }
 
     /// dx = gradient of the pooled columns of dout (overwrites), as
@@ -258,8 +250,11 @@ impl PoolingKernels {
             "pooling backward: the binding was made without gradient buffers"
         );
         let n = b.params.b * b.params.t * b.params.d;
-        pass.set_pipeline(&self.backward);
-        pass.set_bind_group(0, &b.group, &[]);
-        dispatch_flat(pass, n, WG, self.max_groups);
+        dispatch(
+            pass,
+            &self.backward,
+            &b.group,
+            flat_grid(n, WG, self.max_groups),
+        );
     }
 }

@@ -24,7 +24,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{GpuContext, GpuError, Slot, TensorRef};
+use super::launch::{assert_bound, dispatch, flat_grid};
+use super::{GpuContext, GpuError, Slot, TensorRef, uniform_slot};
 
 /// Largest `k` the kernel selects (a workgroup keeps `K` of 2048 pairs, `K <= 1024`).
 pub const MAX_K: u32 = 1024;
@@ -32,9 +33,6 @@ pub const MAX_K: u32 = 1024;
 pub const MAX_N: u32 = 1 << 31;
 /// Pairs one workgroup sorts (`CHUNK` in the shader): 16 KiB of workgroup memory.
 const CHUNK: u32 = 2048;
-/// Each pass's uniform sits at this stride in one buffer (a multiple of every device's
-/// `min_uniform_buffer_offset_alignment`, which WebGPU caps at 256).
-const UNIFORM_STRIDE: u64 = 256;
 
 /// One pass's uniform, field for field `Params` in `shaders/topk.wgsl`.
 #[repr(C)]
@@ -114,15 +112,10 @@ impl TopKBinding {
     /// A `queue.write_buffer`: every dispatch of this binding in that submit sees the last
     /// value set. Panics if `n` exceeds the bound maximum.
     pub fn set_len(&mut self, ctx: &GpuContext, n: u32) {
-        assert!(
-            n <= self.max_n,
-            "topk set_len({n}): the binding was made for at most {} scores",
-            self.max_n
-        );
+        assert_bound("topk set_len", n, self.max_n, "scores");
         self.n = n;
         self.passes = plan(n, self.k, self.run, self.scores_off, self.out_off);
-        ctx.queue
-            .write_buffer(&self.uniform, 0, &uniform_bytes(&self.passes));
+        ctx.write_uniform_slots(&self.uniform, &self.passes);
     }
 }
 
@@ -220,35 +213,20 @@ impl TopKKernels {
         }
         let scratch: [wgpu::Buffer; 2] = scratch.try_into().expect("two scratch buffers");
 
-        let uniform = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("topk params"),
-            size: UNIFORM_STRIDE * passes.len() as u64,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        ctx.queue.write_buffer(&uniform, 0, &uniform_bytes(&passes));
+        // One uniform slot per pass.
+        let uniform = ctx.uniform_slots_buffer("topk params", &passes);
         let groups = (0..passes.len())
             .map(|p| {
-                let params = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: &uniform,
-                    offset: p as u64 * UNIFORM_STRIDE,
-                    size: wgpu::BufferSize::new(std::mem::size_of::<TopKParams>() as u64),
-                });
                 let src = if p == 0 {
                     &self.dummy
                 } else {
                     &scratch[(p - 1) % 2]
                 };
-                ctx.bind_group(
+                ctx.kernel_bind_group(
                     "topk",
                     &self.layout,
-                    &[
-                        params,
-                        bufs.scores.buffer.as_entire_binding(),
-                        src.as_entire_binding(),
-                        scratch[p % 2].as_entire_binding(),
-                        bufs.out.buffer.as_entire_binding(),
-                    ],
+                    uniform_slot::<TopKParams>(&uniform, p),
+                    &[bufs.scores.buffer, src, &scratch[p % 2], bufs.out.buffer],
                 )
             })
             .collect();
@@ -272,11 +250,13 @@ impl TopKKernels {
         if b.pairs() == 0 {
             return;
         }
-        pass.set_pipeline(&self.pass);
         for (params, group) in b.passes.iter().zip(&b.groups) {
-            pass.set_bind_group(0, group, &[]);
-            let x = params.groups.min(self.max_groups);
-            pass.dispatch_workgroups(x, params.groups.div_ceil(x), 1);
+            dispatch(
+                pass,
+                &self.pass,
+                group,
+                flat_grid(params.groups, 1, self.max_groups),
+            );
         }
     }
 }
@@ -317,16 +297,6 @@ fn plan(n: u32, k: u32, run: u32, scores_off: u32, out_off: u32) -> Vec<TopKPara
         }
         m = groups * run;
     }
-}
-
-fn uniform_bytes(passes: &[TopKParams]) -> Vec<u8> {
-    let mut bytes = vec![0u8; UNIFORM_STRIDE as usize * passes.len()];
-    for (i, p) in passes.iter().enumerate() {
-        let at = i * UNIFORM_STRIDE as usize;
-        let src = bytemuck::bytes_of(p);
-        bytes[at..at + src.len()].copy_from_slice(src);
-    }
-    bytes
 }
 
 #[cfg(test)]

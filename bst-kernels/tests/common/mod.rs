@@ -102,6 +102,20 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
     }
 }
 
+/// Asserts `got` and `want` are bit for bit the same (zeros of both signs and NaNs told
+/// apart); prints the count on success, the first difference on failure.
+pub fn assert_bits_eq(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let bad = got
+        .iter()
+        .zip(want)
+        .position(|(g, w)| g.to_bits() != w.to_bits());
+    if let Some(i) = bad {
+        panic!("{what}[{i}]: gpu {} cpu {}", got[i], want[i]);
+    }
+    println!("{what}: {} values, bit-identical", got.len());
+}
+
 /// Host image of a buffer holding several tensors between padding of sentinel values.
 pub struct Arena {
     pub data: Vec<f32>,
