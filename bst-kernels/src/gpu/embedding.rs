@@ -40,6 +40,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::buffer::uniform_slot;
+use super::launch::dispatch;
 use super::{GpuContext, GpuError, Slot, TensorRef};
 use crate::cpu::embedding::TokenIds;
 
@@ -68,9 +70,6 @@ struct EmbParams {
 
 /// Workgroup size of both entry points (`WG` in the shader).
 const WG: u32 = 64;
-/// The eight dispatches' uniforms share one buffer, at this stride (a multiple of every
-/// device's `min_uniform_buffer_offset_alignment`, which WebGPU caps at 256).
-const UNIFORM_STRIDE: u64 = 256;
 /// Tables, in the order of every per-table array here: item, category, position, other.
 const TABLES: usize = 4;
 const ITEM: usize = 0;
@@ -535,8 +534,7 @@ impl EmbeddingBinding {
     }
 
     fn write_uniform(&self, ctx: &GpuContext) {
-        ctx.queue
-            .write_buffer(&self.uniform, 0, &uniform_bytes(&self.params));
+        ctx.write_uniform_slots(&self.uniform, &self.params);
     }
 }
 
@@ -643,24 +641,13 @@ impl EmbeddingKernels {
             }
         }
 
-        let uniform = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("embedding params"),
-            size: 2 * TABLES as u64 * UNIFORM_STRIDE,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        ctx.queue.write_buffer(&uniform, 0, &uniform_bytes(&params));
+        // The eight dispatches' uniforms share one buffer, one slot each.
+        let uniform = ctx.uniform_slots_buffer("embedding params", &params);
 
         // One bind group per dispatch: (params, table, act, ids) as in the shader.
         let group = |label: &str, slot: usize, bufs: [&wgpu::Buffer; 3]| {
-            let params = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: &uniform,
-                offset: slot as u64 * UNIFORM_STRIDE,
-                size: wgpu::BufferSize::new(std::mem::size_of::<EmbParams>() as u64),
-            });
-            let mut resources = vec![params];
-            resources.extend(bufs.iter().map(|b| b.as_entire_binding()));
-            ctx.bind_group(label, &self.layout, &resources)
+            let params = uniform_slot::<EmbParams>(&uniform, slot);
+            ctx.kernel_bind_group(label, &self.layout, params, &bufs)
         };
         let gather = std::array::from_fn(|i| {
             group(
@@ -827,9 +814,7 @@ impl EmbeddingKernels {
         let (x, y) = self
             .grid(invocations)
             .expect("embedding: bind checked the grid of the largest batch");
-        pass.set_pipeline(pipeline);
-        pass.set_bind_group(0, bg, &[]);
-        pass.dispatch_workgroups(x, y, 1);
+        dispatch(pass, pipeline, bg, [x, y, 1]);
     }
 
     /// Workgroups `(x, y)` covering `invocations` (the shader's linear index is
@@ -846,16 +831,6 @@ fn grid(invocations: u64, max_x: u32, max_y: u32) -> Option<(u32, u32)> {
     let y = groups.div_ceil(x);
     let fits = y <= u64::from(max_y) && x * y * u64::from(WG) <= u64::from(u32::MAX);
     fits.then_some((x as u32, y as u32))
-}
-
-fn uniform_bytes(params: &[EmbParams; 2 * TABLES]) -> Vec<u8> {
-    let mut bytes = vec![0u8; params.len() * UNIFORM_STRIDE as usize];
-    for (i, p) in params.iter().enumerate() {
-        let at = i * UNIFORM_STRIDE as usize;
-        let src = bytemuck::bytes_of(p);
-        bytes[at..at + src.len()].copy_from_slice(src);
-    }
-    bytes
 }
 
 #[cfg(test)]

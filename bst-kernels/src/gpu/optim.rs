@@ -20,6 +20,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::launch::{assert_bound, dispatch, flat_grid};
 use super::{GpuContext, GpuError, Slot, TensorRef};
 pub use crate::cpu::optim::AdamHyper;
 
@@ -51,19 +52,6 @@ struct OptimParams {
 
 /// Invocations per workgroup (`WG` in the shader).
 const WG: u32 = 256;
-
-/// Dispatches `n.div_ceil(wg)` workgroups as an (x, y) grid with x at most `max_per_dim`
-/// (the device's `max_compute_workgroups_per_dimension`), for shaders that compute the
-/// flat index `(workgroup_id.y * num_workgroups.x + workgroup_id.x) * WG + local index`
-/// and guard `i < n` (the last row of the grid may overhang). Nothing for `n = 0`.
-pub(crate) fn dispatch_flat(pass: &mut wgpu::ComputePass, n: u32, wg: u32, max_per_dim: u32) {
-    let groups = n.div_ceil(wg);
-    if groups == 0 {
-        return;
-    }
-    let x = groups.min(max_per_dim);
-    pass.dispatch_workgroups(x, groups.div_ceil(x), 1);
-}
 
 /// The update rule and its state tensors, each (n) like the parameters, updated in place.
 #[derive(Clone, Copy, Debug)]
@@ -123,10 +111,7 @@ impl OptimBinding {
         let max = self
             .max_rows
             .expect("optim set_rows: the binding is over a range, not rows");
-        assert!(
-            u <= max,
-            "optim set_rows({u}): the binding was made for at most {max} rows"
-        );
+        assert_bound("optim set_rows", u, max, "rows");
         self.params.n = u * self.params.w;
         self.write_uniform(ctx);
     }
@@ -183,11 +168,7 @@ impl FillBinding {
     /// and every fill of this binding in that submit sees the last value set. Panics if
     /// `n` exceeds the bound count.
     pub fn set_len(&mut self, ctx: &GpuContext, n: u32) {
-        assert!(
-            n <= self.max_len,
-            "fill set_len({n}): the binding was made for at most {} elements",
-            self.max_len
-        );
+        assert_bound("fill set_len", n, self.max_len, "elements");
         self.params.n = n;
         ctx.queue
             .write_buffer(&self.uniform, 0, bytemuck::bytes_of(&self.params));
@@ -403,16 +384,14 @@ impl OptimKernels {
             (true, true) => &self.adam_rows,
             (false, true) => &self.adagrad_rows,
         };
-        pass.set_pipeline(pipeline);
-        pass.set_bind_group(0, &b.group, &[]);
-        dispatch_flat(pass, b.params.n, WG, self.max_groups);
+        let grid = flat_grid(b.params.n, WG, self.max_groups);
+        dispatch(pass, pipeline, &b.group, grid);
     }
 
     /// target[0..n] = value.
     pub fn fill(&self, pass: &mut wgpu::ComputePass, b: &FillBinding) {
-        pass.set_pipeline(&self.fill);
-        pass.set_bind_group(0, &b.group, &[]);
-        dispatch_flat(pass, b.params.n, WG, self.max_groups);
+        let grid = flat_grid(b.params.n, WG, self.max_groups);
+        dispatch(pass, &self.fill, &b.group, grid);
     }
 
     /// (uniform, params, grads, m, v, rows) as in the shader.
@@ -423,8 +402,6 @@ impl OptimKernels {
         uniform: &wgpu::Buffer,
         bufs: [&wgpu::Buffer; 5],
     ) -> wgpu::BindGroup {
-        let mut resources = vec![uniform.as_entire_binding()];
-        resources.extend(bufs.iter().map(|b| b.as_entire_binding()));
-        ctx.bind_group(label, &self.layout, &resources)
+        ctx.kernel_bind_group(label, &self.layout, uniform.as_entire_binding(), &bufs)
     }
 }
