@@ -4,8 +4,9 @@
 
 use bst_core::batch::Batch;
 use bst_core::data::{Samples, Vocab};
+use bst_core::gpu_backend::embedding_dims;
 use bst_core::model::Model;
-use bst_kernels::gpu::embedding::{EmbeddingDims, EmbeddingSegments};
+use bst_kernels::gpu::embedding::EmbeddingSegments;
 use bst_kernels::gpu::layernorm::CHUNK_ROWS;
 use bst_kernels::gpu::{GpuContext, wgpu};
 use bst_kernels::workload::Shapes;
@@ -113,22 +114,7 @@ pub fn gpu_backend_memory(model: &Model, cap: usize, adam: bool) -> DeviceMemory
     let n = model.layout.total;
     let arenas = (if adam { 4 } else { 3 }) * buf(n);
 
-    let shapes = kernel_shapes(model, cap);
-    let emb = EmbeddingDims {
-        rows: cap as u32,
-        seq_len: dm.l as u32,
-        d_item: dm.widths.0 as u32,
-        d_cat: dm.widths.1 as u32,
-        d_pos: dm.widths.2 as u32,
-        fields: dm.fields as u32,
-        d_other: dm.d_o as u32,
-        z_width: zw as u32,
-        z_off: dm.pw as u32,
-        n_item: shapes.vocab[0] as u32,
-        n_cat: shapes.vocab[1] as u32,
-        n_pos: shapes.vocab[2] as u32,
-        n_other: shapes.vocab[3] as u32,
-    };
+    let emb = embedding_dims(model, cap);
     let segments = EmbeddingSegments::buffer_len(&emb).unwrap_or(0);
     let inputs = buf(cap * (3 * dm.l + 2 + dm.fields)) + buf(cap) + buf(cap * t) + buf(segments);
 

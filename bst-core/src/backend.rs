@@ -8,6 +8,32 @@ use crate::model::{Activations, GradScratch, Mode, Model};
 use crate::optim::{OptimSnapshot, Optimizer};
 use crate::params::VocabSizes;
 use crate::rank::top_k;
+use std::any::Any;
+use std::sync::Arc;
+
+/// Host work a backend does on each training batch before its step (the GPU backend's
+/// embedding segments), split out so that the training loop can run it on another
+/// thread, ahead of the step ([`crate::prefetch`]). Must not depend on the backend's
+/// state: only on the batch.
+pub trait PrepareBatch: Send + Sync {
+    /// What [`Backend::train_step_prepared`] takes for `batch`.
+    fn prepare(&self, batch: &Batch) -> Prepared;
+}
+
+/// What a [`PrepareBatch`] made of one batch, opaque to everyone but its backend.
+pub struct Prepared(Box<dyn Any + Send>);
+
+impl Prepared {
+    /// Wraps a backend's prepared data.
+    pub fn new<T: Any + Send>(data: T) -> Prepared {
+        Prepared(Box::new(data))
+    }
+
+    /// The data, if it is a `T`.
+    pub fn take<T: Any>(self) -> Option<T> {
+        self.0.downcast().ok().map(|b| *b)
+    }
+}
 
 /// What a backend cannot do or was handed wrongly.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +63,17 @@ pub trait Backend {
     /// mean loss is added to a running sum that `take_loss` returns, so a GPU backend need
     /// not read anything back per step.
     fn train_step(&mut self, batch: &Batch);
+    /// The host work of a training step that can run ahead on another thread, if the
+    /// backend has any (the CPU has none).
+    fn batch_preparer(&self) -> Option<Arc<dyn PrepareBatch>> {
+        None
+    }
+    /// [`Backend::train_step`] with what [`Backend::batch_preparer`] made of `batch`
+    /// (`None`: the step does that work itself). Same results either way.
+    fn train_step_prepared(&mut self, batch: &Batch, prepared: Option<Prepared>) {
+        let _ = prepared;
+        self.train_step(batch);
+    }
     /// Steps between two `take_loss` calls that cost the device nothing noticeable: 1 on
     /// the CPU (so a non-finite loss is caught at its step), more on a GPU, where each
     /// read waits for the device.

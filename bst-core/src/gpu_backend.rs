@@ -44,15 +44,16 @@ use bst_kernels::gpu::pooling::PoolingKernels;
 use bst_kernels::gpu::topk::{MAX_K, TopKBinding, TopKBuffers, TopKDims, TopKKernels, read_pairs};
 use bst_kernels::gpu::{GpuContext, GpuError, TensorRef, wgpu};
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, PrepareBatch, Prepared};
 use crate::batch::Batch;
 use crate::config::{Config, Optimizer as OptimizerKind};
 use crate::model::Model;
 use crate::optim::{OptimSnapshot, OptimState};
 use crate::params::VocabSizes;
 use crate::rank::top_k;
+use buffers::Buffers;
 pub(crate) use buffers::IdsAt;
-use buffers::{Buffers, embedding_dims};
+pub use buffers::embedding_dims;
 use sites::Sites;
 
 /// The training step and inference of a [`Model`] on one GPU.
@@ -378,6 +379,23 @@ impl GpuBackend {
     }
 }
 
+/// The GPU backend's host work on a training batch: its embedding segments
+/// ([`EmbeddingSegments::build`]) for the binding's dims.
+struct SegmentBatches(EmbeddingDims);
+
+impl SegmentBatches {
+    fn segments(&self, batch: &Batch) -> Result<EmbeddingSegments, String> {
+        EmbeddingSegments::build(&self.0, batch.size as u32, batch.token_ids(), &batch.other)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl PrepareBatch for SegmentBatches {
+    fn prepare(&self, batch: &Batch) -> Prepared {
+        Prepared::new(self.segments(batch))
+    }
+}
+
 /// Refuses a device below the limits the kernels use: [`GpuContext::new`] checks them
 /// when it chooses the adapter, but an application's own device
 /// ([`GpuContext::from_device`]) may have been created with lower ones.
@@ -429,14 +447,21 @@ impl Backend for GpuBackend {
     }
 
     fn train_step(&mut self, batch: &Batch) {
+        self.train_step_prepared(batch, None);
+    }
+
+    /// The embedding segments of a batch, built on the host: the step's host work.
+    fn batch_preparer(&self) -> Option<Arc<dyn PrepareBatch>> {
+        Some(Arc::new(SegmentBatches(self.emb_dims)))
+    }
+
+    fn train_step_prepared(&mut self, batch: &Batch, prepared: Option<Prepared>) {
+        let segs = prepared
+            .and_then(|p| p.take::<Result<EmbeddingSegments, String>>())
+            .filter(|s| s.as_ref().is_ok_and(|s| s.rows() == batch.size as u32))
+            .unwrap_or_else(|| SegmentBatches(self.emb_dims).segments(batch))
+            .unwrap_or_else(|e| panic!("segmenting the batch's embedding ids: {e}"));
         self.upload(batch, Some(self.steps as u32));
-        let segs = EmbeddingSegments::build(
-            &self.emb_dims,
-            batch.size as u32,
-            batch.token_ids(),
-            &batch.other,
-        )
-        .unwrap_or_else(|e| panic!("segmenting the batch's embedding ids: {e}"));
         self.sites.embedding.set_segments(&self.ctx, &segs);
         for (rows, &u) in self.sites.update_rows.iter_mut().zip(&segs.unique_ids()) {
             rows.set_rows(&self.ctx, u);

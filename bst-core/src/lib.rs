@@ -93,6 +93,7 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod params;
+pub mod prefetch;
 pub mod rank;
 pub mod rng;
 pub mod scorer;

@@ -18,6 +18,7 @@ use crate::config::TrainConfig;
 use crate::data::{Dataset, Samples};
 use crate::metrics::{Metrics, auc, nan_as_null};
 use crate::optim::OptimSnapshot;
+use crate::prefetch::for_each_batch;
 use crate::rng::Rng;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -346,78 +347,89 @@ pub fn train_with(
     };
 
     let mut order = epoch_order(n, cfg.seed, progress.epoch);
-    let mut batch = Batch::default();
+    // Batches are gathered (and, on a GPU, segmented) on a producer thread, ahead of the
+    // step that takes them.
+    let preparer = backend.batch_preparer();
     for epoch in progress.epoch + 1..=cfg.epochs {
         Rng::new(cfg.seed).fork(epoch as u64).shuffle(&mut order);
         let start = Instant::now();
         let mut window_start = progress.step + 1;
-        for (i, idx) in order.chunks(cfg.batch).enumerate().skip(progress.step) {
-            if stop_requested() {
-                // Fold the unread loss in, so the epoch's train loss stays whole.
-                let (sum, k) = backend.take_loss();
-                let loss = (sum / k.max(1) as f64) as f32;
-                if !loss.is_finite() {
-                    return Err(TrainError::NonFinite {
-                        epoch,
-                        first_step: window_start,
-                        step: i,
-                        loss,
-                        saved,
+        let skip = progress.step;
+        let prep = preparer.as_deref();
+        for_each_batch(
+            &ds.train,
+            &order,
+            cfg.batch,
+            skip,
+            prep,
+            |i, batch, prepared| {
+                if stop_requested() {
+                    // Fold the unread loss in, so the epoch's train loss stays whole.
+                    let (sum, k) = backend.take_loss();
+                    let loss = (sum / k.max(1) as f64) as f32;
+                    if !loss.is_finite() {
+                        return Err(TrainError::NonFinite {
+                            epoch,
+                            first_step: window_start,
+                            step: i,
+                            loss,
+                            saved,
+                        });
+                    }
+                    progress.loss_sum += sum;
+                    progress.epoch_seconds += start.elapsed().as_secs_f64();
+                    let at = SavedAt {
+                        epoch: progress.epoch,
+                        step: progress.step,
+                    };
+                    // Nothing to save before the first step, nor twice the same state.
+                    let fresh = saved != Some(at) && (at.epoch, at.step) != (0, 0);
+                    if let (Some(c), true) = (checkpointer.as_deref_mut(), fresh) {
+                        let params = backend.read_params();
+                        let optim = backend.read_optim_state()?;
+                        c.save(
+                            Save::Latest,
+                            &Snapshot {
+                                progress: &progress,
+                                params: &params,
+                                optim: Some(&optim),
+                                best_params: best_params.as_deref(),
+                            },
+                        )?;
+                        saved = Some(at);
+                    }
+                    return Err(TrainError::Interrupted {
+                        at,
+                        saved: saved == Some(at),
                     });
                 }
-                progress.loss_sum += sum;
-                progress.epoch_seconds += start.elapsed().as_secs_f64();
-                let at = SavedAt {
-                    epoch: progress.epoch,
-                    step: progress.step,
-                };
-                // Nothing to save before the first step, nor twice the same state.
-                let fresh = saved != Some(at) && (at.epoch, at.step) != (0, 0);
-                if let (Some(c), true) = (checkpointer.as_deref_mut(), fresh) {
-                    let params = backend.read_params();
-                    let optim = backend.read_optim_state()?;
-                    c.save(
-                        Save::Latest,
-                        &Snapshot {
-                            progress: &progress,
-                            params: &params,
-                            optim: Some(&optim),
-                            best_params: best_params.as_deref(),
-                        },
-                    )?;
-                    saved = Some(at);
-                }
-                return Err(TrainError::Interrupted {
-                    at,
-                    saved: saved == Some(at),
-                });
-            }
-            batch.gather(&ds.train, idx);
-            backend.train_step(&batch);
-            let step = i + 1;
-            progress.step = step;
-            if step % loss_every == 0 || step == steps {
-                let (sum, k) = backend.take_loss();
-                let loss = (sum / k.max(1) as f64) as f32;
-                if !loss.is_finite() {
-                    return Err(TrainError::NonFinite {
+                backend.train_step_prepared(batch, prepared);
+                let step = i + 1;
+                progress.step = step;
+                if step % loss_every == 0 || step == steps {
+                    let (sum, k) = backend.take_loss();
+                    let loss = (sum / k.max(1) as f64) as f32;
+                    if !loss.is_finite() {
+                        return Err(TrainError::NonFinite {
+                            epoch,
+                            first_step: window_start,
+                            step,
+                            loss,
+                            saved,
+                        });
+                    }
+                    progress.loss_sum += sum;
+                    window_start = step + 1;
+                    on_event(Event::Step {
                         epoch,
-                        first_step: window_start,
                         step,
+                        steps,
                         loss,
-                        saved,
                     });
                 }
-                progress.loss_sum += sum;
-                window_start = step + 1;
-                on_event(Event::Step {
-                    epoch,
-                    step,
-                    steps,
-                    loss,
-                });
-            }
-        }
+                Ok(())
+            },
+        )?;
         let seconds = progress.epoch_seconds + start.elapsed().as_secs_f64();
         let valid = evaluate(backend, &ds.valid, cfg.eval_batch);
         let report = EpochReport {

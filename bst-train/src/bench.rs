@@ -30,12 +30,13 @@ use anyhow::{Context, bail};
 use bst_benches::{
     DeviceMemory, allocator_bytes, gpu_backend_memory, kernel_shapes, scoring_batch,
 };
-use bst_core::backend::{Backend, CpuBackend};
+use bst_core::backend::{Backend, CpuBackend, PrepareBatch};
 use bst_core::batch::Batch;
 use bst_core::config::{Config, ModelConfig, Optimizer};
 use bst_core::data::Dataset;
 use bst_core::gpu_backend::GpuBackend;
 use bst_core::model::Model;
+use bst_core::prefetch::for_each_batch;
 use bst_core::train::epoch_order;
 use bst_kernels::gpu::{GpuContext, GpuOptions, wgpu};
 use bst_kernels::workload::{Case, CpuWorkloads, GpuWorkloads};
@@ -255,6 +256,17 @@ struct Train {
     seconds: f64,
     loss_read_every: usize,
     mean_loss: f64,
+    host: Host,
+}
+
+/// The host's work per training batch (median milliseconds), see `bench_host`.
+#[derive(Serialize)]
+struct Host {
+    gather_ms: f64,
+    /// `null` for a backend without preparation (the CPU).
+    prepare_ms: Option<f64>,
+    /// Threads the preparation may use (rayon's pool).
+    threads: usize,
 }
 
 #[derive(Serialize)]
@@ -351,7 +363,9 @@ fn adapter(ctx: &GpuContext) -> GpuAdapter {
     }
 }
 
-/// Training samples per second over `--steps` steps after `--warmup`.
+/// Training samples per second over `--steps` steps after `--warmup`, with the batches
+/// gathered and prepared ahead on a producer thread as in training
+/// ([`bst_core::prefetch`]); and the host's work per batch, timed alone.
 fn bench_train(
     backend: &mut dyn Backend,
     ds: &Dataset,
@@ -359,33 +373,43 @@ fn bench_train(
     args: &BenchArgs,
 ) -> anyhow::Result<Train> {
     let b = cfg.train.batch;
-    let order = epoch_order(ds.train.len(), cfg.train.seed, 1);
-    let mut batch = Batch::default();
-    let mut idx = Vec::with_capacity(b);
-    let mut next = 0;
-    let mut step = |backend: &mut dyn Backend| {
-        // Full batches, wrapping around the shuffled samples.
-        idx.clear();
-        idx.extend((0..b).map(|j| order[(next + j) % order.len()]));
-        next = (next + b) % order.len();
-        batch.gather(&ds.train, &idx);
-        backend.train_step(&batch);
-    };
-    for _ in 0..args.warmup {
-        step(backend);
-    }
-    backend.take_loss(); // waits for the warm-up
+    let shuffled = epoch_order(ds.train.len(), cfg.train.seed, 1);
+    // Full batches, wrapping around the shuffled samples.
+    let order: Vec<usize> = (0..(args.warmup + args.steps) * b)
+        .map(|j| shuffled[j % shuffled.len()])
+        .collect();
+    let preparer = backend.batch_preparer();
+    let host = bench_host(ds, &order[..b], preparer.as_deref(), args);
     let every = backend.loss_read_interval().max(1);
     let (mut loss_sum, mut loss_steps) = (0.0, 0);
-    let start = Instant::now();
-    for s in 1..=args.steps {
-        step(backend);
-        if s % every == 0 || s == args.steps {
-            let (sum, k) = backend.take_loss();
-            loss_sum += sum;
-            loss_steps += k;
-        }
+    let mut start = Instant::now();
+    if args.warmup == 0 {
+        backend.take_loss();
     }
+    let done: Result<(), std::convert::Infallible> = for_each_batch(
+        &ds.train,
+        &order,
+        b,
+        0,
+        preparer.as_deref(),
+        |i, batch, p| {
+            backend.train_step_prepared(batch, p);
+            let s = i + 1;
+            if s == args.warmup {
+                backend.take_loss(); // waits for the warm-up
+                start = Instant::now();
+            } else if s > args.warmup {
+                let timed = s - args.warmup;
+                if timed.is_multiple_of(every) || timed == args.steps {
+                    let (sum, k) = backend.take_loss();
+                    loss_sum += sum;
+                    loss_steps += k;
+                }
+            }
+            Ok(())
+        },
+    );
+    let Ok(()) = done;
     let seconds = start.elapsed().as_secs_f64();
     let loss = loss_sum / loss_steps.max(1) as f64;
     if !loss.is_finite() {
@@ -399,7 +423,39 @@ fn bench_train(
         seconds,
         loss_read_every: every,
         mean_loss: loss,
+        host,
     })
+}
+
+/// The host's work per training batch, timed on one thread with nothing else running:
+/// the gather of the samples, and the backend's preparation (the GPU's embedding
+/// segments). Training overlaps both with the device's work; when their sum exceeds the
+/// time of a step, the host is the bottleneck.
+fn bench_host(
+    ds: &Dataset,
+    idx: &[usize],
+    preparer: Option<&dyn PrepareBatch>,
+    args: &BenchArgs,
+) -> Host {
+    let mut batch = Batch::default();
+    let gather = repeat(args.runs, args.max_seconds.min(2.0), || {
+        batch.gather(&ds.train, idx)
+    });
+    let prepare = preparer.map(|p| {
+        repeat(args.runs, args.max_seconds.min(2.0), || {
+            std::hint::black_box(p.prepare(&batch));
+        })
+    });
+    let median_ms = |t: &[f64]| {
+        let mut t = t.to_vec();
+        t.sort_by(f64::total_cmp);
+        1e3 * t[t.len() / 2]
+    };
+    Host {
+        gather_ms: median_ms(&gather),
+        prepare_ms: prepare.as_deref().map(median_ms),
+        threads: rayon::current_num_threads(),
+    }
 }
 
 /// Runs `f` once untimed, then up to `runs` times (at least [`MIN_RUNS`]) until

@@ -254,8 +254,8 @@ impl Alloc<'_> {
     }
 }
 
-/// The embedding layer's sizes for batches of up to `cap` samples.
-pub(super) fn embedding_dims(model: &Model, cap: usize) -> EmbeddingDims {
+/// The embedding layer's sizes for batches of up to `cap` samples of `model`.
+pub fn embedding_dims(model: &Model, cap: usize) -> EmbeddingDims {
     let (dm, pi) = (&model.dims, &model.layout.index);
     let (d_item, d_cat, d_pos) = dm.widths;
     let rows = |r: &Range<usize>, w: usize| (r.len() / w) as u32;

@@ -39,6 +39,7 @@
 //! segments of one batch per submit.
 
 use bytemuck::{Pod, Zeroable};
+use rayon::prelude::*;
 
 use super::buffer::uniform_slot;
 use super::launch::dispatch;
@@ -424,12 +425,17 @@ impl EmbeddingSegments {
             (0..b).flat_map(move |bi| (0..t).map(move |ti| pick(ids.token(bi, ti, l)) as u32))
         };
         let maps = table_maps(dims);
-        let segments = [
-            build_segments(token(|(i, _, _)| i), maps[ITEM].rows as usize),
-            build_segments(token(|(_, c, _)| c), maps[CAT].rows as usize),
-            build_segments(token(|(_, _, p)| p), maps[POS].rows as usize),
-            build_segments(other[..b * f].iter().copied(), maps[OTHER].rows as usize),
-        ];
+        // The four tables' sorts are independent: one rayon task each.
+        let table = |i: usize| {
+            let rows = maps[i].rows as usize;
+            match i {
+                ITEM => build_segments(token(|(i, _, _)| i), rows),
+                CAT => build_segments(token(|(_, c, _)| c), rows),
+                POS => build_segments(token(|(_, _, p)| p), rows),
+                _ => build_segments(other[..b * f].iter().copied(), rows),
+            }
+        };
+        let segments: Vec<_> = (0..TABLES).into_par_iter().map(table).collect();
 
         let (at, len) = segments_layout(dims);
         let mut data = vec![0; len as usize];

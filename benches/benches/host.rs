@@ -1,0 +1,59 @@
+//! The host's work per training batch, which training overlaps with the device's work on
+//! a producer thread (`bst_core::prefetch`): the gather of a batch's samples, and the GPU
+//! backend's embedding segments (`EmbeddingSegments::build`, sorted per table on rayon's
+//! pool), at batch 256 and 4096 of the default model. No GPU needed. When gather +
+//! segments exceeds a step's device time, the host is the bottleneck.
+//!
+//! `cargo bench -p bst-benches --bench host`
+
+use bst_core::batch::Batch;
+use bst_core::config::{Config, DataConfig};
+use bst_core::data::{self, DataSource};
+use bst_core::gpu_backend::embedding_dims;
+use bst_core::model::Model;
+use bst_core::params::VocabSizes;
+use bst_core::train::epoch_order;
+use bst_kernels::gpu::embedding::EmbeddingSegments;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+
+fn host(c: &mut Criterion) {
+    let cfg = Config {
+        data: DataConfig {
+            synthetic_users: 600,
+            ..Default::default()
+        },
+        ..Config::default()
+    };
+    let ds = data::load(&DataSource::Synthetic, &cfg).expect("synthetic data");
+    let v = &ds.vocab;
+    let sizes = VocabSizes {
+        items: v.n_items(),
+        cats: v.n_cats(),
+        other: v.n_other(),
+        fields: v.fields.len(),
+    };
+    let model = Model::new(&cfg.model, sizes);
+    let order = epoch_order(ds.train.len(), 0, 1);
+    for b in [256, 4096] {
+        let idx = &order[..b];
+        let mut g = c.benchmark_group(format!("host_b{b}"));
+        g.sample_size(20);
+        g.throughput(Throughput::Elements(b as u64));
+        let mut batch = Batch::default();
+        g.bench_function("gather", |bench| {
+            bench.iter(|| batch.gather(&ds.train, black_box(idx)))
+        });
+        let dims = embedding_dims(&model, b);
+        g.bench_function("embedding_segments", |bench| {
+            bench.iter(|| {
+                EmbeddingSegments::build(&dims, b as u32, batch.token_ids(), &batch.other)
+                    .expect("segments")
+            })
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, host);
+criterion_main!(benches);

@@ -1,0 +1,106 @@
+//! Batches gathered, and prepared for the backend, ahead of the step on a producer thread,
+//! so the host work of a step (the gather of its samples, a GPU's embedding segments)
+//! overlaps the device's work on the step before instead of adding to it.
+//!
+//! The producer runs at most [`DEPTH`] batches ahead (a bounded channel); the steps see
+//! the batches in the order of `order`, exactly as a plain loop would give them, so the
+//! results do not change.
+
+use crate::backend::{PrepareBatch, Prepared};
+use crate::batch::Batch;
+use crate::data::Samples;
+use std::sync::mpsc::sync_channel;
+
+/// Batches the producer may have ready before the step that takes them.
+pub const DEPTH: usize = 2;
+
+/// Calls `step(i, batch, prepared)` for batch `i` of `order.chunks(batch_size)`, from
+/// `skip` on, with the batch gathered from `samples` and, when `preparer` is given,
+/// prepared on a producer thread. Stops at the first error `step` returns, and returns it.
+pub fn for_each_batch<E>(
+    samples: &Samples,
+    order: &[usize],
+    batch_size: usize,
+    skip: usize,
+    preparer: Option<&dyn PrepareBatch>,
+    mut step: impl FnMut(usize, &Batch, Option<Prepared>) -> Result<(), E>,
+) -> Result<(), E> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = sync_channel(DEPTH);
+        scope.spawn(move || {
+            for (i, idx) in order.chunks(batch_size).enumerate().skip(skip) {
+                let mut batch = Batch::default();
+                batch.gather(samples, idx);
+                let prepared = preparer.map(|p| p.prepare(&batch));
+                // The receiver is gone when a step failed: stop.
+                if tx.send((i, batch, prepared)).is_err() {
+                    return;
+                }
+            }
+        });
+        // Ends when the producer has sent every batch; an error drops the receiver,
+        // which ends the producer, and the scope waits for it.
+        for (i, batch, prepared) in rx {
+            step(i, &batch, prepared)?;
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples(n: usize) -> Samples {
+        let mut s = Samples::new(2, 1);
+        for i in 0..n as u32 {
+            s.hist_item.extend([i, i]);
+            s.hist_cat.extend([0, 0]);
+            s.hist_pos.extend([1, 2]);
+            s.target_item.push(i);
+            s.target_cat.push(0);
+            s.other.push(0);
+            s.label.push(0.0);
+            s.user.push(0);
+        }
+        s
+    }
+
+    struct Count;
+    impl PrepareBatch for Count {
+        fn prepare(&self, batch: &Batch) -> Prepared {
+            Prepared::new(batch.size)
+        }
+    }
+
+    #[test]
+    fn batches_arrive_in_order_from_skip_with_their_preparation() {
+        let s = samples(10);
+        let order = [9, 8, 7, 6, 5, 4, 3, 2, 1, 0];
+        let mut seen = vec![];
+        let r: Result<(), ()> = for_each_batch(&s, &order, 3, 1, Some(&Count), |i, b, p| {
+            let size: usize = p.expect("prepared").take().expect("a usize");
+            assert_eq!(size, b.size);
+            seen.push((i, b.target_item.clone()));
+            Ok(())
+        });
+        assert!(r.is_ok());
+        assert_eq!(
+            seen,
+            vec![(1, vec![6, 5, 4]), (2, vec![3, 2, 1]), (3, vec![0])]
+        );
+    }
+
+    #[test]
+    fn an_error_stops_the_producer_and_comes_back() {
+        let s = samples(100);
+        let order: Vec<usize> = (0..100).collect();
+        let mut steps = 0;
+        let r = for_each_batch(&s, &order, 1, 0, None, |i, _, p| {
+            assert!(p.is_none());
+            steps += 1;
+            if i == 4 { Err(i) } else { Ok(()) }
+        });
+        assert_eq!((r, steps), (Err(4), 5));
+    }
+}
