@@ -123,6 +123,38 @@ def repeat(runs, max_seconds, f):
     return times
 
 
+def autograd_bytes(model, opt, x):
+    """What one training step must hold, on any device: the bytes of the tensors autograd
+    saves for the backward (distinct storages, found with saved_tensors_hooks), and of the
+    parameters, their gradients and the optimiser state. Their sum is a lower bound of the
+    step's peak memory (transient tensors of the forward and backward come on top)."""
+    storages = {}
+    params = list(model.parameters())
+    param_storages = {p.untyped_storage().data_ptr() for p in params}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in param_storages:  # weights are counted below
+            storages[(st.data_ptr(), t.device)] = st.nbytes()
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model.loss(model(*inputs(x)), x["label"])
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
+    state = [v for st in opt.state.values() for v in st.values()
+             if torch.is_tensor(v) and v.dim() > 0]
+    return {"saved_for_backward_bytes": sum(storages.values()),
+            "params_grads_optim_bytes": nbytes(params) + nbytes(p.grad for p in params
+                                                                if p.grad is not None)
+            + nbytes(state),
+            "method": "one training step: distinct storages autograd saves for the backward "
+                      "(saved_tensors_hooks), plus parameters, gradients and optimiser state"}
+
+
 def main():
     args = parse_args()
     s = settings(args)
@@ -166,6 +198,8 @@ def main():
     sync(device)
     train_seconds = time.perf_counter() - start
 
+    autograd = autograd_bytes(model, opt, to(pool[0], device))
+
     model.eval()
     e = s["eval_batch"]
     eval_batch = to(random_batch(s, e, gen), device)
@@ -205,6 +239,7 @@ def main():
                     "p99_ms": rank(0.99), "min_ms": ms[0], "mean_ms": sum(ms) / len(ms),
                     "includes_readback": True},
         "memory": memory,
+        "autograd": autograd,
     }
     json.dump(report, sys.stdout, indent=2)
     print()

@@ -427,7 +427,7 @@ fn bench_train(
     })
 }
 
-/// The host's work per training batch, timed on one thread with nothing else running:
+/// The host's work per training batch, timed with nothing else running:
 /// the gather of the samples, and the backend's preparation (the GPU's embedding
 /// segments). Training overlaps both with the device's work; when their sum exceeds the
 /// time of a step, the host is the bottleneck.
