@@ -5,6 +5,8 @@
 // A(m, k) = a[a_off + m*a_sm + k*a_sk] and B(k, n) = b[b_off + k*b_sk + n*b_sn]:
 //   matmul_forward          out (rows, n_out)   = inp (rows, n_in) W^T        (+ bias, act)
 //   matmul_backward_dinp    dinp (rows, n_in)   = dout (rows, n_out) W        (overwrite)
+//                           (* leaky'(pre) with act_grad: the gradient of the previous
+//                           layer's pre-activation, the activation backward fused in)
 //   matmul_backward_dweight dweight (n_out, n_in) += dout^T inp               (accumulate)
 // and the bias gradient is a column sum:
 //   matmul_backward_dbias   dbias (n_out)      += sum over rows of dout       (accumulate)
@@ -29,7 +31,10 @@ struct Params {
     store_pre: u32, // 1: also write the pre-activation to `pre`
     act: u32, // 0: none; 1: LeakyReLU, x > 0 ? x : alpha * x
     alpha: f32,
-    _pad0: u32,
+    // 1: C = (A B) * (pre > 0 ? 1 : alpha), pre (m, n) at pre_off with C's row stride.
+    // Each element's pre is read just before its C is written, by the same invocation,
+    // so pre may be C itself (the backward overwrites a dead pre-activation in place).
+    act_grad: u32,
     _pad1: u32,
 }
 
@@ -109,7 +114,8 @@ fn gemm_tile(wg: vec3<u32>, lid: vec3<u32>, tid: u32) {
         workgroupBarrier();
     }
 
-    // Epilogue: guard the edges, then C += acc, or C = act(acc + bias).
+    // Epilogue: guard the edges, then C += acc, or C = act(acc + bias), or
+    // C = acc * leaky'(pre).
     for (var i = 0u; i < PER_THREAD; i++) {
         let row = m0 + lid.y + i * WG;
         for (var j = 0u; j < PER_THREAD; j++) {
@@ -127,6 +133,9 @@ fn gemm_tile(wg: vec3<u32>, lid: vec3<u32>, tid: u32) {
                         pre[p.pre_off + row * p.c_sm + col] = v;
                     }
                     if (p.act == 1u && !(v > 0.0)) {
+                        v = p.alpha * v;
+                    }
+                    if (p.act_grad == 1u && !(pre[p.pre_off + row * p.c_sm + col] > 0.0)) {
                         v = p.alpha * v;
                     }
                 }

@@ -136,10 +136,14 @@ pub fn gpu_backend_memory(model: &Model, cap: usize, adam: bool) -> DeviceMemory
         + mlp_act
         + 2 * buf(cap) // probs, losses
         + 2 * buf(1); // loss sum, eval loss
-    let wmax = dm.mlp.iter().copied().max().unwrap_or(1);
-    // dx, dx1, dres, dbr, datty, dtmp; dqkv; dff, dff_pre; dz; dmlp, dmlp_pre.
-    let gradients =
-        6 * buf(td) + buf(3 * td) + 2 * buf(cap * t * dff) + buf(cap * zw) + 2 * buf(cap * wmax);
+    // dx; dqkv when d_ff < 3d (else in the block's ff); dz; dlogit. The other activation
+    // gradients live in dead activations.
+    let dqkv = if dm.blocks > 0 && dff < 3 * d {
+        buf(3 * td)
+    } else {
+        0
+    };
+    let gradients = buf(td) + dqkv + buf(cap * zw) + buf(cap);
     let rows = (cap * t) as u32;
     let layernorm_scratch = 2 * dm.blocks as u64 * buf(2 * rows.div_ceil(CHUNK_ROWS) as usize * d);
     DeviceMemory {

@@ -31,7 +31,6 @@ mod sites;
 use std::sync::Arc;
 
 use bst_kernels::cpu::dropout::DropoutKey;
-use bst_kernels::gpu::activation::ActivationKernels;
 use bst_kernels::gpu::attention::AttentionKernels;
 use bst_kernels::gpu::dropout::DropoutKernels;
 use bst_kernels::gpu::embedding::{EmbeddingDims, EmbeddingKernels, EmbeddingSegments};
@@ -88,7 +87,6 @@ struct Kernels {
     attn: AttentionKernels,
     ln: LayerNormKernels,
     drop: DropoutKernels,
-    act: ActivationKernels,
     pool: PoolingKernels,
     loss: LossKernels,
     optim: OptimKernels,
@@ -104,7 +102,6 @@ impl Kernels {
             attn: AttentionKernels::new(ctx)?,
             ln: LayerNormKernels::new(ctx)?,
             drop: DropoutKernels::new(ctx)?,
-            act: ActivationKernels::new(ctx)?,
             pool: PoolingKernels::new(ctx)?,
             loss: LossKernels::new(ctx)?,
             optim: OptimKernels::new(ctx)?,
@@ -291,7 +288,7 @@ impl GpuBackend {
         k.pool.forward(pass, &s.pooling);
         k.emb.other_embedding_forward(pass, &s.embedding);
         for layer in &s.mlp {
-            k.mm.forward(pass, &layer.linear); // hidden layers: pre and LeakyReLU(pre)
+            k.mm.forward(pass, layer); // hidden layers: pre and LeakyReLU(pre)
         }
     }
 
@@ -300,19 +297,17 @@ impl GpuBackend {
         let (k, s) = (&self.k, &self.sites);
         k.loss.backward(pass, &s.loss); // dmlp_pre = dloss/dlogit
         for layer in s.mlp.iter().rev() {
-            if let Some(act) = &layer.act {
-                k.act.backward(pass, act); // dmlp_pre = dmlp * leaky'(pre)
-            }
-            k.mm.backward(pass, &layer.linear); // dmlp (or dz) = dmlp_pre W; dW, db +=
+            // dz, or the previous layer's dpre = dpre W * leaky'(pre); dW, db +=
+            k.mm.backward(pass, layer);
         }
         k.emb.other_embedding_backward(pass, &s.embedding);
         k.pool.backward(pass, &s.pooling); // dx
         for blk in s.blocks.iter().rev() {
             // dx holds the gradient of the block's output; on exit, of its input.
+            // Where each gradient lives: the table on `Binder::block` in sites.rs.
             k.ln.backward(pass, &blk.ln2); // dres
             k.drop.backward(pass, &blk.res2); // dbr = dres * mask
-            k.mm.backward(pass, &blk.ffn2); // dff
-            k.act.backward(pass, &blk.ffn1_act); // dff_pre
+            k.mm.backward(pass, &blk.ffn2); // dff_pre = dbr W2 * leaky'(ff_pre)
             k.mm.backward(pass, &blk.ffn1); // dtmp
             k.drop.forward(pass, &blk.sum_dx1); // dx1 = dres + dtmp
             k.ln.backward(pass, &blk.ln1); // dres

@@ -4,6 +4,10 @@
 //! bigger buffer (inputs and outputs sharing one arena), and parameter gradients
 //! accumulating onto nonzero values.
 //!
+//! The backward's fused activation gradient (`dinp_act`) is checked in place: dinp written
+//! over the pre-activation it reads, against the CPU's matmul backward then LeakyReLU
+//! backward.
+//!
 //! Tolerance: |gpu - cpu| <= 1e-5 + 1e-4 |cpu| (sums of up to 130 products of values in
 //! [-1, 1], added in a different order than the CPU's gemm). Everything outside the
 //! written tensors must be bit-for-bit unchanged.
@@ -14,7 +18,7 @@ use std::ops::Range;
 
 use bst_kernels::cpu::{activation, matmul};
 use bst_kernels::gpu::matmul::{
-    Activation, MatmulBuffers, MatmulDims, MatmulGradBuffers, MatmulKernels,
+    Activation, LeakyInput, MatmulBuffers, MatmulDims, MatmulGradBuffers, MatmulKernels,
 };
 use bst_kernels::gpu::{GpuContext, TensorRef, wgpu};
 use common::{Arena, assert_close, assert_untouched, at, gpu, random_vec, run};
@@ -101,6 +105,7 @@ fn check(ctx: &GpuContext, case: &Case) {
         dweight: at(&grads_buf, &dw_r),
         dbias: case.bias.then(|| at(&grads_buf, &db_r)),
         dout: at(&dacts_buf, &dout_r),
+        dinp_act: None,
     };
     let dims = MatmulDims {
         rows: cap as u32,
@@ -317,4 +322,73 @@ fn checked_returns_a_broken_shader_as_an_error_value() {
     assert!(err.contains("broken shader"), "{err}");
     ctx.check()
         .expect("the scope caught the error, not the uncaptured handler");
+}
+
+#[test]
+fn fused_leaky_gradient_overwrites_the_pre_activation_in_place() {
+    let Some(ctx) = gpu() else { return };
+    let (cap, rows, n_in, n_out, alpha) = (80, 70, 65, 33, 0.05);
+    let inp = random_vec(cap * n_in, 11);
+    let weight = random_vec(n_out * n_in, 12);
+    let dout = random_vec(cap * n_out, 13);
+    let pre0 = random_vec(cap * n_in, 14); // both signs
+    let mut params = Arena::new(15);
+    let w_r = params.push(3, &weight);
+    let mut acts = Arena::new(16);
+    let inp_r = acts.push(2, &inp);
+    let out_r = acts.push(1, &vec![0.0; cap * n_out]);
+    let pre_r = acts.push(5, &pre0); // the previous layer's pre-activation
+    acts.push(3, &[]);
+    let mut grads = Arena::new(17);
+    let dw_r = grads.push(4, &vec![0.0; n_out * n_in]);
+    let dout_r = grads.push(2, &dout);
+    let params_buf = ctx.storage_buffer("params", &params.data);
+    let acts_buf = ctx.storage_buffer("acts", &acts.data);
+    let grads_buf = ctx.storage_buffer("grads", &grads.data);
+    let kernels = MatmulKernels::new(ctx).expect("matmul kernels");
+    let pre = at(&acts_buf, &pre_r);
+    let bufs = MatmulBuffers {
+        out: at(&acts_buf, &out_r),
+        pre: None,
+        inp: at(&acts_buf, &inp_r),
+        weight: at(&params_buf, &w_r),
+        bias: None,
+    };
+    let grad_bufs = MatmulGradBuffers {
+        dinp: Some(pre),
+        dweight: at(&grads_buf, &dw_r),
+        dbias: None,
+        dout: at(&grads_buf, &dout_r),
+        dinp_act: Some(LeakyInput { pre, alpha }),
+    };
+    let dims = MatmulDims {
+        rows: cap as u32,
+        n_in: n_in as u32,
+        n_out: n_out as u32,
+        act: Activation::None,
+    };
+    let mut binding = kernels.bind(ctx, &bufs, Some(&grad_bufs), dims).expect("bind");
+    binding.set_rows(ctx, rows as u32);
+    run(ctx, |pass| kernels.backward(pass, &binding));
+
+    let mut dinp = vec![0.0; rows * n_in];
+    let mut dweight = vec![0.0; n_out * n_in];
+    matmul::matmul_backward(
+        Some(&mut dinp),
+        &mut dweight,
+        None,
+        &dout,
+        &inp,
+        &weight,
+        rows,
+        n_in,
+        n_out,
+    );
+    let mut dpre = vec![0.0; rows * n_in];
+    activation::leaky_relu_backward(&mut dpre, &dinp, &pre0[..rows * n_in], alpha);
+    let got = ctx.read_f32(&acts_buf, 0, acts.data.len()).expect("readback");
+    let written = pre_r.start..pre_r.start + rows * n_in;
+    assert_close("fused dpre", &got[written.clone()], &dpre, ATOL, RTOL);
+    // Rows past the batch keep their pre-activation; nothing else moves.
+    assert_untouched("fused acts", &got, &acts.data, &[&written]);
 }

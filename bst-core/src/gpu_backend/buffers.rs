@@ -89,20 +89,19 @@ pub(super) struct Acts {
     pub eval_loss: wgpu::Buffer,
 }
 
-/// Activation gradients (as `crate::model::GradScratch`), overwritten.
+/// The activation gradients that have no dead activation to live in. The backward writes
+/// the others over forward activations it no longer reads (the block's `a`, `f`, `x1`,
+/// `x2`, `res2`, `ff`, `ff_pre`, and the MLP's pre-activations): `sites.rs` lists where
+/// each goes. So the backward needs little more memory than the forward.
 pub(super) struct GradScratch {
-    pub dx: wgpu::Buffer,       // (B, T, d)
-    pub dx1: wgpu::Buffer,      // (B, T, d)
-    pub dres: wgpu::Buffer,     // (B, T, d)
-    pub dbr: wgpu::Buffer,      // (B, T, d)
-    pub datty: wgpu::Buffer,    // (B, T, d)
-    pub dtmp: wgpu::Buffer,     // (B, T, d)
-    pub dqkv: wgpu::Buffer,     // (B, T, 3d)
-    pub dff: wgpu::Buffer,      // (B, T, d_ff)
-    pub dff_pre: wgpu::Buffer,  // (B, T, d_ff)
-    pub dz: wgpu::Buffer,       // (B, zw)
-    pub dmlp: wgpu::Buffer,     // (B, max width)
-    pub dmlp_pre: wgpu::Buffer, // (B, max width)
+    /// (B, T, d): the gradient of a block's output, then of its input.
+    pub dx: wgpu::Buffer,
+    /// (B, T, 3d): only when d_ff < 3d; else it lives in the block's `ff`.
+    pub dqkv: Option<wgpu::Buffer>,
+    /// (B, zw)
+    pub dz: wgpu::Buffer,
+    /// (B): the gradient of the logit.
+    pub dlogit: wgpu::Buffer,
 }
 
 /// Every buffer of the backend.
@@ -201,20 +200,14 @@ impl Buffers {
             loss_sum: a.buffer("loss sum", 1, "")?,
             eval_loss: a.buffer("eval loss", 1, "")?,
         };
-        let wmax = dm.mlp.iter().copied().max().unwrap_or(1);
         let scratch = GradScratch {
             dx: act("dx (B, T, d)", t * d)?,
-            dx1: act("dx1 (B, T, d)", t * d)?,
-            dres: act("dres (B, T, d)", t * d)?,
-            dbr: act("dbr (B, T, d)", t * d)?,
-            datty: act("datty (B, T, d)", t * d)?,
-            dtmp: act("dtmp (B, T, d)", t * d)?,
-            dqkv: act("dqkv (B, T, 3d)", t * 3 * d)?,
-            dff: act("dff (B, T, d_ff)", t * dff)?,
-            dff_pre: act("dff_pre (B, T, d_ff)", t * dff)?,
+            dqkv: match dm.blocks > 0 && dff < 3 * d {
+                true => Some(act("dqkv (B, T, 3d)", t * 3 * d)?),
+                false => None,
+            },
             dz: act("dz (B, zw)", dm.zw)?,
-            dmlp: act("dmlp (B, max width)", wmax)?,
-            dmlp_pre: act("dmlp_pre (B, max width)", wmax)?,
+            dlogit: act("dlogit (B)", 1)?,
         };
         Ok(Buffers {
             arenas,

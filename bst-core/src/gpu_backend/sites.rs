@@ -4,9 +4,6 @@
 use std::ops::Range;
 
 use bst_kernels::cpu::dropout::DropoutKey;
-use bst_kernels::gpu::activation::{
-    ActivationBinding, ActivationBuffers, ActivationDims, ActivationGradBuffers,
-};
 use bst_kernels::gpu::attention::{
     AttentionBinding, AttentionBuffers, AttentionDims, AttentionGradBuffers,
 };
@@ -19,7 +16,7 @@ use bst_kernels::gpu::layernorm::{
 use bst_kernels::gpu::loss::{LossBinding, LossBuffers, LossDims};
 use bst_kernels::gpu::mask::{MaskBinding, MaskBuffers, MaskDims};
 use bst_kernels::gpu::matmul::{
-    Activation, MatmulBinding, MatmulBuffers, MatmulDims, MatmulGradBuffers,
+    Activation, LeakyInput, MatmulBinding, MatmulBuffers, MatmulDims, MatmulGradBuffers,
 };
 use bst_kernels::gpu::optim::{AdamHyper, FillBinding, OptimBinding, TableRows, UpdateRule};
 use bst_kernels::gpu::pooling::{PoolingBinding, PoolingBuffers, PoolingDims, PoolingGradBuffers};
@@ -40,8 +37,7 @@ pub(super) struct BlockSites {
     pub res1: DropoutBinding,        // res1 = x + dropout(a)
     pub ln1: LayerNormBinding,       // x1 = LN1(res1)
     pub ffn1: MatmulBinding,         // ff = LeakyReLU(ff_pre), ff_pre = x1 W1^T + b1
-    pub ffn1_act: ActivationBinding, // backward only: dff_pre = dff * leaky'(ff_pre)
-    pub ffn2: MatmulBinding,         // f = ff W2^T + b2
+    pub ffn2: MatmulBinding,         // f = ff W2^T + b2 (backward: dff_pre, leaky' fused)
     pub res2: DropoutBinding,        // res2 = x1 + dropout(f)
     pub ln2: LayerNormBinding,       // x2 = LN2(res2)
     /// Backward, `dx1 = dres + dtmp`: a residual dropout forward with p = 0.
@@ -52,12 +48,6 @@ pub(super) struct BlockSites {
     pub zero_key_bias: FillBinding,
 }
 
-/// One MLP layer: the linear (with the LeakyReLU epilogue on hidden layers) and, on
-/// hidden layers, the activation's backward.
-pub(super) struct MlpSite {
-    pub linear: MatmulBinding,
-    pub act: Option<ActivationBinding>,
-}
 
 /// Every call site, bound once.
 pub(super) struct Sites {
@@ -66,7 +56,9 @@ pub(super) struct Sites {
     pub embedding: EmbeddingBinding,
     pub blocks: Vec<BlockSites>,
     pub pooling: PoolingBinding,
-    pub mlp: Vec<MlpSite>,
+    /// Each MLP layer's linear (the LeakyReLU epilogue on hidden layers; the backward of
+    /// the layer after a hidden one applies leaky' to its input gradient).
+    pub mlp: Vec<MatmulBinding>,
     /// Training: accumulates the batch mean into `loss_sum`, writes dlogits.
     pub loss: LossBinding,
     /// Evaluation: probabilities only (its mean goes to `eval_loss`).
@@ -184,56 +176,43 @@ impl Sites {
                 mode: dm.pool,
             },
         )?;
+        // Backward: the loss writes dlogit; layer k > 0 writes the gradient of its input
+        // act_{k-1} times leaky'(pre_{k-1}) over pre_{k-1} (dead by then), which is layer
+        // k-1's dout; layer 0 writes dz.
         let last = dm.mlp.len() - 1;
         let mut mlp = Vec::new();
         for (layer, (w, b)) in pi.mlp.iter().enumerate() {
-            let (inp, dinp) = match layer {
-                0 => (&acts.z, &s.dz),
-                _ => (&acts.mlp_act[layer - 1], &s.dmlp),
+            let (inp, dinp, dinp_act) = match layer {
+                0 => (&acts.z, &s.dz, None),
+                _ => {
+                    let pre_in = &acts.mlp_pre[layer - 1];
+                    (&acts.mlp_act[layer - 1], pre_in, Some((pre_in, dm.alpha)))
+                }
+            };
+            let dout = match layer == last {
+                true => &s.dlogit,
+                false => &acts.mlp_pre[layer],
             };
             let widths = (dm.mlp_in(layer), dm.mlp[layer]);
-            let pre = &acts.mlp_pre[layer];
-            mlp.push(if layer < last {
-                let out = &acts.mlp_act[layer];
-                let leaky = Activation::LeakyRelu { alpha: dm.alpha };
-                MlpSite {
-                    linear: bind.linear(
-                        out,
-                        Some(pre),
-                        inp,
-                        (w, b),
-                        dinp,
-                        &s.dmlp_pre,
-                        cap,
-                        widths,
-                        leaky,
-                    )?,
-                    act: Some(bind.leaky(
-                        out,
-                        pre,
-                        &s.dmlp_pre,
-                        &s.dmlp,
-                        cap,
-                        widths.1,
-                        dm.alpha,
-                    )?),
-                }
-            } else {
-                MlpSite {
-                    linear: bind.linear(
-                        pre,
-                        None,
-                        inp,
-                        (w, b),
-                        dinp,
-                        &s.dmlp_pre,
-                        cap,
-                        widths,
-                        Activation::None,
-                    )?,
-                    act: None,
-                }
-            });
+            let (out, pre, act) = match layer < last {
+                true => (
+                    &acts.mlp_act[layer],
+                    Some(&acts.mlp_pre[layer]),
+                    Activation::LeakyRelu { alpha: dm.alpha },
+                ),
+                false => (&acts.mlp_pre[layer], None, Activation::None),
+            };
+            mlp.push(bind.linear(
+                out,
+                pre,
+                inp,
+                (w, b),
+                (dinp, dinp_act),
+                dout,
+                cap,
+                widths,
+                act,
+            )?);
         }
         let loss_bufs = |mean| LossBuffers {
             probs: all(&acts.probs),
@@ -245,7 +224,7 @@ impl Sites {
         let loss = k.loss.bind(
             ctx,
             &loss_bufs(&acts.loss_sum),
-            Some(all(&s.dmlp_pre)),
+            Some(all(&s.dlogit)),
             LossDims {
                 rows: cap as u32,
                 accumulate_mean: true,
@@ -343,7 +322,6 @@ impl Sites {
             blk.res1.set_rows(ctx, n);
             blk.ln1.set_rows(ctx, n);
             blk.ffn1.set_rows(ctx, n);
-            blk.ffn1_act.set_rows(ctx, n);
             blk.ffn2.set_rows(ctx, n);
             blk.res2.set_rows(ctx, n);
             blk.ln2.set_rows(ctx, n);
@@ -352,10 +330,7 @@ impl Sites {
         }
         self.pooling.set_rows(ctx, b32);
         for layer in &mut self.mlp {
-            layer.linear.set_rows(ctx, b32);
-            if let Some(act) = &mut layer.act {
-                act.set_rows(ctx, b32);
-            }
+            layer.set_rows(ctx, b32);
         }
         self.loss.set_rows(ctx, b32);
         self.eval_loss.set_rows(ctx, b32);
@@ -385,14 +360,16 @@ impl<'a> Binder<'a> {
     }
 
     /// `out = act(inp W^T + b)` over `rows` rows (and `pre` before the activation), with
-    /// its backward: `dinp = dout W` (if any), `dW += dout^T inp`, `db += sum dout`.
+    /// its backward: `dinp = dout W`, `dW += dout^T inp`, `db += sum dout`. With
+    /// `dinp_act = (pre_in, alpha)` (the input is `LeakyReLU(pre_in)`), `dinp` receives
+    /// `dout W * leaky'(pre_in)` and may be `pre_in` itself.
     fn linear(
         &self,
         out: &wgpu::Buffer,
         pre: Option<&wgpu::Buffer>,
         inp: &wgpu::Buffer,
         (w, b): (&Range<usize>, &Range<usize>),
-        dinp: &wgpu::Buffer,
+        (dinp, dinp_act): (&wgpu::Buffer, Option<(&wgpu::Buffer, f32)>),
         dout: &wgpu::Buffer,
         rows: usize,
         (n_in, n_out): (usize, usize),
@@ -410,6 +387,10 @@ impl<'a> Binder<'a> {
             dweight: self.grad(w),
             dbias: Some(self.grad(b)),
             dout: all(dout),
+            dinp_act: dinp_act.map(|(pre, alpha)| LeakyInput {
+                pre: all(pre),
+                alpha,
+            }),
         };
         let dims = MatmulDims {
             rows: rows as u32,
@@ -480,36 +461,28 @@ impl<'a> Binder<'a> {
         self.k.ln.bind(self.ctx, &bufs, Some(&grads), dims)
     }
 
-    /// The LeakyReLU `out = leaky(pre)` (computed by the matmul's epilogue), bound for
-    /// its backward `dpre = dout * leaky'(pre)`.
-    fn leaky(
-        &self,
-        out: &wgpu::Buffer,
-        pre: &wgpu::Buffer,
-        dpre: &wgpu::Buffer,
-        dout: &wgpu::Buffer,
-        rows: usize,
-        width: usize,
-        alpha: f32,
-    ) -> Result<ActivationBinding, GpuError> {
-        let bufs = ActivationBuffers {
-            out: all(out),
-            inp: all(pre),
-        };
-        let grads = ActivationGradBuffers {
-            dinp: all(dpre),
-            dout: all(dout),
-        };
-        let dims = ActivationDims {
-            rows: rows as u32,
-            width: width as u32,
-            alpha,
-        };
-        self.k.act.bind(self.ctx, &bufs, Some(&grads), dims)
-    }
-
     /// One block with input `x` (x0 or the previous block's x2), as `Model::forward` and
     /// `Model::block_backward`. Dropout keys are set per step.
+    ///
+    /// The backward writes its gradients over the block's activations it no longer reads,
+    /// in this order (`dx` is the scratch carrying the gradient between blocks):
+    ///
+    /// | step | reads | writes |
+    /// |---|---|---|
+    /// | ln2 backward | dx, res2 | dres -> x2 |
+    /// | res2 dropout backward | dres (x2) | dbr -> f |
+    /// | ffn2 backward, leaky' fused | dbr (f), ff, ff_pre | dff_pre -> ff_pre (in place) |
+    /// | ffn1 backward | dff_pre (ff_pre), x1 | dtmp -> a |
+    /// | dx1 = dres + dtmp | x2, a | dx1 -> x2 (in place) |
+    /// | ln1 backward | dx1 (x2), res1 | dres' -> res2 |
+    /// | res1 dropout backward | dres' (res2) | dbr' -> f |
+    /// | out backward | dbr' (f), atty | datty -> a |
+    /// | attention backward | datty (a), att, qkv | dqkv -> ff (or scratch when d_ff < 3d) |
+    /// | qkv backward | dqkv, x | dtmp' -> x1 |
+    /// | dx = dres' + dtmp' | res2, x1 | dx |
+    ///
+    /// (`a` and `f` are dead once the forward's residuals have read them; x2 once the
+    /// next block's qkv backward, or the pooling backward, has run.)
     fn block(
         &self,
         x: &wgpu::Buffer,
@@ -530,6 +503,7 @@ impl<'a> Binder<'a> {
             step: 0,
             site: 0,
         };
+        let dqkv = s.dqkv.as_ref().unwrap_or(&a.ff);
         let attention = self.k.attn.bind(
             self.ctx,
             &AttentionBuffers {
@@ -539,8 +513,8 @@ impl<'a> Binder<'a> {
                 valid: all(valid),
             },
             Some(&AttentionGradBuffers {
-                dqkv: all(&s.dqkv),
-                dout: all(&s.datty),
+                dqkv: all(dqkv),
+                dout: all(&a.a),
             }),
             AttentionDims {
                 batch: cap as u32,
@@ -555,8 +529,8 @@ impl<'a> Binder<'a> {
                 None,
                 x,
                 (&p.qkv_w, &p.qkv_b),
-                &s.dtmp,
-                &s.dqkv,
+                (&a.x1, None),
+                dqkv,
                 n,
                 (d, 3 * d),
                 none,
@@ -567,20 +541,20 @@ impl<'a> Binder<'a> {
                 None,
                 &a.atty,
                 (&p.out_w, &p.out_b),
-                &s.datty,
-                &s.dbr,
+                (&a.a, None),
+                &a.f,
                 n,
                 (d, d),
                 none,
             )?,
-            res1: self.residual(&a.res1, x, &a.a, Some((&s.dbr, &s.dres)), n, d, keep_all)?,
+            res1: self.residual(&a.res1, x, &a.a, Some((&a.f, &a.res2)), n, d, keep_all)?,
             ln1: self.layernorm(
                 &a.x1,
                 (&a.ln1_mean, &a.ln1_rstd),
                 &a.res1,
                 (&p.ln1_w, &p.ln1_b),
-                &s.dres,
-                &s.dx1,
+                &a.res2,
+                &a.x2,
                 n,
                 d,
             )?,
@@ -589,45 +563,36 @@ impl<'a> Binder<'a> {
                 Some(&a.ff_pre),
                 &a.x1,
                 (&p.ffn1_w, &p.ffn1_b),
-                &s.dtmp,
-                &s.dff_pre,
+                (&a.a, None),
+                &a.ff_pre,
                 n,
                 (d, dff),
                 leaky,
             )?,
-            ffn1_act: self.leaky(&a.ff, &a.ff_pre, &s.dff_pre, &s.dff, n, dff, dm.alpha)?,
             ffn2: self.linear(
                 &a.f,
                 None,
                 &a.ff,
                 (&p.ffn2_w, &p.ffn2_b),
-                &s.dff,
-                &s.dbr,
+                (&a.ff_pre, Some((&a.ff_pre, dm.alpha))),
+                &a.f,
                 n,
                 (dff, d),
                 none,
             )?,
-            res2: self.residual(
-                &a.res2,
-                &a.x1,
-                &a.f,
-                Some((&s.dbr, &s.dres)),
-                n,
-                d,
-                keep_all,
-            )?,
+            res2: self.residual(&a.res2, &a.x1, &a.f, Some((&a.f, &a.x2)), n, d, keep_all)?,
             ln2: self.layernorm(
                 &a.x2,
                 (&a.ln2_mean, &a.ln2_rstd),
                 &a.res2,
                 (&p.ln2_w, &p.ln2_b),
-                &s.dres,
+                &a.x2,
                 &s.dx,
                 n,
                 d,
             )?,
-            sum_dx1: self.residual(&s.dx1, &s.dres, &s.dtmp, None, n, d, keep_all)?,
-            sum_dx: self.residual(&s.dx, &s.dres, &s.dtmp, None, n, d, keep_all)?,
+            sum_dx1: self.residual(&a.x2, &a.x2, &a.a, None, n, d, keep_all)?,
+            sum_dx: self.residual(&s.dx, &a.res2, &a.x1, None, n, d, keep_all)?,
             zero_key_bias: self.k.optim.bind_fill(
                 self.ctx,
                 TensorRef::new(self.grads, (p.qkv_b.start + d) as u32),

@@ -36,7 +36,7 @@ struct GemmParams {
     store_pre: u32,
     act: u32,
     alpha: f32,
-    _pad0: u32,
+    act_grad: u32,
     _pad1: u32,
 }
 
@@ -105,6 +105,20 @@ pub struct MatmulGradBuffers<'a> {
     pub dbias: Option<TensorRef<'a>>,
     /// (rows, n_out): gradient of the loss with respect to the pre-activation.
     pub dout: TensorRef<'a>,
+    /// When the input is a LeakyReLU's output: its pre-activation (rows, n_in) and slope.
+    /// `dinp` then receives the gradient of that pre-activation, `dout W * leaky'(pre)`
+    /// (the activation backward fused into the epilogue), and may be `pre` itself: the
+    /// backward may overwrite the dead pre-activation in place.
+    pub dinp_act: Option<LeakyInput<'a>>,
+}
+
+/// A layer input that is `LeakyReLU(pre)`, for [`MatmulGradBuffers::dinp_act`].
+#[derive(Clone, Copy, Debug)]
+pub struct LeakyInput<'a> {
+    /// (rows, n_in), the pre-activation.
+    pub pre: TensorRef<'a>,
+    /// Slope for negative inputs, as [`crate::cpu::activation::leaky_relu_backward`].
+    pub alpha: f32,
 }
 
 /// Uniforms and bind groups of one call site (one layer), made by [`MatmulKernels::bind`].
@@ -221,7 +235,17 @@ impl MatmulKernels {
                 ),
                 ("matmul dbias (n_out)", g.dbias, n_out_l),
                 ("matmul dout (rows, n_out)", Some(g.dout), rows_l * n_out_l),
+                (
+                    "matmul dinp_act pre (rows, n_in)",
+                    g.dinp_act.map(|a| a.pre),
+                    rows_l * n_in_l,
+                ),
             ]);
+            if g.dinp_act.is_some() && g.dinp.is_none() {
+                return Err(GpuError::Binding(
+                    "matmul: dinp_act needs a dinp to write the fused gradient to".into(),
+                ));
+            }
         }
         for (what, t, len) in tensors {
             if let Some(t) = t {
@@ -278,6 +302,9 @@ impl MatmulKernels {
                 b_sn: 1,
                 c_off: off(g.dinp),
                 c_sm: n_in,
+                pre_off: g.dinp_act.map_or(0, |a| a.pre.offset),
+                act_grad: g.dinp_act.is_some().into(),
+                alpha: g.dinp_act.map_or(0.0, |a| a.alpha),
                 ..Default::default()
             };
             // dweight (n_out, n_in) += dout^T (n_out, rows) . inp (rows, n_in)
@@ -328,9 +355,10 @@ impl MatmulKernels {
         let (mut dinp, mut dweight, mut dbias) = (None, None, None);
         if let Some(g) = grads {
             let dout = g.dout.buffer;
+            let act_pre = g.dinp_act.map_or(d, |a| a.pre.buffer);
             dinp = g
                 .dinp
-                .map(|t| group("matmul dinp", DINP, [dout, weight, t.buffer, d, d]));
+                .map(|t| group("matmul dinp", DINP, [dout, weight, t.buffer, d, act_pre]));
             let dw = g.dweight.buffer;
             dweight = Some(group("matmul dweight", DWEIGHT, [dout, inp, dw, d, d]));
             dbias = g
@@ -356,7 +384,7 @@ impl MatmulKernels {
         self.gemm(pass, &self.forward, &b.forward, b.rows, b.n_out);
     }
 
-    /// dinp = dout W (if bound), dweight += dout^T inp, dbias += column sums of dout (if
+    /// dinp = dout W (if bound; `* leaky'(pre)` with `dinp_act`), dweight += dout^T inp, dbias += column sums of dout (if
     /// bound). Panics if the binding was made without gradient buffers.
     pub fn backward(&self, pass: &mut wgpu::ComputePass, b: &MatmulBinding) {
         let dweight = b

@@ -472,6 +472,7 @@ impl Setup<'_> {
                 dweight: all(&dweight),
                 dbias: Some(all(&dbias)),
                 dout: all(&dout),
+                dinp_act: None,
             }),
             MatmulDims {
                 rows: lin.rows as u32,
