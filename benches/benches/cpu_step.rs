@@ -7,7 +7,6 @@ use bst_core::backend::{Backend, CpuBackend};
 use bst_core::batch::Batch;
 use bst_core::config::Config;
 use bst_core::data::{self, DataSource};
-use bst_core::params::VocabSizes;
 use bst_kernels::cpu::attention::{attention_backward, attention_forward};
 use bst_kernels::cpu::layernorm::{layernorm_backward, layernorm_forward};
 use bst_kernels::cpu::matmul::{matmul_backward, matmul_forward};
@@ -82,13 +81,7 @@ fn step(c: &mut Criterion) {
         ..Config::default()
     };
     let ds = data::load(&DataSource::Synthetic, &cfg).expect("synthetic data");
-    let v = &ds.vocab;
-    let sizes = VocabSizes {
-        items: v.n_items(),
-        cats: v.n_cats(),
-        other: v.n_other(),
-        fields: v.fields.len(),
-    };
+    let sizes = ds.vocab.sizes();
     let mut backend = CpuBackend::new(&cfg, sizes);
     let batch = Batch::from_range(&ds.train, 0..cfg.train.batch);
     let mut g = c.benchmark_group("cpu_step");

@@ -7,26 +7,20 @@
 //! `BST_BENCH_BATCH=4096` on a real GPU (lavapipe, the software driver, is far slower
 //! than the CPU, so small sample counts are used there).
 
-use bst_benches::{SCORING_CANDIDATES, scoring_batch};
+use bst_benches::{SCORING_CANDIDATES, bench_batch, bench_context, scoring_batch};
 use bst_core::backend::{Backend, CpuBackend};
 use bst_core::batch::Batch;
 use bst_core::config::{Config, DataConfig};
 use bst_core::data::{self, DataSource};
 use bst_core::gpu_backend::GpuBackend;
-use bst_core::params::VocabSizes;
-use bst_kernels::gpu::{GpuContext, GpuOptions};
 use criterion::measurement::WallTime;
 use criterion::{
     BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
-use std::sync::Arc;
 use std::time::Duration;
 
 fn step(c: &mut Criterion) {
-    let batch_size: usize = std::env::var("BST_BENCH_BATCH")
-        .ok()
-        .and_then(|b| b.parse().ok())
-        .unwrap_or(256);
+    let batch_size = bench_batch();
     let mut cfg = Config {
         data: DataConfig {
             synthetic_users: 600,
@@ -37,23 +31,10 @@ fn step(c: &mut Criterion) {
     cfg.train.batch = batch_size;
     cfg.train.eval_batch = batch_size.max(SCORING_CANDIDATES);
     let ds = data::load(&DataSource::Synthetic, &cfg).expect("synthetic data");
-    let v = &ds.vocab;
-    let sizes = VocabSizes {
-        items: v.n_items(),
-        cats: v.n_cats(),
-        other: v.n_other(),
-        fields: v.fields.len(),
-    };
+    let sizes = ds.vocab.sizes();
     let batch = Batch::from_range(&ds.train, 0..batch_size);
-    let ctx = Arc::new(
-        GpuContext::new(&GpuOptions {
-            allow_software: true,
-            ..Default::default()
-        })
-        .expect("a GPU adapter"),
-    );
+    let ctx = bench_context();
     let software = ctx.is_software();
-    eprintln!("adapter: {}", ctx.describe());
     let mut gpu = GpuBackend::init(ctx, &cfg, sizes).expect("GPU backend");
     let mut cpu = CpuBackend::new(&cfg, sizes);
 

@@ -11,7 +11,6 @@ use bst_core::config::{Config, DataConfig};
 use bst_core::data::{self, DataSource};
 use bst_core::gpu_backend::embedding_dims;
 use bst_core::model::Model;
-use bst_core::params::VocabSizes;
 use bst_core::train::epoch_order;
 use bst_kernels::gpu::embedding::EmbeddingSegments;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -26,13 +25,7 @@ fn host(c: &mut Criterion) {
         ..Config::default()
     };
     let ds = data::load(&DataSource::Synthetic, &cfg).expect("synthetic data");
-    let v = &ds.vocab;
-    let sizes = VocabSizes {
-        items: v.n_items(),
-        cats: v.n_cats(),
-        other: v.n_other(),
-        fields: v.fields.len(),
-    };
+    let sizes = ds.vocab.sizes();
     let model = Model::new(&cfg.model, sizes);
     let order = epoch_order(ds.train.len(), 0, 1);
     for b in [256, 4096] {

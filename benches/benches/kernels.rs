@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use bst_benches::kernel_shapes;
+use bst_benches::{bench_batch, kernel_shapes};
 use bst_core::config::{Config, DataConfig};
 use bst_core::data::{self, DataSource};
 use bst_core::model::Model;
@@ -24,13 +24,6 @@ use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_
 
 /// Most calls recorded into one pass and submit.
 const CALLS_PER_SUBMIT: u64 = 64;
-
-fn batch_size() -> usize {
-    std::env::var("BST_BENCH_BATCH")
-        .ok()
-        .and_then(|b| b.parse().ok())
-        .unwrap_or(256)
-}
 
 /// The default model on the synthetic data's vocabularies.
 fn default_model() -> Model {
@@ -46,7 +39,7 @@ fn default_model() -> Model {
 }
 
 fn kernels(c: &mut Criterion) {
-    let batch = batch_size();
+    let batch = bench_batch();
     let shapes = kernel_shapes(&default_model(), batch);
     let opts = GpuOptions {
         allow_software: true,

@@ -9,24 +9,20 @@
 //! `cargo bench -p bst-benches --bench vocab` (the GPU groups need a Vulkan, Metal or DX12
 //! adapter; lavapipe will do, slowly: at 1M rows every arena is 128 MB).
 
+use bst_benches::{bench_batch, bench_context};
 use bst_core::backend::{Backend, CpuBackend};
 use bst_core::batch::Batch;
 use bst_core::config::{Config, DataConfig};
 use bst_core::data::{self, DataSource};
 use bst_core::gpu_backend::GpuBackend;
 use bst_core::params::VocabSizes;
-use bst_kernels::gpu::{GpuContext, GpuOptions};
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use std::sync::Arc;
 use std::time::Duration;
 
 const VOCABS: [usize; 2] = [1_000, 1_000_000];
 
 fn vocab(c: &mut Criterion) {
-    let batch_size: usize = std::env::var("BST_BENCH_BATCH")
-        .ok()
-        .and_then(|b| b.parse().ok())
-        .unwrap_or(256);
+    let batch_size = bench_batch();
     let mut cfg = Config {
         data: DataConfig {
             synthetic_users: 300,
@@ -37,22 +33,12 @@ fn vocab(c: &mut Criterion) {
     cfg.train.batch = batch_size;
     cfg.train.eval_batch = batch_size;
     let ds = data::load(&DataSource::Synthetic, &cfg).expect("synthetic data");
-    let ctx = Arc::new(
-        GpuContext::new(&GpuOptions {
-            allow_software: true,
-            ..Default::default()
-        })
-        .expect("a GPU adapter"),
-    );
+    let ctx = bench_context();
     let software = ctx.is_software();
-    eprintln!("adapter: {}", ctx.describe());
-    let v = &ds.vocab;
     for items in VOCABS {
         let sizes = VocabSizes {
             items,
-            cats: v.n_cats(),
-            other: v.n_other(),
-            fields: v.fields.len(),
+            ..ds.vocab.sizes()
         };
         let mut batch = Batch::from_range(&ds.train, 0..batch_size);
         let spread = |id: &mut u32| {

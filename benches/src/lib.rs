@@ -8,9 +8,30 @@ use bst_core::gpu_backend::embedding_dims;
 use bst_core::model::Model;
 use bst_kernels::gpu::embedding::EmbeddingSegments;
 use bst_kernels::gpu::layernorm::CHUNK_ROWS;
-use bst_kernels::gpu::{GpuContext, wgpu};
+use bst_kernels::gpu::{GpuContext, GpuOptions, wgpu};
 use bst_kernels::workload::Shapes;
 use serde::Serialize;
+use std::sync::Arc;
+
+/// The criterion benches' training batch: `BST_BENCH_BATCH`, else 256.
+pub fn bench_batch() -> usize {
+    std::env::var("BST_BENCH_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(256)
+}
+
+/// The criterion benches' device: the best adapter, a software one allowed (lavapipe),
+/// reported on standard error. Panics without one.
+pub fn bench_context() -> Arc<GpuContext> {
+    let ctx = GpuContext::new(&GpuOptions {
+        allow_software: true,
+        ..Default::default()
+    })
+    .expect("a GPU adapter");
+    eprintln!("adapter: {}", ctx.describe());
+    Arc::new(ctx)
+}
 
 /// Candidates scored for one user in the scoring benchmarks.
 pub const SCORING_CANDIDATES: usize = 1000;
@@ -97,7 +118,8 @@ pub struct DeviceMemory {
     pub inputs: u64,
     /// Forward activations (every block's, the MLP's, the loss outputs).
     pub activations: u64,
-    /// Activation gradients.
+    /// Activation gradients that do not live in dead activations (dx, dz, dlogit, and
+    /// dqkv when d_ff < 3d).
     pub gradients: u64,
     /// The LayerNorm backward's per-chunk partial sums (two LayerNorms per block).
     pub layernorm_scratch: u64,

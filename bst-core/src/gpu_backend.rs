@@ -2,10 +2,12 @@
 //! (the CPU reference) step for step with the launchers of `bst_kernels::gpu`.
 //!
 //! Memory. Parameters, gradients and optimiser state are one buffer each, laid out by
-//! [`crate::params::ParamLayout`]. Every activation and activation gradient is a buffer of
-//! its own (the names of `crate::model::Activations` and `GradScratch`), sized for the
-//! largest batch, `max(train.batch, train.eval_batch)`, so no single binding comes near
-//! the device's `max_storage_buffer_binding_size`; [`GpuBackend::new`] checks every size
+//! [`crate::params::ParamLayout`]. Every activation is a buffer of its own (the names of
+//! `crate::model::Activations`); the backward writes most activation gradients over
+//! activations it no longer reads (the table on `Binder::block` in `sites.rs`), so only
+//! a few gradient buffers exist. All are sized for the largest batch,
+//! `max(train.batch, train.eval_batch)`, so no single binding comes near the device's
+//! `max_storage_buffer_binding_size`; [`GpuBackend::new`] checks every size
 //! before allocating and names the tensor that does not fit. A batch's ids share one
 //! `u32` buffer at offsets fixed for the largest batch. Buffers: `buffers.rs`; the call
 //! sites, each launcher bound once: `sites.rs`.

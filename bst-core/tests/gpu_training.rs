@@ -396,13 +396,7 @@ fn predict_matches_the_cpu_in_eval_mode_and_leaves_the_loss_alone() {
 }
 
 fn sizes(ds: &Dataset) -> VocabSizes {
-    let v = &ds.vocab;
-    VocabSizes {
-        items: v.n_items(),
-        cats: v.n_cats(),
-        other: v.n_other(),
-        fields: v.fields.len(),
-    }
+    ds.vocab.sizes()
 }
 
 /// The whole loop (`train`: steps, take_loss, predict, read_params, write_params) on a

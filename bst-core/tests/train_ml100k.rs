@@ -7,7 +7,6 @@
 use bst_core::backend::CpuBackend;
 use bst_core::config::Config;
 use bst_core::data::{self, DataSource};
-use bst_core::params::VocabSizes;
 use bst_core::train::train;
 use std::path::PathBuf;
 
@@ -26,13 +25,7 @@ fn bst_on_ml100k_reaches_the_parity_bar() {
     }
     let cfg = Config::default();
     let ds = data::load(&DataSource::Recbole(dir), &cfg).expect("ml-100k loads");
-    let v = &ds.vocab;
-    let sizes = VocabSizes {
-        items: v.n_items(),
-        cats: v.n_cats(),
-        other: v.n_other(),
-        fields: v.fields.len(),
-    };
+    let sizes = ds.vocab.sizes();
     let mut backend = CpuBackend::new(&cfg, sizes);
     let r = train(&mut backend, &ds, &cfg.train, &mut |_| {}).expect("training runs");
     for e in &r.epochs {

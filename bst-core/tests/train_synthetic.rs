@@ -9,13 +9,7 @@ use bst_core::params::VocabSizes;
 use bst_core::train::{TrainReport, train};
 
 fn sizes(ds: &Dataset) -> VocabSizes {
-    let v = &ds.vocab;
-    VocabSizes {
-        items: v.n_items(),
-        cats: v.n_cats(),
-        other: v.n_other(),
-        fields: v.fields.len(),
-    }
+    ds.vocab.sizes()
 }
 
 fn run(ds: &Dataset, blocks: usize, pooling: Pooling) -> TrainReport {

@@ -367,7 +367,9 @@ fn fused_leaky_gradient_overwrites_the_pre_activation_in_place() {
         n_out: n_out as u32,
         act: Activation::None,
     };
-    let mut binding = kernels.bind(ctx, &bufs, Some(&grad_bufs), dims).expect("bind");
+    let mut binding = kernels
+        .bind(ctx, &bufs, Some(&grad_bufs), dims)
+        .expect("bind");
     binding.set_rows(ctx, rows as u32);
     run(ctx, |pass| kernels.backward(pass, &binding));
 
@@ -386,7 +388,9 @@ fn fused_leaky_gradient_overwrites_the_pre_activation_in_place() {
     );
     let mut dpre = vec![0.0; rows * n_in];
     activation::leaky_relu_backward(&mut dpre, &dinp, &pre0[..rows * n_in], alpha);
-    let got = ctx.read_f32(&acts_buf, 0, acts.data.len()).expect("readback");
+    let got = ctx
+        .read_f32(&acts_buf, 0, acts.data.len())
+        .expect("readback");
     let written = pre_r.start..pre_r.start + rows * n_in;
     assert_close("fused dpre", &got[written.clone()], &dpre, ATOL, RTOL);
     // Rows past the batch keep their pre-activation; nothing else moves.

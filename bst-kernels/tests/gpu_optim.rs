@@ -18,8 +18,9 @@ mod common;
 
 use bst_kernels::cpu::optim::{adagrad_update, adagrad_update_rows, adam_update, adam_update_rows};
 use bst_kernels::gpu::optim::{AdamHyper, OptimKernels, TableRows, UpdateRule};
-use bst_kernels::gpu::{GpuContext, TensorRef};
+use bst_kernels::gpu::{GpuContext, TensorRef, wgpu};
 use common::{Arena, assert_close, assert_untouched, at, gpu, random_vec, run};
+use std::ops::Range;
 
 const ATOL: f32 = 1e-7;
 const RTOL: f32 = 1e-6;
@@ -40,15 +41,45 @@ enum Rule {
     Adagrad,
 }
 
+/// Adagrad's learning rate and epsilon in these tests.
+const ADAGRAD: (f32, f32) = (0.05, 1e-10);
+
+/// Adam's hyper-parameters in these tests.
+fn adam_hyper() -> AdamHyper {
+    AdamHyper {
+        lr: 0.01,
+        ..AdamHyper::default()
+    }
+}
+
+/// The GPU update rule with its state at `m_r` (Adam's m, Adagrad's sum) and `v_r` of
+/// `state`.
+fn gpu_rule<'a>(
+    rule: Rule,
+    state: &'a wgpu::Buffer,
+    m_r: &Range<usize>,
+    v_r: &Range<usize>,
+) -> UpdateRule<'a> {
+    let (lr, eps) = ADAGRAD;
+    match rule {
+        Rule::Adam => UpdateRule::Adam {
+            hp: adam_hyper(),
+            m: at(state, m_r),
+            v: at(state, v_r),
+        },
+        Rule::Adagrad => UpdateRule::Adagrad {
+            lr,
+            eps,
+            sum: at(state, m_r),
+        },
+    }
+}
+
 /// `STEPS` updates of `n` parameters with at most `max_groups` workgroups per grid row;
 /// compares parameters and state after every step.
 fn check(ctx: &GpuContext, rule: Rule, n: usize, max_groups: u32) {
     let name = format!("{rule:?} n={n}");
-    let hp = AdamHyper {
-        lr: 0.01,
-        ..AdamHyper::default()
-    };
-    let (lr, eps) = (0.05, 1e-10);
+    let (hp, (lr, eps)) = (adam_hyper(), ADAGRAD);
     // Nonzero starting state (v and Adagrad's sum nonnegative), some of it zero.
     let p0 = random_vec(n, 1);
     let mut m0 = random_vec(n, 2);
@@ -76,18 +107,7 @@ fn check(ctx: &GpuContext, rule: Rule, n: usize, max_groups: u32) {
     let kernels = OptimKernels::new(ctx)
         .expect("optim kernels")
         .with_max_workgroups_per_dim(max_groups);
-    let gpu_rule = match rule {
-        Rule::Adam => UpdateRule::Adam {
-            hp,
-            m: at(&state_buf, &m_r),
-            v: at(&state_buf, &v_r),
-        },
-        Rule::Adagrad => UpdateRule::Adagrad {
-            lr,
-            eps,
-            sum: at(&state_buf, &m_r),
-        },
-    };
+    let gpu_rule = gpu_rule(rule, &state_buf, &m_r, &v_r);
     let mut binding = kernels
         .bind(
             ctx,
@@ -274,11 +294,7 @@ fn rows_of_step(r: u32, count: usize, t: u64) -> Vec<u32> {
 fn check_rows(ctx: &GpuContext, rule: Rule, (r, w): (u32, usize), max_rows: u32, max_groups: u32) {
     let name = format!("{rule:?} rows ({r}, {w})");
     let n = r as usize * w;
-    let hp = AdamHyper {
-        lr: 0.01,
-        ..AdamHyper::default()
-    };
-    let (lr, eps) = (0.05, 1e-10);
+    let (hp, (lr, eps)) = (adam_hyper(), ADAGRAD);
     let p0 = random_vec(n, 11);
     let m0: Vec<f32> = random_vec(n, 12).iter().map(|x| x.abs()).collect();
     let v0: Vec<f32> = random_vec(n, 13).iter().map(|x| x.abs()).collect();
@@ -298,18 +314,7 @@ fn check_rows(ctx: &GpuContext, rule: Rule, (r, w): (u32, usize), max_rows: u32,
     let kernels = OptimKernels::new(ctx)
         .expect("optim kernels")
         .with_max_workgroups_per_dim(max_groups);
-    let gpu_rule = match rule {
-        Rule::Adam => UpdateRule::Adam {
-            hp,
-            m: at(&state_buf, &m_r),
-            v: at(&state_buf, &v_r),
-        },
-        Rule::Adagrad => UpdateRule::Adagrad {
-            lr,
-            eps,
-            sum: at(&state_buf, &m_r),
-        },
-    };
+    let gpu_rule = gpu_rule(rule, &state_buf, &m_r, &v_r);
     let table = TableRows {
         ids: TensorRef::new(&ids_buf, 4),
         max_rows,

@@ -48,7 +48,6 @@ pub(super) struct BlockSites {
     pub zero_key_bias: FillBinding,
 }
 
-
 /// Every call site, bound once.
 pub(super) struct Sites {
     /// valid (B, T) from the batch's history ids.
