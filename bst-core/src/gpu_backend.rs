@@ -35,7 +35,9 @@ use bst_kernels::cpu::embedding::f16_table;
 use bst_kernels::gpu::activation::ActivationKernels;
 use bst_kernels::gpu::attention::AttentionKernels;
 use bst_kernels::gpu::dropout::DropoutKernels;
-use bst_kernels::gpu::embedding::{EmbeddingDims, EmbeddingKernels, EmbeddingSegments};
+use bst_kernels::gpu::embedding::{
+    EmbeddingDims, EmbeddingKernels, EmbeddingSegments, check_f16_tables,
+};
 use bst_kernels::gpu::layernorm::LayerNormKernels;
 use bst_kernels::gpu::loss::LossKernels;
 use bst_kernels::gpu::mask::MaskKernels;
@@ -171,15 +173,9 @@ impl GpuBackend {
         let cap = cfg.train.batch.max(cfg.train.eval_batch).max(1);
         let adam = cfg.train.optimizer == OptimizerKind::Adam;
         let k = Kernels::new(&ctx)?;
-        if tables == Tables::F16 && !ctx.features.contains(wgpu::Features::SHADER_F16) {
+        if tables == Tables::F16 {
             // Before allocating anything; bind_f16 would say the same, later.
-            return Err(GpuError::MissingFeature(format!(
-                "f16 embedding tables need wgpu::Features::SHADER_F16, which the device {} \
-                 was not created with; create it with GpuContext::with_optional_features(.., \
-                 wgpu::Features::SHADER_F16) (or request the feature on the application's \
-                 device, where the adapter offers it), or keep the tables in f32",
-                ctx.describe()
-            )));
+            check_f16_tables(&ctx)?;
         }
         let bufs = Buffers::new(&ctx, &model, cap, adam, tables)?;
         write_params(&ctx, &bufs, &params);

@@ -650,13 +650,7 @@ impl EmbeddingKernels {
         dims: EmbeddingDims,
     ) -> Result<EmbeddingBinding, GpuError> {
         if self.gather_f16.is_none() {
-            return Err(GpuError::MissingFeature(format!(
-                "f16 embedding tables need wgpu::Features::SHADER_F16, which the device {} \
-                 was not created with; create it with GpuContext::with_optional_features(.., \
-                 wgpu::Features::SHADER_F16) (or request the feature on the application's \
-                 device, where the adapter offers it), or keep the tables in f32",
-                ctx.describe()
-            )));
+            return Err(missing_shader_f16(ctx));
         }
         self.bind_tables(ctx, bufs, None, dims, TableFormat::F16)
     }
@@ -918,6 +912,25 @@ impl EmbeddingKernels {
     fn grid(&self, invocations: u64) -> Option<(u32, u32)> {
         grid(invocations, self.max_groups_x, self.max_groups)
     }
+}
+
+/// Ok when `ctx`'s device can gather from f16 tables (it has `SHADER_F16`), else the
+/// error [`EmbeddingKernels::bind_f16`] returns: which feature, and how to get it.
+pub fn check_f16_tables(ctx: &GpuContext) -> Result<(), GpuError> {
+    match ctx.features.contains(wgpu::Features::SHADER_F16) {
+        true => Ok(()),
+        false => Err(missing_shader_f16(ctx)),
+    }
+}
+
+fn missing_shader_f16(ctx: &GpuContext) -> GpuError {
+    GpuError::MissingFeature(format!(
+        "f16 embedding tables need wgpu::Features::SHADER_F16, which the device {} was not \
+         created with; create it with GpuContext::with_optional_features(.., \
+         wgpu::Features::SHADER_F16) (or request the feature on the application's device, \
+         where the adapter offers it), or keep the tables in f32",
+        ctx.describe()
+    ))
 }
 
 /// Checks that the f16 tensor `t` (offset and `len` in f16 elements) lies inside its
