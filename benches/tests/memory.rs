@@ -85,3 +85,82 @@ fn accounting_matches_the_allocator_within_uniforms_and_padding() {
         drop(backend);
     }
 }
+
+/// A scorer of the default model (d_item 32) at 1,000,000 items, with f32 and with f16
+/// embedding tables, measured by wgpu's allocator. f16 tables drop the tables from the
+/// three f32 arenas a scorer holds (parameters, gradients, Adagrad's sum: 12 bytes per
+/// table value) and add them once as f16 (2 bytes): the saving must be those 10 bytes
+/// per value, within the uniforms and padding (256 KiB).
+#[test]
+fn scorer_with_f16_tables_holds_ten_bytes_less_per_table_value() {
+    use bst_core::model::Model;
+    use bst_core::params::VocabSizes;
+    use bst_core::scorer::{Scorer, ScorerOptions};
+    let opts = GpuOptions {
+        backends: wgpu::Backends::VULKAN,
+        allow_software: true,
+        ..Default::default()
+    };
+    let ctx = match GpuContext::with_optional_features(&opts, wgpu::Features::SHADER_F16) {
+        Ok(ctx) if ctx.features.contains(wgpu::Features::SHADER_F16) => Arc::new(ctx),
+        Ok(ctx) => panic!("the adapter {} lacks SHADER_F16", ctx.describe()),
+        Err(e) if std::env::var("BST_SKIP_GPU_TESTS").is_ok_and(|v| v == "1") => {
+            eprintln!("note: BST_SKIP_GPU_TESTS=1, skipping: {e}");
+            return;
+        }
+        Err(e) => panic!("{e}\n(set BST_SKIP_GPU_TESTS=1 to skip the GPU tests)"),
+    };
+    let cfg = Config::default();
+    let sizes = VocabSizes {
+        items: 1_000_000,
+        cats: 1_000,
+        other: 100,
+        fields: 4,
+    };
+    let model = Model::new(&cfg.model, sizes);
+    let params = model.layout.init(0);
+    let tables = model.layout.dense_range().start as u64;
+    let max_rows = 1_000;
+    let mut bytes = Vec::new();
+    for f16_embeddings in [false, true] {
+        let Some(before) = allocated(&ctx) else {
+            eprintln!(
+                "{}: no allocator report; nothing to measure",
+                ctx.describe()
+            );
+            return;
+        };
+        let options = ScorerOptions { f16_embeddings };
+        let scorer = Scorer::with_options(
+            ctx.clone(),
+            &cfg.model,
+            sizes,
+            params.clone(),
+            max_rows,
+            options,
+        )
+        .expect("scorer");
+        let seen = allocated(&ctx).unwrap() - before;
+        println!(
+            "scorer, {} items, d_item {}, {max_rows} rows, f16_embeddings {f16_embeddings}: \
+             {seen} bytes ({:.1} MiB)",
+            sizes.items,
+            cfg.model.d_item,
+            seen as f64 / f64::from(1 << 20)
+        );
+        bytes.push(seen);
+        drop(scorer);
+    }
+    let saved = bytes[0] as i64 - bytes[1] as i64;
+    let want = (12 * tables - 2 * tables.next_multiple_of(2)) as i64;
+    println!(
+        "f16 tables save {saved} bytes ({:.1} MiB, {:.1}% of the scorer); {tables} table \
+         values x 10 bytes = {want}",
+        saved as f64 / f64::from(1 << 20),
+        100.0 * saved as f64 / bytes[0] as f64
+    );
+    assert!(
+        (saved - want).abs() <= 256 << 10,
+        "saved {saved}, expected {want}"
+    );
+}

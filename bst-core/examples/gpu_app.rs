@@ -43,7 +43,8 @@ pub struct AppGpu {
 }
 
 /// Creates the application's device with `limits` (`wgpu::Limits::default()` is all bst's
-/// kernels need; more only for larger buffers). Backends: `WGPU_BACKEND`, else Vulkan.
+/// kernels need; more only for larger buffers) and `SHADER_F16` where the adapter has it.
+/// Backends: `WGPU_BACKEND`, else Vulkan.
 pub fn app_gpu(limits: wgpu::Limits) -> Result<AppGpu, Box<dyn Error>> {
     let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::VULKAN);
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
@@ -57,6 +58,9 @@ pub fn app_gpu(limits: wgpu::Limits) -> Result<AppGpu, Box<dyn Error>> {
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         label: Some("app"),
         required_limits: limits,
+        // Where the adapter offers it, so that a Scorer may keep its embedding tables in
+        // f16 (`ScorerOptions::f16_embeddings`); bst needs no feature otherwise.
+        required_features: adapter.features() & wgpu::Features::SHADER_F16,
         ..Default::default()
     }))?;
     Ok(AppGpu {

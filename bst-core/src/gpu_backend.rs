@@ -33,9 +33,12 @@ mod sites;
 use std::sync::Arc;
 
 use bst_kernels::cpu::dropout::DropoutKey;
+use bst_kernels::cpu::embedding::f16_table;
 use bst_kernels::gpu::attention::AttentionKernels;
 use bst_kernels::gpu::dropout::DropoutKernels;
-use bst_kernels::gpu::embedding::{EmbeddingDims, EmbeddingKernels, EmbeddingSegments};
+use bst_kernels::gpu::embedding::{
+    EmbeddingDims, EmbeddingKernels, EmbeddingSegments, check_f16_tables,
+};
 use bst_kernels::gpu::layernorm::LayerNormKernels;
 use bst_kernels::gpu::loss::LossKernels;
 use bst_kernels::gpu::mask::MaskKernels;
@@ -56,6 +59,17 @@ use buffers::Buffers;
 pub(crate) use buffers::IdsAt;
 pub use buffers::embedding_dims;
 use sites::Sites;
+
+/// Where the backend keeps the embedding tables on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tables {
+    /// In the f32 parameter arena, with their gradients and optimiser state.
+    F32,
+    /// Rounded to f16 in a buffer of their own (`bst_kernels::gpu::embedding`'s
+    /// `bind_f16`); the arenas hold only the blocks and the MLP. Scoring only: such a
+    /// backend cannot train.
+    F16,
+}
 
 /// The training step and inference of a [`Model`] on one GPU.
 pub struct GpuBackend {
@@ -136,6 +150,17 @@ impl GpuBackend {
         model: Model,
         params: Vec<f32>,
     ) -> Result<GpuBackend, GpuError> {
+        GpuBackend::with_tables(ctx, cfg, model, params, Tables::F32)
+    }
+
+    /// As [`GpuBackend::new`], with the embedding tables stored as `tables` says.
+    pub(crate) fn with_tables(
+        ctx: Arc<GpuContext>,
+        cfg: &Config,
+        model: Model,
+        params: Vec<f32>,
+        tables: Tables,
+    ) -> Result<GpuBackend, GpuError> {
         check_limits(&ctx)?;
         let n = model.layout.total;
         if params.len() != n {
@@ -146,9 +171,13 @@ impl GpuBackend {
         }
         let cap = cfg.train.batch.max(cfg.train.eval_batch).max(1);
         let adam = cfg.train.optimizer == OptimizerKind::Adam;
-        let bufs = Buffers::new(&ctx, &model, cap, adam)?;
         let k = Kernels::new(&ctx)?;
-        ctx.write(&bufs.arenas.params, 0, &params);
+        if tables == Tables::F16 {
+            // Before allocating anything; bind_f16 would say the same, later.
+            check_f16_tables(&ctx)?;
+        }
+        let bufs = Buffers::new(&ctx, &model, cap, adam, tables)?;
+        write_params(&ctx, &bufs, &params);
         let sites = ctx.checked("binding the BST model", || {
             Sites::new(&ctx, &k, &model, &cfg.train, cap, &bufs)
         })??;
@@ -208,11 +237,27 @@ impl GpuBackend {
         (binding, out)
     }
 
-    /// A copy of one arena (blocking); panics with `what` if the device fails.
+    /// A copy of one arena (blocking), in the layout's shape: with f16 tables the
+    /// arena skips them, and they read as zeros. Panics with `what` if the device fails.
     fn read_arena(&self, arena: &wgpu::Buffer, what: &str) -> Vec<f32> {
-        self.ctx
-            .read_f32(arena, 0, self.model.layout.total)
-            .unwrap_or_else(|e| panic!("reading {what} back from the GPU: {e}"))
+        let base = self.bufs.arenas.base;
+        let mut out = vec![0.0; base];
+        out.extend(
+            self.ctx
+                .read_f32(arena, 0, self.model.layout.total - base)
+                .unwrap_or_else(|e| panic!("reading {what} back from the GPU: {e}")),
+        );
+        out
+    }
+
+    /// Panics unless the tables are in the f32 arenas (a scorer's f16 tables cannot
+    /// train); `doing` names the call.
+    fn assert_trainable(&self, doing: &str) {
+        assert!(
+            self.bufs.arenas.tables_f16.is_none(),
+            "{doing}: this GPU backend stores its embedding tables in f16 for scoring and \
+             cannot train"
+        );
     }
 
     /// The key of dropout site `(block, branch)` in this mode, as `Model::dropout_key`.
@@ -376,6 +421,21 @@ impl GpuBackend {
     }
 }
 
+/// Uploads a parameter arena laid out by the model's `ParamLayout`: into the parameter
+/// arena, and with f16 tables the tables, rounded to nearest (ties to even), into theirs.
+fn write_params(ctx: &GpuContext, bufs: &Buffers, params: &[f32]) {
+    let a = &bufs.arenas;
+    ctx.write(&a.params, 0, &params[a.base..]);
+    if let Some(tables) = &a.tables_f16 {
+        let mut h = f16_table(&params[..a.base]);
+        // Whole 4-byte words, as queue writes need.
+        if h.len() % 2 == 1 {
+            h.push(half::f16::ZERO);
+        }
+        ctx.write(tables, 0, &h);
+    }
+}
+
 /// The GPU backend's host work on a training batch: its embedding segments
 /// ([`EmbeddingSegments::build`]) for the binding's dims.
 struct SegmentBatches(EmbeddingDims);
@@ -453,6 +513,7 @@ impl Backend for GpuBackend {
     }
 
     fn train_step_prepared(&mut self, batch: &Batch, prepared: Option<Prepared>) {
+        self.assert_trainable("train_step");
         let segs = prepared
             .and_then(|p| p.take::<Result<EmbeddingSegments, String>>())
             .filter(|s| s.as_ref().is_ok_and(|s| s.rows() == batch.size as u32))
@@ -541,17 +602,32 @@ impl Backend for GpuBackend {
         pairs.into_iter().map(|(i, p)| (i as usize, p)).collect()
     }
 
+    /// With f16 tables, the tables as stored: rounded to f16.
     fn read_params(&self) -> Vec<f32> {
-        self.read_arena(&self.bufs.arenas.params, "the parameters")
+        let mut params = self.read_arena(&self.bufs.arenas.params, "the parameters");
+        if let Some(tables) = &self.bufs.arenas.tables_f16 {
+            let base = self.bufs.arenas.base;
+            let words = self
+                .ctx
+                .read_u32(tables, 0, base.div_ceil(2))
+                .unwrap_or_else(|e| panic!("reading the f16 tables back from the GPU: {e}"));
+            let h: &[half::f16] = bytemuck::cast_slice(&words);
+            for (p, h) in params[..base].iter_mut().zip(h) {
+                *p = h.to_f32();
+            }
+        }
+        params
     }
 
+    /// With f16 tables, the tables are rounded to f16 on the host (to nearest, ties to
+    /// even) and uploaded as such.
     fn write_params(&mut self, params: &[f32]) {
         assert_eq!(
             params.len(),
             self.model.layout.total,
             "parameter arena has the wrong size"
         );
-        self.ctx.write(&self.bufs.arenas.params, 0, params);
+        write_params(&self.ctx, &self.bufs, params);
     }
 
     fn read_optim_state(&self) -> Result<OptimSnapshot, BackendError> {
@@ -572,6 +648,7 @@ impl Backend for GpuBackend {
     }
 
     fn write_optim_state(&mut self, s: &OptimSnapshot) -> Result<(), BackendError> {
+        self.assert_trainable("write_optim_state");
         let ours = if self.adam {
             OptimizerKind::Adam
         } else {

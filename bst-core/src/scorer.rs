@@ -75,13 +75,46 @@
 //! A scorer holds the parameters and the activations of `max_rows` samples on the device
 //! (the same buffers as [`GpuBackend`]'s, whose gradient and optimiser buffers it also
 //! allocates for now: about three times the parameters in all).
+//!
+//! # f16 embedding tables
+//!
+//! At large vocabularies the embedding tables are most of the model, and their gather is
+//! pure bandwidth. With [`ScorerOptions::f16_embeddings`] the scorer stores the four
+//! tables (item, category, position, other) in f16 and allocates no f32 copy of them, nor
+//! their gradient and optimiser buffers: the f32 parameters, gradient and optimiser
+//! buffers then hold only the transformer blocks and the MLP, which stay f32, as do all
+//! activations. The host rounds each table value to the nearest f16 (ties to even; beyond
+//! 65504 in magnitude it becomes infinite), and [`Scorer::write_params`] rounds again. The
+//! scores are then those of the model whose tables are rounded so (what
+//! `bst-core/tests/gpu_scorer.rs` checks against the CPU): close to the f32 model's, not
+//! equal. Each table value then costs 2 bytes on the device instead of 12 (parameter,
+//! gradient and Adagrad sum): measured by wgpu's allocator on lavapipe, the default model
+//! (d_item 32) at 1,000,000 items with `max_rows` 1,000 takes 292.7 MiB instead of 598.0
+//! MiB (`benches/tests/memory.rs`; the rest is mostly activation buffers).
+//!
+//! The gather reads f16 in the shader, which needs `wgpu::Features::SHADER_F16` on the
+//! device: create the context with `GpuContext::with_optional_features(&opts,
+//! wgpu::Features::SHADER_F16)`, or request the feature on the application's own device
+//! where its adapter offers it (`adapter.features()`). On a device without it the
+//! constructor fails with [`GpuError::MissingFeature`]; it never falls back to f32.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use bst_core::checkpoint::Checkpoint;
+//! # use bst_core::scorer::{GpuContext, GpuOptions, Scorer, ScorerOptions, wgpu};
+//! # fn f(ckpt: &Checkpoint) -> Result<(), Box<dyn std::error::Error>> {
+//! let ctx = GpuContext::with_optional_features(&GpuOptions::default(), wgpu::Features::SHADER_F16)?;
+//! let opts = ScorerOptions { f16_embeddings: true };
+//! let scorer = Scorer::from_checkpoint_with_options(Arc::new(ctx), ckpt, 4096, opts)?;
+//! # Ok(()) }
+//! ```
 
 use std::sync::Arc;
 
 use crate::backend::Backend;
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, ModelConfig, Optimizer, TrainConfig};
-use crate::gpu_backend::GpuBackend;
+use crate::gpu_backend::{GpuBackend, Tables};
 use crate::model::Model;
 use crate::params::VocabSizes;
 
@@ -141,10 +174,20 @@ pub struct CandidateBuffers<'a> {
     pub scores: TensorRef<'a>,
 }
 
+/// How a [`Scorer`] stores the model; `ScorerOptions::default()` is what [`Scorer::new`]
+/// uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScorerOptions {
+    /// Store the embedding tables in f16 (half their memory; see the module docs). Needs
+    /// a device with `wgpu::Features::SHADER_F16`. Default: f32.
+    pub f16_embeddings: bool,
+}
+
 /// BST's evaluation forward pass on a GPU, recorded into the caller's command encoder.
 pub struct Scorer {
     backend: GpuBackend,
     sizes: VocabSizes,
+    options: ScorerOptions,
 }
 
 impl std::fmt::Debug for Scorer {
@@ -153,6 +196,7 @@ impl std::fmt::Debug for Scorer {
             .field("device", &self.backend.context().describe())
             .field("rows", &self.rows())
             .field("max_rows", &self.max_rows())
+            .field("options", &self.options)
             .finish_non_exhaustive()
     }
 }
@@ -170,6 +214,27 @@ impl Scorer {
         params: Vec<f32>,
         max_rows: usize,
     ) -> Result<Scorer, ScorerError> {
+        Scorer::with_options(
+            ctx,
+            model,
+            sizes,
+            params,
+            max_rows,
+            ScorerOptions::default(),
+        )
+    }
+
+    /// As [`Scorer::new`], storing the model as `options` says. With `f16_embeddings`
+    /// on a device without `SHADER_F16`: [`GpuError::MissingFeature`], before anything
+    /// is allocated.
+    pub fn with_options(
+        ctx: Arc<GpuContext>,
+        model: &ModelConfig,
+        sizes: VocabSizes,
+        params: Vec<f32>,
+        max_rows: usize,
+        options: ScorerOptions,
+    ) -> Result<Scorer, ScorerError> {
         // Batches of up to max_rows; Adagrad's one state arena is the smallest the
         // backend allocates (the scorer never trains).
         let cfg = Config {
@@ -182,8 +247,17 @@ impl Scorer {
             },
             ..Config::default()
         };
-        let backend = GpuBackend::new(ctx, &cfg, Model::new(model, sizes), params)?;
-        Ok(Scorer { backend, sizes })
+        let tables = match options.f16_embeddings {
+            true => Tables::F16,
+            false => Tables::F32,
+        };
+        let model_ = Model::new(model, sizes);
+        let backend = GpuBackend::with_tables(ctx, &cfg, model_, params, tables)?;
+        Ok(Scorer {
+            backend,
+            sizes,
+            options,
+        })
     }
 
     /// A scorer of a checkpoint's model and parameters (`best.safetensors`, or the latest
@@ -193,14 +267,31 @@ impl Scorer {
         ckpt: &Checkpoint,
         max_rows: usize,
     ) -> Result<Scorer, ScorerError> {
+        Scorer::from_checkpoint_with_options(ctx, ckpt, max_rows, ScorerOptions::default())
+    }
+
+    /// As [`Scorer::from_checkpoint`], storing the model as `options` says (see
+    /// [`Scorer::with_options`]).
+    pub fn from_checkpoint_with_options(
+        ctx: Arc<GpuContext>,
+        ckpt: &Checkpoint,
+        max_rows: usize,
+        options: ScorerOptions,
+    ) -> Result<Scorer, ScorerError> {
         let sizes = ckpt.vocab.sizes();
-        Scorer::new(
+        Scorer::with_options(
             ctx,
             &ckpt.config.model,
             sizes,
             ckpt.params.clone(),
             max_rows,
+            options,
         )
+    }
+
+    /// How the scorer stores the model.
+    pub fn options(&self) -> ScorerOptions {
+        self.options
     }
 
     /// Records the scoring of `c.rows` candidates into `encoder`: copies of the ids into
@@ -336,7 +427,8 @@ impl Scorer {
     }
 
     /// Replaces the parameters (same layout), e.g. after training more on the host. A
-    /// `queue.write_buffer`: records submitted afterwards use them.
+    /// `queue.write_buffer`: records submitted afterwards use them. With f16 tables the
+    /// tables are rounded to f16 again.
     pub fn write_params(&mut self, params: &[f32]) -> Result<(), ScorerError> {
         let n = self.model().layout.total;
         if params.len() != n {

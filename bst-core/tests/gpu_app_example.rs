@@ -2,8 +2,9 @@
 //! device, a tiny model trained on the CPU, candidates in its buffers, scoring and top-k
 //! recorded into its encoder) must give `CpuBackend::predict`'s probabilities within
 //! 1e-5 + 1e-4 relative, and the top k of the device's probabilities. Also: a scorer made
-//! from a checkpoint saved and loaded gives the same scores, and a device created with
-//! limits below the kernels' is refused with the limit named.
+//! from a checkpoint saved and loaded gives the same scores, one with f16 embedding tables
+//! those of the CPU model on f16-rounded tables (where the adapter has `SHADER_F16`), and
+//! a device created with limits below the kernels' is refused with the limit named.
 //!
 //! Needs a Vulkan adapter (lavapipe is fine); `BST_SKIP_GPU_TESTS=1` skips.
 
@@ -20,8 +21,9 @@ use bst_core::batch::Batch;
 use bst_core::checkpoint::Checkpoint;
 use bst_core::model::Model;
 use bst_core::rank::top_k;
-use bst_core::scorer::{GpuContext, Scorer, wgpu};
+use bst_core::scorer::{GpuContext, Scorer, ScorerOptions, wgpu};
 use bst_core::train::Progress;
+use bst_kernels::cpu::embedding::f16_rounded;
 use common::{assert_close, skip_gpu_tests};
 use gpu_app::{AppGpu, app_gpu, score_top_k, tiny_model, write_candidates};
 
@@ -120,6 +122,30 @@ fn the_gpu_app_example_scores_as_the_cpu_and_selects_the_top_k() {
     let again = score_top_k(&gpu, &from_ckpt, &c, 10).expect("score and select");
     assert_eq!(again, top, "a scorer from the checkpoint");
     assert_eq!(read_scores(&ctx, &c), got, "the same scores, bit for bit");
+
+    // The example requests SHADER_F16 where the adapter has it (lavapipe does): a scorer
+    // with f16 tables on the application's device scores as the CPU model whose tables
+    // are rounded to f16.
+    if ctx.features.contains(wgpu::Features::SHADER_F16) {
+        let opts = ScorerOptions {
+            f16_embeddings: true,
+        };
+        let f16 = Scorer::from_checkpoint_with_options(ctx.clone(), &loaded, c.rows(), opts)
+            .expect("f16 scorer on the application's device");
+        score_top_k(&gpu, &f16, &c, 10).expect("score and select");
+        let tables = cpu.model().layout.dense_range().start;
+        let mut rounded = f16_rounded(&model.params[..tables]);
+        rounded.extend_from_slice(&model.params[tables..]);
+        cpu.write_params(&rounded);
+        cpu.predict(&Batch::from_range(&c.samples, 0..c.rows()), &mut want);
+        assert_close(
+            "f16 tables on the app's device",
+            &read_scores(&ctx, &c),
+            &want,
+        );
+    } else {
+        println!("{}: no SHADER_F16, f16 tables not tried", ctx.describe());
+    }
     ctx.check().expect("no wgpu error");
 }
 

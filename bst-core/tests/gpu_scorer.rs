@@ -4,6 +4,12 @@
 //! partial batch, tensors at offsets inside bigger buffers, and every pooling; bad
 //! buffers are refused with the tensor named. `GpuBackend::predict_top_k` selects on the
 //! device exactly what the host selects from the same probabilities.
+//!
+//! f16 embedding tables (`ScorerOptions::f16_embeddings`): the scores equal those of the
+//! CPU model whose tables are rounded to f16 within the same 1e-5 + 1e-4 relative (the
+//! gather is exact; the rest is the f32 model), also after `write_params`; against the
+//! f32 model the test prints the max difference (about 1e-5 here, from the rounding of
+//! the tables by up to 2^-11 relative). A device without `SHADER_F16` is refused.
 
 mod common;
 
@@ -17,9 +23,12 @@ use bst_core::data::Samples;
 use bst_core::gpu_backend::GpuBackend;
 use bst_core::model::Model;
 use bst_core::rank::top_k;
-use bst_core::scorer::{CandidateBuffers, GpuContext, Scorer, ScorerError, TensorRef, wgpu};
+use bst_core::scorer::{
+    CandidateBuffers, GpuContext, GpuError, Scorer, ScorerError, ScorerOptions, TensorRef, wgpu,
+};
 use bst_core::train::predict_all;
-use common::{SIZES, assert_close, gpu, random_samples, small_config};
+use bst_kernels::cpu::embedding::f16_rounded;
+use common::{SIZES, assert_close, gpu, gpu_f16, random_samples, small_config};
 
 /// Words of garbage before each tensor in the application's buffers.
 const PAD: u32 = 3;
@@ -272,4 +281,114 @@ fn predict_top_k_selects_on_the_device_as_the_host_does() {
         );
     }
     println!("predict_top_k: {:.2} s", start.elapsed().as_secs_f64());
+}
+
+/// Scores all of `samples` with `scorer` (rows at most its max_rows), in one submission.
+fn score_all(ctx: &GpuContext, scorer: &Scorer, samples: &Samples) -> Vec<f32> {
+    let n = samples.len();
+    let max = scorer.max_rows();
+    let scores = app_buffer(ctx, "scores", &vec![0; n], APP_USAGE);
+    let chunks: Vec<AppIds> = (0..n)
+        .step_by(max)
+        .map(|s| AppIds::new(ctx, samples, s..(s + max).min(n)))
+        .collect();
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    for (i, chunk) in chunks.iter().enumerate() {
+        let at = PAD + (i * max) as u32;
+        scorer
+            .record(&mut encoder, &chunk.candidates(&scores, at))
+            .expect("record");
+    }
+    ctx.queue.submit([encoder.finish()]);
+    ctx.read_f32(&scores, PAD, n).expect("read scores")
+}
+
+/// The parameters with the four embedding tables rounded to f16 (what the f16 scorer
+/// holds).
+fn with_f16_tables(model: &Model, params: &[f32]) -> Vec<f32> {
+    let tables = model.layout.dense_range().start;
+    let mut p = f16_rounded(&params[..tables]);
+    p.extend_from_slice(&params[tables..]);
+    p
+}
+
+#[test]
+fn f16_tables_score_as_the_cpu_model_with_f16_rounded_tables() {
+    let Some(ctx) = gpu_f16() else { return };
+    let mut odd = small_config(2, Pooling::Mean);
+    // Widths 7 + 4 + 5 and 7 position buckets: the tables hold an odd number of values.
+    (odd.model.d_item, odd.model.d_pos, odd.model.pos_buckets) = (7, 5, 7);
+    odd.validate().expect("a valid config");
+    for cfg in [small_config(1, Pooling::Target), odd] {
+        let what = format!("blocks {}, {:?}", cfg.model.blocks, cfg.model.pooling);
+        let samples = random_samples(23, &cfg.model, 5);
+        let mut cpu = trained_cpu(&cfg, &samples);
+        let model = Model::new(&cfg.model, SIZES);
+        let params = cpu.params.clone();
+        let f32_scores = predict_all(&mut cpu, &samples, 23);
+        cpu.write_params(&with_f16_tables(&model, &params));
+        let want = predict_all(&mut cpu, &samples, 23);
+
+        let opts = ScorerOptions {
+            f16_embeddings: true,
+        };
+        let mut scorer =
+            Scorer::with_options(ctx.clone(), &cfg.model, SIZES, params.clone(), 9, opts)
+                .expect("f16 scorer");
+        assert_eq!(scorer.options(), opts);
+        let got = score_all(&ctx, &scorer, &samples);
+        assert_close(
+            &format!("{what}: f16 tables vs CPU on rounded tables"),
+            &got,
+            &want,
+        );
+        let f32_scorer =
+            Scorer::new(ctx.clone(), &cfg.model, SIZES, params.clone(), 9).expect("scorer");
+        let got_f32 = score_all(&ctx, &f32_scorer, &samples);
+        let max_diff = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max)
+        };
+        println!(
+            "{what}: f16 tables vs f32 scorer: max |difference| {:.3e} (f32 scorer vs CPU \
+             f32: {:.3e})",
+            max_diff(&got, &got_f32),
+            max_diff(&got_f32, &f32_scores)
+        );
+        assert!(max_diff(&got, &got_f32) < 1e-2, "f16 tables far from f32");
+
+        // write_params rounds the new tables again.
+        let mut cpu = trained_cpu(&cfg, &random_samples(14, &cfg.model, 8));
+        let params = cpu.params.clone();
+        scorer.write_params(&params).expect("write_params");
+        cpu.write_params(&with_f16_tables(&model, &params));
+        let want = predict_all(&mut cpu, &samples, 23);
+        let got = score_all(&ctx, &scorer, &samples);
+        assert_close(&format!("{what}: after write_params"), &got, &want);
+        ctx.check().expect("no wgpu error");
+    }
+}
+
+#[test]
+fn f16_tables_on_a_device_without_shader_f16_are_refused() {
+    // `gpu()` is created with GpuContext::new: no optional features.
+    let Some(ctx) = gpu() else { return };
+    let cfg = small_config(1, Pooling::Target);
+    let params = Model::new(&cfg.model, SIZES).layout.init(0);
+    let opts = ScorerOptions {
+        f16_embeddings: true,
+    };
+    let e = Scorer::with_options(ctx.clone(), &cfg.model, SIZES, params, 9, opts).unwrap_err();
+    assert!(
+        matches!(e, ScorerError::Gpu(GpuError::MissingFeature(_))),
+        "{e:?}"
+    );
+    let msg = e.to_string();
+    println!("{msg}");
+    assert!(
+        msg.contains("SHADER_F16") && msg.contains("with_optional_features"),
+        "{msg}"
+    );
 }

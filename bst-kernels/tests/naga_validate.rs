@@ -1,8 +1,10 @@
 //! Parses and validates every `shaders/*.wgsl` with naga (no GPU needed), so a shader
 //! error fails here with a readable report, on any machine.
 //!
-//! Capabilities: none beyond the WebGPU core yet. A kernel that starts using, say,
-//! subgroup operations must add the capability here and the feature in `GpuContext::new`.
+//! Capabilities: the WebGPU core, plus `SHADER_FLOAT16` for a file that says `enable f16;`
+//! (`embedding_f16.wgsl`, compiled only on devices with `wgpu::Features::SHADER_F16`). A
+//! kernel that starts using, say, subgroup operations must add the capability here and
+//! the optional feature where its launcher checks for it.
 
 use std::path::PathBuf;
 
@@ -33,7 +35,14 @@ fn every_shader_parses_and_validates() {
                 continue;
             }
         };
-        let mut validator = Validator::new(ValidationFlags::all(), Capabilities::empty());
+        // Only a module that enables f16 gets the capability: the others must compile on
+        // every device.
+        let caps = if source.lines().any(|l| l.trim() == "enable f16;") {
+            Capabilities::SHADER_FLOAT16
+        } else {
+            Capabilities::empty()
+        };
+        let mut validator = Validator::new(ValidationFlags::all(), caps);
         if let Err(e) = validator.validate(&module) {
             failures.push(e.emit_to_string_with_path(&source, &name));
             continue;
@@ -51,4 +60,34 @@ fn every_shader_parses_and_validates() {
         println!("{name}: ok ({} entry points)", module.entry_points.len());
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+/// `embedding_f16.wgsl` copies the uniform struct and the token mapping of
+/// `embedding.wgsl` (WGSL has no includes): the copies must stay identical, or the f16
+/// gather would read the launcher's uniform differently.
+#[test]
+fn embedding_f16_copies_the_uniform_and_token_mapping_of_embedding() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shaders");
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).expect("read shader");
+    let (f32_src, f16_src) = (read("embedding.wgsl"), read("embedding_f16.wgsl"));
+    // The text from `start` up to (not including) `end`.
+    let between = |src: &str, start: &str, end: &str| -> String {
+        let from = src
+            .find(start)
+            .unwrap_or_else(|| panic!("`{start}` not found"));
+        let len = src[from..]
+            .find(end)
+            .unwrap_or_else(|| panic!("`{end}` not found"));
+        src[from..from + len].to_string()
+    };
+    for (start, end) in [
+        ("struct Params {", "@group(0)"),
+        ("const WG: u32", "// act[k, c]"),
+    ] {
+        assert_eq!(
+            between(&f32_src, start, end),
+            between(&f16_src, start, end),
+            "embedding_f16.wgsl's copy of `{start}`.. differs from embedding.wgsl's"
+        );
+    }
 }

@@ -7,10 +7,18 @@ use std::ops::Range;
 use bst_kernels::gpu::embedding::{EmbeddingDims, EmbeddingSegments};
 use bst_kernels::gpu::{GpuContext, GpuError, wgpu};
 
+use super::Tables;
 use crate::model::Model;
 
 /// Arenas of the parameter layout: parameters, gradients, optimiser state.
 pub(super) struct Arenas {
+    /// The first element of the layout the arenas hold: 0, or with f16 tables the end of
+    /// the tables (`ParamLayout::dense_range`), so that a tensor at layout offset `o`
+    /// lies at `o - base` in each arena.
+    pub base: usize,
+    /// With f16 tables ([`super::Tables::F16`]): the four embedding tables rounded to
+    /// f16, each at its layout offset (in f16 elements), which the arenas then skip.
+    pub tables_f16: Option<wgpu::Buffer>,
     pub params: wgpu::Buffer,
     pub grads: wgpu::Buffer,
     /// Adam's first moment, or Adagrad's sum of squares.
@@ -114,27 +122,48 @@ pub(super) struct Buffers {
 
 impl Buffers {
     /// Zeroed buffers for a model and batches of up to `cap` samples, with Adam's two
-    /// state arenas or Adagrad's one. First checks every size against the device's
-    /// binding limit, so that a batch too large fails before anything is allocated.
+    /// state arenas or Adagrad's one, and the embedding tables stored as `tables` says.
+    /// First checks every size against the device's binding limit, so that a batch too
+    /// large fails before anything is allocated.
     pub fn new(
         ctx: &GpuContext,
         model: &Model,
         cap: usize,
         adam: bool,
+        tables: Tables,
     ) -> Result<Buffers, GpuError> {
-        Buffers::create(&Alloc { ctx, dry: true }, model, cap, adam)?;
-        Buffers::create(&Alloc { ctx, dry: false }, model, cap, adam)
+        Buffers::create(&Alloc { ctx, dry: true }, model, cap, adam, tables)?;
+        Buffers::create(&Alloc { ctx, dry: false }, model, cap, adam, tables)
     }
 
-    fn create(a: &Alloc, model: &Model, cap: usize, adam: bool) -> Result<Buffers, GpuError> {
+    fn create(
+        a: &Alloc,
+        model: &Model,
+        cap: usize,
+        adam: bool,
+        tables: Tables,
+    ) -> Result<Buffers, GpuError> {
         let dm = &model.dims;
         let (t, d, dff) = (dm.t, dm.d, dm.dff);
-        let n = model.layout.total;
+        let total = model.layout.total;
+        let base = match tables {
+            Tables::F32 => 0,
+            Tables::F16 => model.layout.dense_range().start,
+        };
+        let n = total - base;
         let arena_knob = format!(
-            "the model has {n} parameters: use smaller embedding widths, vocabularies or MLP"
+            "the model has {total} parameters: use smaller embedding widths, vocabularies or MLP"
         );
         let arena = |name: &str| a.buffer(name, n, &arena_knob);
         let arenas = Arenas {
+            base,
+            // `base` f16 values in 4-byte words.
+            tables_f16: match tables {
+                Tables::F32 => None,
+                Tables::F16 => {
+                    Some(a.buffer("the embedding tables (f16)", base.div_ceil(2), &arena_knob)?)
+                }
+            },
             params: arena("the parameter arena")?,
             grads: arena("the gradient arena")?,
             m: arena(if adam {

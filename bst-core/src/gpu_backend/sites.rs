@@ -96,6 +96,7 @@ impl Sites {
             k,
             params: &arenas.params,
             grads: &arenas.grads,
+            base: arenas.base,
         };
         let ids = |off: u32| TensorRef::new(&inputs.ids, off);
         let at = inputs.ids_at;
@@ -110,33 +111,43 @@ impl Sites {
                 seq_len: dm.l as u32,
             },
         )?;
-        let embedding = k.emb.bind(
-            ctx,
-            &EmbeddingBuffers {
-                x: all(&acts.x0),
-                z: all(&acts.z),
-                e_item: bind.param(&pi.emb_item),
-                e_cat: bind.param(&pi.emb_cat),
-                e_pos: bind.param(&pi.emb_pos),
-                e_other: bind.param(&pi.emb_other),
-                hist_item: ids(at.hist_item),
-                hist_cat: ids(at.hist_cat),
-                hist_pos: ids(at.hist_pos),
-                target_item: ids(at.target_item),
-                target_cat: ids(at.target_cat),
-                other: ids(at.other),
-            },
-            Some(&EmbeddingGradBuffers {
-                de_item: bind.grad(&pi.emb_item),
-                de_cat: bind.grad(&pi.emb_cat),
-                de_pos: bind.grad(&pi.emb_pos),
-                de_other: bind.grad(&pi.emb_other),
-                dx: all(&s.dx),
-                dz: all(&s.dz),
-                segments: all(&inputs.segments),
-            }),
-            emb_dims,
-        )?;
+        // The tables: in the parameter arena, or f16 at the same (layout) offsets.
+        let table = |r: &Range<usize>| match &arenas.tables_f16 {
+            Some(f16) => TensorRef::new(f16, r.start as u32),
+            None => bind.param(r),
+        };
+        let emb_bufs = EmbeddingBuffers {
+            x: all(&acts.x0),
+            z: all(&acts.z),
+            e_item: table(&pi.emb_item),
+            e_cat: table(&pi.emb_cat),
+            e_pos: table(&pi.emb_pos),
+            e_other: table(&pi.emb_other),
+            hist_item: ids(at.hist_item),
+            hist_cat: ids(at.hist_cat),
+            hist_pos: ids(at.hist_pos),
+            target_item: ids(at.target_item),
+            target_cat: ids(at.target_cat),
+            other: ids(at.other),
+        };
+        let embedding = match &arenas.tables_f16 {
+            // Scoring only: the f16 tables have no gradients.
+            Some(_) => k.emb.bind_f16(ctx, &emb_bufs, emb_dims)?,
+            None => k.emb.bind(
+                ctx,
+                &emb_bufs,
+                Some(&EmbeddingGradBuffers {
+                    de_item: bind.grad(&pi.emb_item),
+                    de_cat: bind.grad(&pi.emb_cat),
+                    de_pos: bind.grad(&pi.emb_pos),
+                    de_other: bind.grad(&pi.emb_other),
+                    dx: all(&s.dx),
+                    dz: all(&s.dz),
+                    segments: all(&inputs.segments),
+                }),
+                emb_dims,
+            )?,
+        };
         let mut blocks = Vec::new();
         for i in 0..dm.blocks {
             let x = if i == 0 {
@@ -240,32 +251,42 @@ impl Sites {
         )?;
         let layout = &model.layout;
         // Dense updates cover the arena; sparse ones the blocks and MLP, plus each
-        // table's touched rows below.
-        let dense = if train.sparse_embeddings {
+        // table's touched rows below. With f16 tables the arenas hold only the blocks
+        // and the MLP (and nothing trains the tables).
+        let base = arenas.base;
+        if base > 0 && train.sparse_embeddings {
+            return Err(GpuError::Binding(
+                "sparse embedding updates: the embedding tables are stored in f16 for \
+                 scoring, and f16 tables are not trained; keep them in f32 to train"
+                    .into(),
+            ));
+        }
+        let dense = if train.sparse_embeddings || base > 0 {
             layout.dense_range()
         } else {
             0..layout.total
         };
-        let start = dense.start as u32;
+        let start = (dense.start - base) as u32;
         let n = dense.len() as u32;
         let zero_grads = k
             .optim
             .bind_fill(ctx, TensorRef::new(&arenas.grads, start), n, 0.0)?;
         let lr = train.lr();
-        // The rule with its state tensors at element `off` of the state arenas.
+        // The rule with its state tensors at layout offset `off` (element `off - base`
+        // of the state arenas).
         let rule = |off: usize| match &arenas.v {
             Some(v) => UpdateRule::Adam {
                 hp: AdamHyper {
                     lr,
                     ..AdamHyper::default()
                 },
-                m: TensorRef::new(&arenas.m, off as u32),
-                v: TensorRef::new(v, off as u32),
+                m: TensorRef::new(&arenas.m, (off - base) as u32),
+                v: TensorRef::new(v, (off - base) as u32),
             },
             None => UpdateRule::Adagrad {
                 lr,
                 eps: ADAGRAD_EPS,
-                sum: TensorRef::new(&arenas.m, off as u32),
+                sum: TensorRef::new(&arenas.m, (off - base) as u32),
             },
         };
         let update = k.optim.bind(
@@ -336,12 +357,14 @@ impl Sites {
     }
 }
 
-/// What the binding helpers share: the device, the kernels and the two arenas.
+/// What the binding helpers share: the device, the kernels and the two arenas, which
+/// hold the layout's elements from `base` on.
 struct Binder<'a> {
     ctx: &'a GpuContext,
     k: &'a Kernels,
     params: &'a wgpu::Buffer,
     grads: &'a wgpu::Buffer,
+    base: usize,
 }
 
 /// The whole buffer as a tensor from element 0.
@@ -351,11 +374,11 @@ fn all(b: &wgpu::Buffer) -> TensorRef<'_> {
 
 impl<'a> Binder<'a> {
     fn param(&self, r: &Range<usize>) -> TensorRef<'a> {
-        TensorRef::new(self.params, r.start as u32)
+        TensorRef::new(self.params, (r.start - self.base) as u32)
     }
 
     fn grad(&self, r: &Range<usize>) -> TensorRef<'a> {
-        TensorRef::new(self.grads, r.start as u32)
+        TensorRef::new(self.grads, (r.start - self.base) as u32)
     }
 
     /// `out = act(inp W^T + b)` over `rows` rows (and `pre` before the activation), with
@@ -594,7 +617,7 @@ impl<'a> Binder<'a> {
             sum_dx: self.residual(&s.dx, &a.res2, &a.x1, None, n, d, keep_all)?,
             zero_key_bias: self.k.optim.bind_fill(
                 self.ctx,
-                TensorRef::new(self.grads, (p.qkv_b.start + d) as u32),
+                TensorRef::new(self.grads, (p.qkv_b.start + d - self.base) as u32),
                 d as u32,
                 0.0,
             )?,

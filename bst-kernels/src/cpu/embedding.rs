@@ -3,8 +3,24 @@
 //! Tokens: `x[b, t] = concat(E_item[item], E_cat[cat], E_pos[pos])` for the `L` history
 //! slots `t < L`, and the target as token `L` with position bucket 0.
 //! Other features: `z[b, off + f*d_o ..] = E_other[other[b, f]]`, written into a wider row.
+//!
+//! f16 tables (scoring only): the host stores [`f16_table`]`(E)` on the device, and the GPU
+//! gather converts each element back to f32, exactly. Its reference is the gathers below
+//! on [`f16_rounded`]`(E)`: the same values, so GPU and CPU agree bit for bit.
 
+use half::f16;
 use rayon::prelude::*;
+
+/// The table as stored in f16: every value rounded to the nearest f16, ties to even
+/// (`half::f16::from_f32`; beyond 65504 in magnitude it becomes infinite).
+pub fn f16_table(table: &[f32]) -> Vec<f16> {
+    table.iter().map(|&v| f16::from_f32(v)).collect()
+}
+
+/// The values an f16 table holds, as f32: `f16_table(table)` converted back (exactly).
+pub fn f16_rounded(table: &[f32]) -> Vec<f32> {
+    table.iter().map(|&v| f16::from_f32(v).to_f32()).collect()
+}
 
 /// Ids of one batch (row-major, `B` samples).
 #[derive(Clone, Copy, Debug)]
@@ -146,6 +162,28 @@ pub fn other_embedding_backward(
 mod tests {
     use super::*;
     use crate::cpu::gradcheck::{check_grad, random_vec};
+
+    #[test]
+    fn f16_tables_round_to_nearest_ties_to_even() {
+        let ulp = 2f32.powi(-10); // f16's spacing in [1, 2)
+        let e = [
+            1.0 + ulp / 2.0,  // tie: to even, 1.0
+            1.0 + 1.5 * ulp,  // tie: to even, 1 + 2 ulp
+            1.0 + 0.51 * ulp, // nearest: 1 + ulp
+            65520.0,          // past the largest f16 (65504) by half an ulp: infinity
+            -3.0e-6,          // a subnormal: 50 of its 2^-24 steps
+        ];
+        let want = [
+            1.0,
+            1.0 + 2.0 * ulp,
+            1.0 + ulp,
+            f32::INFINITY,
+            -50.0 * 2f32.powi(-24),
+        ];
+        assert_eq!(f16_rounded(&e), want);
+        let stored: Vec<f32> = f16_table(&e).iter().map(|h| h.to_f32()).collect();
+        assert_eq!(stored, want);
+    }
 
     #[test]
     fn token_gather_places_target_last_with_position_zero_and_backward_matches_fd() {

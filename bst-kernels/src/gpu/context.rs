@@ -88,6 +88,11 @@ pub enum GpuError {
     #[error("waiting for the GPU failed: {0}")]
     Poll(#[from] wgpu::PollError),
 
+    /// The device lacks an optional feature that was asked for (`SHADER_F16` for f16
+    /// embedding tables); the message names it and how to get it.
+    #[error("{0}")]
+    MissingFeature(String),
+
     /// A kernel binding does not fit: a tensor past the end of its buffer, a buffer
     /// larger than the device's binding limit, ...
     #[error("cannot bind {0}")]

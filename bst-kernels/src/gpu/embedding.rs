@@ -37,6 +37,17 @@
 //! computed on the host from the `U` it just set (no fixed maximum grid of idle
 //! invocations). Both writes take effect at the next submit, like `set_rows`: set the
 //! segments of one batch per submit.
+//!
+//! # f16 tables (scoring)
+//! [`EmbeddingKernels::bind_f16`] binds the forward gathers to tables stored as f16
+//! (`shaders/embedding_f16.wgsl`, `embedding_gather_f16`): half the memory and the
+//! bandwidth of the gather, activations still f32, no backward (training keeps f32
+//! tables: Adam's small updates vanish in f16). The tables' offsets and lengths count f16
+//! elements. The shader needs `wgpu::Features::SHADER_F16`: [`EmbeddingKernels::new`]
+//! compiles it only on a device that has the feature, and `bind_f16` on any other is an
+//! error. The host rounds with [`crate::cpu::embedding::f16_table`] (to nearest, ties to
+//! even); f16 to f32 is exact, so the gather equals the CPU reference's gather of
+//! [`crate::cpu::embedding::f16_rounded`] tables bit for bit.
 
 use bytemuck::{Pod, Zeroable};
 use rayon::prelude::*;
@@ -477,10 +488,19 @@ impl EmbeddingSegments {
     }
 }
 
-/// Uniforms and bind groups of the embedding layer, made by [`EmbeddingKernels::bind`].
+/// How the tables of a binding are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TableFormat {
+    F32,
+    F16,
+}
+
+/// Uniforms and bind groups of the embedding layer, made by [`EmbeddingKernels::bind`]
+/// or [`EmbeddingKernels::bind_f16`].
 #[derive(Debug)]
 pub struct EmbeddingBinding {
     dims: EmbeddingDims,
+    tables: TableFormat,
     rows: u32,
     /// Distinct ids per table of the segments set last (0 before any).
     unique: [u32; TABLES],
@@ -544,12 +564,15 @@ impl EmbeddingBinding {
     }
 }
 
-/// Pipelines of `shaders/embedding.wgsl`, created once.
+/// Pipelines of `shaders/embedding.wgsl` (and `embedding_f16.wgsl` where the device has
+/// `SHADER_F16`), created once.
 #[derive(Debug)]
 pub struct EmbeddingKernels {
     layout: wgpu::BindGroupLayout,
     gather: wgpu::ComputePipeline,
     segment_sum: wgpu::ComputePipeline,
+    /// The gather from f16 tables; `None` on a device without `SHADER_F16`.
+    gather_f16: Option<wgpu::ComputePipeline>,
     /// Workgroups along x before a dispatch spills into y.
     max_groups_x: u32,
     /// The device's workgroups per dimension.
@@ -557,7 +580,8 @@ pub struct EmbeddingKernels {
 }
 
 impl EmbeddingKernels {
-    /// Compiles the shader and creates its pipelines.
+    /// Compiles the shader and creates its pipelines (and the f16 gather's, when the
+    /// device has `SHADER_F16`).
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
         let max = ctx.limits.max_compute_workgroups_per_dimension;
         Self::with_grid_limit(ctx, max)
@@ -583,9 +607,18 @@ impl EmbeddingKernels {
                 include_str!("../../../shaders/embedding.wgsl"),
             );
             let pipeline = |entry| ctx.compute_pipeline(&module, entry, Some(&layout));
+            // Same layout: the f16 table is one more storage buffer at binding 1.
+            let gather_f16 = ctx.features.contains(wgpu::Features::SHADER_F16).then(|| {
+                let module = ctx.shader_module(
+                    "embedding_f16.wgsl",
+                    include_str!("../../../shaders/embedding_f16.wgsl"),
+                );
+                ctx.compute_pipeline(&module, "embedding_gather_f16", Some(&layout))
+            });
             Self {
                 gather: pipeline("embedding_gather"),
                 segment_sum: pipeline("embedding_segment_sum"),
+                gather_f16,
                 layout,
                 max_groups_x: max_groups_x.clamp(1, max_groups),
                 max_groups,
@@ -602,9 +635,37 @@ impl EmbeddingKernels {
         grads: Option<&EmbeddingGradBuffers>,
         dims: EmbeddingDims,
     ) -> Result<EmbeddingBinding, GpuError> {
+        self.bind_tables(ctx, bufs, grads, dims, TableFormat::F32)
+    }
+
+    /// As [`EmbeddingKernels::bind`] without gradients, for tables stored as f16: the
+    /// four tables of `bufs` are f16 tensors (their offsets count f16 elements, so a
+    /// table at an odd offset is fine), the ids and activations as for `bind`. The
+    /// forward methods then gather from f16 into the f32 activations; the binding has no
+    /// backward. An error when the device lacks `wgpu::Features::SHADER_F16`.
+    pub fn bind_f16(
+        &self,
+        ctx: &GpuContext,
+        bufs: &EmbeddingBuffers,
+        dims: EmbeddingDims,
+    ) -> Result<EmbeddingBinding, GpuError> {
+        if self.gather_f16.is_none() {
+            return Err(missing_shader_f16(ctx));
+        }
+        self.bind_tables(ctx, bufs, None, dims, TableFormat::F16)
+    }
+
+    fn bind_tables(
+        &self,
+        ctx: &GpuContext,
+        bufs: &EmbeddingBuffers,
+        grads: Option<&EmbeddingGradBuffers>,
+        dims: EmbeddingDims,
+        format: TableFormat,
+    ) -> Result<EmbeddingBinding, GpuError> {
         check_dims(&dims)?;
         let maps = table_maps(&dims);
-        self.check(ctx, bufs, grads, &dims, &maps)?;
+        self.check(ctx, bufs, grads, &dims, &maps, format)?;
 
         let tables = [bufs.e_item, bufs.e_cat, bufs.e_pos, bufs.e_other];
         let hist = [bufs.hist_item, bufs.hist_cat, bufs.hist_pos, bufs.other];
@@ -674,6 +735,7 @@ impl EmbeddingKernels {
         });
         Ok(EmbeddingBinding {
             dims,
+            tables: format,
             rows: dims.rows,
             unique: [0; TABLES],
             widths: maps.map(|m| m.w),
@@ -696,14 +758,13 @@ impl EmbeddingKernels {
         grads: Option<&EmbeddingGradBuffers>,
         dims: &EmbeddingDims,
         maps: &[TableMap; TABLES],
+        format: TableFormat,
     ) -> Result<(), GpuError> {
         let d = dims;
         let (b, l, f) = (u64::from(d.rows), u64::from(d.seq_len), u64::from(d.fields));
         let (t, dm, zw) = (l + 1, u64::from(d.d()), u64::from(d.z_width));
         let table = |rows: u32, w: u32| u64::from(rows) * u64::from(w);
-        let mut tensors = vec![
-            ("embedding x (B, T, d)", bufs.x, b * t * dm),
-            ("embedding z (B, z_width)", bufs.z, b * zw),
+        let tables = [
             ("embedding e_item", bufs.e_item, table(d.n_item, d.d_item)),
             ("embedding e_cat", bufs.e_cat, table(d.n_cat, d.d_cat)),
             ("embedding e_pos", bufs.e_pos, table(d.n_pos, d.d_pos)),
@@ -712,6 +773,10 @@ impl EmbeddingKernels {
                 bufs.e_other,
                 table(d.n_other, d.d_other),
             ),
+        ];
+        let mut tensors = vec![
+            ("embedding x (B, T, d)", bufs.x, b * t * dm),
+            ("embedding z (B, z_width)", bufs.z, b * zw),
             ("embedding hist_item (B, L)", bufs.hist_item, b * l),
             ("embedding hist_cat (B, L)", bufs.hist_cat, b * l),
             ("embedding hist_pos (B, L)", bufs.hist_pos, b * l),
@@ -737,6 +802,14 @@ impl EmbeddingKernels {
                     segments_layout(d).1.into(),
                 ),
             ]);
+        }
+        match format {
+            TableFormat::F32 => tensors.extend(tables),
+            TableFormat::F16 => {
+                for (what, tensor, len) in tables {
+                    check_f16(ctx, &format!("{what} (f16)"), tensor, len)?;
+                }
+            }
         }
         for (what, tensor, len) in tensors {
             tensor.check(ctx, what, len)?;
@@ -769,16 +842,26 @@ impl EmbeddingKernels {
     /// `x[b, t] = concat(E_item[item], E_cat[cat], E_pos[pos])` for the current rows.
     pub fn token_embedding_forward(&self, pass: &mut wgpu::ComputePass, b: &EmbeddingBinding) {
         for i in [ITEM, CAT, POS] {
-            let n = b.rows * b.per_sample[i];
-            self.dispatch(pass, &self.gather, &b.gather[i], n, b.widths[i]);
+            self.gather(pass, b, i);
         }
     }
 
     /// `z[b, z_off + f*d_other ..][..d_other] = E_other[other[b, f]]` for the current rows;
     /// z's other columns are left alone.
     pub fn other_embedding_forward(&self, pass: &mut wgpu::ComputePass, b: &EmbeddingBinding) {
-        let n = b.rows * b.per_sample[OTHER];
-        self.dispatch(pass, &self.gather, &b.gather[OTHER], n, b.widths[OTHER]);
+        self.gather(pass, b, OTHER);
+    }
+
+    fn gather(&self, pass: &mut wgpu::ComputePass, b: &EmbeddingBinding, table: usize) {
+        let pipeline = match b.tables {
+            TableFormat::F32 => &self.gather,
+            TableFormat::F16 => self
+                .gather_f16
+                .as_ref()
+                .expect("embedding: bind_f16 checked the f16 pipeline"),
+        };
+        let n = b.rows * b.per_sample[table];
+        self.dispatch(pass, pipeline, &b.gather[table], n, b.widths[table]);
     }
 
     /// dE_item, dE_cat, dE_pos += scatter of dx by the ids of the segments set last.
@@ -829,6 +912,41 @@ impl EmbeddingKernels {
     fn grid(&self, invocations: u64) -> Option<(u32, u32)> {
         grid(invocations, self.max_groups_x, self.max_groups)
     }
+}
+
+/// Ok when `ctx`'s device can gather from f16 tables (it has `SHADER_F16`), else the
+/// error [`EmbeddingKernels::bind_f16`] returns: which feature, and how to get it.
+pub fn check_f16_tables(ctx: &GpuContext) -> Result<(), GpuError> {
+    match ctx.features.contains(wgpu::Features::SHADER_F16) {
+        true => Ok(()),
+        false => Err(missing_shader_f16(ctx)),
+    }
+}
+
+fn missing_shader_f16(ctx: &GpuContext) -> GpuError {
+    GpuError::MissingFeature(format!(
+        "f16 embedding tables need wgpu::Features::SHADER_F16, which the device {} was not \
+         created with; create it with GpuContext::with_optional_features(.., \
+         wgpu::Features::SHADER_F16) (or request the feature on the application's device, \
+         where the adapter offers it), or keep the tables in f32",
+        ctx.describe()
+    ))
+}
+
+/// Checks that the f16 tensor `t` (offset and `len` in f16 elements) lies inside its
+/// buffer and that the device can bind the buffer.
+fn check_f16(ctx: &GpuContext, what: &str, t: TensorRef, len: u64) -> Result<(), GpuError> {
+    let have = t.buffer.size() / 2;
+    let end = u64::from(t.offset) + len;
+    if end > have {
+        return Err(GpuError::Binding(format!(
+            "{what}: f16 elements {}..{end} lie past the end of its buffer ({have} f16 \
+             elements)",
+            t.offset
+        )));
+    }
+    // The binding-size check of an f32 tensor of no elements at the buffer's start.
+    TensorRef::whole(t.buffer).check(ctx, what, 0)
 }
 
 fn grid(invocations: u64, max_x: u32, max_y: u32) -> Option<(u32, u32)> {

@@ -37,6 +37,34 @@ pub fn gpu() -> Option<&'static GpuContext> {
     }
 }
 
+static GPU_F16: OnceLock<Result<GpuContext, String>> = OnceLock::new();
+
+/// As [`gpu`], a device created with `SHADER_F16` (for the f16 embedding gather); a
+/// test failure when the adapter lacks it (lavapipe has it), unless `BST_SKIP_GPU_TESTS=1`.
+pub fn gpu_f16() -> Option<&'static GpuContext> {
+    let ctx = GPU_F16.get_or_init(|| {
+        let opts = GpuOptions {
+            backends: wgpu::Backends::VULKAN,
+            adapter_name: None,
+            allow_software: true,
+        };
+        let ctx = GpuContext::with_optional_features(&opts, wgpu::Features::SHADER_F16)
+            .map_err(|e| e.to_string())?;
+        if !ctx.features.contains(wgpu::Features::SHADER_F16) {
+            return Err(format!("the adapter {} lacks SHADER_F16", ctx.describe()));
+        }
+        Ok(ctx)
+    });
+    match ctx {
+        Ok(ctx) => Some(ctx),
+        Err(e) if std::env::var("BST_SKIP_GPU_TESTS").is_ok_and(|v| v == "1") => {
+            eprintln!("note: BST_SKIP_GPU_TESTS=1, skipping a GPU test: {e}");
+            None
+        }
+        Err(e) => panic!("{e}\n(set BST_SKIP_GPU_TESTS=1 to skip the GPU tests)"),
+    }
+}
+
 /// Records a compute pass with `record`, submits it, and waits for the GPU; fails on any
 /// wgpu validation error raised meanwhile.
 pub fn run(ctx: &GpuContext, record: impl FnOnce(&mut wgpu::ComputePass)) {
