@@ -5,36 +5,41 @@
 //! in `qkv`: columns `0..d` are Q, `d..2d` K, `2d..3d` V.
 //!
 //! Speed (the plain loops are in the tests, as the reference): each (sample, head) first
-//! copies its Q, K, V (and dO) into small scratch matrices, K or V transposed where a sum
-//! runs over the columns, rows zero-padded to a multiple of 8. Every sum is then [`sum8`]:
-//! 8 outputs at once, accumulated in registers over unit-stride rows. A dot product per
-//! (query, key) is instead a serial chain of `dh` adds, and an accumulator in memory a
-//! chain of store-to-load waits. The sums keep the plain loops' order (and the GPU
-//! kernel's): over the `dh` columns for a score, over the keys for an output or a
-//! query gradient, over the queries for a key or value gradient.
+//! copies its operands into small scratch matrices: the queries, and only the `nv` valid
+//! keys and values (masked keys get probability 0 and gradient 0, so they add nothing),
+//! K or V transposed where a sum runs over the columns, rows zero-padded to 8 lanes.
+//! Every sum is then [`sum8`]: 8 outputs at once, accumulated in registers over
+//! unit-stride rows. A dot product per (query, key) is instead a serial chain of `dh`
+//! adds, and an accumulator in memory a chain of store-to-load waits. The sums keep the
+//! plain loops' order (and the GPU kernel's), less the zero terms of masked keys: over
+//! the `dh` columns for a score, over the keys for an output or a query gradient, over
+//! the queries for a key or value gradient.
 
 use rayon::prelude::*;
 
 /// Lanes of [`sum8`] and [`axpy`]: scratch rows are padded to a multiple of this.
 const LANES: usize = 8;
 
-/// One head's operands copied out of the strided (B, T, 3d) rows. `tp` is `T` and `dhp`
-/// is `dh` rounded up to a multiple of [`LANES`]; the padding stays 0.
+/// One (sample, head)'s operands. `tp` is `T` and `dhp` is `dh` rounded up to a multiple
+/// of [`LANES`]; `nv` of the `T` keys are valid, and key `i` of the scratch is token
+/// `keys[i]`. Padding columns of `q`, `k`, `v`, `g` stay 0; those of `kt` and `vt` past
+/// `nv` hold stale keys, which the mask or the loop bounds leave out.
 struct HeadScratch {
     tp: usize,
     dhp: usize,
-    q: Vec<f32>,    // (T, dhp)
-    k: Vec<f32>,    // (T, dhp)   backward
-    kt: Vec<f32>,   // (dh, tp)   forward: K transposed
-    v: Vec<f32>,    // (T, dhp)   forward
-    vt: Vec<f32>,   // (dh, tp)   backward: V transposed
-    g: Vec<f32>,    // (T, dhp)   backward: dO
-    dk: Vec<f32>,   // (T, dhp)   backward
-    dv: Vec<f32>,   // (T, dhp)   backward
-    sc: Vec<f32>,   // (tp)       forward: the scores of one query
-    mask: Vec<f32>, // (tp)       forward: 0 on a valid key, -inf on a masked one or padding
-    dp: Vec<f32>,   // (tp)       backward: dP of one query
-    ds: Vec<f32>,   // (T)        backward: dS of one query
+    keys: Vec<usize>, // (nv)      the valid tokens of this sample
+    q: Vec<f32>,      // (T, dhp)
+    k: Vec<f32>,      // (nv, dhp)  backward
+    kt: Vec<f32>,     // (dh, tp)   forward: K transposed
+    v: Vec<f32>,      // (nv, dhp)  forward
+    vt: Vec<f32>,     // (dh, tp)   backward: V transposed
+    g: Vec<f32>,      // (T, dhp)   backward: dO
+    dk: Vec<f32>,     // (nv, dhp)  backward
+    dv: Vec<f32>,     // (nv, dhp)  backward
+    mask: Vec<f32>,   // (tp)       0 for the nv keys, -inf past them
+    sc: Vec<f32>,     // (tp)       scores of one query, forward; dP, backward
+    p: Vec<f32>,      // (nv)       probabilities of one query
+    ds: Vec<f32>,     // (nv)       backward: dS of one query
 }
 
 impl HeadScratch {
@@ -45,6 +50,7 @@ impl HeadScratch {
         HeadScratch {
             tp,
             dhp,
+            keys: Vec::with_capacity(t_n),
             q: rows(),
             k: rows(),
             kt: cols(),
@@ -53,56 +59,55 @@ impl HeadScratch {
             g: rows(),
             dk: rows(),
             dv: rows(),
+            mask: vec![0.0; tp],
             sc: vec![0.0; tp],
-            mask: vec![f32::NEG_INFINITY; tp],
-            dp: vec![0.0; tp],
+            p: vec![0.0; t_n],
             ds: vec![0.0; t_n],
+        }
+    }
+
+    /// Lists the valid keys of a sample, valid (T), and sets the mask.
+    fn set_keys(&mut self, valid: &[u32]) {
+        self.keys.clear();
+        self.keys.extend(
+            valid
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| **v != 0)
+                .map(|(t, _)| t),
+        );
+        let nv = self.keys.len();
+        for (i, m) in self.mask.iter_mut().enumerate() {
+            *m = if i < nv { 0.0 } else { f32::NEG_INFINITY };
         }
     }
 }
 
-/// dst (T, dst_stride): the first `dh` columns of each row = columns `c0 .. c0+dh` of
-/// src (T, src_stride)
-fn gather(
+/// dst (n, dst_stride): the first `dh` columns of row i = columns `c0 .. c0+dh` of rows[i]
+fn gather<'a>(
     dst: &mut [f32],
     dst_stride: usize,
-    src: &[f32],
-    src_stride: usize,
+    rows: impl Iterator<Item = &'a [f32]>,
     c0: usize,
     dh: usize,
 ) {
-    for (d, s) in dst
-        .chunks_exact_mut(dst_stride)
-        .zip(src.chunks_exact(src_stride))
-    {
+    for (d, s) in dst.chunks_exact_mut(dst_stride).zip(rows) {
         copy(&mut d[..dh], &s[c0..c0 + dh]);
     }
 }
 
-/// dst (dh, tp): the first `T` columns = columns `c0 .. c0+dh` of src (T, src_stride),
-/// transposed
-fn gather_t(dst: &mut [f32], tp: usize, src: &[f32], src_stride: usize, c0: usize, dh: usize) {
-    for (t, s) in src.chunks_exact(src_stride).enumerate() {
-        for (d, &x) in dst.chunks_exact_mut(tp).zip(&s[c0..c0 + dh]) {
-            d[t] = x;
-        }
-    }
-}
-
-/// columns `c0 .. c0+dh` of dst (T, dst_stride) = the first `dh` columns of src (T, src_stride)
-fn scatter(
+/// dst (dh, tp): column i = columns `c0 .. c0+dh` of rows[i] (a transposed gather)
+fn gather_t<'a>(
     dst: &mut [f32],
-    dst_stride: usize,
+    tp: usize,
+    rows: impl Iterator<Item = &'a [f32]>,
     c0: usize,
-    src: &[f32],
-    src_stride: usize,
     dh: usize,
 ) {
-    for (d, s) in dst
-        .chunks_exact_mut(dst_stride)
-        .zip(src.chunks_exact(src_stride))
-    {
-        copy(&mut d[c0..c0 + dh], &s[..dh]);
+    for (i, s) in rows.enumerate() {
+        for (d, &x) in dst.chunks_exact_mut(tp).zip(&s[c0..c0 + dh]) {
+            d[i] = x;
+        }
     }
 }
 
@@ -170,29 +175,35 @@ pub fn attention_forward(
             |s, (bi, (out_b, att_b))| {
                 let (tp, dhp) = (s.tp, s.dhp);
                 let qkv_b = &qkv[bi * t_n * 3 * d..][..t_n * 3 * d]; // (T, 3d)
-                let valid_b = &valid[bi * t_n..][..t_n]; // (T)
-                for (m, &v) in s.mask.iter_mut().zip(valid_b) {
-                    *m = if v != 0 { 0.0 } else { f32::NEG_INFINITY };
-                }
+                let tok = |t: &usize| &qkv_b[t * 3 * d..][..3 * d]; // (3d)
+                s.set_keys(&valid[bi * t_n..][..t_n]);
+                let nv = s.keys.len();
                 for (j, att_j) in att_b.chunks_exact_mut(t_n * t_n).enumerate() {
-                    gather(&mut s.q, dhp, qkv_b, 3 * d, j * dh, dh);
-                    gather_t(&mut s.kt, tp, qkv_b, 3 * d, d + j * dh, dh);
-                    gather(&mut s.v, dhp, qkv_b, 3 * d, 2 * d + j * dh, dh);
+                    gather(&mut s.q, dhp, qkv_b.chunks_exact(3 * d), j * dh, dh);
+                    gather_t(&mut s.kt, tp, s.keys.iter().map(tok), d + j * dh, dh);
+                    gather(&mut s.v, dhp, s.keys.iter().map(tok), 2 * d + j * dh, dh);
                     // One query t1 at a time: its row of att (T), its dh outputs.
                     for (t1, (row, q)) in att_j
                         .chunks_exact_mut(t_n)
                         .zip(s.q.chunks_exact(dhp))
                         .enumerate()
                     {
-                        // sc (tp) = q K^T, 8 keys at a time; row (T) = softmax
-                        for (i, sc) in s.sc.chunks_exact_mut(LANES).enumerate() {
+                        // sc (nv) = q K^T, 8 keys at a time; p (nv) = softmax
+                        for (i, sc) in s.sc[..nv.next_multiple_of(LANES)]
+                            .chunks_exact_mut(LANES)
+                            .enumerate()
+                        {
                             sc.copy_from_slice(&sum8(&q[..dh], &s.kt, tp, i * LANES));
                         }
-                        softmax_masked(row, &mut s.sc, &s.mask, scale);
+                        softmax(&mut s.p[..nv], &mut s.sc, &s.mask, scale);
+                        row.fill(0.0);
+                        for (&t2, &p) in s.keys.iter().zip(&s.p) {
+                            row[t2] = p;
+                        }
                         // o (dh) = sum over keys of p[t2] v[t2], 8 columns at a time
                         let o = &mut out_b[t1 * d + j * dh..][..dh];
                         for (i, o) in o.chunks_mut(LANES).enumerate() {
-                            let acc = sum8(row, &s.v, dhp, i * LANES);
+                            let acc = sum8(&s.p[..nv], &s.v, dhp, i * LANES);
                             copy(o, &acc[..o.len()]);
                         }
                     }
@@ -201,12 +212,16 @@ pub fn attention_forward(
         );
 }
 
-/// p (T) = softmax(sc * scale + mask), from the scores sc (tp) and the mask (tp): exactly
-/// 0 on the masked keys, as exp(-inf) is. Branch-free; the max runs in 8 lanes.
+/// p (nv) = softmax(sc * scale + mask) of the scores sc (tp), mask (tp) -inf past nv.
+/// Branch-free; the max runs in 8 lanes.
 #[inline]
-fn softmax_masked(p: &mut [f32], sc: &mut [f32], mask: &[f32], scale: f32) {
+fn softmax(p: &mut [f32], sc: &mut [f32], mask: &[f32], scale: f32) {
     let mut max8 = [f32::NEG_INFINITY; LANES];
-    for (a, m) in sc.chunks_exact_mut(LANES).zip(mask.chunks_exact(LANES)) {
+    let n8 = p.len().next_multiple_of(LANES);
+    for (a, m) in sc[..n8]
+        .chunks_exact_mut(LANES)
+        .zip(mask.chunks_exact(LANES))
+    {
         for l in 0..LANES {
             a[l] = a[l] * scale + m[l];
             max8[l] = if a[l] > max8[l] { a[l] } else { max8[l] };
@@ -216,10 +231,9 @@ fn softmax_masked(p: &mut [f32], sc: &mut [f32], mask: &[f32], scale: f32) {
         .iter()
         .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
     let mut sum = 0.0;
-    for (p, a) in p.iter_mut().zip(sc.iter_mut()) {
-        *a = (*a - max).exp();
-        sum += *a;
-        *p = *a;
+    for (p, &a) in p.iter_mut().zip(sc.iter()) {
+        *p = (a - max).exp();
+        sum += *p;
     }
     for p in p.iter_mut() {
         *p /= sum;
@@ -248,25 +262,45 @@ pub fn attention_backward(
             |s, (bi, dqkv_b)| {
                 let (tp, dhp) = (s.tp, s.dhp);
                 let qkv_b = &qkv[bi * t_n * 3 * d..][..t_n * 3 * d]; // (T, 3d)
+                let tok = |t: &usize| &qkv_b[t * 3 * d..][..3 * d]; // (3d)
                 let dout_b = &dout[bi * t_n * d..][..t_n * d]; // (T, d)
                 let att_b = &att[bi * h * t_n * t_n..][..h * t_n * t_n]; // (h, T, T)
+                // Masked keys get no gradient: their K and V columns stay 0.
+                dqkv_b.fill(0.0);
+                // The keys to visit: those with a nonzero probability in some row. The others
+                // (the masked ones; the mask is not an input here) add exactly 0 everywhere.
+                let live = &mut s.p[..t_n];
+                live.fill(0.0);
+                for row in att_b.chunks_exact(t_n) {
+                    for (l, &p) in live.iter_mut().zip(row) {
+                        *l = if p != 0.0 { 1.0 } else { *l };
+                    }
+                }
+                s.keys.clear();
+                s.keys.extend((0..t_n).filter(|&t| live[t] != 0.0));
+                let nv = s.keys.len();
                 for (j, att_j) in att_b.chunks_exact(t_n * t_n).enumerate() {
-                    gather(&mut s.q, dhp, qkv_b, 3 * d, j * dh, dh);
-                    gather(&mut s.k, dhp, qkv_b, 3 * d, d + j * dh, dh);
-                    gather_t(&mut s.vt, tp, qkv_b, 3 * d, 2 * d + j * dh, dh);
-                    gather(&mut s.g, dhp, dout_b, d, j * dh, dh);
-                    s.dk.fill(0.0);
-                    s.dv.fill(0.0);
-                    // One query t1 at a time: its probabilities p (T), its output gradient
+                    gather(&mut s.q, dhp, qkv_b.chunks_exact(3 * d), j * dh, dh);
+                    gather(&mut s.k, dhp, s.keys.iter().map(tok), d + j * dh, dh);
+                    gather_t(&mut s.vt, tp, s.keys.iter().map(tok), 2 * d + j * dh, dh);
+                    gather(&mut s.g, dhp, dout_b.chunks_exact(d), j * dh, dh);
+                    s.dk[..nv * dhp].fill(0.0);
+                    s.dv[..nv * dhp].fill(0.0);
+                    // One query t1 at a time: its probabilities p (nv), its output gradient
                     // g (dhp), its query q (dhp).
-                    for (t1, ((p, g), q)) in att_j
+                    for (t1, ((row, g), q)) in att_j
                         .chunks_exact(t_n)
                         .zip(s.g.chunks_exact(dhp))
                         .zip(s.q.chunks_exact(dhp))
                         .enumerate()
                     {
-                        // dp (T) = g V^T, 8 keys at a time;  dv[t2] += p[t2] g
-                        for (i, dp) in s.dp.chunks_exact_mut(LANES).enumerate() {
+                        let p = &mut s.p[..nv];
+                        for (p, &t2) in p.iter_mut().zip(&s.keys) {
+                            *p = row[t2];
+                        }
+                        // dp (nv) = g V^T, 8 keys at a time;  dv[t2] += p[t2] g
+                        let dp = &mut s.sc[..nv.next_multiple_of(LANES)];
+                        for (i, dp) in dp.chunks_exact_mut(LANES).enumerate() {
                             dp.copy_from_slice(&sum8(&g[..dh], &s.vt, tp, i * LANES));
                         }
                         for (&pk, dv) in p.iter().zip(s.dv.chunks_exact_mut(dhp)) {
@@ -274,21 +308,31 @@ pub fn attention_backward(
                         }
                         // Softmax backward, then through the scaled dot product:
                         // ds = p (dp - p.dp) scale;  dq = ds K;  dk[t2] += ds[t2] q
-                        let p_dot_dp: f32 = p.iter().zip(&s.dp).map(|(p, dp)| p * dp).sum();
-                        for ((ds, &pk), &dpk) in s.ds.iter_mut().zip(p).zip(&s.dp) {
+                        let p_dot_dp: f32 = p.iter().zip(dp.iter()).map(|(p, dp)| p * dp).sum();
+                        for ((ds, &pk), &dpk) in s.ds.iter_mut().zip(p.iter()).zip(dp.iter()) {
                             *ds = pk * (dpk - p_dot_dp) * scale;
                         }
+                        let ds = &s.ds[..nv];
                         let dq = &mut dqkv_b[t1 * 3 * d + j * dh..][..dh];
                         for (i, dq) in dq.chunks_mut(LANES).enumerate() {
-                            let acc = sum8(&s.ds, &s.k, dhp, i * LANES);
+                            let acc = sum8(ds, &s.k, dhp, i * LANES);
                             copy(dq, &acc[..dq.len()]);
                         }
-                        for (&ds, dk) in s.ds.iter().zip(s.dk.chunks_exact_mut(dhp)) {
+                        for (&ds, dk) in ds.iter().zip(s.dk.chunks_exact_mut(dhp)) {
                             axpy(dk, ds, q);
                         }
                     }
-                    scatter(dqkv_b, 3 * d, d + j * dh, &s.dk, dhp, dh);
-                    scatter(dqkv_b, 3 * d, 2 * d + j * dh, &s.dv, dhp, dh);
+                    // Scatter dK and dV to the valid keys' rows.
+                    for ((&t2, dk), dv) in s
+                        .keys
+                        .iter()
+                        .zip(s.dk.chunks_exact(dhp))
+                        .zip(s.dv.chunks_exact(dhp))
+                    {
+                        let row = &mut dqkv_b[t2 * 3 * d..][..3 * d];
+                        copy(&mut row[d + j * dh..][..dh], &dk[..dh]);
+                        copy(&mut row[2 * d + j * dh..][..dh], &dv[..dh]);
+                    }
                 }
             },
         );
