@@ -13,46 +13,37 @@ use std::ops::Range;
 use bst_kernels::gpu::{GpuContext, GpuOptions, TensorRef, wgpu};
 
 static GPU: OnceLock<Result<GpuContext, String>> = OnceLock::new();
+static GPU_F16: OnceLock<Result<GpuContext, String>> = OnceLock::new();
 
 /// The shared device, or `None` (after printing a note) when GPU tests are skipped.
 pub fn gpu() -> Option<&'static GpuContext> {
-    let ctx = GPU.get_or_init(|| {
+    shared_device(&GPU, wgpu::Features::empty())
+}
+
+/// As [`gpu`], a device created with `SHADER_F16` (for the f16 embedding gather); a
+/// test failure when the adapter lacks it (lavapipe has it), unless `BST_SKIP_GPU_TESTS=1`.
+pub fn gpu_f16() -> Option<&'static GpuContext> {
+    shared_device(&GPU_F16, wgpu::Features::SHADER_F16)
+}
+
+/// The device in `cell`, created on first use on the Vulkan backend with the `required`
+/// features; `None` (after a note) when it fails and `BST_SKIP_GPU_TESTS=1`, else a panic.
+fn shared_device(
+    cell: &'static OnceLock<Result<GpuContext, String>>,
+    required: wgpu::Features,
+) -> Option<&'static GpuContext> {
+    let ctx = cell.get_or_init(|| {
         let opts = GpuOptions {
             // Pinned: with all backends, a GL adapter without the needed limits may win.
             backends: wgpu::Backends::VULKAN,
             adapter_name: None,
             allow_software: true,
         };
-        let ctx = GpuContext::new(&opts).map_err(|e| e.to_string())?;
+        let ctx = GpuContext::with_optional_features(&opts, required).map_err(|e| e.to_string())?;
+        if !ctx.features.contains(required) {
+            return Err(format!("the adapter {} lacks {required:?}", ctx.describe()));
+        }
         eprintln!("{}", ctx.limits_report());
-        Ok(ctx)
-    });
-    match ctx {
-        Ok(ctx) => Some(ctx),
-        Err(e) if std::env::var("BST_SKIP_GPU_TESTS").is_ok_and(|v| v == "1") => {
-            eprintln!("note: BST_SKIP_GPU_TESTS=1, skipping a GPU test: {e}");
-            None
-        }
-        Err(e) => panic!("{e}\n(set BST_SKIP_GPU_TESTS=1 to skip the GPU tests)"),
-    }
-}
-
-static GPU_F16: OnceLock<Result<GpuContext, String>> = OnceLock::new();
-
-/// As [`gpu`], a device created with `SHADER_F16` (for the f16 embedding gather); a
-/// test failure when the adapter lacks it (lavapipe has it), unless `BST_SKIP_GPU_TESTS=1`.
-pub fn gpu_f16() -> Option<&'static GpuContext> {
-    let ctx = GPU_F16.get_or_init(|| {
-        let opts = GpuOptions {
-            backends: wgpu::Backends::VULKAN,
-            adapter_name: None,
-            allow_software: true,
-        };
-        let ctx = GpuContext::with_optional_features(&opts, wgpu::Features::SHADER_F16)
-            .map_err(|e| e.to_string())?;
-        if !ctx.features.contains(wgpu::Features::SHADER_F16) {
-            return Err(format!("the adapter {} lacks SHADER_F16", ctx.describe()));
-        }
         Ok(ctx)
     });
     match ctx {
