@@ -196,7 +196,7 @@ impl CpuBackend {
                         table[row as usize * w..][..w].fill(0.0);
                     }
                 }
-                *dirty = batch.touched_rows();
+                batch.touched_rows_into(dirty);
             }
         }
         let loss = self
@@ -237,15 +237,9 @@ impl Backend for CpuBackend {
             None => self.optim.step(&mut self.params, &self.grads),
             Some(touched) => {
                 let layout = &self.model.layout;
-                let tables = layout.embedding_tables();
-                let tables: Vec<_> = tables
-                    .into_iter()
-                    .zip(touched)
-                    .map(|((r, w), rows)| (r, w, rows.as_slice()))
-                    .collect();
-                let dense = layout.dense_range();
+                let (dense, tables) = (layout.dense_range(), layout.embedding_tables());
                 self.optim
-                    .step_sparse(&mut self.params, &self.grads, dense, &tables);
+                    .step_sparse(&mut self.params, &self.grads, dense, &tables, touched);
             }
         }
         self.loss_sum += loss as f64;

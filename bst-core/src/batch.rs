@@ -85,20 +85,28 @@ impl Batch {
     /// reads, ascending and distinct: the rows its backward gives a gradient, and all a
     /// sparse update touches. The target's position bucket is 0.
     pub fn touched_rows(&self) -> [Vec<u32>; 4] {
+        let mut rows = Default::default();
+        self.touched_rows_into(&mut rows);
+        rows
+    }
+
+    /// [`Batch::touched_rows`] into `rows`, reusing its vectors (no allocation once they
+    /// are large enough).
+    pub fn touched_rows_into(&self, rows: &mut [Vec<u32>; 4]) {
         let (b, l, f) = (self.size, self.seq_len, self.fields);
-        let distinct = |mut ids: Vec<u32>| {
+        let pos_target: &[u32] = if b > 0 { &[0] } else { &[] };
+        let sources: [[&[u32]; 2]; 4] = [
+            [&self.hist_item[..b * l], &self.target_item[..b]],
+            [&self.hist_cat[..b * l], &self.target_cat[..b]],
+            [&self.hist_pos[..b * l], pos_target],
+            [&self.other[..b * f], &[]],
+        ];
+        for (ids, [hist, target]) in rows.iter_mut().zip(sources) {
+            ids.clear();
+            ids.extend_from_slice(hist);
+            ids.extend_from_slice(target);
             ids.sort_unstable();
             ids.dedup();
-            ids
-        };
-        let with = |hist: &[u32], target: &[u32]| {
-            distinct(hist[..b * l].iter().chain(target).copied().collect())
-        };
-        [
-            with(&self.hist_item, &self.target_item[..b]),
-            with(&self.hist_cat, &self.target_cat[..b]),
-            with(&self.hist_pos, if b > 0 { &[0] } else { &[] }),
-            distinct(self.other[..b * f].to_vec()),
-        ]
+        }
     }
 }

@@ -156,19 +156,21 @@ impl Optimizer {
     }
 
     /// One sparse update: the range `dense` whole, and of each embedding table
-    /// `(range, width, rows)` only the listed rows (distinct), lazily
+    /// `tables[k] = (range, width)` only the rows `rows[k]` (distinct), lazily
     /// ([`adam_update_rows`], [`adagrad_update_rows`]).
     pub fn step_sparse(
         &mut self,
         params: &mut [f32],
         grads: &[f32],
         dense: Range<usize>,
-        tables: &[(Range<usize>, usize, &[u32])],
+        tables: &[(Range<usize>, usize)],
+        rows: &[Vec<u32>],
     ) {
+        assert_eq!(tables.len(), rows.len(), "one row list per table");
         self.steps += 1;
         self.update_range(params, grads, dense);
         let (lr, t) = (self.lr, self.steps);
-        for (r, w, rows) in tables {
+        for ((r, w), rows) in tables.iter().zip(rows) {
             let (p, g) = (&mut params[r.clone()], &grads[r.clone()]);
             match &mut self.state {
                 OptimState::Adam { m, v } => {

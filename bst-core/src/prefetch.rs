@@ -27,9 +27,12 @@ pub fn for_each_batch<E>(
 ) -> Result<(), E> {
     std::thread::scope(|scope| {
         let (tx, rx) = sync_channel(DEPTH);
+        // Batches the step is done with come back to be gathered into again, so no step
+        // allocates once the first few batches exist.
+        let (done_tx, done_rx) = sync_channel::<Batch>(DEPTH + 1);
         scope.spawn(move || {
             for (i, idx) in order.chunks(batch_size).enumerate().skip(skip) {
-                let mut batch = Batch::default();
+                let mut batch = done_rx.try_recv().unwrap_or_default();
                 batch.gather(samples, idx);
                 let prepared = preparer.map(|p| p.prepare(&batch));
                 // The receiver is gone when a step failed: stop.
@@ -42,6 +45,8 @@ pub fn for_each_batch<E>(
         // which ends the producer, and the scope waits for it.
         for (i, batch, prepared) in rx {
             step(i, &batch, prepared)?;
+            // A full return channel (or a finished producer) just drops the batch.
+            let _ = done_tx.try_send(batch);
         }
         Ok(())
     })

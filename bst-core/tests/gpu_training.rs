@@ -6,44 +6,21 @@
 //! the tests fail with the reason, unless `BST_SKIP_GPU_TESTS=1`, which turns each test
 //! into a printed note.
 
-use std::sync::{Arc, OnceLock};
+mod common;
+
+use std::sync::Arc;
 use std::time::Instant;
 
 use bst_core::backend::{Backend, CpuBackend};
 use bst_core::batch::Batch;
-use bst_core::config::{Config, ModelConfig, Optimizer, Pooling};
+use bst_core::config::{Config, Optimizer, Pooling};
 use bst_core::data::{self, DataSource, Dataset, Samples};
 use bst_core::gpu_backend::GpuBackend;
 use bst_core::model::Model;
 use bst_core::params::{ParamLayout, VocabSizes};
-use bst_core::rng::Rng;
 use bst_core::train::{predict_all, train};
-use bst_kernels::gpu::{GpuContext, GpuOptions, wgpu};
-
-static GPU: OnceLock<Result<Arc<GpuContext>, String>> = OnceLock::new();
-
-/// The shared device, or `None` (after printing a note) when GPU tests are skipped.
-fn gpu() -> Option<Arc<GpuContext>> {
-    let ctx = GPU.get_or_init(|| {
-        let opts = GpuOptions {
-            // Pinned: with all backends, a GL adapter without the needed limits may win.
-            backends: wgpu::Backends::VULKAN,
-            adapter_name: None,
-            allow_software: true,
-        };
-        let ctx = GpuContext::new(&opts).map_err(|e| e.to_string())?;
-        eprintln!("{}", ctx.limits_report());
-        Ok(Arc::new(ctx))
-    });
-    match ctx {
-        Ok(ctx) => Some(ctx.clone()),
-        Err(e) if std::env::var("BST_SKIP_GPU_TESTS").is_ok_and(|v| v == "1") => {
-            eprintln!("note: BST_SKIP_GPU_TESTS=1, skipping a GPU test: {e}");
-            None
-        }
-        Err(e) => panic!("{e}\n(set BST_SKIP_GPU_TESTS=1 to skip the GPU tests)"),
-    }
-}
+use bst_kernels::gpu::GpuContext;
+use common::{SIZES, gpu, random_samples};
 
 const ATOL: f32 = 1e-5;
 const RTOL: f32 = 1e-4;
@@ -93,74 +70,11 @@ fn assert_close(what: &str, gpu: &[f32], cpu: &[f32], layout: Option<&ParamLayou
     );
 }
 
-const SIZES: VocabSizes = VocabSizes {
-    items: 30,
-    cats: 6,
-    other: 20,
-    fields: 3,
-};
-
-/// A small model: L = 5, d = 8 + 4 + 4, 2 heads, d_ff 16, MLP 32-16; batches of 7
-/// (training) and 9 (evaluation).
+/// The shared small model (`common::small_config`) with `optimizer`.
 fn small_config(blocks: usize, pooling: Pooling, optimizer: Optimizer) -> Config {
-    let mut cfg = Config {
-        model: ModelConfig {
-            seq_len: 5,
-            d_item: 8,
-            d_cat: 4,
-            d_pos: 4,
-            pos_buckets: 8,
-            heads: 2,
-            d_ff: 16,
-            blocks,
-            d_other: 4,
-            mlp: vec![32, 16],
-            pooling,
-            ..ModelConfig::default()
-        },
-        ..Config::default()
-    };
+    let mut cfg = common::small_config(blocks, pooling);
     cfg.train.optimizer = optimizer;
-    cfg.train.batch = 7;
-    cfg.train.eval_batch = 9;
-    cfg.validate().expect("a valid config");
     cfg
-}
-
-/// `n` random samples: every fifth has an all-padding history, every fifth (offset 1) a
-/// full one, the rest are partly padded (right-aligned, as the loaders build them).
-fn random_samples(n: usize, cfg: &ModelConfig, seed: u64) -> Samples {
-    let (l, f) = (cfg.seq_len, SIZES.fields);
-    let mut rng = Rng::new(seed);
-    let mut s = Samples::new(l, f);
-    let id = |rng: &mut Rng, below: usize| 1 + rng.below(below as u64 - 1) as u32;
-    for i in 0..n {
-        let hist = match i % 5 {
-            0 => 0,
-            1 => l,
-            _ => 1 + rng.below(l as u64 - 1) as usize,
-        };
-        for slot in 0..l {
-            let real = slot >= l - hist;
-            s.hist_item
-                .push(if real { id(&mut rng, SIZES.items) } else { 0 });
-            s.hist_cat
-                .push(if real { id(&mut rng, SIZES.cats) } else { 0 });
-            s.hist_pos.push(if real {
-                id(&mut rng, cfg.pos_buckets)
-            } else {
-                0
-            });
-        }
-        s.target_item.push(id(&mut rng, SIZES.items));
-        s.target_cat.push(id(&mut rng, SIZES.cats));
-        for _ in 0..f {
-            s.other.push(rng.below(SIZES.other as u64) as u32);
-        }
-        s.label.push((rng.uniform() < 0.4) as u32 as f32);
-        s.user.push((i % 4) as u32);
-    }
-    s
 }
 
 /// A CPU and a GPU backend with the same initial parameters.
@@ -395,10 +309,6 @@ fn predict_matches_the_cpu_in_eval_mode_and_leaves_the_loss_alone() {
     }
 }
 
-fn sizes(ds: &Dataset) -> VocabSizes {
-    ds.vocab.sizes()
-}
-
 /// The whole loop (`train`: steps, take_loss, predict, read_params, write_params) on a
 /// small world and model, d = 32 and MLP 64-32, 2 epochs of 38 steps. lavapipe on two
 /// cores trains at about 320 samples/s: about 65 s here (the CPU takes 1.5 s).
@@ -420,12 +330,19 @@ fn training_on_the_gpu_reaches_the_cpu_test_auc() {
         ds.valid.len(),
         ds.test.len()
     );
-    let mut cpu = CpuBackend::new(&cfg, sizes(&ds));
-    let model = Model::new(&cfg.model, sizes(&ds));
-    let mut gpu = GpuBackend::new(ctx, &cfg, model, cpu.params.clone()).expect("GPU backend");
+    assert_same_test_auc(ctx, &cfg, &ds, 0.55);
+}
+
+/// Trains `cfg` on `ds` on the CPU and on the GPU from the same initial parameters: the
+/// CPU must reach a test AUC above `min_auc` (the model learned), and the GPU the same
+/// test AUC within 0.005.
+fn assert_same_test_auc(ctx: Arc<GpuContext>, cfg: &Config, ds: &Dataset, min_auc: f64) {
+    let mut cpu = CpuBackend::new(cfg, ds.vocab.sizes());
+    let model = Model::new(&cfg.model, ds.vocab.sizes());
+    let mut gpu = GpuBackend::new(ctx, cfg, model, cpu.params.clone()).expect("GPU backend");
     let report = |backend: &mut dyn Backend| {
         let start = Instant::now();
-        let r = train(backend, &ds, &cfg.train, &mut |_| {}).expect("training runs");
+        let r = train(backend, ds, &cfg.train, &mut |_| {}).expect("training runs");
         println!(
             "{}: test {} (best epoch {}), {:.0} samples/s, {:.1} s",
             r.device,
@@ -438,7 +355,7 @@ fn training_on_the_gpu_reaches_the_cpu_test_auc() {
     };
     let on_cpu = report(&mut cpu);
     assert!(
-        on_cpu.test.auc > 0.55,
+        on_cpu.test.auc > min_auc,
         "the model learned little: {}",
         on_cpu.test
     );
@@ -540,32 +457,5 @@ fn training_on_the_gpu_reaches_the_cpu_test_auc_on_ml100k() {
     cfg.train.lr = Some(3e-3);
     cfg.train.epochs = 1;
     let ds = data::load(&DataSource::Recbole(dir), &cfg).expect("ml-100k loads");
-    let mut cpu = CpuBackend::new(&cfg, sizes(&ds));
-    let model = Model::new(&cfg.model, sizes(&ds));
-    let mut gpu = GpuBackend::new(ctx, &cfg, model, cpu.params.clone()).expect("GPU backend");
-    let report = |backend: &mut dyn Backend| {
-        let start = Instant::now();
-        let r = train(backend, &ds, &cfg.train, &mut |_| {}).expect("training runs");
-        println!(
-            "{}: test {}, {:.0} samples/s, {:.1} s",
-            r.device,
-            r.test,
-            r.train_samples_per_sec,
-            start.elapsed().as_secs_f64()
-        );
-        r
-    };
-    let on_cpu = report(&mut cpu);
-    assert!(
-        on_cpu.test.auc > 0.70,
-        "the model learned little: {}",
-        on_cpu.test
-    );
-    let on_gpu = report(&mut gpu);
-    assert!(
-        (on_gpu.test.auc - on_cpu.test.auc).abs() <= 0.005,
-        "GPU test AUC {:.4} vs CPU {:.4}",
-        on_gpu.test.auc,
-        on_cpu.test.auc
-    );
+    assert_same_test_auc(ctx, &cfg, &ds, 0.70);
 }
