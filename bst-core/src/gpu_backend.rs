@@ -449,8 +449,26 @@ impl SegmentBatches {
 
 impl PrepareBatch for SegmentBatches {
     fn prepare(&self, batch: &Batch) -> Prepared {
-        Prepared::new(self.segments(batch))
+        Prepared::new((ids_fingerprint(batch), self.segments(batch)))
     }
+}
+
+/// A hash of every id of a batch (and its size): which batch prepared segments belong to.
+/// About 0.1 ms for 4096 samples of the default model.
+fn ids_fingerprint(b: &Batch) -> u64 {
+    let ids = [
+        &b.hist_item,
+        &b.hist_cat,
+        &b.hist_pos,
+        &b.target_item,
+        &b.target_cat,
+        &b.other,
+    ];
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ b.size as u64;
+    for &id in ids.into_iter().flat_map(|v| v.iter()) {
+        h = (h ^ u64::from(id)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 /// Refuses a device below the limits the kernels use: [`GpuContext::new`] checks them
@@ -514,9 +532,12 @@ impl Backend for GpuBackend {
 
     fn train_step_prepared(&mut self, batch: &Batch, prepared: Option<Prepared>) {
         self.assert_trainable("train_step");
+        // Segments prepared from another batch would put gradients on the wrong rows:
+        // take them only when the batch's ids match those they were built from.
         let segs = prepared
-            .and_then(|p| p.take::<Result<EmbeddingSegments, String>>())
-            .filter(|s| s.as_ref().is_ok_and(|s| s.rows() == batch.size as u32))
+            .and_then(|p| p.take::<(u64, Result<EmbeddingSegments, String>)>())
+            .filter(|(ids, _)| *ids == ids_fingerprint(batch))
+            .map(|(_, segs)| segs)
             .unwrap_or_else(|| SegmentBatches(self.emb_dims).segments(batch))
             .unwrap_or_else(|e| panic!("segmenting the batch's embedding ids: {e}"));
         self.upload(batch, Some(self.steps as u32));
@@ -631,6 +652,7 @@ impl Backend for GpuBackend {
     }
 
     fn read_optim_state(&self) -> Result<OptimSnapshot, BackendError> {
+        self.assert_trainable("reading the optimiser state");
         let a = &self.bufs.arenas;
         let state = match &a.v {
             Some(v) => OptimState::Adam {

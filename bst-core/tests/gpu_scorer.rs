@@ -357,7 +357,14 @@ fn f16_tables_score_as_the_cpu_model_with_f16_rounded_tables() {
             max_diff(&got, &got_f32),
             max_diff(&got_f32, &f32_scores)
         );
-        assert!(max_diff(&got, &got_f32) < 1e-2, "f16 tables far from f32");
+        // The f16 scorer really reads rounded tables: it is much nearer the CPU on
+        // rounded tables than the f32 scorer is (measured: about 6e-8 against 1e-5).
+        let (d16, d32) = (max_diff(&got, &want), max_diff(&got_f32, &want));
+        assert!(
+            d32 > 0.0 && d16 < d32 / 4.0,
+            "{what}: f16 scorer {d16:.3e} and f32 scorer {d32:.3e} from the rounded CPU"
+        );
+        assert!(max_diff(&got, &got_f32) < 1e-4, "f16 tables far from f32");
 
         // write_params rounds the new tables again.
         let mut cpu = trained_cpu(&cfg, &random_samples(14, &cfg.model, 8));
@@ -373,7 +380,7 @@ fn f16_tables_score_as_the_cpu_model_with_f16_rounded_tables() {
 
 #[test]
 fn f16_tables_on_a_device_without_shader_f16_are_refused() {
-    // `gpu()` is created with GpuContext::new: no optional features.
+    // `gpu()` is created without optional features.
     let Some(ctx) = gpu() else { return };
     let cfg = small_config(1, Pooling::Target);
     let params = Model::new(&cfg.model, SIZES).layout.init(0);

@@ -233,6 +233,28 @@ fn three_steps_with_sparse_embedding_updates_match_the_cpu() {
     }
 }
 
+/// A step handed segments prepared from another batch of the same size rebuilds them
+/// from its own batch (they would put gradients on the wrong rows): the result is the
+/// plain step's, bit for bit. With the right preparation it is the same too.
+#[test]
+fn a_step_ignores_segments_prepared_from_another_batch() {
+    let Some(ctx) = gpu() else { return };
+    let cfg = small_config(1, Pooling::Target, Optimizer::Adam);
+    let (_, mut plain) = backends(ctx.clone(), &cfg);
+    let (_, mut handed) = backends(ctx, &cfg);
+    let s = random_samples(14, &cfg.model, 21);
+    let (a, b) = (Batch::from_range(&s, 0..7), Batch::from_range(&s, 7..14));
+    let prep = handed.batch_preparer().expect("the GPU prepares batches");
+    plain.train_step(&a);
+    handed.train_step_prepared(&a, Some(prep.prepare(&a)));
+    plain.train_step(&b);
+    handed.train_step_prepared(&b, Some(prep.prepare(&a))); // the wrong batch's
+    assert!(
+        plain.read_params() == handed.read_params(),
+        "the step used the other batch's segments"
+    );
+}
+
 #[test]
 fn a_run_resumed_from_params_and_optimiser_state_continues_bit_for_bit() {
     let Some(ctx) = gpu() else { return };

@@ -77,7 +77,6 @@ fn lazy_adam_moves_only_touched_rows_and_matches_dense_adam_on_the_first_step() 
     );
     let mut dense = CpuBackend::new(&dense_cfg, SIZES);
     let mut sparse = CpuBackend::new(&sparse_cfg, SIZES);
-    let init = dense.params.clone();
     let batches = batches(&dense_cfg);
     dense.train_step(&batches[0]);
     sparse.train_step(&batches[0]);
@@ -118,7 +117,4 @@ fn lazy_adam_moves_only_touched_rows_and_matches_dense_adam_on_the_first_step() 
             && dense.params[at.clone()] != sparse.params[at]
     });
     assert!(moved_by_momentum, "lazy and dense Adam did not differ");
-    // The dense part (blocks, MLP) is updated every step in both.
-    let dense_part = sparse.model.layout.dense_range();
-    assert_ne!(&sparse.params[dense_part.clone()], &init[dense_part]);
 }

@@ -303,7 +303,7 @@ fn two_dimensional_grid() {
 
 #[test]
 fn a_device_without_shader_f16_is_refused_with_the_feature_named() {
-    // `gpu()` is created with GpuContext::new: no optional features.
+    // `gpu()` is created without optional features.
     let Some(ctx) = gpu() else { return };
     assert!(!ctx.features.contains(wgpu::Features::SHADER_F16));
     let kernels = EmbeddingKernels::new(ctx).expect("embedding kernels");

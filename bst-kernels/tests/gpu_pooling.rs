@@ -16,12 +16,13 @@ use bst_kernels::gpu::pooling::{
     PoolMode, PoolingBinding, PoolingBuffers, PoolingDims, PoolingGradBuffers, PoolingKernels,
 };
 use bst_kernels::gpu::{GpuContext, TensorRef};
-use common::{Arena, assert_close, at, gpu, random_vec, run};
+use common::{Arena, assert_bits_eq, assert_close, at, gpu, random_vec, run};
 
 const MODES: [PoolMode; 3] = [PoolMode::Target, PoolMode::Mean, PoolMode::Flatten];
 
 /// Asserts that `got` equals `init` wherever `written(i)` is false.
 fn assert_untouched(what: &str, got: &[f32], init: &[f32], written: impl Fn(usize) -> bool) {
+    assert_eq!(got.len(), init.len(), "{what}: length");
     for (i, (g, w)) in got.iter().zip(init).enumerate() {
         if !written(i) {
             assert_eq!(g.to_bits(), w.to_bits(), "{what}[{i}] was overwritten");
@@ -81,9 +82,12 @@ fn check(ctx: &GpuContext, kernels: &PoolingKernels, case: &Case, mode: PoolMode
     let width = mode.width(t, d);
     let (off, row) = (case.left, case.left + width + case.right);
     let name = format!("pooling {mode:?} B={b} T={t} d={d}");
-    let (atol, rtol) = match mode {
-        PoolMode::Mean => (1e-7, 1e-6),
-        PoolMode::Target | PoolMode::Flatten => (0.0, 0.0),
+    // Mean adds in another order than the CPU; target and flatten only copy, so they
+    // must match bit for bit (-0.0 included).
+    let exact = !matches!(mode, PoolMode::Mean);
+    let compare = |what: &str, got: &[f32], want: &[f32]| match exact {
+        true => assert_bits_eq(what, got, want),
+        false => assert_close(what, got, want, 1e-7, 1e-6),
     };
 
     // Host data, sized for `cap` rows; the kernels must use only `b`.
@@ -147,19 +151,13 @@ fn check(ctx: &GpuContext, kernels: &PoolingKernels, case: &Case, mode: PoolMode
         .filter(|&i| pooled(i))
         .map(|i| (acts_gpu[out_r.start + i], out[i]))
         .unzip();
-    assert_close(&format!("{name} out"), &got, &want, atol, rtol);
+    compare(&format!("{name} out"), &got, &want);
     let out_written =
         |i: usize| out_r.contains(&i) && i - out_r.start < b * row && pooled(i - out_r.start);
     assert_untouched(&format!("{name} acts"), &acts_gpu, &acts.data, out_written);
 
     let dx_w = dx_r.start..dx_r.start + b * t * d;
-    assert_close(
-        &format!("{name} dx"),
-        &dacts_gpu[dx_w.clone()],
-        &dx,
-        atol,
-        rtol,
-    );
+    compare(&format!("{name} dx"), &dacts_gpu[dx_w.clone()], &dx);
     assert_untouched(&format!("{name} dacts"), &dacts_gpu, &dacts.data, |i| {
         dx_w.contains(&i)
     });

@@ -51,7 +51,9 @@ pub fn adam_update(
 /// Lazy Adam step `t` on the rows `rows` (distinct) of one table of width `w`: params,
 /// m, v and grads are that table's (R, w) slices. Each element of a listed row is
 /// updated exactly as [`adam_update`] would; the other rows are not touched (their
-/// moments do not decay). Panics on a row past the table.
+/// moments do not decay). Panics on a row past the table. (The GPU's `adam_rows` also
+/// zeroes the gradient rows it consumes and skips an id past the table; the CPU backend
+/// zeroes its gradients before the next backward instead.)
 pub fn adam_update_rows(
     params: &mut [f32],
     m: &mut [f32],

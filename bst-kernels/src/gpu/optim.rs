@@ -98,7 +98,6 @@ pub struct OptimBinding {
     adam: Option<AdamHyper>,
     /// Row-wise: the most rows [`OptimBinding::set_rows`] accepts.
     max_rows: Option<u32>,
-    t: u64,
     uniform: wgpu::Buffer,
     group: wgpu::BindGroup,
 }
@@ -117,13 +116,7 @@ impl OptimBinding {
     }
 
     fn write_uniform(&self, ctx: &GpuContext) {
-        ctx.queue
-            .write_buffer(&self.uniform, 0, bytemuck::bytes_of(&self.params));
-    }
-
-    /// Adam's step `t` (1-based) the next update uses; 1 after `bind`.
-    pub fn t(&self) -> u64 {
-        self.t
+        ctx.write(&self.uniform, 0, &[self.params]);
     }
 
     /// Sets Adam's step `t` (1-based) for the following updates: writes the bias
@@ -133,7 +126,6 @@ impl OptimBinding {
     /// set, so submit once per step. Without effect for Adagrad. Panics if `t` is 0.
     pub fn set_step(&mut self, ctx: &GpuContext, t: u64) {
         assert!(t >= 1, "optim set_step(0): Adam's steps count from 1");
-        self.t = t;
         let Some(hp) = self.adam else { return };
         let bc1 = 1.0 - f64::from(hp.beta1).powi(t as i32);
         let bc2 = 1.0 - f64::from(hp.beta2).powi(t as i32);
@@ -170,8 +162,7 @@ impl FillBinding {
     pub fn set_len(&mut self, ctx: &GpuContext, n: u32) {
         assert_bound("fill set_len", n, self.max_len, "elements");
         self.params.n = n;
-        ctx.queue
-            .write_buffer(&self.uniform, 0, bytemuck::bytes_of(&self.params));
+        ctx.write(&self.uniform, 0, &[self.params]);
     }
 }
 
@@ -338,7 +329,6 @@ impl OptimKernels {
             params: uniform_params,
             adam,
             max_rows: rows.map(|r| r.max_rows),
-            t: 1,
             uniform,
             group,
         };

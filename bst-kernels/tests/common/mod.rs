@@ -167,6 +167,7 @@ pub fn at<'a>(buffer: &'a wgpu::Buffer, r: &Range<usize>) -> TensorRef<'a> {
 
 /// Asserts that `got` equals `init` outside the `written` ranges.
 pub fn assert_untouched(what: &str, got: &[f32], init: &[f32], written: &[&Range<usize>]) {
+    assert_eq!(got.len(), init.len(), "{what}: length");
     for (i, (g, w)) in got.iter().zip(init).enumerate() {
         if !written.iter().any(|r| r.contains(&i)) {
             assert_eq!(g.to_bits(), w.to_bits(), "{what}[{i}] was overwritten");
