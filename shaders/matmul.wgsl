@@ -11,6 +11,15 @@
 // and the bias gradient is a column sum:
 //   matmul_backward_dbias   dbias (n_out)      += sum over rows of dout       (accumulate)
 // The launcher binds the right buffers to a, b, c for each of them.
+//
+// Split reductions. dweight and dbias reduce over the batch's rows (K = B*T, 86016 at
+// B = 4096) into a few tiles, which alone would leave most of a GPU idle. The launcher
+// can split the rows into chunks of k_chunk (a multiple of TILE_K): workgroup z of either
+// kernel then reduces rows z*k_chunk .. (z+1)*k_chunk into its own partial C at
+// c_off + z*c_split (overwriting; a scratch buffer), and
+//   matmul_sum_splits       C (m, n) += sum over z = 0 .. k of partial z        (in order)
+// adds the k partials (a[a_off + z*a_sk + row*n + col]) to C in a fixed order, so the
+// result stays deterministic. Unsplit: one chunk (k_chunk >= K), c_split unused.
 
 struct Params {
     m: u32,
@@ -35,7 +44,10 @@ struct Params {
     // Each element's pre is read just before its C is written, by the same invocation,
     // so pre may be C itself (the backward overwrites a dead pre-activation in place).
     act_grad: u32,
+    k_chunk: u32, // reduction rows per workgroup z (>= k: unsplit)
+    c_split: u32, // elements between the partial C of workgroups z and z + 1
     _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -65,9 +77,12 @@ var<workgroup> b_tile: array<f32, 1040>; // TILE_K * LDB
 fn gemm_tile(wg: vec3<u32>, lid: vec3<u32>, tid: u32) {
     let m0 = wg.y * TILE_M;
     let n0 = wg.x * TILE_N;
+    // This workgroup's chunk of the reduction (all of it, unsplit).
+    let k_begin = wg.z * p.k_chunk;
+    let k_end = min(p.k, k_begin + p.k_chunk);
     var acc: array<f32, 16>; // [i * PER_THREAD + j], zero-initialised
 
-    for (var k0 = 0u; k0 < p.k; k0 += TILE_K) {
+    for (var k0 = k_begin; k0 < k_end; k0 += TILE_K) {
         // Stage A and B tiles; zeros outside the matrices. Consecutive invocations read
         // consecutive addresses: walk k fastest when it is contiguous in memory, else m (n).
         for (var l = 0u; l < LOADS; l++) {
@@ -79,7 +94,7 @@ fn gemm_tile(wg: vec3<u32>, lid: vec3<u32>, tid: u32) {
                 kk = e % TILE_K;
             }
             var v = 0.0;
-            if (m0 + mm < p.m && k0 + kk < p.k) {
+            if (m0 + mm < p.m && k0 + kk < k_end) {
                 v = a[p.a_off + (m0 + mm) * p.a_sm + (k0 + kk) * p.a_sk];
             }
             a_tile[kk * LDA + mm] = v;
@@ -91,7 +106,7 @@ fn gemm_tile(wg: vec3<u32>, lid: vec3<u32>, tid: u32) {
                 kb = e % TILE_K;
             }
             var w = 0.0;
-            if (n0 + nn < p.n && k0 + kb < p.k) {
+            if (n0 + nn < p.n && k0 + kb < k_end) {
                 w = b[p.b_off + (k0 + kb) * p.b_sk + (n0 + nn) * p.b_sn];
             }
             b_tile[kb * LDB + nn] = w;
@@ -121,7 +136,7 @@ fn gemm_tile(wg: vec3<u32>, lid: vec3<u32>, tid: u32) {
         for (var j = 0u; j < PER_THREAD; j++) {
             let col = n0 + lid.x + j * WG;
             if (row < p.m && col < p.n) {
-                let idx = p.c_off + row * p.c_sm + col;
+                let idx = p.c_off + wg.z * p.c_split + row * p.c_sm + col;
                 var v = acc[i * PER_THREAD + j];
                 if (p.accumulate == 1u) {
                     v += c[idx];
@@ -176,21 +191,49 @@ fn matmul_backward_dweight(
 }
 
 // dbias (n) += column sums of dout (m, n), with dout(r, col) = a[a_off + r*a_sm + col*a_sk]
-// and dbias at c[c_off + col]. One invocation per column adds the rows in order, as the
-// CPU reference does, so the result is deterministic (and matches it closely).
+// and dbias at c[c_off + col]; split, workgroup row z sums rows z*k_chunk .. (z+1)*k_chunk
+// into c[c_off + z*c_split + col]. One invocation per column adds its rows in order, so
+// the result is deterministic.
 @compute @workgroup_size(64)
-fn matmul_backward_dbias(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn matmul_backward_dbias(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(workgroup_id) wg: vec3<u32>,
+) {
     let col = gid.x;
     if (col >= p.n) {
         return;
     }
-    let idx = p.c_off + col;
+    let idx = p.c_off + wg.z * p.c_split + col;
     var s = 0.0;
     if (p.accumulate == 1u) {
         s = c[idx];
     }
-    for (var r = 0u; r < p.m; r++) {
+    let end = min(p.m, (wg.z + 1u) * p.k_chunk);
+    for (var r = wg.z * p.k_chunk; r < end; r++) {
         s += a[p.a_off + r * p.a_sm + col * p.a_sk];
+    }
+    c[idx] = s;
+}
+
+// C (m, n) at c[c_off + row*c_sm + col] += the k partials a[a_off + z*a_sk + row*n + col],
+// z = 0, 1, .. k-1 in order. One invocation per element of C, on a flat index over a 2D
+// grid (x: SUM_WG-wide groups, y: rows of groups).
+const SUM_WG: u32 = 256u;
+
+@compute @workgroup_size(256)
+fn matmul_sum_splits(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = (wg.y * nwg.x + wg.x) * SUM_WG + lid;
+    if (i >= p.m * p.n) {
+        return;
+    }
+    let idx = p.c_off + (i / p.n) * p.c_sm + i % p.n;
+    var s = c[idx];
+    for (var z = 0u; z < p.k; z++) {
+        s += a[p.a_off + z * p.a_sk + i];
     }
     c[idx] = s;
 }

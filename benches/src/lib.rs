@@ -8,6 +8,7 @@ use bst_core::gpu_backend::embedding_dims;
 use bst_core::model::Model;
 use bst_kernels::gpu::embedding::EmbeddingSegments;
 use bst_kernels::gpu::layernorm::CHUNK_ROWS;
+use bst_kernels::gpu::matmul::{Activation, MatmulDims, SPLIT_SCRATCH_BYTES, splits_gradients};
 use bst_kernels::gpu::{GpuContext, GpuOptions, wgpu};
 use bst_kernels::workload::Shapes;
 use serde::Serialize;
@@ -123,6 +124,9 @@ pub struct DeviceMemory {
     pub gradients: u64,
     /// The LayerNorm backward's per-chunk partial sums (two LayerNorms per block).
     pub layernorm_scratch: u64,
+    /// The partial sums of the linear layers' split weight and bias gradients (one
+    /// scratch for all layers, when a layer splits).
+    pub matmul_scratch: u64,
     /// The sum of the above.
     pub total: u64,
 }
@@ -168,13 +172,43 @@ pub fn gpu_backend_memory(model: &Model, cap: usize, adam: bool) -> DeviceMemory
     let gradients = buf(td) + dqkv + buf(cap * zw) + buf(cap);
     let rows = (cap * t) as u32;
     let layernorm_scratch = 2 * dm.blocks as u64 * buf(2 * rows.div_ceil(CHUNK_ROWS) as usize * d);
+    // The linear layers: (rows, n_in, n_out) of each block's four, then the MLP's.
+    let linear = |rows: usize, n_in: usize, n_out: usize| MatmulDims {
+        rows: rows as u32,
+        n_in: n_in as u32,
+        n_out: n_out as u32,
+        act: Activation::None,
+    };
+    let mut layers = vec![];
+    if dm.blocks > 0 {
+        let rows = cap * t;
+        layers.extend([
+            linear(rows, d, 3 * d),
+            linear(rows, d, d),
+            linear(rows, d, dff),
+            linear(rows, dff, d),
+        ]);
+    }
+    let widths = std::iter::once(zw).chain(dm.mlp.iter().copied());
+    layers.extend(
+        widths
+            .clone()
+            .zip(widths.skip(1))
+            .map(|(i, o)| linear(cap, i, o)),
+    );
+    let matmul_scratch = if layers.iter().any(|l| splits_gradients(l, true)) {
+        SPLIT_SCRATCH_BYTES
+    } else {
+        0
+    };
     DeviceMemory {
         arenas,
         inputs,
         activations,
         gradients,
         layernorm_scratch,
-        total: arenas + inputs + activations + gradients + layernorm_scratch,
+        matmul_scratch,
+        total: arenas + inputs + activations + gradients + layernorm_scratch + matmul_scratch,
     }
 }
 

@@ -4,6 +4,10 @@
 //! bigger buffer (inputs and outputs sharing one arena), and parameter gradients
 //! accumulating onto nonzero values.
 //!
+//! The weight and bias gradients of batches of 512 rows or more are split reductions
+//! (partial sums, then added in order): checked at 1000 rows, and after `set_rows` to
+//! fewer splits and to one.
+//!
 //! The backward's fused activation gradient (`dinp_act`) is checked in place: dinp written
 //! over the pre-activation it reads, against the CPU's matmul backward then LeakyReLU
 //! backward.
@@ -18,7 +22,7 @@ use std::ops::Range;
 
 use bst_kernels::cpu::{activation, matmul};
 use bst_kernels::gpu::matmul::{
-    Activation, LeakyInput, MatmulBuffers, MatmulDims, MatmulGradBuffers, MatmulKernels,
+    Activation, LeakyInput, MatmulBuffers, MatmulDims, MatmulGradBuffers, MatmulKernels, row_splits,
 };
 use bst_kernels::gpu::{GpuContext, TensorRef, wgpu};
 use common::{Arena, assert_close, assert_untouched, at, gpu, random_vec, run};
@@ -281,6 +285,30 @@ fn set_rows_runs_a_partial_last_batch_and_leaves_later_rows_alone() {
         ..Case::new(37, 20, 9)
     };
     check(ctx, &case);
+}
+
+#[test]
+fn split_weight_and_bias_gradients_of_a_long_batch_match_the_cpu() {
+    let Some(ctx) = gpu() else { return };
+    // dweight (70, 33) is 2 tiles and dbias 2 column groups: 1000 rows split 3 ways,
+    // 336 rows a split and 328 in the last (`row_splits`).
+    assert_eq!(row_splits(1000, 2), (3, 336));
+    check(ctx, &Case::new(1000, 33, 70));
+}
+
+#[test]
+fn set_rows_changes_the_number_of_splits() {
+    let Some(ctx) = gpu() else { return };
+    // Bound split 3 ways for 1000 rows; 600 rows split 2 ways, 100 rows are one split.
+    assert_eq!(row_splits(600, 2).0, 2);
+    assert_eq!(row_splits(100, 2).0, 1);
+    for rows in [600, 100] {
+        let case = Case {
+            bind_rows: Some(1000),
+            ..Case::new(rows, 33, 70)
+        };
+        check(ctx, &case);
+    }
 }
 
 #[test]

@@ -166,6 +166,7 @@ fn bench_on_the_gpu_reports_the_adapter_memory_and_kernel_times() {
         "activations",
         "gradients",
         "layernorm_scratch",
+        "matmul_scratch",
     ]
     .iter()
     .map(|k| positive(parts, k))

@@ -8,10 +8,16 @@
 //! mm.forward(&mut pass, &l1);                               // every step
 //! mm.backward(&mut pass, &l1);
 //! ```
+//!
+//! The weight and bias gradients reduce over the batch's rows into few output tiles; the
+//! rows are split over up to [`SPLIT_GROUPS`] workgroups whose partial sums, in a scratch
+//! buffer the kernels share, are then added in a fixed order ([`row_splits`]).
+
+use std::sync::OnceLock;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::launch::{assert_bound, dispatch};
+use super::launch::{assert_bound, dispatch, flat_grid};
 use super::{GpuContext, GpuError, Slot, TensorRef, uniform_slot};
 
 /// The GEMM's uniform, field for field `Params` in `shaders/matmul.wgsl`.
@@ -37,18 +43,59 @@ struct GemmParams {
     act: u32,
     alpha: f32,
     act_grad: u32,
+    k_chunk: u32,
+    c_split: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 /// Output tile of one workgroup, per side (`TILE_M`, `TILE_N` in the shader).
 const TILE: u32 = 64;
+/// Reduction depth of one staged tile (`TILE_K`): split chunks are multiples of it.
+const TILE_K: u32 = 16;
 /// Workgroup size of `matmul_backward_dbias`.
 const DBIAS_WG: u32 = 64;
-/// Slots of the four kernels' uniforms in the binding's one uniform buffer.
+/// Workgroup size of `matmul_sum_splits`.
+const SUM_WG: u32 = 256;
+/// Workgroups a split weight or bias gradient aims at: about two per multiprocessor of a
+/// large GPU (132 on an H200).
+pub const SPLIT_GROUPS: u32 = 256;
+/// Fewest batch rows one split reduces (sixteen staged tiles).
+const MIN_SPLIT_ROWS: u32 = 256;
+/// Floats of the split scratch: splits x tiles <= SPLIT_GROUPS, and a tile holds at most
+/// TILE x TILE partial sums (4 MiB).
+const SCRATCH_LEN: usize = (SPLIT_GROUPS * TILE * TILE) as usize;
+/// Slots of the kernels' uniforms in the binding's one uniform buffer.
 const FWD: usize = 0;
 const DINP: usize = 1;
 const DWEIGHT: usize = 2;
 const DBIAS: usize = 3;
+const DWEIGHT_SUM: usize = 4;
+const DBIAS_SUM: usize = 5;
+const SLOTS: usize = 6;
+
+/// Bytes of the scratch that [`MatmulKernels`] makes once a binding splits its gradients.
+pub const SPLIT_SCRATCH_BYTES: u64 = 4 * SCRATCH_LEN as u64;
+
+/// Whether a layer of `dims` bound with gradients splits its weight or bias gradient (and
+/// so needs the kernels' scratch of [`SPLIT_SCRATCH_BYTES`]).
+pub fn splits_gradients(dims: &MatmulDims, bias: bool) -> bool {
+    row_splits(dims.rows, weight_tiles(dims.n_out, dims.n_in)).0 > 1
+        || (bias && row_splits(dims.rows, dims.n_out.div_ceil(DBIAS_WG)).0 > 1)
+}
+
+/// How a reduction over `rows` into `groups` workgroups of output (64 x 64 tiles of a
+/// weight gradient, 64-wide column groups of a bias gradient) is split: (splits, rows per
+/// split), with splits x groups <= [`SPLIT_GROUPS`], at least [`MIN_SPLIT_ROWS`] rows a
+/// split, and every split non-empty. From the shapes alone, so that every device adds in
+/// the same order.
+pub fn row_splits(rows: u32, groups: u32) -> (u32, u32) {
+    let most = (SPLIT_GROUPS / groups.max(1))
+        .max(1)
+        .min((rows / MIN_SPLIT_ROWS).max(1));
+    let chunk = rows.div_ceil(most).next_multiple_of(TILE_K).max(TILE_K);
+    (rows.div_ceil(chunk).max(1), chunk)
+}
 
 /// Epilogue applied to `inp W^T + b` in the forward pass.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -128,12 +175,19 @@ pub struct MatmulBinding {
     max_rows: u32,
     n_in: u32,
     n_out: u32,
-    params: [GemmParams; 4],
+    params: [GemmParams; SLOTS],
     uniform: wgpu::Buffer,
+    max_groups: u32,
     forward: wgpu::BindGroup,
     dinp: Option<wgpu::BindGroup>,
     dweight: Option<wgpu::BindGroup>,
     dbias: Option<wgpu::BindGroup>,
+    /// Split reductions: the pass that adds the partials to dweight (dbias), and the
+    /// current number of splits (1 unsplit).
+    dweight_sum: Option<wgpu::BindGroup>,
+    dbias_sum: Option<wgpu::BindGroup>,
+    dweight_splits: u32,
+    dbias_splits: u32,
 }
 
 impl MatmulBinding {
@@ -153,8 +207,29 @@ impl MatmulBinding {
         self.params[DINP].m = rows;
         self.params[DWEIGHT].k = rows;
         self.params[DBIAS].m = rows;
+        self.split_rows();
         ctx.write_uniform_slots(&self.uniform, &self.params);
     }
+
+    /// The chunks and split counts of the weight and bias gradients for `self.rows`.
+    fn split_rows(&mut self) {
+        let rows = self.rows;
+        (self.dweight_splits, self.params[DWEIGHT].k_chunk) = match self.dweight_sum {
+            Some(_) => row_splits(rows, weight_tiles(self.n_out, self.n_in)),
+            None => (1, rows),
+        };
+        self.params[DWEIGHT_SUM].k = self.dweight_splits;
+        (self.dbias_splits, self.params[DBIAS].k_chunk) = match self.dbias_sum {
+            Some(_) => row_splits(rows, self.n_out.div_ceil(DBIAS_WG)),
+            None => (1, rows),
+        };
+        self.params[DBIAS_SUM].k = self.dbias_splits;
+    }
+}
+
+/// 64 x 64 output tiles of a (n_out, n_in) weight gradient.
+fn weight_tiles(n_out: u32, n_in: u32) -> u32 {
+    n_out.div_ceil(TILE) * n_in.div_ceil(TILE)
 }
 
 /// Pipelines of `shaders/matmul.wgsl`, created once.
@@ -165,8 +240,12 @@ pub struct MatmulKernels {
     backward_dinp: wgpu::ComputePipeline,
     backward_dweight: wgpu::ComputePipeline,
     backward_dbias: wgpu::ComputePipeline,
+    sum_splits: wgpu::ComputePipeline,
     /// Bound where an optional tensor is absent.
     dummy: wgpu::Buffer,
+    /// The partial sums of split reductions ([`SCRATCH_LEN`] floats), shared by every
+    /// binding (their dispatches run one after another), made by the first that splits.
+    scratch: OnceLock<wgpu::Buffer>,
 }
 
 impl MatmulKernels {
@@ -192,10 +271,22 @@ impl MatmulKernels {
                 backward_dinp: pipeline("matmul_backward_dinp"),
                 backward_dweight: pipeline("matmul_backward_dweight"),
                 backward_dbias: pipeline("matmul_backward_dbias"),
+                sum_splits: pipeline("matmul_sum_splits"),
                 dummy: ctx.storage_buffer_zeroed("matmul dummy", 4),
+                scratch: OnceLock::new(),
                 layout,
             }
         })
+    }
+
+    /// Bytes of the split scratch, once a binding has made it (else 0).
+    pub fn scratch_bytes(&self) -> u64 {
+        self.scratch.get().map_or(0, |b| b.size())
+    }
+
+    fn scratch(&self, ctx: &GpuContext) -> &wgpu::Buffer {
+        self.scratch
+            .get_or_init(|| ctx.storage_buffer_zeroed("matmul split scratch", SCRATCH_LEN))
     }
 
     /// Creates the uniforms and bind groups of one layer, after checking every tensor
@@ -266,7 +357,16 @@ impl MatmulKernels {
             Activation::LeakyRelu { alpha } => (1, alpha),
         };
         let off = |t: Option<TensorRef>| t.map_or(0, |t| t.offset);
-        let mut params = [GemmParams::default(); 4];
+        // Split the gradients' reductions when the largest batch would.
+        let split_w = grads.is_some() && row_splits(rows, weight_tiles(n_out, n_in)).0 > 1;
+        // (splits_gradients says the same for the accounting.)
+        let split_b = grads.is_some_and(|g| g.dbias.is_some())
+            && row_splits(rows, n_out.div_ceil(DBIAS_WG)).0 > 1;
+        debug_assert!(
+            row_splits(rows, weight_tiles(n_out, n_in)).0 as usize * (n_out * n_in) as usize
+                <= SCRATCH_LEN.max((n_out * n_in) as usize)
+        );
+        let mut params = [GemmParams::default(); SLOTS];
         // out (rows, n_out) = inp (rows, n_in) . W^T, B(k, n) = W[n, k]
         params[FWD] = GemmParams {
             m: rows,
@@ -280,6 +380,7 @@ impl MatmulKernels {
             b_sn: n_in,
             c_off: bufs.out.offset,
             c_sm: n_out,
+            k_chunk: n_in,
             bias_off: off(bufs.bias),
             pre_off: off(bufs.pre),
             has_bias: bufs.bias.is_some().into(),
@@ -302,12 +403,15 @@ impl MatmulKernels {
                 b_sn: 1,
                 c_off: off(g.dinp),
                 c_sm: n_in,
+                k_chunk: n_out,
                 pre_off: g.dinp_act.map_or(0, |a| a.pre.offset),
                 act_grad: g.dinp_act.is_some().into(),
                 alpha: g.dinp_act.map_or(0.0, |a| a.alpha),
                 ..Default::default()
             };
-            // dweight (n_out, n_in) += dout^T (n_out, rows) . inp (rows, n_in)
+            // dweight (n_out, n_in) += dout^T (n_out, rows) . inp (rows, n_in); split:
+            // partial z (n_out, n_in) at scratch[z n_out n_in], then added in order.
+            let weight_len = n_out * n_in;
             params[DWEIGHT] = GemmParams {
                 m: n_out,
                 n: n_in,
@@ -318,20 +422,39 @@ impl MatmulKernels {
                 b_off: bufs.inp.offset,
                 b_sk: n_in,
                 b_sn: 1,
-                c_off: g.dweight.offset,
+                c_off: if split_w { 0 } else { g.dweight.offset },
                 c_sm: n_in,
-                accumulate: 1,
+                c_split: weight_len,
+                accumulate: (!split_w).into(),
                 ..Default::default()
             };
-            // dbias (n_out) += column sums of dout (rows, n_out)
+            params[DWEIGHT_SUM] = GemmParams {
+                m: n_out,
+                n: n_in,
+                a_sk: weight_len,
+                c_off: g.dweight.offset,
+                c_sm: n_in,
+                ..Default::default()
+            };
+            // dbias (n_out) += column sums of dout (rows, n_out); split: partial z (n_out)
+            // at scratch[z n_out], then added in order.
             params[DBIAS] = GemmParams {
                 m: rows,
                 n: n_out,
                 a_off: g.dout.offset,
                 a_sm: n_out,
                 a_sk: 1,
+                c_off: if split_b { 0 } else { off(g.dbias) },
+                c_split: n_out,
+                accumulate: (!split_b).into(),
+                ..Default::default()
+            };
+            params[DBIAS_SUM] = GemmParams {
+                m: 1,
+                n: n_out,
+                a_sk: n_out,
                 c_off: off(g.dbias),
-                accumulate: 1,
+                c_sm: n_out,
                 ..Default::default()
             };
         }
@@ -353,6 +476,7 @@ impl MatmulKernels {
             [inp, weight, bufs.out.buffer, bias, pre],
         );
         let (mut dinp, mut dweight, mut dbias) = (None, None, None);
+        let (mut dweight_sum, mut dbias_sum) = (None, None);
         if let Some(g) = grads {
             let dout = g.dout.buffer;
             let act_pre = g.dinp_act.map_or(d, |a| a.pre.buffer);
@@ -360,23 +484,43 @@ impl MatmulKernels {
                 .dinp
                 .map(|t| group("matmul dinp", DINP, [dout, weight, t.buffer, d, act_pre]));
             let dw = g.dweight.buffer;
-            dweight = Some(group("matmul dweight", DWEIGHT, [dout, inp, dw, d, d]));
-            dbias = g
-                .dbias
-                .map(|t| group("matmul dbias", DBIAS, [dout, d, t.buffer, d, d]));
+            let scratch = (split_w || split_b).then(|| self.scratch(ctx));
+            let partials = |split: bool, to| if split { scratch.unwrap() } else { to };
+            let into = partials(split_w, dw);
+            dweight = Some(group("matmul dweight", DWEIGHT, [dout, inp, into, d, d]));
+            if split_w {
+                let sum = [scratch.unwrap(), d, dw, d, d];
+                dweight_sum = Some(group("matmul dweight sum", DWEIGHT_SUM, sum));
+            }
+            if let Some(t) = g.dbias {
+                let into = partials(split_b, t.buffer);
+                dbias = Some(group("matmul dbias", DBIAS, [dout, d, into, d, d]));
+                if split_b {
+                    let sum = [scratch.unwrap(), d, t.buffer, d, d];
+                    dbias_sum = Some(group("matmul dbias sum", DBIAS_SUM, sum));
+                }
+            }
         }
-        Ok(MatmulBinding {
+        let mut binding = MatmulBinding {
             rows,
             max_rows: rows,
             n_in,
             n_out,
             params,
             uniform,
+            max_groups: ctx.limits.max_compute_workgroups_per_dimension,
             forward,
             dinp,
             dweight,
             dbias,
-        })
+            dweight_sum,
+            dbias_sum,
+            dweight_splits: 1,
+            dbias_splits: 1,
+        };
+        binding.split_rows();
+        ctx.write_uniform_slots(&binding.uniform, &binding.params);
+        Ok(binding)
     }
 
     /// out = act(inp W^T + bias), and pre if bound.
@@ -384,8 +528,9 @@ impl MatmulKernels {
         self.gemm(pass, &self.forward, &b.forward, b.rows, b.n_out);
     }
 
-    /// dinp = dout W (if bound; `* leaky'(pre)` with `dinp_act`), dweight += dout^T inp, dbias += column sums of dout (if
-    /// bound). Panics if the binding was made without gradient buffers.
+    /// dinp = dout W (if bound; `* leaky'(pre)` with `dinp_act`), dweight += dout^T inp,
+    /// dbias += column sums of dout (if bound). Panics if the binding was made without
+    /// gradient buffers.
     pub fn backward(&self, pass: &mut wgpu::ComputePass, b: &MatmulBinding) {
         let dweight = b
             .dweight
@@ -394,11 +539,28 @@ impl MatmulKernels {
         if let Some(bg) = &b.dinp {
             self.gemm(pass, &self.backward_dinp, bg, b.rows, b.n_in);
         }
-        self.gemm(pass, &self.backward_dweight, dweight, b.n_out, b.n_in);
+        let groups = [
+            b.n_in.div_ceil(TILE),
+            b.n_out.div_ceil(TILE),
+            b.dweight_splits,
+        ];
+        dispatch(pass, &self.backward_dweight, dweight, groups);
+        if let Some(bg) = &b.dweight_sum {
+            let grid = flat_grid(b.n_out * b.n_in, SUM_WG, b.max_groups);
+            dispatch(pass, &self.sum_splits, bg, grid);
+        }
         if let Some(bg) = &b.dbias {
-            // One invocation per bias element.
-            let groups = [b.n_out.div_ceil(DBIAS_WG), 1, 1];
+            // One invocation per bias element and split.
+            let groups = [b.n_out.div_ceil(DBIAS_WG), 1, b.dbias_splits];
             dispatch(pass, &self.backward_dbias, bg, groups);
+        }
+        if let Some(bg) = &b.dbias_sum {
+            dispatch(
+                pass,
+                &self.sum_splits,
+                bg,
+                flat_grid(b.n_out, SUM_WG, b.max_groups),
+            );
         }
     }
 
@@ -412,5 +574,31 @@ impl MatmulKernels {
         n: u32,
     ) {
         dispatch(pass, pipeline, bg, [n.div_ceil(TILE), m.div_ceil(TILE), 1]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_splits_cover_the_rows_in_nonempty_chunks_within_the_workgroup_budget() {
+        for rows in [0, 1, 15, 16, 255, 256, 257, 1000, 5376, 86016, 1 << 20] {
+            for groups in [1, 2, 3, 16, 255, 256, 257, 1000] {
+                let (splits, chunk) = row_splits(rows, groups);
+                let what = format!("rows {rows}, groups {groups}: ({splits}, {chunk})");
+                assert!(splits >= 1 && chunk % TILE_K == 0, "{what}");
+                assert!(splits * chunk >= rows, "{what}: rows left over");
+                assert!((splits - 1) * chunk < rows.max(1), "{what}: an empty split");
+                if splits > 1 {
+                    assert!(splits * groups <= SPLIT_GROUPS, "{what}: too many groups");
+                    assert!(chunk >= MIN_SPLIT_ROWS, "{what}: too short a split");
+                    // The partial sums fit the scratch: a group holds at most a tile.
+                    assert!((splits * groups) as usize * (TILE * TILE) as usize <= SCRATCH_LEN);
+                }
+            }
+        }
+        // The default model at batch 4096 (K = 86016): a 64 x 64 weight in 256 splits.
+        assert_eq!(row_splits(86016, 1), (256, 336));
     }
 }
