@@ -22,9 +22,10 @@ use common::{Arena, assert_close, assert_untouched, at, gpu, random_vec, run};
 const ATOL: f32 = 1e-5;
 const RTOL: f32 = 1e-4;
 
-/// Runs forward and backward on `rows` rows of a binding made for `cap` rows, and
-/// compares everything with the CPU.
-fn check(ctx: &GpuContext, rows: usize, c: usize, cap: usize) {
+/// Runs forward and backward on `rows` rows of a binding made for `cap` rows, from
+/// kernels dispatching at most `max_groups` row workgroups (`None`: the device's limit),
+/// and compares everything with the CPU.
+fn check(ctx: &GpuContext, rows: usize, c: usize, cap: usize, max_groups: Option<u32>) {
     let name = format!("layernorm {rows}x{c}");
     let inp = random_vec(cap * c, 1);
     let weight: Vec<f32> = random_vec(c, 2).iter().map(|v| 1.0 + 0.5 * v).collect();
@@ -58,7 +59,10 @@ fn check(ctx: &GpuContext, rows: usize, c: usize, cap: usize) {
     let grads_buf = ctx.storage_buffer("grads", &grads.data);
     let dacts_buf = ctx.storage_buffer("dacts", &dacts.data);
 
-    let kernels = LayerNormKernels::new(ctx).expect("layernorm kernels");
+    let mut kernels = LayerNormKernels::new(ctx).expect("layernorm kernels");
+    if let Some(max) = max_groups {
+        kernels = kernels.with_max_workgroups_per_dim(max);
+    }
     let bufs = LayerNormBuffers {
         out: at(&acts_buf, &out_r),
         mean: at(&acts_buf, &mean_r),
@@ -153,32 +157,46 @@ fn check(ctx: &GpuContext, rows: usize, c: usize, cap: usize) {
 #[test]
 fn three_chunks_of_rows_with_c_64() {
     let Some(ctx) = gpu() else { return };
-    check(ctx, 600, 64, 600); // chunks of 256, 256 and 88 rows
+    check(ctx, 600, 64, 600, None); // chunks of 256, 256 and 88 rows
 }
 
 #[test]
 fn c_not_a_multiple_of_the_workgroup_over_several_column_workgroups() {
     let Some(ctx) = gpu() else { return };
-    check(ctx, 45, 150, 45); // 3 invocations per row for some lanes, 3 column groups
+    check(ctx, 45, 150, 45, None); // 3 invocations per row for some lanes, 3 column groups
 }
 
 #[test]
 fn single_row() {
     let Some(ctx) = gpu() else { return };
-    check(ctx, 1, 33, 1);
+    check(ctx, 1, 33, 1, None);
 }
 
 #[test]
 fn single_feature() {
     // C = 1: xhat = 0, out = bias, dinp = 0, dweight unchanged.
     let Some(ctx) = gpu() else { return };
-    check(ctx, 20, 1, 20);
+    check(ctx, 20, 1, 20, None);
 }
 
 #[test]
 fn set_rows_runs_a_partial_last_batch_and_leaves_later_rows_alone() {
     let Some(ctx) = gpu() else { return };
-    check(ctx, 37, 70, 300); // bound for 2 chunks, runs 1
+    check(ctx, 37, 70, 300, None); // bound for 2 chunks, runs 1
+}
+
+#[test]
+fn three_workgroups_loop_over_many_rows() {
+    // 46 rows on 3 workgroups: 16, 15 and 15 rows each, C over 2 column passes.
+    let Some(ctx) = gpu() else { return };
+    check(ctx, 46, 100, 46, Some(3));
+}
+
+#[test]
+fn one_workgroup_loops_over_a_partial_batch_of_two_chunks() {
+    // 300 rows (chunks of 256 and 44) all on one workgroup, bound for 320.
+    let Some(ctx) = gpu() else { return };
+    check(ctx, 300, 33, 320, Some(1));
 }
 
 #[test]
