@@ -2,11 +2,16 @@
 //! several samples and heads, a sample whose history is all padding (only the target
 //! valid), T = 1 with one sample and one head, T = 64 (the backward's limit, K and V
 //! read from global memory), T = 70 forward-only (nothing staged), a partial last batch,
-//! every tensor at a nonzero offset of a bigger buffer.
+//! every tensor at a nonzero offset of a bigger buffer, a sample with no valid key at all
+//! (zeros, as on the CPU), and workgroups capped at 1 or 2 so that each loops over
+//! several samples.
 //!
-//! Tolerance: |gpu - cpu| <= 1e-5 + 1e-4 |cpu| (the same sums in the same order as the
+//! Tolerance: |gpu - cpu| <= 1e-6 + 1e-5 |cpu| (the same sums in the same order as the
 //! CPU, but the GPU's exp and division are not correctly rounded, and its compiler may
-//! fuse multiply-adds). Probabilities of masked keys must be exactly 0, and everything
+//! fuse multiply-adds). Measured on lavapipe over every case here: at most 10.8% of it
+//! (out of B 3, T 21, d 32, h 4: |err| 2.4e-7 at values up to 2; att at most 2.1%, dqkv
+//! 9.5%), so about 9x of margin for drivers with less exact exp (WGSL allows 3 + 2|x|
+//! ulp) or other fusing. Probabilities of masked keys must be exactly 0, and everything
 //! outside the written tensors bit-for-bit unchanged.
 
 mod common;
@@ -20,8 +25,8 @@ use bst_kernels::gpu::attention::{
 use bst_kernels::gpu::{GpuContext, TensorRef};
 use common::{Arena, assert_close, assert_untouched, at, gpu, random_vec, run};
 
-const ATOL: f32 = 1e-5;
-const RTOL: f32 = 1e-4;
+const ATOL: f32 = 1e-6;
+const RTOL: f32 = 1e-5;
 
 /// valid (B, T): the target (last token) always valid, the history about 3/4 valid,
 /// and the history of sample 1 (when there is one) all padding; every token of sample

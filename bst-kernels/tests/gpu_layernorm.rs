@@ -1,12 +1,20 @@
 //! GPU LayerNorm (`shaders/layernorm.wgsl`) against the CPU reference (`cpu::layernorm`):
 //! C not a multiple of the 64-wide workgroup, C = 1, a single row, several chunks of the
 //! parameter-gradient reduction with a partial last one, several column workgroups, a
-//! partial last batch, every tensor at a nonzero offset of a bigger buffer, and
-//! parameter gradients accumulating onto nonzero values.
+//! partial last batch, every tensor at a nonzero offset of a bigger buffer, parameter
+//! gradients accumulating onto nonzero values, and row workgroups capped at 1 or 3 so
+//! that each loops over many rows.
 //!
-//! Tolerance: |gpu - cpu| <= 1e-5 + 1e-4 |cpu| (tree reductions over C, and for the
-//! parameter gradients chunked sums over up to 600 rows, in another order than the CPU's
-//! loops). Everything outside the written tensors must be bit-for-bit unchanged.
+//! Tolerance, measured on lavapipe over every case here, with about 10x of margin:
+//! - per row (out, mean, rstd, dinp): |gpu - cpu| <= 3e-6 + 1e-5 |cpu|. Tree reductions
+//!   over C in another order than the CPU's loops; the error is absolute, a few ulp of
+//!   the O(1) inputs (x - mean cancels): at most 9.5e-7 (out), and at most 11.4% of
+//!   the bound (dinp of 600x64).
+//! - parameter gradients (dweight, dbias: chunked sums over up to 600 rows, values up to
+//!   41): |gpu - cpu| <= 1e-5 + 1e-4 |cpu|; at most 3.4e-5 (dweight of 600x64), 9.0% of
+//!   the bound (dweight of 46x100). The error grows with the rows summed.
+//!
+//! Everything outside the written tensors must be bit-for-bit unchanged.
 
 mod common;
 
@@ -19,8 +27,10 @@ use bst_kernels::gpu::layernorm::{
 use bst_kernels::gpu::{GpuContext, TensorRef, wgpu};
 use common::{Arena, assert_close, assert_untouched, at, gpu, random_vec, run};
 
-const ATOL: f32 = 1e-5;
-const RTOL: f32 = 1e-4;
+/// Per-row outputs and input gradient (see the module doc for the measurements).
+const ROW_TOL: (f32, f32) = (3e-6, 1e-5);
+/// Parameter gradients, sums over the rows.
+const SUM_TOL: (f32, f32) = (1e-5, 1e-4);
 
 /// Runs forward and backward on `rows` rows of a binding made for `cap` rows, from
 /// kernels dispatching at most `max_groups` row workgroups (`None`: the device's limit),
@@ -123,15 +133,15 @@ fn check(ctx: &GpuContext, rows: usize, c: usize, cap: usize, max_groups: Option
         first(&rstd_r, rows),
     );
     let dinp_w = first(&dinp_r, rows * c);
-    for (what, got, want) in [
-        ("out", &acts_gpu[out_w.clone()], &out),
-        ("mean", &acts_gpu[mean_w.clone()], &mean),
-        ("rstd", &acts_gpu[rstd_w.clone()], &rstd),
-        ("dinp", &dacts_gpu[dinp_w.clone()], &dinp),
-        ("dweight", &grads_gpu[dw_r.clone()], &dweight),
-        ("dbias", &grads_gpu[db_r.clone()], &dbias),
+    for (what, got, want, (atol, rtol)) in [
+        ("out", &acts_gpu[out_w.clone()], &out, ROW_TOL),
+        ("mean", &acts_gpu[mean_w.clone()], &mean, ROW_TOL),
+        ("rstd", &acts_gpu[rstd_w.clone()], &rstd, ROW_TOL),
+        ("dinp", &dacts_gpu[dinp_w.clone()], &dinp, ROW_TOL),
+        ("dweight", &grads_gpu[dw_r.clone()], &dweight, SUM_TOL),
+        ("dbias", &grads_gpu[db_r.clone()], &dbias, SUM_TOL),
     ] {
-        assert_close(&format!("{name} {what}"), got, want, ATOL, RTOL);
+        assert_close(&format!("{name} {what}"), got, want, atol, rtol);
     }
     assert_untouched(
         &format!("{name} acts"),
