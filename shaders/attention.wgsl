@@ -7,8 +7,9 @@
 //   attention_backward  dqkv (B, T, 3d), overwritten, from dout (B, T, d), att, qkv
 //
 // qkv (B, T, 3d) holds Q, K, V side by side (columns 0..d, d..2d, 2d..3d); head j owns
-// columns j*dh .. (j+1)*dh of each. valid (B, T): keys with valid = 0 are masked (every
-// query must have one valid key: the target token).
+// columns j*dh .. (j+1)*dh of each. valid (B, T): keys with valid = 0 are masked. A
+// sample with no valid key at all gets zero probabilities, outputs and gradients (as on
+// the CPU) rather than 0 / 0.
 //
 // One workgroup per (head, sample): workgroup_id.x = head, .y = sample (grid-stride over
 // samples). Workgroup memory is 16 KiB (the WebGPU minimum), 4096 f32:
@@ -149,8 +150,11 @@ fn attention_forward(
                 att[r0 + t2] = e;
                 sum += e;
             }
+            // sum >= 1 (the max's own term) unless no key is valid: then every e is 0
+            // and dividing by 1 keeps the row 0 (the backward then gives 0 too).
+            let denom = select(sum, 1.0, sum == 0.0);
             for (var t2 = 0u; t2 < p.t; t2++) {
-                att[r0 + t2] /= sum;
+                att[r0 + t2] /= denom;
             }
         }
         storageBarrier();

@@ -36,6 +36,8 @@ struct Case {
     bind_rows: Option<usize>,
     /// out = inp and dinp = dout (same buffer and offset).
     in_place: bool,
+    /// Caps the workgroups: each invocation loops over several elements.
+    max_groups: Option<u32>,
 }
 
 impl Case {
@@ -46,6 +48,7 @@ impl Case {
             alpha: 0.01,
             bind_rows: None,
             in_place: false,
+            max_groups: None,
         }
     }
 }
@@ -82,7 +85,10 @@ fn check(ctx: &GpuContext, case: &Case) {
     let dacts_buf = ctx.storage_buffer("dacts", &dacts.data);
     let saved_buf = ctx.storage_buffer("saved inp", &saved.data);
 
-    let kernels = ActivationKernels::new(ctx).expect("activation kernels");
+    let mut kernels = ActivationKernels::new(ctx).expect("activation kernels");
+    if let Some(max) = case.max_groups {
+        kernels = kernels.with_max_workgroups_per_dim(max);
+    }
     let dims = ActivationDims {
         rows: cap as u32,
         width: width as u32,
@@ -142,6 +148,29 @@ fn check(ctx: &GpuContext, case: &Case) {
 fn several_workgroups_with_a_partial_last_one() {
     let Some(ctx) = gpu() else { return };
     check(ctx, &Case::new(37, 29)); // 1073 elements: 5 workgroups of 256, the last partial
+}
+
+#[test]
+fn two_workgroups_loop_three_times_over_a_partial_last_pass() {
+    // 1073 elements on 2 x 256 invocations: passes of 512, 512 and 49.
+    let Some(ctx) = gpu() else { return };
+    let case = Case {
+        max_groups: Some(2),
+        ..Case::new(37, 29)
+    };
+    check(ctx, &case);
+}
+
+#[test]
+fn one_workgroup_loops_over_a_partial_batch_in_place() {
+    let Some(ctx) = gpu() else { return };
+    let case = Case {
+        max_groups: Some(1),
+        bind_rows: Some(40),
+        in_place: true,
+        ..Case::new(23, 30)
+    };
+    check(ctx, &case);
 }
 
 #[test]

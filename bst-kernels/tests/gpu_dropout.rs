@@ -43,8 +43,9 @@ fn keys() -> Vec<DropoutKey> {
     ]
 }
 
-/// Runs every key through one binding made for `cap` rows and set to `rows`.
-fn check(ctx: &GpuContext, rows: usize, cap: usize, width: usize) {
+/// Runs every key through one binding made for `cap` rows and set to `rows`, from
+/// kernels dispatching at most `max_groups` workgroups (`None`: the device's limit).
+fn check(ctx: &GpuContext, rows: usize, cap: usize, width: usize, max_groups: Option<u32>) {
     let (n, n_cap) = (rows * width, cap * width);
     let x = random_vec(n_cap, 1);
     let a = random_vec(n_cap, 2);
@@ -62,7 +63,10 @@ fn check(ctx: &GpuContext, rows: usize, cap: usize, width: usize) {
     let acts_buf = ctx.storage_buffer("acts", &acts.data);
     let dacts_buf = ctx.storage_buffer("dacts", &dacts.data);
 
-    let kernels = DropoutKernels::new(ctx).expect("dropout kernels");
+    let mut kernels = DropoutKernels::new(ctx).expect("dropout kernels");
+    if let Some(max) = max_groups {
+        kernels = kernels.with_max_workgroups_per_dim(max);
+    }
     let bufs = DropoutBuffers {
         out: at(&acts_buf, &out_r),
         x: at(&acts_buf, &x_r),
@@ -127,19 +131,32 @@ fn check(ctx: &GpuContext, rows: usize, cap: usize, width: usize) {
 #[test]
 fn bit_identical_to_cpu_for_several_keys_over_several_workgroups() {
     let Some(ctx) = gpu() else { return };
-    check(ctx, 47, 47, 64); // 3008 elements: 12 workgroups of 256, the last partial
+    check(ctx, 47, 47, 64, None); // 3008 elements: 12 workgroups of 256, the last partial
 }
 
 #[test]
 fn single_element() {
     let Some(ctx) = gpu() else { return };
-    check(ctx, 1, 1, 1);
+    check(ctx, 1, 1, 1, None);
 }
 
 #[test]
 fn set_rows_runs_a_partial_last_batch_and_leaves_later_rows_alone() {
     let Some(ctx) = gpu() else { return };
-    check(ctx, 23, 60, 37);
+    check(ctx, 23, 60, 37, None);
+}
+
+#[test]
+fn three_workgroups_loop_four_times_with_the_mask_of_each_element() {
+    // 3008 elements on 3 x 256 invocations: passes of 768, 768, 768 and 704.
+    let Some(ctx) = gpu() else { return };
+    check(ctx, 47, 47, 64, Some(3));
+}
+
+#[test]
+fn one_workgroup_loops_over_a_partial_batch() {
+    let Some(ctx) = gpu() else { return };
+    check(ctx, 23, 60, 37, Some(1));
 }
 
 #[test]

@@ -154,6 +154,8 @@ fn copy(dst: &mut [f32], src: &[f32]) {
 /// out (B, T, d) = concat_j softmax(q_j k_j^T / sqrt(dh) + mask) v_j
 /// att (B, h, T, T): the softmax probabilities, saved for the backward (0 on masked keys)
 /// qkv (B, T, 3d), valid (B, T): 1 for valid tokens, 0 for padding
+/// A sample with no valid token gets att 0 and out 0 (its softmax has no term), and the
+/// backward then gives it dqkv 0.
 pub fn attention_forward(
     out: &mut [f32],
     att: &mut [f32],
@@ -500,6 +502,23 @@ mod tests {
         for t1 in 0..t {
             assert_eq!(&out[(t + t1) * d..][..d], v_target);
         }
+    }
+
+    #[test]
+    fn a_sample_without_valid_keys_gets_zeros_forward_and_backward() {
+        let (b, t, d, h) = (2, 3, 4, 2);
+        let qkv = random_vec(b * t * 3 * d, 7);
+        let valid = [1, 0, 1, 0, 0, 0]; // sample 1: nothing valid
+        let (out, att) = run(&qkv, &valid, b, t, d, h);
+        let mut dqkv = vec![f32::NAN; qkv.len()];
+        attention_backward(&mut dqkv, &random_vec(b * t * d, 8), &att, &qkv, b, t, d, h);
+        assert!(out[t * d..].iter().all(|&x| x == 0.0), "out {out:?}");
+        assert!(att[h * t * t..].iter().all(|&x| x == 0.0), "att {att:?}");
+        assert!(dqkv[t * 3 * d..].iter().all(|&x| x == 0.0), "dqkv {dqkv:?}");
+        assert!(
+            out[..t * d].iter().all(|&x| x != 0.0),
+            "sample 0 is unaffected"
+        );
     }
 
     #[test]

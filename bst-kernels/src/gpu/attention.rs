@@ -74,8 +74,8 @@ pub struct AttentionBuffers<'a> {
     pub att: TensorRef<'a>,
     /// (B, T, 3d): Q, K, V side by side.
     pub qkv: TensorRef<'a>,
-    /// (B, T) u32: 0 masks the token as a key. Every sample needs one valid token (its
-    /// target), or its rows divide by zero (NaN), as on the CPU.
+    /// (B, T) u32: 0 masks the token as a key. A sample with no valid token gets zero
+    /// probabilities, outputs and gradients, as on the CPU.
     pub valid: TensorRef<'a>,
 }
 
@@ -132,6 +132,8 @@ pub struct AttentionKernels {
     backward: wgpu::ComputePipeline,
     /// Bound where the gradient tensors are absent.
     dummy: wgpu::Buffer,
+    /// Workgroups along the samples, at most; the loops stride over the other samples.
+    max_groups: u32,
 }
 
 impl AttentionKernels {
@@ -159,9 +161,18 @@ impl AttentionKernels {
                 forward: pipeline("attention_forward"),
                 backward: pipeline("attention_backward"),
                 dummy: ctx.storage_buffer_zeroed("attention dummy", 4),
+                max_groups: ctx.limits.max_compute_workgroups_per_dimension,
                 layout,
             }
         })
+    }
+
+    /// Caps the workgroups of the grid-stride loops below the device's
+    /// `max_compute_workgroups_per_dimension` (at least 1), so that each workgroup
+    /// walks several samples: lets tests run the loop's stride without huge data.
+    pub fn with_max_workgroups_per_dim(mut self, max: u32) -> Self {
+        self.max_groups = max.clamp(1, self.max_groups);
+        self
     }
 
     /// Creates the uniform and bind group of one layer, after checking the shape and
@@ -255,7 +266,7 @@ impl AttentionKernels {
             batch,
             max_batch: batch,
             heads,
-            max_groups,
+            max_groups: self.max_groups,
             has_grads: grads.is_some(),
             params,
             uniform,

@@ -143,6 +143,8 @@ pub struct DropoutKernels {
     backward: wgpu::ComputePipeline,
     /// Bound where the gradient tensors are absent.
     dummy: wgpu::Buffer,
+    /// Workgroups of a dispatch, at most; the loops stride over the rest.
+    max_groups: u32,
 }
 
 impl DropoutKernels {
@@ -169,9 +171,18 @@ impl DropoutKernels {
                 forward: pipeline("residual_dropout_forward"),
                 backward: pipeline("residual_dropout_backward"),
                 dummy: ctx.storage_buffer_zeroed("dropout dummy", 4),
+                max_groups: ctx.limits.max_compute_workgroups_per_dimension,
                 layout,
             }
         })
+    }
+
+    /// Caps the workgroups of the grid-stride loops below the device's
+    /// `max_compute_workgroups_per_dimension` (at least 1), so that each invocation
+    /// walks several elements: lets tests run the loop's stride without huge data.
+    pub fn with_max_workgroups_per_dim(mut self, max: u32) -> Self {
+        self.max_groups = max.clamp(1, self.max_groups);
+        self
     }
 
     /// Creates the uniform and bind group of one dropout site with its first `key`,
@@ -224,7 +235,7 @@ impl DropoutKernels {
             rows,
             max_rows: rows,
             width,
-            max_groups: ctx.limits.max_compute_workgroups_per_dimension,
+            max_groups: self.max_groups,
             has_grads: grads.is_some(),
             params,
             uniform,

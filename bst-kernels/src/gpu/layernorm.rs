@@ -141,6 +141,8 @@ pub struct LayerNormKernels {
     backward_dparams: wgpu::ComputePipeline,
     /// Bound in the slots a kernel does not use.
     dummy: wgpu::Buffer,
+    /// Workgroups of a row dispatch, at most; the loops stride over the other rows.
+    max_groups: u32,
 }
 
 impl LayerNormKernels {
@@ -172,9 +174,18 @@ impl LayerNormKernels {
                 backward_partials: pipeline("layernorm_backward_partials"),
                 backward_dparams: pipeline("layernorm_backward_dparams"),
                 dummy: ctx.storage_buffer_zeroed("layernorm dummy", 4),
+                max_groups: ctx.limits.max_compute_workgroups_per_dimension,
                 layout,
             }
         })
+    }
+
+    /// Caps the workgroups of the grid-stride loops below the device's
+    /// `max_compute_workgroups_per_dimension` (at least 1), so that each workgroup
+    /// walks several rows: lets tests run the loop's stride without huge data.
+    pub fn with_max_workgroups_per_dim(mut self, max: u32) -> Self {
+        self.max_groups = max.clamp(1, self.max_groups);
+        self
     }
 
     /// Creates the uniform, bind groups and (with `grads`) the scratch of one layer,
@@ -211,6 +222,7 @@ impl LayerNormKernels {
             g.dout
                 .check(ctx, &what("dout", "(rows, c)"), rows_l * c_l)?;
         }
+        // The parameter-gradient passes do not loop: their grid is the whole problem.
         let max_groups = ctx.limits.max_compute_workgroups_per_dimension;
         let chunks = rows.div_ceil(CHUNK_ROWS);
         if chunks > max_groups || c.div_ceil(WG) > max_groups {
@@ -292,7 +304,7 @@ impl LayerNormKernels {
             rows,
             max_rows: rows,
             c,
-            max_groups,
+            max_groups: self.max_groups,
             params,
             uniform,
             forward,

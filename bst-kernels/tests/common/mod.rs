@@ -91,22 +91,26 @@ pub fn random_vec(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Asserts `|got - want| <= atol + rtol * |want|` everywhere; prints the max error, and
+/// Asserts `|got - want| <= atol + rtol * |want|` everywhere; prints the max error and
+/// the largest fraction of the tolerance used (what a tolerance is tightened by), and
 /// on failure the first mismatching pairs.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");
-    let mut max_err = 0.0f32;
+    let (mut max_err, mut max_used) = (0.0f32, 0.0f32);
     let mut bad = Vec::new();
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g - w).abs();
+        let tol = atol + rtol * w.abs();
         max_err = max_err.max(err);
-        if err.is_nan() || err > atol + rtol * w.abs() {
+        max_used = max_used.max(err / tol);
+        if err.is_nan() || err > tol {
             bad.push((i, g, w));
         }
     }
     println!(
-        "{what}: {} values, max |gpu - cpu| = {max_err:.3e}",
-        got.len()
+        "{what}: {} values, max |gpu - cpu| = {max_err:.3e}, {:.1}% of the tolerance",
+        got.len(),
+        100.0 * max_used
     );
     if !bad.is_empty() {
         for (i, g, w) in bad.iter().take(8) {
