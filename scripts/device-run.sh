@@ -36,6 +36,7 @@ nvidia-smi -L 2>&1 | tee -a "$SUMMARY"
 # The kit, and the absolute paths its binaries were built with.
 [ -f .devkit/kit.tar.xz ] || { note "no .devkit/kit.tar.xz: run scripts/device-kit.sh here first"; exit 1; }
 KIT="$(mktemp -d -t bst-kit-XXXXXX)"
+trap 'rm -rf "$KIT"' EXIT
 tar xJf .devkit/kit.tar.xz -C "$KIT"
 # shellcheck disable=SC1091
 . .devkit/paths  # ROOT, TARGET, COMMIT
