@@ -36,7 +36,7 @@ rows = [
 print(f"{'':24} {'bst':>12} {'torch':>12} {'bst/torch':>10}")
 for label, path, better in rows:
     b, t = get(bst, path), get(torch, path)
-    if b is None or t is None:
+    if b is None or t is None or t == 0:
         print(f"{label:24} {'-':>12} {'-':>12} {'-':>10}  (not measured on the CPU)")
         continue
     scale = 1 / 2**20 if path.startswith("memory") else 1
@@ -47,4 +47,5 @@ if k and k.get("results"):
     print(f"\nbst kernels at batch {k['batch']} ({k['timer']}):")
     print(f"{'':34} {'ms':>9} {'GFLOP/s':>10} {'GB/s':>9}")
     for r in k["results"]:
-        print(f"{r['name']:34} {r['ms']:9.4f} {r['gflop_per_s']:10.1f} {r['gb_per_s']:9.1f}")
+        rate = lambda v: f"{v:.1f}" if v is not None else "-"
+        print(f"{r['name']:34} {r['ms']:9.4f} {rate(r['gflop_per_s']):>10} {rate(r['gb_per_s']):>9}")

@@ -35,7 +35,7 @@ fi
 echo "device-kit: building bst-train (release) and the test binaries"
 cargo build --release --quiet -p bst-train
 mkdir -p "$STAGE/tests" "$STAGE/debug" "$STAGE/release"
-cargo test --workspace --no-run --message-format=json 2>/dev/null | python3 -c '
+cargo test --workspace --no-run --message-format=json 2>"$STAGE/build.log" | python3 -c '
 import json, os, shutil, sys
 stage = sys.argv[1]
 with open(os.path.join(stage, "manifest"), "w") as manifest:
@@ -50,7 +50,8 @@ with open(os.path.join(stage, "manifest"), "w") as manifest:
             manifest.write(f"{package}\t{name}\n")
         elif name == "bst-train":  # CARGO_BIN_EXE_bst-train of the CLI tests
             shutil.copy(exe, os.path.join(stage, "debug", name))
-' "$STAGE"
+' "$STAGE" || { cat "$STAGE/build.log" >&2; exit 1; }
+rm "$STAGE/build.log"
 cp "$TARGET/release/bst-train" "$STAGE/release/"
 strip --strip-debug "$STAGE"/tests/* "$STAGE"/debug/* "$STAGE"/release/*
 

@@ -9,10 +9,11 @@
 #      same config, and the ratios                                  -> b4096-{bst,torch}.json
 #   3. the README's default training run on the GPU (synthetic, 3 epochs)
 #                                                                -> train.log, metrics.json
-#   4. the bench at batch 256 against PyTorch                        -> b256-{bst,torch}.json
+#   4. the bench at batch 256 against PyTorch, when training left time -> b256-{bst,torch}.json
 # Everything lands in $OUT, at most 8 files (what the device tool brings back), written as
 # it goes so that a run stopped at its limit still returns what it did; summary.txt holds
-# each phase's outcome and the ratios. Other logs go to log.txt.
+# each phase's outcome and the ratios. Other logs go to log.txt. Exits non-zero when a
+# test binary failed.
 set -uo pipefail
 ROOT_HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT_HERE"
@@ -40,9 +41,12 @@ trap 'rm -rf "$KIT"' EXIT
 tar xJf .devkit/kit.tar.xz -C "$KIT"
 # shellcheck disable=SC1091
 . .devkit/paths  # ROOT, TARGET, COMMIT
-note "kit built from $COMMIT"
+note "kit built from ${COMMIT:-an older device-kit.sh: rebuild it}"
 if [ "$ROOT" != "$ROOT_HERE" ]; then
-  mkdir -p "$(dirname "$ROOT")"
+  mkdir -p "$(dirname "$ROOT")" || note "cannot make $(dirname "$ROOT"): tests that read data will fail"
+  if [ -e "$ROOT" ] && [ "$(cd "$ROOT" && pwd -P)" != "$(pwd -P)" ]; then
+    note "warning: $ROOT exists and is another tree; tests read their data from there"
+  fi
   [ -e "$ROOT" ] || ln -s "$ROOT_HERE" "$ROOT"
 fi
 mkdir -p "$TARGET/debug" "$TARGET/release"
@@ -55,12 +59,14 @@ note "== tests ($(left) s left)"
 TESTS_END=$((SECONDS + ${TESTS_S:-240}))
 gpu='\tgpu_|\tmemory$|\tcli$'
 order="$(grep -P "$gpu" "$KIT/manifest" | sort -r; grep -vP "$gpu" "$KIT/manifest")"
+failed=0
 while IFS=$'\t' read -r dir name; do
   budget=$((TESTS_END - SECONDS))
   if [ "$budget" -le 5 ]; then note "test $name: not run (phase time spent)"; continue; fi
   start=$SECONDS
-  (cd "$dir" && timeout "$budget" "$KIT/tests/$name") > "$KIT/test.log" 2>&1
+  (cd "$dir" && timeout "$budget" "$KIT/tests/$name" < /dev/null) > "$KIT/test.log" 2>&1
   rc=$?
+  [ "$rc" = 0 ] || failed=$((failed + 1))
   cat "$KIT/test.log" >> "$OUT/log.txt"
   result="$(grep -a '^test result:' "$KIT/test.log" | tail -1)"
   note "test $name: rc $rc, $((SECONDS - start)) s: $result"
@@ -90,4 +96,5 @@ if [ "$(left)" -gt 60 ]; then
 fi
 
 if [ "$(left)" -gt 100 ]; then compare 256 45; fi
-note "== done in $SECONDS s; files in $OUT"
+note "== done in $SECONDS s, $failed test binaries failed; files in $OUT"
+[ "$failed" = 0 ]

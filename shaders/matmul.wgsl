@@ -48,6 +48,7 @@ struct Params {
     c_split: u32, // elements between the partial C of workgroups z and z + 1
     _pad1: u32,
     _pad2: u32,
+    _pad3: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -143,12 +143,18 @@ fn check_training_steps(
 
 /// Three training steps of `cfg` on both backends (see `check_training_steps`).
 fn check_steps_of(ctx: Arc<GpuContext>, cfg: &Config, what: &str) {
+    let batches = training_batches(&random_samples(17, &cfg.model, 7));
+    check_steps_on(ctx, cfg, what, &batches);
+}
+
+/// Training steps of `cfg` on `batches` (at most `cfg.train.batch` samples each) on both
+/// backends (see `check_training_steps`).
+fn check_steps_on(ctx: Arc<GpuContext>, cfg: &Config, what: &str, batches: &[Batch]) {
     let (cfg, sparse) = (cfg.clone(), cfg.train.sparse_embeddings);
     let start = Instant::now();
     let (mut cpu, mut gpu) = backends(ctx, &cfg);
     let init = cpu.params.clone();
-    let batches = training_batches(&random_samples(17, &cfg.model, 7));
-    for batch in &batches {
+    for batch in batches {
         cpu.train_step(batch);
         gpu.train_step(batch);
     }
@@ -223,6 +229,29 @@ fn three_steps_match_the_cpu_when_dqkv_lives_in_the_ffn_activation() {
         cfg.validate().expect("a valid config");
         check_steps_of(ctx.clone(), &cfg, &format!("d_ff = 3d, {opt:?}"));
     }
+}
+
+/// Batches long enough that the linear layers split their weight and bias gradients over
+/// the rows (`bst_kernels::gpu::matmul::row_splits`), every layer through the one shared
+/// scratch: 520 samples are 3120 block rows (12 splits) and 520 MLP rows (2 splits); the
+/// partial last batch of 130 takes 3 and 1 splits after two full ones.
+#[test]
+fn three_steps_with_split_gradient_reductions_match_the_cpu() {
+    let Some(ctx) = gpu() else { return };
+    let mut cfg = small_config(2, Pooling::Mean, Optimizer::Adam);
+    cfg.train.batch = 520;
+    cfg.validate().expect("a valid config");
+    let samples = random_samples(1170, &cfg.model, 13);
+    let idx: Vec<usize> = (0..1170).map(|i| (i * 7) % 1170).collect();
+    let batches: Vec<Batch> = idx
+        .chunks(520)
+        .map(|chunk| {
+            let mut b = Batch::default();
+            b.gather(&samples, chunk);
+            b
+        })
+        .collect();
+    check_steps_on(ctx, &cfg, "split reductions", &batches);
 }
 
 #[test]

@@ -121,6 +121,21 @@ fn check(ctx: &GpuContext, case: &Case) {
         .bind(ctx, &bufs, Some(&grad_bufs), dims)
         .expect("bind");
     if case.bind_rows.is_some() {
+        // A full-size step first, so that a split binding's scratch holds the partial
+        // sums of all `cap` rows (a later sum over splits not written again would pick
+        // them up); then the tensors as they were, and the partial batch.
+        run(ctx, |pass| {
+            kernels.forward(pass, &binding);
+            kernels.backward(pass, &binding);
+        });
+        for (buf, arena) in [
+            (&acts_buf, &acts),
+            (&grads_buf, &grads),
+            (&dacts_buf, &dacts),
+        ] {
+            ctx.queue
+                .write_buffer(buf, 0, bytemuck::cast_slice(&arena.data));
+        }
         binding.set_rows(ctx, rows as u32);
     }
     run(ctx, |pass| {

@@ -47,7 +47,11 @@ struct GemmParams {
     c_split: u32,
     _pad1: u32,
     _pad2: u32,
+    _pad3: u32,
 }
+
+// Uniforms are padded to a multiple of 16 bytes (design rule 1 in gpu/mod.rs).
+const _: () = assert!(size_of::<GemmParams>() % 16 == 0);
 
 /// Output tile of one workgroup, per side (`TILE_M`, `TILE_N` in the shader).
 const TILE: u32 = 64;
