@@ -51,7 +51,7 @@ struct GemmParams {
 }
 
 // Uniforms are padded to a multiple of 16 bytes (design rule 1 in gpu/mod.rs).
-const _: () = assert!(size_of::<GemmParams>() % 16 == 0);
+const _: () = assert!(size_of::<GemmParams>().is_multiple_of(16));
 
 /// Output tile of one workgroup, per side (`TILE_M`, `TILE_N` in the shader).
 const TILE: u32 = 64;
