@@ -119,9 +119,9 @@ use crate::model::Model;
 use crate::params::VocabSizes;
 
 pub use bst_kernels::gpu::topk::{
-    MAX_K, TopKBinding, TopKBuffers, TopKDims, TopKKernels, read_pairs,
+    MAX_K, TopKBinding, TopKBuffers, TopKDims, TopKKernels, pairs_of_words, read_pairs,
 };
-pub use bst_kernels::gpu::{GpuContext, GpuError, GpuOptions, TensorRef, wgpu};
+pub use bst_kernels::gpu::{GpuContext, GpuError, GpuOptions, Readback, TensorRef, wgpu};
 
 /// What a [`Scorer`] cannot do or was handed wrongly. Each message says what to change.
 #[derive(Debug, thiserror::Error)]

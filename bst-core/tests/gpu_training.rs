@@ -18,6 +18,7 @@ use bst_core::data::{self, DataSource, Dataset, Samples};
 use bst_core::gpu_backend::GpuBackend;
 use bst_core::model::Model;
 use bst_core::params::{ParamLayout, VocabSizes};
+use bst_core::rank::top_k;
 use bst_core::train::{predict_all, train};
 use bst_kernels::gpu::GpuContext;
 use common::{SIZES, gpu, random_samples};
@@ -327,6 +328,46 @@ fn predict_matches_the_cpu_in_eval_mode_and_leaves_the_loss_alone() {
             &got,
             &want,
             None,
+        );
+    }
+}
+
+/// Every hot readback (probabilities, top-k pairs, the loss) shares one staging buffer:
+/// sizes that grow and shrink between calls, with steps and loss reads between, must read
+/// exactly the current call's values, never a longer earlier call's.
+#[test]
+fn readbacks_of_changing_sizes_read_only_the_current_call() {
+    let Some(ctx) = gpu() else { return };
+    let cfg = small_config(1, Pooling::Mean, Optimizer::Adam);
+    let (mut cpu, mut gpu) = backends(ctx, &cfg);
+    let samples = random_samples(23, &cfg.model, 13);
+    let train = training_batches(&samples);
+    for (i, n) in [9, 1, 5, 9, 2, 7].into_iter().enumerate() {
+        let what = format!("call {i}, {n} samples");
+        let batch = Batch::from_range(&samples, 2 * i..2 * i + n);
+        let mut got = vec![f32::NAN; 9];
+        gpu.predict(&batch, &mut got);
+        assert!(got[n..].iter().all(|p| p.is_nan()), "{what}: wrote past B");
+        let mut want = vec![0.0; n];
+        cpu.predict(&batch, &mut want);
+        assert_close(&format!("{what}: probabilities"), &got[..n], &want, None);
+        // k below, at and above B, changing back and forth: the device's selection of its
+        // own probabilities, exactly the host's.
+        for k in [3, 1, n, 2 * n, 3] {
+            assert_eq!(
+                gpu.predict_top_k(&batch, k),
+                top_k(&got[..n], k),
+                "{what}: top {k}"
+            );
+        }
+        let step = &train[i % train.len()];
+        gpu.train_step(step);
+        cpu.train_step(step);
+        let ((gpu_sum, gpu_n), (cpu_sum, cpu_n)) = (gpu.take_loss(), cpu.take_loss());
+        assert_eq!(gpu_n, cpu_n);
+        assert!(
+            (gpu_sum - cpu_sum).abs() <= 1e-5 * (1.0 + cpu_sum.abs()),
+            "{what}: loss {gpu_sum} vs {cpu_sum}"
         );
     }
 }
