@@ -101,6 +101,9 @@ pub struct GpuBackend {
     /// The staging buffer of every hot readback: `max(cap, 2 min(MAX_K, cap))` words
     /// (the probabilities, or the top-k pairs).
     readback: Readback,
+    /// The segments of the last batch the step built itself (none prepared), rebuilt
+    /// into for the next.
+    segments: Result<EmbeddingSegments, String>,
 }
 
 /// The device top-k of `predict_top_k`: its binding and its output `(k, 2)` u32.
@@ -200,6 +203,7 @@ impl GpuBackend {
         Ok(GpuBackend {
             topk,
             readback,
+            segments: Err("no batch segmented yet".into()),
             seed: cfg.train.seed,
             rows: cap,
             steps: 0,
@@ -509,16 +513,46 @@ fn write_params(ctx: &GpuContext, bufs: &Buffers, params: &[f32]) {
 /// ([`EmbeddingSegments::build`]) for the binding's dims.
 struct SegmentBatches(EmbeddingDims);
 
+/// What [`SegmentBatches`] prepares: a batch's id fingerprint ([`ids_fingerprint`]) and
+/// its segments, or why they could not be built.
+struct SegmentsOf {
+    ids: u64,
+    segments: Result<EmbeddingSegments, String>,
+}
+
 impl SegmentBatches {
-    fn segments(&self, batch: &Batch) -> Result<EmbeddingSegments, String> {
-        EmbeddingSegments::build(&self.0, batch.size as u32, batch.token_ids(), &batch.other)
-            .map_err(|e| e.to_string())
+    /// The segments of `batch` in `segs`, reusing the memory of the segments it holds
+    /// ([`EmbeddingSegments::build_into`]).
+    fn segment_into(&self, batch: &Batch, segs: &mut Result<EmbeddingSegments, String>) {
+        let (rows, ids, other) = (batch.size as u32, batch.token_ids(), &batch.other);
+        let built = match segs {
+            Ok(s) => s.build_into(&self.0, rows, ids, other),
+            Err(_) => EmbeddingSegments::build(&self.0, rows, ids, other).map(|s| *segs = Ok(s)),
+        };
+        if let Err(e) = built {
+            *segs = Err(e.to_string());
+        }
     }
 }
 
 impl PrepareBatch for SegmentBatches {
     fn prepare(&self, batch: &Batch) -> Prepared {
-        Prepared::new((ids_fingerprint(batch), self.segments(batch)))
+        let mut segments = Err(String::new());
+        self.segment_into(batch, &mut segments);
+        Prepared::new(SegmentsOf {
+            ids: ids_fingerprint(batch),
+            segments,
+        })
+    }
+
+    fn prepare_into(&self, batch: &Batch, spent: &mut Prepared) {
+        match spent.get_mut::<SegmentsOf>() {
+            Some(p) => {
+                p.ids = ids_fingerprint(batch);
+                self.segment_into(batch, &mut p.segments);
+            }
+            None => *spent = self.prepare(batch),
+        }
     }
 }
 
@@ -599,18 +633,25 @@ impl Backend for GpuBackend {
         Some(Arc::new(SegmentBatches(self.emb_dims)))
     }
 
-    fn train_step_prepared(&mut self, batch: &Batch, prepared: Option<Prepared>) {
+    fn train_step_prepared(&mut self, batch: &Batch, prepared: Option<&mut Prepared>) {
         self.assert_trainable("train_step");
         // Segments prepared from another batch would put gradients on the wrong rows:
         // take them only when the batch's ids match those they were built from.
-        let segs = prepared
-            .and_then(|p| p.take::<(u64, Result<EmbeddingSegments, String>)>())
-            .filter(|(ids, _)| *ids == ids_fingerprint(batch))
-            .map(|(_, segs)| segs)
-            .unwrap_or_else(|| SegmentBatches(self.emb_dims).segments(batch))
-            .unwrap_or_else(|e| panic!("segmenting the batch's embedding ids: {e}"));
+        let handed = prepared
+            .and_then(|p| p.get::<SegmentsOf>())
+            .filter(|p| p.ids == ids_fingerprint(batch));
         self.upload(batch, Some(self.steps as u32));
-        self.sites.embedding.set_segments(&self.ctx, &segs);
+        let segs = match handed {
+            Some(p) => &p.segments,
+            None => {
+                SegmentBatches(self.emb_dims).segment_into(batch, &mut self.segments);
+                &self.segments
+            }
+        };
+        let segs = segs
+            .as_ref()
+            .unwrap_or_else(|e| panic!("segmenting the batch's embedding ids: {e}"));
+        self.sites.embedding.set_segments(&self.ctx, segs);
         for (rows, &u) in self.sites.update_rows.iter_mut().zip(&segs.unique_ids()) {
             rows.set_rows(&self.ctx, u);
         }

@@ -247,12 +247,36 @@ fn a_step_ignores_segments_prepared_from_another_batch() {
     let (a, b) = (Batch::from_range(&s, 0..7), Batch::from_range(&s, 7..14));
     let prep = handed.batch_preparer().expect("the GPU prepares batches");
     plain.train_step(&a);
-    handed.train_step_prepared(&a, Some(prep.prepare(&a)));
+    handed.train_step_prepared(&a, Some(&mut prep.prepare(&a)));
     plain.train_step(&b);
-    handed.train_step_prepared(&b, Some(prep.prepare(&a))); // the wrong batch's
+    handed.train_step_prepared(&b, Some(&mut prep.prepare(&a))); // the wrong batch's
     assert!(
         plain.read_params() == handed.read_params(),
         "the step used the other batch's segments"
+    );
+}
+
+/// The prefetch producer prepares each batch into the preparation of an earlier one
+/// (`prepare_into`): batches of 7, 7, 3, then 3, 7, 7 samples, each prepared into the one
+/// spent preparation, train exactly as steps that segment their batch themselves.
+#[test]
+fn steps_on_recycled_preparations_match_plain_steps_bit_for_bit() {
+    let Some(ctx) = gpu() else { return };
+    let mut cfg = small_config(1, Pooling::Mean, Optimizer::Adam);
+    cfg.train.sparse_embeddings = true; // the update rows come from the segments too
+    let (_, mut plain) = backends(ctx.clone(), &cfg);
+    let (_, mut handed) = backends(ctx, &cfg);
+    let batches = training_batches(&random_samples(17, &cfg.model, 23));
+    let prep = handed.batch_preparer().expect("the GPU prepares batches");
+    let mut spent = prep.prepare(&batches[2]);
+    for batch in batches.iter().chain(batches.iter().rev()) {
+        prep.prepare_into(batch, &mut spent);
+        plain.train_step(batch);
+        handed.train_step_prepared(batch, Some(&mut spent));
+    }
+    assert!(
+        plain.read_params() == handed.read_params(),
+        "steps on recycled preparations differ from plain steps"
     );
 }
 
