@@ -52,7 +52,9 @@ use bst_kernels::gpu::pooling::PoolingKernels;
 use bst_kernels::gpu::topk::{
     MAX_K, TopKBinding, TopKBuffers, TopKDims, TopKKernels, pairs_of_words,
 };
-use bst_kernels::gpu::{GpuContext, GpuError, Readback, TensorRef, wgpu};
+use bst_kernels::gpu::{
+    GpuContext, GpuError, Readback, TensorRef, bytes_created_on_this_thread, wgpu,
+};
 
 use crate::backend::{Backend, BackendError, PrepareBatch, Prepared};
 use crate::batch::Batch;
@@ -75,6 +77,46 @@ pub(crate) enum Tables {
     /// `bind_f16`); the arenas hold only the blocks and the MLP. Scoring only: such a
     /// backend cannot train.
     F16,
+}
+
+/// The bytes of the device buffers a [`GpuBackend`] (or a [`crate::scorer::Scorer`])
+/// holds, by group: the sizes of the buffers it created, summed as they were created
+/// (`bst_kernels::gpu::bytes_created_on_this_thread`), not computed again from the
+/// model's dims. wgpu's allocator adds only alignment padding to these
+/// (`benches/tests/memory.rs` checks it); the queue's transient staging of buffer writes
+/// and the per-call buffers of `read_params` and checkpoints are not counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceMemory {
+    /// Parameters, gradients, and Adam's two moments (Adagrad's one sum); with f16
+    /// embedding tables, also the tables (`crate::scorer`).
+    pub arenas: u64,
+    /// A batch's ids, labels, valid mask and embedding segments.
+    pub inputs: u64,
+    /// Forward activations (every block's, the MLP's, the loss outputs).
+    pub activations: u64,
+    /// Activation gradients that do not live in dead activations (dx, dz, dlogit, and
+    /// dqkv when d_ff < 3d).
+    pub gradients: u64,
+    /// What the kernels' bindings hold: their uniforms, the LayerNorm backward's partial
+    /// sums, the top-k's scratch and output, and the pipelines' placeholder buffers.
+    pub bindings: u64,
+    /// The staging buffer of the readbacks (probabilities, top-k pairs, the loss).
+    pub readback: u64,
+    /// The sum of the above.
+    pub total: u64,
+}
+
+impl DeviceMemory {
+    /// `self` with `total` set to the sum of the parts.
+    fn summed(self) -> DeviceMemory {
+        let total = self.arenas
+            + self.inputs
+            + self.activations
+            + self.gradients
+            + self.bindings
+            + self.readback;
+        DeviceMemory { total, ..self }
+    }
 }
 
 /// The training step and inference of a [`Model`] on one GPU.
@@ -104,6 +146,8 @@ pub struct GpuBackend {
     /// The segments of the last batch the step built itself (none prepared), rebuilt
     /// into for the next.
     segments: Result<EmbeddingSegments, String>,
+    /// The bindings' bytes (the kernels' placeholders, the sites' uniforms and scratch).
+    binding_bytes: u64,
 }
 
 /// The device top-k of `predict_top_k`: its binding and its output `(k, 2)` u32.
@@ -188,22 +232,27 @@ impl GpuBackend {
         }
         let cap = cfg.train.batch.max(cfg.train.eval_batch).max(1);
         let adam = cfg.train.optimizer == OptimizerKind::Adam;
+        let start = bytes_created_on_this_thread();
         let k = Kernels::new(&ctx)?;
+        let kernel_bytes = bytes_created_on_this_thread() - start;
         if tables == Tables::F16 {
             // Before allocating anything; bind_f16 would say the same, later.
             check_f16_tables(&ctx)?;
         }
         let bufs = Buffers::new(&ctx, &model, cap, adam, tables)?;
         write_params(&ctx, &bufs, &params);
+        let start = bytes_created_on_this_thread();
         let sites = ctx.checked("binding the BST model", || {
             Sites::new(&ctx, &k, &model, &cfg.train, cap, &bufs)
         })??;
         let topk = bind_topk(&ctx, &k.topk, &bufs.acts.probs, cap)?;
+        let binding_bytes = kernel_bytes + bytes_created_on_this_thread() - start;
         let readback = Readback::with_capacity(&ctx, "bst readback", cap.max(2 * topk_max(cap)));
         Ok(GpuBackend {
             topk,
             readback,
             segments: Err("no batch segmented yet".into()),
+            binding_bytes,
             seed: cfg.train.seed,
             rows: cap,
             steps: 0,
@@ -227,6 +276,16 @@ impl GpuBackend {
     /// Optimiser steps taken.
     pub fn steps(&self) -> u64 {
         self.steps
+    }
+
+    /// The bytes of the device buffers this backend holds (see [`DeviceMemory`]).
+    pub fn device_memory(&self) -> DeviceMemory {
+        DeviceMemory {
+            bindings: self.binding_bytes,
+            readback: self.readback.capacity_bytes(),
+            ..self.bufs.memory
+        }
+        .summed()
     }
 
     /// A copy of the gradient arena: the gradients of the last training step. With
