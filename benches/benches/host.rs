@@ -39,6 +39,8 @@ fn host(c: &mut Criterion) {
         g.bench_function("gather", |bench| {
             bench.iter(|| batch.gather(&ds.train, black_box(idx)))
         });
+        // Gathered here too: a filter may have skipped the gather bench.
+        batch.gather(&ds.train, idx);
         let dims = embedding_dims(&model, b);
         g.bench_function("embedding_segments", |bench| {
             bench.iter(|| {
