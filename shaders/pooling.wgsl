@@ -9,8 +9,10 @@
 // 2 Flatten: all T tokens, invalid ones zeroed (width T*d). A token is valid where
 // valid (B, T) is nonzero. Columns of `out` outside off .. off + width are not touched.
 //
-// One invocation per output element, on a flat index over a 2D grid of workgroups (the
-// launcher spreads more than 65535 workgroups over y).
+// The forward runs one invocation per output element; the backward one per (sample,
+// channel), which counts the sample's valid history once and then walks its T tokens.
+// Both on a flat index over a 2D grid of workgroups (the launcher spreads more than 65535
+// workgroups over y).
 
 struct Params {
     b: u32, // rows of the current batch
@@ -95,6 +97,8 @@ fn pooling_forward(
 }
 
 // dx (B, T, d) from dout (B, row), columns off .. off + width            (overwrites)
+// One invocation per (sample bi, channel c) writes dx[bi, 0 .. T, c]: the mean's count
+// of valid history tokens is computed once per invocation, not once per element.
 @compute @workgroup_size(256)
 fn pooling_backward(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -102,23 +106,28 @@ fn pooling_backward(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let i = flat_index(wg, nwg, lid);
-    let td = p.t * p.d;
-    if (i >= p.b * td) {
+    if (i >= p.b * p.d) {
         return;
     }
-    let bi = i / td;
-    let t = (i % td) / p.d;
+    let bi = i / p.d;
     let c = i % p.d;
     let g = p.dout_off + bi * p.row + p.off;
-    var v = 0.0;
-    if (p.mode == TARGET || p.mode == MEAN) {
-        if (t + 1u == p.t) {
-            v = dout[g + c];
-        } else if (p.mode == MEAN && is_valid(bi, t)) {
-            v = dout[g + p.d + c] / f32(history_count(bi));
-        }
-    } else if (is_valid(bi, t)) {
-        v = dout[g + t * p.d + c];
+    let dxb = p.dx_off + bi * p.t * p.d + c;
+    var count = 0u;
+    if (p.mode == MEAN) {
+        count = history_count(bi);
     }
-    dx[p.dx_off + i] = v;
+    for (var t = 0u; t < p.t; t++) {
+        var v = 0.0;
+        if (p.mode == TARGET || p.mode == MEAN) {
+            if (t + 1u == p.t) {
+                v = dout[g + c];
+            } else if (p.mode == MEAN && is_valid(bi, t)) {
+                v = dout[g + p.d + c] / f32(count);
+            }
+        } else if (is_valid(bi, t)) {
+            v = dout[g + t * p.d + c];
+        }
+        dx[dxb + t * p.d] = v;
+    }
 }

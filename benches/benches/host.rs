@@ -1,8 +1,10 @@
 //! The host's work per training batch, which training overlaps with the device's work on
 //! a producer thread (`bst_core::prefetch`): the gather of a batch's samples, and the GPU
 //! backend's embedding segments (`EmbeddingSegments::build`, sorted per table on rayon's
-//! pool), at batch 256 and 4096 of the default model. No GPU needed. When gather +
-//! segments exceeds a step's device time, the host is the bottleneck.
+//! pool; `embedding_segments_into`: `build_into` the segments of an earlier batch, as the
+//! producer does, allocating nothing), at batch 256 and 4096 of the default model. No GPU
+//! needed. When gather + segments exceeds a step's device time, the host is the
+//! bottleneck.
 //!
 //! `cargo bench -p bst-benches --bench host`
 
@@ -37,10 +39,20 @@ fn host(c: &mut Criterion) {
         g.bench_function("gather", |bench| {
             bench.iter(|| batch.gather(&ds.train, black_box(idx)))
         });
+        // Gathered here too: a filter may have skipped the gather bench.
+        batch.gather(&ds.train, idx);
         let dims = embedding_dims(&model, b);
         g.bench_function("embedding_segments", |bench| {
             bench.iter(|| {
                 EmbeddingSegments::build(&dims, b as u32, batch.token_ids(), &batch.other)
+                    .expect("segments")
+            })
+        });
+        let mut segs = EmbeddingSegments::build(&dims, b as u32, batch.token_ids(), &batch.other)
+            .expect("segments");
+        g.bench_function("embedding_segments_into", |bench| {
+            bench.iter(|| {
+                segs.build_into(&dims, b as u32, batch.token_ids(), &batch.other)
                     .expect("segments")
             })
         });

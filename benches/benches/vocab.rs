@@ -6,6 +6,11 @@
 //! number of rows. With sparse updates the two step times should be within 1.2x; dense
 //! ones grow with V (a fill and an update over every table row each step).
 //!
+//! Timed as training runs a step: on the GPU the batch's embedding segments are prepared
+//! once before the timed loop (training prepares them ahead on its prefetch thread), and
+//! each iteration is `train_step_prepared` and the loss read; on the CPU, `train_step`
+//! (it has no preparation).
+//!
 //! `cargo bench -p bst-benches --bench vocab` (the GPU groups need a Vulkan, Metal or DX12
 //! adapter; lavapipe will do, slowly: at 1M rows every arena is 128 MB).
 
@@ -69,10 +74,14 @@ fn vocab(c: &mut Criterion) {
                 g.sampling_mode(SamplingMode::Flat);
             }
             // Each iteration waits for the device (the loss read), as training does every
-            // few steps.
+            // few steps. The segments are prepared once, outside the timed loop.
+            let preparer = gpu
+                .batch_preparer()
+                .expect("the GPU backend prepares batches");
+            let mut prepared = preparer.prepare(&batch);
             g.bench_function(format!("gpu/items_{items}"), |b| {
                 b.iter(|| {
-                    gpu.train_step(&batch);
+                    gpu.train_step_prepared(&batch, Some(&mut prepared));
                     gpu.take_loss()
                 })
             });

@@ -1,10 +1,9 @@
-//! `gpu_backend_memory` (our accounting of the GPU backend's buffers) against what wgpu's
-//! allocator reports the backend allocated, for several models and batch sizes. The
-//! allocator also holds the uniform buffers, the kernels' dummies and alignment padding,
-//! which the accounting leaves out: they must stay under 256 KiB + 0.1% (measured: 8 to
-//! 17 KiB on lavapipe).
+//! `GpuBackend::device_memory` (the backend's own count of the buffers it created)
+//! against what wgpu's allocator reports the backend allocated, for several models and
+//! batch sizes, and the same for scorers. The allocator adds alignment padding, which the
+//! count leaves out: it must stay under 256 KiB + 0.1%.
 
-use bst_benches::{allocator_bytes as allocated, gpu_backend_memory};
+use bst_benches::allocator_bytes as allocated;
 use bst_core::config::{Config, DataConfig, Optimizer, Pooling};
 use bst_core::data::{self, DataSource};
 use bst_core::gpu_backend::GpuBackend;
@@ -52,29 +51,19 @@ fn accounting_matches_the_allocator_within_uniforms_and_padding() {
         let before = allocated(&ctx).expect("wgpu's allocator report (Vulkan has one)");
         let backend = GpuBackend::init(ctx.clone(), &cfg, ds.vocab.sizes()).expect("backend");
         let after = allocated(&ctx).unwrap();
-        let ours = gpu_backend_memory(
-            bst_core::backend::Backend::model(&backend),
-            cfg.train.batch.max(cfg.train.eval_batch),
-            cfg.train.optimizer == Optimizer::Adam,
+        let ours = backend.device_memory();
+        let what = format!(
+            "blocks {} pooling {:?} batch {}",
+            cfg.model.blocks, cfg.model.pooling, cfg.train.batch
         );
-        let seen = after - before;
-        println!(
-            "blocks {} pooling {:?} batch {}: accounted {} bytes, allocator {} (+{})",
-            cfg.model.blocks,
-            cfg.model.pooling,
-            cfg.train.batch,
-            ours.total,
-            seen,
-            seen as i64 - ours.total as i64
-        );
+        println!("{what}: {ours:?}");
+        assert_within_padding(&what, ours.total, after - before);
         assert!(
-            seen >= ours.total,
-            "the accounting counts more than was allocated"
-        );
-        assert!(
-            seen - ours.total <= (256 << 10) + ours.total / 1000,
-            "the allocator holds {} bytes more than the accounting",
-            seen - ours.total
+            [ours.arenas, ours.inputs, ours.activations, ours.gradients]
+                .into_iter()
+                .chain([ours.bindings, ours.readback])
+                .all(|b| b > 0),
+            "{what}: every group holds buffers"
         );
         drop(backend);
     }
@@ -129,6 +118,8 @@ fn scorer_with_f16_tables_holds_ten_bytes_less_per_table_value() {
         )
         .expect("scorer");
         let seen = allocated(&ctx).unwrap() - before;
+        let what = format!("scorer, f16_embeddings {f16_embeddings}");
+        assert_within_padding(&what, scorer.device_memory().total, seen);
         println!(
             "scorer, {} items, d_item {}, {max_rows} rows, f16_embeddings {f16_embeddings}: \
              {seen} bytes ({:.1} MiB)",
@@ -150,5 +141,19 @@ fn scorer_with_f16_tables_holds_ten_bytes_less_per_table_value() {
     assert!(
         (saved - want).abs() <= 256 << 10,
         "saved {saved}, expected {want}"
+    );
+}
+
+/// The allocator's growth `seen` is the buffers counted (`ours`) plus alignment padding.
+fn assert_within_padding(what: &str, ours: u64, seen: u64) {
+    println!(
+        "{what}: counted {ours} bytes, allocator {seen} (+{})",
+        seen as i64 - ours as i64
+    );
+    assert!(seen >= ours, "{what}: the count exceeds what was allocated");
+    assert!(
+        seen - ours <= (256 << 10) + ours / 1000,
+        "{what}: the allocator holds {} bytes more than the count",
+        seen - ours
     );
 }

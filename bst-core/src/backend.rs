@@ -18,6 +18,14 @@ use std::sync::Arc;
 pub trait PrepareBatch: Send + Sync {
     /// What [`Backend::train_step_prepared`] takes for `batch`.
     fn prepare(&self, batch: &Batch) -> Prepared;
+
+    /// [`PrepareBatch::prepare`] into `spent`, a [`Prepared`] of an earlier batch that its
+    /// step is done with, reusing its memory where the preparer can (the producer of
+    /// [`crate::prefetch`] recycles them). Must give what `prepare` gives. The default
+    /// prepares afresh.
+    fn prepare_into(&self, batch: &Batch, spent: &mut Prepared) {
+        *spent = self.prepare(batch);
+    }
 }
 
 /// What a [`PrepareBatch`] made of one batch, opaque to everyone but its backend.
@@ -32,6 +40,16 @@ impl Prepared {
     /// The data, if it is a `T`.
     pub fn take<T: Any>(self) -> Option<T> {
         self.0.downcast().ok().map(|b| *b)
+    }
+
+    /// The data, if it is a `T`.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.0.downcast_ref()
+    }
+
+    /// The data, if it is a `T`, to prepare another batch into.
+    pub fn get_mut<T: Any>(&mut self) -> Option<&mut T> {
+        self.0.downcast_mut()
     }
 }
 
@@ -69,8 +87,10 @@ pub trait Backend {
         None
     }
     /// [`Backend::train_step`] with what [`Backend::batch_preparer`] made of `batch`
-    /// (`None`: the step does that work itself). Same results either way.
-    fn train_step_prepared(&mut self, batch: &Batch, prepared: Option<Prepared>) {
+    /// (`None`: the step does that work itself). Same results either way. The step only
+    /// reads `prepared`: the caller may prepare the next batch into it
+    /// ([`PrepareBatch::prepare_into`]).
+    fn train_step_prepared(&mut self, batch: &Batch, prepared: Option<&mut Prepared>) {
         let _ = prepared;
         self.train_step(batch);
     }

@@ -22,7 +22,11 @@
 //! batch touched (the segments' unique ids, already on the device) and zeroes their
 //! gradients after use, so nothing in a step scales with the vocabulary.
 //! [`Backend::predict_top_k`] selects on the device
-//! (`bst_kernels::gpu::topk`) and reads back only the `k` pairs.
+//! (`bst_kernels::gpu::topk`, bound once for every `k` up to its `MAX_K`) and reads back
+//! only the `k` pairs. Every readback of the hot paths (probabilities, top-k pairs, the
+//! loss sum) goes through one staging buffer, made with the backend for the largest of
+//! them, and `predict` and `predict_top_k` copy into it in the submit of their forward
+//! pass.
 //!
 //! [`crate::scorer::Scorer`] runs the same forward pass on ids an application wrote into
 //! its own buffers, recorded into its own command encoder.
@@ -45,8 +49,12 @@ use bst_kernels::gpu::mask::MaskKernels;
 use bst_kernels::gpu::matmul::MatmulKernels;
 use bst_kernels::gpu::optim::OptimKernels;
 use bst_kernels::gpu::pooling::PoolingKernels;
-use bst_kernels::gpu::topk::{MAX_K, TopKBinding, TopKBuffers, TopKDims, TopKKernels, read_pairs};
-use bst_kernels::gpu::{GpuContext, GpuError, TensorRef, wgpu};
+use bst_kernels::gpu::topk::{
+    MAX_K, TopKBinding, TopKBuffers, TopKDims, TopKKernels, pairs_of_words,
+};
+use bst_kernels::gpu::{
+    GpuContext, GpuError, Readback, TensorRef, bytes_created_on_this_thread, wgpu,
+};
 
 use crate::backend::{Backend, BackendError, PrepareBatch, Prepared};
 use crate::batch::Batch;
@@ -71,6 +79,46 @@ pub(crate) enum Tables {
     F16,
 }
 
+/// The bytes of the device buffers a [`GpuBackend`] (or a [`crate::scorer::Scorer`])
+/// holds, by group: the sizes of the buffers it created, summed as they were created
+/// (`bst_kernels::gpu::bytes_created_on_this_thread`), not computed again from the
+/// model's dims. wgpu's allocator adds only alignment padding to these
+/// (`benches/tests/memory.rs` checks it); the queue's transient staging of buffer writes
+/// and the per-call buffers of `read_params` and checkpoints are not counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceMemory {
+    /// Parameters, gradients, and Adam's two moments (Adagrad's one sum); with f16
+    /// embedding tables, also the tables (`crate::scorer`).
+    pub arenas: u64,
+    /// A batch's ids, labels, valid mask and embedding segments.
+    pub inputs: u64,
+    /// Forward activations (every block's, the MLP's, the loss outputs).
+    pub activations: u64,
+    /// Activation gradients that do not live in dead activations (dx, dz, dlogit, and
+    /// dqkv when d_ff < 3d).
+    pub gradients: u64,
+    /// What the kernels' bindings hold: their uniforms, the LayerNorm backward's partial
+    /// sums, the top-k's scratch and output, and the pipelines' placeholder buffers.
+    pub bindings: u64,
+    /// The staging buffer of the readbacks (probabilities, top-k pairs, the loss).
+    pub readback: u64,
+    /// The sum of the above.
+    pub total: u64,
+}
+
+impl DeviceMemory {
+    /// `self` with `total` set to the sum of the parts.
+    fn summed(self) -> DeviceMemory {
+        let total = self.arenas
+            + self.inputs
+            + self.activations
+            + self.gradients
+            + self.bindings
+            + self.readback;
+        DeviceMemory { total, ..self }
+    }
+}
+
 /// The training step and inference of a [`Model`] on one GPU.
 pub struct GpuBackend {
     ctx: Arc<GpuContext>,
@@ -90,9 +138,22 @@ pub struct GpuBackend {
     seed: u64,
     /// Steps whose mean loss the device has added into `acts.loss_sum` since `take_loss`.
     loss_steps: usize,
-    /// The device top-k over `acts.probs` for the last `k` asked, and its output
-    /// `(k, 2)`; rebuilt when `k` changes.
-    topk: Option<(TopKBinding, wgpu::Buffer)>,
+    /// The device top-k over `acts.probs`, bound for every `k <= min(MAX_K, cap)`.
+    topk: TopK,
+    /// The staging buffer of every hot readback: `max(cap, 2 min(MAX_K, cap))` words
+    /// (the probabilities, or the top-k pairs).
+    readback: Readback,
+    /// The segments of the last batch the step built itself (none prepared), rebuilt
+    /// into for the next.
+    segments: Result<EmbeddingSegments, String>,
+    /// The bindings' bytes (the kernels' placeholders, the sites' uniforms and scratch).
+    binding_bytes: u64,
+}
+
+/// The device top-k of `predict_top_k`: its binding and its output `(k, 2)` u32.
+struct TopK {
+    binding: TopKBinding,
+    out: wgpu::Buffer,
 }
 
 /// Pipelines of every op, created once.
@@ -171,18 +232,27 @@ impl GpuBackend {
         }
         let cap = cfg.train.batch.max(cfg.train.eval_batch).max(1);
         let adam = cfg.train.optimizer == OptimizerKind::Adam;
+        let start = bytes_created_on_this_thread();
         let k = Kernels::new(&ctx)?;
+        let kernel_bytes = bytes_created_on_this_thread() - start;
         if tables == Tables::F16 {
             // Before allocating anything; bind_f16 would say the same, later.
             check_f16_tables(&ctx)?;
         }
         let bufs = Buffers::new(&ctx, &model, cap, adam, tables)?;
         write_params(&ctx, &bufs, &params);
+        let start = bytes_created_on_this_thread();
         let sites = ctx.checked("binding the BST model", || {
             Sites::new(&ctx, &k, &model, &cfg.train, cap, &bufs)
         })??;
+        let topk = bind_topk(&ctx, &k.topk, &bufs.acts.probs, cap)?;
+        let binding_bytes = kernel_bytes + bytes_created_on_this_thread() - start;
+        let readback = Readback::with_capacity(&ctx, "bst readback", cap.max(2 * topk_max(cap)));
         Ok(GpuBackend {
-            topk: None,
+            topk,
+            readback,
+            segments: Err("no batch segmented yet".into()),
+            binding_bytes,
             seed: cfg.train.seed,
             rows: cap,
             steps: 0,
@@ -208,33 +278,21 @@ impl GpuBackend {
         self.steps
     }
 
+    /// The bytes of the device buffers this backend holds (see [`DeviceMemory`]).
+    pub fn device_memory(&self) -> DeviceMemory {
+        DeviceMemory {
+            bindings: self.binding_bytes,
+            readback: self.readback.capacity_bytes(),
+            ..self.bufs.memory
+        }
+        .summed()
+    }
+
     /// A copy of the gradient arena: the gradients of the last training step. With
     /// sparse updates (`train.sparse_embeddings`) the embedding tables read as zeros:
     /// the row-wise update consumes their gradients.
     pub fn read_grads(&self) -> Vec<f32> {
         self.read_arena(&self.bufs.arenas.grads, "the gradients")
-    }
-
-    /// The device top-k of `k` over the probabilities of up to `cap` samples, and its
-    /// output buffer `(k, 2)`.
-    fn bind_topk(&self, k: u32) -> (TopKBinding, wgpu::Buffer) {
-        let out = self
-            .ctx
-            .storage_buffer_zeroed("top-k out (k, 2)", 2 * k as usize);
-        let bufs = TopKBuffers {
-            out: TensorRef::whole(&out),
-            scores: TensorRef::whole(&self.bufs.acts.probs),
-        };
-        let dims = TopKDims {
-            n: self.cap as u32,
-            k,
-        };
-        let binding = self
-            .k
-            .topk
-            .bind(&self.ctx, &bufs, dims)
-            .unwrap_or_else(|e| panic!("binding the GPU top-k: {e}"));
-        (binding, out)
     }
 
     /// A copy of one arena (blocking), in the layout's shape: with f16 tables the
@@ -406,6 +464,16 @@ impl GpuBackend {
 
     /// Records `record` into one compute pass of one encoder and submits it.
     fn submit(&self, label: &str, record: impl FnOnce(&mut wgpu::ComputePass)) {
+        let encoder = self.encode(label, record);
+        self.ctx.queue.submit([encoder.finish()]);
+    }
+
+    /// An encoder holding one compute pass recorded by `record`, not yet submitted.
+    fn encode(
+        &self,
+        label: &str,
+        record: impl FnOnce(&mut wgpu::ComputePass),
+    ) -> wgpu::CommandEncoder {
         let mut encoder = self
             .ctx
             .device
@@ -417,8 +485,72 @@ impl GpuBackend {
             });
             record(&mut pass);
         }
-        self.ctx.queue.submit([encoder.finish()]);
+        encoder
     }
+
+    /// Submits `encoder` after a copy of `len` words of `src` into the staging buffer,
+    /// and returns the words (blocking). Panics with `what` if the device fails.
+    fn submit_and_read<T: bytemuck::Pod>(
+        &mut self,
+        mut encoder: wgpu::CommandEncoder,
+        src: Src,
+        out: &mut [T],
+        what: &str,
+    ) {
+        let ctx = &*self.ctx;
+        let (a, t) = (&self.bufs.acts, &self.topk);
+        let src = match src {
+            Src::Probs => &a.probs,
+            Src::LossSum => &a.loss_sum,
+            Src::TopK => &t.out,
+        };
+        // `out` holds 4-byte words: f32 or u32.
+        let len = std::mem::size_of_val(out) / 4;
+        self.readback
+            .copy(ctx, &mut encoder, TensorRef::whole(src), len)
+            .and_then(|()| {
+                ctx.queue.submit([encoder.finish()]);
+                self.readback.finish_into(ctx, out)
+            })
+            .unwrap_or_else(|e| panic!("reading {what} back from the GPU: {e}"));
+    }
+}
+
+/// What [`GpuBackend::submit_and_read`] reads.
+enum Src {
+    /// probs (B)
+    Probs,
+    /// loss_sum (1)
+    LossSum,
+    /// The top-k output (k, 2) u32.
+    TopK,
+}
+
+/// Largest `k` the device top-k of a backend for `cap` samples selects.
+fn topk_max(cap: usize) -> usize {
+    cap.min(MAX_K as usize)
+}
+
+/// The device top-k over the probabilities of up to `cap` samples, for every `k` up to
+/// [`topk_max`], and its output buffer.
+fn bind_topk(
+    ctx: &GpuContext,
+    kernels: &TopKKernels,
+    probs: &wgpu::Buffer,
+    cap: usize,
+) -> Result<TopK, GpuError> {
+    let k = topk_max(cap);
+    let out = ctx.storage_buffer_zeroed("top-k out (k, 2)", 2 * k);
+    let bufs = TopKBuffers {
+        out: TensorRef::whole(&out),
+        scores: TensorRef::whole(probs),
+    };
+    let dims = TopKDims {
+        n: cap as u32,
+        k: k as u32,
+    };
+    let binding = kernels.bind(ctx, &bufs, dims)?;
+    Ok(TopK { binding, out })
 }
 
 /// Uploads a parameter arena laid out by the model's `ParamLayout`: into the parameter
@@ -440,16 +572,46 @@ fn write_params(ctx: &GpuContext, bufs: &Buffers, params: &[f32]) {
 /// ([`EmbeddingSegments::build`]) for the binding's dims.
 struct SegmentBatches(EmbeddingDims);
 
+/// What [`SegmentBatches`] prepares: a batch's id fingerprint ([`ids_fingerprint`]) and
+/// its segments, or why they could not be built.
+struct SegmentsOf {
+    ids: u64,
+    segments: Result<EmbeddingSegments, String>,
+}
+
 impl SegmentBatches {
-    fn segments(&self, batch: &Batch) -> Result<EmbeddingSegments, String> {
-        EmbeddingSegments::build(&self.0, batch.size as u32, batch.token_ids(), &batch.other)
-            .map_err(|e| e.to_string())
+    /// The segments of `batch` in `segs`, reusing the memory of the segments it holds
+    /// ([`EmbeddingSegments::build_into`]).
+    fn segment_into(&self, batch: &Batch, segs: &mut Result<EmbeddingSegments, String>) {
+        let (rows, ids, other) = (batch.size as u32, batch.token_ids(), &batch.other);
+        let built = match segs {
+            Ok(s) => s.build_into(&self.0, rows, ids, other),
+            Err(_) => EmbeddingSegments::build(&self.0, rows, ids, other).map(|s| *segs = Ok(s)),
+        };
+        if let Err(e) = built {
+            *segs = Err(e.to_string());
+        }
     }
 }
 
 impl PrepareBatch for SegmentBatches {
     fn prepare(&self, batch: &Batch) -> Prepared {
-        Prepared::new((ids_fingerprint(batch), self.segments(batch)))
+        let mut segments = Err(String::new());
+        self.segment_into(batch, &mut segments);
+        Prepared::new(SegmentsOf {
+            ids: ids_fingerprint(batch),
+            segments,
+        })
+    }
+
+    fn prepare_into(&self, batch: &Batch, spent: &mut Prepared) {
+        match spent.get_mut::<SegmentsOf>() {
+            Some(p) => {
+                p.ids = ids_fingerprint(batch);
+                self.segment_into(batch, &mut p.segments);
+            }
+            None => *spent = self.prepare(batch),
+        }
     }
 }
 
@@ -530,18 +692,25 @@ impl Backend for GpuBackend {
         Some(Arc::new(SegmentBatches(self.emb_dims)))
     }
 
-    fn train_step_prepared(&mut self, batch: &Batch, prepared: Option<Prepared>) {
+    fn train_step_prepared(&mut self, batch: &Batch, prepared: Option<&mut Prepared>) {
         self.assert_trainable("train_step");
         // Segments prepared from another batch would put gradients on the wrong rows:
         // take them only when the batch's ids match those they were built from.
-        let segs = prepared
-            .and_then(|p| p.take::<(u64, Result<EmbeddingSegments, String>)>())
-            .filter(|(ids, _)| *ids == ids_fingerprint(batch))
-            .map(|(_, segs)| segs)
-            .unwrap_or_else(|| SegmentBatches(self.emb_dims).segments(batch))
-            .unwrap_or_else(|e| panic!("segmenting the batch's embedding ids: {e}"));
+        let handed = prepared
+            .and_then(|p| p.get::<SegmentsOf>())
+            .filter(|p| p.ids == ids_fingerprint(batch));
         self.upload(batch, Some(self.steps as u32));
-        self.sites.embedding.set_segments(&self.ctx, &segs);
+        let segs = match handed {
+            Some(p) => &p.segments,
+            None => {
+                SegmentBatches(self.emb_dims).segment_into(batch, &mut self.segments);
+                &self.segments
+            }
+        };
+        let segs = segs
+            .as_ref()
+            .unwrap_or_else(|e| panic!("segmenting the batch's embedding ids: {e}"));
+        self.sites.embedding.set_segments(&self.ctx, segs);
         for (rows, &u) in self.sites.update_rows.iter_mut().zip(&segs.unique_ids()) {
             rows.set_rows(&self.ctx, u);
         }
@@ -575,10 +744,10 @@ impl Backend for GpuBackend {
         if self.loss_steps == 0 {
             return (0.0, 0);
         }
-        let sum = self
-            .ctx
-            .read_f32(&self.bufs.acts.loss_sum, 0, 1)
-            .unwrap_or_else(|e| panic!("reading the loss back from the GPU: {e}"))[0];
+        let mut sum = [0.0f32];
+        let encoder = self.encode("take loss", |_| {});
+        self.submit_and_read(encoder, Src::LossSum, &mut sum, "the loss");
+        let sum = sum[0];
         // Takes effect before the next submit's commands.
         self.ctx.write(&self.bufs.acts.loss_sum, 0, &[0.0f32]);
         let steps = std::mem::take(&mut self.loss_steps);
@@ -587,12 +756,9 @@ impl Backend for GpuBackend {
 
     fn predict(&mut self, batch: &Batch, probs: &mut [f32]) {
         self.upload(batch, None);
-        self.submit("predict", |pass| self.record_predict(pass));
-        let got = self
-            .ctx
-            .read_f32(&self.bufs.acts.probs, 0, batch.size)
-            .unwrap_or_else(|e| panic!("reading the probabilities back from the GPU: {e}"));
-        probs[..batch.size].copy_from_slice(&got);
+        let encoder = self.encode("predict", |pass| self.record_predict(pass));
+        let probs = &mut probs[..batch.size];
+        self.submit_and_read(encoder, Src::Probs, probs, "the probabilities");
     }
 
     /// Scores on the device, selects there (`bst_kernels::gpu::topk`, exactly the order of
@@ -608,19 +774,20 @@ impl Backend for GpuBackend {
             return top_k(&probs, k);
         }
         self.upload(batch, None);
-        let (mut topk, out) = match self.topk.take() {
-            Some(site) if site.0.k() == k as u32 => site,
-            _ => self.bind_topk(k as u32),
-        };
+        // k above the batch selects the whole batch, as k = B would.
+        let topk = &mut self.topk.binding;
         topk.set_len(&self.ctx, batch.size as u32);
-        self.submit("predict top-k", |pass| {
+        topk.set_k(&self.ctx, k.min(batch.size) as u32);
+        let mut words = vec![0u32; 2 * topk.pairs()];
+        let encoder = self.encode("predict top-k", |pass| {
             self.record_predict(pass);
-            self.k.topk.record(pass, &topk);
+            self.k.topk.record(pass, &self.topk.binding);
         });
-        let pairs = read_pairs(&self.ctx, TensorRef::whole(&out), topk.pairs())
-            .unwrap_or_else(|e| panic!("reading the top {k} back from the GPU: {e}"));
-        self.topk = Some((topk, out));
-        pairs.into_iter().map(|(i, p)| (i as usize, p)).collect()
+        self.submit_and_read(encoder, Src::TopK, &mut words, &format!("the top {k}"));
+        pairs_of_words(&words)
+            .into_iter()
+            .map(|(i, p)| (i as usize, p))
+            .collect()
     }
 
     /// With f16 tables, the tables as stored: rounded to f16.

@@ -114,14 +114,14 @@ use std::sync::Arc;
 use crate::backend::Backend;
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, ModelConfig, Optimizer, TrainConfig};
-use crate::gpu_backend::{GpuBackend, Tables};
+use crate::gpu_backend::{DeviceMemory, GpuBackend, Tables};
 use crate::model::Model;
 use crate::params::VocabSizes;
 
 pub use bst_kernels::gpu::topk::{
-    MAX_K, TopKBinding, TopKBuffers, TopKDims, TopKKernels, read_pairs,
+    MAX_K, TopKBinding, TopKBuffers, TopKDims, TopKKernels, pairs_of_words, read_pairs,
 };
-pub use bst_kernels::gpu::{GpuContext, GpuError, GpuOptions, TensorRef, wgpu};
+pub use bst_kernels::gpu::{GpuContext, GpuError, GpuOptions, Readback, TensorRef, wgpu};
 
 /// What a [`Scorer`] cannot do or was handed wrongly. Each message says what to change.
 #[derive(Debug, thiserror::Error)]
@@ -292,6 +292,12 @@ impl Scorer {
     /// How the scorer stores the model.
     pub fn options(&self) -> ScorerOptions {
         self.options
+    }
+
+    /// The bytes of the device buffers the scorer holds, by group (see
+    /// [`DeviceMemory`]).
+    pub fn device_memory(&self) -> DeviceMemory {
+        self.backend.device_memory()
     }
 
     /// Records the scoring of `c.rows` candidates into `encoder`: copies of the ids into

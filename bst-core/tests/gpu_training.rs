@@ -18,6 +18,7 @@ use bst_core::data::{self, DataSource, Dataset, Samples};
 use bst_core::gpu_backend::GpuBackend;
 use bst_core::model::Model;
 use bst_core::params::{ParamLayout, VocabSizes};
+use bst_core::rank::top_k;
 use bst_core::train::{predict_all, train};
 use bst_kernels::gpu::GpuContext;
 use common::{SIZES, gpu, random_samples};
@@ -275,12 +276,36 @@ fn a_step_ignores_segments_prepared_from_another_batch() {
     let (a, b) = (Batch::from_range(&s, 0..7), Batch::from_range(&s, 7..14));
     let prep = handed.batch_preparer().expect("the GPU prepares batches");
     plain.train_step(&a);
-    handed.train_step_prepared(&a, Some(prep.prepare(&a)));
+    handed.train_step_prepared(&a, Some(&mut prep.prepare(&a)));
     plain.train_step(&b);
-    handed.train_step_prepared(&b, Some(prep.prepare(&a))); // the wrong batch's
+    handed.train_step_prepared(&b, Some(&mut prep.prepare(&a))); // the wrong batch's
     assert!(
         plain.read_params() == handed.read_params(),
         "the step used the other batch's segments"
+    );
+}
+
+/// The prefetch producer prepares each batch into the preparation of an earlier one
+/// (`prepare_into`): batches of 7, 7, 3, then 3, 7, 7 samples, each prepared into the one
+/// spent preparation, train exactly as steps that segment their batch themselves.
+#[test]
+fn steps_on_recycled_preparations_match_plain_steps_bit_for_bit() {
+    let Some(ctx) = gpu() else { return };
+    let mut cfg = small_config(1, Pooling::Mean, Optimizer::Adam);
+    cfg.train.sparse_embeddings = true; // the update rows come from the segments too
+    let (_, mut plain) = backends(ctx.clone(), &cfg);
+    let (_, mut handed) = backends(ctx, &cfg);
+    let batches = training_batches(&random_samples(17, &cfg.model, 23));
+    let prep = handed.batch_preparer().expect("the GPU prepares batches");
+    let mut spent = prep.prepare(&batches[2]);
+    for batch in batches.iter().chain(batches.iter().rev()) {
+        prep.prepare_into(batch, &mut spent);
+        plain.train_step(batch);
+        handed.train_step_prepared(batch, Some(&mut spent));
+    }
+    assert!(
+        plain.read_params() == handed.read_params(),
+        "steps on recycled preparations differ from plain steps"
     );
 }
 
@@ -356,6 +381,46 @@ fn predict_matches_the_cpu_in_eval_mode_and_leaves_the_loss_alone() {
             &got,
             &want,
             None,
+        );
+    }
+}
+
+/// Every hot readback (probabilities, top-k pairs, the loss) shares one staging buffer:
+/// sizes that grow and shrink between calls, with steps and loss reads between, must read
+/// exactly the current call's values, never a longer earlier call's.
+#[test]
+fn readbacks_of_changing_sizes_read_only_the_current_call() {
+    let Some(ctx) = gpu() else { return };
+    let cfg = small_config(1, Pooling::Mean, Optimizer::Adam);
+    let (mut cpu, mut gpu) = backends(ctx, &cfg);
+    let samples = random_samples(23, &cfg.model, 13);
+    let train = training_batches(&samples);
+    for (i, n) in [9, 1, 5, 9, 2, 7].into_iter().enumerate() {
+        let what = format!("call {i}, {n} samples");
+        let batch = Batch::from_range(&samples, 2 * i..2 * i + n);
+        let mut got = vec![f32::NAN; 9];
+        gpu.predict(&batch, &mut got);
+        assert!(got[n..].iter().all(|p| p.is_nan()), "{what}: wrote past B");
+        let mut want = vec![0.0; n];
+        cpu.predict(&batch, &mut want);
+        assert_close(&format!("{what}: probabilities"), &got[..n], &want, None);
+        // k below, at and above B, changing back and forth: the device's selection of its
+        // own probabilities, exactly the host's.
+        for k in [3, 1, n, 2 * n, 3] {
+            assert_eq!(
+                gpu.predict_top_k(&batch, k),
+                top_k(&got[..n], k),
+                "{what}: top {k}"
+            );
+        }
+        let step = &train[i % train.len()];
+        gpu.train_step(step);
+        cpu.train_step(step);
+        let ((gpu_sum, gpu_n), (cpu_sum, cpu_n)) = (gpu.take_loss(), cpu.take_loss());
+        assert_eq!(gpu_n, cpu_n);
+        assert!(
+            (gpu_sum - cpu_sum).abs() <= 1e-5 * (1.0 + cpu_sum.abs()),
+            "{what}: loss {gpu_sum} vs {cpu_sum}"
         );
     }
 }

@@ -552,6 +552,72 @@ fn embedding_segments_names_the_table_and_checks_the_rows() {
 }
 
 #[test]
+fn build_into_equals_a_fresh_build_whatever_it_held_before() {
+    let case = Case::new(12, 4);
+    let dims = case.dims();
+    let small = Case::new(5, 4);
+    let first = Ids::new(&case, 40);
+    let mut reused =
+        EmbeddingSegments::build(&dims, 2, first.tokens(), &first.other).expect("segments");
+    let same = |what: &str, got: &EmbeddingSegments, want: &EmbeddingSegments| {
+        assert_eq!(got.rows(), want.rows(), "{what}: rows");
+        assert_eq!(got.unique_ids(), want.unique_ids(), "{what}: unique ids");
+        assert!(
+            got.data() == want.data(),
+            "{what}: the segments image differs"
+        );
+    };
+    // Batches bigger, then smaller, then empty, of other ids each time; then the
+    // dims of a smaller binding, and back.
+    for (seed, rows, dims) in [
+        (1, 12, dims),
+        (2, 3, dims),
+        (3, 12, dims),
+        (4, 0, dims),
+        (5, 5, small.dims()),
+        (6, 7, dims),
+    ] {
+        let ids = Ids::new(&case, seed);
+        let what = format!("seed {seed}, {rows} rows of {}", dims.rows);
+        reused
+            .build_into(&dims, rows, ids.tokens(), &ids.other)
+            .expect("build_into");
+        let fresh =
+            EmbeddingSegments::build(&dims, rows, ids.tokens(), &ids.other).expect("segments");
+        same(&what, &reused, &fresh);
+        // The item table's unique ids are build_segments' (the image's first part).
+        let (t, l) = (case.seq_len + 1, case.seq_len);
+        let (hist, target) = (&ids.hist_item, &ids.target_item);
+        let items = (0..rows as usize).flat_map(|b| {
+            (0..t).map(move |i| match i < l {
+                true => hist[b * l + i],
+                false => target[b],
+            })
+        });
+        let want = build_segments(items, case.vocab[0]).expect("segments");
+        let u = reused.unique_ids()[0] as usize;
+        assert_eq!(reused.data()[..u], want.ids[..], "{what}: item ids");
+    }
+    // An id past its table: the error names it and leaves no rows; the next build
+    // recovers.
+    let mut bad = Ids::new(&case, 7);
+    bad.other[4] = case.vocab[3] as u32;
+    let e = reused
+        .build_into(&dims, 12, bad.tokens(), &bad.other)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("E_other: "), "{e}");
+    assert_eq!((reused.rows(), reused.unique_ids()), (0, [0; 4]));
+    assert!(reused.data().iter().all(|&w| w == 0));
+    let ids = Ids::new(&case, 8);
+    reused
+        .build_into(&dims, 9, ids.tokens(), &ids.other)
+        .expect("build_into");
+    let fresh = EmbeddingSegments::build(&dims, 9, ids.tokens(), &ids.other).expect("segments");
+    same("after an error", &reused, &fresh);
+}
+
+#[test]
 fn bind_rejects_bad_layouts() {
     let Some(ctx) = gpu() else { return };
     let kernels = EmbeddingKernels::new(ctx).expect("embedding kernels");

@@ -202,7 +202,8 @@ fn spans_several_workgroups_with_partial_last_one_every_mode() {
 
 #[test]
 fn a_2d_grid_with_an_overhanging_last_row_covers_every_element() {
-    // Flatten: 34 workgroups as 4 x 9, the last two past the end; Target 5 as 4 x 2.
+    // Flatten: 34 workgroups as 4 x 9, the last two past the end; Target 5 as 4 x 2;
+    // the backward (37 * 33 = 1221 (sample, channel) invocations) 5 as 4 x 2.
     check_every_mode_on_grid(&Case::new(37, 7, 33), 4);
 }
 

@@ -11,7 +11,7 @@ mod common;
 
 use bst_kernels::cpu::topk::top_k;
 use bst_kernels::gpu::topk::{MAX_K, TopKBinding, TopKBuffers, TopKDims, TopKKernels, read_pairs};
-use bst_kernels::gpu::{GpuContext, TensorRef, wgpu};
+use bst_kernels::gpu::{GpuContext, Readback, TensorRef, wgpu};
 use common::{gpu, random_vec, run};
 
 /// Words before and after the output, and before the scores.
@@ -33,6 +33,8 @@ struct Site {
     scores: wgpu::Buffer,
     out: wgpu::Buffer,
     binding: TopKBinding,
+    /// One staging buffer for every read of the site, whatever the number of pairs.
+    readback: Readback,
 }
 
 /// Scores at offset `PAD` of their buffer, the output at offset `PAD` of one with `PAD`
@@ -60,17 +62,19 @@ fn site(ctx: &GpuContext, kernels: &TopKKernels, s: &[f32], k: u32) -> Site {
         scores,
         out,
         binding,
+        readback: Readback::new("top-k test"),
     }
 }
 
 /// Runs the selection and compares it with the CPU's on the first `binding.len()` scores.
-fn check(ctx: &GpuContext, kernels: &TopKKernels, site: &Site, s: &[f32], what: &str) {
+fn check(ctx: &GpuContext, kernels: &TopKKernels, site: &mut Site, s: &[f32], what: &str) {
     let b = &site.binding;
     let out_words = site.out.size() as usize / 4;
     ctx.write(&site.out, 0, &vec![SENTINEL; out_words]);
     run(ctx, |pass| kernels.record(pass, b));
     let n = b.len() as usize;
-    let got = read_pairs(ctx, TensorRef::new(&site.out, PAD as u32), b.pairs()).expect("read");
+    let out = TensorRef::new(&site.out, PAD as u32);
+    let got = read_pairs(ctx, &mut site.readback, out, b.pairs()).expect("read");
     let want = top_k(&s[..n], b.k() as usize);
     let bits = |v: &[(usize, f32)]| -> Vec<(usize, u32)> {
         v.iter().map(|&(i, x)| (i, x.to_bits())).collect()
@@ -117,11 +121,11 @@ fn top_k_matches_the_cpu_on_awkward_sizes_and_ties() {
     ];
     for (c, &(n, k, levels)) in cases.iter().enumerate() {
         let s = scores(n, levels, 100 + c as u64);
-        let site = site(ctx, &kernels, &s, k);
+        let mut site = site(ctx, &kernels, &s, k);
         check(
             ctx,
             &kernels,
-            &site,
+            &mut site,
             &s,
             &format!("n {n}, k {k}, {levels} levels"),
         );
@@ -146,12 +150,12 @@ fn top_k_orders_nan_infinities_and_signed_zeros_as_the_cpu() {
     ] {
         s[i] = v;
     }
-    let site = site(ctx, &kernels, &s, 3000u32.min(MAX_K));
-    check(ctx, &kernels, &site, &s, "special values, k = 1024");
+    let mut site = site(ctx, &kernels, &s, 3000u32.min(MAX_K));
+    check(ctx, &kernels, &mut site, &s, "special values, k = 1024");
     // The whole order, NaNs last, in one chunk.
     let small: Vec<f32> = s[..10].iter().chain(&s[2095..2105]).copied().collect();
-    let site = self::site(ctx, &kernels, &small, small.len() as u32);
-    check(ctx, &kernels, &site, &small, "special values, k = n");
+    let mut site = self::site(ctx, &kernels, &small, small.len() as u32);
+    check(ctx, &kernels, &mut site, &small, "special values, k = n");
 }
 
 #[test]
@@ -163,16 +167,40 @@ fn set_len_selects_from_a_prefix_and_the_grid_spills_into_y() {
         .with_max_workgroups_per_dim(2);
     let s = scores(9000, 20, 3);
     let mut site = site(ctx, &kernels, &s, 64);
-    check(ctx, &kernels, &site, &s, "grid of 2 x 3, n 9000, k 64");
+    check(ctx, &kernels, &mut site, &s, "grid of 2 x 3, n 9000, k 64");
     for n in [4097, 100, 1, 0] {
         site.binding.set_len(ctx, n);
-        check(ctx, &kernels, &site, &s, &format!("set_len({n})"));
+        check(ctx, &kernels, &mut site, &s, &format!("set_len({n})"));
     }
     // Scores written later (between submits) are selected from.
     let fresh = scores(9000, 0, 4);
     site.binding.set_len(ctx, 9000);
     ctx.write(&site.scores, PAD as u32, &fresh);
-    check(ctx, &kernels, &site, &fresh, "new scores");
+    check(ctx, &kernels, &mut site, &fresh, "new scores");
+}
+
+#[test]
+fn set_k_changes_k_back_and_forth_on_one_binding() {
+    let Some(ctx) = gpu() else { return };
+    let kernels = TopKKernels::new(ctx).expect("top-k kernels");
+    // Three passes at k = MAX_K, two at small k: the bound k's scratch and bind groups
+    // serve every smaller k.
+    let s = scores(70_001, 40, 5);
+    let mut site = site(ctx, &kernels, &s, MAX_K);
+    for k in [MAX_K, 1, 37, MAX_K, 0, 600, 2, 1000, 37] {
+        site.binding.set_k(ctx, k);
+        check(ctx, &kernels, &mut site, &s, &format!("set_k({k})"));
+    }
+    // With set_len between: k above, then below the new n.
+    site.binding.set_len(ctx, 300);
+    for k in [513, 5, 300, 1] {
+        site.binding.set_k(ctx, k);
+        check(ctx, &kernels, &mut site, &s, &format!("n 300, set_k({k})"));
+    }
+    let too_many = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        site.binding.set_k(ctx, MAX_K + 1)
+    }));
+    assert!(too_many.is_err(), "set_k above the bound k must panic");
 }
 
 #[test]
@@ -180,8 +208,8 @@ fn k_zero_writes_nothing_and_bad_sizes_are_refused() {
     let Some(ctx) = gpu() else { return };
     let kernels = TopKKernels::new(ctx).expect("top-k kernels");
     let s = scores(10, 0, 1);
-    let site = site(ctx, &kernels, &s, 0);
-    check(ctx, &kernels, &site, &s, "k = 0");
+    let mut site = site(ctx, &kernels, &s, 0);
+    check(ctx, &kernels, &mut site, &s, "k = 0");
 
     let scores_buf = ctx.storage_buffer("scores", &s);
     let small = ctx.storage_buffer_zeroed("out", 5);

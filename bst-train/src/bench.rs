@@ -11,10 +11,10 @@
 //!   `train.eval_batch`), probabilities read back, repeated.
 //! - `scoring`: `Backend::predict` of `--candidates` items (1,000) for one user, the
 //!   readback included; median and p99 (nearest rank) of the runs.
-//! - `memory` (GPU): the bytes of the GPU backend's buffers, by the accounting of
-//!   [`bst_benches::gpu_backend_memory`] (computed from the model's dims and the batch:
-//!   the backend does not report its allocations), and what wgpu's allocator gained
-//!   across the backend's creation where the adapter reports it (a cross-check).
+//! - `memory` (GPU): the bytes of the GPU backend's buffers after the runs, as the
+//!   backend counted them when it created them (`GpuBackend::device_memory`), and what
+//!   wgpu's allocator gained from before the backend's creation to then, where the
+//!   adapter reports it (a cross-check: only alignment padding may differ).
 //! - `kernels`: every kernel family of `bst_kernels::workload` in isolation at the batch's
 //!   shapes: on a GPU with `TIMESTAMP_QUERY`, one compute pass per call with timestamps at
 //!   its start and end (median of the calls); without it, calls recorded into one pass
@@ -27,14 +27,12 @@
 use crate::cli::RunArgs;
 use crate::run::load_data;
 use anyhow::{Context, bail};
-use bst_benches::{
-    DeviceMemory, allocator_bytes, gpu_backend_memory, kernel_shapes, scoring_batch,
-};
+use bst_benches::{allocator_bytes, kernel_shapes, scoring_batch};
 use bst_core::backend::{Backend, CpuBackend, PrepareBatch};
 use bst_core::batch::Batch;
 use bst_core::config::{Config, ModelConfig, Optimizer};
 use bst_core::data::Dataset;
-use bst_core::gpu_backend::GpuBackend;
+use bst_core::gpu_backend::{DeviceMemory, GpuBackend};
 use bst_core::model::Model;
 use bst_core::prefetch::for_each_batch;
 use bst_core::train::epoch_order;
@@ -45,8 +43,10 @@ use serde::Serialize;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Version of the JSON layout; raised when a field changes meaning.
-const SCHEMA: u32 = 1;
+/// Version of the JSON layout; raised when a field changes meaning. 2: `memory` is the
+/// backend's own count of its buffers, uniforms and readback included (breakdown
+/// `bindings` and `readback` instead of `layernorm_scratch`).
+const SCHEMA: u32 = 2;
 /// Fewest runs of a repeated measurement, whatever the time limit.
 pub const MIN_RUNS: usize = 3;
 
@@ -118,27 +118,31 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let device = choose_device(r.device)?;
     let sizes = ds.vocab.sizes();
-    let mut allocated = None;
-    let mut backend: Box<dyn Backend> = match &device {
-        Device::Cpu => Box::new(CpuBackend::new(&cfg, sizes)),
+    let (mut cpu, mut gpu, mut before) = (None, None, None);
+    let backend: &mut dyn Backend = match &device {
+        Device::Cpu => cpu.insert(CpuBackend::new(&cfg, sizes)),
         Device::Gpu(ctx) => {
-            let before = allocator_bytes(ctx);
-            let backend = GpuBackend::init(ctx.clone(), &cfg, sizes)?;
-            allocated = allocator_bytes(ctx)
-                .zip(before)
-                .map(|(a, b)| a.saturating_sub(b));
-            Box::new(backend)
+            before = allocator_bytes(ctx);
+            gpu.insert(GpuBackend::init(ctx.clone(), &cfg, sizes)?)
         }
     };
     eprintln!("bench: {} on {}", src, backend.describe());
 
-    let train = bench_train(backend.as_mut(), &ds, &cfg, args)?;
-    let inference = bench_inference(backend.as_mut(), &ds, eval_batch, args);
-    let scoring = bench_scoring(backend.as_mut(), &ds, args);
+    let train = bench_train(backend, &ds, &cfg, args)?;
+    let inference = bench_inference(backend, &ds, eval_batch, args);
+    let scoring = bench_scoring(backend, &ds, args);
     let model = backend.model().clone();
-    drop(backend);
+    // After the runs, with the backend alive: what it holds, and what the allocator
+    // gained since before its creation.
+    let memory = gpu.as_ref().map(GpuBackend::device_memory);
+    let allocated = match &device {
+        Device::Gpu(ctx) => allocator_bytes(ctx)
+            .zip(before)
+            .map(|(a, b)| a.saturating_sub(b)),
+        Device::Cpu => None,
+    };
+    drop((cpu, gpu));
     let cap = cfg.train.batch.max(cfg.train.eval_batch);
-    let memory = gpu_backend_memory(&model, cap, cfg.train.optimizer == Optimizer::Adam);
     let (adapter, memory, kernels) = match &device {
         Device::Cpu => (
             Adapter::Cpu("cpu"),
@@ -148,12 +152,13 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         Device::Gpu(ctx) => (
             Adapter::Gpu(adapter(ctx)),
             Some(Memory {
-                peak_device_bytes: memory.total,
-                method: "the sum of the sizes of the GPU backend's storage buffers, computed \
-                         from the model's dims and the batch (bst_benches::gpu_backend_memory); \
-                         uniforms and transient readback buffers left out",
+                peak_device_bytes: memory.map_or(0, |m| m.total),
+                method: "the sum of the sizes of the buffers the GPU backend created, counted \
+                         as it created them (GpuBackend::device_memory): arenas, inputs, \
+                         activations, gradients, the kernels' uniforms and scratch, the \
+                         readback staging buffer",
                 buffers_hold_samples: cap,
-                breakdown: memory,
+                breakdown: memory.unwrap_or_default(),
                 allocator_bytes: allocated,
             }),
             bench_gpu_kernels(ctx, &model, &cfg, args)?,
@@ -294,8 +299,9 @@ struct Memory {
     method: &'static str,
     buffers_hold_samples: usize,
     breakdown: DeviceMemory,
-    /// What wgpu's allocator gained across `GpuBackend::init` (uniforms and padding
-    /// included), where the backend reports it: a cross-check of `peak_device_bytes`.
+    /// What wgpu's allocator gained from before `GpuBackend::init` to after the runs
+    /// (alignment padding included), where the backend reports it: a cross-check of
+    /// `peak_device_bytes`.
     allocator_bytes: Option<u64>,
 }
 
@@ -441,9 +447,12 @@ fn bench_host(
     let gather = repeat(args.runs, args.max_seconds.min(2.0), || {
         batch.gather(&ds.train, idx)
     });
+    // Into a recycled preparation, as the prefetch producer prepares.
     let prepare = preparer.map(|p| {
+        let mut spent = p.prepare(&batch);
         repeat(args.runs, args.max_seconds.min(2.0), || {
-            std::hint::black_box(p.prepare(&batch));
+            p.prepare_into(&batch, &mut spent);
+            std::hint::black_box(&spent);
         })
     });
     let median_ms = |t: &[f64]| {

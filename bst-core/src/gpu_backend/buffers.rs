@@ -5,9 +5,9 @@
 use std::ops::Range;
 
 use bst_kernels::gpu::embedding::{EmbeddingDims, EmbeddingSegments};
-use bst_kernels::gpu::{GpuContext, GpuError, wgpu};
+use bst_kernels::gpu::{GpuContext, GpuError, bytes_created_on_this_thread, wgpu};
 
-use super::Tables;
+use super::{DeviceMemory, Tables};
 use crate::model::Model;
 
 /// Arenas of the parameter layout: parameters, gradients, optimiser state.
@@ -118,6 +118,9 @@ pub(super) struct Buffers {
     pub inputs: Inputs,
     pub acts: Acts,
     pub scratch: GradScratch,
+    /// The bytes of the buffers above, counted as they were created (the arenas, inputs,
+    /// activations and gradients of [`DeviceMemory`]; the rest 0).
+    pub memory: DeviceMemory,
 }
 
 impl Buffers {
@@ -151,6 +154,12 @@ impl Buffers {
             Tables::F16 => model.layout.dense_range().start,
         };
         let n = total - base;
+        // The bytes each group of buffers creates (on this thread, where they are made).
+        let mut mark = bytes_created_on_this_thread();
+        let mut created = move || {
+            let now = bytes_created_on_this_thread();
+            now - std::mem::replace(&mut mark, now)
+        };
         let arena_knob = format!(
             "the model has {total} parameters: use smaller embedding widths, vocabularies or MLP"
         );
@@ -177,6 +186,7 @@ impl Buffers {
                 None
             },
         };
+        let arena_bytes = created();
 
         let knob = format!(
             "lower train.batch and train.eval_batch (the buffers hold {cap} samples, the \
@@ -193,6 +203,7 @@ impl Buffers {
             valid: act("valid (B, T)", t)?,
             segments: a.buffer("embedding segments", segments, &knob)?,
         };
+        let input_bytes = created();
         let mut blocks = Vec::new();
         for i in 0..dm.blocks {
             let act = |name: &str, per: usize| act(&format!("blocks.{i}.{name}"), per);
@@ -229,6 +240,7 @@ impl Buffers {
             loss_sum: a.buffer("loss sum", 1, "")?,
             eval_loss: a.buffer("eval loss", 1, "")?,
         };
+        let activation_bytes = created();
         let scratch = GradScratch {
             dx: act("dx (B, T, d)", t * d)?,
             dqkv: match dm.blocks > 0 && dff < 3 * d {
@@ -238,11 +250,19 @@ impl Buffers {
             dz: act("dz (B, zw)", dm.zw)?,
             dlogit: act("dlogit (B)", 1)?,
         };
+        let memory = DeviceMemory {
+            arenas: arena_bytes,
+            inputs: input_bytes,
+            activations: activation_bytes,
+            gradients: created(),
+            ..DeviceMemory::default()
+        };
         Ok(Buffers {
             arenas,
             inputs,
             acts,
             scratch,
+            memory,
         })
     }
 }

@@ -89,6 +89,7 @@ impl Sites {
             inputs,
             acts,
             scratch: s,
+            memory: _,
         } = bufs;
         let emb_dims = embedding_dims(model, cap);
         let bind = Binder {

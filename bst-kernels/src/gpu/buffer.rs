@@ -1,7 +1,16 @@
 //! Buffer helpers: create storage and uniform buffers, write them, and read them back.
 //!
 //! Readback blocks until the GPU is idle: use it for tests, logs and final answers only,
-//! never inside the training step.
+//! never inside the training step. [`GpuContext::read_f32`] and `read_u32` create a
+//! staging buffer per call (tests, checkpoints); code that reads back repeatedly keeps a
+//! [`Readback`], whose staging buffer is reused, and records its copy into the encoder of
+//! the work that produced the data, so one submit does both.
+//!
+//! Every buffer created here is counted per thread ([`bytes_created_on_this_thread`]), so
+//! that an owner of many buffers can report what it allocated from the allocations
+//! themselves.
+
+use std::cell::Cell;
 
 use bytemuck::Pod;
 use wgpu::util::DeviceExt;
@@ -83,10 +92,16 @@ impl GpuContext {
 
     /// A zero-filled storage buffer of `len` 4-byte elements (f32 or u32; at least one).
     pub fn storage_buffer_zeroed(&self, label: &str, len: usize) -> wgpu::Buffer {
+        self.create_buffer(label, 4 * len.max(1) as u64, STORAGE_USAGE)
+    }
+
+    /// A buffer of `size` bytes, counted in [`bytes_created_on_this_thread`].
+    fn create_buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        CREATED.set(CREATED.get() + size);
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size: 4 * len.max(1) as u64,
-            usage: STORAGE_USAGE,
+            size,
+            usage,
             mapped_at_creation: false,
         })
     }
@@ -121,6 +136,7 @@ impl GpuContext {
     }
 
     fn buffer_init(&self, label: &str, bytes: &[u8], usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        CREATED.set(CREATED.get() + bytes.len() as u64);
         self.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),
@@ -159,49 +175,169 @@ impl GpuContext {
         self.read_words(buffer, offset, len)
     }
 
+    /// A staging buffer made for this one read, dropped after it.
     fn read_words<T: Pod>(
         &self,
         buffer: &wgpu::Buffer,
         offset: u32,
         len: usize,
     ) -> Result<Vec<T>, GpuError> {
-        TensorRef::new(buffer, offset).check_len("readback", len as u64)?;
-        if len == 0 {
-            return Ok(Vec::new());
+        Readback::new("readback").read(self, TensorRef::new(buffer, offset), len)
+    }
+}
+
+thread_local! {
+    /// Bytes of the buffers created on this thread by this module's helpers.
+    static CREATED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Bytes of every buffer this module's helpers ([`GpuContext::storage_buffer`],
+/// `storage_buffer_zeroed`, `uniform_buffer`, `uniform_slots_buffer`, [`Readback`]) have
+/// created on the calling thread, on any device, since the thread started (buffers
+/// dropped since are not subtracted). The difference of two calls is what the code
+/// between them allocated: per thread, so other threads creating buffers at the same time
+/// do not disturb it. Sizes are the buffers' own (`wgpu::Buffer::size`); what the
+/// driver adds for alignment is not included.
+pub fn bytes_created_on_this_thread() -> u64 {
+    CREATED.get()
+}
+
+/// A reusable staging buffer (`MAP_READ | COPY_DST`) for reading results back without
+/// creating a buffer per read: [`Readback::copy`] records a copy into it (in the encoder
+/// of the work that produced the data, so that one submit runs both), and after the
+/// submit [`Readback::finish`] maps it, waits for the device and returns the words. The
+/// buffer grows to the largest copy asked and never shrinks; one copy at a time.
+#[derive(Debug)]
+pub struct Readback {
+    label: &'static str,
+    staging: Option<wgpu::Buffer>,
+    /// Bytes of the copy recorded and not yet read.
+    pending: Option<u64>,
+}
+
+impl Readback {
+    /// No staging buffer yet: the first copy creates it.
+    pub fn new(label: &'static str) -> Readback {
+        Readback {
+            label,
+            staging: None,
+            pending: None,
         }
+    }
+
+    /// A staging buffer of `len` 4-byte words from the start (at least one), so that no
+    /// later copy of up to `len` words allocates.
+    pub fn with_capacity(ctx: &GpuContext, label: &'static str, len: usize) -> Readback {
+        let mut r = Readback::new(label);
+        r.grow(ctx, 4 * len.max(1) as u64);
+        r
+    }
+
+    /// Bytes of the staging buffer (0 before the first copy).
+    pub fn capacity_bytes(&self) -> u64 {
+        self.staging.as_ref().map_or(0, wgpu::Buffer::size)
+    }
+
+    /// Records into `encoder` a copy of `len` 4-byte words from `src` into the staging
+    /// buffer, growing it first if it is smaller. Submit `encoder`, then call
+    /// [`Readback::finish`]. A second copy before `finish` replaces the first.
+    pub fn copy(
+        &mut self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        src: TensorRef,
+        len: usize,
+    ) -> Result<(), GpuError> {
+        src.check_len(self.label, len as u64)?;
         let size = 4 * len as u64;
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut encoder = self
+        if size > 0 {
+            let staging = self.grow(ctx, size);
+            encoder.copy_buffer_to_buffer(src.buffer, 4 * u64::from(src.offset), staging, 0, size);
+        }
+        self.pending = Some(size);
+        Ok(())
+    }
+
+    /// The words of the last [`Readback::copy`], after the submit of its encoder: waits
+    /// for the device (blocking).
+    pub fn finish<T: Pod>(&mut self, ctx: &GpuContext) -> Result<Vec<T>, GpuError> {
+        let mut out = Vec::new();
+        self.map(ctx, |bytes| out = bytemuck::pod_collect_to_vec(bytes))?;
+        Ok(out)
+    }
+
+    /// [`Readback::finish`] into `out`, which must hold exactly the words copied.
+    pub fn finish_into<T: Pod>(&mut self, ctx: &GpuContext, out: &mut [T]) -> Result<(), GpuError> {
+        let dst: &mut [u8] = bytemuck::cast_slice_mut(out);
+        self.map(ctx, |bytes| {
+            assert_eq!(
+                dst.len(),
+                bytes.len(),
+                "Readback::finish_into: the slice has another size than the copy"
+            );
+            dst.copy_from_slice(bytes);
+        })
+    }
+
+    /// Copies `len` words from `src` in an encoder of its own, submits it and returns
+    /// them (blocking).
+    pub fn read<T: Pod>(
+        &mut self,
+        ctx: &GpuContext,
+        src: TensorRef,
+        len: usize,
+    ) -> Result<Vec<T>, GpuError> {
+        let mut encoder = ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("readback"),
+                label: Some(self.label),
             });
-        encoder.copy_buffer_to_buffer(buffer, 4 * u64::from(offset), &staging, 0, size);
-        self.queue.submit([encoder.finish()]);
+        self.copy(ctx, &mut encoder, src, len)?;
+        ctx.queue.submit([encoder.finish()]);
+        self.finish(ctx)
+    }
 
+    /// The staging buffer, replaced by one of `size` bytes if it is smaller.
+    fn grow(&mut self, ctx: &GpuContext, size: u64) -> &wgpu::Buffer {
+        if self.capacity_bytes() < size {
+            self.staging = None; // freed before its successor is made
+            let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
+            self.staging = Some(ctx.create_buffer(self.label, size, usage));
+        }
+        self.staging.as_ref().expect("a staging buffer")
+    }
+
+    /// Maps the pending copy's bytes, hands them to `f` and unmaps. On a device error
+    /// the staging buffer is dropped (the next copy makes a new one).
+    fn map(&mut self, ctx: &GpuContext, f: impl FnOnce(&[u8])) -> Result<(), GpuError> {
+        let what = self.label;
+        let size = self.pending.take().ok_or_else(|| {
+            GpuError::Device(format!("{what}: finish without a copy recorded before it"))
+        })?;
+        let Some(staging) = self.staging.as_ref().filter(|_| size > 0) else {
+            f(&[]);
+            return Ok(());
+        };
         let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+        staging.map_async(wgpu::MapMode::Read, ..size, move |r| {
             let _ = tx.send(r);
         });
-        self.device.poll(wgpu::PollType::wait_indefinitely())?;
-        self.check()?;
-        let mapped = rx
-            .recv()
-            .map_err(|_| GpuError::Device("readback: map callback never ran".into()))?;
-        mapped?;
-        let out = {
+        let mapped = (|| {
+            ctx.device.poll(wgpu::PollType::wait_indefinitely())?;
+            ctx.check()?;
+            rx.recv()
+                .map_err(|_| GpuError::Device(format!("{what}: map callback never ran")))??;
             let view = staging
-                .get_mapped_range(..)
-                .map_err(|e| GpuError::Device(format!("readback: {e}")))?;
-            bytemuck::pod_collect_to_vec::<u8, T>(&view)
-        };
-        staging.unmap();
-        Ok(out)
+                .get_mapped_range(..size)
+                .map_err(|e| GpuError::Device(format!("{what}: {e}")))?;
+            f(&view);
+            Ok(())
+        })();
+        match mapped {
+            Ok(()) => staging.unmap(),
+            Err(_) => self.staging = None,
+        }
+        mapped
     }
 }
 

@@ -336,20 +336,7 @@ pub struct Segments {
 /// An id `>= n_rows` is an error (the GPU would otherwise skip its gradient).
 pub fn build_segments(ids: impl Iterator<Item = u32>, n_rows: usize) -> Result<Segments, GpuError> {
     let mut keys = Vec::with_capacity(ids.size_hint().0);
-    for (k, id) in ids.enumerate() {
-        if id as usize >= n_rows {
-            return Err(GpuError::Binding(format!(
-                "embedding ids: token {k} has id {id}, past the table's {n_rows} rows; check \
-                 the vocabulary sizes against the data"
-            )));
-        }
-        let k = u32::try_from(k).map_err(|_| {
-            GpuError::Binding("embedding ids: more than u32::MAX tokens in one batch".into())
-        })?;
-        keys.push(u64::from(id) << 32 | u64::from(k));
-    }
-    // Keys are distinct (k is), so an unstable sort gives the stable order.
-    keys.sort_unstable();
+    sort_keys(&mut keys, ids, n_rows)?;
     let mut s = Segments {
         ids: Vec::new(),
         start: Vec::new(),
@@ -367,15 +354,67 @@ pub fn build_segments(ids: impl Iterator<Item = u32>, n_rows: usize) -> Result<S
     Ok(s)
 }
 
+/// `keys` = the keys `(id << 32 | k)` of the token ids `ids`, sorted: ascending id, then
+/// ascending token index. Replaces what `keys` held, reusing its memory. An id `>=
+/// n_rows` is an error.
+fn sort_keys(
+    keys: &mut Vec<u64>,
+    ids: impl Iterator<Item = u32>,
+    n_rows: usize,
+) -> Result<(), GpuError> {
+    keys.clear();
+    for (k, id) in ids.enumerate() {
+        if id as usize >= n_rows {
+            return Err(GpuError::Binding(format!(
+                "embedding ids: token {k} has id {id}, past the table's {n_rows} rows; check \
+                 the vocabulary sizes against the data"
+            )));
+        }
+        let k = u32::try_from(k).map_err(|_| {
+            GpuError::Binding("embedding ids: more than u32::MAX tokens in one batch".into())
+        })?;
+        keys.push(u64::from(id) << 32 | u64::from(k));
+    }
+    // Keys are distinct (k is), so an unstable sort gives the stable order.
+    keys.sort_unstable();
+    Ok(())
+}
+
+/// Writes the segments of sorted `keys` into one table's region of the segments image,
+/// `[ids (room) | start (room + 1) | order (room)]`, as [`build_segments`] computes them,
+/// and zeroes the rest of each part. Returns the number of unique ids.
+fn write_segments(region: &mut [u32], keys: &[u64], room: usize) -> u32 {
+    let (ids, rest) = region.split_at_mut(room);
+    let (start, order) = rest.split_at_mut(room + 1);
+    let mut u = 0;
+    for (i, &key) in keys.iter().enumerate() {
+        let id = (key >> 32) as u32;
+        if u == 0 || ids[u - 1] != id {
+            ids[u] = id;
+            start[u] = i as u32;
+            u += 1;
+        }
+        order[i] = key as u32;
+    }
+    start[u] = keys.len() as u32;
+    ids[u..].fill(0);
+    start[u + 1..].fill(0);
+    order[keys.len()..].fill(0);
+    u as u32
+}
+
 /// The segments of the four tables (item, category, position, other) for one batch, in
-/// the `u32` layout the binding's segments buffer expects. Build one per step and hand it
-/// to [`EmbeddingBinding::set_segments`].
+/// the `u32` layout the binding's segments buffer expects. Build them for each step
+/// ([`EmbeddingSegments::build`], or [`EmbeddingSegments::build_into`] to reuse the
+/// memory of an earlier batch's) and hand them to [`EmbeddingBinding::set_segments`].
 #[derive(Clone, Debug)]
 pub struct EmbeddingSegments {
     dims: EmbeddingDims,
     rows: u32,
     unique: [u32; TABLES],
     data: Vec<u32>,
+    /// Each table's sorted keys of the last build, kept for their memory.
+    keys: [Vec<u64>; TABLES],
 }
 
 impl EmbeddingSegments {
@@ -409,6 +448,29 @@ impl EmbeddingSegments {
         ids: TokenIds,
         other: &[u32],
     ) -> Result<Self, GpuError> {
+        let mut segs = Self {
+            dims: *dims,
+            rows: 0,
+            unique: [0; TABLES],
+            data: Vec::new(),
+            keys: Default::default(),
+        };
+        segs.build_into(dims, rows, ids, other)?;
+        Ok(segs)
+    }
+
+    /// [`EmbeddingSegments::build`] into `self`, reusing its memory: once its vectors
+    /// have held a batch as large (and dims as large), a build allocates nothing. The
+    /// result equals `build`'s bit for bit, whatever `self` held. On an error in the ids
+    /// `self` holds the segments of no rows (all zeros); when `dims` or the lengths are
+    /// refused it is unchanged.
+    pub fn build_into(
+        &mut self,
+        dims: &EmbeddingDims,
+        rows: u32,
+        ids: TokenIds,
+        other: &[u32],
+    ) -> Result<(), GpuError> {
         check_dims(dims)?;
         if rows > dims.rows {
             return Err(GpuError::Binding(format!(
@@ -436,40 +498,57 @@ impl EmbeddingSegments {
             (0..b).flat_map(move |bi| (0..t).map(move |ti| pick(ids.token(bi, ti, l)) as u32))
         };
         let maps = table_maps(dims);
+        let (_, len) = segments_layout(dims);
+        self.dims = *dims;
+        self.data.resize(len as usize, 0);
+        // The image is the four tables' regions one after another (segments_layout),
+        // each sized for the dims' rows: one disjoint slice per table.
+        let mut rest = &mut self.data[..];
+        let mut jobs: [_; TABLES] = std::array::from_fn(|i| {
+            let room = maps[i].tokens(dims.rows) as usize;
+            let (region, tail) = std::mem::take(&mut rest).split_at_mut(3 * room + 1);
+            rest = tail;
+            (region, room, Ok(0))
+        });
         // The four tables' sorts are independent: one rayon task each.
-        let table = |i: usize| {
-            let rows = maps[i].rows as usize;
-            match i {
-                ITEM => build_segments(token(|(i, _, _)| i), rows),
-                CAT => build_segments(token(|(_, c, _)| c), rows),
-                POS => build_segments(token(|(_, _, p)| p), rows),
-                _ => build_segments(other[..b * f].iter().copied(), rows),
-            }
-        };
-        let segments: Vec<_> = (0..TABLES).into_par_iter().map(table).collect();
-
-        let (at, len) = segments_layout(dims);
-        let mut data = vec![0; len as usize];
+        jobs.as_mut_slice()
+            .par_iter_mut()
+            .zip(self.keys.as_mut_slice())
+            .enumerate()
+            .for_each(|(i, ((region, room, unique), keys))| {
+                let n_rows = maps[i].rows as usize;
+                let sorted = match i {
+                    ITEM => sort_keys(keys, token(|(i, _, _)| i), n_rows),
+                    CAT => sort_keys(keys, token(|(_, c, _)| c), n_rows),
+                    POS => sort_keys(keys, token(|(_, _, p)| p), n_rows),
+                    _ => sort_keys(keys, other[..b * f].iter().copied(), n_rows),
+                };
+                *unique = sorted.map(|()| write_segments(region, keys, *room));
+            });
         let mut unique = [0; TABLES];
-        for (i, s) in segments.into_iter().enumerate() {
-            let s = s.map_err(|e| match e {
-                GpuError::Binding(m) => GpuError::Binding(format!("{}: {m}", TABLE_NAMES[i])),
-                e => e,
-            })?;
-            let put = |data: &mut [u32], off: u32, v: &[u32]| {
-                data[off as usize..off as usize + v.len()].copy_from_slice(v);
-            };
-            put(&mut data, at[i].ids, &s.ids);
-            put(&mut data, at[i].start, &s.start);
-            put(&mut data, at[i].order, &s.order);
-            unique[i] = s.ids.len() as u32;
+        let mut failed = None;
+        for (i, (_, _, u)) in jobs.into_iter().enumerate() {
+            match u {
+                Ok(u) => unique[i] = u,
+                Err(e) => {
+                    failed.get_or_insert(match e {
+                        GpuError::Binding(m) => {
+                            GpuError::Binding(format!("{}: {m}", TABLE_NAMES[i]))
+                        }
+                        e => e,
+                    });
+                }
+            }
         }
-        Ok(Self {
-            dims: *dims,
-            rows,
-            unique,
-            data,
-        })
+        if let Some(e) = failed {
+            self.rows = 0;
+            self.unique = [0; TABLES];
+            self.data.fill(0);
+            return Err(e);
+        }
+        self.rows = rows;
+        self.unique = unique;
+        Ok(())
     }
 
     /// Rows (samples) of the batch segmented.

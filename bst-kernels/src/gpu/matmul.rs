@@ -78,16 +78,6 @@ const DWEIGHT_SUM: usize = 4;
 const DBIAS_SUM: usize = 5;
 const SLOTS: usize = 6;
 
-/// Bytes of the scratch that [`MatmulKernels`] makes once a binding splits its gradients.
-pub const SPLIT_SCRATCH_BYTES: u64 = 4 * SCRATCH_LEN as u64;
-
-/// Whether a layer of `dims` bound with gradients splits its weight or bias gradient (and
-/// so needs the kernels' scratch of [`SPLIT_SCRATCH_BYTES`]).
-pub fn splits_gradients(dims: &MatmulDims, bias: bool) -> bool {
-    row_splits(dims.rows, weight_tiles(dims.n_out, dims.n_in)).0 > 1
-        || (bias && row_splits(dims.rows, dims.n_out.div_ceil(DBIAS_WG)).0 > 1)
-}
-
 /// How a reduction over `rows` into `groups` workgroups of output (64 x 64 tiles of a
 /// weight gradient, 64-wide column groups of a bias gradient) is split: (splits, rows per
 /// split), with splits x groups <= [`SPLIT_GROUPS`], at least [`MIN_SPLIT_ROWS`] rows a
@@ -283,11 +273,6 @@ impl MatmulKernels {
         })
     }
 
-    /// Bytes of the split scratch, once a binding has made it (else 0).
-    pub fn scratch_bytes(&self) -> u64 {
-        self.scratch.get().map_or(0, |b| b.size())
-    }
-
     fn scratch(&self, ctx: &GpuContext) -> &wgpu::Buffer {
         self.scratch
             .get_or_init(|| ctx.storage_buffer_zeroed("matmul split scratch", SCRATCH_LEN))
@@ -363,7 +348,6 @@ impl MatmulKernels {
         let off = |t: Option<TensorRef>| t.map_or(0, |t| t.offset);
         // Split the gradients' reductions when the largest batch would.
         let split_w = grads.is_some() && row_splits(rows, weight_tiles(n_out, n_in)).0 > 1;
-        // (splits_gradients says the same for the accounting.)
         let split_b = grads.is_some_and(|g| g.dbias.is_some())
             && row_splits(rows, n_out.div_ceil(DBIAS_WG)).0 > 1;
         debug_assert!(

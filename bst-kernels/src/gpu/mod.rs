@@ -56,7 +56,9 @@ pub mod optim;
 pub mod pooling;
 pub mod topk;
 
-pub use buffer::{STORAGE_USAGE, TensorRef, UNIFORM_STRIDE, uniform_slot};
+pub use buffer::{
+    Readback, STORAGE_USAGE, TensorRef, UNIFORM_STRIDE, bytes_created_on_this_thread, uniform_slot,
+};
 pub use context::{GpuContext, GpuError, GpuOptions};
 /// The wgpu this crate is built against, so that users name the same version.
 pub use wgpu;

@@ -249,7 +249,8 @@ impl PoolingKernels {
             b.has_grads,
             "pooling backward: the binding was made without gradient buffers"
         );
-        let n = b.params.b * b.params.t * b.params.d;
+        // One invocation per (sample, channel), each over the sample's T tokens.
+        let n = b.params.b * b.params.d;
         dispatch(
             pass,
             &self.backward,

@@ -18,14 +18,16 @@
 //! let topk = TopKKernels::new(&ctx)?;                                  // once
 //! let mut b = topk.bind(&ctx, &TopKBuffers { out, scores }, dims)?;    // once per buffer set
 //! b.set_len(&ctx, n);                                                  // when n changes
+//! b.set_k(&ctx, k);                                                    // when k changes
 //! topk.record(&mut pass, &b);                                          // after the scores
-//! let best = read_pairs(&ctx, out, b.pairs())?;                        // (index, score)
+//! let mut readback = Readback::new("top-k");                          // once
+//! let best = read_pairs(&ctx, &mut readback, out, b.pairs())?;         // (index, score)
 //! ```
 
 use bytemuck::{Pod, Zeroable};
 
 use super::launch::{assert_bound, dispatch, flat_grid};
-use super::{GpuContext, GpuError, Slot, TensorRef, uniform_slot};
+use super::{GpuContext, GpuError, Readback, Slot, TensorRef, uniform_slot};
 
 /// Largest `k` the kernel selects (a workgroup keeps `K` of 2048 pairs, `K <= 1024`).
 pub const MAX_K: u32 = 1024;
@@ -48,8 +50,9 @@ struct TopKParams {
     out_off: u32,
 }
 
-/// Sizes of one call site. `n` is the largest number of scores the binding selects from;
-/// fewer are set later with [`TopKBinding::set_len`].
+/// Sizes of one call site. `n` is the largest number of scores the binding selects from,
+/// `k` the largest number of pairs; fewer are set later with [`TopKBinding::set_len`] and
+/// [`TopKBinding::set_k`] (the scratch and `out` are sized for these maxima).
 #[derive(Clone, Copy, Debug)]
 pub struct TopKDims {
     /// Scores (at most [`MAX_N`]).
@@ -74,8 +77,7 @@ pub struct TopKBinding {
     n: u32,
     max_n: u32,
     k: u32,
-    /// `K`: `k` rounded up to a power of two.
-    run: u32,
+    max_k: u32,
     scores_off: u32,
     out_off: u32,
     /// The current `n`'s passes (at most `groups.len()`).
@@ -98,7 +100,7 @@ impl TopKBinding {
         self.n == 0
     }
 
-    /// The `k` of the binding.
+    /// Pairs the next selection asks for (`min(k, n)` are written).
     pub fn k(&self) -> u32 {
         self.k
     }
@@ -114,7 +116,24 @@ impl TopKBinding {
     pub fn set_len(&mut self, ctx: &GpuContext, n: u32) {
         assert_bound("topk set_len", n, self.max_n, "scores");
         self.n = n;
-        self.passes = plan(n, self.k, self.run, self.scores_off, self.out_off);
+        self.replan(ctx);
+    }
+
+    /// Selects `k` pairs (at most the bound `k`) from the next submit on, with the same
+    /// scratch and bind groups: only the uniforms change. A `queue.write_buffer`, like
+    /// [`TopKBinding::set_len`]. Panics if `k` exceeds the bound maximum.
+    pub fn set_k(&mut self, ctx: &GpuContext, k: u32) {
+        assert_bound("topk set_k", k, self.max_k, "pairs");
+        self.k = k;
+        self.replan(ctx);
+    }
+
+    /// The passes of the current `n` and `k`, written into the uniform slots. A smaller
+    /// `K` (`k` rounded up to a power of two) keeps fewer pairs per pass, so it needs no
+    /// more passes, and no more scratch, than the bound `k`.
+    fn replan(&mut self, ctx: &GpuContext) {
+        let run = run_of(self.k);
+        self.passes = plan(self.n, self.k, run, self.scores_off, self.out_off);
         ctx.write_uniform_slots(&self.uniform, &self.passes);
     }
 }
@@ -184,7 +203,7 @@ impl TopKKernels {
         bufs.scores.check(ctx, "top-k scores (n)", u64::from(n))?;
         bufs.out
             .check(ctx, "top-k out (min(k, n), 2)", 2 * u64::from(k.min(n)))?;
-        let run = k.max(1).next_power_of_two();
+        let run = run_of(k);
         let (scores_off, out_off) = (bufs.scores.offset, bufs.out.offset);
         let passes = plan(n, k, run, scores_off, out_off);
 
@@ -234,7 +253,7 @@ impl TopKKernels {
             n,
             max_n: n,
             k,
-            run,
+            max_k: k,
             scores_off,
             out_off,
             passes,
@@ -261,17 +280,30 @@ impl TopKKernels {
     }
 }
 
-/// Reads `pairs` `(index, score)` pairs back from `out` (blocking): tests and answers.
+/// Reads `pairs` `(index, score)` pairs back from `out` (blocking) through `readback`'s
+/// staging buffer, in a submit of its own. To read in the submit of the selection, record
+/// `readback.copy(ctx, encoder, out, 2 * pairs)` after it and decode
+/// `readback.finish()`'s words with [`pairs_of_words`].
 pub fn read_pairs(
     ctx: &GpuContext,
+    readback: &mut Readback,
     out: TensorRef,
     pairs: usize,
 ) -> Result<Vec<(u32, f32)>, GpuError> {
-    let words = ctx.read_u32(out.buffer, out.offset, 2 * pairs)?;
-    Ok(words
+    Ok(pairs_of_words(&readback.read(ctx, out, 2 * pairs)?))
+}
+
+/// `(index, score)` pairs from the words of `out`: `(index, score bits)` each.
+pub fn pairs_of_words(words: &[u32]) -> Vec<(u32, f32)> {
+    words
         .chunks_exact(2)
         .map(|w| (w[0], f32::from_bits(w[1])))
-        .collect())
+        .collect()
+}
+
+/// `K`, the pairs each workgroup keeps when selecting `k`: `k` rounded up to a power of two.
+fn run_of(k: u32) -> u32 {
+    k.max(1).next_power_of_two()
 }
 
 /// The passes for `n` scores: the first reads the scores, each keeps `run` pairs of every
@@ -305,7 +337,7 @@ mod tests {
 
     #[test]
     fn passes_shrink_to_one_workgroup() {
-        let counts = |n, k: u32| plan(n, k, k.max(1).next_power_of_two(), 0, 0).len();
+        let counts = |n, k: u32| plan(n, k, run_of(k), 0, 0).len();
         assert_eq!(counts(0, 5), 1);
         assert_eq!(counts(1, 1), 1);
         assert_eq!(counts(2048, 1000), 1);
