@@ -32,6 +32,7 @@
 //! its own buffers, recorded into its own command encoder.
 
 mod buffers;
+mod prepare;
 mod sites;
 
 use std::sync::Arc;
@@ -66,6 +67,7 @@ use crate::rank::top_k;
 use buffers::Buffers;
 pub(crate) use buffers::IdsAt;
 pub use buffers::embedding_dims;
+use prepare::{SegmentBatches, SegmentsOf, ids_fingerprint};
 use sites::Sites;
 
 /// Where the backend keeps the embedding tables on the device.
@@ -566,71 +568,6 @@ fn write_params(ctx: &GpuContext, bufs: &Buffers, params: &[f32]) {
         }
         ctx.write(tables, 0, &h);
     }
-}
-
-/// The GPU backend's host work on a training batch: its embedding segments
-/// ([`EmbeddingSegments::build`]) for the binding's dims.
-struct SegmentBatches(EmbeddingDims);
-
-/// What [`SegmentBatches`] prepares: a batch's id fingerprint ([`ids_fingerprint`]) and
-/// its segments, or why they could not be built.
-struct SegmentsOf {
-    ids: u64,
-    segments: Result<EmbeddingSegments, String>,
-}
-
-impl SegmentBatches {
-    /// The segments of `batch` in `segs`, reusing the memory of the segments it holds
-    /// ([`EmbeddingSegments::build_into`]).
-    fn segment_into(&self, batch: &Batch, segs: &mut Result<EmbeddingSegments, String>) {
-        let (rows, ids, other) = (batch.size as u32, batch.token_ids(), &batch.other);
-        let built = match segs {
-            Ok(s) => s.build_into(&self.0, rows, ids, other),
-            Err(_) => EmbeddingSegments::build(&self.0, rows, ids, other).map(|s| *segs = Ok(s)),
-        };
-        if let Err(e) = built {
-            *segs = Err(e.to_string());
-        }
-    }
-}
-
-impl PrepareBatch for SegmentBatches {
-    fn prepare(&self, batch: &Batch) -> Prepared {
-        let mut segments = Err(String::new());
-        self.segment_into(batch, &mut segments);
-        Prepared::new(SegmentsOf {
-            ids: ids_fingerprint(batch),
-            segments,
-        })
-    }
-
-    fn prepare_into(&self, batch: &Batch, spent: &mut Prepared) {
-        match spent.get_mut::<SegmentsOf>() {
-            Some(p) => {
-                p.ids = ids_fingerprint(batch);
-                self.segment_into(batch, &mut p.segments);
-            }
-            None => *spent = self.prepare(batch),
-        }
-    }
-}
-
-/// A hash of every id of a batch (and its size): which batch prepared segments belong to.
-/// About 0.1 ms for 4096 samples of the default model.
-fn ids_fingerprint(b: &Batch) -> u64 {
-    let ids = [
-        &b.hist_item,
-        &b.hist_cat,
-        &b.hist_pos,
-        &b.target_item,
-        &b.target_cat,
-        &b.other,
-    ];
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ b.size as u64;
-    for &id in ids.into_iter().flat_map(|v| v.iter()) {
-        h = (h ^ u64::from(id)).wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
 }
 
 /// Refuses a device below the limits the kernels use: [`GpuContext::new`] checks them
