@@ -6,7 +6,8 @@
 //   matmul_forward          out (rows, n_out)   = inp (rows, n_in) W^T        (+ bias, act)
 //   matmul_backward_dinp    dinp (rows, n_in)   = dout (rows, n_out) W        (overwrite)
 //                           (* leaky'(pre) with act_grad: the gradient of the previous
-//                           layer's pre-activation, the activation backward fused in)
+//                           layer's pre-activation, the activation backward fused in;
+//                           `pre` may be that layer's output, which has its signs)
 //   matmul_backward_dweight dweight (n_out, n_in) += dout^T inp               (accumulate)
 // and the bias gradient is a column sum:
 //   matmul_backward_dbias   dbias (n_out)      += sum over rows of dout       (accumulate)

@@ -93,7 +93,7 @@ pub struct ModelConfig {
     pub pooling: Pooling,
     /// Dropout probability on both residual branches of every block.
     pub dropout: f32,
-    /// Negative slope of LeakyReLU.
+    /// Negative slope of LeakyReLU: finite and at least 0.
     pub leaky_alpha: f32,
 }
 
@@ -167,6 +167,15 @@ impl ModelConfig {
         }
         if self.mlp.contains(&0) {
             return bad("model.mlp widths must be at least 1".into());
+        }
+        // The GPU backward takes LeakyReLU's signs from its output, which has the input's
+        // signs only for a slope >= 0.
+        if !(self.leaky_alpha.is_finite() && self.leaky_alpha >= 0.0) {
+            return bad(format!(
+                "model.leaky_alpha (LeakyReLU's slope for negative inputs) must be finite and \
+                 at least 0, got {}",
+                self.leaky_alpha
+            ));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!(
@@ -350,6 +359,19 @@ mod tests {
         c.model.heads = 5;
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("divisible by heads = 5"), "{e}");
+    }
+
+    #[test]
+    fn a_negative_or_nan_leaky_slope_is_refused() {
+        for alpha in [-0.01, f32::NAN, f32::INFINITY] {
+            let mut c = Config::default();
+            c.model.leaky_alpha = alpha;
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("leaky_alpha"), "{alpha}: {e}");
+        }
+        let mut c = Config::default();
+        c.model.leaky_alpha = 0.0;
+        c.validate().unwrap();
     }
 
     #[test]

@@ -387,7 +387,7 @@ impl GpuBackend {
             k.mm.forward(pass, &blk.out);
             k.drop.forward(pass, &blk.res1);
             k.ln.forward(pass, &blk.ln1);
-            k.mm.forward(pass, &blk.ffn1); // ff_pre and ff = LeakyReLU(ff_pre)
+            k.mm.forward(pass, &blk.ffn1); // ff = LeakyReLU(ff_pre)
             k.mm.forward(pass, &blk.ffn2);
             k.drop.forward(pass, &blk.res2);
             k.ln.forward(pass, &blk.ln2);
@@ -395,16 +395,17 @@ impl GpuBackend {
         k.pool.forward(pass, &s.pooling);
         k.emb.other_embedding_forward(pass, &s.embedding);
         for layer in &s.mlp {
-            k.mm.forward(pass, layer); // hidden layers: pre and LeakyReLU(pre)
+            k.mm.forward(pass, layer); // hidden layers: LeakyReLU(pre)
         }
     }
 
     /// Records the backward pass from the loss (as `Model::backward`).
     fn backward(&self, pass: &mut wgpu::ComputePass) {
         let (k, s) = (&self.k, &self.sites);
-        k.loss.backward(pass, &s.loss); // dmlp_pre = dloss/dlogit
+        k.loss.backward(pass, &s.loss); // dlogit = dloss/dlogit
         for layer in s.mlp.iter().rev() {
-            // dz, or the previous layer's dpre = dpre W * leaky'(pre); dW, db +=
+            // dW, db +=; then dz, or over the previous layer's output its
+            // dpre = dpre W * leaky'(act)
             k.mm.backward(pass, layer);
         }
         k.emb.other_embedding_backward(pass, &s.embedding);
@@ -414,7 +415,7 @@ impl GpuBackend {
             // Where each gradient lives: the table on `Binder::block` in sites.rs.
             k.ln.backward(pass, &blk.ln2); // dres
             k.drop.backward(pass, &blk.res2); // dbr = dres * mask
-            k.mm.backward(pass, &blk.ffn2); // dff_pre = dbr W2 * leaky'(ff_pre)
+            k.mm.backward(pass, &blk.ffn2); // dW2 +=, then dff_pre = dbr W2 * leaky'(ff) over ff
             k.mm.backward(pass, &blk.ffn1); // dtmp
             k.drop.forward(pass, &blk.sum_dx1); // dx1 = dres + dtmp
             k.ln.backward(pass, &blk.ln1); // dres

@@ -8,9 +8,9 @@
 //! (partial sums, then added in order): checked at 1000 rows, and after `set_rows` to
 //! fewer splits and to one.
 //!
-//! The backward's fused activation gradient (`dinp_act`) is checked in place: dinp written
-//! over the pre-activation it reads, against the CPU's matmul backward then LeakyReLU
-//! backward.
+//! The backward's fused activation gradient (`dinp_act`) is checked as training uses it:
+//! dinp written over the layer's input `LeakyReLU(pre)`, which also gives leaky's signs,
+//! against the CPU's matmul backward then LeakyReLU backward of `pre`.
 //!
 //! Tolerance: |gpu - cpu| <= 1e-5 + 1e-4 |cpu| (sums of up to 130 products of values in
 //! [-1, 1], added in a different order than the CPU's gemm). Everything outside the
@@ -367,75 +367,118 @@ fn checked_returns_a_broken_shader_as_an_error_value() {
         .expect("the scope caught the error, not the uncaptured handler");
 }
 
+/// The backward of a layer whose input is `LeakyReLU(pre)`, as training runs it: the
+/// input itself gives leaky's signs and receives dpre in place, after the weight
+/// gradient has read it. `pre` has exact zeros and negative zeros, where the slope is
+/// `alpha` on the CPU too. At 1000 rows the weight and bias gradients are split, so their
+/// partial sums also run before the input is overwritten.
 #[test]
-fn fused_leaky_gradient_overwrites_the_pre_activation_in_place() {
+fn fused_leaky_gradient_overwrites_the_layer_input_in_place() {
     let Some(ctx) = gpu() else { return };
-    let (cap, rows, n_in, n_out, alpha) = (80, 70, 65, 33, 0.05);
-    let inp = random_vec(cap * n_in, 11);
-    let weight = random_vec(n_out * n_in, 12);
-    let dout = random_vec(cap * n_out, 13);
-    let pre0 = random_vec(cap * n_in, 14); // both signs
-    let mut params = Arena::new(15);
-    let w_r = params.push(3, &weight);
-    let mut acts = Arena::new(16);
-    let inp_r = acts.push(2, &inp);
-    let out_r = acts.push(1, &vec![0.0; cap * n_out]);
-    let pre_r = acts.push(5, &pre0); // the previous layer's pre-activation
-    acts.push(3, &[]);
-    let mut grads = Arena::new(17);
-    let dw_r = grads.push(4, &vec![0.0; n_out * n_in]);
-    let dout_r = grads.push(2, &dout);
-    let params_buf = ctx.storage_buffer("params", &params.data);
-    let acts_buf = ctx.storage_buffer("acts", &acts.data);
-    let grads_buf = ctx.storage_buffer("grads", &grads.data);
-    let kernels = MatmulKernels::new(ctx).expect("matmul kernels");
-    let pre = at(&acts_buf, &pre_r);
-    let bufs = MatmulBuffers {
-        out: at(&acts_buf, &out_r),
-        pre: None,
-        inp: at(&acts_buf, &inp_r),
-        weight: at(&params_buf, &w_r),
-        bias: None,
-    };
-    let grad_bufs = MatmulGradBuffers {
-        dinp: Some(pre),
-        dweight: at(&grads_buf, &dw_r),
-        dbias: None,
-        dout: at(&grads_buf, &dout_r),
-        dinp_act: Some(LeakyInput { pre, alpha }),
-    };
-    let dims = MatmulDims {
-        rows: cap as u32,
-        n_in: n_in as u32,
-        n_out: n_out as u32,
-        act: Activation::None,
-    };
-    let mut binding = kernels
-        .bind(ctx, &bufs, Some(&grad_bufs), dims)
-        .expect("bind");
-    binding.set_rows(ctx, rows as u32);
-    run(ctx, |pass| kernels.backward(pass, &binding));
+    for (cap, rows) in [(80, 70), (1000, 1000)] {
+        let (n_in, n_out, alpha) = (65, 33, 0.05);
+        let mut pre = random_vec(cap * n_in, 14); // both signs
+        for (i, v) in pre.iter_mut().enumerate().step_by(7) {
+            *v = if i % 2 == 0 { 0.0 } else { -0.0 };
+        }
+        let mut inp = vec![0.0; cap * n_in];
+        activation::leaky_relu_forward(&mut inp, &pre, alpha);
+        let weight = random_vec(n_out * n_in, 12);
+        let dout = random_vec(cap * n_out, 13);
+        let dweight0 = random_vec(n_out * n_in, 18);
+        let dbias0 = random_vec(n_out, 19);
+        let mut params = Arena::new(15);
+        let w_r = params.push(3, &weight);
+        let b_r = params.push(1, &random_vec(n_out, 20));
+        let mut acts = Arena::new(16);
+        let out_r = acts.push(1, &vec![0.0; cap * n_out]);
+        let inp_r = acts.push(5, &inp); // LeakyReLU(pre): read, then overwritten
+        acts.push(3, &[]);
+        let mut grads = Arena::new(17);
+        let dw_r = grads.push(4, &dweight0);
+        let db_r = grads.push(2, &dbias0);
+        let dout_r = grads.push(2, &dout);
+        let params_buf = ctx.storage_buffer("params", &params.data);
+        let acts_buf = ctx.storage_buffer("acts", &acts.data);
+        let grads_buf = ctx.storage_buffer("grads", &grads.data);
+        let kernels = MatmulKernels::new(ctx).expect("matmul kernels");
+        let input = at(&acts_buf, &inp_r);
+        let bufs = MatmulBuffers {
+            out: at(&acts_buf, &out_r),
+            pre: None,
+            inp: input,
+            weight: at(&params_buf, &w_r),
+            bias: Some(at(&params_buf, &b_r)),
+        };
+        let grad_bufs = MatmulGradBuffers {
+            dinp: Some(input),
+            dweight: at(&grads_buf, &dw_r),
+            dbias: Some(at(&grads_buf, &db_r)),
+            dout: at(&grads_buf, &dout_r),
+            dinp_act: Some(LeakyInput { sign: input, alpha }),
+        };
+        let dims = MatmulDims {
+            rows: cap as u32,
+            n_in: n_in as u32,
+            n_out: n_out as u32,
+            act: Activation::None,
+        };
+        let mut binding = kernels
+            .bind(ctx, &bufs, Some(&grad_bufs), dims)
+            .expect("bind");
+        binding.set_rows(ctx, rows as u32);
+        run(ctx, |pass| kernels.backward(pass, &binding));
 
-    let mut dinp = vec![0.0; rows * n_in];
-    let mut dweight = vec![0.0; n_out * n_in];
-    matmul::matmul_backward(
-        Some(&mut dinp),
-        &mut dweight,
-        None,
-        &dout,
-        &inp,
-        &weight,
-        rows,
-        n_in,
-        n_out,
-    );
-    let mut dpre = vec![0.0; rows * n_in];
-    activation::leaky_relu_backward(&mut dpre, &dinp, &pre0[..rows * n_in], alpha);
-    let got = ctx
-        .read_f32(&acts_buf, 0, acts.data.len())
-        .expect("readback");
-    let written = pre_r.start..pre_r.start + rows * n_in;
-    assert_close("fused dpre", &got[written.clone()], &dpre, ATOL, RTOL);
-    // Rows past the batch keep their pre-activation; nothing else moves.
-    assert_untouched("fused acts", &got, &acts.data, &[&written]);
+        let (mut dinp, mut dweight, mut dbias) = (vec![0.0; rows * n_in], dweight0, dbias0);
+        matmul::matmul_backward(
+            Some(&mut dinp),
+            &mut dweight,
+            Some(&mut dbias),
+            &dout[..rows * n_out],
+            &inp[..rows * n_in],
+            &weight,
+            rows,
+            n_in,
+            n_out,
+        );
+        let mut dpre = vec![0.0; rows * n_in];
+        activation::leaky_relu_backward(&mut dpre, &dinp, &pre[..rows * n_in], alpha);
+        let what = format!("{rows} of {cap} rows");
+        let got = ctx
+            .read_f32(&acts_buf, 0, acts.data.len())
+            .expect("readback");
+        let written = inp_r.start..inp_r.start + rows * n_in;
+        assert_close(
+            &format!("fused dpre, {what}"),
+            &got[written.clone()],
+            &dpre,
+            ATOL,
+            RTOL,
+        );
+        // Rows past the batch keep their input; nothing else moves.
+        assert_untouched(
+            &format!("fused acts, {what}"),
+            &got,
+            &acts.data,
+            &[&written],
+        );
+        let got = ctx
+            .read_f32(&grads_buf, 0, grads.data.len())
+            .expect("readback");
+        let dw = &got[dw_r.clone()];
+        assert_close(
+            &format!("dweight from the input, {what}"),
+            dw,
+            &dweight,
+            ATOL,
+            RTOL,
+        );
+        assert_close(
+            &format!("dbias, {what}"),
+            &got[db_r.clone()],
+            &dbias,
+            ATOL,
+            RTOL,
+        );
+    }
 }

@@ -63,7 +63,8 @@ pub(super) struct Inputs {
     pub segments: wgpu::Buffer, // u32 (EmbeddingSegments::buffer_len)
 }
 
-/// One block's forward activations (as `crate::model::BlockActs`).
+/// One block's forward activations (as `crate::model::BlockActs`, less `ff_pre`: the
+/// backward takes LeakyReLU's signs from `ff`).
 pub(super) struct BlockActs {
     pub qkv: wgpu::Buffer,      // (B, T, 3d)
     pub att: wgpu::Buffer,      // (B, h, T, T)
@@ -73,7 +74,6 @@ pub(super) struct BlockActs {
     pub x1: wgpu::Buffer,       // (B, T, d)
     pub ln1_mean: wgpu::Buffer, // (B, T)
     pub ln1_rstd: wgpu::Buffer, // (B, T)
-    pub ff_pre: wgpu::Buffer,   // (B, T, d_ff)
     pub ff: wgpu::Buffer,       // (B, T, d_ff)
     pub f: wgpu::Buffer,        // (B, T, d)
     pub res2: wgpu::Buffer,     // (B, T, d)
@@ -82,13 +82,14 @@ pub(super) struct BlockActs {
     pub ln2_rstd: wgpu::Buffer, // (B, T)
 }
 
-/// Forward activations (as `crate::model::Activations`) and the loss outputs.
+/// Forward activations (as `crate::model::Activations`, less the hidden MLP layers'
+/// pre-activations: their outputs have their signs) and the loss outputs.
 pub(super) struct Acts {
     pub x0: wgpu::Buffer, // (B, T, d)
     pub blocks: Vec<BlockActs>,
     pub z: wgpu::Buffer,            // (B, zw)
-    pub mlp_pre: Vec<wgpu::Buffer>, // (B, out_k); the last is the logit
-    pub mlp_act: Vec<wgpu::Buffer>, // (B, out_k), hidden layers only
+    pub mlp_act: Vec<wgpu::Buffer>, // (B, out_k), hidden layers: LeakyReLU(pre_k)
+    pub logit: wgpu::Buffer,        // (B), the last layer's output
     pub probs: wgpu::Buffer,        // (B)
     pub losses: wgpu::Buffer,       // (B)
     /// (1): the sum of the batch mean losses since the last `take_loss`.
@@ -99,8 +100,8 @@ pub(super) struct Acts {
 
 /// The activation gradients that have no dead activation to live in. The backward writes
 /// the others over forward activations it no longer reads (the block's `a`, `f`, `x1`,
-/// `x2`, `res2`, `ff`, `ff_pre`, and the MLP's pre-activations): `sites.rs` lists where
-/// each goes. So the backward needs little more memory than the forward.
+/// `x2`, `res2`, `ff`, and the MLP's hidden outputs): `sites.rs` lists where each goes.
+/// So the backward needs little more memory than the forward.
 pub(super) struct GradScratch {
     /// (B, T, d): the gradient of a block's output, then of its input.
     pub dx: wgpu::Buffer,
@@ -216,7 +217,6 @@ impl Buffers {
                 x1: act("x1 (B, T, d)", t * d)?,
                 ln1_mean: act("ln1_mean (B, T)", t)?,
                 ln1_rstd: act("ln1_rstd (B, T)", t)?,
-                ff_pre: act("ff_pre (B, T, d_ff)", t * dff)?,
                 ff: act("ff (B, T, d_ff)", t * dff)?,
                 f: act("f (B, T, d)", t * d)?,
                 res2: act("res2 (B, T, d)", t * d)?,
@@ -231,10 +231,8 @@ impl Buffers {
             x0: act("x0 (B, T, d)", t * d)?,
             blocks,
             z: act("z (B, zw)", dm.zw)?,
-            mlp_pre: (0..=last)
-                .map(|k| mlp("pre", k))
-                .collect::<Result<_, _>>()?,
             mlp_act: (0..last).map(|k| mlp("act", k)).collect::<Result<_, _>>()?,
+            logit: act("logit (B)", 1)?,
             probs: act("probs (B)", 1)?,
             losses: act("losses (B)", 1)?,
             loss_sum: a.buffer("loss sum", 1, "")?,

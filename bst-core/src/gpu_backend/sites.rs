@@ -36,7 +36,7 @@ pub(super) struct BlockSites {
     pub out: MatmulBinding,          // a = atty Wout^T + bout
     pub res1: DropoutBinding,        // res1 = x + dropout(a)
     pub ln1: LayerNormBinding,       // x1 = LN1(res1)
-    pub ffn1: MatmulBinding,         // ff = LeakyReLU(ff_pre), ff_pre = x1 W1^T + b1
+    pub ffn1: MatmulBinding,         // ff = LeakyReLU(x1 W1^T + b1)
     pub ffn2: MatmulBinding,         // f = ff W2^T + b2 (backward: dff_pre, leaky' fused)
     pub res2: DropoutBinding,        // res2 = x1 + dropout(f)
     pub ln2: LayerNormBinding,       // x2 = LN2(res2)
@@ -187,35 +187,32 @@ impl Sites {
                 mode: dm.pool,
             },
         )?;
-        // Backward: the loss writes dlogit; layer k > 0 writes the gradient of its input
-        // act_{k-1} times leaky'(pre_{k-1}) over pre_{k-1} (dead by then), which is layer
-        // k-1's dout; layer 0 writes dz.
+        // Backward: the loss writes dlogit; layer k > 0, after its weight gradient has
+        // read its input act_{k-1}, writes that input's gradient times leaky'(act_{k-1})
+        // over act_{k-1} (in place), which is layer k-1's dout; layer 0 writes dz. No
+        // pre-activation is kept: act_{k-1} has its signs.
         let last = dm.mlp.len() - 1;
         let mut mlp = Vec::new();
         for (layer, (w, b)) in pi.mlp.iter().enumerate() {
             let (inp, dinp, dinp_act) = match layer {
                 0 => (&acts.z, &s.dz, None),
                 _ => {
-                    let pre_in = &acts.mlp_pre[layer - 1];
-                    (&acts.mlp_act[layer - 1], pre_in, Some((pre_in, dm.alpha)))
+                    let act_in = &acts.mlp_act[layer - 1];
+                    (act_in, act_in, Some((act_in, dm.alpha)))
                 }
             };
-            let dout = match layer == last {
-                true => &s.dlogit,
-                false => &acts.mlp_pre[layer],
-            };
-            let widths = (dm.mlp_in(layer), dm.mlp[layer]);
-            let (out, pre, act) = match layer < last {
+            let (out, dout, act) = match layer < last {
                 true => (
                     &acts.mlp_act[layer],
-                    Some(&acts.mlp_pre[layer]),
+                    &acts.mlp_act[layer],
                     Activation::LeakyRelu { alpha: dm.alpha },
                 ),
-                false => (&acts.mlp_pre[layer], None, Activation::None),
+                false => (&acts.logit, &s.dlogit, Activation::None),
             };
+            let widths = (dm.mlp_in(layer), dm.mlp[layer]);
             mlp.push(bind.linear(
                 out,
-                pre,
+                None,
                 inp,
                 (w, b),
                 (dinp, dinp_act),
@@ -229,7 +226,7 @@ impl Sites {
             probs: all(&acts.probs),
             losses: all(&acts.losses),
             mean: all(mean),
-            logits: all(&acts.mlp_pre[last]),
+            logits: all(&acts.logit),
             labels: all(&inputs.labels),
         };
         let loss = k.loss.bind(
@@ -384,8 +381,9 @@ impl<'a> Binder<'a> {
 
     /// `out = act(inp W^T + b)` over `rows` rows (and `pre` before the activation), with
     /// its backward: `dinp = dout W`, `dW += dout^T inp`, `db += sum dout`. With
-    /// `dinp_act = (pre_in, alpha)` (the input is `LeakyReLU(pre_in)`), `dinp` receives
-    /// `dout W * leaky'(pre_in)` and may be `pre_in` itself.
+    /// `dinp_act = (sign, alpha)` (the input is `LeakyReLU(pre)`, and `sign` has the signs
+    /// of `pre`: the input itself), `dinp` receives `dout W * leaky'(pre)` and may be
+    /// `sign` itself.
     fn linear(
         &self,
         out: &wgpu::Buffer,
@@ -410,8 +408,8 @@ impl<'a> Binder<'a> {
             dweight: self.grad(w),
             dbias: Some(self.grad(b)),
             dout: all(dout),
-            dinp_act: dinp_act.map(|(pre, alpha)| LeakyInput {
-                pre: all(pre),
+            dinp_act: dinp_act.map(|(sign, alpha)| LeakyInput {
+                sign: all(sign),
                 alpha,
             }),
         };
@@ -494,8 +492,8 @@ impl<'a> Binder<'a> {
     /// |---|---|---|
     /// | ln2 backward | dx, res2 | dres -> x2 |
     /// | res2 dropout backward | dres (x2) | dbr -> f |
-    /// | ffn2 backward, leaky' fused | dbr (f), ff, ff_pre | dff_pre -> ff_pre (in place) |
-    /// | ffn1 backward | dff_pre (ff_pre), x1 | dtmp -> a |
+    /// | ffn2 backward, leaky' fused | dbr (f), ff | dff_pre -> ff (in place, after dW2) |
+    /// | ffn1 backward | dff_pre (ff), x1 | dtmp -> a |
     /// | dx1 = dres + dtmp | x2, a | dx1 -> x2 (in place) |
     /// | ln1 backward | dx1 (x2), res1 | dres' -> res2 |
     /// | res1 dropout backward | dres' (res2) | dbr' -> f |
@@ -583,11 +581,11 @@ impl<'a> Binder<'a> {
             )?,
             ffn1: self.linear(
                 &a.ff,
-                Some(&a.ff_pre),
+                None,
                 &a.x1,
                 (&p.ffn1_w, &p.ffn1_b),
                 (&a.a, None),
-                &a.ff_pre,
+                &a.ff,
                 n,
                 (d, dff),
                 leaky,
@@ -597,7 +595,7 @@ impl<'a> Binder<'a> {
                 None,
                 &a.ff,
                 (&p.ffn2_w, &p.ffn2_b),
-                (&a.ff_pre, Some((&a.ff_pre, dm.alpha))),
+                (&a.ff, Some((&a.ff, dm.alpha))),
                 &a.f,
                 n,
                 (dff, d),

@@ -146,18 +146,23 @@ pub struct MatmulGradBuffers<'a> {
     pub dbias: Option<TensorRef<'a>>,
     /// (rows, n_out): gradient of the loss with respect to the pre-activation.
     pub dout: TensorRef<'a>,
-    /// When the input is a LeakyReLU's output: its pre-activation (rows, n_in) and slope.
-    /// `dinp` then receives the gradient of that pre-activation, `dout W * leaky'(pre)`
-    /// (the activation backward fused into the epilogue), and may be `pre` itself: the
-    /// backward may overwrite the dead pre-activation in place.
+    /// When the input is a LeakyReLU's output `inp = LeakyReLU(pre)`: `dinp` then
+    /// receives the gradient of `pre`, `dout W * leaky'(pre)` (the activation backward
+    /// fused into the epilogue), and may be the sign tensor itself.
     pub dinp_act: Option<LeakyInput<'a>>,
 }
 
 /// A layer input that is `LeakyReLU(pre)`, for [`MatmulGradBuffers::dinp_act`].
+///
+/// The gradient needs only where `pre > 0`, and for `alpha >= 0` that is exactly where
+/// `LeakyReLU(pre) > 0` (zeros, negative zeros and NaNs included). So `sign` may be the
+/// layer's input itself, and `dinp` may be written over it: the backward runs the weight
+/// gradient, which reads the input, before `dinp`. Then the pre-activation need not be
+/// kept at all.
 #[derive(Clone, Copy, Debug)]
 pub struct LeakyInput<'a> {
-    /// (rows, n_in), the pre-activation.
-    pub pre: TensorRef<'a>,
+    /// (rows, n_in): the pre-activation, or (for `alpha >= 0`) the activation itself.
+    pub sign: TensorRef<'a>,
     /// Slope for negative inputs, as [`crate::cpu::activation::leaky_relu_backward`].
     pub alpha: f32,
 }
@@ -316,8 +321,8 @@ impl MatmulKernels {
                 ("matmul dbias (n_out)", g.dbias, n_out_l),
                 ("matmul dout (rows, n_out)", Some(g.dout), rows_l * n_out_l),
                 (
-                    "matmul dinp_act pre (rows, n_in)",
-                    g.dinp_act.map(|a| a.pre),
+                    "matmul dinp_act sign (rows, n_in)",
+                    g.dinp_act.map(|a| a.sign),
                     rows_l * n_in_l,
                 ),
             ]);
@@ -392,7 +397,7 @@ impl MatmulKernels {
                 c_off: off(g.dinp),
                 c_sm: n_in,
                 k_chunk: n_out,
-                pre_off: g.dinp_act.map_or(0, |a| a.pre.offset),
+                pre_off: g.dinp_act.map_or(0, |a| a.sign.offset),
                 act_grad: g.dinp_act.is_some().into(),
                 alpha: g.dinp_act.map_or(0.0, |a| a.alpha),
                 ..Default::default()
@@ -467,10 +472,10 @@ impl MatmulKernels {
         let (mut dweight_sum, mut dbias_sum) = (None, None);
         if let Some(g) = grads {
             let dout = g.dout.buffer;
-            let act_pre = g.dinp_act.map_or(d, |a| a.pre.buffer);
+            let act_sign = g.dinp_act.map_or(d, |a| a.sign.buffer);
             dinp = g
                 .dinp
-                .map(|t| group("matmul dinp", DINP, [dout, weight, t.buffer, d, act_pre]));
+                .map(|t| group("matmul dinp", DINP, [dout, weight, t.buffer, d, act_sign]));
             let dw = g.dweight.buffer;
             let scratch = (split_w || split_b).then(|| self.scratch(ctx));
             let partials = |split: bool, to| if split { scratch.unwrap() } else { to };
@@ -516,17 +521,15 @@ impl MatmulKernels {
         self.gemm(pass, &self.forward, &b.forward, b.rows, b.n_out);
     }
 
-    /// dinp = dout W (if bound; `* leaky'(pre)` with `dinp_act`), dweight += dout^T inp,
-    /// dbias += column sums of dout (if bound). Panics if the binding was made without
-    /// gradient buffers.
+    /// dweight += dout^T inp, dbias += column sums of dout (if bound), then dinp = dout W
+    /// (if bound; `* leaky'(sign)` with `dinp_act`). The input gradient comes last, so it
+    /// may overwrite the input (see [`LeakyInput`]). Panics if the binding was made
+    /// without gradient buffers.
     pub fn backward(&self, pass: &mut wgpu::ComputePass, b: &MatmulBinding) {
         let dweight = b
             .dweight
             .as_ref()
             .expect("matmul backward: the binding was made without gradient buffers");
-        if let Some(bg) = &b.dinp {
-            self.gemm(pass, &self.backward_dinp, bg, b.rows, b.n_in);
-        }
         let groups = [
             b.n_in.div_ceil(TILE),
             b.n_out.div_ceil(TILE),
@@ -549,6 +552,9 @@ impl MatmulKernels {
                 bg,
                 flat_grid(b.n_out, SUM_WG, b.max_groups),
             );
+        }
+        if let Some(bg) = &b.dinp {
+            self.gemm(pass, &self.backward_dinp, bg, b.rows, b.n_in);
         }
     }
 
