@@ -19,6 +19,15 @@
 //       so every table row has one owner and no atomics are needed. The tokens of a
 //       segment are added one by one, in ascending token order, onto the table value: the
 //       same additions in the same order as the CPU reference, so results are bit-identical.
+//       Only segments of at most `piece` tokens; the longer ones take two steps:
+//   embedding_piece_sum    partial[q, c] = sum of act[order[k], c] over piece q, from 0
+//       one invocation per (piece, column), n = pieces. Long segment l (segment long_u[l])
+//       has pieces long_piece[l] .. long_piece[l + 1]; piece j of it covers the tokens
+//       start[u] + j*piece .. min(start[u] + (j+1)*piece, start[u+1]) of the order.
+//       `table` is bound to the scratch of partial sums (pieces, w).
+//   embedding_long_sum     table[ids[u], c] += partial[q, c] for q in long_piece[l]..long_piece[l+1]
+//       one invocation per (long segment, column), n = longs, adding its pieces in order.
+//       `act` is bound to the scratch of partial sums.
 //
 // The grid is two-dimensional when one dimension's workgroup limit is too small: the
 // linear invocation index is gid.y * (num_workgroups.x * WG) + gid.x.
@@ -40,6 +49,14 @@ struct Params {
     seg_ids_off: u32, // segment_sum: the unique ids (U), ascending, in `ids`
     seg_start_off: u32, // segment_sum: U + 1 offsets into the order, in `ids`
     seg_order_off: u32, // segment_sum: the token indices sorted by id (stable), in `ids`
+    long_u_off: u32, // the segments (indices u) longer than `piece`, in `ids`
+    long_piece_off: u32, // longs + 1 offsets into the pieces, in `ids`
+    piece_long_off: u32, // the long segment of each piece, in `ids`
+    piece: u32, // piece length: longer segments are summed in pieces of this many tokens
+    longs: u32, // long segments (rewritten per step)
+    pieces: u32, // their pieces (rewritten per step)
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -112,11 +129,64 @@ fn embedding_segment_sum(
     if (id >= p.table_rows) {
         return;
     }
+    let first = ids[p.seg_start_off + u];
+    let end = ids[p.seg_start_off + u + 1u];
+    if (end - first > p.piece) {
+        return; // embedding_long_sum's
+    }
     let at = p.table_off + id * p.w + c;
     var acc = table[at];
-    let end = ids[p.seg_start_off + u + 1u];
-    for (var k = ids[p.seg_start_off + u]; k < end; k++) {
+    for (var k = first; k < end; k++) {
         acc += act[act_index(ids[p.seg_order_off + k], c)];
+    }
+    table[at] = acc;
+}
+
+// partial[q, c] = the sum of piece q's tokens, in order from 0; partial is `table`.
+@compute @workgroup_size(64)
+fn embedding_piece_sum(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = linear_index(gid, nwg);
+    if (i >= p.pieces * p.w) {
+        return;
+    }
+    let q = i / p.w;
+    let c = i % p.w;
+    let l = ids[p.piece_long_off + q];
+    let u = ids[p.long_u_off + l];
+    let first = ids[p.seg_start_off + u] + (q - ids[p.long_piece_off + l]) * p.piece;
+    let end = min(first + p.piece, ids[p.seg_start_off + u + 1u]);
+    var acc = 0.0;
+    for (var k = first; k < end; k++) {
+        acc += act[act_index(ids[p.seg_order_off + k], c)];
+    }
+    table[q * p.w + c] = acc;
+}
+
+// table[ids[u], c] += partial[q, c] for the pieces q of long segment l (segment u), in
+// order; partial is `act`. An id past the table is skipped, as in segment_sum.
+@compute @workgroup_size(64)
+fn embedding_long_sum(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = linear_index(gid, nwg);
+    if (i >= p.longs * p.w) {
+        return;
+    }
+    let l = i / p.w;
+    let c = i % p.w;
+    let id = ids[p.seg_ids_off + ids[p.long_u_off + l]];
+    if (id >= p.table_rows) {
+        return;
+    }
+    let at = p.table_off + id * p.w + c;
+    var acc = table[at];
+    let end = ids[p.long_piece_off + l + 1u];
+    for (var q = ids[p.long_piece_off + l]; q < end; q++) {
+        acc += act[q * p.w + c];
     }
     table[at] = acc;
 }

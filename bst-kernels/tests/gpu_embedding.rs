@@ -5,9 +5,14 @@
 //! every tensor at a nonzero offset inside a bigger buffer between sentinels, gradient
 //! tables accumulating onto nonzero values, and several steps whose segments differ.
 //!
-//! Tolerance: none. The forward copies table rows; the backward adds the same values in
-//! the same order as the CPU (onto the table value, token by token in (b, t) order), so
-//! both compare bit for bit. Everything outside the written tensors must be unchanged.
+//! Tolerance: none against the order the kernels document. The forward copies table rows
+//! (bit for bit the CPU's). The backward adds a segment of at most P tokens as the CPU
+//! does (onto the table value, token by token in (b, t) order), and a longer one in
+//! pieces of P tokens, each summed from 0, then added in order: `pieced_sums` below
+//! models exactly that, and the gradients must equal it bit for bit. They must also equal
+//! the CPU reference within rounding (1e-6 per token of a step, at least 1e-5, + 1e-5 |cpu|). Cases with segments longer than
+//! P: every token on one id, and a batch whose longest segment sets P above 64.
+//! Everything outside the written tensors must be unchanged.
 
 mod common;
 
@@ -19,7 +24,7 @@ use bst_kernels::gpu::embedding::{
     build_segments,
 };
 use bst_kernels::gpu::{GpuContext, TensorRef, wgpu};
-use common::{at, gpu, random_vec, run};
+use common::{assert_close, at, gpu, random_vec, run};
 
 /// Marks the u32 words around tensors; as an id it is past every table.
 const SENTINEL: u32 = 0xDEAD_BEEF;
@@ -103,6 +108,32 @@ fn assert_untouched<T: Copy + PartialEq + std::fmt::Debug>(
     for (i, (g, w)) in got.iter().zip(init).enumerate() {
         if !written.iter().any(|r| r.contains(&i)) {
             assert_eq!(g, w, "{what}[{i}] was overwritten");
+        }
+    }
+}
+
+/// `de` += the gradient rows `tokens` (id, row) in the kernels' order: per id, its rows in
+/// the given (token) order; a segment of more than `piece` rows is summed in pieces of
+/// `piece` rows from 0, and the pieces are added onto the table value in order.
+fn pieced_sums(de: &mut [f32], w: usize, tokens: &[(usize, &[f32])], piece: usize) {
+    let mut by_id: std::collections::BTreeMap<usize, Vec<&[f32]>> = Default::default();
+    for &(id, g) in tokens {
+        by_id.entry(id).or_default().push(g);
+    }
+    for (id, rows) in by_id {
+        let acc = &mut de[id * w..][..w];
+        if rows.len() <= piece {
+            for g in rows {
+                acc.iter_mut().zip(g).for_each(|(a, v)| *a += v);
+            }
+            continue;
+        }
+        for chunk in rows.chunks(piece) {
+            let mut partial = vec![0.0f32; w];
+            for g in chunk {
+                partial.iter_mut().zip(*g).for_each(|(a, v)| *a += v);
+            }
+            acc.iter_mut().zip(&partial).for_each(|(a, v)| *a += v);
         }
     }
 }
@@ -301,7 +332,10 @@ fn check(ctx: &GpuContext, case: &Case) {
     let mut x = x_stale.clone();
     let mut z = z0.clone();
     let mut de_cpu = dtables0.clone();
+    let mut de_model = dtables0.clone();
     let mut segs = None;
+    // The most tokens any step puts on one table (a bound of its longest segment).
+    let longest = case.steps.iter().max().unwrap_or(&0) * (l + 1).max(f);
     for (step, &rows) in case.steps.iter().enumerate() {
         if step > 0 {
             // A new batch in the same arena.
@@ -356,6 +390,35 @@ fn check(ctx: &GpuContext, case: &Case) {
             case.widths,
         );
         cpu::other_embedding_backward(de_other, &dz, &ids.other, rows, f, d_o, zw, case.z_off);
+        // The kernels' order, per table: (id, gradient row) of each token in (b, t) or
+        // (b, field) order.
+        let widths = [di, dc, dp, d_o];
+        let cols = [0, di, di + dc];
+        for (i, de) in de_model.iter_mut().enumerate() {
+            let tokens: Vec<(usize, &[f32])> = match i {
+                3 => (0..rows * f)
+                    .map(|k| {
+                        let (bi, fi) = (k / f, k % f);
+                        let g = &dz[bi * zw + case.z_off + fi * d_o..][..d_o];
+                        (ids.other[k] as usize, g)
+                    })
+                    .collect(),
+                _ => (0..rows * t)
+                    .map(|k| {
+                        let (bi, ti) = (k / t, k % t);
+                        let id = ids.tokens().token(bi, ti, l);
+                        let id = [id.0, id.1, id.2][i];
+                        (id, &dx[k * d + cols[i]..][..widths[i]])
+                    })
+                    .collect(),
+            };
+            pieced_sums(de, widths[i], &tokens, s.piece_lens()[i] as usize);
+        }
+        println!(
+            "{name} step {step}: piece lengths {:?}, (long segments, pieces) {:?}",
+            s.piece_lens(),
+            s.long_segments()
+        );
         segs = Some(s);
     }
     let segs = segs.expect("at least one step");
@@ -385,10 +448,16 @@ fn check(ctx: &GpuContext, case: &Case) {
         .iter()
         .enumerate()
     {
-        assert_exact(
-            &format!("{name} {table}"),
-            &grads_gpu[de_r[i].clone()],
+        let got = &grads_gpu[de_r[i].clone()];
+        assert_exact(&format!("{name} {table} (kernel order)"), got, &de_model[i]);
+        // Sums of up to `longest` values in [-1, 1], grouped differently from the CPU's.
+        let atol = 1e-6 * longest.max(10) as f32;
+        assert_close(
+            &format!("{name} {table} (cpu)"),
+            got,
             &de_cpu[i],
+            atol,
+            1e-5,
         );
     }
     let de_w: Vec<_> = de_r.iter().collect();
@@ -461,6 +530,34 @@ fn every_token_on_one_id_is_one_long_segment() {
         ..Case::new(8, 9)
     };
     check(ctx, &case);
+}
+
+#[test]
+fn a_segment_past_4096_tokens_sets_a_longer_piece() {
+    let Some(ctx) = gpu() else { return };
+    // 300 samples of 16 tokens: every category is 0 (4800 tokens, P = 70, 69 pieces);
+    // 2 items (about 2400 tokens each, P = 64 with a partial last piece); 14 positions
+    // (about 340 each); other ids around 53 per id, some segments long and some not.
+    let case = Case {
+        vocab: [2, 1, 14, 17],
+        steps: vec![300, 129],
+        ..Case::new(300, 15)
+    };
+    check(ctx, &case);
+}
+
+#[test]
+fn segments_of_64_and_65_tokens_are_summed_whole_and_in_two_pieces() {
+    let Some(ctx) = gpu() else { return };
+    // One category: 8 samples of 8 tokens put exactly P = 64 on it (summed whole), 13
+    // samples of 5 tokens put 65 (pieces of 64 and 1).
+    for (rows, seq_len) in [(8, 7), (13, 4)] {
+        let case = Case {
+            vocab: [40, 1, 14, 17],
+            ..Case::new(rows, seq_len)
+        };
+        check(ctx, &case);
+    }
 }
 
 #[test]

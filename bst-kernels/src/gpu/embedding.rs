@@ -25,7 +25,19 @@
 //! stably), and `embedding_segment_sum` runs one invocation per (unique id, column): it
 //! loads the gradient table's value, adds the tokens of its segment one by one in
 //! ascending token order, and stores it. Those are the CPU reference's additions in the
-//! CPU reference's order, so the gradients are bit-identical to it.
+//! CPU reference's order, so those gradients are bit-identical to it.
+//!
+//! A small table's segments are long: at batch 4096 each of 12 categories has about
+//! 7,000 of the 86,016 tokens, so one invocation would add 7,000 gathered values one
+//! after another while the rest of the GPU idles. So a segment longer than the batch's
+//! piece length `P` ([`piece_len`]: at least [`MIN_PIECE`], about the square root of the
+//! table's longest segment) is cut into pieces of `P` tokens: `embedding_piece_sum` adds
+//! each piece's tokens in order from 0 into a scratch (one invocation per piece and
+//! column), then `embedding_long_sum` adds the segment's pieces onto the table value in
+//! order (one per long segment and column). No chain is longer than about
+//! `max(64, sqrt(N))` additions. The result is deterministic, but a long segment's
+//! additions are grouped differently from the CPU's: equal within rounding, not bit for
+//! bit. The host lists the long segments and their pieces in the segments image.
 //!
 //! # Per step
 //! [`EmbeddingSegments::build`] segments the four tables of one batch into one `u32`
@@ -78,10 +90,48 @@ struct EmbParams {
     seg_ids_off: u32,
     seg_start_off: u32,
     seg_order_off: u32,
+    long_u_off: u32,
+    long_piece_off: u32,
+    piece_long_off: u32,
+    piece: u32,
+    longs: u32,
+    pieces: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
-/// Workgroup size of both entry points (`WG` in the shader).
+/// Workgroup size of every entry point (`WG` in the shader).
 const WG: u32 = 64;
+
+/// The shortest piece length: segments of at most this many tokens are summed whole, in
+/// the CPU's order.
+pub const MIN_PIECE: u32 = 64;
+
+/// The piece length of a table whose longest segment in the batch has `longest` tokens:
+/// `max(MIN_PIECE, ceil(sqrt(longest)))`. Then a piece's sum is at most that many
+/// additions, and so is a long segment's sum of its pieces.
+pub fn piece_len(longest: u32) -> u32 {
+    let longest = u64::from(longest);
+    let mut r = (longest as f64).sqrt() as u64;
+    while r * r > longest {
+        r -= 1;
+    }
+    while r * r < longest {
+        r += 1;
+    }
+    (r as u32).max(MIN_PIECE)
+}
+
+/// Room for the long segments (more than `MIN_PIECE` tokens) of `n` tokens.
+fn long_room(n: usize) -> usize {
+    n / (MIN_PIECE as usize + 1)
+}
+
+/// Room for the pieces of `n` tokens' long segments: a segment of `len > P >= MIN_PIECE`
+/// tokens has `ceil(len / P) < 2 len / P <= 2 len / MIN_PIECE` pieces.
+fn piece_room(n: usize) -> usize {
+    2 * n / MIN_PIECE as usize
+}
 /// Tables, in the order of every per-table array here: item, category, position, other.
 const TABLES: usize = 4;
 const ITEM: usize = 0;
@@ -259,22 +309,39 @@ struct SegmentsAt {
     start: u32,
     /// Token order, every token.
     order: u32,
+    /// The long segments (more than `P` tokens): their indices `u`, ascending.
+    long_u: u32,
+    /// Long segment `l`'s first piece (and one past the last piece at the end).
+    long_piece: u32,
+    /// The long segment of each piece.
+    piece_long: u32,
 }
 
-/// The fixed layout of the segments image: per table `[ids | start | order]`, each sized
-/// for the batch's N tokens, so 3 N + 1 elements. Returns the offsets and the length.
-/// Call after [`check_dims`] (which checks the length fits `u32`).
+/// Elements of one table's region for `n` tokens: `[ids (n) | start (n + 1) | order (n) |
+/// long_u (RL) | long_piece (RL + 1) | piece_long (RP)]`, RL = `long_room(n)`, RP =
+/// `piece_room(n)`.
+fn region_len(n: usize) -> usize {
+    3 * n + 1 + 2 * long_room(n) + 1 + piece_room(n)
+}
+
+/// The fixed layout of the segments image: per table a region of `region_len(N)`
+/// elements for the batch's N tokens. Returns the offsets and the length. Call after
+/// [`check_dims`] (which checks the length fits `u32`).
 fn segments_layout(dims: &EmbeddingDims) -> ([SegmentsAt; TABLES], u32) {
     let mut at = [SegmentsAt::default(); TABLES];
     let mut end = 0;
     for (a, m) in at.iter_mut().zip(table_maps(dims)) {
         let n = m.tokens(dims.rows);
+        let rl = long_room(n as usize) as u32;
         *a = SegmentsAt {
             ids: end,
             start: end + n,
             order: end + 2 * n + 1,
+            long_u: end + 3 * n + 1,
+            long_piece: end + 3 * n + 1 + rl,
+            piece_long: end + 3 * n + 2 + 2 * rl,
         };
-        end += 3 * n + 1;
+        end += region_len(n as usize) as u32;
     }
     (at, end)
 }
@@ -302,7 +369,11 @@ fn check_dims(d: &EmbeddingDims) -> Result<(), GpuError> {
     for (what, n) in [
         ("x (B, T, d)", b * t * dm.max(1)),
         ("z (B, z_width)", b * u64::from(d.z_width)),
-        ("the segments image", 3 * b * (3 * t + f) + TABLES as u64),
+        // region_len(n) <= 4 n + 2 per table
+        (
+            "the segments image",
+            4 * b * (3 * t + f) + 2 * TABLES as u64,
+        ),
     ] {
         if n > u64::from(u32::MAX) {
             return bad(format!(
@@ -380,12 +451,29 @@ fn sort_keys(
     Ok(())
 }
 
-/// Writes the segments of sorted `keys` into one table's region of the segments image,
-/// `[ids (room) | start (room + 1) | order (room)]`, as [`build_segments`] computes them,
-/// and zeroes the rest of each part. Returns the number of unique ids.
-fn write_segments(region: &mut [u32], keys: &[u64], room: usize) -> u32 {
+/// What one table's segments hold, for the uniforms and the grids.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct TableSegments {
+    /// Distinct ids.
+    unique: u32,
+    /// The piece length P.
+    piece: u32,
+    /// Segments longer than P.
+    longs: u32,
+    /// Their pieces.
+    pieces: u32,
+}
+
+/// Writes the segments of sorted `keys` into one table's region of the segments image
+/// (see [`region_len`]): the ids, starts and order as [`build_segments`] computes them,
+/// then the long segments and their pieces for the piece length of the longest segment;
+/// zeroes the rest of each part.
+fn write_segments(region: &mut [u32], keys: &[u64], room: usize) -> TableSegments {
     let (ids, rest) = region.split_at_mut(room);
-    let (start, order) = rest.split_at_mut(room + 1);
+    let (start, rest) = rest.split_at_mut(room + 1);
+    let (order, rest) = rest.split_at_mut(room);
+    let (long_u, rest) = rest.split_at_mut(long_room(room));
+    let (long_piece, piece_long) = rest.split_at_mut(long_room(room) + 1);
     let mut u = 0;
     for (i, &key) in keys.iter().enumerate() {
         let id = (key >> 32) as u32;
@@ -400,7 +488,27 @@ fn write_segments(region: &mut [u32], keys: &[u64], room: usize) -> u32 {
     ids[u..].fill(0);
     start[u + 1..].fill(0);
     order[keys.len()..].fill(0);
-    u as u32
+    let len = |i: usize| start[i + 1] - start[i];
+    let piece = piece_len((0..u).map(&len).max().unwrap_or(0));
+    let (mut longs, mut pieces) = (0, 0);
+    for i in (0..u).filter(|&i| len(i) > piece) {
+        long_u[longs] = i as u32;
+        long_piece[longs] = pieces as u32;
+        let n = len(i).div_ceil(piece) as usize;
+        piece_long[pieces..pieces + n].fill(longs as u32);
+        longs += 1;
+        pieces += n;
+    }
+    long_piece[longs] = pieces as u32;
+    long_u[longs..].fill(0);
+    long_piece[longs + 1..].fill(0);
+    piece_long[pieces..].fill(0);
+    TableSegments {
+        unique: u as u32,
+        piece,
+        longs: longs as u32,
+        pieces: pieces as u32,
+    }
 }
 
 /// The segments of the four tables (item, category, position, other) for one batch, in
@@ -411,7 +519,7 @@ fn write_segments(region: &mut [u32], keys: &[u64], room: usize) -> u32 {
 pub struct EmbeddingSegments {
     dims: EmbeddingDims,
     rows: u32,
-    unique: [u32; TABLES],
+    tables: [TableSegments; TABLES],
     data: Vec<u32>,
     /// Each table's sorted keys of the last build, kept for their memory.
     keys: [Vec<u64>; TABLES],
@@ -419,7 +527,8 @@ pub struct EmbeddingSegments {
 
 impl EmbeddingSegments {
     /// Elements (`u32`) of the segments buffer for these dims, the same for every batch:
-    /// 3 B (3 T + F) + 4. An error for dims that `bind` rejects.
+    /// about 3.1 N + 3 per table of N tokens (see `region_len`). An error for dims that
+    /// `bind` rejects.
     pub fn buffer_len(dims: &EmbeddingDims) -> Result<usize, GpuError> {
         check_dims(dims)?;
         Ok(segments_layout(dims).1 as usize)
@@ -451,7 +560,7 @@ impl EmbeddingSegments {
         let mut segs = Self {
             dims: *dims,
             rows: 0,
-            unique: [0; TABLES],
+            tables: Default::default(),
             data: Vec::new(),
             keys: Default::default(),
         };
@@ -506,16 +615,16 @@ impl EmbeddingSegments {
         let mut rest = &mut self.data[..];
         let mut jobs: [_; TABLES] = std::array::from_fn(|i| {
             let room = maps[i].tokens(dims.rows) as usize;
-            let (region, tail) = std::mem::take(&mut rest).split_at_mut(3 * room + 1);
+            let (region, tail) = std::mem::take(&mut rest).split_at_mut(region_len(room));
             rest = tail;
-            (region, room, Ok(0))
+            (region, room, Ok(TableSegments::default()))
         });
         // The four tables' sorts are independent: one rayon task each.
         jobs.as_mut_slice()
             .par_iter_mut()
             .zip(self.keys.as_mut_slice())
             .enumerate()
-            .for_each(|(i, ((region, room, unique), keys))| {
+            .for_each(|(i, ((region, room, table), keys))| {
                 let n_rows = maps[i].rows as usize;
                 let sorted = match i {
                     ITEM => sort_keys(keys, token(|(i, _, _)| i), n_rows),
@@ -523,13 +632,13 @@ impl EmbeddingSegments {
                     POS => sort_keys(keys, token(|(_, _, p)| p), n_rows),
                     _ => sort_keys(keys, other[..b * f].iter().copied(), n_rows),
                 };
-                *unique = sorted.map(|()| write_segments(region, keys, *room));
+                *table = sorted.map(|()| write_segments(region, keys, *room));
             });
-        let mut unique = [0; TABLES];
+        let mut tables = [TableSegments::default(); TABLES];
         let mut failed = None;
-        for (i, (_, _, u)) in jobs.into_iter().enumerate() {
-            match u {
-                Ok(u) => unique[i] = u,
+        for (i, (_, _, table)) in jobs.into_iter().enumerate() {
+            match table {
+                Ok(t) => tables[i] = t,
                 Err(e) => {
                     failed.get_or_insert(match e {
                         GpuError::Binding(m) => {
@@ -542,12 +651,12 @@ impl EmbeddingSegments {
         }
         if let Some(e) = failed {
             self.rows = 0;
-            self.unique = [0; TABLES];
+            self.tables = Default::default();
             self.data.fill(0);
             return Err(e);
         }
         self.rows = rows;
-        self.unique = unique;
+        self.tables = tables;
         Ok(())
     }
 
@@ -558,7 +667,18 @@ impl EmbeddingSegments {
 
     /// Distinct ids per table: item, category, position, other.
     pub fn unique_ids(&self) -> [u32; 4] {
-        self.unique
+        self.tables.map(|t| t.unique)
+    }
+
+    /// The piece length P per table ([`piece_len`] of its longest segment): segments of
+    /// more than P tokens are summed in pieces of P tokens.
+    pub fn piece_lens(&self) -> [u32; 4] {
+        self.tables.map(|t| t.piece)
+    }
+
+    /// Segments longer than their table's piece length, and their pieces, per table.
+    pub fn long_segments(&self) -> [(u32, u32); 4] {
+        self.tables.map(|t| (t.longs, t.pieces))
     }
 
     /// The image uploaded by [`EmbeddingBinding::set_segments`].
@@ -581,16 +701,29 @@ pub struct EmbeddingBinding {
     dims: EmbeddingDims,
     tables: TableFormat,
     rows: u32,
-    /// Distinct ids per table of the segments set last (0 before any).
-    unique: [u32; TABLES],
+    /// Per table, the segments set last (no ids before any).
+    segs: [TableSegments; TABLES],
     widths: [u32; TABLES],
     per_sample: [u32; TABLES],
     params: [EmbParams; 2 * TABLES],
     uniform: wgpu::Buffer,
     gather: [wgpu::BindGroup; TABLES],
-    segment_sum: Option<[wgpu::BindGroup; TABLES]>,
+    segment_sum: Option<SegmentSumGroups>,
     /// The segments buffer and the element offset of the image in it.
     segments: Option<(wgpu::Buffer, u32)>,
+}
+
+/// The backward's bind groups, per table, and the scratch of the pieces' sums.
+#[derive(Debug)]
+struct SegmentSumGroups {
+    /// (table <- scratch, act <- dx or dz): each piece's sum.
+    piece_sum: [wgpu::BindGroup; TABLES],
+    /// (table <- dE, act <- dx or dz): the segments of at most P tokens.
+    segment_sum: [wgpu::BindGroup; TABLES],
+    /// (table <- dE, act <- scratch): the long segments, from their pieces.
+    long_sum: [wgpu::BindGroup; TABLES],
+    /// (pieces, w) of one table at a time: f32 `max_i piece_room(N_i) w_i`.
+    _scratch: wgpu::Buffer,
 }
 
 impl EmbeddingBinding {
@@ -631,9 +764,12 @@ impl EmbeddingBinding {
             "embedding set_segments: the segments were built for other dims"
         );
         ctx.write(buffer, *offset, &segs.data);
-        self.unique = segs.unique;
-        for i in 0..TABLES {
-            self.params[SEGMENT_SUM + i].n = segs.unique[i];
+        self.segs = segs.tables;
+        for (params, t) in self.params[SEGMENT_SUM..].iter_mut().zip(segs.tables) {
+            params.n = t.unique;
+            params.piece = t.piece;
+            params.longs = t.longs;
+            params.pieces = t.pieces;
         }
         self.write_uniform(ctx);
     }
@@ -649,7 +785,9 @@ impl EmbeddingBinding {
 pub struct EmbeddingKernels {
     layout: wgpu::BindGroupLayout,
     gather: wgpu::ComputePipeline,
+    piece_sum: wgpu::ComputePipeline,
     segment_sum: wgpu::ComputePipeline,
+    long_sum: wgpu::ComputePipeline,
     /// The gather from f16 tables; `None` on a device without `SHADER_F16`.
     gather_f16: Option<wgpu::ComputePipeline>,
     /// Workgroups along x before a dispatch spills into y.
@@ -696,7 +834,9 @@ impl EmbeddingKernels {
             });
             Self {
                 gather: pipeline("embedding_gather"),
+                piece_sum: pipeline("embedding_piece_sum"),
                 segment_sum: pipeline("embedding_segment_sum"),
+                long_sum: pipeline("embedding_long_sum"),
                 gather_f16,
                 layout,
                 max_groups_x: max_groups_x.clamp(1, max_groups),
@@ -782,12 +922,16 @@ impl EmbeddingKernels {
                     seg_ids_off: base + seg_at[i].ids,
                     seg_start_off: base + seg_at[i].start,
                     seg_order_off: base + seg_at[i].order,
+                    long_u_off: base + seg_at[i].long_u,
+                    long_piece_off: base + seg_at[i].long_piece,
+                    piece_long_off: base + seg_at[i].piece_long,
                     ..mapping
                 };
             }
         }
 
-        // The eight dispatches' uniforms share one buffer, one slot each.
+        // The gathers' and segment sums' uniforms share one buffer, one slot per table
+        // and direction (a table's three backward kernels share its slot).
         let uniform = ctx.uniform_slots_buffer("embedding params", &params);
 
         // One bind group per dispatch: (params, table, act, ids) as in the shader.
@@ -804,19 +948,29 @@ impl EmbeddingKernels {
         });
         let segment_sum = grads.map(|g| {
             let (dtables, dacts) = g.per_table();
-            std::array::from_fn(|i| {
-                group(
-                    "embedding segment_sum",
-                    SEGMENT_SUM + i,
-                    [dtables[i].buffer, dacts[i].buffer, g.segments.buffer],
-                )
-            })
+            let scratch_len = maps
+                .iter()
+                .map(|m| piece_room(m.tokens(dims.rows) as usize) * m.w as usize)
+                .max()
+                .unwrap_or(0);
+            let scratch = ctx.storage_buffer_zeroed("embedding piece sums", scratch_len);
+            let seg = g.segments.buffer;
+            let at = |i: usize, label: &str, table, act| {
+                group(label, SEGMENT_SUM + i, [table, act, seg])
+            };
+            let (dt, da, sc) = (dtables.map(|t| t.buffer), dacts.map(|t| t.buffer), &scratch);
+            SegmentSumGroups {
+                piece_sum: std::array::from_fn(|i| at(i, "embedding piece_sum", sc, da[i])),
+                segment_sum: std::array::from_fn(|i| at(i, "embedding segment_sum", dt[i], da[i])),
+                long_sum: std::array::from_fn(|i| at(i, "embedding long_sum", dt[i], sc)),
+                _scratch: scratch.clone(),
+            }
         });
         Ok(EmbeddingBinding {
             dims,
             tables: format,
             rows: dims.rows,
-            unique: [0; TABLES],
+            segs: Default::default(),
             widths: maps.map(|m| m.w),
             per_sample: maps.map(|m| m.per_sample),
             params,
@@ -957,13 +1111,17 @@ impl EmbeddingKernels {
         self.segment_sum(pass, b, OTHER);
     }
 
+    /// The long segments' pieces, the short segments, then the long ones from their
+    /// pieces (the scratch then holds this table's pieces until the next table's).
     fn segment_sum(&self, pass: &mut wgpu::ComputePass, b: &EmbeddingBinding, table: usize) {
-        let groups = b
+        let g = b
             .segment_sum
             .as_ref()
             .expect("embedding backward: the binding was made without gradient buffers");
-        let (n, w) = (b.unique[table], b.widths[table]);
-        self.dispatch(pass, &self.segment_sum, &groups[table], n, w);
+        let (s, w) = (b.segs[table], b.widths[table]);
+        self.dispatch(pass, &self.piece_sum, &g.piece_sum[table], s.pieces, w);
+        self.dispatch(pass, &self.segment_sum, &g.segment_sum[table], s.unique, w);
+        self.dispatch(pass, &self.long_sum, &g.long_sum[table], s.longs, w);
     }
 
     /// One invocation per (token or id, column): `n * w` of them, guarded in the shader.
@@ -1070,9 +1228,72 @@ mod tests {
         };
         let (at, len) = segments_layout(&dims);
         assert_eq!(len as usize, EmbeddingSegments::buffer_len(&dims).unwrap());
-        // item: 20 tokens -> ids 0..20, start 20..41, order 41..61; other starts at 3 * 61.
+        // item: 20 tokens -> ids 0..20, start 20..41, order 41..61, no room for long
+        // segments (61..61, long_piece 61..62), none for pieces; other starts at 3 * 62.
         assert_eq!((at[ITEM].ids, at[ITEM].start, at[ITEM].order), (0, 20, 41));
-        assert_eq!(at[OTHER].ids, 3 * 61);
-        assert_eq!(len, 3 * 61 + 3 * 10 + 1);
+        let item = &at[ITEM];
+        assert_eq!(
+            (item.long_u, item.long_piece, item.piece_long),
+            (61, 61, 62)
+        );
+        assert_eq!(at[OTHER].ids, 3 * 62);
+        assert_eq!(len, 3 * 62 + 3 * 10 + 2);
+        // 1000 tokens: 15 long segments at most, 31 pieces.
+        assert_eq!((long_room(1000), piece_room(1000)), (15, 31));
+        assert_eq!(region_len(1000), 3001 + 31 + 31);
+    }
+
+    #[test]
+    fn piece_length_is_the_ceiling_square_root_and_at_least_64() {
+        for (longest, want) in [(0, 64), (1, 64), (4096, 64), (4097, 65), (7000, 84)] {
+            assert_eq!(piece_len(longest), want, "{longest}");
+        }
+        assert_eq!(piece_len(86016), 294); // 293^2 = 85849 < 86016 <= 294^2
+        assert_eq!(piece_len(u32::MAX), 65536);
+    }
+
+    /// Every long segment's pieces cover it in order, within the rooms, for lengths
+    /// around the piece length.
+    #[test]
+    fn long_segments_are_cut_into_pieces_within_the_rooms() {
+        for lens in [
+            vec![1, 64, 65, 3],
+            vec![65; 30],
+            vec![5000],
+            vec![4097, 1, 129, 64, 200],
+            vec![],
+        ] {
+            let keys: Vec<u64> = lens
+                .iter()
+                .enumerate()
+                .flat_map(|(id, &n)| std::iter::repeat_n(id as u64, n))
+                .enumerate()
+                .map(|(k, id)| id << 32 | k as u64)
+                .collect();
+            let room = keys.len();
+            let mut region = vec![7; region_len(room)];
+            let t = write_segments(&mut region, &keys, room);
+            let (rl, rp) = (long_room(room), piece_room(room));
+            let long_u = &region[3 * room + 1..][..rl];
+            let long_piece = &region[3 * room + 1 + rl..][..rl + 1];
+            let piece_long = &region[3 * room + 2 + 2 * rl..][..rp];
+            let longest = lens.iter().copied().max().unwrap_or(0);
+            assert_eq!(t.piece, piece_len(longest as u32), "{lens:?}");
+            let want: Vec<u32> = (0..lens.len() as u32)
+                .filter(|&u| lens[u as usize] > t.piece as usize)
+                .collect();
+            assert_eq!(t.longs as usize, want.len(), "{lens:?}");
+            assert_eq!(&long_u[..want.len()], &want[..], "{lens:?}");
+            let mut p = 0;
+            for (l, &u) in want.iter().enumerate() {
+                let n = lens[u as usize].div_ceil(t.piece as usize);
+                assert_eq!(long_piece[l] as usize, p, "{lens:?}");
+                assert!(piece_long[p..p + n].iter().all(|&x| x as usize == l));
+                p += n;
+            }
+            assert_eq!((t.pieces as usize, long_piece[want.len()] as usize), (p, p));
+            assert!(long_u[want.len()..].iter().all(|&x| x == 0), "{lens:?}");
+            assert!(piece_long[p..].iter().all(|&x| x == 0), "{lens:?}");
+        }
     }
 }
