@@ -23,7 +23,7 @@ print(f"config: batch {c['batch']}, eval batch {c['eval_batch']}, {c['params']} 
 
 def get(r, path):
     for k in path.split("."):
-        r = r[k] if r is not None else None
+        r = r.get(k) if isinstance(r, dict) else None
     return r
 
 rows = [
@@ -34,13 +34,28 @@ rows = [
     ("peak device memory MiB", "memory.peak_device_bytes", "lower is better"),
 ]
 print(f"{'':24} {'bst':>12} {'torch':>12} {'bst/torch':>10}")
+host_peak = None
 for label, path, better in rows:
     b, t = get(bst, path), get(torch, path)
+    if path == "memory.peak_device_bytes" and t is None:
+        # torch on the CPU: the measured peak of one training step's live bytes instead
+        t = get(torch, "memory.peak_host_bytes_one_step")
+        if t is not None and b is not None:
+            label, host_peak = "peak memory MiB *", t
     if b is None or t is None or t == 0:
         print(f"{label:24} {'-':>12} {'-':>12} {'-':>10}  (not measured on the CPU)")
         continue
     scale = 1 / 2**20 if path.startswith("memory") else 1
     print(f"{label:24} {b * scale:12.2f} {t * scale:12.2f} {b / t:10.3f}  ({better})")
+if host_peak is not None:
+    print(f"  * torch's is the peak of live host bytes in one training step on the CPU "
+          f"({torch['memory'].get('peak_phase')} phase, torch.profiler memory events), not a "
+          f"CUDA figure: about the tensors CUDA would hold, without its 512-byte rounding, "
+          f"cuBLAS workspace or CUDA-specific kernels' temporaries")
+a = torch.get("autograd")
+if a:
+    print(f"  torch autograd lower bound (saved for backward + params, grads, Adam state): "
+          f"{(a['saved_for_backward_bytes'] + a['params_grads_optim_bytes']) / 2**20:.2f} MiB")
 
 k = bst.get("kernels")
 if k and k.get("results"):

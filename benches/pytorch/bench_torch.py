@@ -1,7 +1,9 @@
 """Times `bst_torch.BST` as `bst-train bench` times bst, and prints ONE JSON object:
 training samples/s, inference samples/s, scoring latency of 1,000 candidates for one user
-(median and p99, the `.cpu()` copy included) and peak device memory
-(`torch.cuda.max_memory_allocated`; null on the CPU). Eager fp32, on CUDA if available.
+(median and p99, the `.cpu()` copy included) and peak memory: on CUDA the device's
+(`torch.cuda.max_memory_allocated` over the run), on the CPU the peak of live allocated
+bytes during one training step, measured with the profiler (`step_peak_bytes`). Eager
+fp32, on CUDA if available.
 
     python3 bench_torch.py --from-bst bst.json     # the config, vocab sizes, batch and
                                                    # step counts of a `bst-train bench` run
@@ -155,6 +157,85 @@ def autograd_bytes(model, opt, x):
                       "(saved_tensors_hooks), plus parameters, gradients and optimiser state"}
 
 
+def step_peak_bytes(s, device, batch, seed):
+    """Measured peak of live allocated bytes during one training step (the input copy,
+    forward, loss, zero_grad(set_to_none=True), backward, Adam step), everything counted:
+    parameters, gradients, optimiser state, inputs, activations and temporaries.
+
+    torch.profiler(profile_memory=True) reports every allocation and free of the device's
+    allocator with its byte count, but not the free of a block allocated before profiling
+    began. So the model and optimiser are built afresh inside the profile, one warm-up step
+    creates the gradients and Adam state, and the measured step (the record_function range
+    below) starts with parameters, gradients and Adam state live, as a step in a training
+    loop does. Sorted by time, the running sum of the memory events is the bytes live from
+    this profile; its maximum within the measured step is the peak. The inputs are cloned
+    in each step, as the CUDA path uploads its batch."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    phases = ["bst_phase_input", "bst_phase_forward_loss", "bst_phase_zero_grad",
+              "bst_phase_backward", "bst_phase_optimizer"]
+
+    def train_step(model, opt):
+        with record_function(phases[0]):
+            x = {k: v.clone() for k, v in batch.items()} if device.type == "cpu" else to(batch, device)
+        with record_function(phases[1]):
+            loss = model.loss(model(*inputs(x)), x["label"])
+        with record_function(phases[2]):
+            opt.zero_grad(set_to_none=True)
+        with record_function(phases[3]):
+            loss.backward()
+        with record_function(phases[4]):
+            opt.step()
+        del x, loss
+        sync(device)
+
+    nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            model = BST(s["model"], s["vocab"]).to(device)
+            opt = make_optimizer(model, s["optimizer"], s["lr"])
+            model.train()
+            train_step(model, opt)  # creates the gradients and the optimiser state
+            params = list(model.parameters())
+            state = [v for st in opt.state.values() for v in st.values() if torch.is_tensor(v)]
+            expected_start = (nbytes(params) + nbytes(model.buffers())
+                              + nbytes(p.grad for p in params if p.grad is not None) + nbytes(state))
+            with record_function("bst_measured_step"):
+                train_step(model, opt)
+    events = list(prof.profiler.kineto_results.events())
+    window = [(e.start_ns(), e.end_ns()) for e in events if e.name() == "bst_measured_step"]
+    assert len(window) == 1, window
+    t0, t1 = window[0]
+    kind = "CPU" if device.type == "cpu" else "CUDA"
+    mem = sorted((e.start_ns(), i, e.nbytes()) for i, e in enumerate(events)
+                 if e.name() == "[memory]" and e.device_type().name == kind)
+    live, start, peak, peak_at = 0, None, None, None
+    for t, _, n in mem:
+        if t > t1:
+            break
+        if t >= t0 and start is None:
+            start = peak = live
+        live += n
+        if t >= t0 and live > peak:
+            peak, peak_at = live, t
+    ranges = [(e.name()[len("bst_phase_"):], e.start_ns(), e.end_ns()) for e in events
+              if e.name() in phases and t0 <= e.start_ns() <= t1]
+    peak_phase = next((name for name, a, b in ranges if peak_at is not None and a <= peak_at <= b),
+                      None)
+    return {"peak_host_bytes_one_step" if device.type == "cpu" else "peak_device_bytes_one_step": peak,
+            "peak_phase": peak_phase,
+            "live_at_step_start_bytes": start,
+            "params_grads_optim_bytes": expected_start,
+            "live_at_step_end_bytes": live,
+            "method": "torch.profiler(profile_memory=True): maximum of the time-sorted running sum "
+                      "of the allocator's memory events within one training step (batch copy, "
+                      "forward, loss, zero_grad(set_to_none=True), backward, optimiser step) of a "
+                      "model and optimiser built inside the profile, after one warm-up step there; "
+                      "counts parameters, gradients, optimiser state, inputs, activations and "
+                      "temporaries (requested sizes, no allocator rounding)"}
+
+
 def main():
     args = parse_args()
     s = settings(args)
@@ -222,7 +303,8 @@ def main():
         memory = {"peak_device_bytes": torch.cuda.max_memory_allocated(device),
                   "method": "torch.cuda.max_memory_allocated over the whole run"}
     else:
-        adapter, memory = "cpu", None
+        adapter = "cpu"
+        memory = step_peak_bytes(s, device, pool[0], args.seed)
     report = {
         "adapter": adapter,
         "torch": torch.__version__,
