@@ -50,6 +50,12 @@ fn host(c: &mut Criterion) {
         });
         let mut segs = EmbeddingSegments::build(&dims, b as u32, batch.token_ids(), &batch.other)
             .expect("segments");
+        let live: usize = segs.live().iter().map(|r| r.len()).sum();
+        eprintln!(
+            "batch {b}: the segments image has {} bytes, a step uploads {} of them",
+            4 * segs.data().len(),
+            4 * live
+        );
         g.bench_function("embedding_segments_into", |bench| {
             bench.iter(|| {
                 segs.build_into(&dims, b as u32, batch.token_ids(), &batch.other)
