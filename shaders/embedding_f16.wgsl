@@ -28,6 +28,14 @@ struct Params {
     seg_ids_off: u32, // segment_sum: the unique ids (U), ascending, in `ids`
     seg_start_off: u32, // segment_sum: U + 1 offsets into the order, in `ids`
     seg_order_off: u32, // segment_sum: the token indices sorted by id (stable), in `ids`
+    long_u_off: u32, // the segments (indices u) longer than `piece`, in `ids`
+    long_piece_off: u32, // longs + 1 offsets into the pieces, in `ids`
+    piece_long_off: u32, // the long segment of each piece, in `ids`
+    piece: u32, // piece length: longer segments are summed in pieces of this many tokens
+    longs: u32, // long segments (rewritten per step)
+    pieces: u32, // their pieces (rewritten per step)
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
