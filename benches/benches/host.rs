@@ -50,7 +50,7 @@ fn host(c: &mut Criterion) {
         });
         let mut segs = EmbeddingSegments::build(&dims, b as u32, batch.token_ids(), &batch.other)
             .expect("segments");
-        let live: usize = segs.live().iter().map(|r| r.len()).sum();
+        let live: usize = segs.live().map(|r| r.len()).sum();
         eprintln!(
             "batch {b}: the segments image has {} bytes, a step uploads {} of them",
             4 * segs.data().len(),
