@@ -2,6 +2,7 @@
 // gradient arena. CPU reference: bst-kernels/src/cpu/optim.rs; launcher:
 // bst-kernels/src/gpu/optim.rs.
 //
+//   (every update first takes g = grad + weight_decay * p: PyTorch's coupled L2)
 //   adam_update     m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g g;
 //                   p -= step m / (sqrt(v) / bc2_sqrt + eps)
 //                   with step = lr / (1 - b1^t), bc2_sqrt = sqrt(1 - b2^t) from the host
@@ -38,7 +39,7 @@ struct Params {
     w: u32, // *_rows: the table's width
     rows_off: u32, // *_rows: the first row id in `rows`
     table_rows: u32, // *_rows: R; a row id >= R is skipped
-    _pad0: u32,
+    weight_decay: f32, // L2: the gradient is taken as g + weight_decay * p
     _pad1: u32,
     _pad2: u32,
 }
@@ -72,7 +73,7 @@ fn adam_update(
 
 // Adam on element i of the bound tensors.
 fn adam_at(i: u32) {
-    let g = grads[p.g_off + i];
+    let g = grads[p.g_off + i] + p.weight_decay * params[p.p_off + i];
     let mi = p.beta1 * m[p.m_off + i] + p.one_minus_beta1 * g;
     let vi = p.beta2 * v[p.v_off + i] + p.one_minus_beta2 * g * g;
     m[p.m_off + i] = mi;
@@ -82,7 +83,7 @@ fn adam_at(i: u32) {
 
 // Adagrad on element i of the bound tensors.
 fn adagrad_at(i: u32) {
-    let g = grads[p.g_off + i];
+    let g = grads[p.g_off + i] + p.weight_decay * params[p.p_off + i];
     let s = m[p.m_off + i] + g * g;
     m[p.m_off + i] = s;
     params[p.p_off + i] -= p.lr * g / (sqrt(s) + p.eps);

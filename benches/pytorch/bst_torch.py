@@ -35,6 +35,7 @@ DEFAULT_CONFIG = {
     "pooling": "target",
     "dropout": 0.2,
     "leaky_alpha": 0.01,
+    "emb_init_std": 1e-4,
 }
 
 
@@ -92,8 +93,9 @@ class BST(nn.Module):
         t = c["seq_len"] + 1
         self.cfg, self.d, self.t, self.fields = c, d, t, fields
         self.alpha = c["leaky_alpha"]
-        # nn.Embedding initialises N(0, 1), nn.Linear U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
-        # nn.LayerNorm weight 1 and bias 0: the spec's initialisation.
+        # The spec's initialisation: embeddings N(0, emb_init_std) (set below; nn.Embedding's
+        # own default is N(0, 1)), nn.Linear U(-1/sqrt(fan_in), 1/sqrt(fan_in)) and
+        # nn.LayerNorm weight 1, bias 0 (PyTorch's defaults).
         self.emb = nn.ModuleDict(
             {
                 "item": nn.Embedding(items, c["d_item"]),
@@ -102,6 +104,8 @@ class BST(nn.Module):
                 "other": nn.Embedding(other, c["d_other"]),
             }
         )
+        for table in self.emb.values():
+            nn.init.normal_(table.weight, mean=0.0, std=c["emb_init_std"])
         self.blocks = nn.ModuleList(
             Block(d, c["heads"], c["d_ff"], c["dropout"], self.alpha)
             for _ in range(c["blocks"])
@@ -144,12 +148,35 @@ class BST(nn.Module):
         return F.binary_cross_entropy_with_logits(logit, label)
 
 
-def make_optimizer(model, optimizer="adam", lr=None):
+def make_optimizer(
+    model, optimizer="adam", lr=None, emb_l2=0.0, weight_decay=0.0, emb_lr_scale=1.0
+):
     """Adam (lr 1e-3, betas 0.9/0.999, eps 1e-8) or Adagrad (lr 0.01, eps 1e-10), as the
-    spec's defaults."""
+    spec's defaults, in two parameter groups as bst trains them: the embedding tables
+    (lr * emb_lr_scale, L2 `emb_l2` as coupled weight decay: `model.emb_l2`,
+    `train.emb_lr_scale`) and the rest (lr, `train.weight_decay`). bst's `train.lr_decay`
+    is `lr_at` per epoch: set each group's `lr` to `lr_at(...) * (its scale)`."""
+    tables = list(model.emb.parameters())
+    ids = {id(p) for p in tables}
+    rest = [p for p in model.parameters() if id(p) not in ids]
     if optimizer == "adagrad":
-        return torch.optim.Adagrad(model.parameters(), lr=lr or 1e-2, eps=1e-10)
-    return torch.optim.Adam(model.parameters(), lr=lr or 1e-3, betas=(0.9, 0.999), eps=1e-8)
+        lr = lr or 1e-2
+        groups = [
+            {"params": tables, "lr": lr * emb_lr_scale, "weight_decay": emb_l2},
+            {"params": rest, "lr": lr, "weight_decay": weight_decay},
+        ]
+        return torch.optim.Adagrad(groups, lr=lr, eps=1e-10)
+    lr = lr or 1e-3
+    groups = [
+        {"params": tables, "lr": lr * emb_lr_scale, "weight_decay": emb_l2},
+        {"params": rest, "lr": lr, "weight_decay": weight_decay},
+    ]
+    return torch.optim.Adam(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+def lr_at(lr, lr_decay, epoch):
+    """bst's `train.lr_decay` schedule: the learning rate of 1-based `epoch`."""
+    return lr * lr_decay ** (epoch - 1)
 
 
 def load_bst_checkpoint(path):

@@ -5,7 +5,7 @@
 use crate::batch::Batch;
 use crate::config::Config;
 use crate::model::{Activations, GradScratch, Mode, Model};
-use crate::optim::{OptimSnapshot, Optimizer};
+use crate::optim::{Decay, OptimSnapshot, Optimizer};
 use crate::params::VocabSizes;
 use crate::rank::top_k;
 use std::any::Any;
@@ -103,6 +103,9 @@ pub trait Backend {
     /// The sum of the batch mean losses since the last call, and how many steps it holds.
     /// (The training loop calls this every few steps, not every step.)
     fn take_loss(&mut self) -> (f64, usize);
+    /// Sets the learning rate of the following updates (the loop sets each epoch's,
+    /// `TrainConfig::lr_at`).
+    fn set_lr(&mut self, lr: f32);
     /// Click probabilities of a batch in evaluation mode (no dropout) into `probs (B)`.
     fn predict(&mut self, batch: &Batch, probs: &mut [f32]);
     /// A copy of the parameter arena.
@@ -181,7 +184,12 @@ impl CpuBackend {
             acts: Activations::new(&model.dims, cap),
             scratch: GradScratch::new(&model.dims, cfg.train.batch),
             grads: vec![0.0; n],
-            optim: Optimizer::new(&cfg.train, n),
+            optim: Optimizer::new(&cfg.train, n).with_decay(Decay {
+                tables_end: model.layout.dense_range().start,
+                tables: cfg.model.emb_l2,
+                dense: cfg.train.weight_decay,
+                tables_lr_scale: cfg.train.emb_lr_scale,
+            }),
             seed: cfg.train.seed,
             dirty_rows: cfg.train.sparse_embeddings.then(Default::default),
             loss_sum: 0.0,
@@ -264,6 +272,10 @@ impl Backend for CpuBackend {
         }
         self.loss_sum += loss as f64;
         self.loss_steps += 1;
+    }
+
+    fn set_lr(&mut self, lr: f32) {
+        self.optim.lr = lr;
     }
 
     fn take_loss(&mut self) -> (f64, usize) {

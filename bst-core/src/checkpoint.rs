@@ -546,8 +546,16 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
             "bst.version is {version}; this build reads version {VERSION}"
         )));
     }
-    let model: ModelConfig = from_json("bst.config", get("bst.config")?, &corrupt)?;
-    let train: TrainConfig = from_json("bst.train_config", get("bst.train_config")?, &corrupt)?;
+    let model: ModelConfig = from_json(
+        "bst.config",
+        &with_legacy_defaults(get("bst.config")?, LEGACY_MODEL_KEYS),
+        &corrupt,
+    )?;
+    let train: TrainConfig = from_json(
+        "bst.train_config",
+        &with_legacy_defaults(get("bst.train_config")?, LEGACY_TRAIN_KEYS),
+        &corrupt,
+    )?;
     let data: DataConfig = from_json("bst.data_config", get("bst.data_config")?, &corrupt)?;
     let vocab: Vocab = from_json("bst.vocab", get("bst.vocab")?, &corrupt)?;
     let progress: Progress = from_json("bst.progress", get("bst.progress")?, &corrupt)?;
@@ -745,4 +753,38 @@ fn check_vocab_shape(v: &Vocab) -> Result<(), String> {
         offset += f.size;
     }
     Ok(())
+}
+
+/// Keys added to `[model]` after checkpoints were first written, with the value that
+/// reproduces how runs without them trained: an older checkpoint then loads (and resumes)
+/// as the run it was, not with today's defaults.
+const LEGACY_MODEL_KEYS: &[(&str, &str)] = &[
+    // Embeddings were N(0, 1) before spec section 2 took FuxiCTR's N(0, 1e-4).
+    ("emb_init_std", "1.0"),
+    ("emb_l2", "0.0"),
+];
+
+/// The same for `[train]` (values as JSON text).
+const LEGACY_TRAIN_KEYS: &[(&str, &str)] = &[
+    ("weight_decay", "0.0"),
+    ("lr_decay", "1.0"),
+    ("emb_lr_scale", "1.0"),
+    ("patience", "0"),
+];
+
+/// `json` (an object) with each of `keys` that it lacks set to its legacy value; anything
+/// that is not an object is passed on as it is, for the parser to refuse.
+fn with_legacy_defaults(json: &str, keys: &[(&str, &str)]) -> String {
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            for (k, v) in keys {
+                if !map.contains_key(*k) {
+                    let v = serde_json::from_str(v).expect("legacy values are JSON");
+                    map.insert((*k).into(), v);
+                }
+            }
+            serde_json::Value::Object(map).to_string()
+        }
+        _ => json.to_string(),
+    }
 }

@@ -95,6 +95,13 @@ pub struct ModelConfig {
     pub dropout: f32,
     /// Negative slope of LeakyReLU: finite and at least 0.
     pub leaky_alpha: f32,
+    /// Standard deviation of the embeddings' N(0, std) initialisation (spec section 2:
+    /// 1e-4, as FuxiCTR and torch-rechub; PyTorch's `nn.Embedding` default is 1).
+    pub emb_init_std: f32,
+    /// L2 regularisation of the embedding tables: each update adds `emb_l2 * p` to the
+    /// gradient of every table element (FuxiCTR's `embedding_regularizer`); with
+    /// `train.sparse_embeddings`, of the rows a batch touches. Finite, at least 0.
+    pub emb_l2: f32,
 }
 
 impl Default for ModelConfig {
@@ -114,6 +121,8 @@ impl Default for ModelConfig {
             pooling: Pooling::Target,
             dropout: 0.2,
             leaky_alpha: 0.01,
+            emb_init_std: 1e-4,
+            emb_l2: 0.0,
         }
     }
 }
@@ -177,6 +186,20 @@ impl ModelConfig {
                 self.leaky_alpha
             ));
         }
+        if !(self.emb_init_std.is_finite() && self.emb_init_std >= 0.0) {
+            return bad(format!(
+                "model.emb_init_std (the embeddings' initial standard deviation) must be \
+                 finite and at least 0, got {}",
+                self.emb_init_std
+            ));
+        }
+        if !(self.emb_l2.is_finite() && self.emb_l2 >= 0.0) {
+            return bad(format!(
+                "model.emb_l2 (L2 regularisation of the embeddings) must be finite and at \
+                 least 0, got {}",
+                self.emb_l2
+            ));
+        }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!(
                 "model.dropout must be in [0, 1), got {}",
@@ -208,6 +231,18 @@ pub struct TrainConfig {
     /// vocabulary. Adagrad gives the same results as the dense update; Adam's moments of
     /// rows a batch does not touch do not decay (lazy Adam).
     pub sparse_embeddings: bool,
+    /// L2 regularisation (PyTorch's coupled `weight_decay`) of the blocks and the MLP:
+    /// each update adds `weight_decay * p` to their gradients. Finite, at least 0.
+    pub weight_decay: f32,
+    /// The embedding tables train at `lr * emb_lr_scale` (1: the same rate as the rest).
+    /// Finite, positive.
+    pub emb_lr_scale: f32,
+    /// Learning-rate schedule: epoch `e` (1-based) trains at `lr * lr_decay^(e-1)`
+    /// (1: a constant rate). Finite, in (0, 1].
+    pub lr_decay: f32,
+    /// Early stopping: end the run when validation AUC has not improved for this many
+    /// epochs in a row (0: never stop early). The best epoch is kept either way.
+    pub patience: usize,
 }
 
 impl Default for TrainConfig {
@@ -220,6 +255,10 @@ impl Default for TrainConfig {
             seed: 0,
             eval_batch: 1024,
             sparse_embeddings: false,
+            weight_decay: 0.0,
+            lr_decay: 1.0,
+            emb_lr_scale: 1.0,
+            patience: 0,
         }
     }
 }
@@ -232,6 +271,13 @@ impl TrainConfig {
             Optimizer::Adagrad => 1e-2,
         })
     }
+    /// The learning rate of 1-based epoch `epoch`: `lr * lr_decay^(epoch-1)`, computed in
+    /// f64 and rounded once, so every backend and a resumed run use the same f32.
+    pub fn lr_at(&self, epoch: usize) -> f32 {
+        let e = epoch.saturating_sub(1) as i32;
+        (f64::from(self.lr()) * f64::from(self.lr_decay).powi(e)) as f32
+    }
+
     /// Refuses zero batch sizes or epochs and a learning rate that is not positive.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.batch == 0 || self.eval_batch == 0 {
@@ -243,6 +289,25 @@ impl TrainConfig {
             return Err(ConfigError::Invalid(
                 "train.epochs must be at least 1".into(),
             ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(ConfigError::Invalid(format!(
+                "train.weight_decay must be finite and at least 0, got {}",
+                self.weight_decay
+            )));
+        }
+        if !(self.emb_lr_scale > 0.0 && self.emb_lr_scale.is_finite()) {
+            return Err(ConfigError::Invalid(format!(
+                "train.emb_lr_scale (the tables' learning rate over lr) must be positive and \
+                 finite, got {}",
+                self.emb_lr_scale
+            )));
+        }
+        if !(self.lr_decay > 0.0 && self.lr_decay <= 1.0) {
+            return Err(ConfigError::Invalid(format!(
+                "train.lr_decay (the learning rate's factor per epoch) must be in (0, 1], got {}",
+                self.lr_decay
+            )));
         }
         if !(self.lr() > 0.0 && self.lr().is_finite()) {
             return Err(ConfigError::Invalid(format!(
@@ -372,6 +437,47 @@ mod tests {
         let mut c = Config::default();
         c.model.leaky_alpha = 0.0;
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn negative_or_non_finite_init_and_regularisation_are_refused() {
+        for bad in [-1e-3, f32::NAN, f32::INFINITY] {
+            let mut c = Config::default();
+            c.model.emb_init_std = bad;
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("model.emb_init_std"), "{bad}: {e}");
+            let mut c = Config::default();
+            c.model.emb_l2 = bad;
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("model.emb_l2"), "{bad}: {e}");
+            let mut c = Config::default();
+            c.train.weight_decay = bad;
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("train.weight_decay"), "{bad}: {e}");
+        }
+        let e = Config::from_toml_str("[train]\npatience = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("patience"), "{e}");
+        let c = Config::from_toml_str(
+            "[model]\nemb_init_std = 1.0\nemb_l2 = 0\n[train]\nweight_decay = 0\npatience = 2\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!((c.model.emb_init_std, c.train.patience), (1.0, 2));
+    }
+
+    #[test]
+    fn the_learning_rate_decays_per_epoch_and_the_factor_is_checked() {
+        let mut t = TrainConfig::default();
+        assert_eq!((t.lr_at(1), t.lr_at(3)), (1e-3, 1e-3));
+        t.lr_decay = 0.5;
+        assert_eq!((t.lr_at(1), t.lr_at(2), t.lr_at(3)), (1e-3, 5e-4, 2.5e-4));
+        for bad in [0.0, -0.5, 1.5, f32::NAN] {
+            t.lr_decay = bad;
+            let e = t.validate().unwrap_err().to_string();
+            assert!(e.contains("train.lr_decay"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -134,6 +134,8 @@ pub struct GpuBackend {
     /// Samples the bindings are set to (the last batch's size).
     rows: usize,
     adam: bool,
+    /// The embedding tables' learning rate over the rest's (`train.emb_lr_scale`).
+    emb_lr_scale: f32,
     /// Optimiser steps taken (Adam's next `t` is `steps + 1`).
     steps: u64,
     /// Seed of the dropout masks.
@@ -260,6 +262,7 @@ impl GpuBackend {
             steps: 0,
             loss_steps: 0,
             adam,
+            emb_lr_scale: cfg.train.emb_lr_scale,
             cap,
             emb_dims: embedding_dims(&model, cap),
             sites,
@@ -654,9 +657,8 @@ impl Backend for GpuBackend {
         }
         if self.adam {
             let t = self.steps + 1;
-            self.sites.update.set_step(&self.ctx, t);
-            for rows in &mut self.sites.update_rows {
-                rows.set_step(&self.ctx, t);
+            for update in self.sites.updates_mut() {
+                update.set_step(&self.ctx, t);
             }
         }
         self.submit("train step", |pass| {
@@ -665,9 +667,8 @@ impl Backend for GpuBackend {
             self.forward(pass);
             k.loss.forward(pass, &s.loss);
             self.backward(pass);
-            k.optim.update(pass, &s.update);
-            for rows in &s.update_rows {
-                k.optim.update(pass, rows);
+            for update in s.updates() {
+                k.optim.update(pass, update);
             }
         });
         self.steps += 1;
@@ -676,6 +677,14 @@ impl Backend for GpuBackend {
 
     fn loss_read_interval(&self) -> usize {
         crate::train::LOSS_EVERY
+    }
+
+    fn set_lr(&mut self, lr: f32) {
+        self.sites.update.set_lr(&self.ctx, lr);
+        let table_lr = lr * self.emb_lr_scale;
+        for update in self.sites.table_updates_mut() {
+            update.set_lr(&self.ctx, table_lr);
+        }
     }
 
     fn take_loss(&mut self) -> (f64, usize) {

@@ -3,7 +3,7 @@
 
 use crate::config::{Optimizer as Kind, TrainConfig};
 use bst_kernels::cpu::optim::{
-    AdamHyper, adagrad_update, adagrad_update_rows, adam_update, adam_update_rows,
+    AdagradHyper, AdamHyper, adagrad_update, adagrad_update_rows, adam_update, adam_update_rows,
 };
 use std::ops::Range;
 
@@ -36,6 +36,35 @@ pub struct Optimizer {
     pub steps: u64,
     /// The state arenas.
     pub state: OptimState,
+    /// L2 regularisation (coupled weight decay) of the tables and of the rest.
+    pub decay: Decay,
+}
+
+/// L2 regularisation as coupled weight decay: each update takes the gradient of a
+/// parameter `p` as `g + coef * p`, the gradient of `coef/2 * |p|^2` added to the loss
+/// (PyTorch's `weight_decay`; FuxiCTR's `embedding_regularizer` with p = 2).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Decay {
+    /// The embedding tables are the arena's `0..tables_end` (they come first).
+    pub tables_end: usize,
+    /// Coefficient on the embedding tables (`model.emb_l2`). With sparse updates only
+    /// the rows a batch touches decay (lazy, as their Adam moments).
+    pub tables: f32,
+    /// Coefficient on the blocks and the MLP (`train.weight_decay`).
+    pub dense: f32,
+    /// The tables' learning rate is the optimiser's times this (`train.emb_lr_scale`).
+    pub tables_lr_scale: f32,
+}
+
+impl Default for Decay {
+    fn default() -> Self {
+        Decay {
+            tables_end: 0,
+            tables: 0.0,
+            dense: 0.0,
+            tables_lr_scale: 1.0,
+        }
+    }
 }
 
 /// What a checkpoint keeps of an optimiser: its state arenas and the number of updates
@@ -116,7 +145,14 @@ impl Optimizer {
             lr: cfg.lr(),
             steps: 0,
             state,
+            decay: Decay::default(),
         }
+    }
+
+    /// The same optimiser with L2 regularisation `decay`.
+    pub fn with_decay(mut self, decay: Decay) -> Optimizer {
+        self.decay = decay;
+        self
     }
 
     /// A copy of the state and step count, for a checkpoint.
@@ -151,8 +187,18 @@ impl Optimizer {
     /// One update of `params` from `grads` (both of the parameter layout).
     pub fn step(&mut self, params: &mut [f32], grads: &[f32]) {
         self.steps += 1;
-        let all = 0..params.len();
-        self.update_range(params, grads, all);
+        let Decay {
+            tables_end, tables, ..
+        } = self.decay;
+        let (lr, scale) = (self.lr, self.decay.tables_lr_scale);
+        self.update_range(params, grads, 0..tables_end, lr * scale, tables);
+        self.update_range(
+            params,
+            grads,
+            tables_end..params.len(),
+            lr,
+            self.decay.dense,
+        );
     }
 
     /// One sparse update: the range `dense` whole, and of each embedding table
@@ -168,38 +214,61 @@ impl Optimizer {
     ) {
         assert_eq!(tables.len(), rows.len(), "one row list per table");
         self.steps += 1;
-        self.update_range(params, grads, dense);
-        let (lr, t) = (self.lr, self.steps);
+        self.update_range(params, grads, dense, self.lr, self.decay.dense);
+        let (lr, t) = (self.lr * self.decay.tables_lr_scale, self.steps);
+        let weight_decay = self.decay.tables;
         for ((r, w), rows) in tables.iter().zip(rows) {
             let (p, g) = (&mut params[r.clone()], &grads[r.clone()]);
             match &mut self.state {
                 OptimState::Adam { m, v } => {
                     let hp = AdamHyper {
                         lr,
+                        weight_decay,
                         ..AdamHyper::default()
                     };
                     let (m, v) = (&mut m[r.clone()], &mut v[r.clone()]);
                     adam_update_rows(p, m, v, g, *w, rows, hp, t);
                 }
                 OptimState::Adagrad { sum } => {
-                    adagrad_update_rows(p, &mut sum[r.clone()], g, *w, rows, lr, ADAGRAD_EPS)
+                    let hp = AdagradHyper {
+                        lr,
+                        eps: ADAGRAD_EPS,
+                        weight_decay,
+                    };
+                    adagrad_update_rows(p, &mut sum[r.clone()], g, *w, rows, hp)
                 }
             }
         }
     }
 
-    /// The update of step `self.steps` over `range` of the arenas.
-    fn update_range(&mut self, params: &mut [f32], grads: &[f32], r: Range<usize>) {
+    /// The update of step `self.steps` over `range` of the arenas, with L2 coefficient
+    /// `weight_decay`.
+    fn update_range(
+        &mut self,
+        params: &mut [f32],
+        grads: &[f32],
+        r: Range<usize>,
+        lr: f32,
+        weight_decay: f32,
+    ) {
         let (p, g) = (&mut params[r.clone()], &grads[r.clone()]);
         match &mut self.state {
             OptimState::Adam { m, v } => {
                 let hp = AdamHyper {
-                    lr: self.lr,
+                    lr,
+                    weight_decay,
                     ..AdamHyper::default()
                 };
                 adam_update(p, &mut m[r.clone()], &mut v[r], g, hp, self.steps);
             }
-            OptimState::Adagrad { sum } => adagrad_update(p, &mut sum[r], g, self.lr, ADAGRAD_EPS),
+            OptimState::Adagrad { sum } => {
+                let hp = AdagradHyper {
+                    lr,
+                    eps: ADAGRAD_EPS,
+                    weight_decay,
+                };
+                adagrad_update(p, &mut sum[r], g, hp)
+            }
         }
     }
 }

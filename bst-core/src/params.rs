@@ -9,8 +9,8 @@ use std::ops::Range;
 /// How a tensor is initialised (PyTorch's defaults, spec section 2).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
-    /// N(0, 1): embeddings.
-    Normal,
+    /// N(0, std): embeddings (`model.emb_init_std`).
+    Normal(f32),
     /// U(-bound, bound) with bound = 1/sqrt(fan_in): linear weights and biases.
     Uniform(f32),
     /// All ones: LayerNorm weights.
@@ -139,22 +139,22 @@ impl ParamLayout {
         let emb_item = push(
             "emb.item.weight".into(),
             vec![v.items, cfg.d_item],
-            Init::Normal,
+            Init::Normal(cfg.emb_init_std),
         );
         let emb_cat = push(
             "emb.cat.weight".into(),
             vec![v.cats, cfg.d_cat],
-            Init::Normal,
+            Init::Normal(cfg.emb_init_std),
         );
         let emb_pos = push(
             "emb.pos.weight".into(),
             vec![cfg.pos_buckets, cfg.d_pos],
-            Init::Normal,
+            Init::Normal(cfg.emb_init_std),
         );
         let emb_other = push(
             "emb.other.weight".into(),
             vec![v.other, cfg.d_other],
-            Init::Normal,
+            Init::Normal(cfg.emb_init_std),
         );
         let mut blocks = Vec::new();
         for i in 0..cfg.blocks {
@@ -226,7 +226,9 @@ impl ParamLayout {
             let mut rng = Rng::new(seed).fork(k as u64 + 1);
             let dst = &mut arena[spec.range()];
             match spec.init {
-                Init::Normal => dst.iter_mut().for_each(|x| *x = rng.normal() as f32),
+                Init::Normal(std) => dst
+                    .iter_mut()
+                    .for_each(|x| *x = (rng.normal() * std as f64) as f32),
                 Init::Uniform(bound) => dst
                     .iter_mut()
                     .for_each(|x| *x = ((2.0 * rng.uniform() - 1.0) as f32) * bound),
@@ -302,7 +304,42 @@ mod tests {
         assert!(w.iter().any(|x| x.abs() > 0.9 / 32.0));
         assert!(a[l.index.blocks[0].ln1_w.clone()].iter().all(|&x| x == 1.0));
         let e = &a[l.index.emb_item.clone()];
-        let var = e.iter().map(|x| x * x).sum::<f32>() / e.len() as f32;
-        assert!((var - 1.0).abs() < 0.1, "embedding variance {var}");
+        let std = (e.iter().map(|x| x * x).sum::<f32>() / e.len() as f32).sqrt();
+        assert!((std / 1e-4 - 1.0).abs() < 0.05, "embedding std {std}");
+    }
+
+    #[test]
+    fn embedding_init_scales_one_draw_by_emb_init_std() {
+        // The same normal draws at any std: std = 1 gives the spec's earlier N(0, 1) init
+        // bit for bit, and std = s gives s times it (to f32 rounding).
+        let mut one = ModelConfig::default();
+        one.emb_init_std = 1.0;
+        let mut tiny = ModelConfig::default();
+        tiny.emb_init_std = 1e-4;
+        let (a, b) = (
+            ParamLayout::new(&one, sizes()).init(7),
+            ParamLayout::new(&tiny, sizes()).init(7),
+        );
+        let l = ParamLayout::new(&one, sizes());
+        for t in l.embedding_tables() {
+            for i in t.0 {
+                assert!(
+                    (b[i] - a[i] * 1e-4).abs() <= 1e-4 * a[i].abs() * 1e-6,
+                    "{i}"
+                );
+            }
+        }
+        let dense = l.dense_range();
+        assert_eq!(
+            a[dense.clone()],
+            b[dense],
+            "only the tables depend on the std"
+        );
+        let var = a[l.index.emb_item.clone()]
+            .iter()
+            .map(|x| x * x)
+            .sum::<f32>()
+            / l.index.emb_item.len() as f32;
+        assert!((var - 1.0).abs() < 0.1, "std 1: variance {var}");
     }
 }

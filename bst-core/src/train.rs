@@ -53,6 +53,9 @@ pub struct TrainReport {
     pub oracle_test_auc: Option<f64>,
     /// Training samples per second over all epochs.
     pub train_samples_per_sec: f64,
+    /// Training ended before `epochs` because validation AUC had not improved for
+    /// `patience` epochs.
+    pub stopped_early: bool,
     /// The backend's description.
     pub device: String,
 }
@@ -350,7 +353,13 @@ pub fn train_with(
     // Batches are gathered (and, on a GPU, segmented) on a producer thread, ahead of the
     // step that takes them.
     let preparer = backend.batch_preparer();
+    let mut stopped_early = false;
     for epoch in progress.epoch + 1..=cfg.epochs {
+        if patience_spent(&progress, cfg.patience) {
+            stopped_early = true;
+            break;
+        }
+        backend.set_lr(cfg.lr_at(epoch));
         Rng::new(cfg.seed).fork(epoch as u64).shuffle(&mut order);
         let start = Instant::now();
         let mut window_start = progress.step + 1;
@@ -498,12 +507,22 @@ pub fn train_with(
         .and_then(|p| auc(p, &ds.test.label));
     Ok(TrainReport {
         train_samples_per_sec: (progress.epochs.len() * n) as f64 / progress.train_seconds,
+        stopped_early,
         epochs: progress.epochs,
         best_epoch: best.epoch,
         test,
         oracle_test_auc,
         device: backend.describe(),
     })
+}
+
+/// Early stopping: `patience > 0` epochs have passed since the best one. Checked before
+/// each epoch, so a resumed run that had stopped early stops again.
+fn patience_spent(progress: &Progress, patience: usize) -> bool {
+    patience > 0
+        && progress
+            .best
+            .is_some_and(|b| progress.epoch - b.epoch >= patience)
 }
 
 fn best_snapshot<'a>(progress: &'a Progress, params: &'a [f32]) -> Snapshot<'a> {

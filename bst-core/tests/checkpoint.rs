@@ -410,6 +410,57 @@ fn a_config_or_data_that_does_not_match_is_refused_with_the_difference() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// A checkpoint written before `model.emb_init_std`, `model.emb_l2`,
+/// `train.weight_decay` and `train.patience` existed (its config JSON lacks them) loads
+/// with the values those runs trained with (N(0, 1) embeddings, no regularisation, no
+/// early stopping), not today's defaults, so it scores and resumes as it was.
+#[test]
+fn a_checkpoint_from_before_the_regularisation_keys_loads_as_it_was_trained() {
+    let dir = temp_dir("legacy");
+    let mut cfg = tiny_config(Optimizer::Adam);
+    cfg.train.epochs = 1;
+    cfg.model.emb_init_std = 1.0;
+    let ds = dataset(&cfg);
+    run(&cfg, &ds, &dir, None, None).unwrap();
+    let path = dir.join(checkpoint::LATEST);
+    let old = dir.join("old.safetensors");
+    let drop_keys = |md: &mut HashMap<String, String>, key: &str, names: &[&str]| {
+        let mut v: serde_json::Value = serde_json::from_str(&md[key]).unwrap();
+        for n in names {
+            assert!(v.as_object_mut().unwrap().remove(*n).is_some(), "{n}");
+        }
+        md.insert(key.into(), v.to_string());
+    };
+    rewrite(&path, &old, keep, |md| {
+        drop_keys(md, "bst.config", &["emb_init_std", "emb_l2"]);
+        drop_keys(md, "bst.train_config", &["weight_decay", "patience"]);
+    });
+    let (new, legacy) = (
+        Checkpoint::load(&path).unwrap(),
+        Checkpoint::load(&old).unwrap(),
+    );
+    assert_eq!(
+        legacy.config, cfg,
+        "the legacy values fill the missing keys"
+    );
+    assert_eq!(
+        (legacy.config.model.emb_l2, legacy.config.train.weight_decay),
+        (0.0, 0.0)
+    );
+    assert_eq!(legacy.config.train.patience, 0);
+    assert_bits_equal("parameters", &legacy.params, &new.params);
+    legacy
+        .check_config(&cfg)
+        .expect("resumable with its own config");
+    // A resumed legacy run continues as the run would have.
+    let mut two = cfg.clone();
+    two.train.epochs = 2;
+    let from_new = run(&two, &ds, &temp_dir("legacy-a"), Some(&path), None).unwrap();
+    let from_old = run(&two, &ds, &temp_dir("legacy-b"), Some(&old), None).unwrap();
+    assert_bits_equal("resumed parameters", &from_old.params, &from_new.params);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn a_run_resumed_after_an_epoch_ends_bit_for_bit_like_an_uninterrupted_one() {
     for optimizer in [Optimizer::Adam, Optimizer::Adagrad] {
@@ -515,6 +566,9 @@ impl Backend for Poisoned {
     }
     fn take_loss(&mut self) -> (f64, usize) {
         self.inner.take_loss()
+    }
+    fn set_lr(&mut self, lr: f32) {
+        self.inner.set_lr(lr)
     }
     fn predict(&mut self, batch: &Batch, probs: &mut [f32]) {
         self.inner.predict(batch, probs)

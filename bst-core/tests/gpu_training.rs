@@ -263,6 +263,94 @@ fn three_steps_with_sparse_embedding_updates_match_the_cpu() {
     }
 }
 
+/// L2 regularisation (`model.emb_l2` on the tables, `train.weight_decay` on the rest)
+/// takes the same steps on both backends, for Adam and Adagrad, with dense and row-wise
+/// table updates; and it changes them (a backend that ignored it would fail here).
+#[test]
+fn three_steps_with_l2_regularisation_match_the_cpu() {
+    let Some(ctx) = gpu() else { return };
+    for opt in [Optimizer::Adam, Optimizer::Adagrad] {
+        for sparse in [false, true] {
+            let mut cfg = small_config(1, Pooling::Target, opt);
+            cfg.train.sparse_embeddings = sparse;
+            cfg.model.emb_l2 = 0.05;
+            cfg.train.weight_decay = 0.01;
+            cfg.validate().expect("a valid config");
+            let what = format!("L2, {opt:?}, sparse {sparse}");
+            check_steps_of(ctx.clone(), &cfg, &what);
+            // Without each coefficient the CPU's parameters differ where it applies.
+            let batches = training_batches(&random_samples(17, &cfg.model, 7));
+            let run = |cfg: &Config| {
+                let mut cpu = CpuBackend::new(cfg, SIZES);
+                for b in &batches {
+                    cpu.train_step(b);
+                }
+                cpu.params
+            };
+            let with = run(&cfg);
+            let layout = ParamLayout::new(&cfg.model, SIZES);
+            let (tables, dense) = (0..layout.dense_range().start, layout.dense_range());
+            // (Each changes every later value, so only its own part is checked.)
+            let mut no_emb = cfg.clone();
+            no_emb.model.emb_l2 = 0.0;
+            let p = run(&no_emb);
+            assert_ne!(p[tables.clone()], with[tables.clone()], "{what}: emb_l2");
+            let mut no_wd = cfg.clone();
+            no_wd.train.weight_decay = 0.0;
+            let p = run(&no_wd);
+            assert_ne!(p[dense.clone()], with[dense], "{what}: weight_decay");
+        }
+    }
+}
+
+/// A learning rate set between steps (`Backend::set_lr`, the per-epoch schedule of
+/// `train.lr_decay`), with the tables at `train.emb_lr_scale` times it, takes effect on
+/// both backends alike, for Adam and Adagrad, dense and row-wise; and each changes the
+/// steps (a backend that ignored one would fail here).
+#[test]
+fn a_learning_rate_changed_between_steps_matches_the_cpu() {
+    let Some(ctx) = gpu() else { return };
+    for opt in [Optimizer::Adam, Optimizer::Adagrad] {
+        for sparse in [false, true] {
+            let mut cfg = small_config(1, Pooling::Target, opt);
+            cfg.train.sparse_embeddings = sparse;
+            cfg.train.emb_lr_scale = 2.5;
+            let what = format!("set_lr, {opt:?}, sparse {sparse}");
+            let batches = training_batches(&random_samples(17, &cfg.model, 7));
+            let (mut cpu, mut gpu) = backends(ctx.clone(), &cfg);
+            for (b, scale) in batches.iter().zip([1.0, 0.25, 3.0]) {
+                let lr = cfg.train.lr() * scale;
+                cpu.set_lr(lr);
+                gpu.set_lr(lr);
+                cpu.train_step(b);
+                gpu.train_step(b);
+            }
+            let layout = &cpu.model.layout;
+            assert_close(&what, &gpu.read_params(), &cpu.params, Some(layout));
+            let mut constant = CpuBackend::new(&cfg, SIZES);
+            for b in &batches {
+                constant.train_step(b);
+            }
+            assert_ne!(
+                constant.params, cpu.params,
+                "{what}: the rate changed nothing"
+            );
+            let mut unscaled_cfg = cfg.clone();
+            unscaled_cfg.train.emb_lr_scale = 1.0;
+            let mut unscaled = CpuBackend::new(&unscaled_cfg, SIZES);
+            for b in &batches {
+                unscaled.train_step(b);
+            }
+            let tables = 0..layout.dense_range().start;
+            assert_ne!(
+                unscaled.params[tables.clone()],
+                constant.params[tables],
+                "{what}: emb_lr_scale changed nothing"
+            );
+        }
+    }
+}
+
 /// A step handed segments prepared from another batch of the same size rebuilds them
 /// from its own batch (they would put gradients on the wrong rows): the result is the
 /// plain step's, bit for bit. With the right preparation it is the same too.

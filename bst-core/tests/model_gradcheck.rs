@@ -49,6 +49,7 @@ fn tiny_config(blocks: usize, pooling: Pooling) -> ModelConfig {
         pooling,
         dropout: 0.2,
         leaky_alpha: 0.1,
+        emb_init_std: 1.0, // embeddings large enough to move the loss at EPS
         ..Default::default()
     }
 }

@@ -17,7 +17,7 @@
 mod common;
 
 use bst_kernels::cpu::optim::{adagrad_update, adagrad_update_rows, adam_update, adam_update_rows};
-use bst_kernels::gpu::optim::{AdamHyper, OptimKernels, TableRows, UpdateRule};
+use bst_kernels::gpu::optim::{AdagradHyper, AdamHyper, OptimKernels, TableRows, UpdateRule};
 use bst_kernels::gpu::{GpuContext, TensorRef, wgpu};
 use common::{Arena, assert_close, assert_untouched, at, gpu, random_vec, run};
 use std::ops::Range;
@@ -41,13 +41,19 @@ enum Rule {
     Adagrad,
 }
 
-/// Adagrad's learning rate and epsilon in these tests.
-const ADAGRAD: (f32, f32) = (0.05, 1e-10);
+/// Adagrad's hyper-parameters in these tests (with weight decay, so the GPU's L2 term
+/// is checked against the CPU's on every update).
+const ADAGRAD: AdagradHyper = AdagradHyper {
+    lr: 0.05,
+    eps: 1e-10,
+    weight_decay: 0.03,
+};
 
-/// Adam's hyper-parameters in these tests.
+/// Adam's hyper-parameters in these tests (with weight decay, as Adagrad's).
 fn adam_hyper() -> AdamHyper {
     AdamHyper {
         lr: 0.01,
+        weight_decay: 0.02,
         ..AdamHyper::default()
     }
 }
@@ -60,7 +66,6 @@ fn gpu_rule<'a>(
     m_r: &Range<usize>,
     v_r: &Range<usize>,
 ) -> UpdateRule<'a> {
-    let (lr, eps) = ADAGRAD;
     match rule {
         Rule::Adam => UpdateRule::Adam {
             hp: adam_hyper(),
@@ -68,8 +73,7 @@ fn gpu_rule<'a>(
             v: at(state, v_r),
         },
         Rule::Adagrad => UpdateRule::Adagrad {
-            lr,
-            eps,
+            hp: ADAGRAD,
             sum: at(state, m_r),
         },
     }
@@ -79,7 +83,7 @@ fn gpu_rule<'a>(
 /// compares parameters and state after every step.
 fn check(ctx: &GpuContext, rule: Rule, n: usize, max_groups: u32) {
     let name = format!("{rule:?} n={n}");
-    let (hp, (lr, eps)) = (adam_hyper(), ADAGRAD);
+    let (hp, ag) = (adam_hyper(), ADAGRAD);
     // Nonzero starting state (v and Adagrad's sum nonnegative), some of it zero.
     let p0 = random_vec(n, 1);
     let mut m0 = random_vec(n, 2);
@@ -126,7 +130,7 @@ fn check(ctx: &GpuContext, rule: Rule, n: usize, max_groups: u32) {
         run(ctx, |pass| kernels.update(pass, &binding));
         match rule {
             Rule::Adam => adam_update(&mut p, &mut m, &mut v, &g, hp, t),
-            Rule::Adagrad => adagrad_update(&mut p, &mut m, &g, lr, eps),
+            Rule::Adagrad => adagrad_update(&mut p, &mut m, &g, ag),
         }
 
         let params_gpu = ctx
@@ -294,7 +298,7 @@ fn rows_of_step(r: u32, count: usize, t: u64) -> Vec<u32> {
 fn check_rows(ctx: &GpuContext, rule: Rule, (r, w): (u32, usize), max_rows: u32, max_groups: u32) {
     let name = format!("{rule:?} rows ({r}, {w})");
     let n = r as usize * w;
-    let (hp, (lr, eps)) = (adam_hyper(), ADAGRAD);
+    let (hp, ag) = (adam_hyper(), ADAGRAD);
     let p0 = random_vec(n, 11);
     let m0: Vec<f32> = random_vec(n, 12).iter().map(|x| x.abs()).collect();
     let v0: Vec<f32> = random_vec(n, 13).iter().map(|x| x.abs()).collect();
@@ -342,7 +346,7 @@ fn check_rows(ctx: &GpuContext, rule: Rule, (r, w): (u32, usize), max_rows: u32,
         run(ctx, |pass| kernels.update(pass, &binding));
         match rule {
             Rule::Adam => adam_update_rows(&mut p, &mut m, &mut v, &g, w, &rows, hp, t),
-            Rule::Adagrad => adagrad_update_rows(&mut p, &mut m, &g, w, &rows, lr, eps),
+            Rule::Adagrad => adagrad_update_rows(&mut p, &mut m, &g, w, &rows, ag),
         }
         let step = format!("{name} step {t}");
         let params_gpu = ctx
@@ -439,8 +443,11 @@ fn a_row_id_past_the_table_is_skipped() {
         width: 3,
     };
     let rule = UpdateRule::Adagrad {
-        lr: 0.1,
-        eps: 1e-10,
+        hp: AdagradHyper {
+            lr: 0.1,
+            eps: 1e-10,
+            weight_decay: 0.0,
+        },
         sum: TensorRef::whole(&sum),
     };
     let mut b = kernels

@@ -138,6 +138,21 @@ pub struct RunArgs {
     /// Adagrad): a step's cost then does not grow with the vocabulary.
     #[arg(long = "sparse-embeddings")]
     pub sparse_embeddings: bool,
+    /// L2 regularisation of the embedding tables (`model.emb_l2`).
+    #[arg(long = "emb-l2")]
+    pub emb_l2: Option<f32>,
+    /// L2 regularisation (coupled weight decay) of the blocks and the MLP
+    /// (`train.weight_decay`).
+    #[arg(long = "weight-decay")]
+    pub weight_decay: Option<f32>,
+    /// Learning rate factor per epoch (`train.lr_decay`): epoch e trains at
+    /// lr * lr_decay^(e-1).
+    #[arg(long = "lr-decay")]
+    pub lr_decay: Option<f32>,
+    /// Early stopping: stop when validation AUC has not improved for this many epochs
+    /// (`train.patience`; 0 never stops early).
+    #[arg(long)]
+    pub patience: Option<usize>,
     /// Transformer blocks (0 gives the WDL baselines).
     #[arg(long)]
     pub blocks: Option<usize>,
@@ -192,6 +207,10 @@ impl RunArgs {
         set!(m.heads, self.heads);
         set!(m.pooling, self.pooling);
         set!(m.seq_len, self.seq_len);
+        set!(m.emb_l2, self.emb_l2);
+        set!(t.weight_decay, self.weight_decay);
+        set!(t.patience, self.patience);
+        set!(t.lr_decay, self.lr_decay);
         set!(cfg.data.synthetic_users, self.synthetic_users);
         if self.lr.is_some() {
             t.lr = self.lr;

@@ -178,6 +178,13 @@ pub fn train(args: &RunArgs) -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     };
     write_metrics(&dir, &report)?;
+    if report.stopped_early {
+        println!(
+            "stopped early after epoch {}: validation AUC did not improve for {} epoch(s) (train.patience)",
+            report.epochs.len(),
+            cfg.train.patience
+        );
+    }
     println!("best epoch {} by validation AUC", report.best_epoch);
     println!("test  {}", report.test);
     if let Some(oracle) = report.oracle_test_auc {

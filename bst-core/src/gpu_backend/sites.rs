@@ -18,7 +18,9 @@ use bst_kernels::gpu::mask::{MaskBinding, MaskBuffers, MaskDims};
 use bst_kernels::gpu::matmul::{
     Activation, LeakyInput, MatmulBinding, MatmulBuffers, MatmulDims, MatmulGradBuffers,
 };
-use bst_kernels::gpu::optim::{AdamHyper, FillBinding, OptimBinding, TableRows, UpdateRule};
+use bst_kernels::gpu::optim::{
+    AdagradHyper, AdamHyper, FillBinding, OptimBinding, TableRows, UpdateRule,
+};
 use bst_kernels::gpu::pooling::{PoolingBinding, PoolingBuffers, PoolingDims, PoolingGradBuffers};
 use bst_kernels::gpu::{GpuContext, GpuError, TensorRef, wgpu};
 
@@ -65,14 +67,38 @@ pub(super) struct Sites {
     /// The gradient arena, or with sparse updates its dense range only (the tables'
     /// gradients are consumed by `update_rows`).
     pub zero_grads: FillBinding,
-    /// The whole arena, or with sparse updates its dense range (blocks and MLP).
+    /// The dense range (blocks and MLP), with `train.weight_decay`.
     pub update: OptimBinding,
+    /// Dense updates of trained f32 tables: the four tables, with `model.emb_l2`.
+    pub update_tables: Option<OptimBinding>,
     /// Sparse updates: the touched rows of each embedding table (item, category,
-    /// position, other), read from the segments' unique ids. Empty for dense updates.
+    /// position, other), read from the segments' unique ids, with `model.emb_l2`.
+    /// Empty for dense updates.
     pub update_rows: Vec<OptimBinding>,
 }
 
 impl Sites {
+    /// Every optimiser update of a training step, in dispatch order: the dense range,
+    /// the tables whole or their touched rows.
+    pub fn updates(&self) -> impl Iterator<Item = &OptimBinding> {
+        std::iter::once(&self.update)
+            .chain(&self.update_tables)
+            .chain(&self.update_rows)
+    }
+
+    /// The same, to set their step.
+    pub fn updates_mut(&mut self) -> impl Iterator<Item = &mut OptimBinding> {
+        std::iter::once(&mut self.update)
+            .chain(&mut self.update_tables)
+            .chain(&mut self.update_rows)
+    }
+
+    /// The updates of the embedding tables (whole or by rows), whose learning rate is
+    /// scaled by `train.emb_lr_scale`.
+    pub fn table_updates_mut(&mut self) -> impl Iterator<Item = &mut OptimBinding> {
+        self.update_tables.iter_mut().chain(&mut self.update_rows)
+    }
+
     /// Binds every call site to `bufs`, for batches of up to `cap` samples. The dropout
     /// keys are set per step.
     pub fn new(
@@ -259,41 +285,60 @@ impl Sites {
                     .into(),
             ));
         }
-        let dense = if train.sparse_embeddings || base > 0 {
+        // Gradients zeroed each step: the whole arena, or with sparse updates (and f16
+        // tables) its dense range.
+        let zeroed = if train.sparse_embeddings || base > 0 {
             layout.dense_range()
         } else {
             0..layout.total
         };
-        let start = (dense.start - base) as u32;
-        let n = dense.len() as u32;
-        let zero_grads = k
-            .optim
-            .bind_fill(ctx, TensorRef::new(&arenas.grads, start), n, 0.0)?;
+        let zero_grads = k.optim.bind_fill(
+            ctx,
+            TensorRef::new(&arenas.grads, (zeroed.start - base) as u32),
+            zeroed.len() as u32,
+            0.0,
+        )?;
         let lr = train.lr();
         // The rule with its state tensors at layout offset `off` (element `off - base`
-        // of the state arenas).
-        let rule = |off: usize| match &arenas.v {
+        // of the state arenas), with L2 coefficient `weight_decay`.
+        let rule = |off: usize, lr: f32, weight_decay: f32| match &arenas.v {
             Some(v) => UpdateRule::Adam {
                 hp: AdamHyper {
                     lr,
+                    weight_decay,
                     ..AdamHyper::default()
                 },
                 m: TensorRef::new(&arenas.m, (off - base) as u32),
                 v: TensorRef::new(v, (off - base) as u32),
             },
             None => UpdateRule::Adagrad {
-                lr,
-                eps: ADAGRAD_EPS,
+                hp: AdagradHyper {
+                    lr,
+                    eps: ADAGRAD_EPS,
+                    weight_decay,
+                },
                 sum: TensorRef::new(&arenas.m, (off - base) as u32),
             },
         };
-        let update = k.optim.bind(
-            ctx,
-            TensorRef::new(&arenas.params, start),
-            TensorRef::new(&arenas.grads, start),
-            rule(dense.start),
-            n,
-        )?;
+        // An update of the layout's range `r` (at `r.start - base` of the arenas).
+        let bind_range = |r: std::ops::Range<usize>, lr: f32, weight_decay: f32| {
+            let at = (r.start - base) as u32;
+            k.optim.bind(
+                ctx,
+                TensorRef::new(&arenas.params, at),
+                TensorRef::new(&arenas.grads, at),
+                rule(r.start, lr, weight_decay),
+                r.len() as u32,
+            )
+        };
+        let dense = layout.dense_range();
+        let update = bind_range(dense.clone(), lr, train.weight_decay)?;
+        let table_lr = lr * train.emb_lr_scale;
+        let update_tables = if train.sparse_embeddings || base > 0 {
+            None
+        } else {
+            Some(bind_range(0..dense.start, table_lr, model.cfg.emb_l2)?)
+        };
         let mut update_rows = Vec::new();
         if train.sparse_embeddings {
             let unique = EmbeddingSegments::unique_ids_at(&emb_dims)?;
@@ -309,7 +354,7 @@ impl Sites {
                     ctx,
                     TensorRef::new(&arenas.params, off),
                     TensorRef::new(&arenas.grads, off),
-                    rule(r.start),
+                    rule(r.start, table_lr, model.cfg.emb_l2),
                     rows,
                 )?);
             }
@@ -324,6 +369,7 @@ impl Sites {
             eval_loss,
             zero_grads,
             update,
+            update_tables,
             update_rows,
         })
     }

@@ -1,5 +1,6 @@
-//! Optimiser updates, as PyTorch's Adam and Adagrad (no weight decay, no learning-rate
-//! decay): over a whole range of the parameter arena, or lazily over the rows of an
+//! Optimiser updates, as PyTorch's Adam and Adagrad with their coupled `weight_decay`
+//! (the gradient becomes `g + weight_decay * p`, an L2 term `weight_decay/2 * |p|^2` in
+//! the loss; no learning-rate decay): over a whole range of the parameter arena, or lazily over the rows of an
 //! embedding table that a batch touched (`*_rows`, PyTorch's `SparseAdam` and sparse
 //! Adagrad): untouched rows keep their parameters and state as they are, so a step's cost
 //! follows the batch, not the vocabulary.
@@ -17,6 +18,8 @@ pub struct AdamHyper {
     pub beta2: f32,
     /// Added to the root of the second moment.
     pub eps: f32,
+    /// L2 coefficient: the gradient is taken as `g + weight_decay * p` (PyTorch's).
+    pub weight_decay: f32,
 }
 
 impl Default for AdamHyper {
@@ -26,6 +29,7 @@ impl Default for AdamHyper {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
+            weight_decay: 0.0,
         }
     }
 }
@@ -103,53 +107,72 @@ impl AdamCorrection {
 /// One element of an Adam step, in the operation order `shaders/optim.wgsl` follows.
 #[inline]
 fn adam_element(p: &mut f32, m: &mut f32, v: &mut f32, g: f32, hp: AdamHyper, bc: AdamCorrection) {
+    let g = g + hp.weight_decay * *p;
     *m = hp.beta1 * *m + (1.0 - hp.beta1) * g;
     *v = hp.beta2 * *v + (1.0 - hp.beta2) * g * g;
     // PyTorch: p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps)
     *p -= bc.step * *m / ((*v).sqrt() / bc.bc2_sqrt + hp.eps);
 }
 
+/// Adagrad's hyper-parameters (PyTorch's names).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdagradHyper {
+    /// Learning rate.
+    pub lr: f32,
+    /// Added to the root of the sum of squares.
+    pub eps: f32,
+    /// L2 coefficient: the gradient is taken as `g + weight_decay * p` (PyTorch's).
+    pub weight_decay: f32,
+}
+
 /// One Adagrad step on params (N) with grads (N); the running sum of squares (N) updated.
-pub fn adagrad_update(params: &mut [f32], sum: &mut [f32], grads: &[f32], lr: f32, eps: f32) {
+pub fn adagrad_update(params: &mut [f32], sum: &mut [f32], grads: &[f32], hp: AdagradHyper) {
     params
         .par_iter_mut()
         .zip(sum.par_iter_mut())
         .zip(grads)
         .with_min_len(8192)
-        .for_each(|((p, s), &g)| adagrad_element(p, s, g, lr, eps));
+        .for_each(|((p, s), &g)| adagrad_element(p, s, g, hp));
 }
 
 /// Adagrad on the rows `rows` (distinct) of one table of width `w` (params, sum and grads
 /// are the table's (R, w) slices). A row outside the batch has a zero gradient, for which
 /// [`adagrad_update`] changes nothing, so this equals the dense update bit for bit when
-/// `rows` holds every row with a nonzero gradient. Panics on a row past the table.
+/// `rows` holds every row with a nonzero gradient and there is no weight decay (with
+/// it, only the listed rows decay: lazy L2). Panics on a row past the table.
 pub fn adagrad_update_rows(
     params: &mut [f32],
     sum: &mut [f32],
     grads: &[f32],
     w: usize,
     rows: &[u32],
-    lr: f32,
-    eps: f32,
+    hp: AdagradHyper,
 ) {
     for &r in rows {
         let at = r as usize * w..(r as usize + 1) * w;
         let (p, s, g) = (&mut params[at.clone()], &mut sum[at.clone()], &grads[at]);
         for ((p, s), &g) in p.iter_mut().zip(s).zip(g) {
-            adagrad_element(p, s, g, lr, eps);
+            adagrad_element(p, s, g, hp);
         }
     }
 }
 
 #[inline]
-fn adagrad_element(p: &mut f32, s: &mut f32, g: f32, lr: f32, eps: f32) {
+fn adagrad_element(p: &mut f32, s: &mut f32, g: f32, hp: AdagradHyper) {
+    let g = g + hp.weight_decay * *p;
     *s += g * g;
-    *p -= lr * g / (s.sqrt() + eps);
+    *p -= hp.lr * g / (s.sqrt() + hp.eps);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const AG: AdagradHyper = AdagradHyper {
+        lr: 0.01,
+        eps: 1e-10,
+        weight_decay: 0.0,
+    };
 
     #[test]
     fn adam_first_step_moves_each_parameter_by_lr_against_its_gradient() {
@@ -207,8 +230,8 @@ mod tests {
         let (mut ps, mut ss) = (init, vec![0.0; 15]);
         for step in 0..4 {
             let g = sparse_grads(step);
-            adagrad_update(&mut pd, &mut sd, &g, 0.01, 1e-10);
-            adagrad_update_rows(&mut ps, &mut ss, &g, 3, &[3, 1], 0.01, 1e-10);
+            adagrad_update(&mut pd, &mut sd, &g, AG);
+            adagrad_update_rows(&mut ps, &mut ss, &g, 3, &[3, 1], AG);
         }
         assert_eq!(pd, ps);
         assert_eq!(sd, ss);
@@ -245,9 +268,57 @@ mod tests {
     #[test]
     fn adagrad_matches_its_formula() {
         let (mut p, mut s) = (vec![1.0f32], vec![0.0f32]);
-        adagrad_update(&mut p, &mut s, &[2.0], 0.01, 1e-10);
-        adagrad_update(&mut p, &mut s, &[1.0], 0.01, 1e-10);
+        adagrad_update(&mut p, &mut s, &[2.0], AG);
+        adagrad_update(&mut p, &mut s, &[1.0], AG);
         let want = 1.0 - 0.01 * 2.0 / 2.0 - 0.01 * 1.0 / 5f32.sqrt();
         assert!((p[0] - want).abs() < 1e-7 && s[0] == 5.0);
+    }
+
+    #[test]
+    fn weight_decay_adds_its_multiple_of_the_parameter_to_the_gradient() {
+        // PyTorch's coupled L2: one step with decay equals a step without it on the
+        // gradient g + wd * p, for Adam and Adagrad, dense and by rows.
+        let wd = 0.05;
+        let init: Vec<f32> = (0..15).map(|i| i as f32 * 0.1 - 0.7).collect();
+        let g = sparse_grads(2);
+        let shifted: Vec<f32> = g.iter().zip(&init).map(|(g, p)| g + wd * p).collect();
+        let hp = AdamHyper {
+            lr: 0.01,
+            ..Default::default()
+        };
+        let decayed = AdamHyper {
+            weight_decay: wd,
+            ..hp
+        };
+        let (mut a, mut am, mut av) = (init.clone(), vec![0.1; 15], vec![0.2; 15]);
+        let (mut b, mut bm, mut bv) = (init.clone(), vec![0.1; 15], vec![0.2; 15]);
+        adam_update(&mut a, &mut am, &mut av, &g, decayed, 3);
+        adam_update(&mut b, &mut bm, &mut bv, &shifted, hp, 3);
+        assert_eq!((&a, &am, &av), (&b, &bm, &bv));
+        assert_ne!(a, init, "rows without gradient decay too");
+        let (mut r, mut rm, mut rv) = (init.clone(), vec![0.1; 15], vec![0.2; 15]);
+        adam_update_rows(
+            &mut r,
+            &mut rm,
+            &mut rv,
+            &g,
+            3,
+            &[0, 1, 2, 3, 4],
+            decayed,
+            3,
+        );
+        assert_eq!(r, a);
+        let ag = AdagradHyper {
+            weight_decay: wd,
+            ..AG
+        };
+        let (mut c, mut cs) = (init.clone(), vec![0.3; 15]);
+        let (mut d, mut ds) = (init.clone(), vec![0.3; 15]);
+        adagrad_update(&mut c, &mut cs, &g, ag);
+        adagrad_update(&mut d, &mut ds, &shifted, AG);
+        assert_eq!((&c, &cs), (&d, &ds));
+        let (mut e, mut es) = (init.clone(), vec![0.3; 15]);
+        adagrad_update_rows(&mut e, &mut es, &g, 3, &[4, 2, 0, 1, 3], ag);
+        assert_eq!((&e, &es), (&c, &cs));
     }
 }

@@ -22,7 +22,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::launch::{assert_bound, dispatch, flat_grid};
 use super::{GpuContext, GpuError, Slot, TensorRef};
-pub use crate::cpu::optim::AdamHyper;
+pub use crate::cpu::optim::{AdagradHyper, AdamHyper};
 
 /// The kernels' uniform, field for field `Params` in `shaders/optim.wgsl`.
 #[repr(C)]
@@ -45,7 +45,7 @@ struct OptimParams {
     w: u32,
     rows_off: u32,
     table_rows: u32,
-    _pad0: u32,
+    weight_decay: f32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -58,7 +58,7 @@ const WG: u32 = 256;
 pub enum UpdateRule<'a> {
     /// As [`crate::cpu::optim::adam_update`]; set the step with [`OptimBinding::set_step`].
     Adam {
-        /// Learning rate, betas and epsilon.
+        /// Learning rate, betas, epsilon and weight decay.
         hp: AdamHyper,
         /// (n) first moment.
         m: TensorRef<'a>,
@@ -67,10 +67,8 @@ pub enum UpdateRule<'a> {
     },
     /// As [`crate::cpu::optim::adagrad_update`].
     Adagrad {
-        /// Learning rate.
-        lr: f32,
-        /// Added to the root of the sum.
-        eps: f32,
+        /// Learning rate, epsilon and weight decay.
+        hp: AdagradHyper,
         /// (n) sum of squared gradients.
         sum: TensorRef<'a>,
     },
@@ -96,6 +94,8 @@ pub struct TableRows<'a> {
 pub struct OptimBinding {
     params: OptimParams,
     adam: Option<AdamHyper>,
+    /// The step last set (Adam's `t`).
+    t: u64,
     /// Row-wise: the most rows [`OptimBinding::set_rows`] accepts.
     max_rows: Option<u32>,
     uniform: wgpu::Buffer,
@@ -119,6 +119,20 @@ impl OptimBinding {
         ctx.write(&self.uniform, 0, &[self.params]);
     }
 
+    /// Sets the learning rate of the following updates (Adam's bias-corrected step is
+    /// recomputed from it by the next [`OptimBinding::set_step`], which this calls again
+    /// with the step it last had). A `queue.write_buffer`, like `set_step`.
+    pub fn set_lr(&mut self, ctx: &GpuContext, lr: f32) {
+        self.params.lr = lr;
+        if let Some(hp) = &mut self.adam {
+            hp.lr = lr;
+            let t = self.t;
+            self.set_step(ctx, t);
+        } else {
+            self.write_uniform(ctx);
+        }
+    }
+
     /// Sets Adam's step `t` (1-based) for the following updates: writes the bias
     /// corrections `lr / (1 - beta1^t)` and `sqrt(1 - beta2^t)`, computed in f64 as
     /// [`crate::cpu::optim::adam_update`] does. A `queue.write_buffer`: it takes effect at
@@ -126,6 +140,7 @@ impl OptimBinding {
     /// set, so submit once per step. Without effect for Adagrad. Panics if `t` is 0.
     pub fn set_step(&mut self, ctx: &GpuContext, t: u64) {
         assert!(t >= 1, "optim set_step(0): Adam's steps count from 1");
+        self.t = t;
         let Some(hp) = self.adam else { return };
         let bc1 = 1.0 - f64::from(hp.beta1).powi(t as i32);
         let bc2 = 1.0 - f64::from(hp.beta2).powi(t as i32);
@@ -304,11 +319,13 @@ impl OptimKernels {
                 uniform_params.one_minus_beta1 = 1.0 - hp.beta1;
                 uniform_params.one_minus_beta2 = 1.0 - hp.beta2;
                 uniform_params.eps = hp.eps;
+                uniform_params.weight_decay = hp.weight_decay;
                 Some(hp)
             }
-            UpdateRule::Adagrad { lr, eps, .. } => {
-                uniform_params.lr = lr;
-                uniform_params.eps = eps;
+            UpdateRule::Adagrad { hp, .. } => {
+                uniform_params.lr = hp.lr;
+                uniform_params.eps = hp.eps;
+                uniform_params.weight_decay = hp.weight_decay;
                 None
             }
         };
@@ -328,6 +345,7 @@ impl OptimKernels {
         let mut binding = OptimBinding {
             params: uniform_params,
             adam,
+            t: 1,
             max_rows: rows.map(|r| r.max_rows),
             uniform,
             group,
