@@ -257,14 +257,7 @@ pub fn rank(args: &RankArgs) -> anyhow::Result<()> {
         bail!("none of the candidates is in the checkpoint's item vocabulary");
     }
     let mut backend = backend_from_checkpoint(args.device, &ckpt)?;
-    let top = rank_items(
-        backend.as_mut(),
-        &enc,
-        &ctx,
-        &items,
-        args.k,
-        ckpt.config.train.eval_batch,
-    );
+    let top = rank_items(backend.as_mut(), &enc, &ctx, &items, args.k)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for (r, (i, p)) in top.iter().enumerate() {
         writeln!(out, "{}\t{}\t{p}", r + 1, ids[*i])?;
