@@ -34,12 +34,14 @@ use bst_kernels::cpu::activation::leaky_relu_forward;
 use bst_kernels::cpu::embedding::{TokenIds, other_embedding_forward, token_embedding_forward};
 use bst_kernels::cpu::layernorm::layernorm_forward;
 use bst_kernels::cpu::loss::sigmoid;
-use bst_kernels::cpu::matmul::{matmul_accumulate, matmul_forward};
+use bst_kernels::cpu::matmul::{matmul_accumulate, matmul_forward, matmul_forward_chunked};
 use bst_kernels::cpu::target_attention::target_attention_forward;
+use rayon::prelude::*;
+use std::sync::Mutex;
 
-/// Candidates per pass: the per-candidate buffers hold this many rows, so memory does not
+/// Candidates per task at most: a task's buffers hold this many rows, so memory does not
 /// grow with the number of candidates.
-pub const CHUNK: usize = 1024;
+pub const CHUNK: usize = 512;
 
 /// Whether the shared-history path computes exactly this model: `target` pooling and at
 /// most one block.
@@ -48,9 +50,16 @@ pub fn is_exact(cfg: &ModelConfig) -> bool {
 }
 
 /// Buffers of the shared-history path; they grow to the largest call and are reused.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct SharedScratch {
-    // Per user (U users).
+    users: UserParts,
+    /// One per task running at once (tasks take one and put it back).
+    tasks: Mutex<Vec<TaskScratch>>,
+}
+
+/// What the users' candidates share (U users).
+#[derive(Clone, Debug, Default)]
+struct UserParts {
     x_user: Vec<f32>,     // (U, T, d) token embeddings, the target slot unused
     x_hist: Vec<f32>,     // (U, L, d) the history's tokens
     kv_hist: Vec<f32>,    // (U, L, 2d) their keys, then values
@@ -58,8 +67,11 @@ pub struct SharedScratch {
     z_user: Vec<f32>,     // (U, zw) 0 in the pooled columns, then the other embeddings
     u: Vec<f32>,          // (U, m0) the user's part of MLP layer 0, bias included
     no_target: Vec<u32>,  // (U) zeros: the unused target slot's ids
-    // Per candidate (C = at most CHUNK rows).
-    user: Vec<u32>,         // (C) row of u and kv_hist
+}
+
+/// One task's candidates (C, at most CHUNK rows).
+#[derive(Clone, Debug, Default)]
+struct TaskScratch {
     x: Vec<f32>,            // (C, d) the candidate's token
     qkv: Vec<f32>,          // (C, 3d)
     atty: Vec<f32>,         // (C, d)
@@ -97,15 +109,34 @@ pub fn predict_requests(
         is_exact(&model.cfg),
         "the shared-history path needs one block or none and target pooling"
     );
+    let n = req.candidates();
+    assert_eq!(probs.len(), n, "probs (N)");
+    user_parts(&mut s.users, model, params, req);
+    // Then the candidates: one task per thread (at most CHUNK rows each), every op of a
+    // task on its own rows. Each of a task's matmuls packs its whole weight once, so
+    // fewer, larger tasks are faster than each op split in small ones.
+    let rows = n.div_ceil(rayon::current_num_threads()).clamp(1, CHUNK);
+    let users = &s.users;
+    let tasks = &s.tasks;
+    probs
+        .par_chunks_mut(rows)
+        .enumerate()
+        .for_each(|(ci, probs)| {
+            let taken = tasks.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let mut t = taken.unwrap_or_default();
+            score_rows(probs, &mut t, users, model, params, req, ci * rows);
+            tasks.lock().unwrap_or_else(|e| e.into_inner()).push(t);
+        });
+}
+
+/// Once per user: the history's keys and values, and the user's part of MLP layer 0.
+fn user_parts(s: &mut UserParts, model: &Model, params: &[f32], req: &Requests) {
     let dm = &model.dims;
     let pi = &model.layout.index;
     let (l, t, d) = (dm.l, dm.t, dm.d);
-    let (u_n, n) = (req.users(), req.candidates());
-    assert_eq!(probs.len(), n, "probs (N)");
+    let u_n = req.users();
     let m0 = dm.mlp[0];
     let w = |r: &std::ops::Range<usize>| &params[r.clone()];
-
-    // Once per user: the history's keys and values, and the user's part of MLP layer 0.
     s.no_target.clear();
     s.no_target.resize(u_n, 0);
     let ids = TokenIds {
@@ -157,22 +188,13 @@ pub fn predict_requests(
     let (w0, b0) = &pi.mlp[0];
     let u = grow(&mut s.u, u_n * m0);
     matmul_forward(u, z, w(w0), Some(w(b0)), u_n, dm.zw, m0);
-
-    // Per candidate, CHUNK at a time.
-    s.mlp_pre.resize(dm.mlp.len(), Vec::new());
-    s.mlp_act.resize(dm.mlp.len(), Vec::new());
-    for (c0, probs) in (0..n).step_by(CHUNK).zip(probs.chunks_mut(CHUNK)) {
-        let c = probs.len();
-        s.user.clear();
-        s.user.extend_from_slice(&req.user[c0..c0 + c]);
-        score_chunk(probs, s, model, params, req, c0);
-    }
 }
 
-/// probs (C) of candidates `c0 .. c0 + C`, whose users are in `s.user`.
-fn score_chunk(
+/// probs (C) of candidates `c0 .. c0 + C`, with their users' shared parts `us`.
+fn score_rows(
     probs: &mut [f32],
-    s: &mut SharedScratch,
+    s: &mut TaskScratch,
+    us: &UserParts,
     model: &Model,
     params: &[f32],
     req: &Requests,
@@ -182,7 +204,12 @@ fn score_chunk(
     let pi = &model.layout.index;
     let (l, d, dff) = (dm.l, dm.d, dm.dff);
     let c = probs.len();
+    let user = &req.user[c0..c0 + c];
     let w = |r: &std::ops::Range<usize>| &params[r.clone()];
+    // Each matmul in one piece (the task is already one of the parallel ones).
+    let mm = |out: &mut [f32], inp: &[f32], (wr, br), n_in, n_out| {
+        matmul_forward_chunked(out, inp, w(wr), Some(w(br)), c, n_in, n_out, c);
+    };
     let ids = TokenIds {
         hist_item: &[],
         hist_cat: &[],
@@ -197,22 +224,22 @@ fn score_chunk(
         None => &s.x[..c * d],
         Some(p) => {
             let qkv = grow(&mut s.qkv, c * 3 * d);
-            matmul_forward(qkv, x, w(&p.qkv_w), Some(w(&p.qkv_b)), c, d, 3 * d);
+            mm(qkv, x, (&p.qkv_w, &p.qkv_b), d, 3 * d);
             let atty = grow(&mut s.atty, c * d);
-            target_attention_forward(atty, qkv, &s.kv_hist, &s.valid_hist, &s.user, c, l, d, dm.h);
+            target_attention_forward(atty, qkv, &us.kv_hist, &us.valid_hist, user, c, l, d, dm.h);
             let a = grow(&mut s.a, c * d);
-            matmul_forward(a, atty, w(&p.out_w), Some(w(&p.out_b)), c, d, d);
+            mm(a, atty, (&p.out_w, &p.out_b), d, d);
             let res1 = grow(&mut s.res1, c * d);
             add(res1, x, a);
             let (mean, rstd) = (grow(&mut s.mean, c), grow(&mut s.rstd, c));
             let x1 = grow(&mut s.x1, c * d);
             layernorm_forward(x1, mean, rstd, res1, w(&p.ln1_w), w(&p.ln1_b), c, d);
             let ff_pre = grow(&mut s.ff_pre, c * dff);
-            matmul_forward(ff_pre, x1, w(&p.ffn1_w), Some(w(&p.ffn1_b)), c, d, dff);
+            mm(ff_pre, x1, (&p.ffn1_w, &p.ffn1_b), d, dff);
             let ff = grow(&mut s.ff, c * dff);
             leaky_relu_forward(ff, ff_pre, dm.alpha);
             let f = grow(&mut s.f, c * d);
-            matmul_forward(f, ff, w(&p.ffn2_w), Some(w(&p.ffn2_b)), c, dff, d);
+            mm(f, ff, (&p.ffn2_w, &p.ffn2_b), dff, d);
             let res2 = grow(&mut s.res2, c * d);
             add(res2, x1, f);
             let x2 = grow(&mut s.x2, c * d);
@@ -222,19 +249,21 @@ fn score_chunk(
     };
     // MLP layer 0: the user's part, then the candidate's pooled columns added.
     let m0 = dm.mlp[0];
+    s.mlp_pre.resize(dm.mlp.len(), Vec::new());
+    s.mlp_act.resize(dm.mlp.len(), Vec::new());
     let pre0 = grow(&mut s.mlp_pre[0], c * m0);
-    for (row, &u) in pre0.chunks_exact_mut(m0).zip(&s.user) {
-        row.copy_from_slice(&s.u[u as usize * m0..][..m0]);
+    for (row, &u) in pre0.chunks_exact_mut(m0).zip(user) {
+        row.copy_from_slice(&us.u[u as usize * m0..][..m0]);
     }
-    matmul_accumulate(pre0, top, w(&pi.mlp[0].0), (0, dm.zw), c, dm.pw, m0);
+    matmul_accumulate(pre0, top, w(&pi.mlp[0].0), (0, dm.zw), c, dm.pw, m0, c);
     let last = dm.mlp.len() - 1;
     for k in 0..=last {
         let n_out = dm.mlp[k];
         if k > 0 {
-            let (wk, bk) = &pi.mlp[k];
             let pre = grow(&mut s.mlp_pre[k], c * n_out);
             let inp = &s.mlp_act[k - 1][..c * dm.mlp[k - 1]];
-            matmul_forward(pre, inp, w(wk), Some(w(bk)), c, dm.mlp[k - 1], n_out);
+            let (wk, bk) = &pi.mlp[k];
+            mm(pre, inp, (wk, bk), dm.mlp[k - 1], n_out);
         }
         if k < last {
             let act = grow(&mut s.mlp_act[k], c * n_out);
