@@ -14,6 +14,7 @@ use bst_core::gpu_backend::GpuBackend;
 use bst_core::model::Model;
 use bst_core::rank::top_k;
 use bst_core::requests::Requests;
+use bst_core::scorer::Scorer;
 use common::{SIZES, assert_close, gpu, random_params, random_samples, requests, small_config};
 
 fn per_sample_cpu(cpu: &mut CpuBackend, req: &Requests) -> Vec<f32> {
@@ -96,4 +97,25 @@ fn other_models_fall_back_on_the_gpu() {
         let want: Vec<usize> = top_k(&all, 4).iter().map(|p| p.0).collect();
         assert_eq!(top.iter().map(|p| p.0).collect::<Vec<_>>(), want);
     }
+}
+
+#[test]
+fn the_scorer_takes_a_batch_of_requests() {
+    let Some(ctx) = gpu() else { return };
+    let cfg = small_config(1, Pooling::Target);
+    let model = Model::new(&cfg.model, SIZES);
+    let params = random_params(&cfg, &model, 8);
+    let mut cpu = CpuBackend::with_params(&cfg, model, params.clone());
+    let mut scorer = Scorer::new(ctx.clone(), &cfg.model, SIZES, params, 16).expect("scorer");
+    scorer.set_rows(5).unwrap();
+    let s = random_samples(4, &cfg.model, 2);
+    let req = requests(&s, &[0, 1, 2, 3], &[7, 20, 1, 4], SIZES.items);
+    let mut got = vec![0.0; req.candidates()];
+    scorer.predict_requests(&req, &mut got).unwrap();
+    assert_close("scorer requests", &got, &per_sample_cpu(&mut cpu, &req));
+    assert_eq!(scorer.rows(), 5, "rows left as they were");
+    let mut bad = req.clone();
+    bad.user[3] = 9;
+    let e = scorer.predict_requests(&bad, &mut got).unwrap_err();
+    assert!(e.to_string().contains("user[3] = 9"), "{e}");
 }
