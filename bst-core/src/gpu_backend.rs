@@ -51,6 +51,7 @@ use bst_kernels::gpu::mask::MaskKernels;
 use bst_kernels::gpu::matmul::MatmulKernels;
 use bst_kernels::gpu::optim::OptimKernels;
 use bst_kernels::gpu::pooling::PoolingKernels;
+use bst_kernels::gpu::target_attention::MAX_KEYS as TARGET_MAX_KEYS;
 use bst_kernels::gpu::topk::{
     MAX_K, TopKBinding, TopKBuffers, TopKDims, TopKKernels, pairs_of_words,
 };
@@ -706,15 +707,17 @@ impl Backend for GpuBackend {
         Some(self.cap)
     }
 
+    /// Where exact, and for histories the target attention kernel holds (`L + 1` keys
+    /// at most `target_attention::MAX_KEYS`).
     fn shares_history(&self) -> bool {
-        is_exact(&self.model.cfg)
+        is_exact(&self.model.cfg) && self.model.dims.t <= TARGET_MAX_KEYS as usize
     }
 
     /// Each user's history once (`gpu_backend/shared.rs`) where that is exact: the users
     /// and up to `max_batch` candidates per submit, the probabilities read back.
     fn predict_requests(&mut self, req: &Requests, probs: &mut [f32]) -> Result<(), RequestError> {
         check_requests(&self.model, req, probs)?;
-        if !is_exact(&self.model.cfg) {
+        if !self.shares_history() {
             predict_requests_per_sample(self, req, probs);
             return Ok(());
         }
@@ -763,7 +766,7 @@ impl Backend for GpuBackend {
         req: &Requests,
         k: usize,
     ) -> Result<Vec<(usize, f32)>, RequestError> {
-        if !is_exact(&self.model.cfg) {
+        if !self.shares_history() {
             // One sample per candidate, the top k selected on the device per batch.
             return crate::backend::predict_top_k_per_sample(self, req, k);
         }
