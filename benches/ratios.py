@@ -47,6 +47,11 @@ for label, path, better in rows:
         continue
     scale = 1 / 2**20 if path.startswith("memory") else 1
     print(f"{label:24} {b * scale:12.2f} {t * scale:12.2f} {b / t:10.3f}  ({better})")
+ps = get(bst, "scoring.per_sample_median_ms")
+if ps is not None and get(torch, "scoring.median_ms"):
+    once = "each history once" if get(bst, "scoring.history_once") else "one sample per candidate"
+    print(f"  bst scoring: {once}; one sample per candidate it takes {ps:.2f} ms "
+          f"({ps / get(torch, 'scoring.median_ms'):.3f} of torch's)")
 if host_peak is not None:
     print(f"  * torch's is the peak of live host bytes in one training step on the CPU "
           f"({torch['memory'].get('peak_phase')} phase, torch.profiler memory events), not a "

@@ -7,7 +7,9 @@ use crate::config::Config;
 use crate::model::{Activations, GradScratch, Mode, Model};
 use crate::optim::{Decay, OptimSnapshot, Optimizer};
 use crate::params::VocabSizes;
-use crate::rank::top_k;
+use crate::rank::{select_best, top_k};
+use crate::requests::{RequestError, Requests};
+use crate::shared_history::{SharedScratch, is_exact, predict_requests};
 use std::any::Any;
 use std::sync::Arc;
 
@@ -133,6 +135,41 @@ pub trait Backend {
         })
     }
 
+    /// Largest batch [`Backend::predict`] takes at once (`None`: any).
+    fn max_batch(&self) -> Option<usize> {
+        None
+    }
+
+    /// Whether [`Backend::predict_requests`] computes each user's history once for this
+    /// model (else it scores one sample per candidate).
+    fn shares_history(&self) -> bool {
+        false
+    }
+
+    /// Click probabilities of every candidate of `req` (evaluation mode) into `probs (N)`:
+    /// several users, each with its own candidates, in one call. A backend computes each
+    /// user's history once where that is exact ([`crate::shared_history::is_exact`]);
+    /// the default (and the fallback for other models) scores one sample per candidate
+    /// with [`Backend::predict`]. Refuses requests that do not fit the model.
+    fn predict_requests(&mut self, req: &Requests, probs: &mut [f32]) -> Result<(), RequestError> {
+        check_requests(self.model(), req, probs)?;
+        predict_requests_per_sample(self, req, probs);
+        Ok(())
+    }
+
+    /// The `k` most probable candidates of `req` (all its users' together; one user's
+    /// ranking is a one-user request) as `(candidate, probability)`, best first, ties by
+    /// candidate. The default scores one sample per candidate, in batches of
+    /// [`Backend::max_batch`], with [`Backend::predict_top_k`] (a GPU selects on the
+    /// device), and merges; the CPU computes each history once where that is exact.
+    fn predict_top_k_requests(
+        &mut self,
+        req: &Requests,
+        k: usize,
+    ) -> Result<Vec<(usize, f32)>, RequestError> {
+        predict_top_k_per_sample(self, req, k)
+    }
+
     /// The `k` most probable rows of `batch` (evaluation mode) as `(row, probability)`,
     /// best first, ties by row. The default scores on the device, reads every probability
     /// back and selects on the host with [`top_k`]; a device backend may select on the
@@ -142,6 +179,76 @@ pub trait Backend {
         self.predict(batch, &mut probs);
         top_k(&probs, k)
     }
+}
+
+/// Checks `req` against the model and `probs` against the candidates.
+pub fn check_requests(model: &Model, req: &Requests, probs: &[f32]) -> Result<(), RequestError> {
+    let cfg = &model.cfg;
+    if req.seq_len != cfg.seq_len {
+        return Err(RequestError(format!(
+            "histories of {} slots, the model's seq_len is {}",
+            req.seq_len, cfg.seq_len
+        )));
+    }
+    // Table rows from the arena (a table of width 0 bounds nothing).
+    let pi = &model.layout.index;
+    let rows = |r: &std::ops::Range<usize>, w: usize| r.len().checked_div(w).unwrap_or(usize::MAX);
+    let sizes = VocabSizes {
+        items: rows(&pi.emb_item, cfg.d_item),
+        cats: rows(&pi.emb_cat, cfg.d_cat),
+        other: rows(&pi.emb_other, cfg.d_other),
+        fields: model.dims.fields,
+    };
+    let pos = rows(&pi.emb_pos, cfg.d_pos);
+    req.check(sizes, pos)?;
+    if probs.len() != req.candidates() {
+        return Err(RequestError(format!(
+            "{} probabilities for {} candidates",
+            probs.len(),
+            req.candidates()
+        )));
+    }
+    Ok(())
+}
+
+/// [`Backend::predict_requests`] one sample per candidate (the history repeated), in
+/// batches of [`Backend::max_batch`] (1024 when any): the path for models where sharing
+/// the history is not exact.
+pub fn predict_requests_per_sample<B: Backend + ?Sized>(
+    backend: &mut B,
+    req: &Requests,
+    probs: &mut [f32],
+) {
+    let chunk = backend.max_batch().unwrap_or(1024).max(1);
+    let mut batch = Batch::default();
+    for (c0, out) in (0..req.candidates())
+        .step_by(chunk)
+        .zip(probs.chunks_mut(chunk))
+    {
+        req.to_batch(c0..c0 + out.len(), &mut batch);
+        backend.predict(&batch, out);
+    }
+}
+
+/// [`Backend::predict_top_k_requests`] one sample per candidate, in batches of
+/// [`Backend::max_batch`] (1024 when any), each batch's top k by
+/// [`Backend::predict_top_k`], merged.
+pub fn predict_top_k_per_sample<B: Backend + ?Sized>(
+    backend: &mut B,
+    req: &Requests,
+    k: usize,
+) -> Result<Vec<(usize, f32)>, RequestError> {
+    check_requests(backend.model(), req, &vec![0.0; req.candidates()])?;
+    let chunk = backend.max_batch().unwrap_or(1024).max(1);
+    let mut best = Vec::new();
+    let mut batch = Batch::default();
+    for c0 in (0..req.candidates()).step_by(chunk) {
+        req.to_batch(c0..(c0 + chunk).min(req.candidates()), &mut batch);
+        let top = backend.predict_top_k(&batch, k);
+        best.extend(top.into_iter().map(|(i, p)| (c0 + i, p)));
+        select_best(&mut best, k);
+    }
+    Ok(best)
 }
 
 /// The CPU reference backend.
@@ -164,6 +271,7 @@ pub struct CpuBackend {
     loss_steps: usize,
     acts: Activations,
     scratch: GradScratch,
+    shared: SharedScratch,
 }
 
 impl CpuBackend {
@@ -183,6 +291,7 @@ impl CpuBackend {
         CpuBackend {
             acts: Activations::new(&model.dims, cap),
             scratch: GradScratch::new(&model.dims, cfg.train.batch),
+            shared: SharedScratch::default(),
             grads: vec![0.0; n],
             optim: Optimizer::new(&cfg.train, n).with_decay(Decay {
                 tables_end: model.layout.dense_range().start,
@@ -289,6 +398,31 @@ impl Backend for CpuBackend {
         self.model
             .forward(&mut self.acts, &self.params, batch, Mode::Eval);
         probs[..batch.size].copy_from_slice(&self.acts.probs[..batch.size]);
+    }
+
+    fn shares_history(&self) -> bool {
+        is_exact(&self.model.cfg)
+    }
+
+    /// Each user's history once ([`crate::shared_history`]) where that is exact.
+    fn predict_requests(&mut self, req: &Requests, probs: &mut [f32]) -> Result<(), RequestError> {
+        check_requests(&self.model, req, probs)?;
+        if is_exact(&self.model.cfg) {
+            predict_requests(probs, &mut self.shared, &self.model, &self.params, req);
+        } else {
+            predict_requests_per_sample(self, req, probs);
+        }
+        Ok(())
+    }
+
+    fn predict_top_k_requests(
+        &mut self,
+        req: &Requests,
+        k: usize,
+    ) -> Result<Vec<(usize, f32)>, RequestError> {
+        let mut probs = vec![0.0; req.candidates()];
+        self.predict_requests(req, &mut probs)?;
+        Ok(top_k(&probs, k))
     }
 
     fn read_params(&self) -> Vec<f32> {

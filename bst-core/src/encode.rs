@@ -162,6 +162,11 @@ impl<'a> Encoder<'a> {
         Ok(ctx)
     }
 
+    /// The category row of item row `item` (0 for a row past the vocabulary).
+    pub fn item_cat(&self, item: u32) -> u32 {
+        self.vocab.item_cat.get(item as usize).copied().unwrap_or(0)
+    }
+
     /// Appends the sample of `ctx` with target item index `item` (0 = unknown), label 0.
     pub fn push(&self, s: &mut Samples, ctx: &Context, item: u32) {
         s.hist_item.extend_from_slice(&ctx.hist_item);

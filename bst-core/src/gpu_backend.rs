@@ -33,6 +33,7 @@
 
 mod buffers;
 mod prepare;
+mod shared;
 mod sites;
 
 use std::sync::Arc;
@@ -50,6 +51,7 @@ use bst_kernels::gpu::mask::MaskKernels;
 use bst_kernels::gpu::matmul::MatmulKernels;
 use bst_kernels::gpu::optim::OptimKernels;
 use bst_kernels::gpu::pooling::PoolingKernels;
+use bst_kernels::gpu::target_attention::MAX_KEYS as TARGET_MAX_KEYS;
 use bst_kernels::gpu::topk::{
     MAX_K, TopKBinding, TopKBuffers, TopKDims, TopKKernels, pairs_of_words,
 };
@@ -57,17 +59,22 @@ use bst_kernels::gpu::{
     GpuContext, GpuError, Readback, TensorRef, bytes_created_on_this_thread, wgpu,
 };
 
-use crate::backend::{Backend, BackendError, PrepareBatch, Prepared};
+use crate::backend::{
+    Backend, BackendError, PrepareBatch, Prepared, check_requests, predict_requests_per_sample,
+};
 use crate::batch::Batch;
 use crate::config::{Config, Optimizer as OptimizerKind};
 use crate::model::Model;
 use crate::optim::{OptimSnapshot, OptimState};
 use crate::params::VocabSizes;
 use crate::rank::top_k;
+use crate::requests::{RequestError, Requests};
+use crate::shared_history::is_exact;
 use buffers::Buffers;
 pub(crate) use buffers::IdsAt;
 pub use buffers::embedding_dims;
 use prepare::{SegmentBatches, SegmentsOf, ids_fingerprint};
+use shared::SharedPath;
 use sites::Sites;
 
 /// Where the backend keeps the embedding tables on the device.
@@ -152,6 +159,9 @@ pub struct GpuBackend {
     segments: Result<EmbeddingSegments, String>,
     /// The bindings' bytes (the kernels' placeholders, the sites' uniforms and scratch).
     binding_bytes: u64,
+    /// The shared-history scoring path (`predict_requests`), made at the first request
+    /// and remade for more users than it holds. Not in `device_memory`.
+    shared: Option<SharedPath>,
 }
 
 /// The device top-k of `predict_top_k`: its binding and its output `(k, 2)` u32.
@@ -257,6 +267,7 @@ impl GpuBackend {
             readback,
             segments: Err("no batch segmented yet".into()),
             binding_bytes,
+            shared: None,
             seed: cfg.train.seed,
             rows: cap,
             steps: 0,
@@ -699,6 +710,78 @@ impl Backend for GpuBackend {
         self.ctx.write(&self.bufs.acts.loss_sum, 0, &[0.0f32]);
         let steps = std::mem::take(&mut self.loss_steps);
         (f64::from(sum), steps)
+    }
+
+    fn max_batch(&self) -> Option<usize> {
+        Some(self.cap)
+    }
+
+    /// Where exact, and for histories the target attention kernel holds (`L + 1` keys
+    /// at most `target_attention::MAX_KEYS`).
+    fn shares_history(&self) -> bool {
+        is_exact(&self.model.cfg) && self.model.dims.t <= TARGET_MAX_KEYS as usize
+    }
+
+    /// Each user's history once (`gpu_backend/shared.rs`) where that is exact: the users
+    /// and up to `max_batch` candidates per submit, the probabilities read back.
+    fn predict_requests(&mut self, req: &Requests, probs: &mut [f32]) -> Result<(), RequestError> {
+        check_requests(&self.model, req, probs)?;
+        if !self.shares_history() {
+            predict_requests_per_sample(self, req, probs);
+            return Ok(());
+        }
+        if req.candidates() == 0 {
+            return Ok(());
+        }
+        let users = req.users().max(1);
+        let fail = |e: GpuError| RequestError(format!("the GPU's shared-history path: {e}"));
+        let mut shared = match self.shared.take() {
+            Some(s) if s.users >= users => s,
+            old => {
+                let users = users.max(old.map_or(0, |s| s.users));
+                let (ctx, k, m, a) = (&self.ctx, &self.k, &self.model, &self.bufs.arenas);
+                ctx.checked("binding the shared-history path", || {
+                    SharedPath::new(ctx, k, m, a, users, self.cap)
+                })
+                .and_then(|r| r)
+                .map_err(fail)?
+            }
+        };
+        let rows = shared.rows;
+        let mut result = Ok(());
+        for (c0, out) in (0..req.candidates())
+            .step_by(rows)
+            .zip(probs.chunks_mut(rows))
+        {
+            shared.upload(&self.ctx, req, c0..c0 + out.len());
+            let encoder = self.encode("shared-history scoring", |pass| {
+                shared.record(&self.k, pass)
+            });
+            self.ctx.queue.submit([encoder.finish()]);
+            match self.ctx.read_f32(shared.probs(), 0, out.len()) {
+                Ok(p) => out.copy_from_slice(&p),
+                Err(e) => {
+                    result = Err(fail(e));
+                    break;
+                }
+            }
+        }
+        self.shared = Some(shared);
+        result
+    }
+
+    fn predict_top_k_requests(
+        &mut self,
+        req: &Requests,
+        k: usize,
+    ) -> Result<Vec<(usize, f32)>, RequestError> {
+        if !self.shares_history() {
+            // One sample per candidate, the top k selected on the device per batch.
+            return crate::backend::predict_top_k_per_sample(self, req, k);
+        }
+        let mut probs = vec![0.0; req.candidates()];
+        self.predict_requests(req, &mut probs)?;
+        Ok(top_k(&probs, k))
     }
 
     fn predict(&mut self, batch: &Batch, probs: &mut [f32]) {

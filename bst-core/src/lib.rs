@@ -15,6 +15,7 @@
 //! | [`train`] | the training loop: epochs, validation, model selection, callbacks, stop and resume |
 //! | [`checkpoint`] | safetensors checkpoints: atomic writes, checked loads, run folders |
 //! | [`scorer`] | scoring inside an application's own GPU program, recorded into its encoder |
+//! | [`requests`], [`shared_history`] | scoring several users' candidates in one call, each history computed once |
 //! | [`data`] | loaders, the synthetic world, samples and the per-user time split |
 //! | [`metrics`] | AUC, GAUC, logloss |
 //!
@@ -95,6 +96,8 @@ pub mod optim;
 pub mod params;
 pub mod prefetch;
 pub mod rank;
+pub mod requests;
 pub mod rng;
 pub mod scorer;
+pub mod shared_history;
 pub mod train;

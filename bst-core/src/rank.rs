@@ -4,8 +4,8 @@
 //! higher first, ties by lower index, NaN last.
 
 use crate::backend::Backend;
-use crate::batch::Batch;
 use crate::encode::{Context, Encoder};
+use crate::requests::{RequestError, Requests};
 use bst_kernels::cpu::topk::better;
 
 /// The `k` highest `scores` as `(index, score)`, best first, ties by lower index, NaN last.
@@ -32,31 +32,23 @@ pub fn select_best(pairs: &mut Vec<(usize, f32)>, k: usize) {
 }
 
 /// Scores every item index of `items` as the target of one user's context and returns the
-/// `k` best as `(position in items, probability)`, best first. Scores `chunk` candidates
-/// per batch with [`Backend::predict_top_k`] and merges the partial top-k lists.
+/// `k` best as `(position in items, probability)`, best first: one request
+/// ([`Backend::predict_top_k_requests`]), so a backend computes the history once where
+/// that is exact, and otherwise scores one sample per candidate in batches of its
+/// [`Backend::max_batch`].
 pub fn rank_items(
     backend: &mut dyn Backend,
     enc: &Encoder,
     ctx: &Context,
     items: &[u32],
     k: usize,
-    chunk: usize,
-) -> Vec<(usize, f32)> {
-    let mut best: Vec<(usize, f32)> = Vec::new();
-    let mut batch = Batch::default();
-    let chunk = chunk.max(1);
-    for (c, part) in items.chunks(chunk).enumerate() {
-        let mut s = enc.samples();
-        for &item in part {
-            enc.push(&mut s, ctx, item);
-        }
-        let rows: Vec<usize> = (0..s.len()).collect();
-        batch.gather(&s, &rows);
-        let top = backend.predict_top_k(&batch, k);
-        best.extend(top.into_iter().map(|(i, p)| (c * chunk + i, p)));
-        select_best(&mut best, k);
+) -> Result<Vec<(usize, f32)>, RequestError> {
+    let mut req = Requests::new(ctx.hist_item.len(), ctx.other.len());
+    let u = req.push_context(ctx)?;
+    for &item in items {
+        req.push_candidate(u, item, enc.item_cat(item));
     }
-    best
+    backend.predict_top_k_requests(&req, k)
 }
 
 #[cfg(test)]

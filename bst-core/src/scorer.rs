@@ -117,6 +117,7 @@ use crate::config::{Config, ModelConfig, Optimizer, TrainConfig};
 use crate::gpu_backend::{DeviceMemory, GpuBackend, Tables};
 use crate::model::Model;
 use crate::params::VocabSizes;
+use crate::requests::{RequestError, Requests};
 
 pub use bst_kernels::gpu::topk::{
     MAX_K, TopKBinding, TopKBuffers, TopKDims, TopKKernels, pairs_of_words, read_pairs,
@@ -137,6 +138,9 @@ pub enum ScorerError {
         /// What is wrong and what to change.
         detail: String,
     },
+    /// Scoring requests that do not fit the model, or a device failure while scoring them.
+    #[error(transparent)]
+    Requests(#[from] RequestError),
     /// More rows than the scorer computes.
     #[error(
         "{rows} candidate rows, more than the scorer computes per record ({computed} of at \
@@ -430,6 +434,24 @@ impl Scorer {
     /// The device the scorer runs on.
     pub fn context(&self) -> &Arc<GpuContext> {
         self.backend.context()
+    }
+
+    /// Click probabilities of several users' candidates into `probs (N)`, read back: a
+    /// server's batch of requests in one call. Each user's history is computed once
+    /// where that is exact ([`crate::shared_history::is_exact`]: one block or none,
+    /// `target` pooling), else one sample per candidate in batches of `max_rows`. Unlike
+    /// [`Scorer::record`] it submits on its own (one submit per `max_rows` candidates)
+    /// and waits for the device; [`Scorer::rows`] is left as it was. Ids are model rows,
+    /// checked against the vocabularies.
+    pub fn predict_requests(
+        &mut self,
+        req: &Requests,
+        probs: &mut [f32],
+    ) -> Result<(), ScorerError> {
+        let rows = self.rows();
+        let done = self.backend.predict_requests(req, probs);
+        self.backend.set_rows(rows);
+        Ok(done?)
     }
 
     /// Replaces the parameters (same layout), e.g. after training more on the host. A

@@ -9,8 +9,10 @@
 //!   the end, which waits for the device.
 //! - `inference`: `Backend::predict` of the eval batch (`--eval-batch`, default
 //!   `train.eval_batch`), probabilities read back, repeated.
-//! - `scoring`: `Backend::predict` of `--candidates` items (1,000) for one user, the
-//!   readback included; median and p99 (nearest rank) of the runs.
+//! - `scoring`: `Backend::predict_requests` of `--candidates` items (1,000) for one user
+//!   (one request: the history computed once where that is exact), the readback
+//!   included; median and p99 (nearest rank) of the runs; and the median of
+//!   `Backend::predict` of the same candidates as one sample each, for the record.
 //! - `memory` (GPU): the bytes of the GPU backend's buffers after the runs, as the
 //!   backend counted them when it created them (`GpuBackend::device_memory`), and what
 //!   wgpu's allocator gained from before the backend's creation to then, where the
@@ -35,6 +37,7 @@ use bst_core::data::Dataset;
 use bst_core::gpu_backend::{DeviceMemory, GpuBackend};
 use bst_core::model::Model;
 use bst_core::prefetch::for_each_batch;
+use bst_core::requests::Requests;
 use bst_core::train::epoch_order;
 use bst_kernels::gpu::{GpuContext, GpuOptions, wgpu};
 use bst_kernels::workload::{Case, CpuWorkloads, GpuWorkloads};
@@ -130,7 +133,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
 
     let train = bench_train(backend, &ds, &cfg, args)?;
     let inference = bench_inference(backend, &ds, eval_batch, args);
-    let scoring = bench_scoring(backend, &ds, args);
+    let scoring = bench_scoring(backend, &ds, args)?;
     let model = backend.model().clone();
     // After the runs, with the backend alive: what it holds, and what the allocator
     // gained since before its creation.
@@ -291,6 +294,10 @@ struct Scoring {
     min_ms: f64,
     mean_ms: f64,
     includes_readback: bool,
+    /// Whether the backend computed the history once (`Backend::shares_history`).
+    history_once: bool,
+    /// The same candidates scored one sample per candidate (`Backend::predict`).
+    per_sample_median_ms: f64,
 }
 
 #[derive(Serialize)]
@@ -507,28 +514,53 @@ fn bench_inference(
     }
 }
 
-/// Latency of scoring `--candidates` items for one user, the readback included.
-fn bench_scoring(backend: &mut dyn Backend, ds: &Dataset, args: &BenchArgs) -> Scoring {
+/// Latency of scoring `--candidates` items for one user, the readback included: as one
+/// request (`Backend::predict_requests`: the history once, where that is exact), and, for
+/// the record, as one sample per candidate (`Backend::predict`, the path before requests).
+fn bench_scoring(
+    backend: &mut dyn Backend,
+    ds: &Dataset,
+    args: &BenchArgs,
+) -> anyhow::Result<Scoring> {
     let batch = scoring_batch(&ds.train, &ds.vocab, args.candidates);
+    let req = Requests::from_batch(&batch);
     let mut probs = vec![0.0; args.candidates];
-    let mut ms: Vec<f64> = repeat(args.runs, args.max_seconds, || {
-        backend.predict(&batch, &mut probs)
-    })
-    .into_iter()
-    .map(|s| 1e3 * s)
-    .collect();
-    ms.sort_by(f64::total_cmp);
-    // Nearest rank: the smallest time at least p% of the runs do not exceed.
-    let rank = |p: f64| ms[((p * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
-    Scoring {
-        candidates: args.candidates,
-        runs: ms.len(),
-        median_ms: rank(0.5),
-        p99_ms: rank(0.99),
-        min_ms: ms[0],
-        mean_ms: ms.iter().sum::<f64>() / ms.len() as f64,
-        includes_readback: true,
+    backend.predict_requests(&req, &mut probs)?;
+    let mut err = None;
+    let request = latencies(repeat(args.runs, args.max_seconds, || {
+        if let Err(e) = backend.predict_requests(&req, &mut probs) {
+            err = Some(e);
+        }
+    }));
+    if let Some(e) = err {
+        return Err(e.into());
     }
+    let per_sample = latencies(repeat(args.runs, args.max_seconds, || {
+        backend.predict(&batch, &mut probs)
+    }));
+    Ok(Scoring {
+        candidates: args.candidates,
+        runs: request.len(),
+        median_ms: rank(&request, 0.5),
+        p99_ms: rank(&request, 0.99),
+        min_ms: request[0],
+        mean_ms: request.iter().sum::<f64>() / request.len() as f64,
+        includes_readback: true,
+        history_once: backend.shares_history(),
+        per_sample_median_ms: rank(&per_sample, 0.5),
+    })
+}
+
+/// Seconds to sorted milliseconds.
+fn latencies(seconds: Vec<f64>) -> Vec<f64> {
+    let mut ms: Vec<f64> = seconds.into_iter().map(|s| 1e3 * s).collect();
+    ms.sort_by(f64::total_cmp);
+    ms
+}
+
+/// Nearest rank of sorted `ms`: the smallest time at least `p` of the runs do not exceed.
+fn rank(ms: &[f64], p: f64) -> f64 {
+    ms[((p * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1]
 }
 
 /// Milliseconds per call, GFLOP/s and GB/s of one case (see `bst_kernels::workload`).

@@ -257,22 +257,22 @@ pub fn rank(args: &RankArgs) -> anyhow::Result<()> {
         bail!("none of the candidates is in the checkpoint's item vocabulary");
     }
     let mut backend = backend_from_checkpoint(args.device, &ckpt)?;
-    let top = rank_items(
-        backend.as_mut(),
-        &enc,
-        &ctx,
-        &items,
-        args.k,
-        ckpt.config.train.eval_batch,
-    );
+    let start = std::time::Instant::now();
+    let top = rank_items(backend.as_mut(), &enc, &ctx, &items, args.k)?;
+    let ms = 1e3 * start.elapsed().as_secs_f64();
+    let path = match backend.shares_history() {
+        true => "the history computed once",
+        false => "one sample per candidate",
+    };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for (r, (i, p)) in top.iter().enumerate() {
         writeln!(out, "{}\t{}\t{p}", r + 1, ids[*i])?;
     }
     out.flush()?;
     eprintln!(
-        "ranked {} candidate(s), {skipped} unknown candidate(s) skipped; unknown ids in the \
-         user's features and history, scored as index 0: {} history item(s), {} user feature value(s)",
+        "ranked {} candidate(s) in {ms:.1} ms ({path}), {skipped} unknown candidate(s) \
+         skipped; unknown ids in the user's features and history, scored as index 0: {} \
+         history item(s), {} user feature value(s)",
         items.len(),
         unknown.history,
         unknown.features

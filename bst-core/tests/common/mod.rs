@@ -9,9 +9,12 @@
 
 use std::sync::{Arc, OnceLock};
 
+use bst_core::batch::Batch;
 use bst_core::config::{Config, ModelConfig, Pooling};
 use bst_core::data::Samples;
+use bst_core::model::Model;
 use bst_core::params::VocabSizes;
+use bst_core::requests::Requests;
 use bst_core::rng::Rng;
 use bst_core::scorer::{GpuContext, GpuOptions, wgpu};
 
@@ -169,4 +172,40 @@ pub fn random_samples(n: usize, cfg: &ModelConfig, seed: u64) -> Samples {
         s.user.push((i % 4) as u32);
     }
     s
+}
+
+/// Parameters of `cfg`'s model with every embedding table U(-1, 1) (the default init
+/// makes them so small that the history would hardly matter).
+pub fn random_params(cfg: &Config, model: &Model, seed: u64) -> Vec<f32> {
+    let mut params = model.layout.init(cfg.train.seed);
+    let mut rng = Rng::new(seed);
+    for (r, _) in model.layout.embedding_tables() {
+        for p in &mut params[r] {
+            *p = 2.0 * rng.uniform() as f32 - 1.0;
+        }
+    }
+    params
+}
+
+/// The users of `samples` rows `users`, each with `counts[i]` candidates (item rows
+/// cycling through the vocabulary), and one more candidate of the first user at the end
+/// (a user's candidates need not be consecutive).
+pub fn requests(samples: &Samples, users: &[usize], counts: &[usize], items: usize) -> Requests {
+    let mut req = Requests::new(samples.seq_len, samples.fields);
+    let one = Batch::from_range(samples, 0..samples.len());
+    for (&s, &count) in users.iter().zip(counts) {
+        let u = req.users() as u32;
+        let (l, f) = (req.seq_len, req.fields);
+        req.hist_item
+            .extend_from_slice(&one.hist_item[s * l..][..l]);
+        req.hist_cat.extend_from_slice(&one.hist_cat[s * l..][..l]);
+        req.hist_pos.extend_from_slice(&one.hist_pos[s * l..][..l]);
+        req.other.extend_from_slice(&one.other[s * f..][..f]);
+        for k in 0..count {
+            let item = 1 + ((s + 7 * k) % (items - 1)) as u32;
+            req.push_candidate(u, item, 1 + item % 5);
+        }
+    }
+    req.push_candidate(0, 1, 1);
+    req
 }

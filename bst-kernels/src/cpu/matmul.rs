@@ -65,11 +65,29 @@ pub fn matmul_forward(
     n_in: usize,
     n_out: usize,
 ) {
+    matmul_forward_chunked(out, inp, weight, bias, rows, n_in, n_out, ROW_CHUNK);
+}
+
+/// [`matmul_forward`] in parallel tasks of `row_chunk` rows. The result does not depend
+/// on the chunk (each output is the same dot product, summed in the same order), but each
+/// task packs the whole weight: a large layer over many rows runs faster in fewer, larger
+/// tasks.
+pub fn matmul_forward_chunked(
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    rows: usize,
+    n_in: usize,
+    n_out: usize,
+    row_chunk: usize,
+) {
+    let row_chunk = row_chunk.max(1);
     let out = &mut out[..rows * n_out];
-    out.par_chunks_mut(ROW_CHUNK * n_out)
+    out.par_chunks_mut(row_chunk * n_out)
         .enumerate()
         .for_each(|(ci, out_c)| {
-            let r0 = ci * ROW_CHUNK;
+            let r0 = ci * row_chunk;
             let m = out_c.len() / n_out;
             let beta = match bias {
                 Some(b) => {
@@ -91,6 +109,46 @@ pub fn matmul_forward(
                 n_in,
                 n_out,
                 beta,
+            );
+        });
+}
+
+/// out (rows, n_out) += inp (rows, n_in) weight[:, w0 .. w0 + n_in]^T, where weight is
+/// (n_out, w_cols): a linear layer over some of the input columns of a wider layer (the
+/// scoring path adds the candidate's part of the first MLP layer to the user's part).
+/// Parallel tasks of `row_chunk` rows, as [`matmul_forward_chunked`].
+pub fn matmul_accumulate(
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    (w0, w_cols): (usize, usize),
+    rows: usize,
+    n_in: usize,
+    n_out: usize,
+    row_chunk: usize,
+) {
+    assert!(
+        w0 + n_in <= w_cols,
+        "matmul_accumulate: columns out of the weight"
+    );
+    let row_chunk = row_chunk.max(1);
+    let out = &mut out[..rows * n_out];
+    out.par_chunks_mut(row_chunk * n_out)
+        .enumerate()
+        .for_each(|(ci, out_c)| {
+            let r0 = ci * row_chunk;
+            let m = out_c.len() / n_out;
+            // b[k][j] = weight[j][w0 + k]: row stride 1, column stride w_cols.
+            sgemm(
+                out_c,
+                &inp[r0 * n_in..],
+                (n_in, 1),
+                &weight[w0..],
+                (1, w_cols),
+                m,
+                n_in,
+                n_out,
+                1.0,
             );
         });
 }
@@ -193,6 +251,36 @@ mod tests {
         let mut out = vec![0.0; rows * n_out];
         matmul_forward(&mut out, &inp, &w, Some(&b), rows, n_in, n_out);
         let want = naive_forward(&inp, &w, &b, rows, n_in, n_out);
+        for (g, w) in out.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-5 + 1e-5 * w.abs(), "{g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn accumulate_adds_a_column_slice_of_a_wider_layer() {
+        // out = b + x[:, ..] W^T, split as (b + x_b W_b^T) + x_a W_a^T over columns.
+        let (rows, n_out, w_cols, w0, n_in) = (70, 33, 29, 5, 11);
+        let x = random_vec(rows * w_cols, 8);
+        let w = random_vec(n_out * w_cols, 9);
+        let b = random_vec(n_out, 10);
+        let want = naive_forward(&x, &w, &b, rows, w_cols, n_out);
+        // x with columns w0..w0+n_in zeroed gives the rest of the sum.
+        let mut rest = x.clone();
+        let mut part = vec![0.0; rows * n_in];
+        for r in 0..rows {
+            for k in 0..n_in {
+                part[r * n_in + k] = x[r * w_cols + w0 + k];
+                rest[r * w_cols + w0 + k] = 0.0;
+            }
+        }
+        let mut out = vec![0.0; rows * n_out];
+        matmul_forward(&mut out, &rest, &w, Some(&b), rows, w_cols, n_out);
+        matmul_accumulate(&mut out, &part, &w, (w0, w_cols), rows, n_in, n_out, 16);
+        // Other row chunks give the same result, bit for bit.
+        let mut again = vec![0.0; rows * n_out];
+        matmul_forward_chunked(&mut again, &rest, &w, Some(&b), rows, w_cols, n_out, 1000);
+        matmul_accumulate(&mut again, &part, &w, (w0, w_cols), rows, n_in, n_out, 7);
+        assert_eq!(out, again);
         for (g, w) in out.iter().zip(&want) {
             assert!((g - w).abs() <= 1e-5 + 1e-5 * w.abs(), "{g} vs {w}");
         }

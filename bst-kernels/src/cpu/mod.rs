@@ -12,6 +12,7 @@ pub mod mask;
 pub mod matmul;
 pub mod optim;
 pub mod pooling;
+pub mod target_attention;
 pub mod topk;
 
 #[cfg(test)]

@@ -54,6 +54,7 @@ pub mod mask;
 pub mod matmul;
 pub mod optim;
 pub mod pooling;
+pub mod target_attention;
 pub mod topk;
 
 pub use buffer::{
