@@ -50,7 +50,7 @@ def settings(args):
     """The model config, vocab sizes and counts: --from-bst, then flags, then defaults."""
     s = {"model": dict(DEFAULT_CONFIG), "vocab": dict(DEFAULT_VOCAB), "batch": 256,
          "eval_batch": 1024, "steps": 50, "warmup": 5, "candidates": 1000,
-         "optimizer": "adam", "lr": None}
+         "optimizer": "adam", "lr": None, "emb_lr_scale": None}
     if args.from_bst:
         with open(args.from_bst) as f:
             r = json.load(f)
@@ -58,7 +58,7 @@ def settings(args):
         s["model"].update(c["model"])
         s["vocab"] = c["vocab"]
         s.update(batch=c["batch"], eval_batch=c["eval_batch"], optimizer=c["optimizer"],
-                 lr=c["lr"], steps=r["train"]["steps"], warmup=r["train"]["warmup_steps"],
+                 lr=c["lr"], emb_lr_scale=c.get("emb_lr_scale"), steps=r["train"]["steps"], warmup=r["train"]["warmup_steps"],
                  candidates=r["scoring"]["candidates"])
     if args.config_json:
         with open(args.config_json) as f:
@@ -194,7 +194,8 @@ def step_peak_bytes(s, device, batch, seed):
         torch.manual_seed(seed)
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             model = BST(s["model"], s["vocab"]).to(device)
-            opt = make_optimizer(model, s["optimizer"], s["lr"])
+            opt = make_optimizer(model, s["optimizer"], s["lr"],
+                                 emb_lr_scale=s["emb_lr_scale"])
             model.train()
             train_step(model, opt)  # creates the gradients and the optimiser state
             params = list(model.parameters())
@@ -251,7 +252,8 @@ def main():
         torch.cuda.reset_peak_memory_stats(device)
 
     model = BST(s["model"], s["vocab"]).to(device)
-    opt = make_optimizer(model, s["optimizer"], s["lr"])
+    opt = make_optimizer(model, s["optimizer"], s["lr"],
+                                 emb_lr_scale=s["emb_lr_scale"])
     b = s["batch"]
     pool = [random_batch(s, b, gen) for _ in range(8)]
     if device.type == "cuda":

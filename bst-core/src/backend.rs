@@ -297,7 +297,7 @@ impl CpuBackend {
                 tables_end: model.layout.dense_range().start,
                 tables: cfg.model.emb_l2,
                 dense: cfg.train.weight_decay,
-                tables_lr_scale: cfg.train.emb_lr_scale,
+                tables_lr_scale: cfg.train.emb_lr_scale(),
             }),
             seed: cfg.train.seed,
             dirty_rows: cfg.train.sparse_embeddings.then(Default::default),

@@ -553,7 +553,10 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
     )?;
     let train: TrainConfig = from_json(
         "bst.train_config",
-        &with_legacy_defaults(get("bst.train_config")?, LEGACY_TRAIN_KEYS),
+        &with_legacy_defaults(
+            &with_legacy_adam_lr(get("bst.train_config")?),
+            LEGACY_TRAIN_KEYS,
+        ),
         &corrupt,
     )?;
     let data: DataConfig = from_json("bst.data_config", get("bst.data_config")?, &corrupt)?;
@@ -771,6 +774,24 @@ const LEGACY_TRAIN_KEYS: &[(&str, &str)] = &[
     ("emb_lr_scale", "1.0"),
     ("patience", "0"),
 ];
+
+/// Adam's default learning rate was 1e-3 for every parameter before `train.emb_lr_scale`
+/// existed: a `[train]` object without that key whose `lr` was left to the default (null
+/// or absent) gets `lr = 1e-3` when its optimiser is Adam, so it resumes at the rate it
+/// trained at rather than today's `ADAM_LR`. Anything else is passed on as it is.
+fn with_legacy_adam_lr(json: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            let adam = map.get("optimizer").is_none_or(|o| o == "adam");
+            let default_lr = map.get("lr").is_none_or(|lr| lr.is_null());
+            if !map.contains_key("emb_lr_scale") && adam && default_lr {
+                map.insert("lr".into(), serde_json::json!(1e-3));
+            }
+            serde_json::Value::Object(map).to_string()
+        }
+        _ => json.to_string(),
+    }
+}
 
 /// `json` (an object) with each of `keys` that it lacks set to its legacy value; anything
 /// that is not an object is passed on as it is, for the parser to refuse.

@@ -273,7 +273,7 @@ impl GpuBackend {
             steps: 0,
             loss_steps: 0,
             adam,
-            emb_lr_scale: cfg.train.emb_lr_scale,
+            emb_lr_scale: cfg.train.emb_lr_scale(),
             cap,
             emb_dims: embedding_dims(&model, cap),
             sites,

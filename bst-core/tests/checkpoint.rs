@@ -420,6 +420,9 @@ fn a_checkpoint_from_before_the_regularisation_keys_loads_as_it_was_trained() {
     let mut cfg = tiny_config(Optimizer::Adam);
     cfg.train.epochs = 1;
     cfg.model.emb_init_std = 1.0;
+    // Adam's default rate then: 1e-3 everywhere.
+    cfg.train.lr = Some(1e-3);
+    cfg.train.emb_lr_scale = Some(1.0);
     let ds = dataset(&cfg);
     run(&cfg, &ds, &dir, None, None).unwrap();
     let path = dir.join(checkpoint::LATEST);
@@ -433,7 +436,11 @@ fn a_checkpoint_from_before_the_regularisation_keys_loads_as_it_was_trained() {
     };
     rewrite(&path, &old, keep, |md| {
         drop_keys(md, "bst.config", &["emb_init_std", "emb_l2"]);
-        drop_keys(md, "bst.train_config", &["weight_decay", "patience"]);
+        drop_keys(
+            md,
+            "bst.train_config",
+            &["weight_decay", "patience", "lr_decay", "emb_lr_scale", "lr"],
+        );
     });
     let (new, legacy) = (
         Checkpoint::load(&path).unwrap(),

@@ -324,7 +324,7 @@ fn a_learning_rate_changed_between_steps_matches_the_cpu() {
         for sparse in [false, true] {
             let mut cfg = small_config(1, Pooling::Target, opt);
             cfg.train.sparse_embeddings = sparse;
-            cfg.train.emb_lr_scale = 2.5;
+            cfg.train.emb_lr_scale = Some(2.5);
             let what = format!("set_lr, {opt:?}, sparse {sparse}");
             let batches = training_batches(&random_samples(17, &cfg.model, 7));
             let (mut cpu, mut gpu) = backends(ctx.clone(), &cfg);
@@ -346,7 +346,7 @@ fn a_learning_rate_changed_between_steps_matches_the_cpu() {
                 "{what}: the rate changed nothing"
             );
             let mut unscaled_cfg = cfg.clone();
-            unscaled_cfg.train.emb_lr_scale = 1.0;
+            unscaled_cfg.train.emb_lr_scale = Some(1.0);
             let mut unscaled = CpuBackend::new(&unscaled_cfg, SIZES);
             for b in &batches {
                 unscaled.train_step(b);
@@ -536,6 +536,7 @@ fn training_on_the_gpu_reaches_the_cpu_test_auc() {
     (cfg.model.d_item, cfg.model.d_cat, cfg.model.d_pos) = (16, 8, 8);
     cfg.model.heads = 4;
     cfg.train.lr = Some(3e-3);
+    cfg.train.emb_lr_scale = Some(10.0); // the tables at 3e-2, as by default
     cfg.train.epochs = 2;
     let ds = data::load(&DataSource::Synthetic, &cfg).expect("synthetic data");
     println!(
@@ -669,6 +670,7 @@ fn training_on_the_gpu_reaches_the_cpu_test_auc_on_ml100k() {
     cfg.model.d_ff = 32;
     cfg.model.mlp = vec![64, 32];
     cfg.train.lr = Some(3e-3);
+    cfg.train.emb_lr_scale = Some(10.0); // the tables at 3e-2, as by default
     cfg.train.epochs = 1;
     let ds = data::load(&DataSource::Recbole(dir), &cfg).expect("ml-100k loads");
     assert_same_test_auc(ctx, &cfg, &ds, 0.70);

@@ -177,6 +177,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             eval_batch,
             optimizer: cfg.train.optimizer,
             lr: cfg.train.lr(),
+            emb_lr_scale: cfg.train.emb_lr_scale(),
             seed: cfg.train.seed,
             data: src.to_string(),
             vocab: VocabReport {
@@ -239,6 +240,7 @@ struct ReportConfig {
     eval_batch: usize,
     optimizer: Optimizer,
     lr: f32,
+    emb_lr_scale: f32,
     seed: u64,
     data: String,
     vocab: VocabReport,

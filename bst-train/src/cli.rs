@@ -145,6 +145,10 @@ pub struct RunArgs {
     /// (`train.weight_decay`).
     #[arg(long = "weight-decay")]
     pub weight_decay: Option<f32>,
+    /// The embedding tables' learning rate over --lr (`train.emb_lr_scale`; default: Adam
+    /// 60, Adagrad 1).
+    #[arg(long = "emb-lr-scale")]
+    pub emb_lr_scale: Option<f32>,
     /// Learning rate factor per epoch (`train.lr_decay`): epoch e trains at
     /// lr * lr_decay^(e-1).
     #[arg(long = "lr-decay")]
@@ -214,6 +218,9 @@ impl RunArgs {
         set!(cfg.data.synthetic_users, self.synthetic_users);
         if self.lr.is_some() {
             t.lr = self.lr;
+        }
+        if self.emb_lr_scale.is_some() {
+            t.emb_lr_scale = self.emb_lr_scale;
         }
         if self.sparse_embeddings {
             t.sparse_embeddings = true;

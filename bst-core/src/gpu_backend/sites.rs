@@ -333,7 +333,7 @@ impl Sites {
         };
         let dense = layout.dense_range();
         let update = bind_range(dense.clone(), lr, train.weight_decay)?;
-        let table_lr = lr * train.emb_lr_scale;
+        let table_lr = lr * train.emb_lr_scale();
         let update_tables = if train.sparse_embeddings || base > 0 {
             None
         } else {
