@@ -7,6 +7,7 @@ pub mod recbole;
 pub mod samples;
 pub mod synthetic;
 pub mod taobao;
+pub mod taobao_gen;
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
