@@ -392,13 +392,9 @@ fn a_vocabulary_in_the_meta_vocab_tensor_reads_like_one_in_the_header() {
             .map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec()))
             .collect();
         if let Some(d) = dtype {
-            let n = json.len() / d.size();
-            owned.push((
-                "meta.vocab".into(),
-                d,
-                vec![n],
-                json[..n * d.size()].to_vec(),
-            ));
+            let width = d.bitsize() / 8;
+            let n = json.len() / width;
+            owned.push(("meta.vocab".into(), d, vec![n], json[..n * width].to_vec()));
         }
         let views: Vec<(String, TensorView)> = owned
             .iter()
