@@ -190,17 +190,17 @@ def lr_at(lr, lr_decay, epoch):
 
 def load_bst_checkpoint(path):
     """A BST with the parameters of a bst checkpoint (best.safetensors or
-    checkpoint.safetensors), and the checkpoint's config and vocabulary."""
-    from safetensors import safe_open
+    checkpoint.safetensors), and the checkpoint's config and vocabulary. The vocabulary
+    may be the metadata `bst.vocab` or, for large ones, the tensor `meta.vocab`
+    (spec section 3); tensors that are not weights (`meta.`, `optim.`, `best.`) are
+    skipped."""
     from safetensors.torch import load_file
 
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata()
+    from bst_checkpoint import is_weight, read_metadata
+
+    meta, vocab = read_metadata(path)
     cfg = json.loads(meta["bst.config"])
-    vocab = json.loads(meta["bst.vocab"])
     model = BST(cfg, vocab)
     state = load_file(path)
-    model.load_state_dict(
-        {k: v for k, v in state.items() if not k.startswith(("optim.", "best."))}
-    )
+    model.load_state_dict({k: v for k, v in state.items() if is_weight(k)})
     return model, cfg, vocab

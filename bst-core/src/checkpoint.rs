@@ -15,7 +15,10 @@
 //!   run's config; `bst.data_source`: the data it was trained on (`synthetic`,
 //!   `recbole:FOLDER`, ...);
 //! - `bst.vocab`: the vocabularies (item ids, item categories, category names, user ids,
-//!   and the other-feature fields with their names, sizes, offsets and tokens);
+//!   and the other-feature fields with their names, sizes, offsets and tokens) as JSON,
+//!   or, when that JSON is over [`VOCAB_IN_HEADER_MAX`] bytes, the string
+//!   `tensor:meta.vocab`: the JSON is then the `U8` tensor `meta.vocab` (spec section 3,
+//!   "Vocabularies at scale"; safetensors refuses headers over 100 MB);
 //! - `bst.progress`: epoch, step within the epoch, best epoch and validation AUC so far,
 //!   the per-epoch reports, the shuffling seed and a fingerprint of the training samples;
 //! - `bst.optimizer` and `bst.optim_steps`: the optimiser kind and update count (with the
@@ -45,6 +48,13 @@ pub const LATEST: &str = "checkpoint.safetensors";
 pub const BEST: &str = "best.safetensors";
 /// `bst.version` of the files this code writes and reads.
 pub const VERSION: &str = "1";
+/// The largest vocabulary JSON kept in the header as `bst.vocab`; a larger one moves into
+/// the tensor [`VOCAB_TENSOR`] (spec section 3).
+pub const VOCAB_IN_HEADER_MAX: usize = 1 << 20;
+/// The `U8` tensor that holds a large vocabulary's JSON.
+pub const VOCAB_TENSOR: &str = "meta.vocab";
+/// The value of `bst.vocab` when the vocabulary is in [`VOCAB_TENSOR`].
+pub const VOCAB_IN_TENSOR: &str = "tensor:meta.vocab";
 
 /// Config keys that may differ between a checkpoint and a resumed run: they change
 /// neither the model nor the steps already taken.
@@ -338,24 +348,34 @@ impl Checkpointer for RunCheckpointer<'_> {
 // Writing
 // ---------------------------------------------------------------------------------------
 
-/// An f32 tensor as little-endian bytes, for the safetensors writer.
-struct F32Tensor {
+/// A tensor as little-endian bytes, for the safetensors writer: f32 parameters, or the
+/// `U8` vocabulary.
+struct RawTensor {
+    dtype: Dtype,
     shape: Vec<usize>,
     bytes: Vec<u8>,
 }
 
-impl F32Tensor {
-    fn new(shape: &[usize], data: &[f32]) -> F32Tensor {
-        F32Tensor {
+impl RawTensor {
+    fn f32(shape: &[usize], data: &[f32]) -> RawTensor {
+        RawTensor {
+            dtype: Dtype::F32,
             shape: shape.to_vec(),
             bytes: data.iter().flat_map(|x| x.to_le_bytes()).collect(),
         }
     }
+    fn u8(bytes: Vec<u8>) -> RawTensor {
+        RawTensor {
+            dtype: Dtype::U8,
+            shape: vec![bytes.len()],
+            bytes,
+        }
+    }
 }
 
-impl View for &F32Tensor {
+impl View for &RawTensor {
     fn dtype(&self) -> Dtype {
-        Dtype::F32
+        self.dtype
     }
     fn shape(&self) -> &[usize] {
         &self.shape
@@ -384,7 +404,7 @@ pub fn write(path: &Path, info: &RunInfo, snap: &Snapshot) -> Result<(), Checkpo
     if let Some(b) = snap.best_params {
         arenas.push(("best.".into(), b));
     }
-    let mut tensors: Vec<(String, F32Tensor)> = Vec::new();
+    let mut tensors: Vec<(String, RawTensor)> = Vec::new();
     for (prefix, arena) in arenas {
         if arena.len() != layout.total {
             return Err(fail(format!(
@@ -394,10 +414,17 @@ pub fn write(path: &Path, info: &RunInfo, snap: &Snapshot) -> Result<(), Checkpo
             )));
         }
         for spec in &layout.specs {
-            let t = F32Tensor::new(&spec.shape, &arena[spec.range()]);
+            let t = RawTensor::f32(&spec.shape, &arena[spec.range()]);
             tensors.push((format!("{prefix}{}", spec.name), t));
         }
     }
+    let vocab = json(info.vocab);
+    let vocab = if vocab.len() > VOCAB_IN_HEADER_MAX {
+        tensors.push((VOCAB_TENSOR.into(), RawTensor::u8(vocab.into_bytes())));
+        VOCAB_IN_TENSOR.to_string()
+    } else {
+        vocab
+    };
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
 
     let mut meta: HashMap<String, String> = HashMap::new();
@@ -407,7 +434,7 @@ pub fn write(path: &Path, info: &RunInfo, snap: &Snapshot) -> Result<(), Checkpo
     meta.insert("bst.train_config".into(), json(&info.config.train));
     meta.insert("bst.data_config".into(), json(&info.config.data));
     meta.insert("bst.data_source".into(), info.data_source.into());
-    meta.insert("bst.vocab".into(), json(info.vocab));
+    meta.insert("bst.vocab".into(), vocab);
     meta.insert("bst.progress".into(), json(snap.progress));
     if let Some(o) = snap.optim {
         meta.insert("bst.optimizer".into(), kind_name(o.state.kind()).into());
@@ -560,7 +587,14 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
         &corrupt,
     )?;
     let data: DataConfig = from_json("bst.data_config", get("bst.data_config")?, &corrupt)?;
-    let vocab: Vocab = from_json("bst.vocab", get("bst.vocab")?, &corrupt)?;
+    let vocab: Vocab = match get("bst.vocab")? {
+        VOCAB_IN_TENSOR => {
+            let text =
+                vocab_tensor(&st).map_err(|d| corrupt(format!("metadata `bst.vocab`: {d}")))?;
+            from_json("bst.vocab (tensor meta.vocab)", text, &corrupt)?
+        }
+        text => from_json("bst.vocab", text, &corrupt)?,
+    };
     let progress: Progress = from_json("bst.progress", get("bst.progress")?, &corrupt)?;
     let config = Config { model, train, data };
     config
@@ -653,7 +687,9 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
     } else {
         None
     };
-    if let Some(name) = names.iter().find(|n| !seen.contains(*n)) {
+    // `meta.` tensors are data, not weights (spec section 3); any other is unexpected.
+    let not_seen = |n: &&String| !seen.contains(*n) && !n.starts_with("meta.");
+    if let Some(name) = names.iter().find(not_seen) {
         return Err(CheckpointError::Unexpected {
             path: p(),
             name: name.clone(),
@@ -671,6 +707,21 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
         optim,
         best_params,
     })
+}
+
+/// The vocabulary JSON of a file whose `bst.vocab` is [`VOCAB_IN_TENSOR`].
+fn vocab_tensor<'a>(st: &'a SafeTensors<'a>) -> Result<&'a str, String> {
+    let t = st.tensor(VOCAB_TENSOR).map_err(|_| {
+        format!("it is `{VOCAB_IN_TENSOR}` but the file has no tensor `{VOCAB_TENSOR}`")
+    })?;
+    if t.dtype() != Dtype::U8 || t.shape().len() != 1 {
+        return Err(format!(
+            "tensor `{VOCAB_TENSOR}` is {} of shape {:?}, expected U8 of one dimension",
+            t.dtype(),
+            t.shape()
+        ));
+    }
+    std::str::from_utf8(t.data()).map_err(|e| format!("tensor `{VOCAB_TENSOR}` is not UTF-8: {e}"))
 }
 
 /// Checks the file's length against its header before parsing, so a cut-short file is

@@ -90,6 +90,7 @@ pub mod config;
 pub mod data;
 pub mod encode;
 pub mod gpu_backend;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod optim;

@@ -157,6 +157,18 @@ pub struct Activations {
 }
 
 impl Activations {
+    /// The f32 values [`Activations::new`] allocates for `capacity` samples (u128, so an
+    /// impossible request is sized rather than overflowing): what the memory check counts.
+    pub fn floats(dims: &Dims, capacity: usize) -> u128 {
+        let (b, t, d) = (capacity as u128, dims.t as u128, dims.d as u128);
+        let (h, dff) = (dims.h as u128, dims.dff as u128);
+        // qkv + att + 7 of (B, T, d) + 4 of (B, T) + 2 of (B, T, d_ff), per block.
+        let block = b * t * 3 * d + b * h * t * t + 7 * b * t * d + 4 * b * t + 2 * b * t * dff;
+        let mlp: u128 = dims.mlp.iter().map(|&w| 2 * b * w as u128).sum();
+        // valid (u32) + x0 + blocks + z + MLP + probs.
+        b * t + b * t * d + dims.blocks as u128 * block + b * dims.zw as u128 + mlp + b
+    }
+
     /// Zeroed buffers for `capacity` samples.
     pub fn new(dims: &Dims, capacity: usize) -> Activations {
         let (b, t, d) = (capacity, dims.t, dims.d);
@@ -212,6 +224,13 @@ impl GradScratch {
     /// Samples these buffers hold.
     pub fn capacity(&self, dims: &Dims) -> usize {
         self.dz.len() / dims.zw
+    }
+
+    /// The f32 values [`GradScratch::new`] allocates for `capacity` samples.
+    pub fn floats(dims: &Dims, capacity: usize) -> u128 {
+        let (b, t, d) = (capacity as u128, dims.t as u128, dims.d as u128);
+        let wmax = dims.mlp.iter().copied().max().unwrap_or(1) as u128;
+        9 * b * t * d + 2 * b * t * dims.dff as u128 + b * dims.zw as u128 + 2 * b * wmax
     }
 
     /// Zeroed buffers for `capacity` samples.
@@ -664,4 +683,71 @@ fn split_three<'a>(
     let (a, rest) = arena.split_at_mut(r3.start);
     let (x, y) = split_two(a, r1, r2);
     (x, y, &mut rest[..r3.len()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Pooling};
+
+    /// The memory check's counts are what `new` allocates.
+    #[test]
+    fn floats_count_what_new_allocates() {
+        for (blocks, pooling) in [
+            (0, Pooling::Mean),
+            (2, Pooling::Target),
+            (1, Pooling::Flatten),
+        ] {
+            let mut cfg = Config::default().model;
+            (cfg.blocks, cfg.pooling, cfg.seq_len) = (blocks, pooling, 7);
+            let dims = Dims::new(&cfg, 3);
+            let a = Activations::new(&dims, 5);
+            let b = &a.blocks;
+            let block: usize = b
+                .iter()
+                .map(|k| {
+                    [
+                        &k.qkv,
+                        &k.att,
+                        &k.atty,
+                        &k.a,
+                        &k.res1,
+                        &k.x1,
+                        &k.ln1_mean,
+                        &k.ln1_rstd,
+                        &k.ff_pre,
+                        &k.ff,
+                        &k.f,
+                        &k.res2,
+                        &k.x2,
+                        &k.ln2_mean,
+                        &k.ln2_rstd,
+                    ]
+                    .iter()
+                    .map(|v| v.len())
+                    .sum::<usize>()
+                })
+                .sum();
+            let mlp: usize = a.mlp_pre.iter().chain(&a.mlp_act).map(Vec::len).sum();
+            let n = a.valid.capacity() + a.x0.len() + block + a.z.len() + mlp + a.probs.len();
+            assert_eq!(Activations::floats(&dims, 5), n as u128, "blocks {blocks}");
+            let g = GradScratch::new(&dims, 5);
+            let m = [
+                &g.dx,
+                &g.dx1,
+                &g.dres,
+                &g.dbr,
+                &g.datty,
+                &g.dtmp,
+                &g.dqkv,
+                &g.dff,
+                &g.dff_pre,
+                &g.dz,
+                &g.dmlp,
+                &g.dmlp_pre,
+            ];
+            let n: usize = m.iter().map(|v| v.len()).sum();
+            assert_eq!(GradScratch::floats(&dims, 5), n as u128, "blocks {blocks}");
+        }
+    }
 }

@@ -312,10 +312,14 @@ mod tests {
     fn embedding_init_scales_one_draw_by_emb_init_std() {
         // The same normal draws at any std: std = 1 gives the spec's earlier N(0, 1) init
         // bit for bit, and std = s gives s times it (to f32 rounding).
-        let mut one = ModelConfig::default();
-        one.emb_init_std = 1.0;
-        let mut tiny = ModelConfig::default();
-        tiny.emb_init_std = 1e-4;
+        let one = ModelConfig {
+            emb_init_std: 1.0,
+            ..ModelConfig::default()
+        };
+        let tiny = ModelConfig {
+            emb_init_std: 1e-4,
+            ..ModelConfig::default()
+        };
         let (a, b) = (
             ParamLayout::new(&one, sizes()).init(7),
             ParamLayout::new(&tiny, sizes()).init(7),

@@ -358,6 +358,74 @@ fn foreign_files_missing_tensors_wrong_shapes_and_dtypes_are_named() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// Spec section 3, "Vocabularies at scale": either form of the vocabulary reads the same
+/// (a small vocabulary moved into `meta.vocab` by another tool loads as it was); a pointer
+/// to a missing or non-U8 tensor is a clear error, not a panic.
+#[test]
+fn a_vocabulary_in_the_meta_vocab_tensor_reads_like_one_in_the_header() {
+    let dir = temp_dir("meta-vocab");
+    let (_, ds, path) = sample_checkpoint(&dir);
+    let (value, tensor) = {
+        let bytes = std::fs::read(&path).unwrap();
+        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let md = header.metadata().clone().unwrap();
+        (md["bst.vocab"].clone(), st.tensor("meta.vocab").is_ok())
+    };
+    assert!(
+        value.starts_with('{') && !tensor,
+        "a small vocabulary stays in the header"
+    );
+
+    // Rewrites the file with the vocabulary as a tensor of `dtype` (or none).
+    let moved = |dst: &Path, dtype: Option<Dtype>| {
+        let bytes = std::fs::read(&path).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+        let mut md = header.metadata().clone().unwrap();
+        let json = md.insert("bst.vocab".into(), checkpoint::VOCAB_IN_TENSOR.into());
+        let json = json.unwrap().into_bytes();
+        md.remove("bst.checksum");
+        let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec()))
+            .collect();
+        if let Some(d) = dtype {
+            let width = d.bitsize() / 8;
+            let n = json.len() / width;
+            owned.push(("meta.vocab".into(), d, vec![n], json[..n * width].to_vec()));
+        }
+        let views: Vec<(String, TensorView)> = owned
+            .iter()
+            .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        std::fs::write(dst, safetensors::serialize(views, Some(md)).unwrap()).unwrap();
+    };
+    let ok = dir.join("tensor.safetensors");
+    moved(&ok, Some(Dtype::U8));
+    let a = Checkpoint::load(&path).unwrap();
+    let b = Checkpoint::load(&ok).expect("the tensor form loads");
+    assert!(a.vocab == b.vocab && b.vocab == ds.vocab);
+    assert_bits_equal("parameters", &a.params, &b.params);
+
+    let missing = dir.join("missing.safetensors");
+    moved(&missing, None);
+    let e = load_err(&missing);
+    assert!(
+        e.contains("no tensor `meta.vocab`") && e.contains("missing.safetensors"),
+        "{e}"
+    );
+    let wrong = dir.join("wrong.safetensors");
+    moved(&wrong, Some(Dtype::F32));
+    let e = load_err(&wrong);
+    assert!(
+        e.contains("`meta.vocab` is F32") && e.contains("expected U8"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn a_config_or_data_that_does_not_match_is_refused_with_the_difference() {
     let dir = temp_dir("mismatch");

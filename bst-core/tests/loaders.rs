@@ -268,6 +268,25 @@ fn taobao_keeps_clicks_only() {
 }
 
 #[test]
+fn taobao_skips_a_header_line() {
+    let dir = temp_folder("taobao-header");
+    let plain = fixtures().join("taobao/UserBehavior.csv");
+    let body = std::fs::read_to_string(&plain).unwrap();
+    let path = dir.join("UserBehavior.csv");
+    let header = "user_id,item_id,category_id,behavior_type,timestamp";
+    let expected = taobao::load(&plain, &DataConfig::default()).unwrap();
+    for text in [
+        format!("{header}\n{body}"),
+        format!("\u{feff}{header}\r\n\n{body}"),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let log = taobao::load(&path, &DataConfig::default()).expect("a header is skipped");
+        assert_eq!(log.interactions, expected.interactions);
+        assert_eq!(log.vocab, expected.vocab);
+    }
+}
+
+#[test]
 fn taobao_errors_name_the_line() {
     let dir = temp_folder("taobao");
     let path = dir.join("UserBehavior.csv");
@@ -287,6 +306,16 @@ fn taobao_errors_name_the_line() {
     );
     assert_contains(&load(""), &["UserBehavior.csv", "empty file"]);
     assert_contains(&load("1,2,3,buy,10\n"), &["no `pv`"]);
+    // The header is read as such on the first line only; a header alone is an empty file.
+    let header = "user_id,item_id,category_id,behavior_type,timestamp";
+    assert_contains(
+        &load(&format!("1,2,3,pv,10\n{header}\n")),
+        &[
+            "UserBehavior.csv:2:",
+            "timestamp `timestamp` is not a number",
+        ],
+    );
+    assert_contains(&load(&format!("{header}\r\n")), &["empty file"]);
     let missing = dir.join("absent.csv");
     let e = taobao::load(&missing, &DataConfig::default()).unwrap_err();
     assert_contains(&e.to_string(), &["absent.csv", "cannot open"]);

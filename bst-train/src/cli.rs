@@ -34,6 +34,9 @@ pub enum Command {
     /// Training, inference and scoring speed, device memory and per-kernel times, as
     /// one JSON object (README: "Benchmarks").
     Bench(crate::bench::BenchArgs),
+    /// Write a click log shaped like Taobao's UserBehavior.csv (README: "Generated click
+    /// logs"), for `--data taobao:FILE`.
+    GenerateTaobao(crate::generate::GenerateArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -174,7 +177,7 @@ pub struct RunArgs {
     /// Synthetic data: number of users.
     #[arg(long = "synthetic-users")]
     pub synthetic_users: Option<usize>,
-    /// No progress bars (for logs and tests).
+    /// No progress bars or progress lines (for tests).
     #[arg(long)]
     pub quiet: bool,
 }

@@ -5,6 +5,7 @@ use bst_core::checkpoint::Checkpoint;
 use bst_core::config::Config;
 use bst_core::data::Dataset;
 use bst_core::gpu_backend::GpuBackend;
+use bst_core::memory;
 use bst_core::model::Model;
 use bst_kernels::gpu::{GpuContext, GpuOptions};
 use clap::ValueEnum;
@@ -44,7 +45,9 @@ pub fn make_backend(
     ds: &Dataset,
 ) -> anyhow::Result<Box<dyn Backend>> {
     let sizes = ds.vocab.sizes();
-    Ok(match choose(device, "training")? {
+    let ctx = choose(device, "training")?;
+    memory::check_available(memory::model_needs(cfg, sizes, true, ctx.is_none()))?;
+    Ok(match ctx {
         Some(ctx) => Box::new(GpuBackend::init(ctx, cfg, sizes)?),
         None => Box::new(CpuBackend::new(cfg, sizes)),
     })
@@ -56,7 +59,10 @@ pub fn backend_from_checkpoint(
     device: Device,
     ckpt: &Checkpoint,
 ) -> anyhow::Result<Box<dyn Backend>> {
-    Ok(match choose(device, "scoring")? {
+    let ctx = choose(device, "scoring")?;
+    let needs = memory::model_needs(&ckpt.config, ckpt.vocab.sizes(), false, ctx.is_none());
+    memory::check_available(needs)?;
+    Ok(match ctx {
         Some(ctx) => {
             let model = Model::new(&ckpt.config.model, ckpt.vocab.sizes());
             Box::new(GpuBackend::new(

@@ -6,7 +6,9 @@ mod ablate;
 mod bench;
 mod cli;
 mod device;
+mod generate;
 mod plot;
+mod progress;
 mod run;
 mod serve;
 
@@ -21,5 +23,6 @@ fn main() -> anyhow::Result<()> {
         cli::Command::Predict(args) => serve::predict(&args),
         cli::Command::Rank(args) => serve::rank(&args),
         cli::Command::Bench(args) => bench::bench(&args),
+        cli::Command::GenerateTaobao(args) => generate::generate(&args),
     }
 }

@@ -4,6 +4,7 @@
 use crate::cli::RunArgs;
 use crate::device::make_backend;
 use crate::plot;
+use crate::progress::{self, StepProgress, Throttle};
 use anyhow::Context;
 use bst_core::backend::Backend;
 use bst_core::checkpoint::{self, Checkpoint, RunCheckpointer, RunInfo};
@@ -13,6 +14,7 @@ use bst_core::train::{
     self, EpochReport, Event, Resume, SavedAt, TrainError, TrainOptions, TrainReport,
 };
 use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -229,8 +231,9 @@ pub fn run_training(
     Ok(run_training_with(backend, ds, cfg, quiet, opts, None)?)
 }
 
-/// Trains with `opts`, a progress bar per epoch and a line of validation metrics after
-/// each; with a run folder, redraws its learning curve after every epoch.
+/// Trains with `opts`, a progress bar per epoch (or, when stderr is not a terminal, a
+/// plain line every few seconds) and a line of validation metrics after each; with a run
+/// folder, redraws its learning curve after every epoch.
 fn run_training_with(
     backend: &mut dyn Backend,
     ds: &Dataset,
@@ -250,6 +253,12 @@ fn run_training_with(
         .unwrap_or_default();
     let mut bar: Option<ProgressBar> = None;
     let mut ema = None::<f32>;
+    // Plain lines for logs: indicatif draws nothing when stderr is not a terminal.
+    let plain = !quiet && !std::io::stderr().is_terminal();
+    let mut throttle = Throttle::new(progress::EVERY);
+    let first_step = opts.resume.as_ref().map_or(0, |r| r.progress.step);
+    let mut clock = (Instant::now(), first_step); // the epoch's start, and its first step
+    let (batch, n_train) = (cfg.train.batch, ds.train.len() as u64);
     let mut on_event = |e: Event| match e {
         Event::Step {
             epoch,
@@ -259,6 +268,22 @@ fn run_training_with(
         } => {
             ema = Some(ema.map_or(loss, |m| 0.8 * m + 0.2 * loss));
             if quiet {
+                return;
+            }
+            if plain {
+                if throttle.ready(Instant::now()) {
+                    let p = StepProgress {
+                        epoch,
+                        step,
+                        steps,
+                        samples: ((step * batch) as u64).min(n_train),
+                        batch,
+                        seconds: clock.0.elapsed().as_secs_f64(),
+                        first_step: clock.1,
+                        loss: ema.unwrap_or(loss),
+                    };
+                    eprintln!("{}", progress::step_line(&p));
+                }
                 return;
             }
             let b = bar.get_or_insert_with(|| {
@@ -275,6 +300,7 @@ fn run_training_with(
             if let Some(b) = bar.take() {
                 b.finish_and_clear();
             }
+            clock = (Instant::now(), 0);
             eprintln!(
                 "epoch {}: train loss {:.4}, valid {}, {:.0} samples/s, {:.1}s",
                 r.epoch, r.train_loss, r.valid, r.samples_per_sec, r.seconds

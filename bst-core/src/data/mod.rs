@@ -7,6 +7,7 @@ pub mod recbole;
 pub mod samples;
 pub mod synthetic;
 pub mod taobao;
+pub mod taobao_gen;
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -297,6 +298,9 @@ pub fn load(src: &DataSource, cfg: &crate::config::Config) -> Result<Dataset, Da
         DataSource::Recbole(dir) => (recbole::load(dir, &cfg.data)?, dir_name(dir)),
         DataSource::Taobao(file) => (taobao::load(file, &cfg.data)?, dir_name(file)),
     };
+    // Refuse before allocating samples that cannot fit (a huge --seq-len, say).
+    crate::memory::check_available(vec![crate::memory::samples_need(&log, cfg)])
+        .map_err(|e| DataError::Other(format!("{name}: {e}")))?;
     samples::build(log, &cfg.model, &cfg.data, &name)
 }
 

@@ -5,7 +5,8 @@
 //! and `samples::build` draws the negatives. Users and items are numbered in order of first
 //! appearance among the kept rows (items from 1; 0 = padding). An item's category is the
 //! `category_id` of its first kept row. The only other-feature field is `user_id`.
-//! Cells are plain (no quoting); lines may end in CRLF; empty lines are skipped.
+//! Cells are plain (no quoting); lines may end in CRLF; empty lines are skipped, and so is
+//! a first line that is the header [`HEADER`] (some copies of the file carry one).
 
 use super::recbole::{LineReader, intern, number_categories, parse_timestamp, user_id_field};
 use super::{DataError, Interaction, InteractionLog, Vocab};
@@ -15,6 +16,9 @@ use std::path::Path;
 
 /// Cells per row.
 const WIDTH: usize = 5;
+
+/// The column names, as a header line some copies of the file begin with.
+pub const HEADER: &str = "user_id,item_id,category_id,behavior_type,timestamp";
 
 /// The behaviour type kept as a click.
 const CLICK: &str = "pv";
@@ -31,8 +35,12 @@ pub fn load(path: &Path, data: &DataConfig) -> Result<InteractionLog, DataError>
     // Category token of each item id (first kept row wins).
     let mut item_cat_tokens: HashMap<String, String> = HashMap::new();
     let mut rows = 0usize;
+    let mut first = true;
 
     while let Some((line, text)) = lines.next_line()? {
+        if std::mem::take(&mut first) && text.trim_start_matches('\u{feff}').trim() == HEADER {
+            continue;
+        }
         let bad = |msg: String| DataError::Line {
             path: path.to_path_buf(),
             line,
