@@ -7,17 +7,21 @@
 //! the FFN act per token. The other features (user fields, hour, weekday) enter only the
 //! first MLP layer, linearly. So, per user, once:
 //!
-//!     x_hist (L, d)   = the history's token embeddings
-//!     kv_hist (L, 2d) = x_hist [Wk; Wv]^T + [bk; bv]
-//!     u (m0)          = b0 + W0[:, pw..] concat(E_other[other_f])   the user's part of MLP layer 0
+//! ```text
+//! x_hist (L, d)   = the history's token embeddings
+//! kv_hist (L, 2d) = x_hist [Wk; Wv]^T + [bk; bv]
+//! u (m0)          = b0 + W0[:, pw..] concat(E_other[other_f])   the user's part of MLP layer 0
+//! ```
 //!
 //! and per candidate, for all of a call's candidates in one pass:
 //!
-//!     x (d)   = concat(E_item[item], E_cat[cat], E_pos[0])
-//!     qkv     = x Wqkv^T + bqkv
-//!     atty    = attention of q over [kv_hist (valid slots); (k, v)]   (target_attention)
-//!     x2      = LN2(x1 + FFN(x1)),  x1 = LN1(x + atty Wout^T + bout)
-//!     h0      = LeakyReLU(u + x2 W0[:, ..pw]^T), then the rest of the MLP, sigmoid
+//! ```text
+//! x (d)   = concat(E_item[item], E_cat[cat], E_pos[0])
+//! qkv     = x Wqkv^T + bqkv
+//! atty    = attention of q over [kv_hist (valid slots); (k, v)]   (target_attention)
+//! x2      = LN2(x1 + FFN(x1)),  x1 = LN1(x + atty Wout^T + bout)
+//! h0      = LeakyReLU(u + x2 W0[:, ..pw]^T), then the rest of the MLP, sigmoid
+//! ```
 //!
 //! With no block, `x2 = x` and the history is not read. The probabilities equal the full
 //! forward's ([`crate::model::Model::forward`]) up to the rounding of the first MLP layer's
