@@ -57,25 +57,37 @@ fn keep_scale(stream: u32, threshold: u32, scale: f32, index: usize) -> f32 {
     }
 }
 
+/// Elements per parallel task: chunks of plain loops over slices, which vectorise.
+const CHUNK: usize = 4096;
+
 /// out (n) = x (n) + dropout(a (n))
 pub fn residual_dropout_forward(out: &mut [f32], x: &[f32], a: &[f32], key: DropoutKey) {
     let (stream, threshold, scale) = (key.stream(), key.threshold(), key.scale());
-    out.par_iter_mut()
+    let n = out.len();
+    let (x, a) = (&x[..n], &a[..n]);
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK).zip(a.par_chunks(CHUNK)))
         .enumerate()
-        .with_min_len(4096)
-        .for_each(|(i, o)| {
-            *o = x[i] + a[i] * keep_scale(stream, threshold, scale, i);
+        .for_each(|(c, (out, (x, a)))| {
+            let i0 = c * CHUNK;
+            for (j, ((o, &x), &a)) in out.iter_mut().zip(x).zip(a).enumerate() {
+                *o = x + a * keep_scale(stream, threshold, scale, i0 + j);
+            }
         });
 }
 
 /// da (n) = dropout mask * dout (n)        (overwrites; `dx` is `dout` itself)
 pub fn residual_dropout_backward(da: &mut [f32], dout: &[f32], key: DropoutKey) {
     let (stream, threshold, scale) = (key.stream(), key.threshold(), key.scale());
-    da.par_iter_mut()
+    let dout = &dout[..da.len()];
+    da.par_chunks_mut(CHUNK)
+        .zip(dout.par_chunks(CHUNK))
         .enumerate()
-        .with_min_len(4096)
-        .for_each(|(i, d)| {
-            *d = dout[i] * keep_scale(stream, threshold, scale, i);
+        .for_each(|(c, (da, dout))| {
+            let i0 = c * CHUNK;
+            for (j, (d, &g)) in da.iter_mut().zip(dout).enumerate() {
+                *d = g * keep_scale(stream, threshold, scale, i0 + j);
+            }
         });
 }
 

@@ -1,14 +1,13 @@
 //! Linear layer `y = x W^T + b` (PyTorch's convention: `W` is `[out, in]`).
 
+use gemm::Parallelism;
 use rayon::prelude::*;
 
-/// Rows of `x` per parallel task in the forward and input-gradient passes.
-const ROW_CHUNK: usize = 64;
-/// Rows of `W` per parallel task in the weight-gradient pass.
-const OUT_CHUNK: usize = 32;
-
-/// `c (m, n) = alpha * a (m, k) b (k, n) + beta * c`, with arbitrary strides on `a` and `b`.
-/// Bounds are checked here so the unsafe call below cannot read or write out of range.
+/// `c (m, n) = a (m, k) b (k, n) + beta * c`, `beta` 0 or 1, with arbitrary strides on
+/// `a` and `b`. Each output is one dot product summed in order over `k` (in blocks of a
+/// size that depends on `k` alone), so it does not depend on `m`, `n` or `par`: results are
+/// the same bits however the rows are split. Bounds are checked here so the unsafe call
+/// below cannot read or write out of range.
 fn sgemm(
     c: &mut [f32],
     a: &[f32],
@@ -19,43 +18,66 @@ fn sgemm(
     k: usize,
     n: usize,
     beta: f32,
+    par: Parallelism,
 ) {
     if m == 0 || n == 0 {
         return;
     }
     assert!(c.len() >= m * n, "sgemm: c too small");
-    if k > 0 {
-        assert!(
-            a.len() > (m - 1) * rsa + (k - 1) * csa,
-            "sgemm: a too small"
-        );
-        assert!(
-            b.len() > (k - 1) * rsb + (n - 1) * csb,
-            "sgemm: b too small"
-        );
+    assert!(beta == 0.0 || beta == 1.0, "sgemm: beta is 0 or 1");
+    if k == 0 {
+        if beta == 0.0 {
+            c[..m * n].fill(0.0);
+        }
+        return;
     }
+    assert!(
+        a.len() > (m - 1) * rsa + (k - 1) * csa,
+        "sgemm: a too small"
+    );
+    assert!(
+        b.len() > (k - 1) * rsb + (n - 1) * csb,
+        "sgemm: b too small"
+    );
     // SAFETY: the asserts above keep every index the routine touches inside the slices.
+    // gemm's convention: dst = alpha * dst + beta * lhs rhs, dst read only if asked.
     unsafe {
-        matrixmultiply::sgemm(
+        gemm::gemm(
             m,
-            k,
             n,
-            1.0,
-            a.as_ptr(),
-            rsa as isize,
-            csa as isize,
-            b.as_ptr(),
-            rsb as isize,
-            csb as isize,
-            beta,
+            k,
             c.as_mut_ptr(),
-            n as isize,
             1,
+            n as isize,
+            beta != 0.0,
+            a.as_ptr(),
+            csa as isize,
+            rsa as isize,
+            b.as_ptr(),
+            csb as isize,
+            rsb as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
         );
     }
 }
 
+/// gemm's own threads over a whole matrix: rayon's pool, all of it.
+fn threads() -> Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    }
+}
+
 /// out (rows, n_out) = inp (rows, n_in) weight^T (n_in, n_out) + bias (n_out)
+///
+/// One gemm over all rows, on gemm's own threads (rayon's pool): the weight is packed once
+/// per block of the product, not once per task of rows.
 pub fn matmul_forward(
     out: &mut [f32],
     inp: &[f32],
@@ -65,13 +87,41 @@ pub fn matmul_forward(
     n_in: usize,
     n_out: usize,
 ) {
-    matmul_forward_chunked(out, inp, weight, bias, rows, n_in, n_out, ROW_CHUNK);
+    let out = &mut out[..rows * n_out];
+    let beta = fill_bias(out, bias, n_out);
+    // b[k][j] = weight[j][k]: row stride 1, column stride n_in.
+    sgemm(
+        out,
+        inp,
+        (n_in, 1),
+        weight,
+        (1, n_in),
+        rows,
+        n_in,
+        n_out,
+        beta,
+        threads(),
+    );
 }
 
-/// [`matmul_forward`] in parallel tasks of `row_chunk` rows. The result does not depend
-/// on the chunk (each output is the same dot product, summed in the same order), but each
+/// Each row of `out (rows, n_out)` set to `bias`: then 1.0, the `beta` that adds the product
+/// to it; without a bias, 0.0 (the product overwrites `out`).
+fn fill_bias(out: &mut [f32], bias: Option<&[f32]>, n_out: usize) -> f32 {
+    match bias {
+        Some(b) => {
+            out.chunks_mut(n_out)
+                .for_each(|row| row.copy_from_slice(&b[..n_out]));
+            1.0
+        }
+        None => 0.0,
+    }
+}
+
+/// [`matmul_forward`] in parallel tasks of `row_chunk` rows, each one serial gemm: for a
+/// caller that is already one of several parallel tasks (pass `row_chunk = rows`). Each
 /// task packs the whole weight: a large layer over many rows runs faster in fewer, larger
-/// tasks.
+/// tasks. The result does not depend on the chunk, up to rounding where a chunk is tiny
+/// (at most 256 outputs or a single row, where gemm sums in another order).
 pub fn matmul_forward_chunked(
     out: &mut [f32],
     inp: &[f32],
@@ -89,15 +139,7 @@ pub fn matmul_forward_chunked(
         .for_each(|(ci, out_c)| {
             let r0 = ci * row_chunk;
             let m = out_c.len() / n_out;
-            let beta = match bias {
-                Some(b) => {
-                    out_c
-                        .chunks_mut(n_out)
-                        .for_each(|row| row.copy_from_slice(&b[..n_out]));
-                    1.0
-                }
-                None => 0.0,
-            };
+            let beta = fill_bias(out_c, bias, n_out);
             // b[k][j] = weight[j][k]: row stride 1, column stride n_in.
             sgemm(
                 out_c,
@@ -109,6 +151,7 @@ pub fn matmul_forward_chunked(
                 n_in,
                 n_out,
                 beta,
+                Parallelism::None,
             );
         });
 }
@@ -149,6 +192,7 @@ pub fn matmul_accumulate(
                 n_in,
                 n_out,
                 1.0,
+                Parallelism::None,
             );
         });
 }
@@ -167,45 +211,32 @@ pub fn matmul_backward(
     n_out: usize,
 ) {
     if let Some(dinp) = dinp {
-        let dinp = &mut dinp[..rows * n_in];
-        dinp.par_chunks_mut(ROW_CHUNK * n_in)
-            .enumerate()
-            .for_each(|(ci, dinp_c)| {
-                let r0 = ci * ROW_CHUNK;
-                let m = dinp_c.len() / n_in;
-                sgemm(
-                    dinp_c,
-                    &dout[r0 * n_out..],
-                    (n_out, 1),
-                    weight,
-                    (n_in, 1),
-                    m,
-                    n_out,
-                    n_in,
-                    0.0,
-                );
-            });
+        sgemm(
+            &mut dinp[..rows * n_in],
+            dout,
+            (n_out, 1),
+            weight,
+            (n_in, 1),
+            rows,
+            n_out,
+            n_in,
+            0.0,
+            threads(),
+        );
     }
-    let dweight = &mut dweight[..n_out * n_in];
-    dweight
-        .par_chunks_mut(OUT_CHUNK * n_in)
-        .enumerate()
-        .for_each(|(ci, dw_c)| {
-            let o0 = ci * OUT_CHUNK;
-            let m = dw_c.len() / n_in;
-            // a[i][r] = dout[r][o0 + i]: row stride 1, column stride n_out.
-            sgemm(
-                dw_c,
-                &dout[o0..],
-                (1, n_out),
-                inp,
-                (n_in, 1),
-                m,
-                rows,
-                n_in,
-                1.0,
-            );
-        });
+    // a[i][r] = dout[r][i]: row stride 1, column stride n_out.
+    sgemm(
+        &mut dweight[..n_out * n_in],
+        dout,
+        (1, n_out),
+        inp,
+        (n_in, 1),
+        n_out,
+        rows,
+        n_in,
+        1.0,
+        threads(),
+    );
     if let Some(dbias) = dbias {
         for row in dout[..rows * n_out].chunks(n_out) {
             for (db, &g) in dbias.iter_mut().zip(row) {
@@ -275,12 +306,19 @@ mod tests {
         }
         let mut out = vec![0.0; rows * n_out];
         matmul_forward(&mut out, &rest, &w, Some(&b), rows, w_cols, n_out);
-        matmul_accumulate(&mut out, &part, &w, (w0, w_cols), rows, n_in, n_out, 16);
-        // Other row chunks give the same result, bit for bit.
+        matmul_accumulate(&mut out, &part, &w, (w0, w_cols), rows, n_in, n_out, 35);
+        // Other row chunks give the same result, bit for bit, while no chunk is tiny.
         let mut again = vec![0.0; rows * n_out];
         matmul_forward_chunked(&mut again, &rest, &w, Some(&b), rows, w_cols, n_out, 1000);
-        matmul_accumulate(&mut again, &part, &w, (w0, w_cols), rows, n_in, n_out, 7);
+        matmul_accumulate(&mut again, &part, &w, (w0, w_cols), rows, n_in, n_out, 70);
         assert_eq!(out, again);
+        // Tiny chunks (7 rows: 231 outputs) sum in another order: the same up to rounding.
+        let mut tiny = vec![0.0; rows * n_out];
+        matmul_forward_chunked(&mut tiny, &rest, &w, Some(&b), rows, w_cols, n_out, 7);
+        matmul_accumulate(&mut tiny, &part, &w, (w0, w_cols), rows, n_in, n_out, 7);
+        for (g, w) in tiny.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-5 + 1e-5 * w.abs(), "{g} vs {w}");
+        }
         for (g, w) in out.iter().zip(&want) {
             assert!((g - w).abs() <= 1e-5 + 1e-5 * w.abs(), "{g} vs {w}");
         }
@@ -318,5 +356,61 @@ mod tests {
         check_grad("matmul dinp", &dinp, &inp, |x| loss(x, &w, &b));
         check_grad("matmul dweight", &dw, &w, |x| loss(&inp, x, &b));
         check_grad("matmul dbias", &db, &b, |x| loss(&inp, &w, x));
+    }
+
+    /// forward and backward on a pool of `threads`: out, dinp, dweight, dbias.
+    fn forward_backward_on(threads: usize) -> [Vec<f32>; 4] {
+        // rows > 512 so the weight gradient's sum over rows is split in blocks.
+        let (rows, n_in, n_out) = (1300, 96, 200);
+        let inp = random_vec(rows * n_in, 11);
+        let w = random_vec(n_out * n_in, 12);
+        let b = random_vec(n_out, 13);
+        let dout = random_vec(rows * n_out, 14);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut out = vec![0.0; rows * n_out];
+            matmul_forward(&mut out, &inp, &w, Some(&b), rows, n_in, n_out);
+            let mut dinp = vec![0.0; rows * n_in];
+            let mut dw = random_vec(n_out * n_in, 15); // accumulates
+            let mut db = vec![0.5; n_out];
+            matmul_backward(
+                Some(&mut dinp),
+                &mut dw,
+                Some(&mut db),
+                &dout,
+                &inp,
+                &w,
+                rows,
+                n_in,
+                n_out,
+            );
+            [out, dinp, dw, db]
+        })
+    }
+
+    #[test]
+    fn results_are_the_same_bits_on_any_number_of_threads() {
+        let one = forward_backward_on(1);
+        for threads in [2, 3] {
+            assert!(one == forward_backward_on(threads), "{threads} threads");
+        }
+        // And they are right: the weight gradient against plain loops.
+        let (rows, n_in, n_out) = (1300, 96, 200);
+        let (inp, dout) = (random_vec(rows * n_in, 11), random_vec(rows * n_out, 14));
+        let dw0 = random_vec(n_out * n_in, 15);
+        for (idx, &g) in one[2].iter().enumerate().step_by(97) {
+            let (o, i) = (idx / n_in, idx % n_in);
+            let want: f64 = dw0[idx] as f64
+                + (0..rows)
+                    .map(|r| dout[r * n_out + o] as f64 * inp[r * n_in + i] as f64)
+                    .sum::<f64>();
+            assert!(
+                (g as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                "{g} vs {want}"
+            );
+        }
     }
 }
