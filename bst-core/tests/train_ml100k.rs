@@ -1,9 +1,10 @@
 //! Acceptance on MovieLens-100k (fetched by scripts/fetch-data.sh): BST with one block,
 //! default config, 3 epochs, model chosen by validation AUC, seed 0, beats the best public
 //! BSTs on the same samples (FuxiCTR and torch-rechub: test AUC 0.7932, spec section 5).
-//! The default scores 0.7959 (README, "Model quality"); the bar of 0.794 leaves room for
-//! rounding on other machines and still fails for the spec's earlier defaults (0.7624 with
-//! embeddings N(0, 1); 0.7896 with N(0, 1e-4) and one learning rate of 1e-3).
+//! The default scores 0.7950 (README, "Model quality"); the bar of 0.7935 leaves room for
+//! rounding on other machines (another matmul's summation order moved it by 0.0009), stays
+//! above both libraries, and fails for the spec's earlier defaults (0.7624 with embeddings
+//! N(0, 1); 0.7896 with N(0, 1e-4) and one learning rate of 1e-3).
 //!
 //! Fails when the data is missing, unless BST_SKIP_ML100K=1.
 
@@ -42,8 +43,8 @@ fn bst_on_ml100k_reaches_the_parity_bar() {
         r.test, r.best_epoch, r.train_samples_per_sec
     );
     assert!(
-        r.test.auc >= 0.794,
-        "test AUC {:.4} is below 0.794 (FuxiCTR and torch-rechub: 0.7932)",
+        r.test.auc >= 0.7935,
+        "test AUC {:.4} is below 0.7935 (FuxiCTR and torch-rechub: 0.7932)",
         r.test.auc
     );
     assert!(
