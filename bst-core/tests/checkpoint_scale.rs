@@ -8,7 +8,8 @@
 use bst_core::backend::CpuBackend;
 use bst_core::checkpoint::{self, Checkpoint, RunCheckpointer, RunInfo, VOCAB_IN_TENSOR};
 use bst_core::config::Config;
-use bst_core::data::{Dataset, Field, Interaction, InteractionLog, Vocab, samples};
+use bst_core::data::recbole::user_id_field;
+use bst_core::data::{Dataset, Interaction, InteractionLog, Vocab, samples};
 use bst_core::encode::{Encoder, Unknown};
 use bst_core::rank::rank_items;
 use bst_core::train::{TrainOptions, TrainReport, evaluate, predict_all, train_with};
@@ -54,15 +55,7 @@ fn log() -> InteractionLog {
         .chain((1..=CATEGORIES).map(|c| format!("c{c}")))
         .collect();
     let user_ids: Vec<String> = (1..=USERS).map(|u| u.to_string()).collect();
-    let mut tokens = vec![String::new()];
-    tokens.extend(user_ids.iter().cloned());
-    let field = Field {
-        name: "user_id".into(),
-        size: tokens.len(),
-        offset: 0,
-        tokens,
-    };
-    let user_features = (1..=USERS as u32).map(|i| vec![i]).collect();
+    let (fields, user_features) = user_id_field(&user_ids);
     let mut interactions = Vec::new();
     for a in 0..ACTIVE {
         let user = if a + 1 == ACTIVE { USERS - 1 } else { a * 997 };
@@ -90,7 +83,7 @@ fn log() -> InteractionLog {
             item_cat,
             cat_names,
             user_ids,
-            fields: vec![field],
+            fields,
         },
         user_features,
         true_prob: None,

@@ -454,7 +454,7 @@ pub(crate) fn number_categories(
 }
 
 /// Without a user file: one field `user_id` whose local index is the dense user + 1.
-pub(crate) fn user_id_field(user_ids: &[String]) -> (Vec<Field>, Vec<Vec<u32>>) {
+pub fn user_id_field(user_ids: &[String]) -> (Vec<Field>, Vec<Vec<u32>>) {
     let mut tokens = vec![String::new()];
     tokens.extend(user_ids.iter().cloned());
     let field = Field {
