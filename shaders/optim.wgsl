@@ -54,10 +54,6 @@ struct Params {
 
 const WG: u32 = 256u;
 
-fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.y * nwg.x + wg.x) * WG + lid;
-}
-
 @compute @workgroup_size(256)
 fn adam_update(
     @builtin(workgroup_id) wg: vec3<u32>,

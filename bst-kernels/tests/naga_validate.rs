@@ -27,7 +27,10 @@ fn every_shader_parses_and_validates() {
     let mut failures = Vec::new();
     for path in &paths {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let source = std::fs::read_to_string(path).expect("read shader");
+        // Compiled as the launchers compile it: with the prelude (shaders/common/).
+        let source = bst_kernels::gpu::wgsl_with_prelude(
+            &std::fs::read_to_string(path).expect("read shader"),
+        );
         let module = match naga::front::wgsl::parse_str(&source) {
             Ok(m) => m,
             Err(e) => {

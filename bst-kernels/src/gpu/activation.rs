@@ -9,24 +9,23 @@
 //! act.backward(&mut pass, &a1);
 //! ```
 
-use bytemuck::{Pod, Zeroable};
+use super::launch::{Launcher, RowUniform, strided_grid, wgsl_params};
+use super::{GpuContext, GpuError, TensorRef};
 
-use super::launch::{assert_bound, dispatch, strided_grid};
-use super::{GpuContext, GpuError, Slot, TensorRef};
-
-/// The uniform, field for field `Params` in `shaders/activation.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-struct ActivationParams {
-    n: u32,
-    inp_off: u32,
-    out_off: u32,
-    dout_off: u32,
-    dinp_off: u32,
-    alpha: f32,
-    _pad0: u32,
-    _pad1: u32,
-}
+wgsl_params!(
+    "activation.wgsl",
+    /// The uniform, field for field `Params` in `shaders/activation.wgsl`.
+    pub(crate) struct ActivationParams {
+        n: u32,
+        inp_off: u32,
+        out_off: u32,
+        dout_off: u32,
+        dinp_off: u32,
+        alpha: f32,
+        _pad0: u32,
+        _pad1: u32,
+    }
+);
 
 /// Workgroup size of both kernels (`WG` in the shader).
 const WG: u32 = 256;
@@ -65,85 +64,53 @@ pub struct ActivationGradBuffers<'a> {
 /// Uniform and bind group of one call site, made by [`ActivationKernels::bind`].
 #[derive(Debug)]
 pub struct ActivationBinding {
-    rows: u32,
-    max_rows: u32,
+    u: RowUniform<ActivationParams>,
     width: u32,
     max_groups: u32,
     has_grads: bool,
-    params: ActivationParams,
-    uniform: wgpu::Buffer,
     group: wgpu::BindGroup,
 }
 
 impl ActivationBinding {
     /// Rows of the current batch.
     pub fn rows(&self) -> u32 {
-        self.rows
+        self.u.rows
     }
 
-    /// Sets the batch rows (at most the `rows` bound) for the following dispatches: a
-    /// `queue.write_buffer`, effective at the next submit (every dispatch of this
-    /// binding in that submit sees the last value set). Panics if `rows` exceeds the
-    /// bound maximum (the buffers are not big enough).
+    /// Sets the batch rows (at most the `rows` bound), effective at the next submit.
+    /// Panics if `rows` exceeds the bound maximum (the buffers are not big enough).
     pub fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
-        assert_bound("activation set_rows", rows, self.max_rows, "rows");
-        self.rows = rows;
-        self.params.n = rows * self.width;
-        ctx.write(&self.uniform, 0, &[self.params]);
+        let width = self.width;
+        self.u
+            .set_rows(ctx, "activation set_rows", rows, |p, r| p.n = r * width);
     }
 
     /// One invocation per element, grid-stride past the device's workgroup limit.
     fn grid(&self) -> [u32; 3] {
-        strided_grid(self.rows * self.width, WG, self.max_groups)
+        strided_grid(self.u.params.n, WG, self.max_groups)
     }
 }
 
 /// Pipelines of `shaders/activation.wgsl`, created once.
 #[derive(Debug)]
 pub struct ActivationKernels {
-    layout: wgpu::BindGroupLayout,
-    forward: wgpu::ComputePipeline,
-    backward: wgpu::ComputePipeline,
-    /// Bound where the gradient tensors are absent.
-    dummy: wgpu::Buffer,
-    /// Workgroups of a dispatch, at most; the loops stride over the rest.
-    max_groups: u32,
+    k: Launcher,
 }
 
 impl ActivationKernels {
     /// Compiles the shader and creates its pipelines.
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
-        ctx.checked("creating the activation kernels", || {
-            let layout = ctx.bind_group_layout(
-                "activation",
-                &[
-                    Slot::Uniform, // params
-                    Slot::Storage, // inp
-                    Slot::Storage, // out
-                    Slot::Storage, // dout
-                    Slot::Storage, // dinp
-                ],
-            );
-            let module = ctx.shader_module(
-                "activation.wgsl",
-                include_str!("../../../shaders/activation.wgsl"),
-            );
-            let pipeline = |entry| ctx.compute_pipeline(&module, entry, Some(&layout));
-            Self {
-                forward: pipeline("leaky_relu_forward"),
-                backward: pipeline("leaky_relu_backward"),
-                dummy: ctx.storage_buffer_zeroed("activation dummy", 4),
-                max_groups: ctx.limits.max_compute_workgroups_per_dimension,
-                layout,
-            }
-        })
+        let source = include_str!("../../../shaders/activation.wgsl");
+        let entries = ["leaky_relu_forward", "leaky_relu_backward"];
+        // Storage: inp, out, dout, dinp.
+        let k = Launcher::new(ctx, "activation", source, 4, &entries)?;
+        Ok(Self { k })
     }
 
-    /// Caps the workgroups of the grid-stride loops below the device's
-    /// `max_compute_workgroups_per_dimension` (at least 1), so that each invocation
-    /// walks several elements: lets tests run the loop's stride without huge data.
+    /// Caps the workgroups of the grid-stride loops (tests: several elements per
+    /// invocation).
     pub fn with_max_workgroups_per_dim(mut self, max: u32) -> Self {
-        self.max_groups = max.clamp(1, self.max_groups);
+        self.k.cap(max);
         self
     }
 
@@ -175,12 +142,12 @@ impl ActivationKernels {
             alpha,
             ..Default::default()
         };
-        let uniform = ctx.uniform_buffer("activation params", &params);
-        let d = &self.dummy;
-        let group = ctx.kernel_bind_group(
+        let u = RowUniform::new(ctx, "activation params", rows, params);
+        let d = &self.k.dummy;
+        let group = self.k.bind_group(
+            ctx,
             "activation",
-            &self.layout,
-            uniform.as_entire_binding(),
+            &u.buffer,
             &[
                 bufs.inp.buffer,
                 bufs.out.buffer,
@@ -189,20 +156,17 @@ impl ActivationKernels {
             ],
         );
         Ok(ActivationBinding {
-            rows,
-            max_rows: rows,
+            u,
             width,
-            max_groups: self.max_groups,
+            max_groups: self.k.max_groups,
             has_grads: grads.is_some(),
-            params,
-            uniform,
             group,
         })
     }
 
     /// out = leaky_relu(inp)
     pub fn forward(&self, pass: &mut wgpu::ComputePass, b: &ActivationBinding) {
-        dispatch(pass, &self.forward, &b.group, b.grid());
+        self.k.run(pass, "leaky_relu_forward", &b.group, b.grid());
     }
 
     /// dinp = dout * (inp > 0 ? 1 : alpha). Panics if the binding was made without
@@ -212,6 +176,6 @@ impl ActivationKernels {
             b.has_grads,
             "activation backward: the binding was made without gradient buffers"
         );
-        dispatch(pass, &self.backward, &b.group, b.grid());
+        self.k.run(pass, "leaky_relu_backward", &b.group, b.grid());
     }
 }

@@ -47,7 +47,7 @@ pub mod buffer;
 pub mod context;
 pub mod dropout;
 pub mod embedding;
-mod launch;
+pub mod launch;
 pub mod layernorm;
 pub mod loss;
 pub mod mask;
@@ -61,6 +61,7 @@ pub use buffer::{
     Readback, STORAGE_USAGE, TensorRef, UNIFORM_STRIDE, bytes_created_on_this_thread, uniform_slot,
 };
 pub use context::{GpuContext, GpuError, GpuOptions};
+pub use launch::{PRELUDE, wgsl_with_prelude};
 /// The wgpu this crate is built against, so that users name the same version.
 pub use wgpu;
 
