@@ -42,6 +42,7 @@ use bst_kernels::cpu::dropout::DropoutKey;
 use bst_kernels::cpu::embedding::f16_table;
 use bst_kernels::gpu::attention::AttentionKernels;
 use bst_kernels::gpu::dropout::DropoutKernels;
+use bst_kernels::gpu::elementwise::ElementwiseKernels;
 use bst_kernels::gpu::embedding::{
     EmbeddingDims, EmbeddingKernels, EmbeddingSegments, check_f16_tables,
 };
@@ -178,6 +179,7 @@ struct Kernels {
     attn: AttentionKernels,
     ln: LayerNormKernels,
     drop: DropoutKernels,
+    elt: ElementwiseKernels,
     pool: PoolingKernels,
     loss: LossKernels,
     optim: OptimKernels,
@@ -193,6 +195,7 @@ impl Kernels {
             attn: AttentionKernels::new(ctx)?,
             ln: LayerNormKernels::new(ctx)?,
             drop: DropoutKernels::new(ctx)?,
+            elt: ElementwiseKernels::new(ctx)?,
             pool: PoolingKernels::new(ctx)?,
             loss: LossKernels::new(ctx)?,
             optim: OptimKernels::new(ctx)?,
@@ -431,14 +434,14 @@ impl GpuBackend {
             k.drop.backward(pass, &blk.res2); // dbr = dres * mask
             k.mm.backward(pass, &blk.ffn2); // dW2 +=, then dff_pre = dbr W2 * leaky'(ff) over ff
             k.mm.backward(pass, &blk.ffn1); // dtmp
-            k.drop.forward(pass, &blk.sum_dx1); // dx1 = dres + dtmp
+            k.elt.forward(pass, &blk.sum_dx1); // dx1 = dres + dtmp
             k.ln.backward(pass, &blk.ln1); // dres
             k.drop.backward(pass, &blk.res1); // dbr
             k.mm.backward(pass, &blk.out); // datty
             k.attn.backward(pass, &blk.attention); // dqkv
             k.mm.backward(pass, &blk.qkv); // dtmp
-            k.optim.fill(pass, &blk.zero_key_bias);
-            k.drop.forward(pass, &blk.sum_dx); // dx = dres + dtmp
+            k.elt.forward(pass, &blk.zero_key_bias); // dbqkv[d..2d] = 0
+            k.elt.forward(pass, &blk.sum_dx); // dx = dres + dtmp
         }
         k.emb.token_embedding_backward(pass, &s.embedding);
     }
@@ -674,7 +677,7 @@ impl Backend for GpuBackend {
         }
         self.submit("train step", |pass| {
             let (k, s) = (&self.k, &self.sites);
-            k.optim.fill(pass, &s.zero_grads);
+            k.elt.forward(pass, &s.zero_grads);
             self.forward(pass);
             k.loss.forward(pass, &s.loss);
             self.backward(pass);

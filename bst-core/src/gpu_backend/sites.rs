@@ -8,6 +8,7 @@ use bst_kernels::gpu::attention::{
     AttentionBinding, AttentionBuffers, AttentionDims, AttentionGradBuffers,
 };
 use bst_kernels::gpu::dropout::{DropoutBinding, DropoutBuffers, DropoutDims, DropoutGradBuffers};
+use bst_kernels::gpu::elementwise::ElementwiseBinding;
 use bst_kernels::gpu::embedding::EmbeddingSegments;
 use bst_kernels::gpu::embedding::{EmbeddingBinding, EmbeddingBuffers, EmbeddingGradBuffers};
 use bst_kernels::gpu::layernorm::{
@@ -18,9 +19,7 @@ use bst_kernels::gpu::mask::{MaskBinding, MaskBuffers, MaskDims};
 use bst_kernels::gpu::matmul::{
     Activation, LeakyInput, MatmulBinding, MatmulBuffers, MatmulDims, MatmulGradBuffers,
 };
-use bst_kernels::gpu::optim::{
-    AdagradHyper, AdamHyper, FillBinding, OptimBinding, TableRows, UpdateRule,
-};
+use bst_kernels::gpu::optim::{AdagradHyper, AdamHyper, OptimBinding, TableRows, UpdateRule};
 use bst_kernels::gpu::pooling::{PoolingBinding, PoolingBuffers, PoolingDims, PoolingGradBuffers};
 use bst_kernels::gpu::{GpuContext, GpuError, TensorRef, wgpu};
 
@@ -42,12 +41,12 @@ pub(super) struct BlockSites {
     pub ffn2: MatmulBinding,         // f = ff W2^T + b2 (backward: dff_pre, leaky' fused)
     pub res2: DropoutBinding,        // res2 = x1 + dropout(f)
     pub ln2: LayerNormBinding,       // x2 = LN2(res2)
-    /// Backward, `dx1 = dres + dtmp`: a residual dropout forward with p = 0.
-    pub sum_dx1: DropoutBinding,
+    /// Backward, `dx1 = dres + dtmp` (an elementwise add).
+    pub sum_dx1: ElementwiseBinding,
     /// Backward, `dx = dres + dtmp`.
-    pub sum_dx: DropoutBinding,
+    pub sum_dx: ElementwiseBinding,
     /// Backward: the key bias gradient is exactly 0 (see `Model::block_backward`).
-    pub zero_key_bias: FillBinding,
+    pub zero_key_bias: ElementwiseBinding,
 }
 
 /// Every call site, bound once.
@@ -66,7 +65,7 @@ pub(super) struct Sites {
     pub eval_loss: LossBinding,
     /// The gradient arena, or with sparse updates its dense range only (the tables'
     /// gradients are consumed by `update_rows`).
-    pub zero_grads: FillBinding,
+    pub zero_grads: ElementwiseBinding,
     /// The dense range (blocks and MLP), with `train.weight_decay`.
     pub update: OptimBinding,
     /// Dense updates of trained f32 tables: the four tables, with `model.emb_l2`.
@@ -292,7 +291,7 @@ impl Sites {
         } else {
             0..layout.total
         };
-        let zero_grads = k.optim.bind_fill(
+        let zero_grads = k.elt.bind_fill(
             ctx,
             TensorRef::new(&arenas.grads, (zeroed.start - base) as u32),
             zeroed.len() as u32,
@@ -468,13 +467,14 @@ impl<'a> Binder<'a> {
         self.k.mm.bind(self.ctx, &bufs, Some(&grads), dims)
     }
 
-    /// `out = x + dropout(a)` over `rows x width`, with `da = dout * mask` if `grads`.
+    /// `out = x + dropout(a)` over `rows x width`, with `da = dout * mask` (`grads`:
+    /// `(da, dout)`).
     fn residual(
         &self,
         out: &wgpu::Buffer,
         x: &wgpu::Buffer,
         a: &wgpu::Buffer,
-        grads: Option<(&wgpu::Buffer, &wgpu::Buffer)>,
+        (da, dout): (&wgpu::Buffer, &wgpu::Buffer),
         rows: usize,
         width: usize,
         key: DropoutKey,
@@ -484,15 +484,29 @@ impl<'a> Binder<'a> {
             x: all(x),
             a: all(a),
         };
-        let grads = grads.map(|(da, dout)| DropoutGradBuffers {
+        let grads = DropoutGradBuffers {
             da: all(da),
             dout: all(dout),
-        });
+        };
         let dims = DropoutDims {
             rows: rows as u32,
             width: width as u32,
         };
-        self.k.drop.bind(self.ctx, &bufs, grads.as_ref(), dims, key)
+        self.k.drop.bind(self.ctx, &bufs, Some(&grads), dims, key)
+    }
+
+    /// `out = x + y` over `rows x width`.
+    fn add(
+        &self,
+        out: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        rows: usize,
+        width: usize,
+    ) -> Result<ElementwiseBinding, GpuError> {
+        let (rows, width) = (rows as u32, width as u32);
+        let k = &self.k.elt;
+        k.bind_add(self.ctx, all(out), all(x), all(y), rows, width)
     }
 
     /// `out = LN(inp)` (saving mean and rstd), with `dinp`, `dW += `, `db +=` from `dout`.
@@ -614,7 +628,7 @@ impl<'a> Binder<'a> {
                 (d, d),
                 none,
             )?,
-            res1: self.residual(&a.res1, x, &a.a, Some((&a.f, &a.res2)), n, d, keep_all)?,
+            res1: self.residual(&a.res1, x, &a.a, (&a.f, &a.res2), n, d, keep_all)?,
             ln1: self.layernorm(
                 &a.x1,
                 (&a.ln1_mean, &a.ln1_rstd),
@@ -647,7 +661,7 @@ impl<'a> Binder<'a> {
                 (dff, d),
                 none,
             )?,
-            res2: self.residual(&a.res2, &a.x1, &a.f, Some((&a.f, &a.x2)), n, d, keep_all)?,
+            res2: self.residual(&a.res2, &a.x1, &a.f, (&a.f, &a.x2), n, d, keep_all)?,
             ln2: self.layernorm(
                 &a.x2,
                 (&a.ln2_mean, &a.ln2_rstd),
@@ -658,9 +672,9 @@ impl<'a> Binder<'a> {
                 n,
                 d,
             )?,
-            sum_dx1: self.residual(&a.x2, &a.x2, &a.a, None, n, d, keep_all)?,
-            sum_dx: self.residual(&s.dx, &a.res2, &a.x1, None, n, d, keep_all)?,
-            zero_key_bias: self.k.optim.bind_fill(
+            sum_dx1: self.add(&a.x2, &a.x2, &a.a, n, d)?,
+            sum_dx: self.add(&s.dx, &a.res2, &a.x1, n, d)?,
+            zero_key_bias: self.k.elt.bind_fill(
                 self.ctx,
                 TensorRef::new(self.grads, (p.qkv_b.start + d - self.base) as u32),
                 d as u32,

@@ -5,6 +5,7 @@
 pub mod activation;
 pub mod attention;
 pub mod dropout;
+pub mod elementwise;
 pub mod embedding;
 pub mod layernorm;
 pub mod loss;

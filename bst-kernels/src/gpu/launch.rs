@@ -278,7 +278,7 @@ mod tests {
             )
         }
         vec![
-            entry::<activation::ActivationParams>(),
+            entry::<elementwise::ElementwiseParams>(),
             entry::<attention::AttentionParams>(),
             entry::<dropout::DropoutParams>(),
             entry::<embedding::EmbParams>(),
@@ -350,10 +350,10 @@ mod tests {
     #[test]
     fn a_drifted_params_struct_is_caught() {
         // The check itself: a struct with two fields swapped differs from the shader.
-        let (mut wgsl, _) = shader_params("activation.wgsl");
-        assert_eq!(wgsl, activation::ActivationParams::FIELDS);
+        let (mut wgsl, _) = shader_params("elementwise.wgsl");
+        assert_eq!(wgsl, elementwise::ElementwiseParams::FIELDS);
         wgsl.swap(0, 5);
-        assert_ne!(wgsl, activation::ActivationParams::FIELDS);
+        assert_ne!(wgsl, elementwise::ElementwiseParams::FIELDS);
     }
 
     #[test]

@@ -41,11 +41,11 @@
 //!    reductions run in a fixed order, so results are deterministic.
 //! 8. Readback ([`GpuContext::read_f32`]) waits for the GPU: tests, logs, final answers.
 
-pub mod activation;
 pub mod attention;
 pub mod buffer;
 pub mod context;
 pub mod dropout;
+pub mod elementwise;
 pub mod embedding;
 pub mod launch;
 pub mod layernorm;

@@ -1,6 +1,6 @@
 //! Optimiser updates (Adam, Adagrad) over a parameter arena, lazily over the touched rows
-//! of an embedding table, and a fill that zeroes the gradient arena each step, on the
-//! GPU: launcher for `shaders/optim.wgsl`. CPU reference: [`crate::cpu::optim`].
+//! of an embedding table, on the GPU (the fill that zeroes the gradient arena each step
+//! is [`crate::gpu::elementwise`]'s): launcher for `shaders/optim.wgsl`. CPU reference: [`crate::cpu::optim`].
 //!
 //! A row-wise binding ([`OptimKernels::bind_rows`]) updates the rows listed in a `u32`
 //! tensor (the embedding segments' unique ids of the step, see
@@ -11,9 +11,7 @@
 //! let opt = OptimKernels::new(&ctx)?;                                     // once
 //! let rule = UpdateRule::Adam { hp, m, v };
 //! let mut adam = opt.bind(&ctx, params, grads, rule, n)?;                 // once
-//! let zero = opt.bind_fill(&ctx, grads, n, 0.0)?;                         // once
-//! opt.fill(&mut pass, &zero);                                             // every step:
-//! ...forward, backward...
+//! ...zero the gradients (elementwise fill), forward, backward...
 //! adam.set_step(&ctx, t);                                                 // t = 1, 2, ...
 //! opt.update(&mut pass, &adam);
 //! ```
@@ -39,7 +37,7 @@ wgsl_params!(
         eps: f32,
         step: f32,
         bc2_sqrt: f32,
-        value: f32,
+        _pad0: u32,
         w: u32,
         rows_off: u32,
         table_rows: u32,
@@ -149,37 +147,6 @@ impl OptimBinding {
     }
 }
 
-/// Uniform and bind group of one fill, made by [`OptimKernels::bind_fill`].
-#[derive(Debug)]
-pub struct FillBinding {
-    params: OptimParams,
-    max_len: u32,
-    uniform: wgpu::Buffer,
-    group: wgpu::BindGroup,
-}
-
-impl FillBinding {
-    /// Elements the next fill writes.
-    pub fn len(&self) -> u32 {
-        self.params.n
-    }
-
-    /// No elements to fill.
-    pub fn is_empty(&self) -> bool {
-        self.params.n == 0
-    }
-
-    /// Sets the element count (at most the bound `n`), e.g. for a range that scales
-    /// with the batch rows. A `queue.write_buffer`: it takes effect at the next submit,
-    /// and every fill of this binding in that submit sees the last value set. Panics if
-    /// `n` exceeds the bound count.
-    pub fn set_len(&mut self, ctx: &GpuContext, n: u32) {
-        assert_bound("fill set_len", n, self.max_len, "elements");
-        self.params.n = n;
-        ctx.write(&self.uniform, 0, &[self.params]);
-    }
-}
-
 /// Pipelines of `shaders/optim.wgsl`, created once.
 #[derive(Debug)]
 pub struct OptimKernels {
@@ -190,14 +157,8 @@ impl OptimKernels {
     /// Compiles the shader and creates its pipelines.
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
         let source = include_str!("../../../shaders/optim.wgsl");
-        let entries = [
-            "adam_update",
-            "adagrad_update",
-            "adam_rows",
-            "adagrad_rows",
-            "fill",
-        ];
-        // Storage: params (the parameters), or the tensor to fill; grads; m, or Adagrad's sum; v; rows (u32).
+        let entries = ["adam_update", "adagrad_update", "adam_rows", "adagrad_rows"];
+        // Storage: params; grads; m, or Adagrad's sum; v; rows (u32).
         let k = Launcher::new(ctx, "optim", source, 5, &entries)?;
         Ok(Self { k })
     }
@@ -331,33 +292,6 @@ impl OptimKernels {
         Ok(binding)
     }
 
-    /// Binds a fill of `n` elements of `target` with `value` (0.0 to zero a gradient
-    /// arena), after checking the range lies inside its buffer.
-    pub fn bind_fill(
-        &self,
-        ctx: &GpuContext,
-        target: TensorRef,
-        n: u32,
-        value: f32,
-    ) -> Result<FillBinding, GpuError> {
-        target.check(ctx, "fill target (n)", u64::from(n))?;
-        let params = OptimParams {
-            n,
-            p_off: target.offset,
-            value,
-            ..Default::default()
-        };
-        let uniform = ctx.uniform_buffer("fill params", &params);
-        let d = &self.k.dummy;
-        let group = self.group(ctx, "fill", &uniform, [target.buffer, d, d, d, d]);
-        Ok(FillBinding {
-            params,
-            max_len: n,
-            uniform,
-            group,
-        })
-    }
-
     /// One Adam or Adagrad step over the bound range, or the rows set (parameters and
     /// state in place).
     pub fn update(&self, pass: &mut wgpu::ComputePass, b: &OptimBinding) {
@@ -369,12 +303,6 @@ impl OptimKernels {
         };
         let grid = flat_grid(b.params.n, WG, self.k.max_groups);
         dispatch(pass, pipeline, &b.group, grid);
-    }
-
-    /// target[0..n] = value.
-    pub fn fill(&self, pass: &mut wgpu::ComputePass, b: &FillBinding) {
-        let grid = flat_grid(b.params.n, WG, self.k.max_groups);
-        dispatch(pass, self.k.pipeline("fill"), &b.group, grid);
     }
 
     /// (uniform, params, grads, m, v, rows) as in the shader.
