@@ -68,9 +68,9 @@ use crate::config::{Config, Optimizer as OptimizerKind};
 use crate::model::Model;
 use crate::optim::{OptimSnapshot, OptimState};
 use crate::params::VocabSizes;
-use crate::rank::top_k;
 use crate::requests::{RequestError, Requests};
 use crate::shared_history::is_exact;
+use bst_kernels::cpu::topk::top_k;
 use buffers::Buffers;
 pub(crate) use buffers::IdsAt;
 pub use buffers::embedding_dims;
@@ -592,41 +592,14 @@ fn write_params(ctx: &GpuContext, bufs: &Buffers, params: &[f32]) {
 /// when it chooses the adapter, but an application's own device
 /// ([`GpuContext::from_device`]) may have been created with lower ones.
 fn check_limits(ctx: &GpuContext) -> Result<(), GpuError> {
-    use bst_kernels::gpu::context::{
-        MIN_INVOCATIONS_PER_WORKGROUP, MIN_STORAGE_BUFFERS_PER_STAGE, MIN_WORKGROUP_STORAGE_BYTES,
-    };
-    let l = &ctx.limits;
-    for (name, have, need) in [
-        (
-            "max_storage_buffers_per_shader_stage",
-            l.max_storage_buffers_per_shader_stage,
-            MIN_STORAGE_BUFFERS_PER_STAGE,
-        ),
-        (
-            "max_compute_invocations_per_workgroup",
-            l.max_compute_invocations_per_workgroup,
-            MIN_INVOCATIONS_PER_WORKGROUP,
-        ),
-        (
-            "max_compute_workgroup_size_x",
-            l.max_compute_workgroup_size_x,
-            MIN_INVOCATIONS_PER_WORKGROUP,
-        ),
-        (
-            "max_compute_workgroup_storage_size",
-            l.max_compute_workgroup_storage_size,
-            MIN_WORKGROUP_STORAGE_BYTES,
-        ),
-    ] {
-        if have < need {
-            return Err(GpuError::Device(format!(
-                "the device {}: its {name} is {have}, the kernels need at least {need}; \
-                 create it with wgpu::Limits::default() or the adapter's limits",
-                ctx.describe()
-            )));
-        }
+    match bst_kernels::gpu::context::limit_shortfall(&ctx.limits) {
+        Some(why) => Err(GpuError::Device(format!(
+            "the device {}: its {why}; create it with wgpu::Limits::default() or the \
+             adapter's limits",
+            ctx.describe()
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 impl Backend for GpuBackend {

@@ -245,7 +245,7 @@ impl TopKKernels {
     }
 
     /// out = the best `min(k, n)` `(index, score)` pairs of `scores (n)`, best first, as
-    /// [`crate::cpu::topk::top_k`]. Nothing when `k = 0` or `n = 0`.
+    /// [`crate::cpu::topk::top_k_reference`]. Nothing when `k = 0` or `n = 0`.
     pub fn record(&self, pass: &mut wgpu::ComputePass, b: &TopKBinding) {
         if b.pairs() == 0 {
             return;

@@ -5,34 +5,34 @@
 use std::time::{Duration, Instant};
 
 use super::{Case, Inputs, Linear, Op, Shapes, values};
-use crate::cpu::dropout::DropoutKey;
-use crate::cpu::embedding::TokenIds;
-use crate::gpu::attention::{
+use bst_kernels::cpu::dropout::DropoutKey;
+use bst_kernels::cpu::embedding::TokenIds;
+use bst_kernels::gpu::attention::{
     AttentionBinding, AttentionBuffers, AttentionDims, AttentionGradBuffers, AttentionKernels,
 };
-use crate::gpu::dropout::{
+use bst_kernels::gpu::dropout::{
     DropoutBinding, DropoutBuffers, DropoutDims, DropoutGradBuffers, DropoutKernels,
 };
-use crate::gpu::elementwise::{
+use bst_kernels::gpu::elementwise::{
     ActivationBuffers, ActivationDims, ActivationGradBuffers, ElementwiseBinding,
     ElementwiseKernels,
 };
-use crate::gpu::embedding::{
+use bst_kernels::gpu::embedding::{
     EmbeddingBinding, EmbeddingBuffers, EmbeddingDims, EmbeddingGradBuffers, EmbeddingKernels,
     EmbeddingSegments,
 };
-use crate::gpu::layernorm::{
+use bst_kernels::gpu::layernorm::{
     LayerNormBinding, LayerNormBuffers, LayerNormDims, LayerNormGradBuffers, LayerNormKernels,
 };
-use crate::gpu::loss::{LossBinding, LossBuffers, LossDims, LossKernels};
-use crate::gpu::matmul::{
+use bst_kernels::gpu::loss::{LossBinding, LossBuffers, LossDims, LossKernels};
+use bst_kernels::gpu::matmul::{
     Activation, MatmulBinding, MatmulBuffers, MatmulDims, MatmulGradBuffers, MatmulKernels,
 };
-use crate::gpu::optim::{AdamHyper, OptimBinding, OptimKernels, UpdateRule};
-use crate::gpu::pooling::{
+use bst_kernels::gpu::optim::{AdamHyper, OptimBinding, OptimKernels, UpdateRule};
+use bst_kernels::gpu::pooling::{
     PoolingBinding, PoolingBuffers, PoolingDims, PoolingGradBuffers, PoolingKernels,
 };
-use crate::gpu::{GpuContext, GpuError, TensorRef, wgpu};
+use bst_kernels::gpu::{GpuContext, GpuError, TensorRef, wgpu};
 
 /// Pipelines of every family, created once.
 struct Kernels {
