@@ -13,6 +13,7 @@ pub mod mask;
 pub mod matmul;
 pub mod optim;
 pub mod pooling;
+pub mod reference;
 pub mod target_attention;
 pub mod topk;
 
