@@ -21,7 +21,7 @@ use bst_kernels::gpu::matmul::{
 };
 use bst_kernels::gpu::optim::{AdagradHyper, AdamHyper, OptimBinding, TableRows, UpdateRule};
 use bst_kernels::gpu::pooling::{PoolingBinding, PoolingBuffers, PoolingDims, PoolingGradBuffers};
-use bst_kernels::gpu::{GpuContext, GpuError, TensorRef, wgpu};
+use bst_kernels::gpu::{GpuContext, GpuError, SetRows, TensorRef, wgpu};
 
 use super::Kernels;
 use super::buffers::{BlockActs, Buffers, GradScratch, embedding_dims};
@@ -234,18 +234,19 @@ impl Sites {
                 ),
                 false => (&acts.logit, &s.dlogit, Activation::None),
             };
-            let widths = (dm.mlp_in(layer), dm.mlp[layer]);
-            mlp.push(bind.linear(
+            mlp.push(bind.linear(Linear {
                 out,
-                None,
                 inp,
-                (w, b),
-                (dinp, dinp_act),
+                w,
+                b,
+                dinp_over: dinp,
+                dinp_leaky: dinp_act,
                 dout,
-                cap,
-                widths,
+                rows: cap,
+                n_in: dm.mlp_in(layer),
+                n_out: dm.mlp[layer],
                 act,
-            )?);
+            })?);
         }
         let loss_bufs = |mean| LossBuffers {
             probs: all(&acts.probs),
@@ -373,31 +374,93 @@ impl Sites {
         })
     }
 
-    /// Sets every binding to batches of `b` samples of `t` tokens.
+    /// Sets every binding to batches of `b` samples of `t` tokens: one loop over
+    /// [`Sites::row_bindings`], each binding with its row unit.
     pub fn set_rows(&mut self, ctx: &GpuContext, b: usize, t: usize) {
-        let (b32, n) = (b as u32, (b * t) as u32);
-        self.mask.set_rows(ctx, b32);
-        self.embedding.set_rows(ctx, b32);
-        for blk in &mut self.blocks {
-            blk.qkv.set_rows(ctx, n);
-            blk.attention.set_rows(ctx, b32);
-            blk.out.set_rows(ctx, n);
-            blk.res1.set_rows(ctx, n);
-            blk.ln1.set_rows(ctx, n);
-            blk.ffn1.set_rows(ctx, n);
-            blk.ffn2.set_rows(ctx, n);
-            blk.res2.set_rows(ctx, n);
-            blk.ln2.set_rows(ctx, n);
-            blk.sum_dx1.set_rows(ctx, n);
-            blk.sum_dx.set_rows(ctx, n);
+        for (unit, binding) in self.row_bindings() {
+            binding.set_rows(ctx, unit.rows(b, t));
         }
-        self.pooling.set_rows(ctx, b32);
-        for layer in &mut self.mlp {
-            layer.set_rows(ctx, b32);
-        }
-        self.loss.set_rows(ctx, b32);
-        self.eval_loss.set_rows(ctx, b32);
     }
+
+    /// Every binding whose sizes follow the batch, with what its rows count.
+    fn row_bindings(&mut self) -> Vec<(RowUnit, &mut dyn SetRows)> {
+        use RowUnit::Samples;
+        let mut all: Vec<(RowUnit, &mut dyn SetRows)> =
+            vec![(Samples, &mut self.mask), (Samples, &mut self.embedding)];
+        for blk in &mut self.blocks {
+            all.extend(blk.row_bindings());
+        }
+        all.push((Samples, &mut self.pooling));
+        all.extend(
+            self.mlp
+                .iter_mut()
+                .map(|l| (Samples, l as &mut dyn SetRows)),
+        );
+        all.push((Samples, &mut self.loss));
+        all.push((Samples, &mut self.eval_loss));
+        all
+    }
+}
+
+/// What a binding's rows count: samples (`b`) or tokens (`b * t`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RowUnit {
+    Samples,
+    Tokens,
+}
+
+impl RowUnit {
+    /// The rows of a batch of `b` samples of `t` tokens.
+    fn rows(self, b: usize, t: usize) -> u32 {
+        match self {
+            RowUnit::Samples => b as u32,
+            RowUnit::Tokens => (b * t) as u32,
+        }
+    }
+}
+
+impl BlockSites {
+    /// The block's bindings with their row unit: attention counts samples, the rest
+    /// tokens.
+    fn row_bindings(&mut self) -> [(RowUnit, &mut dyn SetRows); 11] {
+        use RowUnit::{Samples, Tokens};
+        [
+            (Tokens, &mut self.qkv),
+            (Samples, &mut self.attention),
+            (Tokens, &mut self.out),
+            (Tokens, &mut self.res1),
+            (Tokens, &mut self.ln1),
+            (Tokens, &mut self.ffn1),
+            (Tokens, &mut self.ffn2),
+            (Tokens, &mut self.res2),
+            (Tokens, &mut self.ln2),
+            (Tokens, &mut self.sum_dx1),
+            (Tokens, &mut self.sum_dx),
+        ]
+    }
+}
+
+/// The arguments of [`Binder::linear`], by name: `out (rows, n_out) = act(inp (rows, n_in)
+/// W^T + b)`, with its backward: `dinp = dout W`, `dW += dout^T inp`, `db += sum dout`.
+/// `dinp_over` names the activation buffer the input gradient is written over (it must be
+/// dead by then: the table on [`Binder::block`]). With `dinp_leaky = (sign, alpha)` (the
+/// input is `LeakyReLU(pre)`, and `sign` has the signs of `pre`: the input itself),
+/// `dinp` receives `dout W * leaky'(pre)` and may be `sign` itself.
+struct Linear<'b> {
+    out: &'b wgpu::Buffer,
+    inp: &'b wgpu::Buffer,
+    w: &'b Range<usize>,
+    b: &'b Range<usize>,
+    /// Where `dinp` goes: a buffer whose activation is no longer read.
+    dinp_over: &'b wgpu::Buffer,
+    /// `Some((pre, alpha))`: `dinp` is also multiplied by LeakyReLU' of `pre` (the
+    /// previous layer's activation, fused).
+    dinp_leaky: Option<(&'b wgpu::Buffer, f32)>,
+    dout: &'b wgpu::Buffer,
+    rows: usize,
+    n_in: usize,
+    n_out: usize,
+    act: Activation,
 }
 
 /// What the binding helpers share: the device, the kernels and the two arenas, which
@@ -424,45 +487,30 @@ impl<'a> Binder<'a> {
         TensorRef::new(self.grads, (r.start - self.base) as u32)
     }
 
-    /// `out = act(inp W^T + b)` over `rows` rows (and `pre` before the activation), with
-    /// its backward: `dinp = dout W`, `dW += dout^T inp`, `db += sum dout`. With
-    /// `dinp_act = (sign, alpha)` (the input is `LeakyReLU(pre)`, and `sign` has the signs
-    /// of `pre`: the input itself), `dinp` receives `dout W * leaky'(pre)` and may be
-    /// `sign` itself.
-    fn linear(
-        &self,
-        out: &wgpu::Buffer,
-        pre: Option<&wgpu::Buffer>,
-        inp: &wgpu::Buffer,
-        (w, b): (&Range<usize>, &Range<usize>),
-        (dinp, dinp_act): (&wgpu::Buffer, Option<(&wgpu::Buffer, f32)>),
-        dout: &wgpu::Buffer,
-        rows: usize,
-        (n_in, n_out): (usize, usize),
-        act: Activation,
-    ) -> Result<MatmulBinding, GpuError> {
+    /// One linear layer with its backward (see [`Linear`]).
+    fn linear(&self, l: Linear) -> Result<MatmulBinding, GpuError> {
         let bufs = MatmulBuffers {
-            out: all(out),
-            pre: pre.map(all),
-            inp: all(inp),
-            weight: self.param(w),
-            bias: Some(self.param(b)),
+            out: all(l.out),
+            pre: None,
+            inp: all(l.inp),
+            weight: self.param(l.w),
+            bias: Some(self.param(l.b)),
         };
         let grads = MatmulGradBuffers {
-            dinp: Some(all(dinp)),
-            dweight: self.grad(w),
-            dbias: Some(self.grad(b)),
-            dout: all(dout),
-            dinp_act: dinp_act.map(|(sign, alpha)| LeakyInput {
+            dinp: Some(all(l.dinp_over)),
+            dweight: self.grad(l.w),
+            dbias: Some(self.grad(l.b)),
+            dout: all(l.dout),
+            dinp_act: l.dinp_leaky.map(|(sign, alpha)| LeakyInput {
                 sign: all(sign),
                 alpha,
             }),
         };
         let dims = MatmulDims {
-            rows: rows as u32,
-            n_in: n_in as u32,
-            n_out: n_out as u32,
-            act,
+            rows: l.rows as u32,
+            n_in: l.n_in as u32,
+            n_out: l.n_out as u32,
+            act: l.act,
         };
         self.k.mm.bind(self.ctx, &bufs, Some(&grads), dims)
     }
@@ -605,29 +653,33 @@ impl<'a> Binder<'a> {
             },
         )?;
         Ok(BlockSites {
-            qkv: self.linear(
-                &a.qkv,
-                None,
-                x,
-                (&p.qkv_w, &p.qkv_b),
-                (&a.x1, None),
-                dqkv,
-                n,
-                (d, 3 * d),
-                none,
-            )?,
+            qkv: self.linear(Linear {
+                out: &a.qkv,
+                inp: x,
+                w: &p.qkv_w,
+                b: &p.qkv_b,
+                dinp_over: &a.x1,
+                dinp_leaky: None,
+                dout: dqkv,
+                rows: n,
+                n_in: d,
+                n_out: 3 * d,
+                act: none,
+            })?,
             attention,
-            out: self.linear(
-                &a.a,
-                None,
-                &a.atty,
-                (&p.out_w, &p.out_b),
-                (&a.a, None),
-                &a.f,
-                n,
-                (d, d),
-                none,
-            )?,
+            out: self.linear(Linear {
+                out: &a.a,
+                inp: &a.atty,
+                w: &p.out_w,
+                b: &p.out_b,
+                dinp_over: &a.a,
+                dinp_leaky: None,
+                dout: &a.f,
+                rows: n,
+                n_in: d,
+                n_out: d,
+                act: none,
+            })?,
             res1: self.residual(&a.res1, x, &a.a, (&a.f, &a.res2), n, d, keep_all)?,
             ln1: self.layernorm(
                 &a.x1,
@@ -639,28 +691,32 @@ impl<'a> Binder<'a> {
                 n,
                 d,
             )?,
-            ffn1: self.linear(
-                &a.ff,
-                None,
-                &a.x1,
-                (&p.ffn1_w, &p.ffn1_b),
-                (&a.a, None),
-                &a.ff,
-                n,
-                (d, dff),
-                leaky,
-            )?,
-            ffn2: self.linear(
-                &a.f,
-                None,
-                &a.ff,
-                (&p.ffn2_w, &p.ffn2_b),
-                (&a.ff, Some((&a.ff, dm.alpha))),
-                &a.f,
-                n,
-                (dff, d),
-                none,
-            )?,
+            ffn1: self.linear(Linear {
+                out: &a.ff,
+                inp: &a.x1,
+                w: &p.ffn1_w,
+                b: &p.ffn1_b,
+                dinp_over: &a.a,
+                dinp_leaky: None,
+                dout: &a.ff,
+                rows: n,
+                n_in: d,
+                n_out: dff,
+                act: leaky,
+            })?,
+            ffn2: self.linear(Linear {
+                out: &a.f,
+                inp: &a.ff,
+                w: &p.ffn2_w,
+                b: &p.ffn2_b,
+                dinp_over: &a.ff,
+                dinp_leaky: Some((&a.ff, dm.alpha)),
+                dout: &a.f,
+                rows: n,
+                n_in: dff,
+                n_out: d,
+                act: none,
+            })?,
             res2: self.residual(&a.res2, &a.x1, &a.f, (&a.f, &a.x2), n, d, keep_all)?,
             ln2: self.layernorm(
                 &a.x2,

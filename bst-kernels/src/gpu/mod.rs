@@ -65,6 +65,38 @@ pub use launch::{PRELUDE, wgsl_with_prelude};
 /// The wgpu this crate is built against, so that users name the same version.
 pub use wgpu;
 
+/// A binding whose sizes follow the batch: `set_rows` rewrites its uniform for the next
+/// submit (each launcher's `<Op>Binding::set_rows`; what a row is, a sample or a token,
+/// is the caller's unit).
+pub trait SetRows {
+    /// Sets the rows of the current batch (at most the bound maximum).
+    fn set_rows(&mut self, ctx: &GpuContext, rows: u32);
+}
+
+/// Implements [`SetRows`] by each binding's own `set_rows`.
+macro_rules! set_rows_by_method {
+    ($($t:ty),* $(,)?) => {$(
+        impl SetRows for $t {
+            fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
+                <$t>::set_rows(self, ctx, rows)
+            }
+        }
+    )*};
+}
+
+set_rows_by_method!(
+    attention::AttentionBinding,
+    dropout::DropoutBinding,
+    elementwise::ElementwiseBinding,
+    embedding::EmbeddingBinding,
+    layernorm::LayerNormBinding,
+    loss::LossBinding,
+    mask::MaskBinding,
+    matmul::MatmulBinding,
+    pooling::PoolingBinding,
+    target_attention::TargetAttentionBinding,
+);
+
 /// Kind of one binding in a kernel's bind group layout; binding index = position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Slot {
