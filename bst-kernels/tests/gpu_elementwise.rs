@@ -228,7 +228,7 @@ fn bind_rejects_a_tensor_past_the_end_of_its_buffer() {
     assert!(err.contains("61..101"), "{err}");
 }
 
-/// Elements past 65535 workgroups of 256: one row of a 2D grid is not enough.
+/// Elements of the smallest range that needs a second row of workgroups (65535 x 256).
 const PAST_ONE_ROW_OF_GROUPS: usize = 65535 * 256 + 300;
 
 #[test]

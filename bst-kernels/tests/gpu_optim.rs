@@ -25,8 +25,6 @@ use std::ops::Range;
 const ATOL: f32 = 1e-7;
 const RTOL: f32 = 1e-6;
 const STEPS: u64 = 3;
-/// Elements of the smallest range that needs a second row of workgroups (65535 x 256).
-
 /// Gradients of step `t`: in [-1, 1), with every 7th element zero.
 fn grads_of_step(n: usize, t: u64) -> Vec<f32> {
     let mut g = random_vec(n, 100 + t);

@@ -266,6 +266,19 @@ mod tests {
         out
     }
 
+    /// The signature of both backwards.
+    type Backward = fn(
+        Option<&mut [f32]>,
+        &mut [f32],
+        Option<&mut [f32]>,
+        &[f32],
+        &[f32],
+        &[f32],
+        usize,
+        usize,
+        usize,
+    );
+
     #[test]
     fn backward_matches_the_plain_loops() {
         let (rows, n_in, n_out) = (131, 37, 45);
@@ -274,17 +287,7 @@ mod tests {
             random_vec(n_out * n_in, 9),
             random_vec(rows * n_out, 10),
         );
-        let run = |backward: fn(
-            Option<&mut [f32]>,
-            &mut [f32],
-            Option<&mut [f32]>,
-            &[f32],
-            &[f32],
-            &[f32],
-            usize,
-            usize,
-            usize,
-        )| {
+        let run = |backward: Backward| {
             let (mut dinp, mut dw, mut db) = (
                 vec![0.0; rows * n_in],
                 vec![0.5; n_out * n_in],
