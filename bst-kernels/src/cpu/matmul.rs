@@ -249,7 +249,7 @@ pub fn matmul_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::gradcheck::{check_grad, random_vec};
+    use crate::cpu::gradcheck::random_vec;
 
     /// The plain triple loop ([`crate::cpu::reference`]): the reference for the gemm
     /// version.
@@ -369,40 +369,6 @@ mod tests {
         for (g, w) in out.iter().zip(&want) {
             assert!((g - w).abs() <= 1e-5 + 1e-5 * w.abs(), "{g} vs {w}");
         }
-    }
-
-    #[test]
-    fn backward_matches_finite_differences() {
-        let (rows, n_in, n_out) = (70, 5, 35);
-        let inp = random_vec(rows * n_in, 4);
-        let w = random_vec(n_out * n_in, 5);
-        let b = random_vec(n_out, 6);
-        let r = random_vec(rows * n_out, 7); // loss = sum(out * r)
-        let loss = |inp: &[f32], w: &[f32], b: &[f32]| {
-            let mut out = vec![0.0; rows * n_out];
-            matmul_forward(&mut out, inp, w, Some(b), rows, n_in, n_out);
-            out.iter()
-                .zip(&r)
-                .map(|(&o, &r)| o as f64 * r as f64)
-                .sum::<f64>()
-        };
-        let mut dinp = vec![0.0; rows * n_in];
-        let mut dw = vec![0.0; n_out * n_in];
-        let mut db = vec![0.0; n_out];
-        matmul_backward(
-            Some(&mut dinp),
-            &mut dw,
-            Some(&mut db),
-            &r,
-            &inp,
-            &w,
-            rows,
-            n_in,
-            n_out,
-        );
-        check_grad("matmul dinp", &dinp, &inp, |x| loss(x, &w, &b));
-        check_grad("matmul dweight", &dw, &w, |x| loss(&inp, x, &b));
-        check_grad("matmul dbias", &db, &b, |x| loss(&inp, &w, x));
     }
 
     /// forward and backward on a pool of `threads`: out, dinp, dweight, dbias.

@@ -13,8 +13,16 @@ use super::{GpuContext, GpuError, Slot};
 /// `shaders/common/prelude.wgsl`: helpers shared by every shader (`flat_index`).
 pub const PRELUDE: &str = include_str!("../../../shaders/common/prelude.wgsl");
 
+/// The files of `shaders/common/` a shader may include, by the path it names.
+const INCLUDES: &[(&str, &str)] = &[(
+    "common/embedding_tokens.wgsl",
+    include_str!("../../../shaders/common/embedding_tokens.wgsl"),
+)];
+
 /// `source` with the prelude prepended (after its `enable` directives, which must come
-/// first): the text the launchers compile and the naga tests validate.
+/// first) and each line `// #include "common/<file>.wgsl"` replaced by that file: the text
+/// the launchers compile and the naga tests validate. Panics on an unknown include (a
+/// shader bug the naga tests catch).
 pub fn wgsl_with_prelude(source: &str) -> String {
     let mut directives = String::new();
     let mut body = String::new();
@@ -24,7 +32,17 @@ pub fn wgsl_with_prelude(source: &str) -> String {
         } else {
             &mut body
         };
-        target.push_str(line);
+        match line.trim().strip_prefix("// #include ") {
+            Some(name) => {
+                let name = name.trim_matches('"');
+                let (_, text) = INCLUDES
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .unwrap_or_else(|| panic!("#include \"{name}\": not in gpu::launch::INCLUDES"));
+                target.push_str(text);
+            }
+            None => target.push_str(line),
+        }
         target.push('\n');
     }
     format!("{directives}{PRELUDE}\n{body}")
