@@ -35,10 +35,6 @@ const WG: u32 = 256u;
 
 var<workgroup> partial: array<f32, 256>; // WG
 
-fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.y * nwg.x + wg.x) * WG + lid;
-}
-
 // As cpu::loss::sigmoid: exp of a non-positive argument only, so never inf.
 fn sigmoid(z: f32) -> f32 {
     if (z >= 0.0) {

@@ -22,10 +22,6 @@ struct Params {
 
 const WG: u32 = 256u;
 
-fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.y * nwg.x + wg.x) * WG + lid;
-}
-
 // valid (B, T) from hist_item (B, L)
 @compute @workgroup_size(256)
 fn valid_mask(

@@ -1,5 +1,4 @@
-// Optimiser updates over a parameter arena (or a range of it), and a fill for zeroing the
-// gradient arena. CPU reference: bst-kernels/src/cpu/optim.rs; launcher:
+// Optimiser updates over a parameter arena (or a range of it). CPU reference: bst-kernels/src/cpu/optim.rs; launcher:
 // bst-kernels/src/gpu/optim.rs.
 //
 //   (every update first takes g = grad + weight_decay * p: PyTorch's coupled L2)
@@ -7,7 +6,6 @@
 //                   p -= step m / (sqrt(v) / bc2_sqrt + eps)
 //                   with step = lr / (1 - b1^t), bc2_sqrt = sqrt(1 - b2^t) from the host
 //   adagrad_update  sum += g g;  p -= lr g / (sqrt(sum) + eps)
-//   fill            p = value
 // over elements 0 .. n of each tensor; p, m, v (sum) are updated in place, g only read.
 //
 //   adam_rows, adagrad_rows   the same updates, lazily, on the rows of an embedding table
@@ -23,7 +21,7 @@
 
 struct Params {
     n: u32,
-    p_off: u32, // params, or the tensor to fill
+    p_off: u32,
     g_off: u32,
     m_off: u32, // Adam's m, Adagrad's sum
     v_off: u32,
@@ -35,7 +33,7 @@ struct Params {
     eps: f32,
     step: f32,
     bc2_sqrt: f32,
-    value: f32, // fill
+    _pad0: u32,
     w: u32, // *_rows: the table's width
     rows_off: u32, // *_rows: the first row id in `rows`
     table_rows: u32, // *_rows: R; a row id >= R is skipped
@@ -53,10 +51,6 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> rows: array<u32>; // *_rows: the row ids
 
 const WG: u32 = 256u;
-
-fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.y * nwg.x + wg.x) * WG + lid;
-}
 
 @compute @workgroup_size(256)
 fn adam_update(
@@ -141,17 +135,4 @@ fn adagrad_update(
         return;
     }
     adagrad_at(i);
-}
-
-@compute @workgroup_size(256)
-fn fill(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let i = flat_index(wg, nwg, lid);
-    if (i >= p.n) {
-        return;
-    }
-    params[p.p_off + i] = p.value;
 }

@@ -41,10 +41,6 @@ const WG: u32 = 256u;
 const TARGET: u32 = 0u;
 const MEAN: u32 = 1u;
 
-fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.y * nwg.x + wg.x) * WG + lid;
-}
-
 fn is_valid(bi: u32, t: u32) -> bool {
     return valid[p.valid_off + bi * p.t + t] != 0u;
 }

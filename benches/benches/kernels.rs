@@ -1,6 +1,6 @@
 //! Every kernel family on the GPU against its CPU reference, at the default model's shapes
 //! (L = 20, d = 64, h = 8, d_ff = 256, MLP 1024-512-256, the synthetic data's vocabularies):
-//! the cases of `bst_kernels::workload`, one criterion group each (`kernels_b256/<case>`,
+//! the cases of `bst_benches::workload`, one criterion group each (`kernels_b256/<case>`,
 //! functions `cpu` and `gpu`).
 //!
 //! `cargo bench -p bst-benches --bench kernels [-- FILTER]`; batch 256, or
@@ -9,7 +9,7 @@
 //! submit and the wait are timed, so launch overhead is amortised and the time per
 //! iteration is the time per call in a long stream of work. Throughput: criterion's
 //! "elem/s" are floating-point operations per second, its bytes/s the minimum traffic
-//! (the cost model of `bst_kernels::workload`). On a software adapter (lavapipe) the
+//! (the cost model of `bst_benches::workload`). On a software adapter (lavapipe) the
 //! samples are fewer and shorter.
 //!
 //! `embedding_gather_1m_items_b<B>`: the embedding forward (token and other-feature
@@ -19,6 +19,7 @@
 
 use std::time::Duration;
 
+use bst_benches::workload::{CpuWorkloads, GpuWorkloads};
 use bst_benches::{bench_batch, kernel_shapes};
 use bst_core::config::{Config, DataConfig};
 use bst_core::data::{self, DataSource};
@@ -28,7 +29,6 @@ use bst_kernels::gpu::embedding::{
     EmbeddingBinding, EmbeddingBuffers, EmbeddingDims, EmbeddingKernels,
 };
 use bst_kernels::gpu::{GpuContext, GpuOptions, TensorRef, wgpu};
-use bst_kernels::workload::{CpuWorkloads, GpuWorkloads};
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 
 /// Most calls recorded into one pass and submit.

@@ -1,14 +1,17 @@
 //! What the benchmarks share (the criterion benches in `benches/` and `bst-train bench`):
 //! the kernel shapes of a model, the scoring batch of one user, and what wgpu's allocator
 //! holds (to cross-check the GPU backend's own accounting of its buffers,
-//! `GpuBackend::device_memory`).
+//! `GpuBackend::device_memory`), and [`workload`]: every kernel family at a model's shapes,
+//! with its byte and flop counts.
 
+use crate::workload::Shapes;
 use bst_core::batch::Batch;
 use bst_core::data::{Samples, Vocab};
 use bst_core::model::Model;
 use bst_kernels::gpu::{GpuContext, GpuOptions, wgpu};
-use bst_kernels::workload::Shapes;
 use std::sync::Arc;
+
+pub mod workload;
 
 /// The criterion benches' training batch: `BST_BENCH_BATCH`, else 256.
 pub fn bench_batch() -> usize {

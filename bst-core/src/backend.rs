@@ -7,9 +7,9 @@ use crate::config::Config;
 use crate::model::{Activations, GradScratch, Mode, Model};
 use crate::optim::{Decay, OptimSnapshot, Optimizer};
 use crate::params::VocabSizes;
-use crate::rank::{select_best, top_k};
 use crate::requests::{RequestError, Requests};
 use crate::shared_history::{SharedScratch, is_exact, predict_requests};
+use bst_kernels::cpu::topk::{select_best, top_k};
 use std::any::Any;
 use std::sync::Arc;
 

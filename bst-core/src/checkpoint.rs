@@ -32,15 +32,23 @@
 use crate::backend::CpuBackend;
 use crate::config::{Config, DataConfig, ModelConfig, Optimizer as Kind, TrainConfig};
 use crate::data::Vocab;
+use crate::hash::Fnv1a;
 use crate::model::Model;
 use crate::optim::{OptimSnapshot, OptimState};
 use crate::params::ParamLayout;
-use crate::train::{Checkpointer, Progress, Resume, Save, Snapshot};
+use crate::run_state::{Progress, Resume, Save, Snapshot};
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, View};
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// Where checkpoints go. [`RunCheckpointer`] writes them into a run
+/// folder; tests may keep them in memory.
+pub trait Checkpointer {
+    /// Saves `snapshot` as the checkpoint of `kind`.
+    fn save(&mut self, kind: Save, snapshot: &Snapshot) -> Result<(), CheckpointError>;
+}
 
 /// File name of the latest checkpoint in a run folder (the one to resume from).
 pub const LATEST: &str = "checkpoint.safetensors";
@@ -471,23 +479,20 @@ fn kind_name(k: Kind) -> &'static str {
 
 /// A 64-bit hash of tensors' names and bytes (sorted by name): FNV-1a over 8-byte words.
 fn checksum(tensors: &[(&str, &[u8])]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = Fnv1a::new();
     let mut eat = |bytes: &[u8]| {
         let mut words = bytes.chunks_exact(8);
         for w in &mut words {
-            let w = u64::from_le_bytes(w.try_into().expect("8 bytes"));
-            h = (h ^ w).wrapping_mul(0x0100_0000_01b3);
+            h.word(u64::from_le_bytes(w.try_into().expect("8 bytes")));
         }
-        for &b in words.remainder() {
-            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
-        h = (h ^ bytes.len() as u64).wrapping_mul(0x0100_0000_01b3);
+        h.bytes(words.remainder());
+        h.word(bytes.len() as u64);
     };
     for (name, bytes) in tensors {
         eat(name.as_bytes());
         eat(bytes);
     }
-    h
+    h.finish()
 }
 
 /// Writes `bytes` to `path` so that a reader sees the old or the new file, never a mix:
@@ -510,7 +515,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "checkpoint".into());
-    let tmp = dir.join(format!(".{name}.tmp"));
+    // Unique per process and call, so two writers of one path never share a temporary
+    // file (each renames its own; the last rename wins whole).
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
     {
         let mut f = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
         f.write_all(bytes).map_err(io("write", &tmp))?;

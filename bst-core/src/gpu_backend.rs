@@ -42,6 +42,7 @@ use bst_kernels::cpu::dropout::DropoutKey;
 use bst_kernels::cpu::embedding::f16_table;
 use bst_kernels::gpu::attention::AttentionKernels;
 use bst_kernels::gpu::dropout::DropoutKernels;
+use bst_kernels::gpu::elementwise::ElementwiseKernels;
 use bst_kernels::gpu::embedding::{
     EmbeddingDims, EmbeddingKernels, EmbeddingSegments, check_f16_tables,
 };
@@ -67,9 +68,9 @@ use crate::config::{Config, Optimizer as OptimizerKind};
 use crate::model::Model;
 use crate::optim::{OptimSnapshot, OptimState};
 use crate::params::VocabSizes;
-use crate::rank::top_k;
 use crate::requests::{RequestError, Requests};
 use crate::shared_history::is_exact;
+use bst_kernels::cpu::topk::top_k;
 use buffers::Buffers;
 pub(crate) use buffers::IdsAt;
 pub use buffers::embedding_dims;
@@ -178,6 +179,7 @@ struct Kernels {
     attn: AttentionKernels,
     ln: LayerNormKernels,
     drop: DropoutKernels,
+    elt: ElementwiseKernels,
     pool: PoolingKernels,
     loss: LossKernels,
     optim: OptimKernels,
@@ -193,6 +195,7 @@ impl Kernels {
             attn: AttentionKernels::new(ctx)?,
             ln: LayerNormKernels::new(ctx)?,
             drop: DropoutKernels::new(ctx)?,
+            elt: ElementwiseKernels::new(ctx)?,
             pool: PoolingKernels::new(ctx)?,
             loss: LossKernels::new(ctx)?,
             optim: OptimKernels::new(ctx)?,
@@ -431,14 +434,14 @@ impl GpuBackend {
             k.drop.backward(pass, &blk.res2); // dbr = dres * mask
             k.mm.backward(pass, &blk.ffn2); // dW2 +=, then dff_pre = dbr W2 * leaky'(ff) over ff
             k.mm.backward(pass, &blk.ffn1); // dtmp
-            k.drop.forward(pass, &blk.sum_dx1); // dx1 = dres + dtmp
+            k.elt.forward(pass, &blk.sum_dx1); // dx1 = dres + dtmp
             k.ln.backward(pass, &blk.ln1); // dres
             k.drop.backward(pass, &blk.res1); // dbr
             k.mm.backward(pass, &blk.out); // datty
             k.attn.backward(pass, &blk.attention); // dqkv
             k.mm.backward(pass, &blk.qkv); // dtmp
-            k.optim.fill(pass, &blk.zero_key_bias);
-            k.drop.forward(pass, &blk.sum_dx); // dx = dres + dtmp
+            k.elt.forward(pass, &blk.zero_key_bias); // dbqkv[d..2d] = 0
+            k.elt.forward(pass, &blk.sum_dx); // dx = dres + dtmp
         }
         k.emb.token_embedding_backward(pass, &s.embedding);
     }
@@ -589,41 +592,14 @@ fn write_params(ctx: &GpuContext, bufs: &Buffers, params: &[f32]) {
 /// when it chooses the adapter, but an application's own device
 /// ([`GpuContext::from_device`]) may have been created with lower ones.
 fn check_limits(ctx: &GpuContext) -> Result<(), GpuError> {
-    use bst_kernels::gpu::context::{
-        MIN_INVOCATIONS_PER_WORKGROUP, MIN_STORAGE_BUFFERS_PER_STAGE, MIN_WORKGROUP_STORAGE_BYTES,
-    };
-    let l = &ctx.limits;
-    for (name, have, need) in [
-        (
-            "max_storage_buffers_per_shader_stage",
-            l.max_storage_buffers_per_shader_stage,
-            MIN_STORAGE_BUFFERS_PER_STAGE,
-        ),
-        (
-            "max_compute_invocations_per_workgroup",
-            l.max_compute_invocations_per_workgroup,
-            MIN_INVOCATIONS_PER_WORKGROUP,
-        ),
-        (
-            "max_compute_workgroup_size_x",
-            l.max_compute_workgroup_size_x,
-            MIN_INVOCATIONS_PER_WORKGROUP,
-        ),
-        (
-            "max_compute_workgroup_storage_size",
-            l.max_compute_workgroup_storage_size,
-            MIN_WORKGROUP_STORAGE_BYTES,
-        ),
-    ] {
-        if have < need {
-            return Err(GpuError::Device(format!(
-                "the device {}: its {name} is {have}, the kernels need at least {need}; \
-                 create it with wgpu::Limits::default() or the adapter's limits",
-                ctx.describe()
-            )));
-        }
+    match bst_kernels::gpu::context::limit_shortfall(&ctx.limits) {
+        Some(why) => Err(GpuError::Device(format!(
+            "the device {}: its {why}; create it with wgpu::Limits::default() or the \
+             adapter's limits",
+            ctx.describe()
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 impl Backend for GpuBackend {
@@ -674,7 +650,7 @@ impl Backend for GpuBackend {
         }
         self.submit("train step", |pass| {
             let (k, s) = (&self.k, &self.sites);
-            k.optim.fill(pass, &s.zero_grads);
+            k.elt.forward(pass, &s.zero_grads);
             self.forward(pass);
             k.loss.forward(pass, &s.loss);
             self.backward(pass);

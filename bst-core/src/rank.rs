@@ -6,30 +6,9 @@
 use crate::backend::Backend;
 use crate::encode::{Context, Encoder};
 use crate::requests::{RequestError, Requests};
-use bst_kernels::cpu::topk::better;
 
-/// The `k` highest `scores` as `(index, score)`, best first, ties by lower index, NaN last.
-/// O(n + k log k): a partial selection, then a sort of the `k` selected.
-pub fn top_k(scores: &[f32], k: usize) -> Vec<(usize, f32)> {
-    let mut all: Vec<(usize, f32)> = scores.iter().copied().enumerate().collect();
-    select_best(&mut all, k);
-    all
-}
-
-/// Keeps the `k` best of `(index, score)` pairs in `pairs`, best first (the merge step
-/// when candidates are scored in chunks).
-pub fn select_best(pairs: &mut Vec<(usize, f32)>, k: usize) {
-    let k = k.min(pairs.len());
-    if k == 0 {
-        pairs.clear();
-        return;
-    }
-    if k < pairs.len() {
-        pairs.select_nth_unstable_by(k - 1, |&a, &b| better(a, b));
-        pairs.truncate(k);
-    }
-    pairs.sort_unstable_by(|&a, &b| better(a, b));
-}
+/// The host selection (`k` best, ties by lower index, NaN last), where the kernels keep it.
+pub use bst_kernels::cpu::topk::{select_best, top_k};
 
 /// Scores every item index of `items` as the target of one user's context and returns the
 /// `k` best as `(position in items, probability)`, best first: one request
@@ -54,6 +33,7 @@ pub fn rank_items(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bst_kernels::cpu::topk::better;
 
     #[test]
     fn top_k_is_sorted_with_ties_by_index_and_nan_last() {

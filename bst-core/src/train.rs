@@ -14,31 +14,16 @@
 use crate::backend::{Backend, BackendError};
 use crate::batch::Batch;
 use crate::checkpoint::CheckpointError;
+pub use crate::checkpoint::Checkpointer;
 use crate::config::TrainConfig;
 use crate::data::{Dataset, Samples};
-use crate::metrics::{Metrics, auc, nan_as_null};
-use crate::optim::OptimSnapshot;
+use crate::metrics::{Metrics, auc};
 use crate::prefetch::for_each_batch;
 use crate::rng::Rng;
-use serde::{Deserialize, Serialize};
+pub use crate::run_state::{Best, EpochReport, Progress, Resume, Save, Snapshot};
+use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-
-/// What one epoch did, as `metrics.json` and checkpoints record it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EpochReport {
-    /// 1-based epoch.
-    pub epoch: usize,
-    /// Mean batch loss of the epoch (NaN, JSON `null`, if undefined).
-    #[serde(with = "nan_as_null")]
-    pub train_loss: f64,
-    /// Validation metrics after the epoch.
-    pub valid: Metrics,
-    /// Wall seconds of the epoch (steps and validation).
-    pub seconds: f64,
-    /// Training samples per second of this epoch (steps only, evaluation excluded).
-    pub samples_per_sec: f64,
-}
 
 /// What a whole run did.
 #[derive(Clone, Debug, Serialize)]
@@ -80,106 +65,6 @@ pub enum Event<'a> {
 /// Default steps between two reads of the loss (for the progress bar and the non-finite
 /// check): a GPU step then needs no readback.
 pub const LOSS_EVERY: usize = 10;
-
-/// The epoch with the best validation AUC so far.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Best {
-    /// 1-based epoch.
-    pub epoch: usize,
-    /// NaN (JSON `null`) when that epoch's AUC was undefined.
-    #[serde(with = "nan_as_null")]
-    pub valid_auc: f64,
-}
-
-impl Best {
-    /// The selection score: an undefined AUC loses to every defined one.
-    fn score(&self) -> f64 {
-        if self.valid_auc.is_nan() {
-            f64::NEG_INFINITY
-        } else {
-            self.valid_auc
-        }
-    }
-}
-
-/// Where a run stands between two steps. With the parameters and the optimiser state it
-/// is all a resumed run needs; a checkpoint stores it as JSON (`bst.progress`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Progress {
-    /// Epochs completed.
-    pub epoch: usize,
-    /// Steps completed of epoch `epoch + 1` (0 at an epoch boundary).
-    pub step: usize,
-    /// Sum of the batch mean losses of those steps (for the epoch's train loss).
-    pub loss_sum: f64,
-    /// Training seconds of those steps.
-    pub epoch_seconds: f64,
-    /// Training seconds of the completed epochs.
-    pub train_seconds: f64,
-    /// Reports of the completed epochs: the learning curve.
-    pub epochs: Vec<EpochReport>,
-    /// The best epoch so far by validation AUC; `None` before the first epoch ends.
-    pub best: Option<Best>,
-    /// The shuffling seed (`train.seed`): see [`epoch_order`].
-    pub shuffle_seed: u64,
-    /// Number of training samples: a resumed run must see the same samples.
-    pub train_samples: usize,
-    /// Their [`Samples::fingerprint`].
-    pub train_fingerprint: u64,
-}
-
-impl Progress {
-    /// The start of a run on `train` with `seed`.
-    pub fn start(train: &Samples, seed: u64) -> Progress {
-        Progress {
-            shuffle_seed: seed,
-            train_samples: train.len(),
-            train_fingerprint: train.fingerprint(),
-            ..Progress::default()
-        }
-    }
-}
-
-/// A saved run to continue: its progress, parameters and optimiser state.
-#[derive(Clone, Debug)]
-pub struct Resume {
-    /// Where the run stood.
-    pub progress: Progress,
-    /// The parameters at that point.
-    pub params: Vec<f32>,
-    /// The optimiser state and update count.
-    pub optim: OptimSnapshot,
-    /// The parameters of `progress.best` (needed once an epoch has ended).
-    pub best_params: Option<Vec<f32>>,
-}
-
-/// What a checkpoint of the run holds, handed to a [`Checkpointer`].
-pub struct Snapshot<'a> {
-    /// Where the run stands.
-    pub progress: &'a Progress,
-    /// The current parameters.
-    pub params: &'a [f32],
-    /// The optimiser state (for the latest checkpoint; `None` for the best model).
-    pub optim: Option<&'a OptimSnapshot>,
-    /// The parameters of `progress.best` (for the latest checkpoint).
-    pub best_params: Option<&'a [f32]>,
-}
-
-/// Which checkpoint to save.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Save {
-    /// The state to resume from: after every epoch, when stopped, at the end.
-    Latest,
-    /// The model of the best epoch so far: when validation AUC improves, at the end.
-    Best,
-}
-
-/// Where checkpoints go. [`crate::checkpoint::RunCheckpointer`] writes them into a run
-/// folder; tests may keep them in memory.
-pub trait Checkpointer {
-    /// Saves `snapshot` as the checkpoint of `kind`.
-    fn save(&mut self, kind: Save, snapshot: &Snapshot) -> Result<(), CheckpointError>;
-}
 
 /// How [`train_with`] runs beyond the config.
 pub struct TrainOptions<'a> {

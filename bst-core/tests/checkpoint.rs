@@ -748,7 +748,18 @@ fn checkpoint_writer_helper() {
 fn a_writer_killed_at_random_times_always_leaves_a_loadable_checkpoint() {
     let dir = temp_dir("killed");
     let path = dir.join(checkpoint::LATEST);
-    let tmp = dir.join(format!(".{}.tmp", checkpoint::LATEST));
+    // The writer's temporary files: `.latest.<pid>.<n>.tmp`.
+    let tmp_prefix = format!(".{}.", checkpoint::LATEST);
+    let temporaries = || -> Vec<PathBuf> {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let name = p.file_name().unwrap().to_string_lossy();
+                name.starts_with(&tmp_prefix) && name.ends_with(".tmp")
+            })
+            .collect()
+    };
     let mut rng = Rng::new(42);
     let (mut loaded, mut mid_write) = (0, 0);
     for round in 0..12 {
@@ -773,7 +784,8 @@ fn a_writer_killed_at_random_times_always_leaves_a_loadable_checkpoint() {
         std::thread::sleep(Duration::from_millis(20 + rng.below(120)));
         child.kill().unwrap(); // SIGKILL: no chance to clean up
         child.wait().unwrap();
-        mid_write += tmp.exists() as usize;
+        let tmps = temporaries();
+        mid_write += !tmps.is_empty() as usize;
         let c = Checkpoint::load(&path)
             .unwrap_or_else(|e| panic!("round {round}: the checkpoint does not load: {e}"));
         let k = c.progress.epoch as f32;
@@ -783,7 +795,9 @@ fn a_writer_killed_at_random_times_always_leaves_a_loadable_checkpoint() {
         );
         assert_eq!(c.optim.unwrap().steps, c.progress.epoch as u64);
         loaded += 1;
-        std::fs::remove_file(&tmp).ok();
+        for t in &tmps {
+            std::fs::remove_file(t).ok();
+        }
     }
     eprintln!("{loaded} kills, {mid_write} of them with a write in progress");
     assert_eq!(loaded, 12);

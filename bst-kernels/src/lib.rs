@@ -1,6 +1,6 @@
 //! BST compute kernels. `cpu` holds the plain reference of every op: it is the
-//! specification that the GPU kernels are tested against. `workload` runs every kernel
-//! family at a model's shapes on both, with its byte and flop counts, for the benchmarks.
+//! specification that the GPU kernels are tested against. (The benchmark harness that runs
+//! every kernel family at a model's shapes is `bst_benches::workload`.)
 //!
 //! Conventions (as in llm.c): outputs first, then inputs, then dimensions; parameter
 //! gradients accumulate (`+=`), activation gradients overwrite (`=`). Every buffer's shape
@@ -10,4 +10,3 @@
 
 pub mod cpu;
 pub mod gpu;
-pub mod workload;

@@ -25,9 +25,6 @@ use std::ops::Range;
 const ATOL: f32 = 1e-7;
 const RTOL: f32 = 1e-6;
 const STEPS: u64 = 3;
-/// Elements of the smallest range that needs a second row of workgroups (65535 x 256).
-const PAST_ONE_ROW_OF_GROUPS: usize = 65535 * 256 + 300;
-
 /// Gradients of step `t`: in [-1, 1), with every 7th element zero.
 fn grads_of_step(n: usize, t: u64) -> Vec<f32> {
     let mut g = random_vec(n, 100 + t);
@@ -212,47 +209,6 @@ fn updates_on_a_2d_grid_with_an_overhanging_last_row() {
     // 1000 elements: 4 workgroups as 3 x 2, the last two past the end.
     check(ctx, Rule::Adam, 1000, 3);
     check(ctx, Rule::Adagrad, 1000, 3);
-}
-
-#[test]
-fn fill_zeroes_a_range_and_set_len_shortens_it() {
-    let Some(ctx) = gpu() else { return };
-    let kernels = OptimKernels::new(ctx).expect("optim kernels");
-    let mut arena = Arena::new(40);
-    let r = arena.push(7, &random_vec(600, 41));
-    arena.push(5, &[]);
-    let buf = ctx.storage_buffer("grads", &arena.data);
-    let mut fill = kernels
-        .bind_fill(ctx, at(&buf, &r), 600, 0.0)
-        .expect("bind");
-    fill.set_len(ctx, 513);
-    run(ctx, |pass| kernels.fill(pass, &fill));
-    let got = ctx.read_f32(&buf, 0, arena.data.len()).expect("read");
-    let w = r.start..r.start + 513;
-    assert!(
-        got[w.clone()].iter().all(|&x| x.to_bits() == 0),
-        "not zeroed"
-    );
-    assert_untouched("fill", &got, &arena.data, &[&w]);
-}
-
-#[test]
-fn fill_over_more_than_65535_workgroups_reaches_every_element() {
-    let Some(ctx) = gpu() else { return };
-    let kernels = OptimKernels::new(ctx).expect("optim kernels");
-    let n = PAST_ONE_ROW_OF_GROUPS;
-    let mut arena = Arena::new(50);
-    let r = arena.push(3, &vec![1.0; n]);
-    arena.push(300, &[]);
-    let buf = ctx.storage_buffer("big", &arena.data);
-    let fill = kernels
-        .bind_fill(ctx, at(&buf, &r), n as u32, -2.5)
-        .expect("bind");
-    run(ctx, |pass| kernels.fill(pass, &fill));
-    let got = ctx.read_f32(&buf, 0, arena.data.len()).expect("read");
-    let missed = got[r.clone()].iter().filter(|&&x| x != -2.5).count();
-    assert_eq!(missed, 0, "{missed} of {n} elements not filled");
-    assert_untouched("fill", &got, &arena.data, &[&r]);
 }
 
 #[test]

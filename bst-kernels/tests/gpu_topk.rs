@@ -9,7 +9,7 @@
 
 mod common;
 
-use bst_kernels::cpu::topk::top_k;
+use bst_kernels::cpu::topk::top_k_reference as top_k;
 use bst_kernels::gpu::topk::{MAX_K, TopKBinding, TopKBuffers, TopKDims, TopKKernels, read_pairs};
 use bst_kernels::gpu::{GpuContext, Readback, TensorRef, wgpu};
 use common::{gpu, random_vec, run};

@@ -27,7 +27,10 @@ fn every_shader_parses_and_validates() {
     let mut failures = Vec::new();
     for path in &paths {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let source = std::fs::read_to_string(path).expect("read shader");
+        // Compiled as the launchers compile it: with the prelude (shaders/common/).
+        let source = bst_kernels::gpu::wgsl_with_prelude(
+            &std::fs::read_to_string(path).expect("read shader"),
+        );
         let module = match naga::front::wgsl::parse_str(&source) {
             Ok(m) => m,
             Err(e) => {
@@ -60,34 +63,4 @@ fn every_shader_parses_and_validates() {
         println!("{name}: ok ({} entry points)", module.entry_points.len());
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
-}
-
-/// `embedding_f16.wgsl` copies the uniform struct and the token mapping of
-/// `embedding.wgsl` (WGSL has no includes): the copies must stay identical, or the f16
-/// gather would read the launcher's uniform differently.
-#[test]
-fn embedding_f16_copies_the_uniform_and_token_mapping_of_embedding() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shaders");
-    let read = |name: &str| std::fs::read_to_string(dir.join(name)).expect("read shader");
-    let (f32_src, f16_src) = (read("embedding.wgsl"), read("embedding_f16.wgsl"));
-    // The text from `start` up to (not including) `end`.
-    let between = |src: &str, start: &str, end: &str| -> String {
-        let from = src
-            .find(start)
-            .unwrap_or_else(|| panic!("`{start}` not found"));
-        let len = src[from..]
-            .find(end)
-            .unwrap_or_else(|| panic!("`{end}` not found"));
-        src[from..from + len].to_string()
-    };
-    for (start, end) in [
-        ("struct Params {", "@group(0)"),
-        ("const WG: u32", "// act[k, c]"),
-    ] {
-        assert_eq!(
-            between(&f32_src, start, end),
-            between(&f16_src, start, end),
-            "embedding_f16.wgsl's copy of `{start}`.. differs from embedding.wgsl's"
-        );
-    }
 }

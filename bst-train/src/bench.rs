@@ -17,7 +17,7 @@
 //!   backend counted them when it created them (`GpuBackend::device_memory`), and what
 //!   wgpu's allocator gained from before the backend's creation to then, where the
 //!   adapter reports it (a cross-check: only alignment padding may differ).
-//! - `kernels`: every kernel family of `bst_kernels::workload` in isolation at the batch's
+//! - `kernels`: every kernel family of `bst_benches::workload` in isolation at the batch's
 //!   shapes: on a GPU with `TIMESTAMP_QUERY`, one compute pass per call with timestamps at
 //!   its start and end (median of the calls); without it, calls recorded into one pass
 //!   and timed by the host; on the CPU, the reference ops timed by the host (median).
@@ -26,9 +26,10 @@
 //! about `--max-seconds` per measurement (at least [`MIN_RUNS`]), so a run on a slow
 //! software adapter finishes in about a minute.
 
-use crate::cli::RunArgs;
+use crate::cli::BenchArgs;
 use crate::run::load_data;
 use anyhow::{Context, bail};
+use bst_benches::workload::{Case, CpuWorkloads, GpuWorkloads};
 use bst_benches::{allocator_bytes, kernel_shapes, scoring_batch};
 use bst_core::backend::{Backend, CpuBackend, PrepareBatch};
 use bst_core::batch::Batch;
@@ -40,8 +41,6 @@ use bst_core::prefetch::for_each_batch;
 use bst_core::requests::Requests;
 use bst_core::train::epoch_order;
 use bst_kernels::gpu::{GpuContext, GpuOptions, wgpu};
-use bst_kernels::workload::{Case, CpuWorkloads, GpuWorkloads};
-use clap::Args;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Instant;
@@ -52,47 +51,6 @@ use std::time::Instant;
 const SCHEMA: u32 = 2;
 /// Fewest runs of a repeated measurement, whatever the time limit.
 pub const MIN_RUNS: usize = 3;
-
-#[derive(Args, Debug, Clone)]
-// `train`'s flags that do not apply here stay out of the help (and are refused).
-#[command(
-    mut_arg("resume", |a| a.hide(true)),
-    mut_arg("out", |a| a.hide(true)),
-    mut_arg("epochs", |a| a.hide(true)),
-    mut_arg("quiet", |a| a.hide(true))
-)]
-pub struct BenchArgs {
-    /// The model, data, batch, seed and device, as for `train` (--resume, --out and
-    /// --epochs do not apply).
-    #[command(flatten)]
-    pub run: RunArgs,
-    /// Training steps timed, after the warm-up.
-    #[arg(long, default_value_t = 50)]
-    pub steps: usize,
-    /// Untimed training steps first.
-    #[arg(long, default_value_t = 5)]
-    pub warmup: usize,
-    /// Runs of the inference and of the scoring measurement (fewer when --max-seconds
-    /// runs out, at least 3).
-    #[arg(long, default_value_t = 100)]
-    pub runs: usize,
-    /// Candidate items scored for one user.
-    #[arg(long, default_value_t = bst_benches::SCORING_CANDIDATES)]
-    pub candidates: usize,
-    /// Samples per inference batch; default: the config's train.eval_batch.
-    #[arg(long = "eval-batch")]
-    pub eval_batch: Option<usize>,
-    /// Timed calls per kernel (fewer when --max-seconds runs out, at least 3).
-    #[arg(long = "kernel-reps", default_value_t = 20)]
-    pub kernel_reps: usize,
-    /// Seconds after which a repeated measurement stops repeating (the kernels share
-    /// this budget).
-    #[arg(long = "max-seconds", default_value_t = 5.0)]
-    pub max_seconds: f64,
-    /// Leave out the per-kernel timings.
-    #[arg(long = "no-kernels")]
-    pub no_kernels: bool,
-}
 
 /// The device the benchmark runs on.
 enum Device {
@@ -565,7 +523,7 @@ fn rank(ms: &[f64], p: f64) -> f64 {
     ms[((p * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1]
 }
 
-/// Milliseconds per call, GFLOP/s and GB/s of one case (see `bst_kernels::workload`).
+/// Milliseconds per call, GFLOP/s and GB/s of one case (see `bst_benches::workload`).
 fn kernel_time(case: &Case, seconds: f64, calls: usize) -> KernelTime {
     KernelTime {
         name: case.name.clone(),

@@ -33,7 +33,7 @@ pub enum Command {
     Rank(RankArgs),
     /// Training, inference and scoring speed, device memory and per-kernel times, as
     /// one JSON object (README: "Benchmarks").
-    Bench(crate::bench::BenchArgs),
+    Bench(BenchArgs),
     /// Write a click log shaped like Taobao's UserBehavior.csv (README: "Generated click
     /// logs"), for `--data taobao:FILE`.
     GenerateTaobao(crate::generate::GenerateArgs),
@@ -235,4 +235,46 @@ impl RunArgs {
         cfg.validate().context("check the config file and flags")?;
         Ok(cfg)
     }
+}
+
+/// `bst-train bench`'s arguments (the command itself: [`crate::bench`]).
+#[derive(Args, Debug, Clone)]
+// `train`'s flags that do not apply here stay out of the help (and are refused).
+#[command(
+    mut_arg("resume", |a| a.hide(true)),
+    mut_arg("out", |a| a.hide(true)),
+    mut_arg("epochs", |a| a.hide(true)),
+    mut_arg("quiet", |a| a.hide(true))
+)]
+pub struct BenchArgs {
+    /// The model, data, batch, seed and device, as for `train` (--resume, --out and
+    /// --epochs do not apply).
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Training steps timed, after the warm-up.
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// Untimed training steps first.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    /// Runs of the inference and of the scoring measurement (fewer when --max-seconds
+    /// runs out, at least 3).
+    #[arg(long, default_value_t = 100)]
+    pub runs: usize,
+    /// Candidate items scored for one user.
+    #[arg(long, default_value_t = bst_benches::SCORING_CANDIDATES)]
+    pub candidates: usize,
+    /// Samples per inference batch; default: the config's train.eval_batch.
+    #[arg(long = "eval-batch")]
+    pub eval_batch: Option<usize>,
+    /// Timed calls per kernel (fewer when --max-seconds runs out, at least 3).
+    #[arg(long = "kernel-reps", default_value_t = 20)]
+    pub kernel_reps: usize,
+    /// Seconds after which a repeated measurement stops repeating (the kernels share
+    /// this budget).
+    #[arg(long = "max-seconds", default_value_t = 5.0)]
+    pub max_seconds: f64,
+    /// Leave out the per-kernel timings.
+    #[arg(long = "no-kernels")]
+    pub no_kernels: bool,
 }

@@ -7,6 +7,7 @@ use bst_kernels::gpu::embedding::{EmbeddingDims, EmbeddingSegments};
 
 use crate::backend::{PrepareBatch, Prepared};
 use crate::batch::Batch;
+use crate::hash::Fnv1a;
 
 /// The GPU backend's host work on a training batch: its embedding segments
 /// ([`EmbeddingSegments::build`]) for the binding's dims.
@@ -66,9 +67,9 @@ pub(super) fn ids_fingerprint(b: &Batch) -> u64 {
         &b.target_cat,
         &b.other,
     ];
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ b.size as u64;
+    let mut h = Fnv1a::seeded(b.size as u64);
     for &id in ids.into_iter().flat_map(|v| v.iter()) {
-        h = (h ^ u64::from(id)).wrapping_mul(0x0000_0100_0000_01b3);
+        h.word(u64::from(id));
     }
-    h
+    h.finish()
 }

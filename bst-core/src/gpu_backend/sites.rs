@@ -8,6 +8,7 @@ use bst_kernels::gpu::attention::{
     AttentionBinding, AttentionBuffers, AttentionDims, AttentionGradBuffers,
 };
 use bst_kernels::gpu::dropout::{DropoutBinding, DropoutBuffers, DropoutDims, DropoutGradBuffers};
+use bst_kernels::gpu::elementwise::ElementwiseBinding;
 use bst_kernels::gpu::embedding::EmbeddingSegments;
 use bst_kernels::gpu::embedding::{EmbeddingBinding, EmbeddingBuffers, EmbeddingGradBuffers};
 use bst_kernels::gpu::layernorm::{
@@ -18,11 +19,9 @@ use bst_kernels::gpu::mask::{MaskBinding, MaskBuffers, MaskDims};
 use bst_kernels::gpu::matmul::{
     Activation, LeakyInput, MatmulBinding, MatmulBuffers, MatmulDims, MatmulGradBuffers,
 };
-use bst_kernels::gpu::optim::{
-    AdagradHyper, AdamHyper, FillBinding, OptimBinding, TableRows, UpdateRule,
-};
+use bst_kernels::gpu::optim::{AdagradHyper, AdamHyper, OptimBinding, TableRows, UpdateRule};
 use bst_kernels::gpu::pooling::{PoolingBinding, PoolingBuffers, PoolingDims, PoolingGradBuffers};
-use bst_kernels::gpu::{GpuContext, GpuError, TensorRef, wgpu};
+use bst_kernels::gpu::{GpuContext, GpuError, SetRows, TensorRef, wgpu};
 
 use super::Kernels;
 use super::buffers::{BlockActs, Buffers, GradScratch, embedding_dims};
@@ -42,12 +41,12 @@ pub(super) struct BlockSites {
     pub ffn2: MatmulBinding,         // f = ff W2^T + b2 (backward: dff_pre, leaky' fused)
     pub res2: DropoutBinding,        // res2 = x1 + dropout(f)
     pub ln2: LayerNormBinding,       // x2 = LN2(res2)
-    /// Backward, `dx1 = dres + dtmp`: a residual dropout forward with p = 0.
-    pub sum_dx1: DropoutBinding,
+    /// Backward, `dx1 = dres + dtmp` (an elementwise add).
+    pub sum_dx1: ElementwiseBinding,
     /// Backward, `dx = dres + dtmp`.
-    pub sum_dx: DropoutBinding,
+    pub sum_dx: ElementwiseBinding,
     /// Backward: the key bias gradient is exactly 0 (see `Model::block_backward`).
-    pub zero_key_bias: FillBinding,
+    pub zero_key_bias: ElementwiseBinding,
 }
 
 /// Every call site, bound once.
@@ -66,7 +65,7 @@ pub(super) struct Sites {
     pub eval_loss: LossBinding,
     /// The gradient arena, or with sparse updates its dense range only (the tables'
     /// gradients are consumed by `update_rows`).
-    pub zero_grads: FillBinding,
+    pub zero_grads: ElementwiseBinding,
     /// The dense range (blocks and MLP), with `train.weight_decay`.
     pub update: OptimBinding,
     /// Dense updates of trained f32 tables: the four tables, with `model.emb_l2`.
@@ -235,18 +234,19 @@ impl Sites {
                 ),
                 false => (&acts.logit, &s.dlogit, Activation::None),
             };
-            let widths = (dm.mlp_in(layer), dm.mlp[layer]);
-            mlp.push(bind.linear(
+            mlp.push(bind.linear(Linear {
                 out,
-                None,
                 inp,
-                (w, b),
-                (dinp, dinp_act),
+                w,
+                b,
+                dinp_over: dinp,
+                dinp_leaky: dinp_act,
                 dout,
-                cap,
-                widths,
+                rows: cap,
+                n_in: dm.mlp_in(layer),
+                n_out: dm.mlp[layer],
                 act,
-            )?);
+            })?);
         }
         let loss_bufs = |mean| LossBuffers {
             probs: all(&acts.probs),
@@ -292,7 +292,7 @@ impl Sites {
         } else {
             0..layout.total
         };
-        let zero_grads = k.optim.bind_fill(
+        let zero_grads = k.elt.bind_fill(
             ctx,
             TensorRef::new(&arenas.grads, (zeroed.start - base) as u32),
             zeroed.len() as u32,
@@ -374,31 +374,93 @@ impl Sites {
         })
     }
 
-    /// Sets every binding to batches of `b` samples of `t` tokens.
+    /// Sets every binding to batches of `b` samples of `t` tokens: one loop over
+    /// [`Sites::row_bindings`], each binding with its row unit.
     pub fn set_rows(&mut self, ctx: &GpuContext, b: usize, t: usize) {
-        let (b32, n) = (b as u32, (b * t) as u32);
-        self.mask.set_rows(ctx, b32);
-        self.embedding.set_rows(ctx, b32);
-        for blk in &mut self.blocks {
-            blk.qkv.set_rows(ctx, n);
-            blk.attention.set_rows(ctx, b32);
-            blk.out.set_rows(ctx, n);
-            blk.res1.set_rows(ctx, n);
-            blk.ln1.set_rows(ctx, n);
-            blk.ffn1.set_rows(ctx, n);
-            blk.ffn2.set_rows(ctx, n);
-            blk.res2.set_rows(ctx, n);
-            blk.ln2.set_rows(ctx, n);
-            blk.sum_dx1.set_rows(ctx, n);
-            blk.sum_dx.set_rows(ctx, n);
+        for (unit, binding) in self.row_bindings() {
+            binding.set_rows(ctx, unit.rows(b, t));
         }
-        self.pooling.set_rows(ctx, b32);
-        for layer in &mut self.mlp {
-            layer.set_rows(ctx, b32);
-        }
-        self.loss.set_rows(ctx, b32);
-        self.eval_loss.set_rows(ctx, b32);
     }
+
+    /// Every binding whose sizes follow the batch, with what its rows count.
+    fn row_bindings(&mut self) -> Vec<(RowUnit, &mut dyn SetRows)> {
+        use RowUnit::Samples;
+        let mut all: Vec<(RowUnit, &mut dyn SetRows)> =
+            vec![(Samples, &mut self.mask), (Samples, &mut self.embedding)];
+        for blk in &mut self.blocks {
+            all.extend(blk.row_bindings());
+        }
+        all.push((Samples, &mut self.pooling));
+        all.extend(
+            self.mlp
+                .iter_mut()
+                .map(|l| (Samples, l as &mut dyn SetRows)),
+        );
+        all.push((Samples, &mut self.loss));
+        all.push((Samples, &mut self.eval_loss));
+        all
+    }
+}
+
+/// What a binding's rows count: samples (`b`) or tokens (`b * t`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RowUnit {
+    Samples,
+    Tokens,
+}
+
+impl RowUnit {
+    /// The rows of a batch of `b` samples of `t` tokens.
+    fn rows(self, b: usize, t: usize) -> u32 {
+        match self {
+            RowUnit::Samples => b as u32,
+            RowUnit::Tokens => (b * t) as u32,
+        }
+    }
+}
+
+impl BlockSites {
+    /// The block's bindings with their row unit: attention counts samples, the rest
+    /// tokens.
+    fn row_bindings(&mut self) -> [(RowUnit, &mut dyn SetRows); 11] {
+        use RowUnit::{Samples, Tokens};
+        [
+            (Tokens, &mut self.qkv),
+            (Samples, &mut self.attention),
+            (Tokens, &mut self.out),
+            (Tokens, &mut self.res1),
+            (Tokens, &mut self.ln1),
+            (Tokens, &mut self.ffn1),
+            (Tokens, &mut self.ffn2),
+            (Tokens, &mut self.res2),
+            (Tokens, &mut self.ln2),
+            (Tokens, &mut self.sum_dx1),
+            (Tokens, &mut self.sum_dx),
+        ]
+    }
+}
+
+/// The arguments of [`Binder::linear`], by name: `out (rows, n_out) = act(inp (rows, n_in)
+/// W^T + b)`, with its backward: `dinp = dout W`, `dW += dout^T inp`, `db += sum dout`.
+/// `dinp_over` names the activation buffer the input gradient is written over (it must be
+/// dead by then: the table on [`Binder::block`]). With `dinp_leaky = (sign, alpha)` (the
+/// input is `LeakyReLU(pre)`, and `sign` has the signs of `pre`: the input itself),
+/// `dinp` receives `dout W * leaky'(pre)` and may be `sign` itself.
+struct Linear<'b> {
+    out: &'b wgpu::Buffer,
+    inp: &'b wgpu::Buffer,
+    w: &'b Range<usize>,
+    b: &'b Range<usize>,
+    /// Where `dinp` goes: a buffer whose activation is no longer read.
+    dinp_over: &'b wgpu::Buffer,
+    /// `Some((pre, alpha))`: `dinp` is also multiplied by LeakyReLU' of `pre` (the
+    /// previous layer's activation, fused).
+    dinp_leaky: Option<(&'b wgpu::Buffer, f32)>,
+    dout: &'b wgpu::Buffer,
+    rows: usize,
+    n_in: usize,
+    n_out: usize,
+    act: Activation,
 }
 
 /// What the binding helpers share: the device, the kernels and the two arenas, which
@@ -425,56 +487,42 @@ impl<'a> Binder<'a> {
         TensorRef::new(self.grads, (r.start - self.base) as u32)
     }
 
-    /// `out = act(inp W^T + b)` over `rows` rows (and `pre` before the activation), with
-    /// its backward: `dinp = dout W`, `dW += dout^T inp`, `db += sum dout`. With
-    /// `dinp_act = (sign, alpha)` (the input is `LeakyReLU(pre)`, and `sign` has the signs
-    /// of `pre`: the input itself), `dinp` receives `dout W * leaky'(pre)` and may be
-    /// `sign` itself.
-    fn linear(
-        &self,
-        out: &wgpu::Buffer,
-        pre: Option<&wgpu::Buffer>,
-        inp: &wgpu::Buffer,
-        (w, b): (&Range<usize>, &Range<usize>),
-        (dinp, dinp_act): (&wgpu::Buffer, Option<(&wgpu::Buffer, f32)>),
-        dout: &wgpu::Buffer,
-        rows: usize,
-        (n_in, n_out): (usize, usize),
-        act: Activation,
-    ) -> Result<MatmulBinding, GpuError> {
+    /// One linear layer with its backward (see [`Linear`]).
+    fn linear(&self, l: Linear) -> Result<MatmulBinding, GpuError> {
         let bufs = MatmulBuffers {
-            out: all(out),
-            pre: pre.map(all),
-            inp: all(inp),
-            weight: self.param(w),
-            bias: Some(self.param(b)),
+            out: all(l.out),
+            pre: None,
+            inp: all(l.inp),
+            weight: self.param(l.w),
+            bias: Some(self.param(l.b)),
         };
         let grads = MatmulGradBuffers {
-            dinp: Some(all(dinp)),
-            dweight: self.grad(w),
-            dbias: Some(self.grad(b)),
-            dout: all(dout),
-            dinp_act: dinp_act.map(|(sign, alpha)| LeakyInput {
+            dinp: Some(all(l.dinp_over)),
+            dweight: self.grad(l.w),
+            dbias: Some(self.grad(l.b)),
+            dout: all(l.dout),
+            dinp_act: l.dinp_leaky.map(|(sign, alpha)| LeakyInput {
                 sign: all(sign),
                 alpha,
             }),
         };
         let dims = MatmulDims {
-            rows: rows as u32,
-            n_in: n_in as u32,
-            n_out: n_out as u32,
-            act,
+            rows: l.rows as u32,
+            n_in: l.n_in as u32,
+            n_out: l.n_out as u32,
+            act: l.act,
         };
         self.k.mm.bind(self.ctx, &bufs, Some(&grads), dims)
     }
 
-    /// `out = x + dropout(a)` over `rows x width`, with `da = dout * mask` if `grads`.
+    /// `out = x + dropout(a)` over `rows x width`, with `da = dout * mask` (`grads`:
+    /// `(da, dout)`).
     fn residual(
         &self,
         out: &wgpu::Buffer,
         x: &wgpu::Buffer,
         a: &wgpu::Buffer,
-        grads: Option<(&wgpu::Buffer, &wgpu::Buffer)>,
+        (da, dout): (&wgpu::Buffer, &wgpu::Buffer),
         rows: usize,
         width: usize,
         key: DropoutKey,
@@ -484,15 +532,29 @@ impl<'a> Binder<'a> {
             x: all(x),
             a: all(a),
         };
-        let grads = grads.map(|(da, dout)| DropoutGradBuffers {
+        let grads = DropoutGradBuffers {
             da: all(da),
             dout: all(dout),
-        });
+        };
         let dims = DropoutDims {
             rows: rows as u32,
             width: width as u32,
         };
-        self.k.drop.bind(self.ctx, &bufs, grads.as_ref(), dims, key)
+        self.k.drop.bind(self.ctx, &bufs, Some(&grads), dims, key)
+    }
+
+    /// `out = x + y` over `rows x width`.
+    fn add(
+        &self,
+        out: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        rows: usize,
+        width: usize,
+    ) -> Result<ElementwiseBinding, GpuError> {
+        let (rows, width) = (rows as u32, width as u32);
+        let k = &self.k.elt;
+        k.bind_add(self.ctx, all(out), all(x), all(y), rows, width)
     }
 
     /// `out = LN(inp)` (saving mean and rstd), with `dinp`, `dW += `, `db +=` from `dout`.
@@ -591,30 +653,34 @@ impl<'a> Binder<'a> {
             },
         )?;
         Ok(BlockSites {
-            qkv: self.linear(
-                &a.qkv,
-                None,
-                x,
-                (&p.qkv_w, &p.qkv_b),
-                (&a.x1, None),
-                dqkv,
-                n,
-                (d, 3 * d),
-                none,
-            )?,
+            qkv: self.linear(Linear {
+                out: &a.qkv,
+                inp: x,
+                w: &p.qkv_w,
+                b: &p.qkv_b,
+                dinp_over: &a.x1,
+                dinp_leaky: None,
+                dout: dqkv,
+                rows: n,
+                n_in: d,
+                n_out: 3 * d,
+                act: none,
+            })?,
             attention,
-            out: self.linear(
-                &a.a,
-                None,
-                &a.atty,
-                (&p.out_w, &p.out_b),
-                (&a.a, None),
-                &a.f,
-                n,
-                (d, d),
-                none,
-            )?,
-            res1: self.residual(&a.res1, x, &a.a, Some((&a.f, &a.res2)), n, d, keep_all)?,
+            out: self.linear(Linear {
+                out: &a.a,
+                inp: &a.atty,
+                w: &p.out_w,
+                b: &p.out_b,
+                dinp_over: &a.a,
+                dinp_leaky: None,
+                dout: &a.f,
+                rows: n,
+                n_in: d,
+                n_out: d,
+                act: none,
+            })?,
+            res1: self.residual(&a.res1, x, &a.a, (&a.f, &a.res2), n, d, keep_all)?,
             ln1: self.layernorm(
                 &a.x1,
                 (&a.ln1_mean, &a.ln1_rstd),
@@ -625,29 +691,33 @@ impl<'a> Binder<'a> {
                 n,
                 d,
             )?,
-            ffn1: self.linear(
-                &a.ff,
-                None,
-                &a.x1,
-                (&p.ffn1_w, &p.ffn1_b),
-                (&a.a, None),
-                &a.ff,
-                n,
-                (d, dff),
-                leaky,
-            )?,
-            ffn2: self.linear(
-                &a.f,
-                None,
-                &a.ff,
-                (&p.ffn2_w, &p.ffn2_b),
-                (&a.ff, Some((&a.ff, dm.alpha))),
-                &a.f,
-                n,
-                (dff, d),
-                none,
-            )?,
-            res2: self.residual(&a.res2, &a.x1, &a.f, Some((&a.f, &a.x2)), n, d, keep_all)?,
+            ffn1: self.linear(Linear {
+                out: &a.ff,
+                inp: &a.x1,
+                w: &p.ffn1_w,
+                b: &p.ffn1_b,
+                dinp_over: &a.a,
+                dinp_leaky: None,
+                dout: &a.ff,
+                rows: n,
+                n_in: d,
+                n_out: dff,
+                act: leaky,
+            })?,
+            ffn2: self.linear(Linear {
+                out: &a.f,
+                inp: &a.ff,
+                w: &p.ffn2_w,
+                b: &p.ffn2_b,
+                dinp_over: &a.ff,
+                dinp_leaky: Some((&a.ff, dm.alpha)),
+                dout: &a.f,
+                rows: n,
+                n_in: dff,
+                n_out: d,
+                act: none,
+            })?,
+            res2: self.residual(&a.res2, &a.x1, &a.f, (&a.f, &a.x2), n, d, keep_all)?,
             ln2: self.layernorm(
                 &a.x2,
                 (&a.ln2_mean, &a.ln2_rstd),
@@ -658,9 +728,9 @@ impl<'a> Binder<'a> {
                 n,
                 d,
             )?,
-            sum_dx1: self.residual(&a.x2, &a.x2, &a.a, None, n, d, keep_all)?,
-            sum_dx: self.residual(&s.dx, &a.res2, &a.x1, None, n, d, keep_all)?,
-            zero_key_bias: self.k.optim.bind_fill(
+            sum_dx1: self.add(&a.x2, &a.x2, &a.a, n, d)?,
+            sum_dx: self.add(&s.dx, &a.res2, &a.x1, n, d)?,
+            zero_key_bias: self.k.elt.bind_fill(
                 self.ctx,
                 TensorRef::new(self.grads, (p.qkv_b.start + d - self.base) as u32),
                 d as u32,

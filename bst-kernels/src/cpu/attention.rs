@@ -4,7 +4,7 @@
 //! Head `j` owns columns `j*dh .. (j+1)*dh` of each of Q, K and V, which sit side by side
 //! in `qkv`: columns `0..d` are Q, `d..2d` K, `2d..3d` V.
 //!
-//! Speed (the plain loops are in the tests, as the reference): each (sample, head) first
+//! Speed (the plain loops are [`crate::cpu::reference`], tested against here): each (sample, head) first
 //! copies its operands into small scratch matrices: the queries, and only the `nv` valid
 //! keys and values (masked keys get probability 0 and gradient 0, so they add nothing),
 //! K or V transposed where a sum runs over the columns, rows zero-padded to 8 lanes.
@@ -343,10 +343,10 @@ pub fn attention_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::gradcheck::{check_grad, random_vec};
+    use crate::cpu::gradcheck::random_vec;
+    use crate::cpu::reference;
 
-    /// The plain loops, one dot product per (query, key): the reference for the
-    /// scratch-row version above. Returns (out, att).
+    /// The plain loops ([`crate::cpu::reference`]): (out, att).
     fn naive_forward(
         qkv: &[f32],
         valid: &[u32],
@@ -355,46 +355,12 @@ mod tests {
         d: usize,
         h: usize,
     ) -> (Vec<f32>, Vec<f32>) {
-        let dh = d / h;
-        let scale = 1.0 / (dh as f32).sqrt();
         let (mut out, mut att) = (vec![0.0; b * t_n * d], vec![0.0; b * h * t_n * t_n]);
-        let col =
-            |bi: usize, t: usize, part: usize, j: usize| (bi * t_n + t) * 3 * d + part * d + j * dh;
-        for bi in 0..b {
-            for j in 0..h {
-                for t1 in 0..t_n {
-                    let q = &qkv[col(bi, t1, 0, j)..][..dh];
-                    let row = &mut att[((bi * h + j) * t_n + t1) * t_n..][..t_n];
-                    let mut max = f32::NEG_INFINITY;
-                    for t2 in 0..t_n {
-                        if valid[bi * t_n + t2] != 0 {
-                            row[t2] = dot(q, &qkv[col(bi, t2, 1, j)..][..dh]) * scale;
-                            max = max.max(row[t2]);
-                        }
-                    }
-                    let mut sum = 0.0;
-                    for t2 in 0..t_n {
-                        row[t2] = if valid[bi * t_n + t2] != 0 {
-                            (row[t2] - max).exp()
-                        } else {
-                            0.0
-                        };
-                        sum += row[t2];
-                    }
-                    for t2 in 0..t_n {
-                        row[t2] /= sum;
-                        for c in 0..dh {
-                            out[(bi * t_n + t1) * d + j * dh + c] +=
-                                row[t2] * qkv[col(bi, t2, 2, j) + c];
-                        }
-                    }
-                }
-            }
-        }
+        reference::attention_forward(&mut out, &mut att, qkv, valid, b, t_n, d, h);
         (out, att)
     }
 
-    /// The plain loops of the backward: returns dqkv.
+    /// The plain loops of the backward: dqkv.
     fn naive_backward(
         dout: &[f32],
         att: &[f32],
@@ -404,36 +370,9 @@ mod tests {
         d: usize,
         h: usize,
     ) -> Vec<f32> {
-        let dh = d / h;
-        let scale = 1.0 / (dh as f32).sqrt();
         let mut dqkv = vec![0.0; qkv.len()];
-        let col =
-            |bi: usize, t: usize, part: usize, j: usize| (bi * t_n + t) * 3 * d + part * d + j * dh;
-        for bi in 0..b {
-            for j in 0..h {
-                for t1 in 0..t_n {
-                    let p = &att[((bi * h + j) * t_n + t1) * t_n..][..t_n];
-                    let g = &dout[(bi * t_n + t1) * d + j * dh..][..dh];
-                    let dp: Vec<f32> = (0..t_n)
-                        .map(|t2| dot(g, &qkv[col(bi, t2, 2, j)..][..dh]))
-                        .collect();
-                    let p_dot_dp: f32 = (0..t_n).map(|t2| p[t2] * dp[t2]).sum();
-                    for t2 in 0..t_n {
-                        let ds = p[t2] * (dp[t2] - p_dot_dp) * scale;
-                        for c in 0..dh {
-                            dqkv[col(bi, t2, 2, j) + c] += p[t2] * g[c];
-                            dqkv[col(bi, t1, 0, j) + c] += ds * qkv[col(bi, t2, 1, j) + c];
-                            dqkv[col(bi, t2, 1, j) + c] += ds * qkv[col(bi, t1, 0, j) + c];
-                        }
-                    }
-                }
-            }
-        }
+        reference::attention_backward(&mut dqkv, dout, att, qkv, b, t_n, d, h);
         dqkv
-    }
-
-    fn dot(a: &[f32], b: &[f32]) -> f32 {
-        a.iter().zip(b).map(|(x, y)| x * y).sum()
     }
 
     #[test]
@@ -519,23 +458,5 @@ mod tests {
             out[..t * d].iter().all(|&x| x != 0.0),
             "sample 0 is unaffected"
         );
-    }
-
-    #[test]
-    fn backward_matches_finite_differences() {
-        for &(b, t, d, h) in &[(2, 5, 8, 2), (1, 1, 4, 1), (3, 3, 6, 3)] {
-            let qkv = random_vec(b * t * 3 * d, 2);
-            let mut valid = vec![1u32; b * t];
-            valid[0] = 0; // a padded slot in the first sample
-            valid[t - 1] = 1; // the target is always valid
-            let r = random_vec(b * t * d, 3);
-            let mut dqkv = vec![0.0; qkv.len()];
-            let (_, att) = run(&qkv, &valid, b, t, d, h);
-            attention_backward(&mut dqkv, &r, &att, &qkv, b, t, d, h);
-            check_grad("attention dqkv", &dqkv, &qkv, |x| {
-                let (out, _) = run(x, &valid, b, t, d, h);
-                out.iter().zip(&r).map(|(&o, &r)| o as f64 * r as f64).sum()
-            });
-        }
     }
 }

@@ -249,9 +249,10 @@ pub fn matmul_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::gradcheck::{check_grad, random_vec};
+    use crate::cpu::gradcheck::random_vec;
 
-    /// Plain triple loop: the reference for the gemm-based version.
+    /// The plain triple loop ([`crate::cpu::reference`]): the reference for the gemm
+    /// version.
     fn naive_forward(
         inp: &[f32],
         w: &[f32],
@@ -261,16 +262,62 @@ mod tests {
         n_out: usize,
     ) -> Vec<f32> {
         let mut out = vec![0.0; rows * n_out];
-        for r in 0..rows {
-            for o in 0..n_out {
-                let mut s = b[o] as f64;
-                for i in 0..n_in {
-                    s += inp[r * n_in + i] as f64 * w[o * n_in + i] as f64;
-                }
-                out[r * n_out + o] = s as f32;
+        crate::cpu::reference::matmul_forward(&mut out, inp, w, Some(b), rows, n_in, n_out);
+        out
+    }
+
+    /// The signature of both backwards.
+    type Backward = fn(
+        Option<&mut [f32]>,
+        &mut [f32],
+        Option<&mut [f32]>,
+        &[f32],
+        &[f32],
+        &[f32],
+        usize,
+        usize,
+        usize,
+    );
+
+    #[test]
+    fn backward_matches_the_plain_loops() {
+        let (rows, n_in, n_out) = (131, 37, 45);
+        let (inp, w, dout) = (
+            random_vec(rows * n_in, 8),
+            random_vec(n_out * n_in, 9),
+            random_vec(rows * n_out, 10),
+        );
+        let run = |backward: Backward| {
+            let (mut dinp, mut dw, mut db) = (
+                vec![0.0; rows * n_in],
+                vec![0.5; n_out * n_in],
+                vec![0.25; n_out],
+            );
+            backward(
+                Some(&mut dinp),
+                &mut dw,
+                Some(&mut db),
+                &dout,
+                &inp,
+                &w,
+                rows,
+                n_in,
+                n_out,
+            );
+            [dinp, dw, db]
+        };
+        let got = run(matmul_backward);
+        let want = run(crate::cpu::reference::matmul_backward);
+        for (name, got, want) in ["dinp", "dweight", "dbias"]
+            .into_iter()
+            .zip(&got)
+            .zip(&want)
+            .map(|((n, g), w)| (n, g, w))
+        {
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() <= 1e-5 + 1e-5 * w.abs(), "{name}: {g} vs {w}");
             }
         }
-        out
     }
 
     #[test]
@@ -322,40 +369,6 @@ mod tests {
         for (g, w) in out.iter().zip(&want) {
             assert!((g - w).abs() <= 1e-5 + 1e-5 * w.abs(), "{g} vs {w}");
         }
-    }
-
-    #[test]
-    fn backward_matches_finite_differences() {
-        let (rows, n_in, n_out) = (70, 5, 35);
-        let inp = random_vec(rows * n_in, 4);
-        let w = random_vec(n_out * n_in, 5);
-        let b = random_vec(n_out, 6);
-        let r = random_vec(rows * n_out, 7); // loss = sum(out * r)
-        let loss = |inp: &[f32], w: &[f32], b: &[f32]| {
-            let mut out = vec![0.0; rows * n_out];
-            matmul_forward(&mut out, inp, w, Some(b), rows, n_in, n_out);
-            out.iter()
-                .zip(&r)
-                .map(|(&o, &r)| o as f64 * r as f64)
-                .sum::<f64>()
-        };
-        let mut dinp = vec![0.0; rows * n_in];
-        let mut dw = vec![0.0; n_out * n_in];
-        let mut db = vec![0.0; n_out];
-        matmul_backward(
-            Some(&mut dinp),
-            &mut dw,
-            Some(&mut db),
-            &r,
-            &inp,
-            &w,
-            rows,
-            n_in,
-            n_out,
-        );
-        check_grad("matmul dinp", &dinp, &inp, |x| loss(x, &w, &b));
-        check_grad("matmul dweight", &dw, &w, |x| loss(&inp, x, &b));
-        check_grad("matmul dbias", &db, &b, |x| loss(&inp, &w, x));
     }
 
     /// forward and backward on a pool of `threads`: out, dinp, dweight, dbias.

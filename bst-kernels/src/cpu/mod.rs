@@ -5,6 +5,7 @@
 pub mod activation;
 pub mod attention;
 pub mod dropout;
+pub mod elementwise;
 pub mod embedding;
 pub mod layernorm;
 pub mod loss;
@@ -12,6 +13,7 @@ pub mod mask;
 pub mod matmul;
 pub mod optim;
 pub mod pooling;
+pub mod reference;
 pub mod target_attention;
 pub mod topk;
 

@@ -19,32 +19,31 @@
 //!   `T^2 + 2 T dh <= 4096` (e.g. T = 21 with dh up to 87, T = 32 with dh up to 48);
 //!   otherwise K and V are read from `qkv`.
 
-use bytemuck::{Pod, Zeroable};
+use super::launch::{Launcher, assert_bound, dispatch, wgsl_params};
+use super::{GpuContext, GpuError, TensorRef};
 
-use super::launch::{assert_bound, dispatch};
-use super::{GpuContext, GpuError, Slot, TensorRef};
-
-/// The uniform, field for field `Params` in `shaders/attention.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-struct AttentionParams {
-    b: u32,
-    t: u32,
-    d: u32,
-    h: u32,
-    dh: u32,
-    scale: f32,
-    qkv_off: u32,
-    valid_off: u32,
-    out_off: u32,
-    att_off: u32,
-    dout_off: u32,
-    dqkv_off: u32,
-    fwd_staged: u32,
-    bwd_staged: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
+wgsl_params!(
+    "attention.wgsl",
+    /// The uniform, field for field `Params` in `shaders/attention.wgsl`.
+    pub(crate) struct AttentionParams {
+        b: u32,
+        t: u32,
+        d: u32,
+        h: u32,
+        dh: u32,
+        scale: f32,
+        qkv_off: u32,
+        valid_off: u32,
+        out_off: u32,
+        att_off: u32,
+        dout_off: u32,
+        dqkv_off: u32,
+        fwd_staged: u32,
+        bwd_staged: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
+);
 
 /// f32 elements of the shaders' workgroup array `smem`: 16 KiB.
 pub const SMEM_FLOATS: u32 = 4096;
@@ -127,51 +126,24 @@ impl AttentionBinding {
 /// Pipelines of `shaders/attention.wgsl`, created once.
 #[derive(Debug)]
 pub struct AttentionKernels {
-    layout: wgpu::BindGroupLayout,
-    forward: wgpu::ComputePipeline,
-    backward: wgpu::ComputePipeline,
-    /// Bound where the gradient tensors are absent.
-    dummy: wgpu::Buffer,
-    /// Workgroups along the samples, at most; the loops stride over the other samples.
-    max_groups: u32,
+    k: Launcher,
 }
 
 impl AttentionKernels {
     /// Compiles the shader and creates its pipelines.
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
-        ctx.checked("creating the attention kernels", || {
-            let layout = ctx.bind_group_layout(
-                "attention",
-                &[
-                    Slot::Uniform, // params
-                    Slot::Storage, // qkv
-                    Slot::Storage, // valid
-                    Slot::Storage, // out
-                    Slot::Storage, // att
-                    Slot::Storage, // dout
-                    Slot::Storage, // dqkv
-                ],
-            );
-            let module = ctx.shader_module(
-                "attention.wgsl",
-                include_str!("../../../shaders/attention.wgsl"),
-            );
-            let pipeline = |entry| ctx.compute_pipeline(&module, entry, Some(&layout));
-            Self {
-                forward: pipeline("attention_forward"),
-                backward: pipeline("attention_backward"),
-                dummy: ctx.storage_buffer_zeroed("attention dummy", 4),
-                max_groups: ctx.limits.max_compute_workgroups_per_dimension,
-                layout,
-            }
-        })
+        let source = include_str!("../../../shaders/attention.wgsl");
+        let entries = ["attention_forward", "attention_backward"];
+        // Storage: qkv; valid; out; att; dout; dqkv.
+        let k = Launcher::new(ctx, "attention", source, 6, &entries)?;
+        Ok(Self { k })
     }
 
     /// Caps the workgroups of the grid-stride loops below the device's
     /// `max_compute_workgroups_per_dimension` (at least 1), so that each workgroup
     /// walks several samples: lets tests run the loop's stride without huge data.
     pub fn with_max_workgroups_per_dim(mut self, max: u32) -> Self {
-        self.max_groups = max.clamp(1, self.max_groups);
+        self.k.cap(max);
         self
     }
 
@@ -248,10 +220,10 @@ impl AttentionKernels {
             ..Default::default()
         };
         let uniform = ctx.uniform_buffer("attention params", &params);
-        let dummy = &self.dummy;
+        let dummy = &self.k.dummy;
         let group = ctx.kernel_bind_group(
             "attention",
-            &self.layout,
+            &self.k.layout,
             uniform.as_entire_binding(),
             &[
                 bufs.qkv.buffer,
@@ -266,7 +238,7 @@ impl AttentionKernels {
             batch,
             max_batch: batch,
             heads,
-            max_groups: self.max_groups,
+            max_groups: self.k.max_groups,
             has_grads: grads.is_some(),
             params,
             uniform,
@@ -276,7 +248,12 @@ impl AttentionKernels {
 
     /// out and att from qkv and valid.
     pub fn forward(&self, pass: &mut wgpu::ComputePass, b: &AttentionBinding) {
-        dispatch(pass, &self.forward, &b.group, b.grid());
+        dispatch(
+            pass,
+            self.k.pipeline("attention_forward"),
+            &b.group,
+            b.grid(),
+        );
     }
 
     /// dqkv (overwritten) from dout, att and qkv. Panics if the binding was made without
@@ -286,6 +263,11 @@ impl AttentionKernels {
             b.has_grads,
             "attention backward: the binding was made without gradient buffers"
         );
-        dispatch(pass, &self.backward, &b.group, b.grid());
+        dispatch(
+            pass,
+            self.k.pipeline("attention_backward"),
+            &b.group,
+            b.grid(),
+        );
     }
 }

@@ -436,8 +436,14 @@ fn unsuitable(adapter: &wgpu::Adapter) -> Option<String> {
     if !caps.flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS) {
         return Some("no compute shaders".into());
     }
-    let l = adapter.limits();
-    for (name, have, need) in [
+    limit_shortfall(&adapter.limits())
+}
+
+/// The first limit of `l` below what the kernels use, as "<name> is <have>, the kernels
+/// need at least <need>", or `None`: the one table of minimum limits, used to skip an
+/// adapter and to refuse an application's own device.
+pub fn limit_shortfall(l: &wgpu::Limits) -> Option<String> {
+    [
         (
             "max_storage_buffers_per_shader_stage",
             l.max_storage_buffers_per_shader_stage,
@@ -449,18 +455,19 @@ fn unsuitable(adapter: &wgpu::Adapter) -> Option<String> {
             MIN_INVOCATIONS_PER_WORKGROUP,
         ),
         (
+            "max_compute_workgroup_size_x",
+            l.max_compute_workgroup_size_x,
+            MIN_INVOCATIONS_PER_WORKGROUP,
+        ),
+        (
             "max_compute_workgroup_storage_size",
             l.max_compute_workgroup_storage_size,
             MIN_WORKGROUP_STORAGE_BYTES,
         ),
-    ] {
-        if have < need {
-            return Some(format!(
-                "{name} is {have}, the kernels need at least {need}"
-            ));
-        }
-    }
-    None
+    ]
+    .into_iter()
+    .find(|&(_, have, need)| have < need)
+    .map(|(name, have, need)| format!("{name} is {have}, the kernels need at least {need}"))
 }
 
 fn list_adapters(

@@ -14,30 +14,29 @@
 //! dk.backward(&mut pass, &s1);
 //! ```
 
-use bytemuck::{Pod, Zeroable};
-
-use super::launch::{assert_bound, dispatch, strided_grid};
-use super::{GpuContext, GpuError, Slot, TensorRef};
+use super::launch::{Launcher, RowUniform, strided_grid, wgsl_params};
+use super::{GpuContext, GpuError, TensorRef};
 use crate::cpu::dropout::DropoutKey;
 
-/// The uniform, field for field `Params` in `shaders/dropout.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-struct DropoutParams {
-    n: u32,
-    x_off: u32,
-    a_off: u32,
-    out_off: u32,
-    dout_off: u32,
-    da_off: u32,
-    stream: u32,
-    threshold: u32,
-    scale: f32,
-    /// Always 0 (see the shader: it keeps `x + a * mask` from being fused into an fma).
-    opaque_zero: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
+wgsl_params!(
+    "dropout.wgsl",
+    /// The uniform, field for field `Params` in `shaders/dropout.wgsl`.
+    pub(crate) struct DropoutParams {
+        n: u32,
+        x_off: u32,
+        a_off: u32,
+        out_off: u32,
+        dout_off: u32,
+        da_off: u32,
+        stream: u32,
+        threshold: u32,
+        scale: f32,
+        /// Always 0 (see the shader: it keeps `x + a * mask` from being fused into an fma).
+        opaque_zero: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
+);
 
 impl DropoutParams {
     fn set_key(&mut self, key: DropoutKey) {
@@ -90,98 +89,61 @@ pub struct DropoutGradBuffers<'a> {
 /// Uniform and bind group of one dropout site, made by [`DropoutKernels::bind`].
 #[derive(Debug)]
 pub struct DropoutBinding {
-    rows: u32,
-    max_rows: u32,
+    u: RowUniform<DropoutParams>,
     width: u32,
     max_groups: u32,
     has_grads: bool,
-    params: DropoutParams,
-    uniform: wgpu::Buffer,
     group: wgpu::BindGroup,
 }
 
 impl DropoutBinding {
     /// Rows of the current batch.
     pub fn rows(&self) -> u32 {
-        self.rows
+        self.u.rows
     }
 
-    /// Sets the batch rows (at most the `rows` bound) for the following dispatches: a
-    /// `queue.write_buffer`, effective at the next submit (every dispatch of this
-    /// binding in that submit sees the last value set). Panics if `rows` exceeds the
-    /// bound maximum (the buffers are not big enough).
+    /// Sets the batch rows (at most the `rows` bound), effective at the next submit.
+    /// Panics if `rows` exceeds the bound maximum (the buffers are not big enough).
     pub fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
-        assert_bound("dropout set_rows", rows, self.max_rows, "rows");
-        self.rows = rows;
-        self.params.n = rows * self.width;
-        self.write(ctx);
+        let width = self.width;
+        self.u
+            .set_rows(ctx, "dropout set_rows", rows, |p, r| p.n = r * width);
     }
 
     /// Sets the mask (seed, step, site, p) for the following dispatches; like
     /// [`DropoutBinding::set_rows`], effective at the next submit, last value wins.
     /// `p = 0` keeps every element (eval). Panics if `p` is outside [0, 1).
     pub fn set_key(&mut self, ctx: &GpuContext, key: DropoutKey) {
-        self.params.set_key(key);
-        self.write(ctx);
-    }
-
-    fn write(&self, ctx: &GpuContext) {
-        ctx.write(&self.uniform, 0, &[self.params]);
+        self.u.params.set_key(key);
+        self.u.write(ctx);
     }
 
     /// One invocation per element, grid-stride past the device's workgroup limit.
     fn grid(&self) -> [u32; 3] {
-        strided_grid(self.rows * self.width, WG, self.max_groups)
+        strided_grid(self.u.params.n, WG, self.max_groups)
     }
 }
 
 /// Pipelines of `shaders/dropout.wgsl`, created once.
 #[derive(Debug)]
 pub struct DropoutKernels {
-    layout: wgpu::BindGroupLayout,
-    forward: wgpu::ComputePipeline,
-    backward: wgpu::ComputePipeline,
-    /// Bound where the gradient tensors are absent.
-    dummy: wgpu::Buffer,
-    /// Workgroups of a dispatch, at most; the loops stride over the rest.
-    max_groups: u32,
+    k: Launcher,
 }
 
 impl DropoutKernels {
     /// Compiles the shader and creates its pipelines.
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
-        ctx.checked("creating the dropout kernels", || {
-            let layout = ctx.bind_group_layout(
-                "dropout",
-                &[
-                    Slot::Uniform, // params
-                    Slot::Storage, // x
-                    Slot::Storage, // a
-                    Slot::Storage, // out
-                    Slot::Storage, // dout
-                    Slot::Storage, // da
-                ],
-            );
-            let module = ctx.shader_module(
-                "dropout.wgsl",
-                include_str!("../../../shaders/dropout.wgsl"),
-            );
-            let pipeline = |entry| ctx.compute_pipeline(&module, entry, Some(&layout));
-            Self {
-                forward: pipeline("residual_dropout_forward"),
-                backward: pipeline("residual_dropout_backward"),
-                dummy: ctx.storage_buffer_zeroed("dropout dummy", 4),
-                max_groups: ctx.limits.max_compute_workgroups_per_dimension,
-                layout,
-            }
-        })
+        let source = include_str!("../../../shaders/dropout.wgsl");
+        let entries = ["residual_dropout_forward", "residual_dropout_backward"];
+        // Storage: x, a, out, dout, da.
+        let k = Launcher::new(ctx, "dropout", source, 5, &entries)?;
+        Ok(Self { k })
     }
 
-    /// Caps the workgroups of the grid-stride loops below the device's
-    /// `max_compute_workgroups_per_dimension` (at least 1), so that each invocation
-    /// walks several elements: lets tests run the loop's stride without huge data.
+    /// Caps the workgroups of the grid-stride loops (tests: several elements per
+    /// invocation).
     pub fn with_max_workgroups_per_dim(mut self, max: u32) -> Self {
-        self.max_groups = max.clamp(1, self.max_groups);
+        self.k.cap(max);
         self
     }
 
@@ -217,12 +179,12 @@ impl DropoutKernels {
             ..Default::default()
         };
         params.set_key(key);
-        let uniform = ctx.uniform_buffer("dropout params", &params);
-        let d = &self.dummy;
-        let group = ctx.kernel_bind_group(
+        let u = RowUniform::new(ctx, "dropout params", rows, params);
+        let d = &self.k.dummy;
+        let group = self.k.bind_group(
+            ctx,
             "dropout",
-            &self.layout,
-            uniform.as_entire_binding(),
+            &u.buffer,
             &[
                 bufs.x.buffer,
                 bufs.a.buffer,
@@ -232,20 +194,18 @@ impl DropoutKernels {
             ],
         );
         Ok(DropoutBinding {
-            rows,
-            max_rows: rows,
+            u,
             width,
-            max_groups: self.max_groups,
+            max_groups: self.k.max_groups,
             has_grads: grads.is_some(),
-            params,
-            uniform,
             group,
         })
     }
 
     /// out = x + a * mask
     pub fn forward(&self, pass: &mut wgpu::ComputePass, b: &DropoutBinding) {
-        dispatch(pass, &self.forward, &b.group, b.grid());
+        self.k
+            .run(pass, "residual_dropout_forward", &b.group, b.grid());
     }
 
     /// da = dout * mask (the gradient of `x` is `dout` itself). Panics if the binding was
@@ -255,6 +215,7 @@ impl DropoutKernels {
             b.has_grads,
             "dropout backward: the binding was made without gradient buffers"
         );
-        dispatch(pass, &self.backward, &b.group, b.grid());
+        self.k
+            .run(pass, "residual_dropout_backward", &b.group, b.grid());
     }
 }

@@ -64,46 +64,45 @@
 
 mod segments;
 
-use bytemuck::{Pod, Zeroable};
-
 pub use segments::{EmbeddingSegments, MIN_PIECE, Segments, build_segments, piece_len};
 use segments::{TableSegments, piece_room, segments_layout};
 
 use super::buffer::uniform_slot;
-use super::launch::dispatch;
+use super::launch::{dispatch, wgsl_params, wgsl_with_prelude};
 use super::{GpuContext, GpuError, Slot, TensorRef};
 use crate::cpu::embedding::TokenIds;
 
-/// The uniform, field for field `Params` in `shaders/embedding.wgsl` (see its header for
-/// the token mapping these fields describe).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-struct EmbParams {
-    n: u32,
-    w: u32,
-    table_off: u32,
-    table_rows: u32,
-    per_sample: u32,
-    hist_len: u32,
-    hist_off: u32,
-    target_off: u32,
-    target_from_ids: u32,
-    act_off: u32,
-    act_stride: u32,
-    act_col: u32,
-    col_step: u32,
-    seg_ids_off: u32,
-    seg_start_off: u32,
-    seg_order_off: u32,
-    long_u_off: u32,
-    long_piece_off: u32,
-    piece_long_off: u32,
-    piece: u32,
-    longs: u32,
-    pieces: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
+wgsl_params!(
+    "embedding.wgsl",
+    /// The uniform, field for field `Params` in `shaders/embedding.wgsl` (see its header for
+    /// the token mapping these fields describe).
+    pub(crate) struct EmbParams {
+        n: u32,
+        w: u32,
+        table_off: u32,
+        table_rows: u32,
+        per_sample: u32,
+        hist_len: u32,
+        hist_off: u32,
+        target_off: u32,
+        target_from_ids: u32,
+        act_off: u32,
+        act_stride: u32,
+        act_col: u32,
+        col_step: u32,
+        seg_ids_off: u32,
+        seg_start_off: u32,
+        seg_order_off: u32,
+        long_u_off: u32,
+        long_piece_off: u32,
+        piece_long_off: u32,
+        piece: u32,
+        longs: u32,
+        pieces: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
+);
 
 /// Workgroup size of every entry point (`WG` in the shader).
 const WG: u32 = 64;
@@ -453,14 +452,14 @@ impl EmbeddingKernels {
             );
             let module = ctx.shader_module(
                 "embedding.wgsl",
-                include_str!("../../../shaders/embedding.wgsl"),
+                &wgsl_with_prelude(include_str!("../../../shaders/embedding.wgsl")),
             );
             let pipeline = |entry| ctx.compute_pipeline(&module, entry, Some(&layout));
             // Same layout: the f16 table is one more storage buffer at binding 1.
             let gather_f16 = ctx.features.contains(wgpu::Features::SHADER_F16).then(|| {
                 let module = ctx.shader_module(
                     "embedding_f16.wgsl",
-                    include_str!("../../../shaders/embedding_f16.wgsl"),
+                    &wgsl_with_prelude(include_str!("../../../shaders/embedding_f16.wgsl")),
                 );
                 ctx.compute_pipeline(&module, "embedding_gather_f16", Some(&layout))
             });

@@ -13,33 +13,32 @@
 //! sums per chunk of [`CHUNK_ROWS`] rows into a scratch buffer that the binding owns
 //! (`2 * ceil(rows / CHUNK_ROWS) * C` floats), then the chunks' sums in order.
 
-use bytemuck::{Pod, Zeroable};
-
-use super::launch::{assert_bound, dispatch, strided_grid};
-use super::{GpuContext, GpuError, Slot, TensorRef};
+use super::launch::{Launcher, assert_bound, dispatch, strided_grid, wgsl_params};
+use super::{GpuContext, GpuError, TensorRef};
 use crate::cpu::layernorm::LN_EPS;
 
-/// The uniform, field for field `Params` in `shaders/layernorm.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-struct LayerNormParams {
-    rows: u32,
-    c: u32,
-    inp_off: u32,
-    out_off: u32,
-    mean_off: u32,
-    rstd_off: u32,
-    weight_off: u32,
-    bias_off: u32,
-    dinp_off: u32,
-    dout_off: u32,
-    dweight_off: u32,
-    dbias_off: u32,
-    eps: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
+wgsl_params!(
+    "layernorm.wgsl",
+    /// The uniform, field for field `Params` in `shaders/layernorm.wgsl`.
+    pub(crate) struct LayerNormParams {
+        rows: u32,
+        c: u32,
+        inp_off: u32,
+        out_off: u32,
+        mean_off: u32,
+        rstd_off: u32,
+        weight_off: u32,
+        bias_off: u32,
+        dinp_off: u32,
+        dout_off: u32,
+        dweight_off: u32,
+        dbias_off: u32,
+        eps: f32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+    }
+);
 
 /// Workgroup size of every kernel (`WG` in the shader).
 const WG: u32 = 64;
@@ -134,57 +133,29 @@ impl LayerNormBinding {
 /// Pipelines of `shaders/layernorm.wgsl`, created once.
 #[derive(Debug)]
 pub struct LayerNormKernels {
-    layout: wgpu::BindGroupLayout,
-    forward: wgpu::ComputePipeline,
-    backward_dinp: wgpu::ComputePipeline,
-    backward_partials: wgpu::ComputePipeline,
-    backward_dparams: wgpu::ComputePipeline,
-    /// Bound in the slots a kernel does not use.
-    dummy: wgpu::Buffer,
-    /// Workgroups of a row dispatch, at most; the loops stride over the other rows.
-    max_groups: u32,
+    k: Launcher,
 }
 
 impl LayerNormKernels {
     /// Compiles the shader and creates its pipelines.
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
-        ctx.checked("creating the layernorm kernels", || {
-            let layout = ctx.bind_group_layout(
-                "layernorm",
-                &[
-                    Slot::Uniform, // params
-                    Slot::Storage, // inp
-                    Slot::Storage, // mean
-                    Slot::Storage, // rstd
-                    Slot::Storage, // weight | dweight
-                    Slot::Storage, // bias | dbias
-                    Slot::Storage, // out | dinp
-                    Slot::Storage, // dout
-                    Slot::Storage, // scratch
-                ],
-            );
-            let module = ctx.shader_module(
-                "layernorm.wgsl",
-                include_str!("../../../shaders/layernorm.wgsl"),
-            );
-            let pipeline = |entry| ctx.compute_pipeline(&module, entry, Some(&layout));
-            Self {
-                forward: pipeline("layernorm_forward"),
-                backward_dinp: pipeline("layernorm_backward_dinp"),
-                backward_partials: pipeline("layernorm_backward_partials"),
-                backward_dparams: pipeline("layernorm_backward_dparams"),
-                dummy: ctx.storage_buffer_zeroed("layernorm dummy", 4),
-                max_groups: ctx.limits.max_compute_workgroups_per_dimension,
-                layout,
-            }
-        })
+        let source = include_str!("../../../shaders/layernorm.wgsl");
+        let entries = [
+            "layernorm_forward",
+            "layernorm_backward_dinp",
+            "layernorm_backward_partials",
+            "layernorm_backward_dparams",
+        ];
+        // Storage: inp; mean; rstd; weight | dweight; bias | dbias; out | dinp; dout; scratch.
+        let k = Launcher::new(ctx, "layernorm", source, 8, &entries)?;
+        Ok(Self { k })
     }
 
     /// Caps the workgroups of the grid-stride loops below the device's
     /// `max_compute_workgroups_per_dimension` (at least 1), so that each workgroup
     /// walks several rows: lets tests run the loop's stride without huge data.
     pub fn with_max_workgroups_per_dim(mut self, max: u32) -> Self {
-        self.max_groups = max.clamp(1, self.max_groups);
+        self.k.cap(max);
         self
     }
 
@@ -254,9 +225,9 @@ impl LayerNormKernels {
         // Slots (params, inp, mean, rstd, weight | dweight, bias | dbias, out | dinp, dout,
         // scratch), as in the shader.
         let group = |label: &str, bufs: [&wgpu::Buffer; 8]| {
-            ctx.kernel_bind_group(label, &self.layout, uniform.as_entire_binding(), &bufs)
+            ctx.kernel_bind_group(label, &self.k.layout, uniform.as_entire_binding(), &bufs)
         };
-        let d = &self.dummy;
+        let d = &self.k.dummy;
         let (inp, mean, rstd) = (bufs.inp.buffer, bufs.mean.buffer, bufs.rstd.buffer);
         let forward = group(
             "layernorm forward",
@@ -304,7 +275,7 @@ impl LayerNormKernels {
             rows,
             max_rows: rows,
             c,
-            max_groups: self.max_groups,
+            max_groups: self.k.max_groups,
             params,
             uniform,
             forward,
@@ -314,7 +285,12 @@ impl LayerNormKernels {
 
     /// out = (inp - mean) * rstd * weight + bias; mean and rstd saved.
     pub fn forward(&self, pass: &mut wgpu::ComputePass, b: &LayerNormBinding) {
-        dispatch(pass, &self.forward, &b.forward, b.row_grid());
+        dispatch(
+            pass,
+            self.k.pipeline("layernorm_forward"),
+            &b.forward,
+            b.row_grid(),
+        );
     }
 
     /// dinp (overwritten), dweight and dbias (accumulated). Panics if the binding was
@@ -327,16 +303,26 @@ impl LayerNormKernels {
         if b.rows == 0 {
             return;
         }
-        dispatch(pass, &self.backward_dinp, &g.dinp, b.row_grid());
+        dispatch(
+            pass,
+            self.k.pipeline("layernorm_backward_dinp"),
+            &g.dinp,
+            b.row_grid(),
+        );
         // One invocation per (chunk, column), then one per column.
         let col_groups = b.c.div_ceil(WG);
         let chunks = b.rows.div_ceil(CHUNK_ROWS);
         dispatch(
             pass,
-            &self.backward_partials,
+            self.k.pipeline("layernorm_backward_partials"),
             &g.partials,
             [col_groups, chunks, 1],
         );
-        dispatch(pass, &self.backward_dparams, &g.dparams, [col_groups, 1, 1]);
+        dispatch(
+            pass,
+            self.k.pipeline("layernorm_backward_dparams"),
+            &g.dparams,
+            [col_groups, 1, 1],
+        );
     }
 }

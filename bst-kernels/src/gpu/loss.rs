@@ -13,24 +13,23 @@
 //! let loss = ctx.read_f32(bufs.mean.buffer, bufs.mean.offset, 1)?[0];   // when logging
 //! ```
 
-use bytemuck::{Pod, Zeroable};
+use super::launch::{Launcher, assert_bound, dispatch, flat_grid, wgsl_params};
+use super::{GpuContext, GpuError, TensorRef};
 
-use super::launch::{assert_bound, dispatch, flat_grid};
-use super::{GpuContext, GpuError, Slot, TensorRef};
-
-/// The kernels' uniform, field for field `Params` in `shaders/loss.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-struct LossParams {
-    b: u32,
-    logits_off: u32,
-    labels_off: u32,
-    probs_off: u32,
-    losses_off: u32,
-    mean_off: u32,
-    dlogits_off: u32,
-    accumulate_mean: u32,
-}
+wgsl_params!(
+    "loss.wgsl",
+    /// The kernels' uniform, field for field `Params` in `shaders/loss.wgsl`.
+    pub(crate) struct LossParams {
+        b: u32,
+        logits_off: u32,
+        labels_off: u32,
+        probs_off: u32,
+        losses_off: u32,
+        mean_off: u32,
+        dlogits_off: u32,
+        accumulate_mean: u32,
+    }
+);
 
 /// Invocations per workgroup (`WG` in the shader), also of the one-workgroup reduction.
 const WG: u32 = 256;
@@ -92,49 +91,24 @@ impl LossBinding {
 /// Pipelines of `shaders/loss.wgsl`, created once.
 #[derive(Debug)]
 pub struct LossKernels {
-    layout: wgpu::BindGroupLayout,
-    forward: wgpu::ComputePipeline,
-    mean: wgpu::ComputePipeline,
-    backward: wgpu::ComputePipeline,
-    /// Bound where `dlogits` is absent.
-    dummy: wgpu::Buffer,
-    max_groups: u32,
+    k: Launcher,
 }
 
 impl LossKernels {
     /// Compiles the shader and creates its pipelines.
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
-        ctx.checked("creating the loss kernels", || {
-            let layout = ctx.bind_group_layout(
-                "loss",
-                &[
-                    Slot::Uniform, // params
-                    Slot::Storage, // logits
-                    Slot::Storage, // labels
-                    Slot::Storage, // probs
-                    Slot::Storage, // losses
-                    Slot::Storage, // mean
-                    Slot::Storage, // dlogits
-                ],
-            );
-            let module = ctx.shader_module("loss.wgsl", include_str!("../../../shaders/loss.wgsl"));
-            let pipeline = |entry| ctx.compute_pipeline(&module, entry, Some(&layout));
-            Self {
-                forward: pipeline("bce_forward"),
-                mean: pipeline("bce_mean"),
-                backward: pipeline("bce_backward"),
-                dummy: ctx.storage_buffer_zeroed("loss dummy", 4),
-                max_groups: ctx.limits.max_compute_workgroups_per_dimension,
-                layout,
-            }
-        })
+        let source = include_str!("../../../shaders/loss.wgsl");
+        let entries = ["bce_forward", "bce_mean", "bce_backward"];
+        // Storage: logits; labels; probs; losses; mean; dlogits.
+        let k = Launcher::new(ctx, "loss", source, 6, &entries)?;
+        Ok(Self { k })
     }
 
     /// Caps the workgroups per grid row below the device's
     /// `max_compute_workgroups_per_dimension` (at least 1), so that small problems
     /// spread over a 2D grid: lets tests reach the grid's second row without huge data.
     pub fn with_max_workgroups_per_dim(mut self, max: u32) -> Self {
-        self.max_groups = max.clamp(1, self.max_groups);
+        self.k.cap(max);
         self
     }
 
@@ -172,10 +146,10 @@ impl LossKernels {
             accumulate_mean: dims.accumulate_mean.into(),
         };
         let uniform = ctx.uniform_buffer("loss params", &params);
-        let dlogits_buf = dlogits.map_or(&self.dummy, |t| t.buffer);
+        let dlogits_buf = dlogits.map_or(&self.k.dummy, |t| t.buffer);
         let group = ctx.kernel_bind_group(
             "loss",
-            &self.layout,
+            &self.k.layout,
             uniform.as_entire_binding(),
             &[
                 bufs.logits.buffer,
@@ -198,8 +172,8 @@ impl LossKernels {
     /// probs, losses, then the mean loss (one workgroup, fixed order), as
     /// [`crate::cpu::loss::bce_forward`] (which sums in f64: expect 1e-6 relative).
     pub fn forward(&self, pass: &mut wgpu::ComputePass, b: &LossBinding) {
-        dispatch(pass, &self.forward, &b.group, self.grid(b));
-        dispatch(pass, &self.mean, &b.group, [1, 1, 1]);
+        dispatch(pass, self.k.pipeline("bce_forward"), &b.group, self.grid(b));
+        dispatch(pass, self.k.pipeline("bce_mean"), &b.group, [1, 1, 1]);
     }
 
     /// dlogits = (sigmoid(logits) - labels) / rows (overwrites), as
@@ -209,11 +183,16 @@ impl LossKernels {
             b.has_dlogits,
             "loss backward: the binding was made without dlogits"
         );
-        dispatch(pass, &self.backward, &b.group, self.grid(b));
+        dispatch(
+            pass,
+            self.k.pipeline("bce_backward"),
+            &b.group,
+            self.grid(b),
+        );
     }
 
     /// One invocation per row.
     fn grid(&self, b: &LossBinding) -> [u32; 3] {
-        flat_grid(b.params.b, WG, self.max_groups)
+        flat_grid(b.params.b, WG, self.k.max_groups)
     }
 }

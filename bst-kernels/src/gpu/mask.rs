@@ -8,20 +8,19 @@
 //! mask.valid_mask(&mut pass, &b);                         // every batch, before attention
 //! ```
 
-use bytemuck::{Pod, Zeroable};
+use super::launch::{Launcher, assert_bound, dispatch, flat_grid, wgsl_params};
+use super::{GpuContext, GpuError, TensorRef};
 
-use super::launch::{assert_bound, dispatch, flat_grid};
-use super::{GpuContext, GpuError, Slot, TensorRef};
-
-/// The kernel's uniform, field for field `Params` in `shaders/mask.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-struct MaskParams {
-    b: u32,
-    l: u32,
-    hist_off: u32,
-    valid_off: u32,
-}
+wgsl_params!(
+    "mask.wgsl",
+    /// The kernel's uniform, field for field `Params` in `shaders/mask.wgsl`.
+    pub(crate) struct MaskParams {
+        b: u32,
+        l: u32,
+        hist_off: u32,
+        valid_off: u32,
+    }
+);
 
 /// Invocations per workgroup (`WG` in the shader).
 const WG: u32 = 256;
@@ -73,36 +72,23 @@ impl MaskBinding {
 /// The pipeline of `shaders/mask.wgsl`, created once.
 #[derive(Debug)]
 pub struct MaskKernels {
-    layout: wgpu::BindGroupLayout,
-    valid_mask: wgpu::ComputePipeline,
-    max_groups: u32,
+    k: Launcher,
 }
 
 impl MaskKernels {
     /// Compiles the shader and creates its pipeline.
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
-        ctx.checked("creating the mask kernel", || {
-            let layout = ctx.bind_group_layout(
-                "mask",
-                &[
-                    Slot::Uniform, // params
-                    Slot::Storage, // hist_item
-                    Slot::Storage, // valid
-                ],
-            );
-            let module = ctx.shader_module("mask.wgsl", include_str!("../../../shaders/mask.wgsl"));
-            Self {
-                valid_mask: ctx.compute_pipeline(&module, "valid_mask", Some(&layout)),
-                max_groups: ctx.limits.max_compute_workgroups_per_dimension,
-                layout,
-            }
-        })
+        let source = include_str!("../../../shaders/mask.wgsl");
+        let entries = ["valid_mask"];
+        // Storage: hist_item; valid.
+        let k = Launcher::new(ctx, "mask", source, 2, &entries)?;
+        Ok(Self { k })
     }
 
     /// Caps the workgroups per grid row (at least 1), so that tests reach the grid's
     /// second row with small data.
     pub fn with_max_workgroups_per_dim(mut self, max: u32) -> Self {
-        self.max_groups = max.clamp(1, self.max_groups);
+        self.k.cap(max);
         self
     }
 
@@ -127,7 +113,7 @@ impl MaskKernels {
         let uniform = ctx.uniform_buffer("mask params", &params);
         let group = ctx.kernel_bind_group(
             "mask",
-            &self.layout,
+            &self.k.layout,
             uniform.as_entire_binding(),
             &[bufs.hist_item.buffer, bufs.valid.buffer],
         );
@@ -144,9 +130,9 @@ impl MaskKernels {
         let n = b.params.b * (b.params.l + 1);
         dispatch(
             pass,
-            &self.valid_mask,
+            self.k.pipeline("valid_mask"),
             &b.group,
-            flat_grid(n, WG, self.max_groups),
+            flat_grid(n, WG, self.k.max_groups),
         );
     }
 }

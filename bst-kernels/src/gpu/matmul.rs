@@ -15,40 +15,39 @@
 
 use std::sync::OnceLock;
 
-use bytemuck::{Pod, Zeroable};
+use super::launch::{Launcher, assert_bound, dispatch, flat_grid, wgsl_params};
+use super::{GpuContext, GpuError, TensorRef, uniform_slot};
 
-use super::launch::{assert_bound, dispatch, flat_grid};
-use super::{GpuContext, GpuError, Slot, TensorRef, uniform_slot};
-
-/// The GEMM's uniform, field for field `Params` in `shaders/matmul.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-struct GemmParams {
-    m: u32,
-    n: u32,
-    k: u32,
-    a_off: u32,
-    a_sm: u32,
-    a_sk: u32,
-    b_off: u32,
-    b_sk: u32,
-    b_sn: u32,
-    c_off: u32,
-    c_sm: u32,
-    bias_off: u32,
-    pre_off: u32,
-    accumulate: u32,
-    has_bias: u32,
-    store_pre: u32,
-    act: u32,
-    alpha: f32,
-    act_grad: u32,
-    k_chunk: u32,
-    c_split: u32,
-    _pad1: u32,
-    _pad2: u32,
-    _pad3: u32,
-}
+wgsl_params!(
+    "matmul.wgsl",
+    /// The GEMM's uniform, field for field `Params` in `shaders/matmul.wgsl`.
+    pub(crate) struct GemmParams {
+        m: u32,
+        n: u32,
+        k: u32,
+        a_off: u32,
+        a_sm: u32,
+        a_sk: u32,
+        b_off: u32,
+        b_sk: u32,
+        b_sn: u32,
+        c_off: u32,
+        c_sm: u32,
+        bias_off: u32,
+        pre_off: u32,
+        accumulate: u32,
+        has_bias: u32,
+        store_pre: u32,
+        act: u32,
+        alpha: f32,
+        act_grad: u32,
+        k_chunk: u32,
+        c_split: u32,
+        _pad1: u32,
+        _pad2: u32,
+        _pad3: u32,
+    }
+);
 
 // Uniforms are padded to a multiple of 16 bytes (design rule 1 in gpu/mod.rs).
 const _: () = assert!(size_of::<GemmParams>().is_multiple_of(16));
@@ -234,14 +233,7 @@ fn weight_tiles(n_out: u32, n_in: u32) -> u32 {
 /// Pipelines of `shaders/matmul.wgsl`, created once.
 #[derive(Debug)]
 pub struct MatmulKernels {
-    layout: wgpu::BindGroupLayout,
-    forward: wgpu::ComputePipeline,
-    backward_dinp: wgpu::ComputePipeline,
-    backward_dweight: wgpu::ComputePipeline,
-    backward_dbias: wgpu::ComputePipeline,
-    sum_splits: wgpu::ComputePipeline,
-    /// Bound where an optional tensor is absent.
-    dummy: wgpu::Buffer,
+    k: Launcher,
     /// The partial sums of split reductions ([`SCRATCH_LEN`] floats), shared by every
     /// binding (their dispatches run one after another), made by the first that splits.
     scratch: OnceLock<wgpu::Buffer>,
@@ -250,31 +242,19 @@ pub struct MatmulKernels {
 impl MatmulKernels {
     /// Compiles the shader and creates its pipelines.
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
-        ctx.checked("creating the matmul kernels", || {
-            let layout = ctx.bind_group_layout(
-                "matmul",
-                &[
-                    Slot::Uniform, // params
-                    Slot::Storage, // a
-                    Slot::Storage, // b
-                    Slot::Storage, // c
-                    Slot::Storage, // bias
-                    Slot::Storage, // pre
-                ],
-            );
-            let module =
-                ctx.shader_module("matmul.wgsl", include_str!("../../../shaders/matmul.wgsl"));
-            let pipeline = |entry| ctx.compute_pipeline(&module, entry, Some(&layout));
-            Self {
-                forward: pipeline("matmul_forward"),
-                backward_dinp: pipeline("matmul_backward_dinp"),
-                backward_dweight: pipeline("matmul_backward_dweight"),
-                backward_dbias: pipeline("matmul_backward_dbias"),
-                sum_splits: pipeline("matmul_sum_splits"),
-                dummy: ctx.storage_buffer_zeroed("matmul dummy", 4),
-                scratch: OnceLock::new(),
-                layout,
-            }
+        let source = include_str!("../../../shaders/matmul.wgsl");
+        let entries = [
+            "matmul_forward",
+            "matmul_backward_dinp",
+            "matmul_backward_dweight",
+            "matmul_backward_dbias",
+            "matmul_sum_splits",
+        ];
+        // Storage: a; b; c; bias; pre.
+        let k = Launcher::new(ctx, "matmul", source, 5, &entries)?;
+        Ok(Self {
+            k,
+            scratch: OnceLock::new(),
         })
     }
 
@@ -457,9 +437,9 @@ impl MatmulKernels {
         // One bind group per kernel: (params, a, b, c, bias, pre) as in the shader.
         let group = |label: &str, which: usize, bufs: [&wgpu::Buffer; 5]| {
             let params = uniform_slot::<GemmParams>(&uniform, which);
-            ctx.kernel_bind_group(label, &self.layout, params, &bufs)
+            ctx.kernel_bind_group(label, &self.k.layout, params, &bufs)
         };
-        let d = &self.dummy;
+        let d = &self.k.dummy;
         let (inp, weight) = (bufs.inp.buffer, bufs.weight.buffer);
         let bias = bufs.bias.map_or(d, |t| t.buffer);
         let pre = bufs.pre.map_or(d, |t| t.buffer);
@@ -518,7 +498,13 @@ impl MatmulKernels {
 
     /// out = act(inp W^T + bias), and pre if bound.
     pub fn forward(&self, pass: &mut wgpu::ComputePass, b: &MatmulBinding) {
-        self.gemm(pass, &self.forward, &b.forward, b.rows, b.n_out);
+        self.gemm(
+            pass,
+            self.k.pipeline("matmul_forward"),
+            &b.forward,
+            b.rows,
+            b.n_out,
+        );
     }
 
     /// dweight += dout^T inp, dbias += column sums of dout (if bound), then dinp = dout W
@@ -535,26 +521,37 @@ impl MatmulKernels {
             b.n_out.div_ceil(TILE),
             b.dweight_splits,
         ];
-        dispatch(pass, &self.backward_dweight, dweight, groups);
+        dispatch(
+            pass,
+            self.k.pipeline("matmul_backward_dweight"),
+            dweight,
+            groups,
+        );
         if let Some(bg) = &b.dweight_sum {
             let grid = flat_grid(b.n_out * b.n_in, SUM_WG, b.max_groups);
-            dispatch(pass, &self.sum_splits, bg, grid);
+            dispatch(pass, self.k.pipeline("matmul_sum_splits"), bg, grid);
         }
         if let Some(bg) = &b.dbias {
             // One invocation per bias element and split.
             let groups = [b.n_out.div_ceil(DBIAS_WG), 1, b.dbias_splits];
-            dispatch(pass, &self.backward_dbias, bg, groups);
+            dispatch(pass, self.k.pipeline("matmul_backward_dbias"), bg, groups);
         }
         if let Some(bg) = &b.dbias_sum {
             dispatch(
                 pass,
-                &self.sum_splits,
+                self.k.pipeline("matmul_sum_splits"),
                 bg,
                 flat_grid(b.n_out, SUM_WG, b.max_groups),
             );
         }
         if let Some(bg) = &b.dinp {
-            self.gemm(pass, &self.backward_dinp, bg, b.rows, b.n_in);
+            self.gemm(
+                pass,
+                self.k.pipeline("matmul_backward_dinp"),
+                bg,
+                b.rows,
+                b.n_in,
+            );
         }
     }
 

@@ -41,13 +41,13 @@
 //!    reductions run in a fixed order, so results are deterministic.
 //! 8. Readback ([`GpuContext::read_f32`]) waits for the GPU: tests, logs, final answers.
 
-pub mod activation;
 pub mod attention;
 pub mod buffer;
 pub mod context;
 pub mod dropout;
+pub mod elementwise;
 pub mod embedding;
-mod launch;
+pub mod launch;
 pub mod layernorm;
 pub mod loss;
 pub mod mask;
@@ -61,8 +61,41 @@ pub use buffer::{
     Readback, STORAGE_USAGE, TensorRef, UNIFORM_STRIDE, bytes_created_on_this_thread, uniform_slot,
 };
 pub use context::{GpuContext, GpuError, GpuOptions};
+pub use launch::{PRELUDE, wgsl_with_prelude};
 /// The wgpu this crate is built against, so that users name the same version.
 pub use wgpu;
+
+/// A binding whose sizes follow the batch: `set_rows` rewrites its uniform for the next
+/// submit (each launcher's `<Op>Binding::set_rows`; what a row is, a sample or a token,
+/// is the caller's unit).
+pub trait SetRows {
+    /// Sets the rows of the current batch (at most the bound maximum).
+    fn set_rows(&mut self, ctx: &GpuContext, rows: u32);
+}
+
+/// Implements [`SetRows`] by each binding's own `set_rows`.
+macro_rules! set_rows_by_method {
+    ($($t:ty),* $(,)?) => {$(
+        impl SetRows for $t {
+            fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
+                <$t>::set_rows(self, ctx, rows)
+            }
+        }
+    )*};
+}
+
+set_rows_by_method!(
+    attention::AttentionBinding,
+    dropout::DropoutBinding,
+    elementwise::ElementwiseBinding,
+    embedding::EmbeddingBinding,
+    layernorm::LayerNormBinding,
+    loss::LossBinding,
+    mask::MaskBinding,
+    matmul::MatmulBinding,
+    pooling::PoolingBinding,
+    target_attention::TargetAttentionBinding,
+);
 
 /// Kind of one binding in a kernel's bind group layout; binding index = position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

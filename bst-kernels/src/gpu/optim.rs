@@ -1,6 +1,6 @@
 //! Optimiser updates (Adam, Adagrad) over a parameter arena, lazily over the touched rows
-//! of an embedding table, and a fill that zeroes the gradient arena each step, on the
-//! GPU: launcher for `shaders/optim.wgsl`. CPU reference: [`crate::cpu::optim`].
+//! of an embedding table, on the GPU (the fill that zeroes the gradient arena each step
+//! is [`crate::gpu::elementwise`]'s): launcher for `shaders/optim.wgsl`. CPU reference: [`crate::cpu::optim`].
 //!
 //! A row-wise binding ([`OptimKernels::bind_rows`]) updates the rows listed in a `u32`
 //! tensor (the embedding segments' unique ids of the step, see
@@ -11,44 +11,41 @@
 //! let opt = OptimKernels::new(&ctx)?;                                     // once
 //! let rule = UpdateRule::Adam { hp, m, v };
 //! let mut adam = opt.bind(&ctx, params, grads, rule, n)?;                 // once
-//! let zero = opt.bind_fill(&ctx, grads, n, 0.0)?;                         // once
-//! opt.fill(&mut pass, &zero);                                             // every step:
-//! ...forward, backward...
+//! ...zero the gradients (elementwise fill), forward, backward...
 //! adam.set_step(&ctx, t);                                                 // t = 1, 2, ...
 //! opt.update(&mut pass, &adam);
 //! ```
 
-use bytemuck::{Pod, Zeroable};
-
-use super::launch::{assert_bound, dispatch, flat_grid};
-use super::{GpuContext, GpuError, Slot, TensorRef};
+use super::launch::{Launcher, assert_bound, dispatch, flat_grid, wgsl_params};
+use super::{GpuContext, GpuError, TensorRef};
 pub use crate::cpu::optim::{AdagradHyper, AdamHyper};
 
-/// The kernels' uniform, field for field `Params` in `shaders/optim.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-struct OptimParams {
-    n: u32,
-    p_off: u32,
-    g_off: u32,
-    m_off: u32,
-    v_off: u32,
-    lr: f32,
-    beta1: f32,
-    beta2: f32,
-    one_minus_beta1: f32,
-    one_minus_beta2: f32,
-    eps: f32,
-    step: f32,
-    bc2_sqrt: f32,
-    value: f32,
-    w: u32,
-    rows_off: u32,
-    table_rows: u32,
-    weight_decay: f32,
-    _pad1: u32,
-    _pad2: u32,
-}
+wgsl_params!(
+    "optim.wgsl",
+    /// The kernels' uniform, field for field `Params` in `shaders/optim.wgsl`.
+    pub(crate) struct OptimParams {
+        n: u32,
+        p_off: u32,
+        g_off: u32,
+        m_off: u32,
+        v_off: u32,
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        one_minus_beta1: f32,
+        one_minus_beta2: f32,
+        eps: f32,
+        step: f32,
+        bc2_sqrt: f32,
+        _pad0: u32,
+        w: u32,
+        rows_off: u32,
+        table_rows: u32,
+        weight_decay: f32,
+        _pad1: u32,
+        _pad2: u32,
+    }
+);
 
 /// Invocations per workgroup (`WG` in the shader).
 const WG: u32 = 256;
@@ -150,88 +147,27 @@ impl OptimBinding {
     }
 }
 
-/// Uniform and bind group of one fill, made by [`OptimKernels::bind_fill`].
-#[derive(Debug)]
-pub struct FillBinding {
-    params: OptimParams,
-    max_len: u32,
-    uniform: wgpu::Buffer,
-    group: wgpu::BindGroup,
-}
-
-impl FillBinding {
-    /// Elements the next fill writes.
-    pub fn len(&self) -> u32 {
-        self.params.n
-    }
-
-    /// No elements to fill.
-    pub fn is_empty(&self) -> bool {
-        self.params.n == 0
-    }
-
-    /// Sets the element count (at most the bound `n`), e.g. for a range that scales
-    /// with the batch rows. A `queue.write_buffer`: it takes effect at the next submit,
-    /// and every fill of this binding in that submit sees the last value set. Panics if
-    /// `n` exceeds the bound count.
-    pub fn set_len(&mut self, ctx: &GpuContext, n: u32) {
-        assert_bound("fill set_len", n, self.max_len, "elements");
-        self.params.n = n;
-        ctx.write(&self.uniform, 0, &[self.params]);
-    }
-}
-
 /// Pipelines of `shaders/optim.wgsl`, created once.
 #[derive(Debug)]
 pub struct OptimKernels {
-    layout: wgpu::BindGroupLayout,
-    adam: wgpu::ComputePipeline,
-    adagrad: wgpu::ComputePipeline,
-    adam_rows: wgpu::ComputePipeline,
-    adagrad_rows: wgpu::ComputePipeline,
-    fill: wgpu::ComputePipeline,
-    /// Bound where a tensor is absent (Adagrad's v, the rows of an update over a range,
-    /// the fill's all but one).
-    dummy: wgpu::Buffer,
-    max_groups: u32,
+    k: Launcher,
 }
 
 impl OptimKernels {
     /// Compiles the shader and creates its pipelines.
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
-        ctx.checked("creating the optimiser kernels", || {
-            let layout = ctx.bind_group_layout(
-                "optim",
-                &[
-                    Slot::Uniform, // params (the uniform)
-                    Slot::Storage, // params (the parameters), or the tensor to fill
-                    Slot::Storage, // grads
-                    Slot::Storage, // m, or Adagrad's sum
-                    Slot::Storage, // v
-                    Slot::Storage, // rows (u32)
-                ],
-            );
-            let module =
-                ctx.shader_module("optim.wgsl", include_str!("../../../shaders/optim.wgsl"));
-            let pipeline = |entry| ctx.compute_pipeline(&module, entry, Some(&layout));
-            Self {
-                adam: pipeline("adam_update"),
-                adagrad: pipeline("adagrad_update"),
-                adam_rows: pipeline("adam_rows"),
-                adagrad_rows: pipeline("adagrad_rows"),
-                fill: pipeline("fill"),
-                dummy: ctx.storage_buffer_zeroed("optim dummy", 4),
-                max_groups: ctx.limits.max_compute_workgroups_per_dimension,
-                layout,
-            }
-        })
+        let source = include_str!("../../../shaders/optim.wgsl");
+        let entries = ["adam_update", "adagrad_update", "adam_rows", "adagrad_rows"];
+        // Storage: params; grads; m, or Adagrad's sum; v; rows (u32).
+        let k = Launcher::new(ctx, "optim", source, 5, &entries)?;
+        Ok(Self { k })
     }
 
     /// Caps the workgroups per grid row below the device's
     /// `max_compute_workgroups_per_dimension` (at least 1), so that small problems
     /// spread over a 2D grid: lets tests reach the grid's second row without huge data.
     pub fn with_max_workgroups_per_dim(mut self, max: u32) -> Self {
-        self.max_groups = max.clamp(1, self.max_groups);
+        self.k.cap(max);
         self
     }
 
@@ -338,8 +274,8 @@ impl OptimKernels {
                 params.buffer,
                 grads.buffer,
                 m.buffer,
-                v.map_or(&self.dummy, |v| v.buffer),
-                rows.map_or(&self.dummy, |r| r.ids.buffer),
+                v.map_or(&self.k.dummy, |v| v.buffer),
+                rows.map_or(&self.k.dummy, |r| r.ids.buffer),
             ],
         );
         let mut binding = OptimBinding {
@@ -356,50 +292,17 @@ impl OptimKernels {
         Ok(binding)
     }
 
-    /// Binds a fill of `n` elements of `target` with `value` (0.0 to zero a gradient
-    /// arena), after checking the range lies inside its buffer.
-    pub fn bind_fill(
-        &self,
-        ctx: &GpuContext,
-        target: TensorRef,
-        n: u32,
-        value: f32,
-    ) -> Result<FillBinding, GpuError> {
-        target.check(ctx, "fill target (n)", u64::from(n))?;
-        let params = OptimParams {
-            n,
-            p_off: target.offset,
-            value,
-            ..Default::default()
-        };
-        let uniform = ctx.uniform_buffer("fill params", &params);
-        let d = &self.dummy;
-        let group = self.group(ctx, "fill", &uniform, [target.buffer, d, d, d, d]);
-        Ok(FillBinding {
-            params,
-            max_len: n,
-            uniform,
-            group,
-        })
-    }
-
     /// One Adam or Adagrad step over the bound range, or the rows set (parameters and
     /// state in place).
     pub fn update(&self, pass: &mut wgpu::ComputePass, b: &OptimBinding) {
         let pipeline = match (b.adam.is_some(), b.max_rows.is_some()) {
-            (true, false) => &self.adam,
-            (false, false) => &self.adagrad,
-            (true, true) => &self.adam_rows,
-            (false, true) => &self.adagrad_rows,
+            (true, false) => self.k.pipeline("adam_update"),
+            (false, false) => self.k.pipeline("adagrad_update"),
+            (true, true) => self.k.pipeline("adam_rows"),
+            (false, true) => self.k.pipeline("adagrad_rows"),
         };
-        let grid = flat_grid(b.params.n, WG, self.max_groups);
+        let grid = flat_grid(b.params.n, WG, self.k.max_groups);
         dispatch(pass, pipeline, &b.group, grid);
-    }
-
-    /// target[0..n] = value.
-    pub fn fill(&self, pass: &mut wgpu::ComputePass, b: &FillBinding) {
-        let grid = flat_grid(b.params.n, WG, self.max_groups);
-        dispatch(pass, &self.fill, &b.group, grid);
     }
 
     /// (uniform, params, grads, m, v, rows) as in the shader.
@@ -410,6 +313,6 @@ impl OptimKernels {
         uniform: &wgpu::Buffer,
         bufs: [&wgpu::Buffer; 5],
     ) -> wgpu::BindGroup {
-        ctx.kernel_bind_group(label, &self.layout, uniform.as_entire_binding(), &bufs)
+        ctx.kernel_bind_group(label, &self.k.layout, uniform.as_entire_binding(), &bufs)
     }
 }

@@ -9,29 +9,28 @@
 //! pool.backward(&mut pass, &b);
 //! ```
 
-use bytemuck::{Pod, Zeroable};
-
-use super::launch::{assert_bound, dispatch, flat_grid};
-use super::{GpuContext, GpuError, Slot, TensorRef};
+use super::launch::{Launcher, assert_bound, dispatch, flat_grid, wgsl_params};
+use super::{GpuContext, GpuError, TensorRef};
 pub use crate::cpu::pooling::PoolMode;
 
-/// The kernels' uniform, field for field `Params` in `shaders/pooling.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-struct PoolParams {
-    b: u32,
-    t: u32,
-    d: u32,
-    row: u32,
-    off: u32,
-    width: u32,
-    mode: u32,
-    x_off: u32,
-    valid_off: u32,
-    out_off: u32,
-    dout_off: u32,
-    dx_off: u32,
-}
+wgsl_params!(
+    "pooling.wgsl",
+    /// The kernels' uniform, field for field `Params` in `shaders/pooling.wgsl`.
+    pub(crate) struct PoolParams {
+        b: u32,
+        t: u32,
+        d: u32,
+        row: u32,
+        off: u32,
+        width: u32,
+        mode: u32,
+        x_off: u32,
+        valid_off: u32,
+        out_off: u32,
+        dout_off: u32,
+        dx_off: u32,
+    }
+);
 
 /// Invocations per workgroup (`WG` in the shader).
 const WG: u32 = 256;
@@ -105,49 +104,24 @@ impl PoolingBinding {
 /// Pipelines of `shaders/pooling.wgsl`, created once.
 #[derive(Debug)]
 pub struct PoolingKernels {
-    layout: wgpu::BindGroupLayout,
-    forward: wgpu::ComputePipeline,
-    backward: wgpu::ComputePipeline,
-    /// Bound where the gradient tensors are absent.
-    dummy: wgpu::Buffer,
-    max_groups: u32,
+    k: Launcher,
 }
 
 impl PoolingKernels {
     /// Compiles the shader and creates its pipelines.
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
-        ctx.checked("creating the pooling kernels", || {
-            let layout = ctx.bind_group_layout(
-                "pooling",
-                &[
-                    Slot::Uniform, // params
-                    Slot::Storage, // x
-                    Slot::Storage, // valid
-                    Slot::Storage, // out
-                    Slot::Storage, // dout
-                    Slot::Storage, // dx
-                ],
-            );
-            let module = ctx.shader_module(
-                "pooling.wgsl",
-                include_str!("../../../shaders/pooling.wgsl"),
-            );
-            let pipeline = |entry| ctx.compute_pipeline(&module, entry, Some(&layout));
-            Self {
-                forward: pipeline("pooling_forward"),
-                backward: pipeline("pooling_backward"),
-                dummy: ctx.storage_buffer_zeroed("pooling dummy", 4),
-                max_groups: ctx.limits.max_compute_workgroups_per_dimension,
-                layout,
-            }
-        })
+        let source = include_str!("../../../shaders/pooling.wgsl");
+        let entries = ["pooling_forward", "pooling_backward"];
+        // Storage: x; valid; out; dout; dx.
+        let k = Launcher::new(ctx, "pooling", source, 5, &entries)?;
+        Ok(Self { k })
     }
 
     /// Caps the workgroups per grid row below the device's
     /// `max_compute_workgroups_per_dimension` (at least 1), so that small problems
     /// spread over a 2D grid: lets tests reach the grid's second row without huge data.
     pub fn with_max_workgroups_per_dim(mut self, max: u32) -> Self {
-        self.max_groups = max.clamp(1, self.max_groups);
+        self.k.cap(max);
         self
     }
 
@@ -213,11 +187,11 @@ impl PoolingKernels {
             dx_off: grads.map_or(0, |g| g.dx.offset),
         };
         let uniform = ctx.uniform_buffer("pooling params", &params);
-        let dout = grads.map_or(&self.dummy, |g| g.dout.buffer);
-        let dx = grads.map_or(&self.dummy, |g| g.dx.buffer);
+        let dout = grads.map_or(&self.k.dummy, |g| g.dout.buffer);
+        let dx = grads.map_or(&self.k.dummy, |g| g.dx.buffer);
         let group = ctx.kernel_bind_group(
             "pooling",
-            &self.layout,
+            &self.k.layout,
             uniform.as_entire_binding(),
             &[bufs.x.buffer, bufs.valid.buffer, bufs.out.buffer, dout, dx],
         );
@@ -235,9 +209,9 @@ impl PoolingKernels {
         let n = b.params.b * b.params.width;
         dispatch(
             pass,
-            &self.forward,
+            self.k.pipeline("pooling_forward"),
             &b.group,
-            flat_grid(n, WG, self.max_groups),
+            flat_grid(n, WG, self.k.max_groups),
         );
     }
 
@@ -253,9 +227,9 @@ impl PoolingKernels {
         let n = b.params.b * b.params.d;
         dispatch(
             pass,
-            &self.backward,
+            self.k.pipeline("pooling_backward"),
             &b.group,
-            flat_grid(n, WG, self.max_groups),
+            flat_grid(n, WG, self.k.max_groups),
         );
     }
 }

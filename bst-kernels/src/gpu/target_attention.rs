@@ -13,28 +13,27 @@
 //! array, so **L + 1 <= [`MAX_KEYS`] = 128** ([`TargetAttentionKernels::bind`] refuses
 //! longer histories).
 
-use bytemuck::{Pod, Zeroable};
+use super::launch::{Launcher, assert_bound, dispatch, strided_grid, wgsl_params};
+use super::{GpuContext, GpuError, TensorRef};
 
-use super::launch::{assert_bound, dispatch, strided_grid};
-use super::{GpuContext, GpuError, Slot, TensorRef};
-
-/// The uniform, field for field `Params` in `shaders/target_attention.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-struct TargetAttentionParams {
-    n: u32,
-    l: u32,
-    d: u32,
-    h: u32,
-    dh: u32,
-    scale: f32,
-    qkv_off: u32,
-    kv_off: u32,
-    valid_off: u32,
-    user_off: u32,
-    out_off: u32,
-    r: u32,
-}
+wgsl_params!(
+    "target_attention.wgsl",
+    /// The uniform, field for field `Params` in `shaders/target_attention.wgsl`.
+    pub(crate) struct TargetAttentionParams {
+        n: u32,
+        l: u32,
+        d: u32,
+        h: u32,
+        dh: u32,
+        scale: f32,
+        qkv_off: u32,
+        kv_off: u32,
+        valid_off: u32,
+        user_off: u32,
+        out_off: u32,
+        r: u32,
+    }
+);
 
 /// Keys per candidate at most (the history's `L` and its own): the shader's private
 /// array of scores.
@@ -108,42 +107,23 @@ impl TargetAttentionBinding {
 /// The pipeline of `shaders/target_attention.wgsl`, created once.
 #[derive(Debug)]
 pub struct TargetAttentionKernels {
-    layout: wgpu::BindGroupLayout,
-    forward: wgpu::ComputePipeline,
-    max_groups: u32,
+    k: Launcher,
 }
 
 impl TargetAttentionKernels {
     /// Compiles the shader and creates its pipeline.
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
-        ctx.checked("creating the target attention kernel", || {
-            let layout = ctx.bind_group_layout(
-                "target attention",
-                &[
-                    Slot::Uniform, // params
-                    Slot::Storage, // qkv
-                    Slot::Storage, // hist_kv
-                    Slot::Storage, // hist_valid
-                    Slot::Storage, // user
-                    Slot::Storage, // out
-                ],
-            );
-            let module = ctx.shader_module(
-                "target_attention.wgsl",
-                include_str!("../../../shaders/target_attention.wgsl"),
-            );
-            Self {
-                forward: ctx.compute_pipeline(&module, "target_attention_forward", Some(&layout)),
-                max_groups: ctx.limits.max_compute_workgroups_per_dimension,
-                layout,
-            }
-        })
+        let source = include_str!("../../../shaders/target_attention.wgsl");
+        let entries = ["target_attention_forward"];
+        // Storage: qkv; hist_kv; hist_valid; user; out.
+        let k = Launcher::new(ctx, "target_attention", source, 5, &entries)?;
+        Ok(Self { k })
     }
 
     /// Caps the workgroups of the grid-stride loop (at least 1), so that each
     /// invocation walks several (candidate, head) pairs: lets tests run the stride.
     pub fn with_max_workgroups_per_dim(mut self, max: u32) -> Self {
-        self.max_groups = max.clamp(1, self.max_groups);
+        self.k.cap(max);
         self
     }
 
@@ -214,7 +194,7 @@ impl TargetAttentionKernels {
         let uniform = ctx.uniform_buffer("target attention params", &params);
         let group = ctx.kernel_bind_group(
             "target attention",
-            &self.layout,
+            &self.k.layout,
             uniform.as_entire_binding(),
             &[
                 bufs.qkv.buffer,
@@ -228,7 +208,7 @@ impl TargetAttentionKernels {
             rows,
             max_rows: rows,
             heads,
-            max_groups: self.max_groups,
+            max_groups: self.k.max_groups,
             params,
             uniform,
             group,
@@ -237,7 +217,12 @@ impl TargetAttentionKernels {
 
     /// out from qkv, hist_kv, hist_valid and user.
     pub fn forward(&self, pass: &mut wgpu::ComputePass, b: &TargetAttentionBinding) {
-        let grid = strided_grid(b.rows * b.heads, WG, self.max_groups.min(b.max_groups));
-        dispatch(pass, &self.forward, &b.group, grid);
+        let grid = strided_grid(b.rows * b.heads, WG, self.k.max_groups.min(b.max_groups));
+        dispatch(
+            pass,
+            self.k.pipeline("target_attention_forward"),
+            &b.group,
+            grid,
+        );
     }
 }

@@ -24,10 +24,8 @@
 //! let best = read_pairs(&ctx, &mut readback, out, b.pairs())?;         // (index, score)
 //! ```
 
-use bytemuck::{Pod, Zeroable};
-
-use super::launch::{assert_bound, dispatch, flat_grid};
-use super::{GpuContext, GpuError, Readback, Slot, TensorRef, uniform_slot};
+use super::launch::{Launcher, assert_bound, dispatch, flat_grid, wgsl_params};
+use super::{GpuContext, GpuError, Readback, TensorRef, uniform_slot};
 
 /// Largest `k` the kernel selects (a workgroup keeps `K` of 2048 pairs, `K <= 1024`).
 pub const MAX_K: u32 = 1024;
@@ -36,19 +34,20 @@ pub const MAX_N: u32 = 1 << 31;
 /// Pairs one workgroup sorts (`CHUNK` in the shader): 16 KiB of workgroup memory.
 const CHUNK: u32 = 2048;
 
-/// One pass's uniform, field for field `Params` in `shaders/topk.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-struct TopKParams {
-    n: u32,
-    k: u32,
-    run: u32,
-    first: u32,
-    last: u32,
-    groups: u32,
-    scores_off: u32,
-    out_off: u32,
-}
+wgsl_params!(
+    "topk.wgsl",
+    /// One pass's uniform, field for field `Params` in `shaders/topk.wgsl`.
+    pub(crate) struct TopKParams {
+        n: u32,
+        k: u32,
+        run: u32,
+        first: u32,
+        last: u32,
+        groups: u32,
+        scores_off: u32,
+        out_off: u32,
+    }
+);
 
 /// Sizes of one call site. `n` is the largest number of scores the binding selects from,
 /// `k` the largest number of pairs; fewer are set later with [`TopKBinding::set_len`] and
@@ -141,41 +140,23 @@ impl TopKBinding {
 /// The pipeline of `shaders/topk.wgsl`, created once.
 #[derive(Debug)]
 pub struct TopKKernels {
-    layout: wgpu::BindGroupLayout,
-    pass: wgpu::ComputePipeline,
-    /// Bound where a pass reads no pairs.
-    dummy: wgpu::Buffer,
-    max_groups: u32,
+    k: Launcher,
 }
 
 impl TopKKernels {
     /// Compiles the shader and creates its pipeline.
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
-        ctx.checked("creating the top-k kernel", || {
-            let layout = ctx.bind_group_layout(
-                "topk",
-                &[
-                    Slot::Uniform, // params
-                    Slot::Storage, // scores
-                    Slot::Storage, // src
-                    Slot::Storage, // dst
-                    Slot::Storage, // out
-                ],
-            );
-            let module = ctx.shader_module("topk.wgsl", include_str!("../../../shaders/topk.wgsl"));
-            Self {
-                pass: ctx.compute_pipeline(&module, "topk_pass", Some(&layout)),
-                dummy: ctx.storage_buffer_zeroed("topk dummy", 4),
-                max_groups: ctx.limits.max_compute_workgroups_per_dimension,
-                layout,
-            }
-        })
+        let source = include_str!("../../../shaders/topk.wgsl");
+        let entries = ["topk_pass"];
+        // Storage: scores; src; dst; out.
+        let k = Launcher::new(ctx, "topk", source, 4, &entries)?;
+        Ok(Self { k })
     }
 
     /// Caps the workgroups per grid row (at least 1), so that tests reach the grid's
     /// second row with small data.
     pub fn with_max_workgroups_per_dim(mut self, max: u32) -> Self {
-        self.max_groups = max.clamp(1, self.max_groups);
+        self.k.cap(max);
         self
     }
 
@@ -237,13 +218,13 @@ impl TopKKernels {
         let groups = (0..passes.len())
             .map(|p| {
                 let src = if p == 0 {
-                    &self.dummy
+                    &self.k.dummy
                 } else {
                     &scratch[(p - 1) % 2]
                 };
                 ctx.kernel_bind_group(
                     "topk",
-                    &self.layout,
+                    &self.k.layout,
                     uniform_slot::<TopKParams>(&uniform, p),
                     &[bufs.scores.buffer, src, &scratch[p % 2], bufs.out.buffer],
                 )
@@ -264,7 +245,7 @@ impl TopKKernels {
     }
 
     /// out = the best `min(k, n)` `(index, score)` pairs of `scores (n)`, best first, as
-    /// [`crate::cpu::topk::top_k`]. Nothing when `k = 0` or `n = 0`.
+    /// [`crate::cpu::topk::top_k_reference`]. Nothing when `k = 0` or `n = 0`.
     pub fn record(&self, pass: &mut wgpu::ComputePass, b: &TopKBinding) {
         if b.pairs() == 0 {
             return;
@@ -272,9 +253,9 @@ impl TopKKernels {
         for (params, group) in b.passes.iter().zip(&b.groups) {
             dispatch(
                 pass,
-                &self.pass,
+                self.k.pipeline("topk_pass"),
                 group,
-                flat_grid(params.groups, 1, self.max_groups),
+                flat_grid(params.groups, 1, self.k.max_groups),
             );
         }
     }

@@ -1,13 +1,15 @@
-//! The benchmark workloads (`bst_kernels::workload`): every case binds and runs on the
+//! The benchmark workloads (`bst_benches::workload`): every case binds and runs on the
 //! GPU without a validation error, on awkward shapes (not multiples of the workgroup
 //! sizes, mean pooling), and runs on the CPU; the timers return positive times, with
 //! device timestamps where the adapter has them.
 
+// The GPU tests' shared device (one per binary, failing without an adapter).
+#[path = "../../bst-kernels/tests/common/mod.rs"]
 mod common;
 
+use bst_benches::workload::{CpuWorkloads, GpuWorkloads, Shapes};
 use bst_kernels::cpu::pooling::PoolMode;
 use bst_kernels::gpu::{GpuContext, GpuOptions, wgpu};
-use bst_kernels::workload::{CpuWorkloads, GpuWorkloads, Shapes};
 use common::gpu;
 
 fn shapes() -> Shapes {

@@ -1,5 +1,5 @@
-//! Every kernel family at a model's shapes, on the GPU (the launchers of [`crate::gpu`])
-//! and on the CPU (the reference ops of [`crate::cpu`]), each with the work it does in
+//! Every kernel family at a model's shapes, on the GPU (the launchers of [`bst_kernels::gpu`])
+//! and on the CPU (the reference ops of [`bst_kernels::cpu`]), each with the work it does in
 //! bytes and floating-point operations: what the benchmarks time.
 //!
 //! ```text
@@ -29,7 +29,7 @@ mod gpu;
 pub use cpu::CpuWorkloads;
 pub use gpu::{GpuWorkloads, Timing};
 
-use crate::cpu::pooling::PoolMode;
+use bst_kernels::cpu::pooling::PoolMode;
 
 /// The shapes of one BST layer stack and batch (see the spec's notation).
 #[derive(Clone, Debug, PartialEq)]
@@ -427,7 +427,7 @@ fn values(n: usize, seed: u32) -> Vec<f32> {
 }
 
 fn hash(x: u32) -> u32 {
-    crate::cpu::dropout::hash_u32(x)
+    bst_kernels::cpu::dropout::hash_u32(x)
 }
 
 #[cfg(test)]

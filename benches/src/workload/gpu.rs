@@ -5,33 +5,34 @@
 use std::time::{Duration, Instant};
 
 use super::{Case, Inputs, Linear, Op, Shapes, values};
-use crate::cpu::dropout::DropoutKey;
-use crate::cpu::embedding::TokenIds;
-use crate::gpu::activation::{
-    ActivationBinding, ActivationBuffers, ActivationDims, ActivationGradBuffers, ActivationKernels,
-};
-use crate::gpu::attention::{
+use bst_kernels::cpu::dropout::DropoutKey;
+use bst_kernels::cpu::embedding::TokenIds;
+use bst_kernels::gpu::attention::{
     AttentionBinding, AttentionBuffers, AttentionDims, AttentionGradBuffers, AttentionKernels,
 };
-use crate::gpu::dropout::{
+use bst_kernels::gpu::dropout::{
     DropoutBinding, DropoutBuffers, DropoutDims, DropoutGradBuffers, DropoutKernels,
 };
-use crate::gpu::embedding::{
+use bst_kernels::gpu::elementwise::{
+    ActivationBuffers, ActivationDims, ActivationGradBuffers, ElementwiseBinding,
+    ElementwiseKernels,
+};
+use bst_kernels::gpu::embedding::{
     EmbeddingBinding, EmbeddingBuffers, EmbeddingDims, EmbeddingGradBuffers, EmbeddingKernels,
     EmbeddingSegments,
 };
-use crate::gpu::layernorm::{
+use bst_kernels::gpu::layernorm::{
     LayerNormBinding, LayerNormBuffers, LayerNormDims, LayerNormGradBuffers, LayerNormKernels,
 };
-use crate::gpu::loss::{LossBinding, LossBuffers, LossDims, LossKernels};
-use crate::gpu::matmul::{
+use bst_kernels::gpu::loss::{LossBinding, LossBuffers, LossDims, LossKernels};
+use bst_kernels::gpu::matmul::{
     Activation, MatmulBinding, MatmulBuffers, MatmulDims, MatmulGradBuffers, MatmulKernels,
 };
-use crate::gpu::optim::{AdamHyper, OptimBinding, OptimKernels, UpdateRule};
-use crate::gpu::pooling::{
+use bst_kernels::gpu::optim::{AdamHyper, OptimBinding, OptimKernels, UpdateRule};
+use bst_kernels::gpu::pooling::{
     PoolingBinding, PoolingBuffers, PoolingDims, PoolingGradBuffers, PoolingKernels,
 };
-use crate::gpu::{GpuContext, GpuError, TensorRef, wgpu};
+use bst_kernels::gpu::{GpuContext, GpuError, TensorRef, wgpu};
 
 /// Pipelines of every family, created once.
 struct Kernels {
@@ -40,7 +41,7 @@ struct Kernels {
     attn: AttentionKernels,
     drop: DropoutKernels,
     ln: LayerNormKernels,
-    act: ActivationKernels,
+    act: ElementwiseKernels,
     pool: PoolingKernels,
     loss: LossKernels,
     optim: OptimKernels,
@@ -55,7 +56,7 @@ pub struct GpuWorkloads {
     attn: AttentionBinding,
     drop: DropoutBinding,
     ln: LayerNormBinding,
-    act: ActivationBinding,
+    act: ElementwiseBinding,
     pool: PoolingBinding,
     loss: LossBinding,
     adam: OptimBinding,
@@ -124,7 +125,7 @@ impl GpuWorkloads {
             attn: AttentionKernels::new(ctx)?,
             drop: DropoutKernels::new(ctx)?,
             ln: LayerNormKernels::new(ctx)?,
-            act: ActivationKernels::new(ctx)?,
+            act: ElementwiseKernels::new(ctx)?,
             pool: PoolingKernels::new(ctx)?,
             loss: LossKernels::new(ctx)?,
             optim: OptimKernels::new(ctx)?,
@@ -571,7 +572,7 @@ impl Setup<'_> {
     }
 
     /// The FFN's LeakyReLU over (B T, d_ff), bound for its backward.
-    fn leaky_relu(&mut self) -> Result<ActivationBinding, GpuError> {
+    fn leaky_relu(&mut self) -> Result<ElementwiseBinding, GpuError> {
         let s = self.s;
         let n = s.batch * s.t() * s.d_ff;
         let ff = self.a.random("ff (B T, d_ff)", n);

@@ -1,18 +1,18 @@
 //! The cases of [`super::cases`] on the CPU reference ops.
 
 use super::{Inputs, Op, Shapes, values};
-use crate::cpu::activation::{leaky_relu_backward, leaky_relu_forward};
-use crate::cpu::attention::{attention_backward, attention_forward};
-use crate::cpu::dropout::{DropoutKey, residual_dropout_backward, residual_dropout_forward};
-use crate::cpu::embedding::{
+use bst_kernels::cpu::activation::{leaky_relu_backward, leaky_relu_forward};
+use bst_kernels::cpu::attention::{attention_backward, attention_forward};
+use bst_kernels::cpu::dropout::{DropoutKey, residual_dropout_backward, residual_dropout_forward};
+use bst_kernels::cpu::embedding::{
     TokenIds, other_embedding_backward, other_embedding_forward, token_embedding_backward,
     token_embedding_forward,
 };
-use crate::cpu::layernorm::{layernorm_backward, layernorm_forward};
-use crate::cpu::loss::{bce_backward, bce_forward};
-use crate::cpu::matmul::{matmul_backward, matmul_forward};
-use crate::cpu::optim::{AdamHyper, adam_update};
-use crate::cpu::pooling::{pooling_backward, pooling_forward};
+use bst_kernels::cpu::layernorm::{layernorm_backward, layernorm_forward};
+use bst_kernels::cpu::loss::{bce_backward, bce_forward};
+use bst_kernels::cpu::matmul::{matmul_backward, matmul_forward};
+use bst_kernels::cpu::optim::{AdamHyper, adam_update};
+use bst_kernels::cpu::pooling::{pooling_backward, pooling_forward};
 
 /// One linear layer's tensors.
 struct LinearData {

@@ -1,4 +1,5 @@
-//! GPU LeakyReLU (`shaders/activation.wgsl`) against the CPU reference (`cpu::activation`):
+//! GPU element-wise ops (`shaders/elementwise.wgsl`) against the CPU references
+//! (`cpu::activation`, `cpu::elementwise`). LeakyReLU:
 //! sizes not multiples of the 256-wide workgroup, several workgroups, a single element,
 //! a partial last batch, in-place use, tensors at nonzero offsets of bigger buffers.
 //!
@@ -8,9 +9,9 @@
 
 mod common;
 
-use bst_kernels::cpu::activation;
-use bst_kernels::gpu::activation::{
-    ActivationBuffers, ActivationDims, ActivationGradBuffers, ActivationKernels,
+use bst_kernels::cpu::{activation, elementwise};
+use bst_kernels::gpu::elementwise::{
+    ActivationBuffers, ActivationDims, ActivationGradBuffers, ElementwiseKernels,
 };
 use bst_kernels::gpu::{GpuContext, TensorRef};
 use common::{Arena, assert_bits_eq, assert_untouched, at, gpu, random_vec, run};
@@ -85,7 +86,7 @@ fn check(ctx: &GpuContext, case: &Case) {
     let dacts_buf = ctx.storage_buffer("dacts", &dacts.data);
     let saved_buf = ctx.storage_buffer("saved inp", &saved.data);
 
-    let mut kernels = ActivationKernels::new(ctx).expect("activation kernels");
+    let mut kernels = ElementwiseKernels::new(ctx).expect("activation kernels");
     if let Some(max) = case.max_groups {
         kernels = kernels.with_max_workgroups_per_dim(max);
     }
@@ -203,7 +204,7 @@ fn in_place_output_and_gradient() {
 #[test]
 fn bind_rejects_a_tensor_past_the_end_of_its_buffer() {
     let Some(ctx) = gpu() else { return };
-    let kernels = ActivationKernels::new(ctx).expect("activation kernels");
+    let kernels = ElementwiseKernels::new(ctx).expect("activation kernels");
     let buf = ctx.storage_buffer_zeroed("buf", 100);
     let bufs = ActivationBuffers {
         out: TensorRef::new(&buf, 0),
@@ -225,4 +226,115 @@ fn bind_rejects_a_tensor_past_the_end_of_its_buffer() {
         .to_string();
     assert!(err.contains("activation dout"), "{err}");
     assert!(err.contains("61..101"), "{err}");
+}
+
+/// Elements of the smallest range that needs a second row of workgroups (65535 x 256).
+const PAST_ONE_ROW_OF_GROUPS: usize = 65535 * 256 + 300;
+
+#[test]
+fn add_matches_the_cpu_bit_for_bit_in_place_and_at_offsets() {
+    let Some(ctx) = gpu() else { return };
+    let kernels = ElementwiseKernels::new(ctx)
+        .expect("elementwise kernels")
+        .with_max_workgroups_per_dim(2);
+    // Bound for 9 rows, run on 7 (a partial last batch).
+    let (rows, width) = (7, 301);
+    let n = rows * width;
+    let (x, y) = (random_vec(9 * width, 3), random_vec(9 * width, 4));
+    let mut arena = Arena::new(60);
+    let x_r = arena.push(3, &x);
+    let y_r = arena.push(5, &y);
+    let out_r = arena.push(2, &vec![0.0; 9 * width]);
+    arena.push(7, &[]);
+    let buf = ctx.storage_buffer("acts", &arena.data);
+    let mut add = kernels
+        .bind_add(
+            ctx,
+            at(&buf, &out_r),
+            at(&buf, &x_r),
+            at(&buf, &y_r),
+            9,
+            width as u32,
+        )
+        .expect("bind");
+    add.set_rows(ctx, rows as u32);
+    // In place: y = out + y, after out = x + y.
+    let again = kernels
+        .bind_add(
+            ctx,
+            at(&buf, &y_r),
+            at(&buf, &out_r),
+            at(&buf, &y_r),
+            rows as u32,
+            width as u32,
+        )
+        .expect("bind");
+    run(ctx, |pass| {
+        kernels.forward(pass, &add);
+        kernels.forward(pass, &again);
+    });
+    let mut want = vec![0.0; n];
+    elementwise::add(&mut want, &x[..n], &y[..n]);
+    let mut want_y = vec![0.0; n];
+    elementwise::add(&mut want_y, &want, &y[..n]);
+    let got = ctx.read_f32(&buf, 0, arena.data.len()).expect("read");
+    let (out_w, y_w) = (out_r.start..out_r.start + n, y_r.start..y_r.start + n);
+    assert_bits_eq("add", &got[out_w.clone()], &want);
+    assert_bits_eq("add in place", &got[y_w.clone()], &want_y);
+    assert_untouched("add", &got, &arena.data, &[&out_w, &y_w]);
+}
+
+#[test]
+fn backward_on_a_fill_binding_panics() {
+    let Some(ctx) = gpu() else { return };
+    let kernels = ElementwiseKernels::new(ctx).expect("elementwise kernels");
+    let buf = ctx.storage_buffer_zeroed("buf", 16);
+    let fill = kernels
+        .bind_fill(ctx, TensorRef::new(&buf, 0), 16, 1.0)
+        .expect("bind");
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run(ctx, |pass| kernels.backward(pass, &fill));
+    }));
+    assert!(result.is_err(), "a fill has no backward");
+}
+
+#[test]
+fn fill_zeroes_a_range_and_set_len_shortens_it() {
+    let Some(ctx) = gpu() else { return };
+    let kernels = ElementwiseKernels::new(ctx).expect("elementwise kernels");
+    let mut arena = Arena::new(40);
+    let r = arena.push(7, &random_vec(600, 41));
+    arena.push(5, &[]);
+    let buf = ctx.storage_buffer("grads", &arena.data);
+    let mut fill = kernels
+        .bind_fill(ctx, at(&buf, &r), 600, 0.0)
+        .expect("bind");
+    fill.set_len(ctx, 513);
+    run(ctx, |pass| kernels.forward(pass, &fill));
+    let got = ctx.read_f32(&buf, 0, arena.data.len()).expect("read");
+    let w = r.start..r.start + 513;
+    assert!(
+        got[w.clone()].iter().all(|&x| x.to_bits() == 0),
+        "not zeroed"
+    );
+    assert_untouched("fill", &got, &arena.data, &[&w]);
+}
+
+#[test]
+fn fill_over_more_than_65535_workgroups_reaches_every_element() {
+    let Some(ctx) = gpu() else { return };
+    let kernels = ElementwiseKernels::new(ctx).expect("elementwise kernels");
+    let n = PAST_ONE_ROW_OF_GROUPS;
+    let mut arena = Arena::new(50);
+    let r = arena.push(3, &vec![1.0; n]);
+    arena.push(300, &[]);
+    let buf = ctx.storage_buffer("big", &arena.data);
+    let fill = kernels
+        .bind_fill(ctx, at(&buf, &r), n as u32, -2.5)
+        .expect("bind");
+    run(ctx, |pass| kernels.forward(pass, &fill));
+    let got = ctx.read_f32(&buf, 0, arena.data.len()).expect("read");
+    let missed = got[r.clone()].iter().filter(|&&x| x != -2.5).count();
+    assert_eq!(missed, 0, "{missed} of {n} elements not filled");
+    assert_untouched("fill", &got, &arena.data, &[&r]);
 }

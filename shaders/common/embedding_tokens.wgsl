@@ -1,0 +1,54 @@
+// Shared by shaders/embedding.wgsl and shaders/embedding_f16.wgsl (each includes it with
+// `// #include "common/embedding_tokens.wgsl"`, expanded by gpu::launch::wgsl_with_prelude):
+// the uniform and the token mapping. The including shader declares `p`, `ids` and `WG`.
+
+struct Params {
+    n: u32, // tokens (gather) or unique ids (segment_sum); rewritten per step
+    w: u32, // table width (columns per token)
+    table_off: u32,
+    table_rows: u32, // ids >= table_rows are out of range (see the entry points)
+    per_sample: u32,
+    hist_len: u32,
+    hist_off: u32,
+    target_off: u32,
+    target_from_ids: u32, // 1: the token at slot hist_len has id ids[target_off + s]; 0: id 0
+    act_off: u32,
+    act_stride: u32,
+    act_col: u32,
+    col_step: u32,
+    seg_ids_off: u32, // segment_sum: the unique ids (U), ascending, in `ids`
+    seg_start_off: u32, // segment_sum: U + 1 offsets into the order, in `ids`
+    seg_order_off: u32, // segment_sum: the token indices sorted by id (stable), in `ids`
+    long_u_off: u32, // the segments (indices u) longer than `piece`, in `ids`
+    long_piece_off: u32, // longs + 1 offsets into the pieces, in `ids`
+    piece_long_off: u32, // the long segment of each piece, in `ids`
+    piece: u32, // piece length: longer segments are summed in pieces of this many tokens
+    longs: u32, // long segments (rewritten per step)
+    pieces: u32, // their pieces (rewritten per step)
+    _pad0: u32,
+    _pad1: u32,
+}
+
+fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.y * (nwg.x * WG) + gid.x;
+}
+
+// Index in `act` of column c of token k.
+fn act_index(k: u32, c: u32) -> u32 {
+    let s = k / p.per_sample;
+    let j = k % p.per_sample;
+    return p.act_off + s * p.act_stride + p.act_col + j * p.col_step + c;
+}
+
+// Table row of token k.
+fn token_id(k: u32) -> u32 {
+    let s = k / p.per_sample;
+    let j = k % p.per_sample;
+    if (j < p.hist_len) {
+        return ids[p.hist_off + s * p.hist_len + j];
+    }
+    if (p.target_from_ids == 1u) {
+        return ids[p.target_off + s];
+    }
+    return 0u;
+}

@@ -1,0 +1,70 @@
+// Element-wise ops over n elements: the residual sum, the fill, LeakyReLU forward and
+// backward. CPU reference: bst-kernels/src/cpu/elementwise.rs (add, fill) and
+// bst-kernels/src/cpu/activation.rs (LeakyReLU); launcher: bst-kernels/src/gpu/elementwise.rs.
+//
+//   add                  out (n) = x (n) + y (n)
+//   fill                 out (n) = value
+//   leaky_relu_forward   out (n) = x > 0 ? x : value * x                   (value = alpha)
+//   leaky_relu_backward  dx (n)  = x > 0 ? dout : value * dout             (overwrites)
+//
+// One invocation per element, grid-stride: the launcher dispatches at most the device's
+// workgroups per dimension and each invocation walks the rest. Results are bit-identical
+// to the CPU's (one correctly rounded add or multiply, or none). `out` may be `x` or `y`,
+// and `dx` may be `dout`: each invocation reads its element before writing it.
+
+struct Params {
+    n: u32,
+    x_off: u32,
+    y_off: u32,
+    out_off: u32,
+    dout_off: u32,
+    dx_off: u32,
+    value: f32, // fill: the value; LeakyReLU: alpha
+    _pad0: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+// Storage is read_write even for inputs: see the design rules in gpu/mod.rs.
+@group(0) @binding(1) var<storage, read_write> x: array<f32>;    // (n)
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;    // (n)
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;  // (n)
+@group(0) @binding(4) var<storage, read_write> dout: array<f32>; // (n)
+@group(0) @binding(5) var<storage, read_write> dx: array<f32>;   // (n)
+
+const WG: u32 = 256u;
+
+@compute @workgroup_size(256)
+fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    for (var i = gid.x; i < p.n; i += nwg.x * WG) {
+        out[p.out_off + i] = x[p.x_off + i] + y[p.y_off + i];
+    }
+}
+
+@compute @workgroup_size(256)
+fn fill(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    for (var i = gid.x; i < p.n; i += nwg.x * WG) {
+        out[p.out_off + i] = p.value;
+    }
+}
+
+@compute @workgroup_size(256)
+fn leaky_relu_forward(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    for (var i = gid.x; i < p.n; i += nwg.x * WG) {
+        let v = x[p.x_off + i];
+        out[p.out_off + i] = select(p.value * v, v, v > 0.0);
+    }
+}
+
+@compute @workgroup_size(256)
+fn leaky_relu_backward(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    for (var i = gid.x; i < p.n; i += nwg.x * WG) {
+        let g = dout[p.dout_off + i];
+        dx[p.dx_off + i] = select(p.value * g, g, x[p.x_off + i] > 0.0);
+    }
+}
