@@ -1,8 +1,8 @@
 //! Loaders (RecBole atomic files, Taobao UserBehavior) and sample construction (spec 1).
 
 use bst_core::config::{DataConfig, ModelConfig, Position};
-use bst_core::data::samples::{build, hour_and_weekday, split_sizes, time_gap_bucket};
-use bst_core::data::{Dataset, Field, Interaction, InteractionLog, Samples, Vocab};
+use bst_core::data::samples::{build_reference, hour_and_weekday, split_sizes, time_gap_bucket};
+use bst_core::data::{DataError, Field, Interaction, InteractionLog, Samples, Vocab};
 use bst_core::data::{recbole, taobao};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -367,6 +367,42 @@ fn model(seq_len: usize, position: Position, pos_buckets: usize) -> ModelConfig 
         pos_buckets,
         ..ModelConfig::default()
     }
+}
+
+/// A dataset with its splits materialised, to look at their rows.
+#[derive(Debug)]
+struct Dataset {
+    name: String,
+    vocab: Vocab,
+    train: Samples,
+    valid: Samples,
+    test: Samples,
+}
+
+/// `samples::build`, its splits materialised; checked against the plain reference
+/// assembly (`samples::build_reference`), field for field.
+fn build(
+    log: InteractionLog,
+    model: &ModelConfig,
+    data: &DataConfig,
+    name: &str,
+) -> Result<Dataset, DataError> {
+    let reference = build_reference(log.clone(), model, data);
+    let ds = bst_core::data::samples::build(log, model, data, name)?;
+    let [train, valid, test] = [&ds.train, &ds.valid, &ds.test].map(|s| s.samples());
+    let reference = reference.expect("the reference builds what build builds");
+    assert_eq!(
+        [&train, &valid, &test],
+        reference.each_ref(),
+        "store vs reference"
+    );
+    Ok(Dataset {
+        name: ds.name,
+        vocab: ds.vocab,
+        train,
+        valid,
+        test,
+    })
 }
 
 /// Row `i` of a `[n, width]` array.

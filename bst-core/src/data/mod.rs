@@ -5,9 +5,12 @@
 
 pub mod recbole;
 pub mod samples;
+pub mod store;
 pub mod synthetic;
 pub mod taobao;
 pub mod taobao_gen;
+
+pub use store::{EventStore, SampleIndex, SampleSource, Split};
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -208,7 +211,8 @@ impl Samples {
     }
 }
 
-/// Train, validation and test samples with their vocabularies.
+/// Train, validation and test samples with their vocabularies: three [`Split`]s of one
+/// compact [`EventStore`]; a batch's rows are assembled when it is gathered.
 #[derive(Clone, Debug, Default)]
 pub struct Dataset {
     /// The data's name, for run folders (`synthetic`, `ml-100k`, ...).
@@ -216,11 +220,11 @@ pub struct Dataset {
     /// The vocabularies.
     pub vocab: Vocab,
     /// Training samples.
-    pub train: Samples,
+    pub train: Split,
     /// Validation samples (model selection).
-    pub valid: Samples,
+    pub valid: Split,
     /// Test samples (the reported metrics).
-    pub test: Samples,
+    pub test: Split,
 }
 
 /// A data error that says which file and line, and what is wrong there.
