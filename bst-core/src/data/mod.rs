@@ -3,6 +3,7 @@
 //!
 //! The flow is `loader -> InteractionLog -> samples::build -> Dataset`.
 
+pub mod read;
 pub mod recbole;
 pub mod samples;
 pub mod store;

@@ -8,7 +8,7 @@
 //! Cells are plain (no quoting); lines may end in CRLF; empty lines are skipped, and so is
 //! a first line that is the header [`HEADER`] (some copies of the file carry one).
 
-use super::recbole::{LineReader, intern, number_categories, parse_timestamp, user_id_field};
+use super::read::{LineReader, intern, number_categories, parse_timestamp, user_id_field};
 use super::{DataError, Interaction, InteractionLog, Vocab};
 use crate::config::DataConfig;
 use std::collections::HashMap;
