@@ -115,12 +115,22 @@ pub fn check_available(needs: Vec<Need>) -> Result<(), MemoryError> {
 /// counted for every sample as an upper bound). The history length does not count: the
 /// rows are assembled per batch.
 pub fn samples_need(log: &InteractionLog, cfg: &Config) -> Need {
-    let users = log.vocab.user_ids.len() as u128;
-    let events = log.interactions.len() as u128;
-    let negatives = if log.implicit { cfg.data.negatives } else { 0 } as u128;
+    store_need(
+        log.interactions.len(),
+        log.vocab.user_ids.len(),
+        log.implicit,
+        log.true_prob.is_some(),
+        cfg,
+    )
+}
+
+/// [`samples_need`] for a log of `events` events of `users` users given as columns.
+pub fn store_need(events: usize, users: usize, implicit: bool, prob: bool, cfg: &Config) -> Need {
+    let (events, users) = (events as u128, users as u128);
+    let negatives = if implicit { cfg.data.negatives } else { 0 } as u128;
     let n = events.saturating_sub(users).max(1) * (1 + negatives);
-    let labels = !log.implicit as u128;
-    let prob = log.true_prob.is_some() as u128;
+    let labels = !implicit as u128;
+    let prob = prob as u128;
     let per_event = 16 + 4 * labels + 4 + 12 + 4 * labels + 4 * prob + 4;
     Need {
         what: format!(

@@ -291,6 +291,26 @@ impl std::fmt::Display for DataSource {
 
 /// Loads a source and builds its train, validation and test samples.
 pub fn load(src: &DataSource, cfg: &crate::config::Config) -> Result<Dataset, DataError> {
+    if let DataSource::Taobao(file) = src {
+        // Columns straight from the file: no `Interaction` per row (issue 12).
+        let name = dir_name(file);
+        let p = taobao::parse(file, taobao::BLOCK)?;
+        let need =
+            crate::memory::store_need(p.user.len(), p.vocab.user_ids.len(), true, false, cfg);
+        crate::memory::check_available(vec![need])
+            .map_err(|e| DataError::Other(format!("{name}: {e}")))?;
+        return samples::build_columns(
+            p.user,
+            p.item,
+            p.time,
+            true,
+            p.vocab,
+            p.user_features,
+            &cfg.model,
+            &cfg.data,
+            &name,
+        );
+    }
     let (log, name) = match src {
         DataSource::Synthetic => {
             let spec = synthetic::SyntheticSpec::new(

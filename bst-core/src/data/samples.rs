@@ -104,6 +104,55 @@ pub fn build(
     })
 }
 
+/// [`build`] from a log given as columns in log order (a large file read by
+/// [`super::taobao::parse`], whose ids are in range by construction): no
+/// [`Interaction`] is made.
+#[allow(clippy::too_many_arguments)]
+pub fn build_columns(
+    user: Vec<u32>,
+    item: Vec<u32>,
+    time: Vec<i64>,
+    implicit: bool,
+    vocab: Vocab,
+    user_features: Vec<Vec<u32>>,
+    model: &ModelConfig,
+    data: &DataConfig,
+    name: &str,
+) -> Result<Dataset, DataError> {
+    // The vocabulary's checks; the events are in range by construction.
+    let log = InteractionLog {
+        interactions: Vec::new(),
+        implicit,
+        vocab,
+        user_features,
+        true_prob: None,
+    };
+    check_log(&log, model, data)?;
+    let InteractionLog {
+        vocab,
+        user_features,
+        ..
+    } = log;
+    let vocab = with_context_fields(vocab);
+    let negatives = if implicit { data.negatives } else { 0 };
+    let cols = Columns {
+        user,
+        item,
+        time,
+        label: None,
+        true_prob: None,
+    };
+    let [train, valid, test] =
+        build_store(cols, &vocab, &user_features, model, negatives, data.seed);
+    Ok(Dataset {
+        name: name.to_string(),
+        vocab,
+        train,
+        valid,
+        test,
+    })
+}
+
 /// The plain materialised assembly of the samples of `log` as `[train, valid, test]`
 /// (spec 1.2): every sample's rows written out in full. The tests compare the compact
 /// store's batches with it, field for field.
