@@ -105,3 +105,81 @@ fn streamed_evaluation_equals_the_materialised_one() {
     assert_eq!(test.fingerprint(), test.clone().fingerprint());
     assert_ne!(ds.train.fingerprint(), ds.test.fingerprint());
 }
+
+/// The cache of a Taobao file's store: used when it is the file's, rebuilt with a note
+/// when the file changed or the cache is cut short, corrupted or foreign.
+#[test]
+fn the_taobao_cache_is_used_when_fresh_and_rebuilt_when_stale_or_damaged() {
+    use bst_core::data::taobao_gen::{TaobaoSpec, write};
+    use bst_core::data::{DataSource, cache, load, load_cached};
+    let dir = std::env::temp_dir().join(format!("bst-store-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ub.csv");
+    let cache_dir = dir.join("cache");
+    let gen_file = |rows: u64| {
+        let mut text = Vec::new();
+        write(&TaobaoSpec { rows, seed: 1 }, &mut text, &mut |_| {}).unwrap();
+        std::fs::write(&file, text).unwrap();
+    };
+    gen_file(3000);
+    let cfg = Config::default();
+    let src = DataSource::Taobao(file.clone());
+    let load_noted = || {
+        let mut notes = Vec::new();
+        let ds = load_cached(&src, &cfg, Some(&cache_dir), &mut |n| notes.push(n)).unwrap();
+        (ds, notes)
+    };
+    let same = |a: &bst_core::data::Dataset, b: &bst_core::data::Dataset| {
+        assert_eq!(a.vocab, b.vocab);
+        assert_eq!(a.train, b.train);
+        assert_eq!(a.valid, b.valid);
+        assert_eq!(a.test, b.test);
+        assert_eq!(a.train.fingerprint(), b.train.fingerprint());
+    };
+    let plain = load(&src, &cfg).unwrap();
+    let cached = cache::file_for(&cache_dir, &file);
+    let (first, notes) = load_noted();
+    assert!(notes.is_empty(), "{notes:?}");
+    assert!(cached.exists());
+    same(&first, &plain);
+    let key = cache::SourceKey::of(&file).unwrap();
+    assert!(cache::read(&cached, &key).is_ok());
+    let (second, notes) = load_noted();
+    assert!(notes.is_empty(), "{notes:?}");
+    same(&second, &plain);
+
+    // Stale: the file changed (other rows, another size and time).
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    gen_file(2500);
+    let fresh = load(&src, &cfg).unwrap();
+    let (ds, notes) = load_noted();
+    assert!(
+        notes.len() == 1 && notes[0].contains("changed"),
+        "{notes:?}"
+    );
+    same(&ds, &fresh);
+    assert_ne!(ds.train.len(), plain.train.len());
+
+    // Truncated, corrupted, foreign: each detected and rebuilt.
+    let bytes = std::fs::read(&cached).unwrap();
+    let mut flipped = bytes.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x40;
+    for (what, damaged) in [
+        ("truncated", bytes[..bytes.len() / 2].to_vec()),
+        ("corrupted", flipped),
+        ("foreign", b"not a cache at all, just some bytes".to_vec()),
+        ("empty", Vec::new()),
+    ] {
+        std::fs::write(&cached, &damaged).unwrap();
+        let (ds, notes) = load_noted();
+        assert!(
+            notes.len() == 1 && notes[0].contains("damaged"),
+            "{what}: {notes:?}"
+        );
+        same(&ds, &fresh);
+        assert_eq!(std::fs::read(&cached).unwrap(), bytes, "{what}: rewritten");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -115,7 +115,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     // The backend's buffers hold the largest of the three batches.
     cfg.train.eval_batch = eval_batch.max(args.candidates);
     let src = r.source()?;
-    let ds = load_data(&src, &cfg, true)?;
+    let ds = load_data(&src, &cfg, false)?;
     if ds.train.is_empty() {
         bail!("{src} has no training samples to benchmark with");
     }

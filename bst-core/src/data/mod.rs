@@ -3,6 +3,7 @@
 //!
 //! The flow is `loader -> InteractionLog -> samples::build -> Dataset`.
 
+pub mod cache;
 pub mod read;
 pub mod recbole;
 pub mod samples;
@@ -289,27 +290,22 @@ impl std::fmt::Display for DataSource {
     }
 }
 
-/// Loads a source and builds its train, validation and test samples.
+/// Loads a source and builds its train, validation and test samples (no cache).
 pub fn load(src: &DataSource, cfg: &crate::config::Config) -> Result<Dataset, DataError> {
+    load_cached(src, cfg, None, &mut |_| {})
+}
+
+/// [`load`], keeping a Taobao file's parsed store in the cache folder `cache` (see
+/// [`cache`]) and reading it from there when it is the file's; `note` gets a one-line note
+/// when a cache is rebuilt (stale or damaged) or cannot be written.
+pub fn load_cached(
+    src: &DataSource,
+    cfg: &crate::config::Config,
+    cache: Option<&std::path::Path>,
+    note: &mut dyn FnMut(String),
+) -> Result<Dataset, DataError> {
     if let DataSource::Taobao(file) = src {
-        // Columns straight from the file: no `Interaction` per row (issue 12).
-        let name = dir_name(file);
-        let p = taobao::parse(file, taobao::BLOCK)?;
-        let need =
-            crate::memory::store_need(p.user.len(), p.vocab.user_ids.len(), true, false, cfg);
-        crate::memory::check_available(vec![need])
-            .map_err(|e| DataError::Other(format!("{name}: {e}")))?;
-        return samples::build_columns(
-            p.user,
-            p.item,
-            p.time,
-            true,
-            p.vocab,
-            p.user_features,
-            &cfg.model,
-            &cfg.data,
-            &name,
-        );
+        return load_taobao(file, cfg, cache, note);
     }
     let (log, name) = match src {
         DataSource::Synthetic => {
@@ -333,5 +329,82 @@ fn dir_name(p: &std::path::Path) -> String {
     p.file_name().map_or_else(
         || p.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+/// A Taobao file: columns straight from the file (no `Interaction` per row), sorted per
+/// user, or the sorted store from the cache (issue 12).
+fn load_taobao(
+    file: &std::path::Path,
+    cfg: &crate::config::Config,
+    cache_dir: Option<&std::path::Path>,
+    note: &mut dyn FnMut(String),
+) -> Result<Dataset, DataError> {
+    let name = dir_name(file);
+    let at = cache_dir.map(|dir| {
+        let key = cache::SourceKey::of(file);
+        (cache::file_for(dir, file), key)
+    });
+    if let Some((path, Ok(key))) = &at {
+        match cache::read(path, key) {
+            Ok(c) => {
+                let mut vocab = c.vocab;
+                let (fields, user_features) = read::user_id_field(&vocab.user_ids);
+                vocab.fields = fields;
+                let sorted = store::Sorted {
+                    user_start: c.user_start,
+                    item: c.item,
+                    time: c.time,
+                    label: None,
+                    true_prob: None,
+                };
+                return samples::build_sorted(
+                    sorted,
+                    true,
+                    vocab,
+                    user_features,
+                    &cfg.model,
+                    &cfg.data,
+                    &name,
+                );
+            }
+            Err(cache::Miss::Absent) => {}
+            Err(miss) => note(format!("cache {}: {miss}; rebuilding it", path.display())),
+        }
+    }
+    let p = taobao::parse(file, taobao::BLOCK)?;
+    let need = crate::memory::store_need(p.user.len(), p.vocab.user_ids.len(), true, false, cfg);
+    crate::memory::check_available(vec![need])
+        .map_err(|e| DataError::Other(format!("{name}: {e}")))?;
+    let n_users = p.vocab.user_ids.len();
+    let cols = store::Columns {
+        user: p.user,
+        item: p.item,
+        time: p.time,
+        label: None,
+        true_prob: None,
+    };
+    let sorted = store::sort_events(cols, n_users);
+    if let Some((path, Ok(key))) = &at {
+        let written = cache::write(
+            path,
+            key,
+            &p.vocab,
+            &sorted.user_start,
+            &sorted.item,
+            &sorted.time,
+        );
+        if let Err(e) = written {
+            note(format!("cannot write the cache {}: {e}", path.display()));
+        }
+    }
+    samples::build_sorted(
+        sorted,
+        true,
+        p.vocab,
+        p.user_features,
+        &cfg.model,
+        &cfg.data,
+        &name,
     )
 }

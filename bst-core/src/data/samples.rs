@@ -15,7 +15,7 @@
 //!   negatives for implicit logs) and `n >= 3`, the last `max(1, n/10)` are test, the
 //!   `max(1, n/10)` before them validation, the rest train; smaller users go to train.
 
-use super::store::{Columns, build_store, negative_item};
+use super::store::{Columns, Sorted, build_store, negative_item, splits_of};
 use super::{DataError, Dataset, Field, Interaction, InteractionLog, Samples, Vocab};
 use crate::config::{DataConfig, ModelConfig, Position};
 
@@ -104,14 +104,12 @@ pub fn build(
     })
 }
 
-/// [`build`] from a log given as columns in log order (a large file read by
-/// [`super::taobao::parse`], whose ids are in range by construction): no
+/// [`build`] from a log's events already sorted per user (a large file read by
+/// [`super::taobao::parse`] or its cache, whose ids are in range by construction): no
 /// [`Interaction`] is made.
 #[allow(clippy::too_many_arguments)]
-pub fn build_columns(
-    user: Vec<u32>,
-    item: Vec<u32>,
-    time: Vec<i64>,
+pub fn build_sorted(
+    sorted: Sorted,
     implicit: bool,
     vocab: Vocab,
     user_features: Vec<Vec<u32>>,
@@ -135,15 +133,8 @@ pub fn build_columns(
     } = log;
     let vocab = with_context_fields(vocab);
     let negatives = if implicit { data.negatives } else { 0 };
-    let cols = Columns {
-        user,
-        item,
-        time,
-        label: None,
-        true_prob: None,
-    };
     let [train, valid, test] =
-        build_store(cols, &vocab, &user_features, model, negatives, data.seed);
+        splits_of(sorted, &vocab, &user_features, model, negatives, data.seed);
     Ok(Dataset {
         name: name.to_string(),
         vocab,
