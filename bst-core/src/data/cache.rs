@@ -162,7 +162,9 @@ pub fn write(
     let h = w.h.finish();
     use std::io::Write;
     w.w.write_all(&h.to_le_bytes())?;
-    w.w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    // No fsync: a cache cut short by a crash fails its checksum and is rebuilt.
+    w.w.flush()?;
+    drop(w);
     std::fs::rename(&tmp, path)
 }
 
