@@ -78,7 +78,7 @@ fn step(c: &mut Criterion) {
     });
     g.finish();
 
-    let one_user = scoring_batch(&ds.train, &ds.vocab, SCORING_CANDIDATES);
+    let one_user = scoring_batch(&ds.train.samples(), &ds.vocab, SCORING_CANDIDATES);
     let mut probs = vec![0.0; SCORING_CANDIDATES];
     let mut g = group(
         c,

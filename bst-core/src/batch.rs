@@ -1,6 +1,6 @@
 //! A batch: the rows of some samples gathered into contiguous buffers, reused across steps.
 
-use crate::data::Samples;
+use crate::data::{SampleIndex, SampleSource};
 use bst_kernels::cpu::embedding::TokenIds;
 use bst_kernels::cpu::mask::valid_mask;
 
@@ -31,30 +31,15 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Gathers samples `idx` of `s` into this batch, reusing its buffers.
-    pub fn gather(&mut self, s: &Samples, idx: &[usize]) {
-        let (l, f) = (s.seq_len, s.fields);
-        self.size = idx.len();
-        self.seq_len = l;
-        self.fields = f;
-        let rows = |dst: &mut Vec<u32>, src: &[u32], w: usize| {
-            dst.clear();
-            for &i in idx {
-                dst.extend_from_slice(&src[i * w..(i + 1) * w]);
-            }
-        };
-        rows(&mut self.hist_item, &s.hist_item, l);
-        rows(&mut self.hist_cat, &s.hist_cat, l);
-        rows(&mut self.hist_pos, &s.hist_pos, l);
-        rows(&mut self.target_item, &s.target_item, 1);
-        rows(&mut self.target_cat, &s.target_cat, 1);
-        rows(&mut self.other, &s.other, f);
-        self.label.clear();
-        self.label.extend(idx.iter().map(|&i| s.label[i]));
+    /// Gathers samples `idx` of `s` into this batch, reusing its buffers: rows copied
+    /// from materialised [`crate::data::Samples`], or assembled from a compact
+    /// [`crate::data::Split`].
+    pub fn gather<S: SampleSource + ?Sized, I: SampleIndex>(&mut self, s: &S, idx: &[I]) {
+        s.gather_into(self, idx);
     }
 
     /// A batch of samples `range` of `s`, in order.
-    pub fn from_range(s: &Samples, range: std::ops::Range<usize>) -> Batch {
+    pub fn from_range<S: SampleSource + ?Sized>(s: &S, range: std::ops::Range<usize>) -> Batch {
         let idx: Vec<usize> = range.collect();
         let mut b = Batch::default();
         b.gather(s, &idx);

@@ -222,7 +222,7 @@ mod tests {
         let mut s = enc.samples();
         enc.push(&mut s, &ctx, enc.item(&raw(target.item)).unwrap());
         assert_eq!(unknown, Unknown::default());
-        let t = &ds.test;
+        let t = &ds.test.samples();
         let i = (0..t.len()).rev().find(|&i| t.user[i] == 0).unwrap();
         let (l, f) = (t.seq_len, t.fields);
         assert_eq!(s.hist_item, t.hist_item[i * l..(i + 1) * l]);

@@ -108,24 +108,36 @@ pub fn check_available(needs: Vec<Need>) -> Result<(), MemoryError> {
     }
 }
 
-/// The samples' arrays that `samples::build` fills from `log` (an upper bound on the
-/// sample count: every interaction but each user's first, with its negatives).
+/// The compact store `samples::build` makes from `log` (issue 12): while it is built, the
+/// log's columns (user, item, time, label), the sort permutation, the sorted store (item,
+/// time, label, true probability) and the splits' event references; then per sample the
+/// epoch order (4 bytes) and, for the evaluated splits, score, label and user (12 bytes,
+/// counted for every sample as an upper bound). The history length does not count: the
+/// rows are assembled per batch.
 pub fn samples_need(log: &InteractionLog, cfg: &Config) -> Need {
-    let users = log.vocab.user_ids.len() as u128;
-    let events = log.interactions.len() as u128;
-    let negatives = if log.implicit { cfg.data.negatives } else { 0 } as u128;
+    store_need(
+        log.interactions.len(),
+        log.vocab.user_ids.len(),
+        log.implicit,
+        log.true_prob.is_some(),
+        cfg,
+    )
+}
+
+/// [`samples_need`] for a log of `events` events of `users` users given as columns.
+pub fn store_need(events: usize, users: usize, implicit: bool, prob: bool, cfg: &Config) -> Need {
+    let (events, users) = (events as u128, users as u128);
+    let negatives = if implicit { cfg.data.negatives } else { 0 } as u128;
     let n = events.saturating_sub(users).max(1) * (1 + negatives);
-    let l = cfg.model.seq_len as u128;
-    let fields = log.vocab.fields.len() as u128 + 2; // + hour, weekday
-    // hist_item, hist_cat, hist_pos; target item and category, other, label, user.
-    let per_sample = 3 * l + 2 + fields + 2 + log.true_prob.is_some() as u128;
+    let labels = !implicit as u128;
+    let prob = prob as u128;
+    let per_event = 16 + 4 * labels + 4 + 12 + 4 * labels + 4 * prob + 4;
     Need {
         what: format!(
-            "samples: up to {n} of {} values each ({} history slots of item, category, position)",
-            per_sample, l
+            "samples: {events} events in the compact store, up to {n} samples ({per_event} bytes an event, 16 a sample)"
         ),
-        bytes: 4 * n * per_sample,
-        knobs: "lower --seq-len (model.seq_len) or data.negatives, or use less data",
+        bytes: events * per_event + 16 * n,
+        knobs: "lower data.negatives, or use less data",
     }
 }
 
@@ -234,7 +246,7 @@ mod tests {
     }
 
     #[test]
-    fn a_billion_history_slots_do_not_overflow_and_are_refused_before_the_samples() {
+    fn a_billion_history_slots_do_not_overflow_and_do_not_grow_the_samples() {
         let mut cfg = Config::default();
         cfg.model.seq_len = 1_000_000_000;
         let log = InteractionLog {
@@ -254,13 +266,10 @@ mod tests {
             ..InteractionLog::default()
         };
         let need = samples_need(&log, &cfg);
-        // 999 samples x (3e9 + 6) values x 4 bytes.
-        assert_eq!(need.bytes, 4 * 999 * (3_000_000_000 + 6));
-        let e = check(vec![need], 1 << 40).unwrap_err().to_string();
-        assert!(
-            e.contains("--seq-len") && e.contains("samples: up to 999"),
-            "{e}"
-        );
+        // The compact store does not grow with L: 1000 explicit events, 999 samples.
+        assert_eq!(need.bytes, 1000 * 44 + 999 * 16);
+        let e = check(vec![need], 1000).unwrap_err().to_string();
+        assert!(e.contains("up to 999 samples"), "{e}");
         let acts = activations_need(&cfg, sizes());
         assert!(acts.bytes > u64::MAX as u128, "sized without overflow");
     }

@@ -1,4 +1,4 @@
-//! Batches gathered, and prepared for the backend, ahead of the step on a producer thread,
+//! Batches gathered (from a compact split: assembled), and prepared for the backend, ahead of the step on a producer thread,
 //! so the host work of a step (the gather of its samples, a GPU's embedding segments)
 //! overlaps the device's work on the step before instead of adding to it.
 //!
@@ -18,7 +18,7 @@
 
 use crate::backend::{PrepareBatch, Prepared};
 use crate::batch::Batch;
-use crate::data::Samples;
+use crate::data::{SampleIndex, SampleSource};
 use std::sync::mpsc::sync_channel;
 
 /// Batches the producer may have ready before the step that takes them.
@@ -29,9 +29,9 @@ pub const DEPTH: usize = 2;
 /// prepared on a producer thread. Stops at the first error `step` returns, and returns it.
 /// Batches and preparations the steps are done with go back to the producer, which
 /// gathers and prepares later batches into them ([`PrepareBatch::prepare_into`]).
-pub fn for_each_batch<E>(
-    samples: &Samples,
-    order: &[usize],
+pub fn for_each_batch<S: SampleSource + ?Sized, I: SampleIndex, E>(
+    samples: &S,
+    order: &[I],
     batch_size: usize,
     skip: usize,
     preparer: Option<&dyn PrepareBatch>,
@@ -73,6 +73,7 @@ pub fn for_each_batch<E>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::Samples;
 
     fn samples(n: usize) -> Samples {
         let mut s = Samples::new(2, 1);
@@ -104,7 +105,7 @@ mod tests {
     #[test]
     fn batches_arrive_in_order_from_skip_with_their_preparation() {
         let s = samples(10);
-        let order = [9, 8, 7, 6, 5, 4, 3, 2, 1, 0];
+        let order = [9usize, 8, 7, 6, 5, 4, 3, 2, 1, 0];
         let mut seen = vec![];
         let mut recycled = 0;
         let r: Result<(), ()> = for_each_batch(&s, &order, 3, 1, Some(&Count), |i, b, p| {

@@ -3,7 +3,7 @@
 //! data, shared by [`crate::train`] and [`crate::checkpoint`] without either importing
 //! the other.
 
-use crate::data::Samples;
+use crate::data::SampleSource;
 use crate::metrics::{Metrics, nan_as_null};
 use crate::optim::OptimSnapshot;
 use serde::{Deserialize, Serialize};
@@ -67,13 +67,13 @@ pub struct Progress {
     pub shuffle_seed: u64,
     /// Number of training samples: a resumed run must see the same samples.
     pub train_samples: usize,
-    /// Their [`Samples::fingerprint`].
+    /// Their [`crate::data::SampleSource::fingerprint`].
     pub train_fingerprint: u64,
 }
 
 impl Progress {
     /// The start of a run on `train` with `seed`.
-    pub fn start(train: &Samples, seed: u64) -> Progress {
+    pub fn start<S: SampleSource + ?Sized>(train: &S, seed: u64) -> Progress {
         Progress {
             shuffle_seed: seed,
             train_samples: train.len(),

@@ -16,7 +16,7 @@ use crate::batch::Batch;
 use crate::checkpoint::CheckpointError;
 pub use crate::checkpoint::Checkpointer;
 use crate::config::TrainConfig;
-use crate::data::{Dataset, Samples};
+use crate::data::{Dataset, SampleSource};
 use crate::metrics::{Metrics, auc};
 use crate::prefetch::for_each_batch;
 use crate::rng::Rng;
@@ -171,9 +171,12 @@ pub enum TrainError {
 }
 
 /// The sample order of epoch `epoch` (1-based) of a run with `n` samples and `seed`:
-/// `0..n` shuffled by `Rng::new(seed).fork(k)` for `k = 1..=epoch` in turn.
-pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
+/// `0..n` shuffled by `Rng::new(seed).fork(k)` for `k = 1..=epoch` in turn. As `u32`
+/// (half the memory of `usize` for the hundreds of millions of samples of a large log;
+/// the shuffle is the same permutation).
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<u32> {
+    let n = u32::try_from(n).expect("at most 2^32 - 1 training samples");
+    let mut order: Vec<u32> = (0..n).collect();
     let root = Rng::new(seed);
     for k in 1..=epoch {
         root.fork(k as u64).shuffle(&mut order);
@@ -385,11 +388,7 @@ pub fn train_with(
         c.save(Save::Best, &best_snapshot(&progress, &params))?;
     }
     let test = evaluate(backend, &ds.test, cfg.eval_batch);
-    let oracle_test_auc = ds
-        .test
-        .true_prob
-        .as_ref()
-        .and_then(|p| auc(p, &ds.test.label));
+    let oracle_test_auc = ds.test.true_prob().and_then(|p| auc(&p, &ds.test.labels()));
     Ok(TrainReport {
         train_samples_per_sec: (progress.epochs.len() * n) as f64 / progress.train_seconds,
         stopped_early,
@@ -484,21 +483,32 @@ fn check_resume(
 }
 
 /// Click probabilities of every sample, in order, in evaluation mode.
-pub fn predict_all(backend: &mut dyn Backend, s: &Samples, eval_batch: usize) -> Vec<f32> {
+pub fn predict_all<S: SampleSource + ?Sized>(
+    backend: &mut dyn Backend,
+    s: &S,
+    eval_batch: usize,
+) -> Vec<f32> {
     let mut probs = vec![0.0; s.len()];
     let mut batch = Batch::default();
-    let idx: Vec<usize> = (0..s.len()).collect();
-    for (chunk, out) in idx.chunks(eval_batch).zip(probs.chunks_mut(eval_batch)) {
-        batch.gather(s, chunk);
+    let eval_batch = eval_batch.max(1);
+    for (k, out) in probs.chunks_mut(eval_batch).enumerate() {
+        let idx: Vec<usize> = (k * eval_batch..k * eval_batch + out.len()).collect();
+        batch.gather(s, &idx);
         backend.predict(&batch, out);
     }
     probs
 }
 
-/// AUC, GAUC and logloss of the backend's predictions on `s`.
-pub fn evaluate(backend: &mut dyn Backend, s: &Samples, eval_batch: usize) -> Metrics {
+/// AUC, GAUC and logloss of the backend's predictions on `s`, batch by batch: only the
+/// score, label and user of each sample are kept (12 bytes), never its rows.
+pub fn evaluate<S: SampleSource + ?Sized>(
+    backend: &mut dyn Backend,
+    s: &S,
+    eval_batch: usize,
+) -> Metrics {
     let probs = predict_all(backend, s, eval_batch);
-    Metrics::compute(&probs, &s.label, &s.user)
+    let (labels, users): (Vec<f32>, Vec<u32>) = (0..s.len()).map(|i| s.label_user(i)).unzip();
+    Metrics::compute(&probs, &labels, &users)
 }
 
 #[cfg(test)]
@@ -507,7 +517,7 @@ mod tests {
 
     #[test]
     fn epoch_orders_replay_the_cumulative_shuffles() {
-        let mut order: Vec<usize> = (0..50).collect();
+        let mut order: Vec<u32> = (0..50).collect();
         for e in 1..=3 {
             Rng::new(9).fork(e as u64).shuffle(&mut order);
             assert_eq!(epoch_order(50, 9, e), order, "epoch {e}");

@@ -88,7 +88,7 @@ fn backends(ctx: Arc<GpuContext>, cfg: &Config) -> (CpuBackend, GpuBackend) {
 
 /// Batches of 7, 7 and 3 samples (a partial last batch), in a shuffled order.
 fn training_batches(s: &Samples) -> Vec<Batch> {
-    let order = [3, 12, 0, 16, 5, 9, 1, 14, 7, 2, 10, 15, 4, 8, 13, 6, 11];
+    let order: [usize; 17] = [3, 12, 0, 16, 5, 9, 1, 14, 7, 2, 10, 15, 4, 8, 13, 6, 11];
     order
         .chunks(7)
         .map(|idx| {

@@ -1,8 +1,8 @@
 //! Loaders (RecBole atomic files, Taobao UserBehavior) and sample construction (spec 1).
 
 use bst_core::config::{DataConfig, ModelConfig, Position};
-use bst_core::data::samples::{build, hour_and_weekday, split_sizes, time_gap_bucket};
-use bst_core::data::{Dataset, Field, Interaction, InteractionLog, Samples, Vocab};
+use bst_core::data::samples::{build_reference, hour_and_weekday, split_sizes, time_gap_bucket};
+use bst_core::data::{DataError, Field, Interaction, InteractionLog, Samples, Vocab};
 use bst_core::data::{recbole, taobao};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -321,6 +321,73 @@ fn taobao_errors_name_the_line() {
     assert_contains(&e.to_string(), &["absent.csv", "cannot open"]);
 }
 
+/// The block parser gives the line-by-line reading's log, whatever the block size (blocks
+/// end inside rows, headers and blank lines), and the same errors by line.
+#[test]
+fn taobao_block_parser_equals_the_line_reader() {
+    use bst_core::data::taobao_gen::{TaobaoSpec, write};
+    let dir = temp_folder("taobao-blocks");
+    let path = dir.join("ub.csv");
+    let mut text = Vec::new();
+    write(
+        &TaobaoSpec {
+            rows: 3000,
+            seed: 5,
+        },
+        &mut text,
+        &mut |_| {},
+    )
+    .unwrap();
+    // Blank lines, CRLF endings and a row with an empty category, here and there.
+    let mut text = String::from_utf8(text)
+        .unwrap()
+        .replacen("\n", "\r\n\n  \n", 7);
+    text.push_str("77,5,,pv,1511544070\n");
+    std::fs::write(&path, &text).unwrap();
+    let want = taobao::load_lines(&path).unwrap();
+    assert!(want.interactions.len() > 2000);
+    for block in [1, 7, 64, 1000, 1 << 20] {
+        let p = taobao::parse(&path, block).unwrap();
+        let got: Vec<(u32, u32, i64)> = (0..p.user.len())
+            .map(|i| (p.user[i], p.item[i], p.time[i]))
+            .collect();
+        let exp: Vec<(u32, u32, i64)> = want
+            .interactions
+            .iter()
+            .map(|i| (i.user, i.item, i.time))
+            .collect();
+        assert_eq!(got, exp, "block {block}");
+        assert_eq!(p.vocab, want.vocab, "block {block}");
+        assert_eq!(p.user_features, want.user_features);
+    }
+    let header = "user_id,item_id,category_id,behavior_type,timestamp";
+    let bad = [
+        "1,2,3,pv,10\r\n1,2,pv,11\r\n".to_string(),
+        "1,2,3,pv,10\n\n\n1,2,3,pv,soon\n".to_string(),
+        format!("\n\u{feff}{header}\n1,2,3,pv,1e3\n,2,3,pv,10\n"),
+        format!("1,2,3,pv,10\n{header}\n"),
+        "1,2,3,pv,10\n1,\u{e9},3,pv,x\n".to_string(),
+        "1,2,3,pv,10\n1,2,3\\xff,pv,10\n".to_string(),
+        "\n \n".to_string(),
+        format!("{header}\n"),
+        "1,2,3,buy,5\n".to_string(),
+    ];
+    for text in bad {
+        // `\xff` above stands for a byte that is not UTF-8.
+        let bytes: Vec<u8> = text
+            .replace("\\xff", "\u{1}")
+            .bytes()
+            .map(|b| if b == 1 { 0xff } else { b })
+            .collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let want = taobao::load_lines(&path).unwrap_err().to_string();
+        for block in [1, 3, 1 << 20] {
+            let got = taobao::parse(&path, block).unwrap_err().to_string();
+            assert_eq!(got, want, "block {block}, text {text:?}");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Samples
 // ---------------------------------------------------------------------------------------
@@ -367,6 +434,42 @@ fn model(seq_len: usize, position: Position, pos_buckets: usize) -> ModelConfig 
         pos_buckets,
         ..ModelConfig::default()
     }
+}
+
+/// A dataset with its splits materialised, to look at their rows.
+#[derive(Debug)]
+struct Dataset {
+    name: String,
+    vocab: Vocab,
+    train: Samples,
+    valid: Samples,
+    test: Samples,
+}
+
+/// `samples::build`, its splits materialised; checked against the plain reference
+/// assembly (`samples::build_reference`), field for field.
+fn build(
+    log: InteractionLog,
+    model: &ModelConfig,
+    data: &DataConfig,
+    name: &str,
+) -> Result<Dataset, DataError> {
+    let reference = build_reference(log.clone(), model, data);
+    let ds = bst_core::data::samples::build(log, model, data, name)?;
+    let [train, valid, test] = [&ds.train, &ds.valid, &ds.test].map(|s| s.samples());
+    let reference = reference.expect("the reference builds what build builds");
+    assert_eq!(
+        [&train, &valid, &test],
+        reference.each_ref(),
+        "store vs reference"
+    );
+    Ok(Dataset {
+        name: ds.name,
+        vocab: ds.vocab,
+        train,
+        valid,
+        test,
+    })
 }
 
 /// Row `i` of a `[n, width]` array.

@@ -159,7 +159,7 @@ fn history_once_on_ml100k_equals_one_sample_per_candidate() {
     }
     // Three test users (an all-padding history cannot occur in ml-100k's samples: the
     // shortest has one item), each against every item.
-    let t = &ds.test;
+    let t = &ds.test.samples();
     let l = t.seq_len;
     let hist = |i: usize| {
         t.hist_item[i * l..][..l]

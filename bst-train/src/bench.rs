@@ -73,7 +73,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     // The backend's buffers hold the largest of the three batches.
     cfg.train.eval_batch = eval_batch.max(args.candidates);
     let src = r.source()?;
-    let ds = load_data(&src, &cfg, true)?;
+    let ds = load_data(&src, &cfg, false)?;
     if ds.train.is_empty() {
         bail!("{src} has no training samples to benchmark with");
     }
@@ -348,7 +348,7 @@ fn bench_train(
     let b = cfg.train.batch;
     let shuffled = epoch_order(ds.train.len(), cfg.train.seed, 1);
     // Full batches, wrapping around the shuffled samples.
-    let order: Vec<usize> = (0..(args.warmup + args.steps) * b)
+    let order: Vec<u32> = (0..(args.warmup + args.steps) * b)
         .map(|j| shuffled[j % shuffled.len()])
         .collect();
     let preparer = backend.batch_preparer();
@@ -406,7 +406,7 @@ fn bench_train(
 /// time of a step, the host is the bottleneck.
 fn bench_host(
     ds: &Dataset,
-    idx: &[usize],
+    idx: &[u32],
     preparer: Option<&dyn PrepareBatch>,
     args: &BenchArgs,
 ) -> Host {
@@ -474,6 +474,10 @@ fn bench_inference(
     }
 }
 
+/// Training samples searched for the scoring benchmark's user (the whole split of a
+/// large log would not fit materialised).
+const SCORING_PREFIX: usize = 100_000;
+
 /// Latency of scoring `--candidates` items for one user, the readback included: as one
 /// request (`Backend::predict_requests`: the history once, where that is exact), and, for
 /// the record, as one sample per candidate (`Backend::predict`, the path before requests).
@@ -482,7 +486,11 @@ fn bench_scoring(
     ds: &Dataset,
     args: &BenchArgs,
 ) -> anyhow::Result<Scoring> {
-    let batch = scoring_batch(&ds.train, &ds.vocab, args.candidates);
+    // A prefix of the training split, materialised: the user is taken from it.
+    let prefix = ds
+        .train
+        .samples_range(0..ds.train.len().min(SCORING_PREFIX));
+    let batch = scoring_batch(&prefix, &ds.vocab, args.candidates);
     let req = Requests::from_batch(&batch);
     let mut probs = vec![0.0; args.candidates];
     backend.predict_requests(&req, &mut probs)?;

@@ -16,6 +16,21 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Where a Taobao file's parsed store is cached (a folder), or `off`. Default:
+    /// $XDG_CACHE_HOME/bst, else ~/.cache/bst. A stale or damaged cache is rebuilt.
+    #[arg(long, global = true, value_name = "DIR|off")]
+    pub cache: Option<String>,
+}
+
+impl Cli {
+    /// The cache folder `--cache` chooses (`None`: no cache).
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        match self.cache.as_deref() {
+            Some("off") => None,
+            Some(dir) => Some(PathBuf::from(dir)),
+            None => bst_core::data::cache::default_dir(),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]

@@ -16,6 +16,7 @@ use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
+    run::set_cache_dir(cli.cache_dir());
     match cli.command.unwrap_or_default() {
         cli::Command::Train(args) => run::train(&args),
         cli::Command::Ablate(args) => ablate::ablate(&args),

@@ -200,9 +200,19 @@ pub fn train(args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The cache folder of Taobao files' parsed stores (`--cache`), set once by `main`.
+static CACHE_DIR: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+
+/// Sets the cache folder [`load_data`] uses (`None`: no cache).
+pub fn set_cache_dir(dir: Option<std::path::PathBuf>) {
+    let _ = CACHE_DIR.set(dir);
+}
+
 pub fn load_data(src: &DataSource, cfg: &Config, quiet: bool) -> anyhow::Result<Dataset> {
     let start = Instant::now();
-    let ds = data::load(src, cfg).with_context(|| format!("loading {src}"))?;
+    let cache = CACHE_DIR.get().and_then(|d| d.as_deref());
+    let ds = data::load_cached(src, cfg, cache, &mut |note| eprintln!("{note}"))
+        .with_context(|| format!("loading {src}"))?;
     if !quiet {
         eprintln!(
             "data {}: {} train, {} validation, {} test samples ({:.1}% positive in test), {} items, {} categories ({:.1}s)",

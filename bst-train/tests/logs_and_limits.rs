@@ -100,7 +100,14 @@ fn requests_that_cannot_fit_are_refused_at_once_naming_the_knob() {
     let dir = temp_dir("limits");
     let out = dir.join("run");
     for (flag, value, knob, what) in [
-        ("--seq-len", "1000000000", "--seq-len", "samples: up to"),
+        // The samples are assembled per batch (issue 12): L no longer grows them, and the
+        // refusal is the activations'.
+        (
+            "--seq-len",
+            "1000000000",
+            "--seq-len",
+            "T = L + 1 = 1000000001",
+        ),
         // 60 users' samples fit; attention over 100,001 tokens does not.
         ("--seq-len", "100000", "--seq-len", "T = L + 1 = 100001"),
         (

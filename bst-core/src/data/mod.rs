@@ -3,11 +3,16 @@
 //!
 //! The flow is `loader -> InteractionLog -> samples::build -> Dataset`.
 
+pub mod cache;
+pub mod read;
 pub mod recbole;
 pub mod samples;
+pub mod store;
 pub mod synthetic;
 pub mod taobao;
 pub mod taobao_gen;
+
+pub use store::{EventStore, SampleIndex, SampleSource, Split};
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -208,7 +213,8 @@ impl Samples {
     }
 }
 
-/// Train, validation and test samples with their vocabularies.
+/// Train, validation and test samples with their vocabularies: three [`Split`]s of one
+/// compact [`EventStore`]; a batch's rows are assembled when it is gathered.
 #[derive(Clone, Debug, Default)]
 pub struct Dataset {
     /// The data's name, for run folders (`synthetic`, `ml-100k`, ...).
@@ -216,11 +222,11 @@ pub struct Dataset {
     /// The vocabularies.
     pub vocab: Vocab,
     /// Training samples.
-    pub train: Samples,
+    pub train: Split,
     /// Validation samples (model selection).
-    pub valid: Samples,
+    pub valid: Split,
     /// Test samples (the reported metrics).
-    pub test: Samples,
+    pub test: Split,
 }
 
 /// A data error that says which file and line, and what is wrong there.
@@ -284,8 +290,23 @@ impl std::fmt::Display for DataSource {
     }
 }
 
-/// Loads a source and builds its train, validation and test samples.
+/// Loads a source and builds its train, validation and test samples (no cache).
 pub fn load(src: &DataSource, cfg: &crate::config::Config) -> Result<Dataset, DataError> {
+    load_cached(src, cfg, None, &mut |_| {})
+}
+
+/// [`load`], keeping a Taobao file's parsed store in the cache folder `cache` (see
+/// [`cache`]) and reading it from there when it is the file's; `note` gets a one-line note
+/// when a cache is rebuilt (stale or damaged) or cannot be written.
+pub fn load_cached(
+    src: &DataSource,
+    cfg: &crate::config::Config,
+    cache: Option<&std::path::Path>,
+    note: &mut dyn FnMut(String),
+) -> Result<Dataset, DataError> {
+    if let DataSource::Taobao(file) = src {
+        return load_taobao(file, cfg, cache, note);
+    }
     let (log, name) = match src {
         DataSource::Synthetic => {
             let spec = synthetic::SyntheticSpec::new(
@@ -308,5 +329,82 @@ fn dir_name(p: &std::path::Path) -> String {
     p.file_name().map_or_else(
         || p.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+/// A Taobao file: columns straight from the file (no `Interaction` per row), sorted per
+/// user, or the sorted store from the cache (issue 12).
+fn load_taobao(
+    file: &std::path::Path,
+    cfg: &crate::config::Config,
+    cache_dir: Option<&std::path::Path>,
+    note: &mut dyn FnMut(String),
+) -> Result<Dataset, DataError> {
+    let name = dir_name(file);
+    let at = cache_dir.map(|dir| {
+        let key = cache::SourceKey::of(file);
+        (cache::file_for(dir, file), key)
+    });
+    if let Some((path, Ok(key))) = &at {
+        match cache::read(path, key) {
+            Ok(c) => {
+                let mut vocab = c.vocab;
+                let (fields, user_features) = read::user_id_field(&vocab.user_ids);
+                vocab.fields = fields;
+                let sorted = store::Sorted {
+                    user_start: c.user_start,
+                    item: c.item,
+                    time: c.time,
+                    label: None,
+                    true_prob: None,
+                };
+                return samples::build_sorted(
+                    sorted,
+                    true,
+                    vocab,
+                    user_features,
+                    &cfg.model,
+                    &cfg.data,
+                    &name,
+                );
+            }
+            Err(cache::Miss::Absent) => {}
+            Err(miss) => note(format!("cache {}: {miss}; rebuilding it", path.display())),
+        }
+    }
+    let p = taobao::parse(file, taobao::BLOCK)?;
+    let need = crate::memory::store_need(p.user.len(), p.vocab.user_ids.len(), true, false, cfg);
+    crate::memory::check_available(vec![need])
+        .map_err(|e| DataError::Other(format!("{name}: {e}")))?;
+    let n_users = p.vocab.user_ids.len();
+    let cols = store::Columns {
+        user: p.user,
+        item: p.item,
+        time: p.time,
+        label: None,
+        true_prob: None,
+    };
+    let sorted = store::sort_events(cols, n_users);
+    if let Some((path, Ok(key))) = &at {
+        let written = cache::write(
+            path,
+            key,
+            &p.vocab,
+            &sorted.user_start,
+            &sorted.item,
+            &sorted.time,
+        );
+        if let Err(e) = written {
+            note(format!("cannot write the cache {}: {e}", path.display()));
+        }
+    }
+    samples::build_sorted(
+        sorted,
+        true,
+        p.vocab,
+        p.user_features,
+        &cfg.model,
+        &cfg.data,
+        &name,
     )
 }

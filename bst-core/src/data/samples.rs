@@ -8,14 +8,16 @@
 //! - Other features: the log's user fields, then `hour` (24) and `weekday` (7) of the
 //!   target's time in UTC, stored as global rows of `emb.other.weight`.
 //! - Implicit logs: each positive gets `data.negatives` negatives with the same history,
-//!   time and features and a target drawn uniformly from the other items (seeded).
+//!   time and features and a target drawn uniformly from the other items: negative `d`
+//!   of event `e` (its index among all users' time-ordered events) from a counter-based
+//!   hash of `(data.seed, e, d)` ([`super::store::negative_item`]).
 //! - Split per user, in time order: with `n` samples (groups of a positive and its
 //!   negatives for implicit logs) and `n >= 3`, the last `max(1, n/10)` are test, the
 //!   `max(1, n/10)` before them validation, the rest train; smaller users go to train.
 
+use super::store::{Columns, Sorted, build_store, negative_item, splits_of};
 use super::{DataError, Dataset, Field, Interaction, InteractionLog, Samples, Vocab};
 use crate::config::{DataConfig, ModelConfig, Position};
-use crate::rng::Rng;
 
 /// Hours in a day and days in a week: the sizes of the two context fields.
 const HOURS: usize = 24;
@@ -65,13 +67,91 @@ pub fn split_sizes(n: usize) -> (usize, usize, usize) {
     (n - 2 * k, k, k)
 }
 
-/// Builds the dataset `name` from `log` (spec 1.2). See the module docs.
+/// Builds the dataset `name` from `log` (spec 1.2): the compact store and its splits
+/// (see [`super::store`]). The samples are those of [`build_reference`].
 pub fn build(
     log: InteractionLog,
     model: &ModelConfig,
     data: &DataConfig,
     name: &str,
 ) -> Result<Dataset, DataError> {
+    check_log(&log, model, data)?;
+    let InteractionLog {
+        interactions,
+        implicit,
+        vocab,
+        user_features,
+        true_prob,
+    } = log;
+    let vocab = with_context_fields(vocab);
+    let negatives = if implicit { data.negatives } else { 0 };
+    let cols = Columns {
+        user: interactions.iter().map(|it| it.user).collect(),
+        item: interactions.iter().map(|it| it.item).collect(),
+        time: interactions.iter().map(|it| it.time).collect(),
+        label: (!implicit).then(|| interactions.iter().map(|it| it.label).collect()),
+        true_prob,
+    };
+    drop(interactions);
+    let [train, valid, test] =
+        build_store(cols, &vocab, &user_features, model, negatives, data.seed);
+    Ok(Dataset {
+        name: name.to_string(),
+        vocab,
+        train,
+        valid,
+        test,
+    })
+}
+
+/// [`build`] from a log's events already sorted per user (a large file read by
+/// [`super::taobao::parse`] or its cache, whose ids are in range by construction): no
+/// [`Interaction`] is made.
+#[allow(clippy::too_many_arguments)]
+pub fn build_sorted(
+    sorted: Sorted,
+    implicit: bool,
+    vocab: Vocab,
+    user_features: Vec<Vec<u32>>,
+    model: &ModelConfig,
+    data: &DataConfig,
+    name: &str,
+) -> Result<Dataset, DataError> {
+    // The vocabulary's checks; the events are in range by construction.
+    let log = InteractionLog {
+        interactions: Vec::new(),
+        implicit,
+        vocab,
+        user_features,
+        true_prob: None,
+    };
+    check_log(&log, model, data)?;
+    let InteractionLog {
+        vocab,
+        user_features,
+        ..
+    } = log;
+    let vocab = with_context_fields(vocab);
+    let negatives = if implicit { data.negatives } else { 0 };
+    let [train, valid, test] =
+        splits_of(sorted, &vocab, &user_features, model, negatives, data.seed);
+    Ok(Dataset {
+        name: name.to_string(),
+        vocab,
+        train,
+        valid,
+        test,
+    })
+}
+
+/// The plain materialised assembly of the samples of `log` as `[train, valid, test]`
+/// (spec 1.2): every sample's rows written out in full. The tests compare the compact
+/// store's batches with it, field for field.
+pub fn build_reference(
+    log: InteractionLog,
+    model: &ModelConfig,
+    data: &DataConfig,
+) -> Result<[Samples; 3], DataError> {
     check_log(&log, model, data)?;
     let InteractionLog {
         interactions,
@@ -94,14 +174,14 @@ pub fn build(
         s
     };
     let mut splits = [new_split(), new_split(), new_split()];
-    let root = Rng::new(data.seed);
+    // Index of the user's first event among all users' time-ordered events.
+    let mut first_event = 0u64;
 
     for (user, timeline) in timelines(&interactions, vocab.user_ids.len())
         .iter()
         .enumerate()
     {
         let (n_train, n_valid, _) = split_sizes(timeline.len().saturating_sub(1));
-        let mut rng = root.fork(user as u64);
         for j in 1..timeline.len() {
             let group = j - 1;
             let split = if group < n_train {
@@ -120,21 +200,15 @@ pub fn build(
             let target = &interactions[i];
             let prob = true_prob.as_ref().map(|p| p[i]);
             context.push(&mut splits[split], &vocab, target.item, target.label, prob);
-            for _ in 0..negatives {
-                let item = draw_negative(&mut rng, vocab.n_items(), target.item);
+            for d in 1..=negatives {
+                let event = first_event + j as u64;
+                let item = negative_item(data.seed, event, d as u64, vocab.n_items(), target.item);
                 context.push(&mut splits[split], &vocab, item, 0.0, None);
             }
         }
+        first_event += timeline.len() as u64;
     }
-
-    let [train, valid, test] = splits;
-    Ok(Dataset {
-        name: name.to_string(),
-        vocab,
-        train,
-        valid,
-        test,
-    })
+    Ok(splits)
 }
 
 /// Checks that the log is consistent with itself and with the config, so that building
@@ -266,13 +340,6 @@ fn timelines(interactions: &[Interaction], n_users: usize) -> Vec<Vec<usize>> {
     out
 }
 
-/// A uniform item in `1..n_items`, other than `positive`. Needs at least two real items.
-fn draw_negative(rng: &mut Rng, n_items: usize, positive: u32) -> u32 {
-    let others = (n_items - 2) as u64; // real items minus the positive
-    let x = 1 + rng.below(others) as u32;
-    if x >= positive { x + 1 } else { x }
-}
-
 /// What a sample's rows are built from: the vocabulary sizes and the config.
 struct Layout<'a> {
     vocab: &'a Vocab,
@@ -385,10 +452,9 @@ mod tests {
 
     #[test]
     fn negatives_never_hit_the_positive() {
-        let mut rng = Rng::new(1);
         for pos in 1..5u32 {
-            for _ in 0..200 {
-                let x = draw_negative(&mut rng, 5, pos);
+            for e in 0..200 {
+                let x = negative_item(1, e, 1, 5, pos);
                 assert!((1..5).contains(&x) && x != pos);
             }
         }

@@ -1,0 +1,554 @@
+//! The compact form of a dataset (issue 12): the log kept once, per user in time order, in
+//! flat arrays, and each split a list of references to its events. A sample's history,
+//! categories, positions, other features and label are assembled when its batch is made
+//! ([`SampleSource::gather_into`]), so memory grows with the events (about 16 bytes each
+//! for an implicit log), not with `L` times the samples.
+//!
+//! - [`EventStore`]: CSR per user (`user_start`), per event the item and the time, the
+//!   label for explicit logs and the true click probability when the generator knows it.
+//! - [`Split`]: the events whose samples a split holds, in sample order (users in order,
+//!   each user's in time order). With `k` negatives per positive (implicit logs) event
+//!   `j` of the list gives samples `j * (1 + k) + d`: `d = 0` the positive, `d >= 1`
+//!   negative `d`, whose item is [`negative_item`], a counter-based hash of
+//!   `(data seed, event, d)`, so no negative is stored.
+//!
+//! The samples are those of [`super::samples::build_reference`], the plain materialised
+//! assembly the tests compare against, field for field.
+
+use super::samples::{history_position, hour_and_weekday};
+use super::{Samples, Vocab};
+use crate::batch::Batch;
+use crate::config::Position;
+use std::sync::Arc;
+
+/// An index into a list of samples: `usize` or, for the orders of large splits, `u32`.
+pub trait SampleIndex: Copy + Send + Sync {
+    /// The index as `usize`.
+    fn at(self) -> usize;
+}
+impl SampleIndex for usize {
+    fn at(self) -> usize {
+        self
+    }
+}
+impl SampleIndex for u32 {
+    fn at(self) -> usize {
+        self as usize
+    }
+}
+
+/// Anything batches can be gathered from: materialised [`Samples`] or a compact [`Split`].
+pub trait SampleSource: Sync {
+    /// Number of samples.
+    fn len(&self) -> usize;
+    /// No samples.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Writes samples `idx` into `batch`, reusing its buffers.
+    fn gather_into<I: SampleIndex>(&self, batch: &mut Batch, idx: &[I]);
+    /// Label and dense user of sample `i` (all that evaluation keeps per sample).
+    fn label_user(&self, i: usize) -> (f32, u32);
+    /// A 64-bit hash of the samples, to tell whether two runs saw the same data.
+    fn fingerprint(&self) -> u64;
+}
+
+/// The log, once: per user (CSR) the events in time order, and what assembling a sample
+/// needs from the vocabulary and the config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventStore {
+    /// History length `L`.
+    pub seq_len: usize,
+    /// Position buckets `P`.
+    pub pos_buckets: usize,
+    /// How history positions are computed.
+    pub position: Position,
+    /// Other-feature fields `F` (the user fields, then `hour` and `weekday`).
+    pub fields: usize,
+    /// Global rows of each user's user fields, `(n_users, F - 2)`.
+    pub user_other: Vec<u32>,
+    /// First rows of the `hour` and `weekday` fields.
+    pub context_offsets: [u32; 2],
+    /// Category of each item row.
+    pub item_cat: Vec<u32>,
+    /// Events of user `u`: `user_start[u]..user_start[u + 1]`.
+    pub user_start: Vec<u32>,
+    /// Item of each event.
+    pub item: Vec<u32>,
+    /// Time of each event (seconds since the epoch).
+    pub time: Vec<i64>,
+    /// Label of each event (explicit logs); `None`: every event is a positive.
+    pub label: Option<Vec<f32>>,
+    /// True click probability of each event, when known.
+    pub true_prob: Option<Vec<f32>>,
+    /// Negatives per positive (0 for explicit logs).
+    pub negatives: usize,
+    /// The data seed the negatives are drawn with.
+    pub seed: u64,
+}
+
+impl Default for EventStore {
+    fn default() -> EventStore {
+        EventStore {
+            seq_len: 0,
+            pos_buckets: 0,
+            position: Position::Timegap,
+            fields: 2,
+            user_other: Vec::new(),
+            context_offsets: [0, 0],
+            item_cat: Vec::new(),
+            user_start: vec![0],
+            item: Vec::new(),
+            time: Vec::new(),
+            label: None,
+            true_prob: None,
+            negatives: 0,
+            seed: 0,
+        }
+    }
+}
+
+/// The item of negative `draw` (>= 1) of event `event`: uniform over the items `1..n_items`
+/// other than `positive`, from a counter-based hash of `(seed, event, draw)`.
+pub fn negative_item(seed: u64, event: u64, draw: u64, n_items: usize, positive: u32) -> u32 {
+    let mix = |mut z: u64| {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let h = mix(mix(mix(seed) ^ event) ^ draw.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    let others = (n_items - 2) as u64; // real items minus the positive
+    let x = 1 + ((h as u128 * others as u128) >> 64) as u32;
+    if x >= positive { x + 1 } else { x }
+}
+
+impl EventStore {
+    /// Number of users.
+    pub fn n_users(&self) -> usize {
+        self.user_start.len().saturating_sub(1)
+    }
+    /// Number of events.
+    pub fn n_events(&self) -> usize {
+        self.item.len()
+    }
+    /// Samples per event: the positive and its negatives.
+    pub fn per_event(&self) -> usize {
+        1 + self.negatives
+    }
+    /// The user of event `e`.
+    pub fn user_of(&self, e: usize) -> usize {
+        self.user_start.partition_point(|&s| s as usize <= e) - 1
+    }
+
+    /// Target item, label and true probability of draw `d` of event `e`.
+    fn target(&self, e: usize, d: usize) -> (u32, f32, Option<f32>) {
+        if d == 0 {
+            let label = self.label.as_ref().map_or(1.0, |l| l[e]);
+            (self.item[e], label, self.true_prob.as_ref().map(|p| p[e]))
+        } else {
+            let item = negative_item(
+                self.seed,
+                e as u64,
+                d as u64,
+                self.item_cat.len(),
+                self.item[e],
+            );
+            (item, 0.0, None)
+        }
+    }
+
+    /// Appends the sample of draw `d` of event `e` (of user `u`) to the batch's buffers.
+    fn push(&self, b: &mut Batch, u: usize, e: usize, d: usize) {
+        let l = self.seq_len;
+        let first = self.user_start[u] as usize;
+        let from = e.saturating_sub(l).max(first);
+        let pad = l - (e - from);
+        let now = self.time[e];
+        b.hist_item.extend(std::iter::repeat_n(0, pad));
+        b.hist_cat.extend(std::iter::repeat_n(0, pad));
+        b.hist_pos.extend(std::iter::repeat_n(0, pad));
+        for (slot, h) in (pad..l).zip(from..e) {
+            let item = self.item[h];
+            b.hist_item.push(item);
+            b.hist_cat.push(self.item_cat[item as usize]);
+            b.hist_pos.push(history_position(
+                self.position,
+                self.pos_buckets,
+                l,
+                slot,
+                now - self.time[h],
+            ));
+        }
+        let (item, label, _) = self.target(e, d);
+        b.target_item.push(item);
+        b.target_cat.push(self.item_cat[item as usize]);
+        let uf = self.fields - 2;
+        b.other
+            .extend_from_slice(&self.user_other[u * uf..(u + 1) * uf]);
+        let (hour, weekday) = hour_and_weekday(now);
+        b.other.push(self.context_offsets[0] + hour);
+        b.other.push(self.context_offsets[1] + weekday);
+        b.label.push(label);
+    }
+
+    /// A 64-bit hash of everything the samples are assembled from.
+    fn fingerprint(&self) -> u64 {
+        let mut h = Fnv::new();
+        for x in [
+            self.seq_len,
+            self.pos_buckets,
+            self.position as usize,
+            self.fields,
+            self.negatives,
+        ] {
+            h.eat(x as u64);
+        }
+        h.eat(self.seed);
+        h.eat_u32s(&self.user_other);
+        h.eat_u32s(&self.context_offsets);
+        h.eat_u32s(&self.item_cat);
+        h.eat_u32s(&self.user_start);
+        h.eat_u32s(&self.item);
+        h.eat(self.time.len() as u64);
+        self.time.iter().for_each(|&t| h.eat(t as u64));
+        for v in [&self.label, &self.true_prob] {
+            h.eat(v.is_some() as u64);
+            if let Some(v) = v {
+                h.eat(v.len() as u64);
+                v.iter().for_each(|&x| h.eat(x.to_bits() as u64));
+            }
+        }
+        h.0
+    }
+}
+
+/// FNV-1a over 64-bit words.
+struct Fnv(u64);
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn eat(&mut self, x: u64) {
+        self.0 = (self.0 ^ x).wrapping_mul(0x0100_0000_01b3);
+    }
+    fn eat_u32s(&mut self, xs: &[u32]) {
+        self.eat(xs.len() as u64);
+        let mut pairs = xs.chunks_exact(2);
+        for p in &mut pairs {
+            self.eat(p[0] as u64 | (p[1] as u64) << 32);
+        }
+        pairs.remainder().iter().for_each(|&x| self.eat(x as u64));
+    }
+}
+
+/// The samples of one split: references to the events of a shared [`EventStore`].
+#[derive(Clone, Debug, Default)]
+pub struct Split {
+    /// The store the events belong to.
+    pub store: Arc<EventStore>,
+    /// The split's events, in sample order.
+    pub events: Vec<u32>,
+}
+
+impl PartialEq for Split {
+    fn eq(&self, other: &Split) -> bool {
+        self.events == other.events
+            && (Arc::ptr_eq(&self.store, &other.store) || self.store == other.store)
+    }
+}
+
+impl Split {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.events.len() * self.store.per_event()
+    }
+    /// No samples.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+    /// History length `L`.
+    pub fn seq_len(&self) -> usize {
+        self.store.seq_len
+    }
+    /// Other-feature fields `F`.
+    pub fn fields(&self) -> usize {
+        self.store.fields
+    }
+    /// `(user, event, draw)` of sample `i`.
+    fn locate(&self, i: usize) -> (usize, usize, usize) {
+        let per = self.store.per_event();
+        let e = self.events[i / per] as usize;
+        (self.store.user_of(e), e, i % per)
+    }
+    /// A 64-bit hash of the store and the split's events (computed without materialising
+    /// a sample), to tell whether two runs saw the same data.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = Fnv(self.store.fingerprint());
+        h.eat_u32s(&self.events);
+        h.0
+    }
+    /// Label of every sample, in order.
+    pub fn labels(&self) -> Vec<f32> {
+        (0..self.len()).map(|i| self.label_user(i).0).collect()
+    }
+    /// Dense user of every sample, in order.
+    pub fn users(&self) -> Vec<u32> {
+        (0..self.len()).map(|i| self.label_user(i).1).collect()
+    }
+    /// The true click probability of every sample, when the log has it.
+    pub fn true_prob(&self) -> Option<Vec<f32>> {
+        let p = self.store.true_prob.as_ref()?;
+        Some(self.events.iter().map(|&e| p[e as usize]).collect())
+    }
+    /// Fraction of positive labels.
+    pub fn positive_rate(&self) -> f64 {
+        let n = self.len();
+        (0..n).map(|i| self.label_user(i).0 as f64).sum::<f64>() / n.max(1) as f64
+    }
+    /// Samples `range`, materialised (tests, small uses; a whole split of a large log does
+    /// not fit in memory this way).
+    pub fn samples_range(&self, range: std::ops::Range<usize>) -> Samples {
+        let idx: Vec<usize> = range.clone().collect();
+        let mut b = Batch::default();
+        self.gather_into(&mut b, &idx);
+        let user = idx.iter().map(|&i| self.label_user(i).1).collect();
+        let true_prob = self.store.true_prob.as_ref().map(|_| {
+            idx.iter()
+                .filter_map(|&i| {
+                    let (_, e, d) = self.locate(i);
+                    self.store.target(e, d).2
+                })
+                .collect()
+        });
+        Samples {
+            seq_len: b.seq_len,
+            fields: b.fields,
+            hist_item: b.hist_item,
+            hist_cat: b.hist_cat,
+            hist_pos: b.hist_pos,
+            target_item: b.target_item,
+            target_cat: b.target_cat,
+            other: b.other,
+            label: b.label,
+            user,
+            true_prob,
+        }
+    }
+    /// Every sample, materialised (see [`Split::samples_range`]).
+    pub fn samples(&self) -> Samples {
+        self.samples_range(0..self.len())
+    }
+}
+
+impl SampleSource for Split {
+    fn len(&self) -> usize {
+        Split::len(self)
+    }
+    fn gather_into<I: SampleIndex>(&self, b: &mut Batch, idx: &[I]) {
+        b.size = idx.len();
+        b.seq_len = self.store.seq_len;
+        b.fields = self.store.fields;
+        for v in [
+            &mut b.hist_item,
+            &mut b.hist_cat,
+            &mut b.hist_pos,
+            &mut b.target_item,
+            &mut b.target_cat,
+            &mut b.other,
+        ] {
+            v.clear();
+        }
+        b.label.clear();
+        for &i in idx {
+            let (u, e, d) = self.locate(i.at());
+            self.store.push(b, u, e, d);
+        }
+    }
+    fn label_user(&self, i: usize) -> (f32, u32) {
+        let (u, e, d) = self.locate(i);
+        (self.store.target(e, d).1, u as u32)
+    }
+    fn fingerprint(&self) -> u64 {
+        Split::fingerprint(self)
+    }
+}
+
+impl SampleSource for Samples {
+    fn len(&self) -> usize {
+        self.label.len()
+    }
+    fn gather_into<I: SampleIndex>(&self, b: &mut Batch, idx: &[I]) {
+        let (l, f) = (self.seq_len, self.fields);
+        b.size = idx.len();
+        b.seq_len = l;
+        b.fields = f;
+        let rows = |dst: &mut Vec<u32>, src: &[u32], w: usize| {
+            dst.clear();
+            for &i in idx {
+                let i = i.at();
+                dst.extend_from_slice(&src[i * w..(i + 1) * w]);
+            }
+        };
+        rows(&mut b.hist_item, &self.hist_item, l);
+        rows(&mut b.hist_cat, &self.hist_cat, l);
+        rows(&mut b.hist_pos, &self.hist_pos, l);
+        rows(&mut b.target_item, &self.target_item, 1);
+        rows(&mut b.target_cat, &self.target_cat, 1);
+        rows(&mut b.other, &self.other, f);
+        b.label.clear();
+        b.label.extend(idx.iter().map(|&i| self.label[i.at()]));
+    }
+    fn label_user(&self, i: usize) -> (f32, u32) {
+        (self.label[i], self.user[i])
+    }
+    fn fingerprint(&self) -> u64 {
+        Samples::fingerprint(self)
+    }
+}
+
+/// The log's events as columns, in log order (what [`build_store`] sorts per user).
+pub(crate) struct Columns {
+    pub user: Vec<u32>,
+    pub item: Vec<u32>,
+    pub time: Vec<i64>,
+    pub label: Option<Vec<f32>>,
+    pub true_prob: Option<Vec<f32>>,
+}
+
+/// A log's events sorted per user (CSR), each user's in time order.
+pub struct Sorted {
+    /// Events of user `u`: `user_start[u]..user_start[u + 1]`.
+    pub user_start: Vec<u32>,
+    /// Item of each event.
+    pub item: Vec<u32>,
+    /// Time of each event.
+    pub time: Vec<i64>,
+    /// Label of each event, for explicit logs.
+    pub label: Option<Vec<f32>>,
+    /// True click probability of each event, when known.
+    pub true_prob: Option<Vec<f32>>,
+}
+
+/// Sorts `cols` (of `n_users` users) per user, each user's events by (time, log order):
+/// a stable counting sort by user, then a stable sort by time within each user.
+pub(crate) fn sort_events(cols: Columns, n_users: usize) -> Sorted {
+    let n = cols.item.len();
+    let mut user_start = vec![0u32; n_users + 1];
+    for &u in &cols.user {
+        user_start[u as usize + 1] += 1;
+    }
+    for u in 0..n_users {
+        user_start[u + 1] += user_start[u];
+    }
+    let mut perm = vec![0u32; n];
+    {
+        let mut next = user_start.clone();
+        for (i, &u) in cols.user.iter().enumerate() {
+            perm[next[u as usize] as usize] = i as u32;
+            next[u as usize] += 1;
+        }
+    }
+    drop(cols.user);
+    {
+        let time = &cols.time;
+        for u in 0..n_users {
+            let r = user_start[u] as usize..user_start[u + 1] as usize;
+            perm[r].sort_by_key(|&i| time[i as usize]); // stable: ties keep log order
+        }
+    }
+    let gather_u32 = |v: Vec<u32>| -> Vec<u32> { perm.iter().map(|&i| v[i as usize]).collect() };
+    let gather_f32 = |v: Vec<f32>| -> Vec<f32> { perm.iter().map(|&i| v[i as usize]).collect() };
+    let item = gather_u32(cols.item);
+    let time: Vec<i64> = perm.iter().map(|&i| cols.time[i as usize]).collect();
+    drop(cols.time);
+    Sorted {
+        user_start,
+        item,
+        time,
+        label: cols.label.map(gather_f32),
+        true_prob: cols.true_prob.map(gather_f32),
+    }
+}
+
+/// The store of `cols` (already checked against `vocab`, which holds the context fields)
+/// and its `[train, valid, test]` splits (spec 1.2).
+pub(crate) fn build_store(
+    cols: Columns,
+    vocab: &Vocab,
+    user_features: &[Vec<u32>],
+    model: &crate::config::ModelConfig,
+    negatives: usize,
+    seed: u64,
+) -> [Split; 3] {
+    let sorted = sort_events(cols, vocab.user_ids.len());
+    splits_of(sorted, vocab, user_features, model, negatives, seed)
+}
+
+/// The store of the sorted events and its `[train, valid, test]` splits (spec 1.2).
+pub(crate) fn splits_of(
+    sorted: Sorted,
+    vocab: &Vocab,
+    user_features: &[Vec<u32>],
+    model: &crate::config::ModelConfig,
+    negatives: usize,
+    seed: u64,
+) -> [Split; 3] {
+    let n_users = vocab.user_ids.len();
+    let Sorted {
+        user_start,
+        item,
+        time,
+        label,
+        true_prob,
+    } = sorted;
+    let fields = vocab.fields.len();
+    let uf = fields - 2;
+    let mut user_other = Vec::with_capacity(n_users * uf);
+    for row in user_features {
+        user_other.extend(
+            row.iter()
+                .zip(&vocab.fields)
+                .map(|(&x, f)| f.offset as u32 + x),
+        );
+    }
+    let store = Arc::new(EventStore {
+        seq_len: model.seq_len,
+        pos_buckets: model.pos_buckets,
+        position: model.position,
+        fields,
+        user_other,
+        context_offsets: [
+            vocab.fields[uf].offset as u32,
+            vocab.fields[uf + 1].offset as u32,
+        ],
+        item_cat: vocab.item_cat.clone(),
+        user_start,
+        item,
+        time,
+        label,
+        true_prob,
+        negatives,
+        seed,
+    });
+
+    let mut events: [Vec<u32>; 3] = Default::default();
+    for u in 0..n_users {
+        let (a, b) = (store.user_start[u], store.user_start[u + 1]);
+        let (n_train, n_valid, _) = super::samples::split_sizes((b - a).saturating_sub(1) as usize);
+        for (g, e) in (a + 1..b).enumerate() {
+            let split = if g < n_train {
+                0
+            } else if g < n_train + n_valid {
+                1
+            } else {
+                2
+            };
+            events[split].push(e);
+        }
+    }
+    events.map(|events| Split {
+        store: store.clone(),
+        events,
+    })
+}
