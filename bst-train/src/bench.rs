@@ -92,6 +92,9 @@ pub struct BenchArgs {
     /// Leave out the per-kernel timings.
     #[arg(long = "no-kernels")]
     pub no_kernels: bool,
+    /// Under mpirun: how the embedding tables' gradients go between the ranks.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub exchange: crate::bench_group::Exchange,
 }
 
 /// The device the benchmark runs on.
@@ -101,6 +104,10 @@ enum Device {
 }
 
 pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    // Under mpirun: the data-parallel training step only.
+    if let Some(member) = crate::cluster::member() {
+        return crate::bench_group::bench_group(args, member);
+    }
     let r = &args.run;
     if r.resume.is_some() || r.out.is_some() || r.epochs.is_some() {
         bail!(
