@@ -33,12 +33,17 @@ static STOP: AtomicBool = AtomicBool::new(false);
 fn catch_ctrl_c() -> &'static AtomicBool {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
-        let r = ctrlc::set_handler(|| {
+        // Under mpirun (which turns Ctrl-C into SIGTERM to every rank) each rank says so;
+        // the ranks agree to stop at the same step, and rank 0 saves.
+        let who = cluster::member().map_or(String::new(), |m| {
+            format!("rank {} of {}: ", m.group.rank(), m.group.size())
+        });
+        let r = ctrlc::set_handler(move || {
             if STOP.swap(true, Ordering::SeqCst) {
-                eprintln!("\nsecond Ctrl-C: quitting without saving");
+                eprintln!("\n{who}second Ctrl-C: quitting without saving");
                 std::process::exit(EXIT_INTERRUPTED);
             }
-            eprintln!("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again quits at once)");
+            eprintln!("\n{who}Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again quits at once)");
         });
         if let Err(e) = r {
             eprintln!("warning: cannot catch Ctrl-C ({e}); an interrupted run will not save");
