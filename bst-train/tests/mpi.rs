@@ -89,7 +89,11 @@ fn steps_of_two_ranks_equal_one_process() {
             one.train_step(&batch);
         }
         let (loss_one, _) = one.take_loss();
-        for policy in [ExchangePolicy::Sparse, ExchangePolicy::Dense, ExchangePolicy::Auto] {
+        for policy in [
+            ExchangePolicy::Sparse,
+            ExchangePolicy::Dense,
+            ExchangePolicy::Auto,
+        ] {
             let mut rank = CpuBackend::new(&cfg, ds.vocab.sizes());
             rank.exchange.policy = policy;
             rank.join_group(g.clone()).unwrap();
@@ -179,7 +183,10 @@ fn ml100k_two_ranks_match_one_and_resume_in_one(mpirun: &Path) {
     train(&mut Command::new("env"), &one, &args);
     let err = train(&mut mpi_command(mpirun, RANKS), &two, &args);
     for r in 0..RANKS {
-        assert!(err.contains(&format!("rank {r} of 2 on ")), "rank line: {err}");
+        assert!(
+            err.contains(&format!("rank {r} of 2 on ")),
+            "rank line: {err}"
+        );
     }
     let auc = |d: &Path| test_metrics(d)["test"]["auc"].as_f64().expect("a test AUC");
     let (a1, a2) = (auc(&one), auc(&two));
