@@ -234,6 +234,18 @@ pub fn train(args: &RunArgs) -> anyhow::Result<()> {
         "training {:.0} samples/s on {}",
         report.train_samples_per_sec, report.device
     );
+    if let Some(x) = backend.take_exchange_stats().filter(|x| x.steps > 0) {
+        let (steps, mb) = (x.steps as f64, |b: u64| b as f64 / 1e6);
+        println!(
+            "gradient exchange per step and rank: {:.2} MB (allreduce {:.2} MB, allgather {:.3} MB), {:.2} ms; embedding tables by their rows {:.1} of 4 per step, whole {:.1}",
+            mb(x.bytes) / steps,
+            mb(x.allreduce_bytes) / steps,
+            mb(x.allgather_bytes) / steps,
+            1e3 * x.seconds / steps,
+            x.sparse_tables as f64 / steps,
+            x.dense_tables as f64 / steps
+        );
+    }
     println!("run folder {}", dir.display());
     Ok(())
 }
