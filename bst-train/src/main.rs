@@ -23,7 +23,13 @@ fn main() -> anyhow::Result<()> {
     #[cfg(feature = "mpi")]
     let _universe = mpi_group::init()?;
     let cli = cli::Cli::parse();
-    let result = match cli.command.unwrap_or_default() {
+    let command = cli.command.unwrap_or_default();
+    let data_parallel = matches!(command, cli::Command::Train(_) | cli::Command::Bench(_));
+    let result = match command {
+        // The others would run whole on every rank.
+        _ if !data_parallel && cluster::group().is_some() => Err(anyhow::anyhow!(
+            "under mpirun with several ranks only `train` and `bench` run (data-parallel); run the others in one process"
+        )),
         cli::Command::Train(args) => run::train(&args),
         cli::Command::Ablate(args) => ablate::ablate(&args),
         cli::Command::Eval(args) => serve::eval(&args),
