@@ -3,7 +3,7 @@
 
 use crate::cli::RunArgs;
 use crate::cluster;
-use crate::device::{Device, make_backend};
+use crate::device::make_backend;
 use crate::plot;
 use crate::progress::{self, StepProgress, Throttle};
 use anyhow::Context;
@@ -148,14 +148,7 @@ pub fn train(args: &RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let device = match (&group, args.device) {
-        (None, d) => d,
-        (Some(_), Device::Gpu) => anyhow::bail!(
-            "--device gpu trains in one process only (yet): data-parallel ranks train on the CPU (--device cpu)"
-        ),
-        (Some(_), _) => Device::Cpu,
-    };
-    let mut backend = make_backend(device, &cfg, &ds)?;
+    let mut backend = make_backend(args.device, &cfg, &ds)?;
     if let Some(m) = cluster::member() {
         eprintln!(
             "rank {} of {} on {} (local rank {} of {}): device {}",

@@ -6,6 +6,10 @@
 //! 1. Steps: 3 Adam steps of 2 ranks give every parameter of 1 process within
 //!    1e-5 + 1e-4 |x|, with the embedding tables exchanged by their touched rows, whole,
 //!    and by the automatic choice, for dense and sparse updates, on uneven shards.
+//!    The same on the GPU backend (lavapipe in CI, both ranks on it): 3 Adam steps of 2 GPU
+//!    ranks give 1 GPU process's parameters within the GPU tests' 1e-5 + 1e-4 |x|
+//!    (`bst-core/tests/gpu_training.rs`), dense and sparse updates, the tables exchanged
+//!    by rows and whole. `BST_SKIP_GPU_TESTS=1` skips it where no Vulkan adapter exists.
 //! 2. `mpirun -n 2 bst-train train`: one epoch of ml-100k gives the test AUC of one
 //!    process within 0.002; its checkpoint resumes in one process for a second epoch.
 
@@ -21,8 +25,10 @@ use bst_core::batch::Batch;
 use bst_core::collective::{ExchangePolicy, shard_range};
 use bst_core::config::Config;
 use bst_core::data::{self, DataSource};
+use bst_core::gpu_backend::GpuBackend;
 use bst_core::model::Shard;
 use bst_core::train::epoch_order;
+use bst_kernels::gpu::{GpuContext, GpuOptions, wgpu};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -32,6 +38,7 @@ fn main() {
     if mpi_group::launched() {
         let _universe = mpi_group::init().expect("MPI starts");
         steps_of_two_ranks_equal_one_process();
+        gpu_steps_of_two_ranks_equal_one_gpu_process();
         return;
     }
     let Some(mpirun) = which("mpirun") else {
@@ -133,6 +140,101 @@ fn steps_of_two_ranks_equal_one_process() {
                     "  {what}: {} tables by rows, {} whole over 3 steps, {:.0} bytes/step, worst |diff|/tol {worst:.3}",
                     stats.sparse_tables,
                     stats.dense_tables,
+                    stats.bytes as f64 / 3.0
+                );
+            }
+        }
+    }
+}
+
+/// One rank: 3 Adam steps of 2 GPU ranks against 3 steps of 1 GPU backend in this
+/// process, on a small model (lavapipe is slow), with dropout, on uneven shards.
+fn gpu_steps_of_two_ranks_equal_one_gpu_process() {
+    let member = cluster::member().expect("launched by mpirun");
+    let g = member.group.clone();
+    let opts = GpuOptions {
+        backends: wgpu::Backends::VULKAN,
+        allow_software: true,
+        ..Default::default()
+    };
+    let ctx = match GpuContext::for_local_rank(&opts, member.local_rank) {
+        Ok(ctx) => std::sync::Arc::new(ctx),
+        Err(e) if std::env::var("BST_SKIP_GPU_TESTS").as_deref() == Ok("1") => {
+            eprintln!("BST_SKIP_GPU_TESTS=1: no GPU ({e}): skipping the GPU ranks' test");
+            return;
+        }
+        Err(e) => panic!(
+            "rank {}: no GPU adapter ({e}); BST_SKIP_GPU_TESTS=1 skips",
+            g.rank()
+        ),
+    };
+    let mut cfg = Config::default();
+    cfg.data.synthetic_users = 60;
+    cfg.train.batch = 15; // uneven shards: 8 and 7 rows
+    cfg.train.eval_batch = 15;
+    let m = &mut cfg.model;
+    (m.seq_len, m.d_item, m.d_cat, m.d_pos, m.d_other) = (6, 8, 4, 4, 4);
+    (m.heads, m.d_ff, m.blocks, m.mlp) = (2, 16, 1, vec![32, 16]);
+    m.dropout = 0.2;
+    // Gradients well above the rounding of the two summation orders (see
+    // bst-core/tests/common's small_config).
+    m.emb_init_std = 1.0;
+    cfg.validate().expect("a valid config");
+    let ds = data::load(&DataSource::Synthetic, &cfg).expect("synthetic data");
+    let order = epoch_order(ds.train.len(), cfg.train.seed, 1);
+    let batches: Vec<&[usize]> = order.chunks(cfg.train.batch).take(3).collect();
+    let sizes = ds.vocab.sizes();
+    for sparse in [false, true] {
+        cfg.train.sparse_embeddings = sparse;
+        let mut one = GpuBackend::init(ctx.clone(), &cfg, sizes).expect("a GPU backend");
+        let mut batch = Batch::default();
+        for idx in &batches {
+            batch.gather(&ds.train, idx);
+            one.train_step(&batch);
+        }
+        let (loss_one, _) = one.take_loss();
+        let params_one = one.read_params();
+        drop(one);
+        for policy in [ExchangePolicy::Sparse, ExchangePolicy::Dense] {
+            let mut rank = GpuBackend::init(ctx.clone(), &cfg, sizes).expect("a GPU backend");
+            rank.join_group(g.clone()).unwrap();
+            rank.set_exchange_policy(policy);
+            for idx in &batches {
+                let rows = shard_range(idx.len(), g.rank(), g.size());
+                batch.gather(&ds.train, &idx[rows.clone()]);
+                let shard = Shard {
+                    row0: rows.start,
+                    global: idx.len(),
+                };
+                rank.train_step_shard(&batch, None, shard);
+            }
+            let (loss, _) = rank.take_loss();
+            let stats = rank.take_exchange_stats().unwrap();
+            let what = format!("GPU, sparse updates {sparse}, exchange {policy:?}");
+            assert!(
+                (loss - loss_one).abs() <= 1e-5 * (1.0 + loss_one.abs()),
+                "{what}: loss {loss} against {loss_one}"
+            );
+            match policy {
+                ExchangePolicy::Sparse => assert_eq!(stats.dense_tables, 0, "{what}"),
+                _ => assert_eq!(stats.sparse_tables, 0, "{what}"),
+            }
+            let params = rank.read_params();
+            let (mut worst, mut max_diff) = (0.0f32, 0.0f32);
+            for (i, (&a, &b)) in params.iter().zip(&params_one).enumerate() {
+                let tol = 1e-5 + 1e-4 * b.abs();
+                assert!(
+                    (a - b).abs() <= tol,
+                    "{what}: parameter {i} is {a} on rank {}, {b} in one process",
+                    g.rank()
+                );
+                worst = worst.max((a - b).abs() / tol);
+                max_diff = max_diff.max((a - b).abs());
+            }
+            if g.rank() == 0 {
+                println!(
+                    "  {what}: {} values, max |diff| {max_diff:.3e}, worst |diff|/tol {worst:.3}, loss {loss:.6} against {loss_one:.6}, {:.0} bytes/step",
+                    params.len(),
                     stats.bytes as f64 / 3.0
                 );
             }
