@@ -4,7 +4,7 @@
 //   residual_dropout_forward   out (n) = x (n) + a (n) * mask
 //   residual_dropout_backward  da (n)  = dout (n) * mask           (overwrites; dx = dout)
 //
-// mask(i) = hash_u32(stream ^ i) >= threshold ? scale : 0, with `stream`, `threshold` and
+// mask(i) = hash_u32(stream ^ (first + i)) >= threshold ? scale : 0, with `stream`, `threshold` and
 // `scale` = 1 / (1 - p) computed on the host by cpu::dropout::DropoutKey, so the GPU's
 // mask is the CPU's bit for bit. One invocation per element, grid-stride.
 
@@ -21,7 +21,9 @@ struct Params {
     // Always 0. XORed into the bits of a * mask, which stops the compiler from fusing
     // x + a * mask into one fma (rounded once, unlike the CPU's multiply then add).
     opaque_zero: u32,
-    _pad0: u32,
+    // The mask index of element 0: a data-parallel rank's shard of a batch takes the
+    // masks of its rows in the global batch (cpu::dropout's `_at` variants' `first`).
+    first: u32,
     _pad1: u32,
 }
 
@@ -48,7 +50,7 @@ fn hash_u32(v: u32) -> u32 {
 
 // The multiplier of element i: 0 (dropped) or scale (kept).
 fn mask(i: u32) -> f32 {
-    return select(0.0, p.scale, hash_u32(p.stream ^ i) >= p.threshold);
+    return select(0.0, p.scale, hash_u32(p.stream ^ (p.first + i)) >= p.threshold);
 }
 
 @compute @workgroup_size(256)

@@ -7,6 +7,7 @@
 //                 workgroup, each invocation sums a fixed stride of samples (Kahan), then
 //                 a fixed tree; deterministic, no atomics, no host readback per step
 //   bce_backward  dlogits (B) = (sigmoid(z) - y) / B                  (overwrites)
+//   (both divide by `divisor` instead of B when it is set: a data-parallel shard)
 //
 // Labels are f32 (0 or 1). Per-sample kernels use a flat index over a 2D grid of
 // workgroups (the launcher spreads more than 65535 workgroups over y).
@@ -20,6 +21,17 @@ struct Params {
     mean_off: u32,
     dlogits_off: u32,
     accumulate_mean: u32, // 1: mean += this batch's mean; 0: mean = it
+    // The mean's and the gradient's divisor, 0: b. A data-parallel rank's shard of a
+    // global batch divides by the global rows, so the ranks' sums are the global mean's.
+    divisor: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+// The divisor of the mean and of dlogits.
+fn divisor() -> f32 {
+    return f32(max(select(p.b, p.divisor, p.divisor > 0u), 1u));
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -102,7 +114,7 @@ fn bce_mean(@builtin(local_invocation_index) lid: u32) {
         workgroupBarrier();
     }
     if (lid == 0u) {
-        var m = partial[0] / f32(max(p.b, 1u));
+        var m = partial[0] / divisor();
         if (p.accumulate_mean == 1u) {
             m += mean[p.mean_off];
         }
@@ -123,5 +135,5 @@ fn bce_backward(
     }
     let z = logits[p.logits_off + i];
     let y = labels[p.labels_off + i];
-    dlogits[p.dlogits_off + i] = (sigmoid(z) - y) / f32(p.b);
+    dlogits[p.dlogits_off + i] = (sigmoid(z) - y) / divisor();
 }

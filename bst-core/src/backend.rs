@@ -3,8 +3,9 @@
 //! `CpuBackend` is the reference; a GPU backend implements the same trait.
 
 use crate::batch::Batch;
+use crate::collective::{Collective, ExchangeStats, GradientExchange};
 use crate::config::Config;
-use crate::model::{Activations, GradScratch, Mode, Model};
+use crate::model::{Activations, GradScratch, Mode, Model, Shard};
 use crate::optim::{Decay, OptimSnapshot, Optimizer};
 use crate::params::VocabSizes;
 use crate::requests::{RequestError, Requests};
@@ -133,6 +134,31 @@ pub trait Backend {
             backend: self.describe(),
             what: "restore an optimiser state (to resume)",
         })
+    }
+
+    /// Joins a data-parallel group ([`crate::collective`]): the following
+    /// [`Backend::train_step_shard`] calls sum their gradients over its ranks. The default
+    /// refuses.
+    fn join_group(&mut self, group: Arc<dyn Collective>) -> Result<(), BackendError> {
+        let _ = group;
+        Err(BackendError::Unsupported {
+            backend: self.describe(),
+            what: "train data-parallel across processes",
+        })
+    }
+
+    /// [`Backend::train_step_prepared`] on this rank's `shard` of a global batch (`batch`
+    /// holds its rows only), after [`Backend::join_group`]: every rank takes the update of
+    /// the whole global batch. The default, for a backend that joins no group, trains on
+    /// `batch` alone.
+    fn train_step_shard(&mut self, batch: &Batch, prepared: Option<&mut Prepared>, shard: Shard) {
+        let _ = shard;
+        self.train_step_prepared(batch, prepared);
+    }
+
+    /// What the gradient exchange moved since the last call (`None`: no group).
+    fn take_exchange_stats(&mut self) -> Option<ExchangeStats> {
+        None
     }
 
     /// Largest batch [`Backend::predict`] takes at once (`None`: any).
@@ -267,6 +293,12 @@ pub struct CpuBackend {
     /// (item, category, position, other) whose gradients the last backward wrote, which
     /// the next one zeroes instead of the whole table. `None` for dense updates.
     dirty_rows: Option<[Vec<u32>; 4]>,
+    /// The data-parallel group ([`Backend::join_group`]) and its gradient exchange.
+    group: Option<Arc<dyn Collective>>,
+    /// How the gradients are exchanged, and what that moved.
+    pub exchange: GradientExchange,
+    /// The rows the last shard touched, for the exchange of dense updates.
+    shard_rows: [Vec<u32>; 4],
     loss_sum: f64,
     loss_steps: usize,
     acts: Activations,
@@ -301,6 +333,9 @@ impl CpuBackend {
             }),
             seed: cfg.train.seed,
             dirty_rows: cfg.train.sparse_embeddings.then(Default::default),
+            group: None,
+            exchange: GradientExchange::default(),
+            shard_rows: Default::default(),
             loss_sum: 0.0,
             loss_steps: 0,
             params,
@@ -322,6 +357,24 @@ impl CpuBackend {
         if self.scratch_capacity() < batch.size {
             self.scratch = GradScratch::new(&self.model.dims, batch.size);
         }
+        self.zero_grads(batch);
+        let loss = self
+            .model
+            .forward(&mut self.acts, &self.params, batch, mode);
+        self.model.backward(
+            &mut self.grads,
+            &mut self.scratch,
+            &self.acts,
+            &self.params,
+            batch,
+            mode,
+        );
+        loss
+    }
+
+    /// Zeroes the gradients (with sparse updates: the dense part and the rows the last
+    /// batch touched, then notes `batch`'s rows).
+    fn zero_grads(&mut self, batch: &Batch) {
         match &mut self.dirty_rows {
             None => self.grads.fill(0.0),
             Some(dirty) => {
@@ -336,18 +389,20 @@ impl CpuBackend {
                 batch.touched_rows_into(dirty);
             }
         }
-        let loss = self
-            .model
-            .forward(&mut self.acts, &self.params, batch, mode);
-        self.model.backward(
-            &mut self.grads,
-            &mut self.scratch,
-            &self.acts,
-            &self.params,
-            batch,
-            mode,
-        );
-        loss
+    }
+
+    /// The optimiser's update with the gradient arena (sparse updates: of the rows in
+    /// `dirty_rows`).
+    fn update(&mut self) {
+        match &self.dirty_rows {
+            None => self.optim.step(&mut self.params, &self.grads),
+            Some(touched) => {
+                let layout = &self.model.layout;
+                let (dense, tables) = (layout.dense_range(), layout.embedding_tables());
+                self.optim
+                    .step_sparse(&mut self.params, &self.grads, dense, &tables, touched);
+            }
+        }
     }
 
     fn scratch_capacity(&self) -> usize {
@@ -368,19 +423,58 @@ impl Backend for CpuBackend {
         let mode = Mode::Train {
             seed: self.seed,
             step: self.optim.steps as u32,
+            shard: None,
         };
         let loss = self.loss_and_grads(batch, mode);
-        match &self.dirty_rows {
-            None => self.optim.step(&mut self.params, &self.grads),
-            Some(touched) => {
-                let layout = &self.model.layout;
-                let (dense, tables) = (layout.dense_range(), layout.embedding_tables());
-                self.optim
-                    .step_sparse(&mut self.params, &self.grads, dense, &tables, touched);
-            }
-        }
+        self.update();
         self.loss_sum += loss as f64;
         self.loss_steps += 1;
+    }
+
+    fn join_group(&mut self, group: Arc<dyn Collective>) -> Result<(), BackendError> {
+        self.group = Some(group);
+        Ok(())
+    }
+
+    /// Forward and backward on the shard, the gradients summed over the group
+    /// ([`GradientExchange`]), then the update every rank takes alike. The step's loss is
+    /// the shard's share of the global mean; `take_loss` sums the shares.
+    fn train_step_shard(&mut self, batch: &Batch, prepared: Option<&mut Prepared>, shard: Shard) {
+        let Some(group) = self.group.clone() else {
+            return self.train_step_prepared(batch, prepared);
+        };
+        let mode = Mode::Train {
+            seed: self.seed,
+            step: self.optim.steps as u32,
+            shard: Some(shard),
+        };
+        // A shard may be empty (a last batch smaller than the group): no forward.
+        let loss = if batch.size > 0 {
+            self.loss_and_grads(batch, mode) as f64 * batch.size as f64 / shard.global as f64
+        } else {
+            self.zero_grads(batch);
+            0.0
+        };
+        let layout = &self.model.layout;
+        let (dense, tables) = (layout.dense_range(), layout.embedding_tables());
+        let union = self.dirty_rows.is_some();
+        let touched = match &mut self.dirty_rows {
+            Some(dirty) => dirty,
+            None => {
+                batch.touched_rows_into(&mut self.shard_rows);
+                &mut self.shard_rows
+            }
+        };
+        self.exchange
+            .exchange(&*group, &mut self.grads, dense, &tables, touched, union);
+        self.update();
+        self.loss_sum += loss;
+        self.loss_steps += 1;
+    }
+
+    fn take_exchange_stats(&mut self) -> Option<ExchangeStats> {
+        self.group.as_ref()?;
+        Some(self.exchange.take_total())
     }
 
     fn set_lr(&mut self, lr: f32) {
@@ -388,6 +482,11 @@ impl Backend for CpuBackend {
     }
 
     fn take_loss(&mut self) -> (f64, usize) {
+        if let Some(group) = &self.group {
+            let mut sum = [self.loss_sum];
+            group.sum_f64(&mut sum);
+            self.loss_sum = sum[0];
+        }
         let taken = (self.loss_sum, self.loss_steps);
         (self.loss_sum, self.loss_steps) = (0.0, 0);
         taken

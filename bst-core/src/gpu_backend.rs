@@ -32,6 +32,7 @@
 //! its own buffers, recorded into its own command encoder.
 
 mod buffers;
+mod exchange;
 mod prepare;
 mod shared;
 mod sites;
@@ -64,8 +65,9 @@ use crate::backend::{
     Backend, BackendError, PrepareBatch, Prepared, check_requests, predict_requests_per_sample,
 };
 use crate::batch::Batch;
+use crate::collective::{Collective, ExchangeStats};
 use crate::config::{Config, Optimizer as OptimizerKind};
-use crate::model::Model;
+use crate::model::{Model, Shard};
 use crate::optim::{OptimSnapshot, OptimState};
 use crate::params::VocabSizes;
 use crate::requests::{RequestError, Requests};
@@ -163,6 +165,8 @@ pub struct GpuBackend {
     /// The shared-history scoring path (`predict_requests`), made at the first request
     /// and remade for more users than it holds. Not in `device_memory`.
     shared: Option<SharedPath>,
+    /// The data-parallel group and its gradient exchange (`exchange.rs`).
+    dp: Option<exchange::DataParallel>,
 }
 
 /// The device top-k of `predict_top_k`: its binding and its output `(k, 2)` u32.
@@ -271,6 +275,7 @@ impl GpuBackend {
             segments: Err("no batch segmented yet".into()),
             binding_bytes,
             shared: None,
+            dp: None,
             seed: cfg.train.seed,
             rows: cap,
             steps: 0,
@@ -444,6 +449,42 @@ impl GpuBackend {
             k.elt.forward(pass, &blk.sum_dx); // dx = dres + dtmp
         }
         k.emb.token_embedding_backward(pass, &s.embedding);
+    }
+
+    /// Writes a training step's inputs: the batch, its embedding segments (`prepared`'s
+    /// when they are this batch's) and the rows of the row-wise updates, and Adam's step.
+    fn begin_step(&mut self, batch: &Batch, prepared: Option<&Prepared>) {
+        // Segments prepared from another batch would put gradients on the wrong rows:
+        // take them only when the batch's ids match those they were built from.
+        let handed = prepared
+            .and_then(|p| p.get::<SegmentsOf>())
+            .filter(|p| p.ids == ids_fingerprint(batch));
+        self.upload(batch, Some(self.steps as u32));
+        let segs = match handed {
+            Some(p) => &p.segments,
+            None => {
+                SegmentBatches(self.emb_dims).segment_into(batch, &mut self.segments);
+                &self.segments
+            }
+        };
+        let segs = segs
+            .as_ref()
+            .unwrap_or_else(|e| panic!("segmenting the batch's embedding ids: {e}"));
+        self.sites.embedding.set_segments(&self.ctx, segs);
+        for (rows, &u) in self.sites.update_rows.iter_mut().zip(&segs.unique_ids()) {
+            rows.set_rows(&self.ctx, u);
+        }
+        self.set_update_step();
+    }
+
+    /// Sets Adam's step (`t = steps + 1`) on every update.
+    fn set_update_step(&mut self) {
+        if self.adam {
+            let t = self.steps + 1;
+            for update in self.sites.updates_mut() {
+                update.set_step(&self.ctx, t);
+            }
+        }
     }
 
     /// Records the evaluation forward pass of the ids in the batch buffer (mask, forward,
@@ -622,32 +663,7 @@ impl Backend for GpuBackend {
 
     fn train_step_prepared(&mut self, batch: &Batch, prepared: Option<&mut Prepared>) {
         self.assert_trainable("train_step");
-        // Segments prepared from another batch would put gradients on the wrong rows:
-        // take them only when the batch's ids match those they were built from.
-        let handed = prepared
-            .and_then(|p| p.get::<SegmentsOf>())
-            .filter(|p| p.ids == ids_fingerprint(batch));
-        self.upload(batch, Some(self.steps as u32));
-        let segs = match handed {
-            Some(p) => &p.segments,
-            None => {
-                SegmentBatches(self.emb_dims).segment_into(batch, &mut self.segments);
-                &self.segments
-            }
-        };
-        let segs = segs
-            .as_ref()
-            .unwrap_or_else(|e| panic!("segmenting the batch's embedding ids: {e}"));
-        self.sites.embedding.set_segments(&self.ctx, segs);
-        for (rows, &u) in self.sites.update_rows.iter_mut().zip(&segs.unique_ids()) {
-            rows.set_rows(&self.ctx, u);
-        }
-        if self.adam {
-            let t = self.steps + 1;
-            for update in self.sites.updates_mut() {
-                update.set_step(&self.ctx, t);
-            }
-        }
+        self.begin_step(batch, prepared.map(|p| &*p));
         self.submit("train step", |pass| {
             let (k, s) = (&self.k, &self.sites);
             k.elt.forward(pass, &s.zero_grads);
@@ -664,6 +680,22 @@ impl Backend for GpuBackend {
 
     fn loss_read_interval(&self) -> usize {
         crate::train::LOSS_EVERY
+    }
+
+    fn join_group(&mut self, group: Arc<dyn Collective>) -> Result<(), BackendError> {
+        self.join(group)
+    }
+
+    /// Forward and backward on the shard (the masks of its global rows, the global
+    /// mean's loss gradient), the gradients read back and summed over the group
+    /// ([`crate::collective::GradientExchange`]), written back, then the update every
+    /// rank takes alike (`gpu_backend/exchange.rs`).
+    fn train_step_shard(&mut self, batch: &Batch, prepared: Option<&mut Prepared>, shard: Shard) {
+        self.train_shard(batch, prepared, shard);
+    }
+
+    fn take_exchange_stats(&mut self) -> Option<ExchangeStats> {
+        self.exchange_stats()
     }
 
     fn set_lr(&mut self, lr: f32) {
@@ -685,7 +717,7 @@ impl Backend for GpuBackend {
         // Takes effect before the next submit's commands.
         self.ctx.write(&self.bufs.acts.loss_sum, 0, &[0.0f32]);
         let steps = std::mem::take(&mut self.loss_steps);
-        (f64::from(sum), steps)
+        (self.sum_over_group(f64::from(sum)), steps)
     }
 
     fn max_batch(&self) -> Option<usize> {

@@ -86,6 +86,7 @@
 pub mod backend;
 pub mod batch;
 pub mod checkpoint;
+pub mod collective;
 pub mod config;
 pub mod data;
 pub mod encode;

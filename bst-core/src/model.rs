@@ -7,13 +7,15 @@ use crate::config::{ModelConfig, Pooling};
 use crate::params::{BlockParams, ParamLayout, VocabSizes};
 use bst_kernels::cpu::activation::{leaky_relu_backward, leaky_relu_forward};
 use bst_kernels::cpu::attention::{attention_backward, attention_forward};
-use bst_kernels::cpu::dropout::{DropoutKey, residual_dropout_backward, residual_dropout_forward};
+use bst_kernels::cpu::dropout::{
+    DropoutKey, residual_dropout_backward_at, residual_dropout_forward_at,
+};
 use bst_kernels::cpu::embedding::{
     other_embedding_backward, other_embedding_forward, token_embedding_backward,
     token_embedding_forward,
 };
 use bst_kernels::cpu::layernorm::{layernorm_backward, layernorm_forward};
-use bst_kernels::cpu::loss::{bce_backward, bce_forward};
+use bst_kernels::cpu::loss::{bce_backward, bce_forward, sigmoid};
 use bst_kernels::cpu::matmul::{matmul_backward, matmul_forward};
 use bst_kernels::cpu::pooling::{PoolMode, pooling_backward, pooling_forward};
 
@@ -26,9 +28,34 @@ pub enum Mode {
         seed: u64,
         /// The update count: each step draws new masks.
         step: u32,
+        /// Where the batch sits in the global batch of a data-parallel step (`None`: it
+        /// is the whole batch).
+        shard: Option<Shard>,
     },
     /// No dropout (validation, test, scoring).
     Eval,
+}
+
+/// A data-parallel rank's part of a global batch: rows `row0..row0 + B` of `global`. The
+/// dropout masks are those of the global rows, and the loss gradient is that of the global
+/// mean (each row's share is `1 / global`), so the ranks' gradients sum to a single
+/// process's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// The batch's first row in the global batch.
+    pub row0: usize,
+    /// Rows of the global batch.
+    pub global: usize,
+}
+
+impl Mode {
+    /// The first dropout element of the batch in the global batch's `(B, T, d)` arrays.
+    fn dropout_first(&self, row_elems: usize) -> usize {
+        match self {
+            Mode::Train { shard: Some(s), .. } => s.row0 * row_elems,
+            _ => 0,
+        }
+    }
 }
 
 /// Every size the model's buffers depend on.
@@ -279,7 +306,7 @@ impl Model {
 
     fn dropout_key(&self, mode: Mode, block: usize, branch: u32) -> DropoutKey {
         match mode {
-            Mode::Train { seed, step } => DropoutKey {
+            Mode::Train { seed, step, .. } => DropoutKey {
                 p: self.dims.dropout,
                 seed,
                 step,
@@ -348,11 +375,12 @@ impl Model {
                 d,
                 d,
             );
-            residual_dropout_forward(
+            residual_dropout_forward_at(
                 &mut blk.res1[..n * d],
                 x,
                 &blk.a,
                 self.dropout_key(mode, i, 0),
+                mode.dropout_first(t * d),
             );
             layernorm_forward(
                 &mut blk.x1,
@@ -383,11 +411,12 @@ impl Model {
                 dm.dff,
                 d,
             );
-            residual_dropout_forward(
+            residual_dropout_forward_at(
                 &mut blk.res2[..n * d],
                 &blk.x1,
                 &blk.f,
                 self.dropout_key(mode, i, 1),
+                mode.dropout_first(t * d),
             );
             layernorm_forward(
                 &mut blk.x2,
@@ -457,6 +486,17 @@ impl Model {
         let n = b * t;
         let last = dm.mlp.len() - 1;
         bce_backward(&mut s.dmlp_pre[..b], &acts.mlp_pre[last][..b], &batch.label);
+        if let Mode::Train {
+            shard: Some(shard), ..
+        } = mode
+        {
+            // The global mean's gradient: (p - y) / global, as a single process computes it.
+            let g = shard.global as f32;
+            let logits = &acts.mlp_pre[last][..b];
+            for ((d, &z), &y) in s.dmlp_pre[..b].iter_mut().zip(logits).zip(&batch.label) {
+                *d = (sigmoid(z) - y) / g;
+            }
+        }
         for k in (0..=last).rev() {
             let (w, bias) = &pi.mlp[k];
             let (n_in, n_out) = (dm.mlp_in(k), dm.mlp[k]);
@@ -562,10 +602,11 @@ impl Model {
             d,
         );
         // res2 = x1 + dropout(f)
-        residual_dropout_backward(
+        residual_dropout_backward_at(
             &mut s.dbr[..n * d],
             &s.dres[..n * d],
             self.dropout_key(mode, i, 1),
+            mode.dropout_first(t * d),
         );
         s.dx1[..n * d].copy_from_slice(&s.dres[..n * d]);
         // f = ff W2^T + b2;  ff = LeakyReLU(ff_pre);  ff_pre = x1 W1^T + b1
@@ -615,10 +656,11 @@ impl Model {
             d,
         );
         // res1 = x + dropout(a)
-        residual_dropout_backward(
+        residual_dropout_backward_at(
             &mut s.dbr[..n * d],
             &s.dres[..n * d],
             self.dropout_key(mode, i, 0),
+            mode.dropout_first(t * d),
         );
         s.dx[..n * d].copy_from_slice(&s.dres[..n * d]);
         // a = atty Wout^T + bout;  atty = attention(qkv);  qkv = x Wqkv^T + bqkv

@@ -18,6 +18,7 @@
 
 use crate::backend::{PrepareBatch, Prepared};
 use crate::batch::Batch;
+use crate::collective::shard_range;
 use crate::data::{SampleIndex, SampleSource};
 use std::sync::mpsc::sync_channel;
 
@@ -35,6 +36,20 @@ pub fn for_each_batch<S: SampleSource + ?Sized, I: SampleIndex, E>(
     batch_size: usize,
     skip: usize,
     preparer: Option<&dyn PrepareBatch>,
+    step: impl FnMut(usize, &Batch, Option<&mut Prepared>) -> Result<(), E>,
+) -> Result<(), E> {
+    for_each_shard(samples, order, batch_size, skip, (0, 1), preparer, step)
+}
+
+/// [`for_each_batch`] on a data-parallel rank: of each batch only the rows of shard
+/// `rank` of `ranks` ([`crate::collective::shard_range`]) are gathered and prepared.
+pub fn for_each_shard<S: SampleSource + ?Sized, I: SampleIndex, E>(
+    samples: &S,
+    order: &[I],
+    batch_size: usize,
+    skip: usize,
+    (rank, ranks): (usize, usize),
+    preparer: Option<&dyn PrepareBatch>,
     mut step: impl FnMut(usize, &Batch, Option<&mut Prepared>) -> Result<(), E>,
 ) -> Result<(), E> {
     std::thread::scope(|scope| {
@@ -45,7 +60,7 @@ pub fn for_each_batch<S: SampleSource + ?Sized, I: SampleIndex, E>(
         scope.spawn(move || {
             for (i, idx) in order.chunks(batch_size).enumerate().skip(skip) {
                 let (mut batch, spent) = done_rx.try_recv().unwrap_or_default();
-                batch.gather(samples, idx);
+                batch.gather(samples, &idx[shard_range(idx.len(), rank, ranks)]);
                 let prepared = preparer.map(|p| match spent {
                     Some(mut spent) => {
                         p.prepare_into(&batch, &mut spent);

@@ -15,13 +15,16 @@ use crate::backend::{Backend, BackendError};
 use crate::batch::Batch;
 use crate::checkpoint::CheckpointError;
 pub use crate::checkpoint::Checkpointer;
+use crate::collective::{Collective, shard_range};
 use crate::config::TrainConfig;
 use crate::data::{Dataset, SampleSource};
 use crate::metrics::{Metrics, auc};
-use crate::prefetch::for_each_batch;
+use crate::model::Shard;
+use crate::prefetch::for_each_shard;
 use crate::rng::Rng;
 pub use crate::run_state::{Best, EpochReport, Progress, Resume, Save, Snapshot};
 use serde::Serialize;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -203,6 +206,22 @@ pub fn train_with(
     opts: TrainOptions,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<TrainReport, TrainError> {
+    train_in_group(backend, ds, cfg, opts, None, on_event)
+}
+
+/// [`train_with`] on one rank of a data-parallel `group` ([`crate::collective`]); `None`
+/// or a group of one is a single process. Every rank holds the whole dataset and trains
+/// on its shard of each global batch; the ranks agree on the stop flag before each step
+/// and evaluate a part of each split each, so every rank returns the same report. Give
+/// only one rank (0) a checkpointer: every rank holds the same state.
+pub fn train_in_group(
+    backend: &mut dyn Backend,
+    ds: &Dataset,
+    cfg: &TrainConfig,
+    opts: TrainOptions,
+    group: Option<Arc<dyn Collective>>,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<TrainReport, TrainError> {
     for (name, s) in [
         ("train", &ds.train),
         ("validation", &ds.valid),
@@ -219,7 +238,17 @@ pub fn train_with(
         loss_every,
     } = opts;
     let loss_every = loss_every.max(1);
-    let stop_requested = || stop.is_some_and(|s| s.load(Ordering::SeqCst));
+    let group = group.filter(|g| g.size() > 1);
+    if let Some(g) = &group {
+        backend.join_group(g.clone())?;
+    }
+    let (rank, ranks) = group.as_ref().map_or((0, 1), |g| (g.rank(), g.size()));
+    let group = group.as_deref();
+    // With a group, every rank stops at the same step when any was asked to.
+    let stop_requested = || {
+        let asked = stop.is_some_and(|s| s.load(Ordering::SeqCst));
+        group.map_or(asked, |g| g.any(asked))
+    };
     let n = ds.train.len();
     let steps = n.div_ceil(cfg.batch);
 
@@ -253,11 +282,12 @@ pub fn train_with(
         let mut window_start = progress.step + 1;
         let skip = progress.step;
         let prep = preparer.as_deref();
-        for_each_batch(
+        for_each_shard(
             &ds.train,
             &order,
             cfg.batch,
             skip,
+            (rank, ranks),
             prep,
             |i, batch, prepared| {
                 if stop_requested() {
@@ -300,7 +330,13 @@ pub fn train_with(
                         saved: saved == Some(at),
                     });
                 }
-                backend.train_step_prepared(batch, prepared);
+                if group.is_some() {
+                    let global = cfg.batch.min(n - i * cfg.batch);
+                    let row0 = shard_range(global, rank, ranks).start;
+                    backend.train_step_shard(batch, prepared, Shard { row0, global });
+                } else {
+                    backend.train_step_prepared(batch, prepared);
+                }
                 let step = i + 1;
                 progress.step = step;
                 if step % loss_every == 0 || step == steps {
@@ -328,7 +364,7 @@ pub fn train_with(
             },
         )?;
         let seconds = progress.epoch_seconds + start.elapsed().as_secs_f64();
-        let valid = evaluate(backend, &ds.valid, cfg.eval_batch);
+        let valid = evaluate_in(backend, &ds.valid, cfg.eval_batch, group);
         let report = EpochReport {
             epoch,
             train_loss: progress.loss_sum / steps as f64,
@@ -387,7 +423,7 @@ pub fn train_with(
         // Again at the end: a run stopped between its two writes may have left it older.
         c.save(Save::Best, &best_snapshot(&progress, &params))?;
     }
-    let test = evaluate(backend, &ds.test, cfg.eval_batch);
+    let test = evaluate_in(backend, &ds.test, cfg.eval_batch, group);
     let oracle_test_auc = ds.test.true_prob().and_then(|p| auc(&p, &ds.test.labels()));
     Ok(TrainReport {
         train_samples_per_sec: (progress.epochs.len() * n) as f64 / progress.train_seconds,
@@ -507,6 +543,48 @@ pub fn evaluate<S: SampleSource + ?Sized>(
     eval_batch: usize,
 ) -> Metrics {
     let probs = predict_all(backend, s, eval_batch);
+    let (labels, users): (Vec<f32>, Vec<u32>) = (0..s.len()).map(|i| s.label_user(i)).unzip();
+    Metrics::compute(&probs, &labels, &users)
+}
+
+/// [`predict_all`] on one rank of `group`: the batches of `eval_batch` samples are split
+/// into contiguous parts, one per rank, and the probabilities gathered, so every rank gets
+/// exactly those of a single process (the same batches).
+pub fn predict_all_in<S: SampleSource + ?Sized>(
+    backend: &mut dyn Backend,
+    s: &S,
+    eval_batch: usize,
+    group: Option<&dyn Collective>,
+) -> Vec<f32> {
+    let Some(g) = group.filter(|g| g.size() > 1) else {
+        return predict_all(backend, s, eval_batch);
+    };
+    let batches = s.len().div_ceil(eval_batch);
+    let rows = |r: usize| {
+        let b = shard_range(batches, r, g.size());
+        (b.start * eval_batch).min(s.len())..(b.end * eval_batch).min(s.len())
+    };
+    let mine: Vec<usize> = rows(g.rank()).collect();
+    let mut local = vec![0.0; mine.len()];
+    let mut batch = Batch::default();
+    for (chunk, out) in mine.chunks(eval_batch).zip(local.chunks_mut(eval_batch)) {
+        batch.gather(s, chunk);
+        backend.predict(&batch, out);
+    }
+    let counts: Vec<usize> = (0..g.size()).map(|r| rows(r).len()).collect();
+    let mut probs = Vec::with_capacity(s.len());
+    g.gather_f32(&local, &counts, &mut probs);
+    probs
+}
+
+/// [`evaluate`] on one rank of `group` ([`predict_all_in`]): the single process's metrics.
+pub fn evaluate_in<S: SampleSource + ?Sized>(
+    backend: &mut dyn Backend,
+    s: &S,
+    eval_batch: usize,
+    group: Option<&dyn Collective>,
+) -> Metrics {
+    let probs = predict_all_in(backend, s, eval_batch, group);
     let (labels, users): (Vec<f32>, Vec<u32>) = (0..s.len()).map(|i| s.label_user(i)).unzip();
     Metrics::compute(&probs, &labels, &users)
 }

@@ -138,7 +138,11 @@ fn check(blocks: usize, pooling: Pooling) {
     };
     let model = Model::new(&cfg, sizes);
     let batch = tiny_batch();
-    let mode = Mode::Train { seed: 3, step: 11 };
+    let mode = Mode::Train {
+        seed: 3,
+        step: 11,
+        shard: None,
+    };
     // Of 64 seeds, the initial point whose LeakyReLU inputs sit furthest from the kink.
     let margin = |params: &[f32]| {
         let (_, _, m) = loss_and_signs(&model, params, &batch, mode);
@@ -245,7 +249,18 @@ fn dropout_changes_the_loss_only_in_training_and_is_deterministic() {
     );
     let params = model.layout.init(1);
     let b = tiny_batch();
-    let train = |step| loss_of(&model, &params, &b, Mode::Train { seed: 3, step });
+    let train = |step| {
+        loss_of(
+            &model,
+            &params,
+            &b,
+            Mode::Train {
+                seed: 3,
+                step,
+                shard: None,
+            },
+        )
+    };
     assert_eq!(train(1), train(1));
     assert_ne!(train(1), train(2));
     assert_ne!(train(1), loss_of(&model, &params, &b, Mode::Eval));

@@ -42,6 +42,7 @@ fn gradients_are_the_dense_ones_after_every_step() {
         let mode = Mode::Train {
             seed: 0,
             step: k as u32,
+            shard: None,
         };
         dense.loss_and_grads(batch, mode);
         sparse.loss_and_grads(batch, mode);

@@ -160,6 +160,51 @@ fn one_workgroup_loops_over_a_partial_batch() {
 }
 
 #[test]
+fn set_first_draws_the_masks_of_a_shard_as_the_cpu_at_variants() {
+    // A data-parallel shard: its elements take the masks of indices first.. of the
+    // global batch (cpu::dropout::residual_dropout_*_at).
+    let Some(ctx) = gpu() else { return };
+    let (n, first) = (900, 4096 + 37);
+    let (x, a, dout) = (random_vec(n, 7), random_vec(n, 8), random_vec(n, 9));
+    let mut acts = Arena::new(0);
+    let (x_r, a_r, out_r) = (acts.push(0, &x), acts.push(0, &a), acts.push(0, &x));
+    let (dout_r, da_r) = (acts.push(0, &dout), acts.push(0, &dout));
+    let buf = ctx.storage_buffer("acts", &acts.data);
+    let kernels = DropoutKernels::new(ctx).expect("dropout kernels");
+    let key = keys()[2];
+    let bufs = DropoutBuffers {
+        out: at(&buf, &out_r),
+        x: at(&buf, &x_r),
+        a: at(&buf, &a_r),
+    };
+    let grads = DropoutGradBuffers {
+        da: at(&buf, &da_r),
+        dout: at(&buf, &dout_r),
+    };
+    let dims = DropoutDims {
+        rows: 9,
+        width: 100,
+    };
+    let mut binding = kernels
+        .bind(ctx, &bufs, Some(&grads), dims, key)
+        .expect("bind");
+    binding.set_first(ctx, first as u32);
+    run(ctx, |pass| {
+        kernels.forward(pass, &binding);
+        kernels.backward(pass, &binding);
+    });
+    let (mut out, mut da) = (vec![0.0; n], vec![0.0; n]);
+    dropout::residual_dropout_forward_at(&mut out, &x, &a, key, first);
+    dropout::residual_dropout_backward_at(&mut da, &dout, key, first);
+    let got = |r: &std::ops::Range<usize>| ctx.read_f32(&buf, r.start as u32, n).expect("readback");
+    assert_bits_eq("dropout at first: out", &got(&out_r), &out);
+    assert_bits_eq("dropout at first: da", &got(&da_r), &da);
+    let mut from0 = vec![0.0; n];
+    dropout::residual_dropout_backward(&mut from0, &dout, key);
+    assert_ne!(da, from0, "the masks at first differ from those at 0");
+}
+
+#[test]
 fn in_place_residual() {
     // out = x (same buffer and offset), as a residual stream updated in place.
     let Some(ctx) = gpu() else { return };

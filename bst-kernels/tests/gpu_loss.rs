@@ -41,6 +41,8 @@ struct Case {
     accumulate: usize,
     /// Workgroups per grid row (lowered to reach a 2D grid).
     max_groups: u32,
+    /// `set_divisor` (0: the rows divide).
+    divisor: usize,
 }
 
 impl Case {
@@ -55,6 +57,7 @@ impl Case {
             atol: 0.0,
             accumulate: 0,
             max_groups: u32::MAX,
+            divisor: 0,
         }
     }
 }
@@ -101,6 +104,7 @@ fn check(ctx: &GpuContext, case: &Case) {
     if b != cap {
         binding.set_rows(ctx, b as u32);
     }
+    binding.set_divisor(ctx, case.divisor as u32);
     run(ctx, |pass| {
         for _ in 0..case.accumulate.max(1) {
             kernels.forward(pass, &binding);
@@ -112,6 +116,9 @@ fn check(ctx: &GpuContext, case: &Case) {
     let (z, y) = (&case.logits[..b], &case.labels[..b]);
     let mut probs = vec![0.0; b];
     let mut mean = bce_forward(&mut probs, z, y);
+    // A shard of a global batch of `divisor` rows: its share of the global mean.
+    let div = if case.divisor > 0 { case.divisor } else { b };
+    mean = mean * b as f32 / div as f32;
     if case.accumulate > 0 {
         let batch_mean = mean;
         mean = mean0;
@@ -129,6 +136,9 @@ fn check(ctx: &GpuContext, case: &Case) {
         .collect();
     let mut dlogits = vec![0.0; b];
     bce_backward(&mut dlogits, z, y);
+    for d in &mut dlogits {
+        *d = *d * b as f32 / div as f32;
+    }
 
     let acts_gpu = ctx.read_f32(&acts_buf, 0, acts.data.len()).expect("read");
     let dacts_gpu = ctx.read_f32(&dacts_buf, 0, dacts.data.len()).expect("read");
@@ -168,7 +178,7 @@ fn check(ctx: &GpuContext, case: &Case) {
         0.0,
         1e-6,
     );
-    let d_atol = 1.2e-7 / b.max(1) as f32;
+    let d_atol = 1.2e-7 / div.max(1) as f32;
     assert_close(
         &format!("{name} dlogits"),
         &dacts_gpu[dlogits_w.clone()],
@@ -237,6 +247,20 @@ fn set_rows_runs_a_partial_last_batch_and_divides_by_its_rows() {
 }
 
 #[test]
+fn a_shard_divides_the_mean_and_the_gradient_by_the_global_rows() {
+    let Some(ctx) = gpu() else { return };
+    for accumulate in [0, 2] {
+        let case = Case {
+            rows: 300,
+            divisor: 613,
+            accumulate,
+            ..Case::new(700)
+        };
+        check(ctx, &case);
+    }
+}
+
+#[test]
 fn accumulated_mean_adds_each_forward_to_the_value_there() {
     let Some(ctx) = gpu() else { return };
     check(
@@ -270,6 +294,7 @@ fn large_logits_stay_finite_and_match() {
         atol: 1e-37,
         accumulate: 0,
         max_groups: u32::MAX,
+        divisor: 0,
     };
     check(ctx, &case);
 }

@@ -59,6 +59,10 @@ enum Device {
 }
 
 pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    // Under mpirun: the data-parallel training step only.
+    if let Some(member) = crate::cluster::member() {
+        return crate::bench_group::bench_group(args, member);
+    }
     let r = &args.run;
     if r.resume.is_some() || r.out.is_some() || r.epochs.is_some() {
         bail!(

@@ -292,4 +292,7 @@ pub struct BenchArgs {
     /// Leave out the per-kernel timings.
     #[arg(long = "no-kernels")]
     pub no_kernels: bool,
+    /// Under mpirun: how the embedding tables' gradients go between the ranks.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub exchange: crate::bench_group::Exchange,
 }

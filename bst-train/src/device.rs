@@ -31,7 +31,10 @@ fn gpu_context(allow_software: bool) -> Result<Arc<GpuContext>, String> {
             allow_software,
             ..Default::default()
         };
-        GpuContext::new(&opts)
+        // A rank of a data-parallel launch takes its local rank's adapter among its
+        // host's (`GpuContext::for_local_rank`); a lone process the best.
+        let local_rank = crate::cluster::member().map_or(0, |m| m.local_rank);
+        GpuContext::for_local_rank(&opts, local_rank)
             .map(Arc::new)
             .map_err(|e| e.to_string())
     })

@@ -2,22 +2,24 @@
 //! epoch, Ctrl-C handling, `--resume`, and a summary.
 
 use crate::cli::RunArgs;
+use crate::cluster;
 use crate::device::make_backend;
 use crate::plot;
 use crate::progress::{self, StepProgress, Throttle};
 use anyhow::Context;
 use bst_core::backend::Backend;
 use bst_core::checkpoint::{self, Checkpoint, RunCheckpointer, RunInfo};
+use bst_core::collective::Collective;
 use bst_core::config::Config;
 use bst_core::data::{self, DataSource, Dataset};
 use bst_core::train::{
-    self, EpochReport, Event, Resume, SavedAt, TrainError, TrainOptions, TrainReport,
+    self, Checkpointer, EpochReport, Event, Resume, SavedAt, TrainError, TrainOptions, TrainReport,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 /// Exit status of a run stopped by Ctrl-C after saving its checkpoint (128 + SIGINT).
@@ -31,12 +33,17 @@ static STOP: AtomicBool = AtomicBool::new(false);
 fn catch_ctrl_c() -> &'static AtomicBool {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
-        let r = ctrlc::set_handler(|| {
+        // Under mpirun (which turns Ctrl-C into SIGTERM to every rank) each rank says so;
+        // the ranks agree to stop at the same step, and rank 0 saves.
+        let who = cluster::member().map_or(String::new(), |m| {
+            format!("rank {} of {}: ", m.group.rank(), m.group.size())
+        });
+        let r = ctrlc::set_handler(move || {
             if STOP.swap(true, Ordering::SeqCst) {
-                eprintln!("\nsecond Ctrl-C: quitting without saving");
+                eprintln!("\n{who}second Ctrl-C: quitting without saving");
                 std::process::exit(EXIT_INTERRUPTED);
             }
-            eprintln!("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again quits at once)");
+            eprintln!("\n{who}Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again quits at once)");
         });
         if let Err(e) = r {
             eprintln!("warning: cannot catch Ctrl-C ({e}); an interrupted run will not save");
@@ -58,7 +65,7 @@ fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
         let cfg = args.config()?;
         let src = args.source()?;
         let dir = run_dir(args.out.as_deref(), &src.to_string())?;
-        if dir.join(checkpoint::LATEST).exists() {
+        if cluster::is_root() && dir.join(checkpoint::LATEST).exists() {
             eprintln!(
                 "warning: {} holds a checkpoint; this new run overwrites it (--resume {} continues it instead)",
                 dir.display(),
@@ -108,8 +115,12 @@ pub fn train(args: &RunArgs) -> anyhow::Result<()> {
         dir,
         resume,
     } = plan(args)?;
+    // Under mpirun only rank 0 writes the run folder and prints progress.
+    let root = cluster::is_root();
+    let group = cluster::group();
+    let quiet = args.quiet || !root;
     let stop = catch_ctrl_c();
-    let ds = load_data(&src, &cfg, args.quiet)?;
+    let ds = load_data(&src, &cfg, quiet)?;
     let resume = match resume {
         Some((path, ckpt)) => {
             ckpt.check_vocab(&ds.vocab)
@@ -120,12 +131,14 @@ pub fn train(args: &RunArgs) -> anyhow::Result<()> {
                 epoch: p.epoch,
                 step: p.step,
             };
-            eprintln!(
-                "resuming {} {at} ({} updates)",
-                dir.display(),
-                r.optim.steps
-            );
-            if p.epoch == cfg.train.epochs && p.step == 0 {
+            if root {
+                eprintln!(
+                    "resuming {} {at} ({} updates)",
+                    dir.display(),
+                    r.optim.steps
+                );
+            }
+            if root && p.epoch == cfg.train.epochs && p.step == 0 {
                 eprintln!(
                     "the run has finished its {} epoch(s): scoring its best model again (--epochs N trains more)",
                     p.epoch
@@ -136,31 +149,46 @@ pub fn train(args: &RunArgs) -> anyhow::Result<()> {
         None => None,
     };
     let mut backend = make_backend(args.device, &cfg, &ds)?;
-    eprintln!(
-        "model: {} blocks, {} heads, d = {}, pooling {:?}, {} parameters; device {}",
-        cfg.model.blocks,
-        cfg.model.heads,
-        cfg.model.d(),
-        cfg.model.pooling,
-        backend.model().layout.total,
-        backend.describe()
-    );
-    std::fs::write(dir.join("config.toml"), cfg.to_toml_string())?;
+    if let Some(m) = cluster::member() {
+        eprintln!(
+            "rank {} of {} on {} (local rank {} of {}): device {}",
+            m.group.rank(),
+            m.group.size(),
+            m.host,
+            m.local_rank,
+            m.local_size,
+            backend.describe()
+        );
+    }
+    if root {
+        eprintln!(
+            "model: {} blocks, {} heads, d = {}, pooling {:?}, {} parameters; device {}",
+            cfg.model.blocks,
+            cfg.model.heads,
+            cfg.model.d(),
+            cfg.model.pooling,
+            backend.model().layout.total,
+            backend.describe()
+        );
+        std::fs::write(dir.join("config.toml"), cfg.to_toml_string())?;
+    }
     let info = RunInfo {
         config: &cfg,
         vocab: &ds.vocab,
         data_source: &src.to_string(),
     };
-    let mut ckpt = RunCheckpointer::new(&dir, info);
+    let mut ckpt = root.then(|| RunCheckpointer::new(&dir, info));
     let opts = TrainOptions {
         resume,
-        checkpointer: Some(&mut ckpt),
+        checkpointer: ckpt.as_mut().map(|c| c as &mut dyn Checkpointer),
         stop: Some(stop),
         loss_every: backend.loss_read_interval(),
     };
-    let result = run_training_with(backend.as_mut(), &ds, &cfg, args.quiet, opts, Some(&dir));
+    let dir_out = root.then_some(dir.as_path());
+    let result = run_training_with(backend.as_mut(), &ds, &cfg, quiet, opts, dir_out, group);
     let report = match result {
         Ok(r) => r,
+        Err(TrainError::Interrupted { .. }) if !root => std::process::exit(EXIT_INTERRUPTED),
         Err(TrainError::Interrupted { at, saved }) => {
             if saved {
                 eprintln!(
@@ -179,6 +207,9 @@ pub fn train(args: &RunArgs) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
+    if !root {
+        return Ok(());
+    }
     write_metrics(&dir, &report)?;
     if report.stopped_early {
         println!(
@@ -196,6 +227,18 @@ pub fn train(args: &RunArgs) -> anyhow::Result<()> {
         "training {:.0} samples/s on {}",
         report.train_samples_per_sec, report.device
     );
+    if let Some(x) = backend.take_exchange_stats().filter(|x| x.steps > 0) {
+        let (steps, mb) = (x.steps as f64, |b: u64| b as f64 / 1e6);
+        println!(
+            "gradient exchange per step and rank: {:.2} MB (allreduce {:.2} MB, allgather {:.3} MB), {:.2} ms; embedding tables by their rows {:.1} of 4 per step, whole {:.1}",
+            mb(x.bytes) / steps,
+            mb(x.allreduce_bytes) / steps,
+            mb(x.allgather_bytes) / steps,
+            1e3 * x.seconds / steps,
+            x.sparse_tables as f64 / steps,
+            x.dense_tables as f64 / steps
+        );
+    }
     println!("run folder {}", dir.display());
     Ok(())
 }
@@ -238,7 +281,9 @@ pub fn run_training(
     quiet: bool,
 ) -> anyhow::Result<TrainReport> {
     let opts = TrainOptions::default();
-    Ok(run_training_with(backend, ds, cfg, quiet, opts, None)?)
+    Ok(run_training_with(
+        backend, ds, cfg, quiet, opts, None, None,
+    )?)
 }
 
 /// Trains with `opts`, a progress bar per epoch (or, when stderr is not a terminal, a
@@ -251,6 +296,7 @@ fn run_training_with(
     quiet: bool,
     opts: TrainOptions,
     dir: Option<&Path>,
+    group: Option<Arc<dyn Collective>>,
 ) -> Result<TrainReport, TrainError> {
     let style = ProgressStyle::with_template(
         "epoch {prefix} {bar:30} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]",
@@ -311,6 +357,9 @@ fn run_training_with(
                 b.finish_and_clear();
             }
             clock = (Instant::now(), 0);
+            if !cluster::is_root() {
+                return;
+            }
             eprintln!(
                 "epoch {}: train loss {:.4}, valid {}, {:.0} samples/s, {:.1}s",
                 r.epoch, r.train_loss, r.valid, r.samples_per_sec, r.seconds
@@ -324,7 +373,7 @@ fn run_training_with(
             }
         }
     };
-    let result = train::train_with(backend, ds, &cfg.train, opts, &mut on_event);
+    let result = train::train_in_group(backend, ds, &cfg.train, opts, group, &mut on_event);
     if let Some(b) = bar.take() {
         b.abandon();
     }
@@ -345,8 +394,10 @@ fn run_dir(out: Option<&Path>, data: &str) -> anyhow::Result<PathBuf> {
             PathBuf::from("runs").join(format!("{tag}-{secs}"))
         }
     };
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("creating run folder {}", dir.display()))?;
+    if cluster::is_root() {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating run folder {}", dir.display()))?;
+    }
     Ok(dir)
 }
 

@@ -62,6 +62,20 @@ const CHUNK: usize = 4096;
 
 /// out (n) = x (n) + dropout(a (n))
 pub fn residual_dropout_forward(out: &mut [f32], x: &[f32], a: &[f32], key: DropoutKey) {
+    residual_dropout_forward_at(out, x, a, key, 0);
+}
+
+/// [`residual_dropout_forward`] on elements `first..first + n` of a larger array: element
+/// `i` takes the mask of index `first + i`. A data-parallel rank runs its shard of a
+/// batch with `first` = its first row times the row's elements, so its masks are those
+/// a single process draws for the same samples.
+pub fn residual_dropout_forward_at(
+    out: &mut [f32],
+    x: &[f32],
+    a: &[f32],
+    key: DropoutKey,
+    first: usize,
+) {
     let (stream, threshold, scale) = (key.stream(), key.threshold(), key.scale());
     let n = out.len();
     let (x, a) = (&x[..n], &a[..n]);
@@ -69,7 +83,7 @@ pub fn residual_dropout_forward(out: &mut [f32], x: &[f32], a: &[f32], key: Drop
         .zip(x.par_chunks(CHUNK).zip(a.par_chunks(CHUNK)))
         .enumerate()
         .for_each(|(c, (out, (x, a)))| {
-            let i0 = c * CHUNK;
+            let i0 = first + c * CHUNK;
             for (j, ((o, &x), &a)) in out.iter_mut().zip(x).zip(a).enumerate() {
                 *o = x + a * keep_scale(stream, threshold, scale, i0 + j);
             }
@@ -78,13 +92,19 @@ pub fn residual_dropout_forward(out: &mut [f32], x: &[f32], a: &[f32], key: Drop
 
 /// da (n) = dropout mask * dout (n)        (overwrites; `dx` is `dout` itself)
 pub fn residual_dropout_backward(da: &mut [f32], dout: &[f32], key: DropoutKey) {
+    residual_dropout_backward_at(da, dout, key, 0);
+}
+
+/// [`residual_dropout_backward`] on elements `first..first + n` of a larger array (see
+/// [`residual_dropout_forward_at`]).
+pub fn residual_dropout_backward_at(da: &mut [f32], dout: &[f32], key: DropoutKey, first: usize) {
     let (stream, threshold, scale) = (key.stream(), key.threshold(), key.scale());
     let dout = &dout[..da.len()];
     da.par_chunks_mut(CHUNK)
         .zip(dout.par_chunks(CHUNK))
         .enumerate()
         .for_each(|(c, (da, dout))| {
-            let i0 = c * CHUNK;
+            let i0 = first + c * CHUNK;
             for (j, (d, &g)) in da.iter_mut().zip(dout).enumerate() {
                 *d = g * keep_scale(stream, threshold, scale, i0 + j);
             }
@@ -115,6 +135,24 @@ mod tests {
         let dropped = out.iter().filter(|&&v| v == 0.0).count() as f64 / n as f64;
         assert!((dropped - 0.2).abs() < 0.005, "dropped {dropped}");
         assert!(out.iter().all(|&v| v == 0.0 || v == 1.25));
+    }
+
+    #[test]
+    fn a_slice_at_first_draws_the_masks_of_the_whole_array() {
+        let n = 3 * CHUNK + 17;
+        let x = random_vec(n, 5);
+        let a = random_vec(n, 6);
+        let mut whole = vec![0.0; n];
+        residual_dropout_forward(&mut whole, &x, &a, key(0.3));
+        let first = CHUNK + 5;
+        let mut part = vec![0.0; n - first];
+        residual_dropout_forward_at(&mut part, &x[first..], &a[first..], key(0.3), first);
+        assert_eq!(part, whole[first..]);
+        let mut da_whole = vec![0.0; n];
+        residual_dropout_backward(&mut da_whole, &a, key(0.3));
+        let mut da_part = vec![0.0; n - first];
+        residual_dropout_backward_at(&mut da_part, &a[first..], key(0.3), first);
+        assert_eq!(da_part, da_whole[first..]);
     }
 
     #[test]

@@ -162,6 +162,23 @@ impl GpuContext {
         opts: &GpuOptions,
         optional: wgpu::Features,
     ) -> Result<GpuContext, GpuError> {
+        Self::create(opts, optional, 0)
+    }
+
+    /// As [`GpuContext::new`] for one of several processes sharing a machine (the ranks
+    /// of a data-parallel launch on one host): among the suitable adapters of the best
+    /// kind (type and backend, e.g. a machine's discrete GPUs on Vulkan), in enumeration
+    /// order, the one at `local_rank` modulo their number. One such adapter (or a
+    /// software one) is shared by every rank.
+    pub fn for_local_rank(opts: &GpuOptions, local_rank: usize) -> Result<GpuContext, GpuError> {
+        Self::create(opts, wgpu::Features::empty(), local_rank)
+    }
+
+    fn create(
+        opts: &GpuOptions,
+        optional: wgpu::Features,
+        nth: usize,
+    ) -> Result<GpuContext, GpuError> {
         let backends = backends_from_env()?.unwrap_or(opts.backends);
         let wanted = std::env::var("WGPU_ADAPTER_NAME")
             .ok()
@@ -193,12 +210,21 @@ impl GpuContext {
 
         // Best first; the sort is stable, so ties keep the enumeration order.
         adapters.sort_by_key(|a| rank(&a.get_info()));
-        let Some(adapter) = adapters.iter().find(|a| unsuitable(a).is_none()) else {
+        let suitable: Vec<&wgpu::Adapter> = adapters
+            .iter()
+            .filter(|a| unsuitable(a).is_none())
+            .collect();
+        let Some(best) = suitable.first().map(|a| rank(&a.get_info())) else {
             return Err(GpuError::NoSuitableAdapter {
                 backends: backends_name(backends),
                 found: list_adapters(&adapters, unsuitable),
             });
         };
+        let peers: Vec<&wgpu::Adapter> = suitable
+            .into_iter()
+            .filter(|a| rank(&a.get_info()) == best)
+            .collect();
+        let adapter = peers[nth % peers.len()];
 
         let info = adapter.get_info();
         if is_software_adapter(&info) && !opts.allow_software && wanted.is_none() {

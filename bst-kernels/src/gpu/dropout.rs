@@ -33,7 +33,8 @@ wgsl_params!(
         scale: f32,
         /// Always 0 (see the shader: it keeps `x + a * mask` from being fused into an fma).
         opaque_zero: u32,
-        _pad0: u32,
+        /// The mask index of element 0 ([`DropoutBinding::set_first`]).
+        first: u32,
         _pad1: u32,
     }
 );
@@ -116,6 +117,17 @@ impl DropoutBinding {
     pub fn set_key(&mut self, ctx: &GpuContext, key: DropoutKey) {
         self.u.params.set_key(key);
         self.u.write(ctx);
+    }
+
+    /// Element `i` takes the mask of index `first + i` from the next submit on (as
+    /// `cpu::dropout::residual_dropout_forward_at`): a data-parallel rank's shard of a
+    /// batch, with `first` its first row times the row's elements, draws the masks of
+    /// its rows in the global batch. 0 when bound.
+    pub fn set_first(&mut self, ctx: &GpuContext, first: u32) {
+        if self.u.params.first != first {
+            self.u.params.first = first;
+            self.u.write(ctx);
+        }
     }
 
     /// One invocation per element, grid-stride past the device's workgroup limit.

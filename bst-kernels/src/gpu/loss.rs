@@ -28,6 +28,11 @@ wgsl_params!(
         mean_off: u32,
         dlogits_off: u32,
         accumulate_mean: u32,
+        /// [`LossBinding::set_divisor`]; 0: `b`.
+        divisor: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
     }
 );
 
@@ -85,6 +90,17 @@ impl LossBinding {
         assert_bound("loss set_rows", rows, self.max_rows, "rows");
         self.params.b = rows;
         ctx.write(&self.uniform, 0, &[self.params]);
+    }
+
+    /// Divides the mean and `dlogits` by `divisor` instead of the batch rows from the
+    /// next submit on (0: the rows again): a data-parallel rank's shard of a global batch
+    /// divides by the global rows, so the ranks' gradients (and means) sum to the global
+    /// mean's.
+    pub fn set_divisor(&mut self, ctx: &GpuContext, divisor: u32) {
+        if self.params.divisor != divisor {
+            self.params.divisor = divisor;
+            ctx.write(&self.uniform, 0, &[self.params]);
+        }
     }
 }
 
@@ -144,6 +160,7 @@ impl LossKernels {
             mean_off: bufs.mean.offset,
             dlogits_off: dlogits.map_or(0, |t| t.offset),
             accumulate_mean: dims.accumulate_mean.into(),
+            ..Default::default()
         };
         let uniform = ctx.uniform_buffer("loss params", &params);
         let dlogits_buf = dlogits.map_or(&self.k.dummy, |t| t.buffer);
