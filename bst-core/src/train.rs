@@ -17,7 +17,7 @@ use crate::checkpoint::CheckpointError;
 use crate::config::TrainConfig;
 use crate::data::{Dataset, SampleSource};
 use crate::metrics::{Metrics, auc, nan_as_null};
-use crate::optim::OptimSnapshot;
+use crate::optim::{OptimRef, OptimSnapshot};
 use crate::prefetch::for_each_batch;
 use crate::rng::Rng;
 use serde::{Deserialize, Serialize};
@@ -160,7 +160,7 @@ pub struct Snapshot<'a> {
     /// The current parameters.
     pub params: &'a [f32],
     /// The optimiser state (for the latest checkpoint; `None` for the best model).
-    pub optim: Option<&'a OptimSnapshot>,
+    pub optim: Option<OptimRef<'a>>,
     /// The parameters of `progress.best` (for the latest checkpoint).
     pub best_params: Option<&'a [f32]>,
 }
@@ -397,14 +397,20 @@ pub fn train_with(
                     // Nothing to save before the first step, nor twice the same state.
                     let fresh = saved != Some(at) && (at.epoch, at.step) != (0, 0);
                     if let (Some(c), true) = (checkpointer.as_deref_mut(), fresh) {
-                        let params = backend.read_params();
-                        let optim = backend.read_optim_state()?;
+                        let owned;
+                        let (params, optim) = match backend.checkpoint_state() {
+                            Some(s) => s,
+                            None => {
+                                owned = (backend.read_params(), backend.read_optim_state()?);
+                                (&owned.0[..], OptimRef::from(&owned.1))
+                            }
+                        };
                         c.save(
                             Save::Latest,
                             &Snapshot {
                                 progress: &progress,
-                                params: &params,
-                                optim: Some(&optim),
+                                params,
+                                optim: Some(optim),
                                 best_params: best_params.as_deref(),
                             },
                         )?;
@@ -468,20 +474,26 @@ pub fn train_with(
             best_params = Some(backend.read_params());
         }
         if let Some(c) = checkpointer.as_deref_mut() {
-            let params = match (improved, &best_params) {
-                (true, Some(p)) => p.clone(),
-                _ => backend.read_params(),
-            };
             if improved {
-                c.save(Save::Best, &best_snapshot(&progress, &params))?;
+                let p = best_params.as_deref().expect("just read");
+                c.save(Save::Best, &best_snapshot(&progress, p))?;
             }
-            let optim = backend.read_optim_state()?;
+            // Borrowed from the backend where it allows (the CPU one): no copy of the model
+            // or of the optimiser's arenas.
+            let owned;
+            let (params, optim) = match backend.checkpoint_state() {
+                Some(s) => s,
+                None => {
+                    owned = (backend.read_params(), backend.read_optim_state()?);
+                    (&owned.0[..], OptimRef::from(&owned.1))
+                }
+            };
             c.save(
                 Save::Latest,
                 &Snapshot {
                     progress: &progress,
-                    params: &params,
-                    optim: Some(&optim),
+                    params,
+                    optim: Some(optim),
                     best_params: best_params.as_deref(),
                 },
             )?;
