@@ -6,7 +6,7 @@ use crate::batch::Batch;
 use crate::collective::{Collective, ExchangeStats, GradientExchange};
 use crate::config::Config;
 use crate::model::{Activations, GradScratch, Mode, Model, Shard};
-use crate::optim::{Decay, OptimSnapshot, Optimizer};
+use crate::optim::{Decay, OptimRef, OptimSnapshot, Optimizer};
 use crate::params::VocabSizes;
 use crate::requests::{RequestError, Requests};
 use crate::shared_history::{SharedScratch, is_exact, predict_requests};
@@ -123,6 +123,12 @@ pub trait Backend {
             backend: self.describe(),
             what: "read its optimiser state (for checkpoints)",
         })
+    }
+    /// The parameters and the optimiser state, borrowed, for a checkpoint written without
+    /// copying them; `None` where they live elsewhere (the GPU), and the checkpoint reads
+    /// copies through [`Backend::read_params`] and [`Backend::read_optim_state`].
+    fn checkpoint_state(&self) -> Option<(&[f32], OptimRef<'_>)> {
+        None
     }
     /// Restores the optimiser state and update count of a checkpoint, so the next
     /// `train_step` continues as if the run had never stopped (Adam's bias correction and
@@ -534,6 +540,10 @@ impl Backend for CpuBackend {
 
     fn read_optim_state(&self) -> Result<OptimSnapshot, BackendError> {
         Ok(self.optim.snapshot())
+    }
+
+    fn checkpoint_state(&self) -> Option<(&[f32], OptimRef<'_>)> {
+        Some((&self.params, self.optim.as_ref()))
     }
 
     fn write_optim_state(&mut self, state: &OptimSnapshot) -> Result<(), BackendError> {

@@ -34,7 +34,7 @@ use crate::config::{Config, DataConfig, ModelConfig, Optimizer as Kind, TrainCon
 use crate::data::Vocab;
 use crate::hash::Fnv1a;
 use crate::model::Model;
-use crate::optim::{OptimSnapshot, OptimState};
+use crate::optim::{OptimRef, OptimSnapshot, OptimState};
 use crate::params::ParamLayout;
 use crate::run_state::{Progress, Resume, Save, Snapshot};
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, View};
@@ -227,7 +227,7 @@ impl Checkpoint {
         let snap = Snapshot {
             progress: &self.progress,
             params: &self.params,
-            optim: self.optim.as_ref(),
+            optim: self.optim.as_ref().map(OptimRef::from),
             best_params: self.best_params.as_deref(),
         };
         write(path, &info, &snap)
@@ -356,32 +356,37 @@ impl Checkpointer for RunCheckpointer<'_> {
 // Writing
 // ---------------------------------------------------------------------------------------
 
-/// A tensor as little-endian bytes, for the safetensors writer: f32 parameters, or the
-/// `U8` vocabulary.
-struct RawTensor {
+/// A tensor as little-endian bytes, for the safetensors writer: f32 parameters (borrowed
+/// from the arena on little-endian machines, so a checkpoint costs no copy of the model),
+/// or the `U8` vocabulary.
+struct RawTensor<'a> {
     dtype: Dtype,
     shape: Vec<usize>,
-    bytes: Vec<u8>,
+    bytes: Cow<'a, [u8]>,
 }
 
-impl RawTensor {
-    fn f32(shape: &[usize], data: &[f32]) -> RawTensor {
+impl<'a> RawTensor<'a> {
+    fn f32(shape: &[usize], data: &'a [f32]) -> RawTensor<'a> {
+        #[cfg(target_endian = "little")]
+        let bytes = Cow::Borrowed(bytemuck::cast_slice(data));
+        #[cfg(not(target_endian = "little"))]
+        let bytes = Cow::Owned(data.iter().flat_map(|x| x.to_le_bytes()).collect());
         RawTensor {
             dtype: Dtype::F32,
             shape: shape.to_vec(),
-            bytes: data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            bytes,
         }
     }
-    fn u8(bytes: Vec<u8>) -> RawTensor {
+    fn u8(bytes: Vec<u8>) -> RawTensor<'a> {
         RawTensor {
             dtype: Dtype::U8,
             shape: vec![bytes.len()],
-            bytes,
+            bytes: Cow::Owned(bytes),
         }
     }
 }
 
-impl View for &RawTensor {
+impl View for &RawTensor<'_> {
     fn dtype(&self) -> Dtype {
         self.dtype
     }
@@ -450,19 +455,74 @@ pub fn write(path: &Path, info: &RunInfo, snap: &Snapshot) -> Result<(), Checkpo
     }
     let named: Vec<(&str, &[u8])> = tensors
         .iter()
-        .map(|(n, t)| (n.as_str(), t.bytes.as_slice()))
+        .map(|(n, t)| (n.as_str(), &*t.bytes))
         .collect();
     meta.insert("bst.checksum".into(), format!("{:016x}", checksum(&named)));
 
     let views = tensors.iter().map(|(n, t)| (n.as_str(), t));
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| match e {
+    // Streamed: safetensors writes the header, then each tensor's bytes, through a
+    // buffered writer into the temporary file, so the file is never built in memory.
+    let (tmp, dir) = temp_path(path);
+    // safetensors writes through its own private (0600) temporary file: take the mode a
+    // plainly created file gets here (the umask's), as the in-memory writer's did.
+    let perms = std::fs::File::create(&tmp)
+        .and_then(|f| f.metadata())
+        .map_err(io_error("create", &tmp))?
+        .permissions();
+    safetensors::serialize_to_file(views, Some(meta), &tmp).map_err(|e| match e {
         SafeTensorError::HeaderTooLarge => fail(
             "the metadata (mostly the vocabularies) exceeds safetensors' 100 MB header limit"
                 .into(),
         ),
         e => fail(e.to_string()),
     })?;
-    write_atomic(path, &bytes)
+    std::fs::set_permissions(&tmp, perms).map_err(io_error("set the mode of", &tmp))?;
+    sync_and_rename(&tmp, path, &dir)
+}
+
+/// The temporary file beside `path` that [`write_atomic`] and [`write`] fill, and its folder.
+fn temp_path(path: &Path) -> (PathBuf, PathBuf) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".into());
+    // Unique per process and call, so two writers of one path never share a temporary
+    // file (each renames its own; the last rename wins whole).
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (
+        dir.join(format!(".{name}.{}.{n}.tmp", std::process::id())),
+        dir,
+    )
+}
+
+fn io_error(op: &'static str, p: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError {
+    let p = p.to_path_buf();
+    move |source| CheckpointError::Io {
+        path: p,
+        op,
+        source,
+    }
+}
+
+/// Syncs the written `tmp`, renames it over `path`, then syncs the folder so the rename
+/// itself is durable.
+fn sync_and_rename(tmp: &Path, path: &Path, dir: &Path) -> Result<(), CheckpointError> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io_error("sync", tmp))?;
+    std::fs::rename(tmp, path).map_err(io_error("rename into place", path))?;
+    #[cfg(unix)]
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error("sync the folder of", path))?;
+    Ok(())
 }
 
 /// Compact JSON of a metadata value.
@@ -499,38 +559,12 @@ fn checksum(tensors: &[(&str, &[u8])]) -> u64 {
 /// a temporary file in the same folder, written and synced, renamed over `path`, then the
 /// folder synced so the rename itself is durable.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let io = |op: &'static str, p: &Path| {
-        let p = p.to_path_buf();
-        move |source| CheckpointError::Io {
-            path: p,
-            op,
-            source,
-        }
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "checkpoint".into());
-    // Unique per process and call, so two writers of one path never share a temporary
-    // file (each renames its own; the last rename wins whole).
-    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+    let (tmp, dir) = temp_path(path);
     {
-        let mut f = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
-        f.write_all(bytes).map_err(io("write", &tmp))?;
-        f.sync_all().map_err(io("sync", &tmp))?;
+        let mut f = std::fs::File::create(&tmp).map_err(io_error("create", &tmp))?;
+        f.write_all(bytes).map_err(io_error("write", &tmp))?;
     }
-    std::fs::rename(&tmp, path).map_err(io("rename into place", path))?;
-    #[cfg(unix)]
-    std::fs::File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("sync the folder of", path))?;
-    Ok(())
+    sync_and_rename(&tmp, path, &dir)
 }
 
 // ---------------------------------------------------------------------------------------

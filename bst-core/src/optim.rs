@@ -77,6 +77,25 @@ pub struct OptimSnapshot {
     pub state: OptimState,
 }
 
+/// A borrowed [`OptimSnapshot`]: what a checkpoint writer reads, straight from a live
+/// optimiser (no copy of its arenas) or from a snapshot.
+#[derive(Clone, Copy, Debug)]
+pub struct OptimRef<'a> {
+    /// Updates taken.
+    pub steps: u64,
+    /// The state arenas.
+    pub state: &'a OptimState,
+}
+
+impl<'a> From<&'a OptimSnapshot> for OptimRef<'a> {
+    fn from(s: &'a OptimSnapshot) -> OptimRef<'a> {
+        OptimRef {
+            steps: s.steps,
+            state: &s.state,
+        }
+    }
+}
+
 impl OptimState {
     /// The optimiser this state belongs to.
     pub fn kind(&self) -> Kind {
@@ -153,6 +172,14 @@ impl Optimizer {
     pub fn with_decay(mut self, decay: Decay) -> Optimizer {
         self.decay = decay;
         self
+    }
+
+    /// The state as a checkpoint writer reads it, borrowed.
+    pub fn as_ref(&self) -> OptimRef<'_> {
+        OptimRef {
+            steps: self.steps,
+            state: &self.state,
+        }
     }
 
     /// A copy of the state and step count, for a checkpoint.

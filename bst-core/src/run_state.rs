@@ -5,7 +5,7 @@
 
 use crate::data::SampleSource;
 use crate::metrics::{Metrics, nan_as_null};
-use crate::optim::OptimSnapshot;
+use crate::optim::{OptimRef, OptimSnapshot};
 use serde::{Deserialize, Serialize};
 
 /// What one epoch did, as `metrics.json` and checkpoints record it.
@@ -103,7 +103,7 @@ pub struct Snapshot<'a> {
     /// The current parameters.
     pub params: &'a [f32],
     /// The optimiser state (for the latest checkpoint; `None` for the best model).
-    pub optim: Option<&'a OptimSnapshot>,
+    pub optim: Option<OptimRef<'a>>,
     /// The parameters of `progress.best` (for the latest checkpoint).
     pub best_params: Option<&'a [f32]>,
 }

@@ -20,6 +20,7 @@ use crate::config::TrainConfig;
 use crate::data::{Dataset, SampleSource};
 use crate::metrics::{Metrics, auc};
 use crate::model::Shard;
+use crate::optim::OptimRef;
 use crate::prefetch::for_each_shard;
 use crate::rng::Rng;
 pub use crate::run_state::{Best, EpochReport, Progress, Resume, Save, Snapshot};
@@ -312,14 +313,20 @@ pub fn train_in_group(
                     // Nothing to save before the first step, nor twice the same state.
                     let fresh = saved != Some(at) && (at.epoch, at.step) != (0, 0);
                     if let (Some(c), true) = (checkpointer.as_deref_mut(), fresh) {
-                        let params = backend.read_params();
-                        let optim = backend.read_optim_state()?;
+                        let owned;
+                        let (params, optim) = match backend.checkpoint_state() {
+                            Some(s) => s,
+                            None => {
+                                owned = (backend.read_params(), backend.read_optim_state()?);
+                                (&owned.0[..], OptimRef::from(&owned.1))
+                            }
+                        };
                         c.save(
                             Save::Latest,
                             &Snapshot {
                                 progress: &progress,
-                                params: &params,
-                                optim: Some(&optim),
+                                params,
+                                optim: Some(optim),
                                 best_params: best_params.as_deref(),
                             },
                         )?;
@@ -389,20 +396,26 @@ pub fn train_in_group(
             best_params = Some(backend.read_params());
         }
         if let Some(c) = checkpointer.as_deref_mut() {
-            let params = match (improved, &best_params) {
-                (true, Some(p)) => p.clone(),
-                _ => backend.read_params(),
-            };
             if improved {
-                c.save(Save::Best, &best_snapshot(&progress, &params))?;
+                let p = best_params.as_deref().expect("just read");
+                c.save(Save::Best, &best_snapshot(&progress, p))?;
             }
-            let optim = backend.read_optim_state()?;
+            // Borrowed from the backend where it allows (the CPU one): no copy of the model
+            // or of the optimiser's arenas.
+            let owned;
+            let (params, optim) = match backend.checkpoint_state() {
+                Some(s) => s,
+                None => {
+                    owned = (backend.read_params(), backend.read_optim_state()?);
+                    (&owned.0[..], OptimRef::from(&owned.1))
+                }
+            };
             c.save(
                 Save::Latest,
                 &Snapshot {
                     progress: &progress,
-                    params: &params,
-                    optim: Some(&optim),
+                    params,
+                    optim: Some(optim),
                     best_params: best_params.as_deref(),
                 },
             )?;

@@ -736,7 +736,7 @@ fn checkpoint_writer_helper() {
         let snap = Snapshot {
             progress: &progress,
             params: &params,
-            optim: Some(&optim),
+            optim: Some((&optim).into()),
             best_params: Some(&params),
         };
         use bst_core::train::Checkpointer;

@@ -9,8 +9,9 @@
 //!
 //! Where: `--cache DIR` (`bst-train`), by default `$XDG_CACHE_HOME/bst` or
 //! `$HOME/.cache/bst`; one file per source, named by a hash of its absolute path.
-//! The arrays are read whole with `std::fs::read` (no `memmap2` in this build's offline
-//! registry); from the page cache that is about a GB/s.
+//! The file is memory-mapped (`memmap2`); its checksum is checked over the map and the
+//! arrays are copied out of it into the store's vectors, then the map is dropped, so no
+//! heap buffer of the whole file is ever built (the mapped pages are the page cache's).
 
 use super::Vocab;
 use std::path::{Path, PathBuf};
@@ -213,19 +214,35 @@ impl Fnv {
 
 /// Reads the cache at `path` if it belongs to a source of key `key` and is whole.
 pub fn read(path: &Path, key: &SourceKey) -> Result<Cached, Miss> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Miss::Absent),
         Err(e) => return Err(Miss::Damaged(format!("cannot read it: {e}"))),
     };
     let damaged = |why: &str| Miss::Damaged(why.to_string());
+    let len = file
+        .metadata()
+        .map_err(|e| Miss::Damaged(format!("cannot read it: {e}")))?
+        .len();
+    if len < (MAGIC.len() + 4) as u64 {
+        return Err(damaged("not a bst store cache"));
+    }
+    // SAFETY: the map is read only while this function runs, and the cache is written
+    // only through a temporary file renamed over it, never in place; a file cut short or
+    // changed under us fails the checksum below (or, truncated while mapped, would raise
+    // SIGBUS, as with any mapped file).
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .map_err(|e| Miss::Damaged(format!("cannot map it: {e}")))?;
+    #[cfg(unix)]
+    let _ = map.advise(memmap2::Advice::Sequential);
+    let bytes: &[u8] = &map;
     if bytes.len() < MAGIC.len() + 4 || &bytes[..8] != MAGIC {
         return Err(damaged("not a bst store cache"));
     }
     if u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) != VERSION {
         return Err(Miss::Stale);
     }
-    let mut r = Reader { b: &bytes, at: 12 };
+    let mut r = Reader { b: bytes, at: 12 };
     let mut stored = Vec::new();
     put_key(&mut stored, key);
     if r.take(stored.len()).ok_or_else(|| damaged("cut short"))? != stored.as_slice() {
