@@ -14,6 +14,7 @@
 //! heap buffer of the whole file is ever built (the mapped pages are the page cache's).
 
 use super::Vocab;
+use crate::hash::Fnv1a;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"BSTSTORE";
@@ -353,17 +354,12 @@ fn put_u64(out: &mut Vec<u8>, x: u64) {
 }
 
 fn fnv_start() -> u64 {
-    0xcbf2_9ce4_8422_2325
+    Fnv1a::new().finish()
 }
 
 /// FNV-1a over 8-byte words (and the last bytes one by one): fast enough for a GB.
-fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
-    let mut words = bytes.chunks_exact(8);
-    for w in &mut words {
-        h = (h ^ u64::from_le_bytes(w.try_into().expect("8 bytes"))).wrapping_mul(0x0100_0000_01b3);
-    }
-    for &b in words.remainder() {
-        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+fn fnv(h: u64, bytes: &[u8]) -> u64 {
+    let mut f = Fnv1a::resume(h);
+    f.words_le(bytes);
+    f.finish()
 }

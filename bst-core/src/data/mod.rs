@@ -183,12 +183,8 @@ impl Samples {
     /// A 64-bit FNV-1a hash of every sample row, to tell whether two runs saw the same
     /// data (a resumed run checks it against its checkpoint).
     pub fn fingerprint(&self) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut eat = |x: u32| {
-            for b in x.to_le_bytes() {
-                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-            }
-        };
+        let mut h = crate::hash::Fnv1a::new();
+        let mut eat = |x: u32| h.bytes(&x.to_le_bytes());
         eat(self.seq_len as u32);
         eat(self.fields as u32);
         for part in [
@@ -204,7 +200,7 @@ impl Samples {
             part.iter().for_each(|&x| eat(x));
         }
         self.label.iter().for_each(|y| eat(y.to_bits()));
-        h
+        h.finish()
     }
 
     /// Fraction of positive labels.

@@ -19,6 +19,7 @@ use super::samples::{history_position, hour_and_weekday};
 use super::{Samples, Vocab};
 use crate::batch::Batch;
 use crate::config::Position;
+use crate::hash::Fnv1a;
 use std::sync::Arc;
 
 /// An index into a list of samples: `usize` or, for the orders of large splits, `u32`.
@@ -219,18 +220,21 @@ impl EventStore {
                 v.iter().for_each(|&x| h.eat(x.to_bits() as u64));
             }
         }
-        h.0
+        h.0.finish()
     }
 }
 
-/// FNV-1a over 64-bit words.
-struct Fnv(u64);
+/// FNV-1a over 64-bit words ([`Fnv1a::word`]), with slices of `u32` taken in pairs.
+struct Fnv(Fnv1a);
 impl Fnv {
     fn new() -> Fnv {
-        Fnv(0xcbf2_9ce4_8422_2325)
+        Fnv(Fnv1a::new())
+    }
+    fn resume(state: u64) -> Fnv {
+        Fnv(Fnv1a::resume(state))
     }
     fn eat(&mut self, x: u64) {
-        self.0 = (self.0 ^ x).wrapping_mul(0x0100_0000_01b3);
+        self.0.word(x);
     }
     fn eat_u32s(&mut self, xs: &[u32]) {
         self.eat(xs.len() as u64);
@@ -284,9 +288,9 @@ impl Split {
     /// A 64-bit hash of the store and the split's events (computed without materialising
     /// a sample), to tell whether two runs saw the same data.
     pub fn fingerprint(&self) -> u64 {
-        let mut h = Fnv(self.store.fingerprint());
+        let mut h = Fnv::resume(self.store.fingerprint());
         h.eat_u32s(&self.events);
-        h.0
+        h.0.finish()
     }
     /// Label of every sample, in order.
     pub fn labels(&self) -> Vec<f32> {
