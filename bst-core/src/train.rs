@@ -179,7 +179,8 @@ pub enum TrainError {
 /// (half the memory of `usize` for the hundreds of millions of samples of a large log;
 /// the shuffle is the same permutation).
 pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<u32> {
-    let n = u32::try_from(n).expect("at most 2^32 - 1 training samples");
+    // The data refuses more (`data::samples::check_counts`).
+    let n = u32::try_from(n).expect("at most u32::MAX training samples");
     let mut order: Vec<u32> = (0..n).collect();
     let root = Rng::new(seed);
     for k in 1..=epoch {

@@ -369,6 +369,7 @@ fn load_taobao(
         }
     }
     let p = taobao::parse(file, taobao::BLOCK)?;
+    samples::check_counts(p.user.len(), cfg.data.negatives, &name)?;
     let need = crate::memory::store_need(p.user.len(), p.vocab.user_ids.len(), true, false, cfg);
     crate::memory::check_available(vec![need])
         .map_err(|e| DataError::Other(format!("{name}: {e}")))?;

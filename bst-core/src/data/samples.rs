@@ -85,6 +85,7 @@ pub fn build(
     } = log;
     let vocab = with_context_fields(vocab);
     let negatives = if implicit { data.negatives } else { 0 };
+    check_counts(interactions.len(), negatives, name)?;
     let cols = Columns {
         user: interactions.iter().map(|it| it.user).collect(),
         item: interactions.iter().map(|it| it.item).collect(),
@@ -102,6 +103,21 @@ pub fn build(
         valid,
         test,
     })
+}
+
+/// Refuses a log the store cannot index: events and samples are numbered with `u32`
+/// (CSR offsets, split references, the epoch's order), so at most `u32::MAX` of each.
+pub fn check_counts(events: usize, negatives: usize, name: &str) -> Result<(), DataError> {
+    let samples = negatives.checked_add(1).and_then(|k| events.checked_mul(k));
+    let max = u32::MAX as usize;
+    if events > max || samples.is_none_or(|s| s > max) {
+        return Err(DataError::Other(format!(
+            "{name}: {events} interactions with {negatives} negatives each make more than \
+             {max} events or samples, the most one store indexes: split the log, or lower \
+             data.negatives"
+        )));
+    }
+    Ok(())
 }
 
 /// [`build`] from a log's events already sorted per user (a large file read by
@@ -133,6 +149,7 @@ pub fn build_sorted(
     } = log;
     let vocab = with_context_fields(vocab);
     let negatives = if implicit { data.negatives } else { 0 };
+    check_counts(sorted.item.len(), negatives, name)?;
     let [train, valid, test] =
         splits_of(sorted, &vocab, &user_features, model, negatives, data.seed);
     Ok(Dataset {
@@ -430,6 +447,22 @@ impl Context {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_past_u32_are_refused_with_the_knob_to_turn() {
+        let max = u32::MAX as usize;
+        assert!(check_counts(max, 0, "log").is_ok());
+        assert!(check_counts(max / 2, 1, "log").is_ok());
+        for (events, negatives) in [(max + 1, 0), (max / 2 + 1, 1), (max, usize::MAX)] {
+            let e = check_counts(events, negatives, "log")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("log: ") && e.contains("data.negatives"),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn buckets_follow_the_spec() {
