@@ -1,4 +1,4 @@
-//! GPU attention (`shaders/attention.wgsl`) against the CPU reference (`cpu::attention`):
+//! GPU attention (`shaders/attention.wgsl`) against the plain CPU reference (`cpu::reference`):
 //! several samples and heads, a sample whose history is all padding (only the target
 //! valid), T = 1 with one sample and one head, T = 64 (the backward's limit, K and V
 //! read from global memory), T = 70 forward-only (nothing staged), a partial last batch,
@@ -18,7 +18,7 @@ mod common;
 
 use std::ops::Range;
 
-use bst_kernels::cpu::attention;
+use bst_kernels::cpu::reference;
 use bst_kernels::gpu::attention::{
     AttentionBuffers, AttentionDims, AttentionGradBuffers, AttentionKernels,
 };
@@ -138,9 +138,9 @@ fn check(ctx: &GpuContext, case: &Case) {
     let mut out = vec![0.0; b * t * d];
     let mut att = vec![0.0; b * h * t * t];
     let qkv = &qkv[..b * t * 3 * d];
-    attention::attention_forward(&mut out, &mut att, qkv, &valid, b, t, d, h);
+    reference::attention_forward(&mut out, &mut att, qkv, &valid, b, t, d, h);
     let mut dqkv = vec![0.0; b * t * 3 * d];
-    attention::attention_backward(&mut dqkv, &dout[..b * t * d], &att, qkv, b, t, d, h);
+    reference::attention_backward(&mut dqkv, &dout[..b * t * d], &att, qkv, b, t, d, h);
 
     let acts_gpu = ctx
         .read_f32(&acts_buf, 0, acts.data.len())

@@ -1,4 +1,4 @@
-//! GPU linear layer (`shaders/matmul.wgsl`) against the CPU reference (`cpu::matmul`,
+//! GPU linear layer (`shaders/matmul.wgsl`) against the plain CPU reference (`cpu::reference`,
 //! `cpu::activation`), on shapes that are not multiples of the 64 x 64 tile, span several
 //! workgroups, or have a dimension of 1, with every tensor at a nonzero offset inside a
 //! bigger buffer (inputs and outputs sharing one arena), and parameter gradients
@@ -13,14 +13,14 @@
 //! against the CPU's matmul backward then LeakyReLU backward of `pre`.
 //!
 //! Tolerance: |gpu - cpu| <= 1e-5 + 1e-4 |cpu| (sums of up to 130 products of values in
-//! [-1, 1], added in a different order than the CPU's gemm). Everything outside the
+//! [-1, 1], added in a different order than the CPU reference). Everything outside the
 //! written tensors must be bit-for-bit unchanged.
 
 mod common;
 
 use std::ops::Range;
 
-use bst_kernels::cpu::{activation, matmul};
+use bst_kernels::cpu::{activation, reference};
 use bst_kernels::gpu::matmul::{
     Activation, LeakyInput, MatmulBuffers, MatmulDims, MatmulGradBuffers, MatmulKernels, row_splits,
 };
@@ -146,7 +146,7 @@ fn check(ctx: &GpuContext, case: &Case) {
     // CPU reference on the first `rows` rows.
     let mut pre = vec![0.0; rows * n_out];
     let b = case.bias.then_some(&bias[..]);
-    matmul::matmul_forward(&mut pre, &inp, &weight, b, rows, n_in, n_out);
+    reference::matmul_forward(&mut pre, &inp, &weight, b, rows, n_in, n_out);
     let mut out = pre.clone();
     if let Activation::LeakyRelu { alpha } = case.act {
         activation::leaky_relu_forward(&mut out, &pre, alpha);
@@ -154,7 +154,7 @@ fn check(ctx: &GpuContext, case: &Case) {
     let mut dinp = vec![0.0; rows * n_in];
     let mut dweight = dweight0.clone();
     let mut dbias = dbias0.clone();
-    matmul::matmul_backward(
+    reference::matmul_backward(
         case.dinp.then_some(&mut dinp[..]),
         &mut dweight,
         case.bias.then_some(&mut dbias[..]),
@@ -430,7 +430,7 @@ fn fused_leaky_gradient_overwrites_the_layer_input_in_place() {
         run(ctx, |pass| kernels.backward(pass, &binding));
 
         let (mut dinp, mut dweight, mut dbias) = (vec![0.0; rows * n_in], dweight0, dbias0);
-        matmul::matmul_backward(
+        reference::matmul_backward(
             Some(&mut dinp),
             &mut dweight,
             Some(&mut dbias),
