@@ -103,22 +103,18 @@ fn is_valid(hd: Head, t: u32) -> bool {
 }
 
 @compute @workgroup_size(64)
-fn attention_forward(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) tid: u32,
-) {
+fn attention_forward(inv: Invocation) {
     let tt = p.t * p.t;
-    for (var bi = wg.y; bi < p.b; bi += nwg.y) {
-        let hd = Head(bi, wg.x, p.fwd_staged == 1u, 0u);
+    for (var bi = inv.wg.y; bi < p.b; bi += inv.nwg.y) {
+        let hd = Head(bi, inv.wg.x, p.fwd_staged == 1u, 0u);
         if (hd.staged) {
-            stage_kv(hd, tid);
+            stage_kv(hd, inv.lid);
         }
         workgroupBarrier();
         let a0 = p.att_off + (bi * p.h + hd.j) * tt; // this head's (T, T) block of att
 
         // Scaled scores q[t1] . k[t2] of the valid keys, one (t1, t2) per invocation.
-        for (var e = tid; e < tt; e += WG) {
+        for (var e = inv.lid; e < tt; e += WG) {
             let t1 = e / p.t;
             let t2 = e % p.t;
             var s = 0.0;
@@ -133,7 +129,7 @@ fn attention_forward(
         storageBarrier();
 
         // Softmax over the valid keys of each query row; masked keys get 0.
-        for (var t1 = tid; t1 < p.t; t1 += WG) {
+        for (var t1 = inv.lid; t1 < p.t; t1 += WG) {
             let r0 = a0 + t1 * p.t;
             var mx = -3.0e38; // below any score
             for (var t2 = 0u; t2 < p.t; t2++) {
@@ -160,7 +156,7 @@ fn attention_forward(
         storageBarrier();
 
         // out[t1] = sum_t2 att[t1][t2] v[t2], one (t1, c) per invocation.
-        for (var e = tid; e < p.t * p.dh; e += WG) {
+        for (var e = inv.lid; e < p.t * p.dh; e += WG) {
             let t1 = e / p.dh;
             let c = e % p.dh;
             var o = 0.0;
@@ -178,23 +174,19 @@ fn attention_forward(
 //   dq[t1] = sum_t2 dS[t1][t2] k[t2],  dk[t2] = sum_t1 dS[t1][t2] q[t1],
 //   dv[t2] = sum_t1 P[t1][t2] dout[t1].
 @compute @workgroup_size(64)
-fn attention_backward(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) tid: u32,
-) {
+fn attention_backward(inv: Invocation) {
     let tt = p.t * p.t;
     let n = p.t * p.dh;
-    for (var bi = wg.y; bi < p.b; bi += nwg.y) {
-        let hd = Head(bi, wg.x, p.bwd_staged == 1u, tt);
+    for (var bi = inv.wg.y; bi < p.b; bi += inv.nwg.y) {
+        let hd = Head(bi, inv.wg.x, p.bwd_staged == 1u, tt);
         if (hd.staged) {
-            stage_kv(hd, tid);
+            stage_kv(hd, inv.lid);
         }
         workgroupBarrier();
         let a0 = p.att_off + (bi * p.h + hd.j) * tt;
 
         // dP into smem[0 .. T T), one (t1, t2) per invocation.
-        for (var e = tid; e < tt; e += WG) {
+        for (var e = inv.lid; e < tt; e += WG) {
             let t1 = e / p.t;
             let t2 = e % p.t;
             var s = 0.0;
@@ -206,7 +198,7 @@ fn attention_backward(
         workgroupBarrier();
 
         // dS in place of dP, one query row per invocation.
-        for (var t1 = tid; t1 < p.t; t1 += WG) {
+        for (var t1 = inv.lid; t1 < p.t; t1 += WG) {
             let r0 = t1 * p.t;
             var p_dot_dp = 0.0;
             for (var t2 = 0u; t2 < p.t; t2++) {
@@ -219,7 +211,7 @@ fn attention_backward(
         workgroupBarrier();
 
         // dq, dk, dv: one (part, t, c) per invocation, each summed in order.
-        for (var e = tid; e < 3u * n; e += WG) {
+        for (var e = inv.lid; e < 3u * n; e += WG) {
             let part = e / n;
             let t = (e % n) / p.dh;
             let c = e % p.dh;

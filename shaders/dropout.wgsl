@@ -54,22 +54,16 @@ fn mask(i: u32) -> f32 {
 }
 
 @compute @workgroup_size(256)
-fn residual_dropout_forward(
-    @builtin(global_invocation_id) gid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    for (var i = gid.x; i < p.n; i += nwg.x * WG) {
+fn residual_dropout_forward(inv: Invocation) {
+    for (var i = inv.gid.x; i < p.n; i += inv.nwg.x * WG) {
         let dropped = bitcast<f32>(bitcast<u32>(a[p.a_off + i] * mask(i)) ^ p.opaque_zero);
         out[p.out_off + i] = x[p.x_off + i] + dropped;
     }
 }
 
 @compute @workgroup_size(256)
-fn residual_dropout_backward(
-    @builtin(global_invocation_id) gid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    for (var i = gid.x; i < p.n; i += nwg.x * WG) {
+fn residual_dropout_backward(inv: Invocation) {
+    for (var i = inv.gid.x; i < p.n; i += inv.nwg.x * WG) {
         da[p.da_off + i] = dout[p.dout_off + i] * mask(i);
     }
 }

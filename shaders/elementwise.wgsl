@@ -34,36 +34,30 @@ struct Params {
 const WG: u32 = 256u;
 
 @compute @workgroup_size(256)
-fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    for (var i = gid.x; i < p.n; i += nwg.x * WG) {
+fn add(inv: Invocation) {
+    for (var i = inv.gid.x; i < p.n; i += inv.nwg.x * WG) {
         out[p.out_off + i] = x[p.x_off + i] + y[p.y_off + i];
     }
 }
 
 @compute @workgroup_size(256)
-fn fill(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    for (var i = gid.x; i < p.n; i += nwg.x * WG) {
+fn fill(inv: Invocation) {
+    for (var i = inv.gid.x; i < p.n; i += inv.nwg.x * WG) {
         out[p.out_off + i] = p.value;
     }
 }
 
 @compute @workgroup_size(256)
-fn leaky_relu_forward(
-    @builtin(global_invocation_id) gid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    for (var i = gid.x; i < p.n; i += nwg.x * WG) {
+fn leaky_relu_forward(inv: Invocation) {
+    for (var i = inv.gid.x; i < p.n; i += inv.nwg.x * WG) {
         let v = x[p.x_off + i];
         out[p.out_off + i] = select(p.value * v, v, v > 0.0);
     }
 }
 
 @compute @workgroup_size(256)
-fn leaky_relu_backward(
-    @builtin(global_invocation_id) gid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    for (var i = gid.x; i < p.n; i += nwg.x * WG) {
+fn leaky_relu_backward(inv: Invocation) {
+    for (var i = inv.gid.x; i < p.n; i += inv.nwg.x * WG) {
         let g = dout[p.dout_off + i];
         dx[p.dx_off + i] = select(p.value * g, g, x[p.x_off + i] > 0.0);
     }

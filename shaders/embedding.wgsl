@@ -45,11 +45,8 @@ const WG: u32 = 64u;
 // act[k, c] = table[id(k), c]. An id past the table (which the CPU reference rejects with
 // a panic) reads as a row of zeros instead of another tensor's data.
 @compute @workgroup_size(64)
-fn embedding_gather(
-    @builtin(global_invocation_id) gid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    let i = linear_index(gid, nwg);
+fn embedding_gather(inv: Invocation) {
+    let i = linear_index(inv);
     if (i >= p.n * p.w) {
         return;
     }
@@ -66,11 +63,8 @@ fn embedding_gather(
 // table[ids[u], c] += act[order[k], c] for k in start[u]..start[u + 1], in that order.
 // An id past the table (the host's segmentation rejects them) is skipped.
 @compute @workgroup_size(64)
-fn embedding_segment_sum(
-    @builtin(global_invocation_id) gid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    let i = linear_index(gid, nwg);
+fn embedding_segment_sum(inv: Invocation) {
+    let i = linear_index(inv);
     if (i >= p.n * p.w) {
         return;
     }
@@ -95,11 +89,8 @@ fn embedding_segment_sum(
 
 // partial[q, c] = the sum of piece q's tokens, in order from 0; partial is `table`.
 @compute @workgroup_size(64)
-fn embedding_piece_sum(
-    @builtin(global_invocation_id) gid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    let i = linear_index(gid, nwg);
+fn embedding_piece_sum(inv: Invocation) {
+    let i = linear_index(inv);
     if (i >= p.pieces * p.w) {
         return;
     }
@@ -119,11 +110,8 @@ fn embedding_piece_sum(
 // table[ids[u], c] += partial[q, c] for the pieces q of long segment l (segment u), in
 // order; partial is `act`. An id past the table is skipped, as in segment_sum.
 @compute @workgroup_size(64)
-fn embedding_long_sum(
-    @builtin(global_invocation_id) gid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    let i = linear_index(gid, nwg);
+fn embedding_long_sum(inv: Invocation) {
+    let i = linear_index(inv);
     if (i >= p.longs * p.w) {
         return;
     }

@@ -23,11 +23,8 @@ const WG: u32 = 64u;
 
 // act[k, c] = f32(table[id(k), c]) (exact). An id past the table reads as zeros.
 @compute @workgroup_size(64)
-fn embedding_gather_f16(
-    @builtin(global_invocation_id) gid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    let i = linear_index(gid, nwg);
+fn embedding_gather_f16(inv: Invocation) {
+    let i = linear_index(inv);
     if (i >= p.n * p.w) {
         return;
     }

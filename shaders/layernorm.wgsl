@@ -74,36 +74,32 @@ fn reduce2(lid: u32, a: f32, b: f32) {
 }
 
 @compute @workgroup_size(64)
-fn layernorm_forward(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
+fn layernorm_forward(inv: Invocation) {
     let cf = f32(p.c);
-    for (var row = wg.x; row < p.rows; row += nwg.x) {
+    for (var row = inv.wg.x; row < p.rows; row += inv.nwg.x) {
         let x0 = p.inp_off + row * p.c;
         var s = 0.0;
-        for (var k = lid; k < p.c; k += WG) {
+        for (var k = inv.lid; k < p.c; k += WG) {
             s += inp[x0 + k];
         }
-        reduce2(lid, s, 0.0);
+        reduce2(inv.lid, s, 0.0);
         let mu = red[0] / cf;
         workgroupBarrier(); // everyone has read red[0] before it is rewritten
 
         var v = 0.0;
-        for (var k = lid; k < p.c; k += WG) {
+        for (var k = inv.lid; k < p.c; k += WG) {
             let dx = inp[x0 + k] - mu;
             v += dx * dx;
         }
-        reduce2(lid, v, 0.0);
+        reduce2(inv.lid, v, 0.0);
         let r = 1.0 / sqrt(red[0] / cf + p.eps);
         workgroupBarrier();
 
-        for (var k = lid; k < p.c; k += WG) {
+        for (var k = inv.lid; k < p.c; k += WG) {
             let y = (inp[x0 + k] - mu) * r * weight[p.weight_off + k] + bias[p.bias_off + k];
             out[p.out_off + row * p.c + k] = y;
         }
-        if (lid == 0u) {
+        if (inv.lid == 0u) {
             mean[p.mean_off + row] = mu;
             rstd[p.rstd_off + row] = r;
         }
@@ -112,30 +108,26 @@ fn layernorm_forward(
 
 // dinp = rstd * (dout * weight - mean(dout * weight) - xhat * mean(dout * weight * xhat))
 @compute @workgroup_size(64)
-fn layernorm_backward_dinp(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
+fn layernorm_backward_dinp(inv: Invocation) {
     let cf = f32(p.c);
-    for (var row = wg.x; row < p.rows; row += nwg.x) {
+    for (var row = inv.wg.x; row < p.rows; row += inv.nwg.x) {
         let x0 = p.inp_off + row * p.c;
         let g0 = p.dout_off + row * p.c;
         let mu = mean[p.mean_off + row];
         let r = rstd[p.rstd_off + row];
         var sum_g = 0.0;
         var sum_g_xhat = 0.0;
-        for (var k = lid; k < p.c; k += WG) {
+        for (var k = inv.lid; k < p.c; k += WG) {
             let gw = dout[g0 + k] * weight[p.weight_off + k];
             sum_g += gw;
             sum_g_xhat += gw * (inp[x0 + k] - mu) * r;
         }
-        reduce2(lid, sum_g, sum_g_xhat);
+        reduce2(inv.lid, sum_g, sum_g_xhat);
         let mean_g = red[0] / cf;
         let mean_g_xhat = red2[0] / cf;
         workgroupBarrier();
 
-        for (var k = lid; k < p.c; k += WG) {
+        for (var k = inv.lid; k < p.c; k += WG) {
             let xhat = (inp[x0 + k] - mu) * r;
             let gw = dout[g0 + k] * weight[p.weight_off + k];
             dinp[p.dinp_off + row * p.c + k] = r * (gw - mean_g - xhat * mean_g_xhat);
@@ -146,12 +138,9 @@ fn layernorm_backward_dinp(
 // scratch[chunk][0][k] = sum over the chunk's rows of dout * xhat, [chunk][1][k] of dout.
 // Workgroups (ceil(C / WG), chunks); one invocation per (chunk, column).
 @compute @workgroup_size(64)
-fn layernorm_backward_partials(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let k = wg.x * WG + lid;
-    let chunk = wg.y;
+fn layernorm_backward_partials(inv: Invocation) {
+    let k = inv.wg.x * WG + inv.lid;
+    let chunk = inv.wg.y;
     if (k >= p.c) {
         return;
     }
@@ -170,8 +159,8 @@ fn layernorm_backward_partials(
 
 // dweight[k] += sum over chunks of scratch[chunk][0][k]; dbias[k] likewise with [1].
 @compute @workgroup_size(64)
-fn layernorm_backward_dparams(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let k = gid.x;
+fn layernorm_backward_dparams(inv: Invocation) {
+    let k = inv.gid.x;
     if (k >= p.c) {
         return;
     }

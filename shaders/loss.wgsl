@@ -78,12 +78,8 @@ fn log1p_unit(e: f32) -> f32 {
 
 // probs (B), losses (B) from logits (B), labels (B)
 @compute @workgroup_size(256)
-fn bce_forward(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let i = flat_index(wg, nwg, lid);
+fn bce_forward(inv: Invocation) {
+    let i = flat_index(inv);
     if (i >= p.b) {
         return;
     }
@@ -95,25 +91,25 @@ fn bce_forward(
 
 // mean (1) = sum of losses (B) / B, in one workgroup of WG invocations.
 @compute @workgroup_size(256)
-fn bce_mean(@builtin(local_invocation_index) lid: u32) {
-    // Invocation lid adds samples lid, lid + WG, ... with Kahan compensation.
+fn bce_mean(inv: Invocation) {
+    // Invocation inv.lid adds samples inv.lid, inv.lid + WG, ... with Kahan compensation.
     var sum = 0.0;
     var comp = 0.0;
-    for (var i = lid; i < p.b; i += WG) {
+    for (var i = inv.lid; i < p.b; i += WG) {
         let y = losses[p.losses_off + i] - comp;
         let t = sum + y;
         comp = (t - sum) - y;
         sum = t;
     }
-    partial[lid] = sum;
+    partial[inv.lid] = sum;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            partial[lid] += partial[lid + s];
+        if (inv.lid < s) {
+            partial[inv.lid] += partial[inv.lid + s];
         }
         workgroupBarrier();
     }
-    if (lid == 0u) {
+    if (inv.lid == 0u) {
         var m = partial[0] / divisor();
         if (p.accumulate_mean == 1u) {
             m += mean[p.mean_off];
@@ -124,12 +120,8 @@ fn bce_mean(@builtin(local_invocation_index) lid: u32) {
 
 // dlogits (B) = (sigmoid(logits) - labels) / B                            (overwrites)
 @compute @workgroup_size(256)
-fn bce_backward(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let i = flat_index(wg, nwg, lid);
+fn bce_backward(inv: Invocation) {
+    let i = flat_index(inv);
     if (i >= p.b) {
         return;
     }

@@ -24,12 +24,8 @@ const WG: u32 = 256u;
 
 // valid (B, T) from hist_item (B, L)
 @compute @workgroup_size(256)
-fn valid_mask(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let i = flat_index(wg, nwg, lid);
+fn valid_mask(inv: Invocation) {
+    let i = flat_index(inv);
     let t = p.l + 1u;
     if (i >= p.b * t) {
         return;

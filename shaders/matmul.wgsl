@@ -2,13 +2,14 @@
 // backward. CPU reference: bst-kernels/src/cpu/matmul.rs; launcher: bst-kernels/src/gpu/matmul.rs.
 //
 // All three matrix products are one strided GEMM, `C (M, N) = A (M, K) B (K, N)`, with
-// A(m, k) = a[a_off + m*a_sm + k*a_sk] and B(k, n) = b[b_off + k*b_sk + n*b_sn]:
-//   matmul_forward          out (rows, n_out)   = inp (rows, n_in) W^T        (+ bias, act)
-//   matmul_backward_dinp    dinp (rows, n_in)   = dout (rows, n_out) W        (overwrite)
+// A(m, k) = a[a_off + m*a_sm + k*a_sk] and B(k, n) = b[b_off + k*b_sk + n*b_sn], the entry
+// point matmul_gemm with the uniform slot of the product:
+//   forward                 out (rows, n_out)   = inp (rows, n_in) W^T        (+ bias, act)
+//   backward dinp           dinp (rows, n_in)   = dout (rows, n_out) W        (overwrite)
 //                           (* leaky'(pre) with act_grad: the gradient of the previous
 //                           layer's pre-activation, the activation backward fused in;
 //                           `pre` may be that layer's output, which has its signs)
-//   matmul_backward_dweight dweight (n_out, n_in) += dout^T inp               (accumulate)
+//   backward dweight        dweight (n_out, n_in) += dout^T inp               (accumulate)
 // and the bias gradient is a column sum:
 //   matmul_backward_dbias   dbias (n_out)      += sum over rows of dout       (accumulate)
 // The launcher binds the right buffers to a, b, c for each of them.
@@ -162,34 +163,10 @@ fn gemm_tile(wg: vec3<u32>, lid: vec3<u32>, tid: u32) {
     }
 }
 
-// out (rows, n_out) = act(inp (rows, n_in) W^T + bias); pre = the value before act.
+// One of the three GEMMs above, by the uniform slot bound.
 @compute @workgroup_size(16, 16)
-fn matmul_forward(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(local_invocation_id) lid: vec3<u32>,
-    @builtin(local_invocation_index) tid: u32,
-) {
-    gemm_tile(wg, lid, tid);
-}
-
-// dinp (rows, n_in) = dout (rows, n_out) W (n_out, n_in)          (overwrites)
-@compute @workgroup_size(16, 16)
-fn matmul_backward_dinp(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(local_invocation_id) lid: vec3<u32>,
-    @builtin(local_invocation_index) tid: u32,
-) {
-    gemm_tile(wg, lid, tid);
-}
-
-// dweight (n_out, n_in) += dout^T (n_out, rows) inp (rows, n_in)   (accumulates)
-@compute @workgroup_size(16, 16)
-fn matmul_backward_dweight(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(local_invocation_id) lid: vec3<u32>,
-    @builtin(local_invocation_index) tid: u32,
-) {
-    gemm_tile(wg, lid, tid);
+fn matmul_gemm(inv: Invocation) {
+    gemm_tile(inv.wg, inv.lid3, inv.lid);
 }
 
 // dbias (n) += column sums of dout (m, n), with dout(r, col) = a[a_off + r*a_sm + col*a_sk]
@@ -197,21 +174,18 @@ fn matmul_backward_dweight(
 // into c[c_off + z*c_split + col]. One invocation per column adds its rows in order, so
 // the result is deterministic.
 @compute @workgroup_size(64)
-fn matmul_backward_dbias(
-    @builtin(global_invocation_id) gid: vec3<u32>,
-    @builtin(workgroup_id) wg: vec3<u32>,
-) {
-    let col = gid.x;
+fn matmul_backward_dbias(inv: Invocation) {
+    let col = inv.gid.x;
     if (col >= p.n) {
         return;
     }
-    let idx = p.c_off + wg.z * p.c_split + col;
+    let idx = p.c_off + inv.wg.z * p.c_split + col;
     var s = 0.0;
     if (p.accumulate == 1u) {
         s = c[idx];
     }
-    let end = min(p.m, (wg.z + 1u) * p.k_chunk);
-    for (var r = wg.z * p.k_chunk; r < end; r++) {
+    let end = min(p.m, (inv.wg.z + 1u) * p.k_chunk);
+    for (var r = inv.wg.z * p.k_chunk; r < end; r++) {
         s += a[p.a_off + r * p.a_sm + col * p.a_sk];
     }
     c[idx] = s;
@@ -223,12 +197,8 @@ fn matmul_backward_dbias(
 const SUM_WG: u32 = 256u;
 
 @compute @workgroup_size(256)
-fn matmul_sum_splits(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let i = (wg.y * nwg.x + wg.x) * SUM_WG + lid;
+fn matmul_sum_splits(inv: Invocation) {
+    let i = (inv.wg.y * inv.nwg.x + inv.wg.x) * SUM_WG + inv.lid;
     if (i >= p.m * p.n) {
         return;
     }

@@ -53,12 +53,8 @@ struct Params {
 const WG: u32 = 256u;
 
 @compute @workgroup_size(256)
-fn adam_update(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let i = flat_index(wg, nwg, lid);
+fn adam_update(inv: Invocation) {
+    let i = flat_index(inv);
     if (i >= p.n) {
         return;
     }
@@ -97,12 +93,8 @@ fn row_element(i: u32) -> u32 {
 }
 
 @compute @workgroup_size(256)
-fn adam_rows(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let e = row_element(flat_index(wg, nwg, lid));
+fn adam_rows(inv: Invocation) {
+    let e = row_element(flat_index(inv));
     if (e == 0xffffffffu) {
         return;
     }
@@ -111,12 +103,8 @@ fn adam_rows(
 }
 
 @compute @workgroup_size(256)
-fn adagrad_rows(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let e = row_element(flat_index(wg, nwg, lid));
+fn adagrad_rows(inv: Invocation) {
+    let e = row_element(flat_index(inv));
     if (e == 0xffffffffu) {
         return;
     }
@@ -125,12 +113,8 @@ fn adagrad_rows(
 }
 
 @compute @workgroup_size(256)
-fn adagrad_update(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let i = flat_index(wg, nwg, lid);
+fn adagrad_update(inv: Invocation) {
+    let i = flat_index(inv);
     if (i >= p.n) {
         return;
     }

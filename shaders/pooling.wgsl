@@ -58,12 +58,8 @@ fn history_count(bi: u32) -> u32 {
 
 // out (B, row), columns off .. off + width, from x (B, T, d)
 @compute @workgroup_size(256)
-fn pooling_forward(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let i = flat_index(wg, nwg, lid);
+fn pooling_forward(inv: Invocation) {
+    let i = flat_index(inv);
     if (i >= p.b * p.width) {
         return;
     }
@@ -96,12 +92,8 @@ fn pooling_forward(
 // One invocation per (sample bi, channel c) writes dx[bi, 0 .. T, c]: the mean's count
 // of valid history tokens is computed once per invocation, not once per element.
 @compute @workgroup_size(256)
-fn pooling_backward(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let i = flat_index(wg, nwg, lid);
+fn pooling_backward(inv: Invocation) {
+    let i = flat_index(inv);
     if (i >= p.b * p.d) {
         return;
     }

@@ -55,14 +55,10 @@ fn is_valid(u: u32, key: u32) -> bool {
 }
 
 @compute @workgroup_size(64)
-fn target_attention_forward(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) tid: u32,
-) {
+fn target_attention_forward(inv: Invocation) {
     var s: array<f32, MAX_KEYS>; // scores, then probabilities, of the valid keys in order
     let pairs = p.n * p.h;
-    for (var i = wg.x * WG + tid; i < pairs; i += nwg.x * WG) {
+    for (var i = inv.wg.x * WG + inv.lid; i < pairs; i += inv.nwg.x * WG) {
         let n = i / p.h;
         let j = i % p.h;
         let u = user[p.user_off + n];

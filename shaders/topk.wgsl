@@ -77,18 +77,14 @@ fn order(i: u32, j: u32) {
 }
 
 @compute @workgroup_size(256)
-fn topk_pass(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let group = wg.y * nwg.x + wg.x;
+fn topk_pass(inv: Invocation) {
+    let group = inv.wg.y * inv.nwg.x + inv.wg.x;
     // Uniform per workgroup; an overhanging workgroup sorts padding and writes nothing.
     let live = group < p.groups;
     let run = p.run;
 
     // Load: real pairs, then padding (key 0, index NONE).
-    for (var t = lid; t < CHUNK; t += WG) {
+    for (var t = inv.lid; t < CHUNK; t += WG) {
         let i = group * CHUNK + t;
         var key = 0u;
         var at = NONE;
@@ -110,13 +106,13 @@ fn topk_pass(
     if (p.first == 1u) {
         for (var s = 2u; s <= run; s <<= 1u) {
             let half = s >> 1u;
-            for (var t = lid; t < CHUNK / 2u; t += WG) {
+            for (var t = inv.lid; t < CHUNK / 2u; t += WG) {
                 let i = (t / half) * s + t % half;
                 order(i, i ^ (s - 1u)); // the flip: i against its mirror in the run of s
             }
             workgroupBarrier();
             for (var h = s >> 2u; h > 0u; h >>= 1u) {
-                for (var t = lid; t < CHUNK / 2u; t += WG) {
+                for (var t = inv.lid; t < CHUNK / 2u; t += WG) {
                     let i = (t / h) * 2u * h + t % h;
                     order(i, i + h);
                 }
@@ -128,7 +124,7 @@ fn topk_pass(
     // Merge: the run at b + g into the run at b, for every b a multiple of 2g.
     for (var g = run; g < CHUNK; g <<= 1u) {
         let merges = CHUNK / (2u * g);
-        for (var t = lid; t < merges * run; t += WG) {
+        for (var t = inv.lid; t < merges * run; t += WG) {
             let b = (t / run) * 2u * g;
             let r = t % run;
             order(b + r, b + g + run - 1u - r);
@@ -136,7 +132,7 @@ fn topk_pass(
         workgroupBarrier();
         for (var h = run >> 1u; h > 0u; h >>= 1u) {
             let halfrun = run >> 1u;
-            for (var t = lid; t < merges * halfrun; t += WG) {
+            for (var t = inv.lid; t < merges * halfrun; t += WG) {
                 let b = (t / halfrun) * 2u * g;
                 let u = t % halfrun;
                 let i = b + (u / h) * 2u * h + u % h;
@@ -148,12 +144,12 @@ fn topk_pass(
 
     if (live) {
         if (p.last == 1u) {
-            for (var t = lid; t < p.k; t += WG) {
+            for (var t = inv.lid; t < p.k; t += WG) {
                 out[p.out_off + 2u * t] = idx[t];
                 out[p.out_off + 2u * t + 1u] = scores[p.scores_off + idx[t]];
             }
         } else {
-            for (var t = lid; t < run; t += WG) {
+            for (var t = inv.lid; t < run; t += WG) {
                 let o = 2u * (group * run + t);
                 dst[o] = keys[t];
                 dst[o + 1u] = idx[t];

@@ -29,8 +29,8 @@ struct Params {
     _pad1: u32,
 }
 
-fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.y * (nwg.x * WG) + gid.x;
+fn linear_index(inv: Invocation) -> u32 {
+    return inv.gid.y * (inv.nwg.x * WG) + inv.gid.x;
 }
 
 // Index in `act` of column c of token k.

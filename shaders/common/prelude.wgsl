@@ -3,8 +3,18 @@
 // module-scope declarations may come in any order, so a helper here uses the `WG`
 // (workgroup size) that each shader declares.
 
+// The builtins of an invocation, the one argument of every entry point (`inv`); each
+// reads the ones it needs.
+struct Invocation {
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_id) lid3: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+}
+
 // The flat index of an invocation in an (x, y) grid of WG-wide workgroups, as dispatched
 // by launch::flat_grid (the last row of the grid may overhang: guard `i < n`).
-fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.y * nwg.x + wg.x) * WG + lid;
+fn flat_index(inv: Invocation) -> u32 {
+    return (inv.wg.y * inv.nwg.x + inv.wg.x) * WG + inv.lid;
 }

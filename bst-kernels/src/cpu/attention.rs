@@ -151,6 +151,13 @@ fn copy(dst: &mut [f32], src: &[f32]) {
     }
 }
 
+/// Columns per head `dh = d / h` and the score scale `1 / sqrt(dh)` (the GPU launchers
+/// compute the same f32).
+pub fn head_dims(d: usize, h: usize) -> (usize, f32) {
+    let dh = d / h;
+    (dh, 1.0 / (dh as f32).sqrt())
+}
+
 /// out (B, T, d) = concat_j softmax(q_j k_j^T / sqrt(dh) + mask) v_j
 /// att (B, h, T, T): the softmax probabilities, saved for the backward (0 on masked keys)
 /// qkv (B, T, 3d), valid (B, T): 1 for valid tokens, 0 for padding
@@ -166,8 +173,7 @@ pub fn attention_forward(
     d: usize,
     h: usize,
 ) {
-    let dh = d / h;
-    let scale = 1.0 / (dh as f32).sqrt();
+    let (dh, scale) = head_dims(d, h);
     out[..b * t_n * d]
         .par_chunks_mut(t_n * d)
         .zip(att[..b * h * t_n * t_n].par_chunks_mut(h * t_n * t_n))
@@ -254,8 +260,7 @@ pub fn attention_backward(
     d: usize,
     h: usize,
 ) {
-    let dh = d / h;
-    let scale = 1.0 / (dh as f32).sqrt();
+    let (dh, scale) = head_dims(d, h);
     dqkv[..b * t_n * 3 * d]
         .par_chunks_mut(t_n * 3 * d)
         .enumerate()

@@ -34,8 +34,7 @@ pub fn target_attention_forward(
     d: usize,
     h: usize,
 ) {
-    let dh = d / h;
-    let scale = 1.0 / (dh as f32).sqrt();
+    let (dh, scale) = super::attention::head_dims(d, h);
     out[..n * d]
         .par_chunks_mut(ROW_CHUNK * d)
         .enumerate()

@@ -19,13 +19,14 @@
 //!   `T^2 + 2 T dh <= 4096` (e.g. T = 21 with dh up to 87, T = 32 with dh up to 48);
 //!   otherwise K and V are read from `qkv`.
 
-use super::launch::{Launcher, assert_bound, dispatch, wgsl_params};
-use super::{GpuContext, GpuError, TensorRef};
+use super::launch::{Binding, Kernels, tensors, wgsl_params};
+use super::{GpuContext, GpuError};
+use crate::cpu::attention::head_dims;
 
 wgsl_params!(
     "attention.wgsl",
     /// The uniform, field for field `Params` in `shaders/attention.wgsl`.
-    pub(crate) struct AttentionParams {
+    pub struct AttentionParams {
         b: u32,
         t: u32,
         d: u32,
@@ -42,7 +43,11 @@ wgsl_params!(
         bwd_staged: u32,
         _pad0: u32,
         _pad1: u32,
-    }
+    },
+    // Storage: qkv; valid; out; att; dout; dqkv.
+    kernels ["attention_forward", "attention_backward"],
+    storage 6,
+    rows b
 );
 
 /// f32 elements of the shaders' workgroup array `smem`: 16 KiB.
@@ -64,89 +69,39 @@ pub struct AttentionDims {
     pub heads: u32,
 }
 
-/// The forward tensors of one layer.
-#[derive(Clone, Copy, Debug)]
-pub struct AttentionBuffers<'a> {
-    /// (B, T, d)
-    pub out: TensorRef<'a>,
-    /// (B, h, T, T): the probabilities, written by the forward, read by the backward.
-    pub att: TensorRef<'a>,
-    /// (B, T, 3d): Q, K, V side by side.
-    pub qkv: TensorRef<'a>,
-    /// (B, T) u32: 0 masks the token as a key. A sample with no valid token gets zero
-    /// probabilities, outputs and gradients, as on the CPU.
-    pub valid: TensorRef<'a>,
-}
-
-/// The backward tensors of one layer.
-#[derive(Clone, Copy, Debug)]
-pub struct AttentionGradBuffers<'a> {
-    /// (B, T, 3d), overwritten.
-    pub dqkv: TensorRef<'a>,
-    /// (B, T, d)
-    pub dout: TensorRef<'a>,
-}
-
-/// Uniform and bind group of one layer, made by [`AttentionKernels::bind`].
-#[derive(Debug)]
-pub struct AttentionBinding {
-    batch: u32,
-    max_batch: u32,
-    heads: u32,
-    max_groups: u32,
-    has_grads: bool,
-    params: AttentionParams,
-    uniform: wgpu::Buffer,
-    group: wgpu::BindGroup,
-}
-
-impl AttentionBinding {
-    /// Samples of the current batch.
-    pub fn rows(&self) -> u32 {
-        self.batch
-    }
-
-    /// Sets the samples of the batch (at most the `batch` bound) for the following
-    /// dispatches: a `queue.write_buffer`, effective at the next submit (every dispatch
-    /// of this binding in that submit sees the last value set). Panics if `batch`
-    /// exceeds the bound maximum (the buffers are not big enough).
-    pub fn set_rows(&mut self, ctx: &GpuContext, batch: u32) {
-        assert_bound("attention set_rows", batch, self.max_batch, "samples");
-        self.batch = batch;
-        self.params.b = batch;
-        ctx.write(&self.uniform, 0, &[self.params]);
-    }
-
-    /// Workgroups (heads, samples), grid-stride over samples past the device's limit.
-    fn grid(&self) -> [u32; 3] {
-        [self.heads, self.batch.min(self.max_groups), 1]
+tensors! {
+    /// The forward tensors of one layer.
+    pub struct AttentionBuffers {
+        /// (B, T, d)
+        out,
+        /// (B, h, T, T): the probabilities, written by the forward, read by the backward.
+        att,
+        /// (B, T, 3d): Q, K, V side by side.
+        qkv,
+        /// (B, T) u32: 0 masks the token as a key. A sample with no valid token gets zero
+        /// probabilities, outputs and gradients, as on the CPU.
+        valid,
     }
 }
+
+tensors! {
+    /// The backward tensors of one layer.
+    pub struct AttentionGradBuffers {
+        /// (B, T, 3d), overwritten.
+        dqkv,
+        /// (B, T, d)
+        dout,
+    }
+}
+
+/// Uniform and bind group of one layer, made by [`AttentionKernels::bind`]; its rows are
+/// samples.
+pub type AttentionBinding = Binding<AttentionParams>;
 
 /// Pipelines of `shaders/attention.wgsl`, created once.
-#[derive(Debug)]
-pub struct AttentionKernels {
-    k: Launcher,
-}
+pub type AttentionKernels = Kernels<AttentionParams>;
 
 impl AttentionKernels {
-    /// Compiles the shader and creates its pipelines.
-    pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
-        let source = include_str!("../../../shaders/attention.wgsl");
-        let entries = ["attention_forward", "attention_backward"];
-        // Storage: qkv; valid; out; att; dout; dqkv.
-        let k = Launcher::new(ctx, "attention", source, 6, &entries)?;
-        Ok(Self { k })
-    }
-
-    /// Caps the workgroups of the grid-stride loops below the device's
-    /// `max_compute_workgroups_per_dimension` (at least 1), so that each workgroup
-    /// walks several samples: lets tests run the loop's stride without huge data.
-    pub fn with_max_workgroups_per_dim(mut self, max: u32) -> Self {
-        self.k.cap(max);
-        self
-    }
-
     /// Creates the uniform and bind group of one layer, after checking the shape and
     /// that every tensor lies inside its buffer. `grads = None` binds the forward pass
     /// only. With `grads`, T must be at most [`MAX_BACKWARD_T`].
@@ -197,7 +152,9 @@ impl AttentionKernels {
                 .check(ctx, &what("dout", "(B, T, d)"), b * t_l * d_l)?;
         }
 
-        let dh = d / heads;
+        // As the CPU computes them, so that both use the same f32 scale.
+        let (dh, scale) = head_dims(d as usize, heads as usize);
+        let dh = dh as u32;
         // u64: T and dh may be large when K and V are not staged.
         let (tt, kv) = (t_l * t_l, 2 * t_l * u64::from(dh));
         let smem = u64::from(SMEM_FLOATS);
@@ -207,8 +164,7 @@ impl AttentionKernels {
             d,
             h: heads,
             dh,
-            // As cpu::attention computes it, so that both use the same f32.
-            scale: 1.0 / (dh as f32).sqrt(),
+            scale,
             qkv_off: bufs.qkv.offset,
             valid_off: bufs.valid.offset,
             out_off: bufs.out.offset,
@@ -219,55 +175,32 @@ impl AttentionKernels {
             bwd_staged: (tt + kv <= smem).into(),
             ..Default::default()
         };
-        let uniform = ctx.uniform_buffer("attention params", &params);
         let dummy = &self.k.dummy;
-        let group = ctx.kernel_bind_group(
-            "attention",
-            &self.k.layout,
-            uniform.as_entire_binding(),
-            &[
-                bufs.qkv.buffer,
-                bufs.valid.buffer,
-                bufs.out.buffer,
-                bufs.att.buffer,
-                grads.map_or(dummy, |g| g.dout.buffer),
-                grads.map_or(dummy, |g| g.dqkv.buffer),
-            ],
-        );
-        Ok(AttentionBinding {
-            batch,
-            max_batch: batch,
-            heads,
-            max_groups: self.k.max_groups,
-            has_grads: grads.is_some(),
-            params,
-            uniform,
-            group,
-        })
+        let storage = [
+            bufs.qkv.buffer,
+            bufs.valid.buffer,
+            bufs.out.buffer,
+            bufs.att.buffer,
+            grads.map_or(dummy, |g| g.dout.buffer),
+            grads.map_or(dummy, |g| g.dqkv.buffer),
+        ];
+        Ok(self.binding(ctx, params, (batch, 1), &storage, grads.is_some(), ()))
     }
 
     /// out and att from qkv and valid.
     pub fn forward(&self, pass: &mut wgpu::ComputePass, b: &AttentionBinding) {
-        dispatch(
-            pass,
-            self.k.pipeline("attention_forward"),
-            &b.group,
-            b.grid(),
-        );
+        self.run(pass, "attention_forward", b, self.grid(b));
     }
 
     /// dqkv (overwritten) from dout, att and qkv. Panics if the binding was made without
     /// gradient buffers.
     pub fn backward(&self, pass: &mut wgpu::ComputePass, b: &AttentionBinding) {
-        assert!(
-            b.has_grads,
-            "attention backward: the binding was made without gradient buffers"
-        );
-        dispatch(
-            pass,
-            self.k.pipeline("attention_backward"),
-            &b.group,
-            b.grid(),
-        );
+        b.require_grads("attention backward");
+        self.run(pass, "attention_backward", b, self.grid(b));
+    }
+
+    /// Workgroups (heads, samples), grid-stride over samples past the device's limit.
+    fn grid(&self, b: &AttentionBinding) -> [u32; 3] {
+        [b.params.h, b.rows.min(self.k.max_groups), 1]
     }
 }

@@ -14,14 +14,14 @@
 //! dk.backward(&mut pass, &s1);
 //! ```
 
-use super::launch::{Launcher, RowUniform, strided_grid, wgsl_params};
-use super::{GpuContext, GpuError, TensorRef};
+use super::launch::{Binding, Kernels, strided_grid, tensors, wgsl_params};
+use super::{GpuContext, GpuError};
 use crate::cpu::dropout::DropoutKey;
 
 wgsl_params!(
     "dropout.wgsl",
     /// The uniform, field for field `Params` in `shaders/dropout.wgsl`.
-    pub(crate) struct DropoutParams {
+    pub struct DropoutParams {
         n: u32,
         x_off: u32,
         a_off: u32,
@@ -36,7 +36,11 @@ wgsl_params!(
         /// The mask index of element 0 ([`DropoutBinding::set_first`]).
         first: u32,
         _pad1: u32,
-    }
+    },
+    // Storage: x, a, out, dout, da.
+    kernels ["residual_dropout_forward", "residual_dropout_backward"],
+    storage 5,
+    rows n
 );
 
 impl DropoutParams {
@@ -66,57 +70,40 @@ pub struct DropoutDims {
     pub width: u32,
 }
 
-/// The forward tensors. `out` may be `x` itself (same buffer and offset): each
-/// invocation reads its elements before writing.
-#[derive(Clone, Copy, Debug)]
-pub struct DropoutBuffers<'a> {
-    /// (rows, width)
-    pub out: TensorRef<'a>,
-    /// (rows, width): the residual stream.
-    pub x: TensorRef<'a>,
-    /// (rows, width): the branch that is dropped out.
-    pub a: TensorRef<'a>,
+tensors! {
+    /// The forward tensors. `out` may be `x` itself (same buffer and offset): each
+    /// invocation reads its elements before writing.
+    pub struct DropoutBuffers {
+        /// (rows, width)
+        out,
+        /// (rows, width): the residual stream.
+        x,
+        /// (rows, width): the branch that is dropped out.
+        a,
+    }
 }
 
-/// The backward tensors (the gradient of `x` is `dout` itself). `da` may be `dout`.
-#[derive(Clone, Copy, Debug)]
-pub struct DropoutGradBuffers<'a> {
-    /// (rows, width), overwritten.
-    pub da: TensorRef<'a>,
-    /// (rows, width)
-    pub dout: TensorRef<'a>,
+tensors! {
+    /// The backward tensors (the gradient of `x` is `dout` itself). `da` may be `dout`.
+    pub struct DropoutGradBuffers {
+        /// (rows, width), overwritten.
+        da,
+        /// (rows, width)
+        dout,
+    }
 }
 
-/// Uniform and bind group of one dropout site, made by [`DropoutKernels::bind`].
-#[derive(Debug)]
-pub struct DropoutBinding {
-    u: RowUniform<DropoutParams>,
-    width: u32,
-    max_groups: u32,
-    has_grads: bool,
-    group: wgpu::BindGroup,
-}
+/// Uniform and bind group of one dropout site, made by [`DropoutKernels::bind`]; its
+/// `set_rows` counts rows of `width` elements.
+pub type DropoutBinding = Binding<DropoutParams>;
 
 impl DropoutBinding {
-    /// Rows of the current batch.
-    pub fn rows(&self) -> u32 {
-        self.u.rows
-    }
-
-    /// Sets the batch rows (at most the `rows` bound), effective at the next submit.
-    /// Panics if `rows` exceeds the bound maximum (the buffers are not big enough).
-    pub fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
-        let width = self.width;
-        self.u
-            .set_rows(ctx, "dropout set_rows", rows, |p, r| p.n = r * width);
-    }
-
     /// Sets the mask (seed, step, site, p) for the following dispatches; like
     /// [`DropoutBinding::set_rows`], effective at the next submit, last value wins.
     /// `p = 0` keeps every element (eval). Panics if `p` is outside [0, 1).
     pub fn set_key(&mut self, ctx: &GpuContext, key: DropoutKey) {
-        self.u.params.set_key(key);
-        self.u.write(ctx);
+        self.params.set_key(key);
+        self.write(ctx);
     }
 
     /// Element `i` takes the mask of index `first + i` from the next submit on (as
@@ -124,41 +111,17 @@ impl DropoutBinding {
     /// batch, with `first` its first row times the row's elements, draws the masks of
     /// its rows in the global batch. 0 when bound.
     pub fn set_first(&mut self, ctx: &GpuContext, first: u32) {
-        if self.u.params.first != first {
-            self.u.params.first = first;
-            self.u.write(ctx);
+        if self.params.first != first {
+            self.params.first = first;
+            self.write(ctx);
         }
-    }
-
-    /// One invocation per element, grid-stride past the device's workgroup limit.
-    fn grid(&self) -> [u32; 3] {
-        strided_grid(self.u.params.n, WG, self.max_groups)
     }
 }
 
 /// Pipelines of `shaders/dropout.wgsl`, created once.
-#[derive(Debug)]
-pub struct DropoutKernels {
-    k: Launcher,
-}
+pub type DropoutKernels = Kernels<DropoutParams>;
 
 impl DropoutKernels {
-    /// Compiles the shader and creates its pipelines.
-    pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
-        let source = include_str!("../../../shaders/dropout.wgsl");
-        let entries = ["residual_dropout_forward", "residual_dropout_backward"];
-        // Storage: x, a, out, dout, da.
-        let k = Launcher::new(ctx, "dropout", source, 5, &entries)?;
-        Ok(Self { k })
-    }
-
-    /// Caps the workgroups of the grid-stride loops (tests: several elements per
-    /// invocation).
-    pub fn with_max_workgroups_per_dim(mut self, max: u32) -> Self {
-        self.k.cap(max);
-        self
-    }
-
     /// Creates the uniform and bind group of one dropout site with its first `key`,
     /// after checking every tensor lies inside its buffer. `grads = None` binds the
     /// forward pass only. Panics if `key.p` is outside [0, 1).
@@ -191,43 +154,32 @@ impl DropoutKernels {
             ..Default::default()
         };
         params.set_key(key);
-        let u = RowUniform::new(ctx, "dropout params", rows, params);
         let d = &self.k.dummy;
-        let group = self.k.bind_group(
-            ctx,
-            "dropout",
-            &u.buffer,
-            &[
-                bufs.x.buffer,
-                bufs.a.buffer,
-                bufs.out.buffer,
-                grads.map_or(d, |g| g.dout.buffer),
-                grads.map_or(d, |g| g.da.buffer),
-            ],
-        );
-        Ok(DropoutBinding {
-            u,
-            width,
-            max_groups: self.k.max_groups,
-            has_grads: grads.is_some(),
-            group,
-        })
+        let storage = [
+            bufs.x.buffer,
+            bufs.a.buffer,
+            bufs.out.buffer,
+            grads.map_or(d, |g| g.dout.buffer),
+            grads.map_or(d, |g| g.da.buffer),
+        ];
+        let has_grads = grads.is_some();
+        Ok(self.binding(ctx, params, (rows, width), &storage, has_grads, ()))
     }
 
     /// out = x + a * mask
     pub fn forward(&self, pass: &mut wgpu::ComputePass, b: &DropoutBinding) {
-        self.k
-            .run(pass, "residual_dropout_forward", &b.group, b.grid());
+        self.run(pass, "residual_dropout_forward", b, self.grid(b));
     }
 
     /// da = dout * mask (the gradient of `x` is `dout` itself). Panics if the binding was
     /// made without gradient buffers.
     pub fn backward(&self, pass: &mut wgpu::ComputePass, b: &DropoutBinding) {
-        assert!(
-            b.has_grads,
-            "dropout backward: the binding was made without gradient buffers"
-        );
-        self.k
-            .run(pass, "residual_dropout_backward", &b.group, b.grid());
+        b.require_grads("dropout backward");
+        self.run(pass, "residual_dropout_backward", b, self.grid(b));
+    }
+
+    /// One invocation per element, grid-stride past the device's workgroup limit.
+    fn grid(&self, b: &DropoutBinding) -> [u32; 3] {
+        strided_grid(b.params.n, WG, self.k.max_groups)
     }
 }

@@ -13,13 +13,13 @@
 //! elt.backward(&mut pass, &a1);                              // LeakyReLU only
 //! ```
 
-use super::launch::{Launcher, RowUniform, strided_grid, wgsl_params};
+use super::launch::{Binding, Kernels, strided_grid, tensors, wgsl_params};
 use super::{GpuContext, GpuError, TensorRef};
 
 wgsl_params!(
     "elementwise.wgsl",
     /// The uniform, field for field `Params` in `shaders/elementwise.wgsl`.
-    pub(crate) struct ElementwiseParams {
+    pub struct ElementwiseParams {
         n: u32,
         x_off: u32,
         y_off: u32,
@@ -29,7 +29,11 @@ wgsl_params!(
         /// `fill`: the value; LeakyReLU: alpha.
         value: f32,
         _pad0: u32,
-    }
+    },
+    // Storage: x, y, out, dout, dx.
+    kernels ["add", "fill", "leaky_relu_forward", "leaky_relu_backward"],
+    storage 5,
+    rows n
 );
 
 /// Workgroup size of both kernels (`WG` in the shader).
@@ -47,67 +51,52 @@ pub struct ActivationDims {
     pub alpha: f32,
 }
 
-/// The forward tensors. `out` may be `inp` itself (same buffer and offset): each
-/// invocation reads its element before writing it.
-#[derive(Clone, Copy, Debug)]
-pub struct ActivationBuffers<'a> {
-    /// (rows, width)
-    pub out: TensorRef<'a>,
-    /// (rows, width): the input of the forward pass, also read by the backward.
-    pub inp: TensorRef<'a>,
+tensors! {
+    /// The forward tensors. `out` may be `inp` itself (same buffer and offset): each
+    /// invocation reads its element before writing it.
+    pub struct ActivationBuffers {
+        /// (rows, width)
+        out,
+        /// (rows, width): the input of the forward pass, also read by the backward.
+        inp,
+    }
 }
 
-/// The backward tensors. `dinp` may be `dout` itself, as `out` may be `inp`.
-#[derive(Clone, Copy, Debug)]
-pub struct ActivationGradBuffers<'a> {
-    /// (rows, width), overwritten.
-    pub dinp: TensorRef<'a>,
-    /// (rows, width)
-    pub dout: TensorRef<'a>,
+tensors! {
+    /// The backward tensors. `dinp` may be `dout` itself, as `out` may be `inp`.
+    pub struct ActivationGradBuffers {
+        /// (rows, width), overwritten.
+        dinp,
+        /// (rows, width)
+        dout,
+    }
 }
 
 /// The op of a binding: the entry point its `forward` runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Op {
+pub enum ElementwiseOp {
+    /// `out = x + y`
     Add,
+    /// `out = value`
     Fill,
+    /// `out = leaky_relu(inp)`, with a backward.
     LeakyRelu,
 }
 
-/// Uniform and bind group of one call site, made by [`ElementwiseKernels::bind`] (LeakyReLU),
-/// [`ElementwiseKernels::bind_add`] or [`ElementwiseKernels::bind_fill`].
-#[derive(Debug)]
-pub struct ElementwiseBinding {
-    op: Op,
-    u: RowUniform<ElementwiseParams>,
-    width: u32,
-    max_groups: u32,
-    has_grads: bool,
-    group: wgpu::BindGroup,
-}
+/// Uniform and bind group of one call site, made by [`ElementwiseKernels::bind`]
+/// (LeakyReLU), [`ElementwiseKernels::bind_add`] or [`ElementwiseKernels::bind_fill`];
+/// its `set_rows` counts rows of `width` elements.
+pub type ElementwiseBinding = Binding<ElementwiseParams, ElementwiseOp>;
 
 impl ElementwiseBinding {
-    /// Rows of the current batch.
-    pub fn rows(&self) -> u32 {
-        self.u.rows
-    }
-
-    /// Sets the batch rows (at most the `rows` bound), effective at the next submit.
-    /// Panics if `rows` exceeds the bound maximum (the buffers are not big enough).
-    pub fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
-        let width = self.width;
-        self.u
-            .set_rows(ctx, "elementwise set_rows", rows, |p, r| p.n = r * width);
-    }
-
     /// Elements the next dispatch covers.
     pub fn len(&self) -> u32 {
-        self.u.params.n
+        self.params.n
     }
 
     /// No elements.
     pub fn is_empty(&self) -> bool {
-        self.u.params.n == 0
+        self.params.n == 0
     }
 
     /// A fill's element count (at most the bound `n`; a fill's rows are its elements), as
@@ -115,36 +104,12 @@ impl ElementwiseBinding {
     pub fn set_len(&mut self, ctx: &GpuContext, n: u32) {
         self.set_rows(ctx, n);
     }
-
-    /// One invocation per element, grid-stride past the device's workgroup limit.
-    fn grid(&self) -> [u32; 3] {
-        strided_grid(self.u.params.n, WG, self.max_groups)
-    }
 }
 
 /// Pipelines of `shaders/elementwise.wgsl`, created once.
-#[derive(Debug)]
-pub struct ElementwiseKernels {
-    k: Launcher,
-}
+pub type ElementwiseKernels = Kernels<ElementwiseParams>;
 
 impl ElementwiseKernels {
-    /// Compiles the shader and creates its pipelines.
-    pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
-        let source = include_str!("../../../shaders/elementwise.wgsl");
-        let entries = ["add", "fill", "leaky_relu_forward", "leaky_relu_backward"];
-        // Storage: x, y, out, dout, dx.
-        let k = Launcher::new(ctx, "elementwise", source, 5, &entries)?;
-        Ok(Self { k })
-    }
-
-    /// Caps the workgroups of the grid-stride loops (tests: several elements per
-    /// invocation).
-    pub fn with_max_workgroups_per_dim(mut self, max: u32) -> Self {
-        self.k.cap(max);
-        self
-    }
-
     /// Creates the uniform and bind group of one LeakyReLU call site, after checking every
     /// tensor lies inside its buffer. `grads = None` binds the forward pass only.
     pub fn bind(
@@ -181,14 +146,8 @@ impl ElementwiseKernels {
             grads.map_or(d, |g| g.dout.buffer),
             grads.map_or(d, |g| g.dinp.buffer),
         ];
-        Ok(self.binding(
-            ctx,
-            Op::LeakyRelu,
-            params,
-            (rows, width),
-            &storage,
-            grads.is_some(),
-        ))
+        let op = ElementwiseOp::LeakyRelu;
+        Ok(self.binding(ctx, params, (rows, width), &storage, grads.is_some(), op))
     }
 
     /// Binds `out = x + y` over `rows x width` elements (the residual sums of the
@@ -217,7 +176,8 @@ impl ElementwiseKernels {
         };
         let d = &self.k.dummy;
         let storage = [x.buffer, y.buffer, out.buffer, d, d];
-        Ok(self.binding(ctx, Op::Add, params, (rows, width), &storage, false))
+        let op = ElementwiseOp::Add;
+        Ok(self.binding(ctx, params, (rows, width), &storage, false, op))
     }
 
     /// Binds a fill of `n` elements of `target` with `value` (0.0 to zero a gradient),
@@ -239,47 +199,35 @@ impl ElementwiseKernels {
         };
         let d = &self.k.dummy;
         let storage = [d, d, target.buffer, d, d];
-        Ok(self.binding(ctx, Op::Fill, params, (n, 1), &storage, false))
-    }
-
-    fn binding(
-        &self,
-        ctx: &GpuContext,
-        op: Op,
-        params: ElementwiseParams,
-        (rows, width): (u32, u32),
-        storage: &[&wgpu::Buffer; 5],
-        has_grads: bool,
-    ) -> ElementwiseBinding {
-        let u = RowUniform::new(ctx, "elementwise params", rows, params);
-        let group = self.k.bind_group(ctx, "elementwise", &u.buffer, storage);
-        ElementwiseBinding {
-            op,
-            u,
-            width,
-            max_groups: self.k.max_groups,
-            has_grads,
-            group,
-        }
+        let op = ElementwiseOp::Fill;
+        Ok(self.binding(ctx, params, (n, 1), &storage, false, op))
     }
 
     /// The op bound: `out = x + y`, `out = value`, or `out = leaky_relu(inp)`.
     pub fn forward(&self, pass: &mut wgpu::ComputePass, b: &ElementwiseBinding) {
-        let entry = match b.op {
-            Op::Add => "add",
-            Op::Fill => "fill",
-            Op::LeakyRelu => "leaky_relu_forward",
+        let entry = match b.extra {
+            ElementwiseOp::Add => "add",
+            ElementwiseOp::Fill => "fill",
+            ElementwiseOp::LeakyRelu => "leaky_relu_forward",
         };
-        self.k.run(pass, entry, &b.group, b.grid());
+        self.run(pass, entry, b, self.grid(b));
     }
 
     /// dinp = dout * (inp > 0 ? 1 : alpha). Panics if the binding was made without
     /// gradient buffers.
     pub fn backward(&self, pass: &mut wgpu::ComputePass, b: &ElementwiseBinding) {
-        assert!(
-            b.op == Op::LeakyRelu && b.has_grads,
-            "activation backward: the binding was made without gradient buffers"
+        assert_eq!(
+            b.extra,
+            ElementwiseOp::LeakyRelu,
+            "backward of a {:?}",
+            b.extra
         );
-        self.k.run(pass, "leaky_relu_backward", &b.group, b.grid());
+        b.require_grads("activation backward");
+        self.run(pass, "leaky_relu_backward", b, self.grid(b));
+    }
+
+    /// One invocation per element, grid-stride past the device's workgroup limit.
+    fn grid(&self, b: &ElementwiseBinding) -> [u32; 3] {
+        strided_grid(b.params.n, WG, self.k.max_groups)
     }
 }

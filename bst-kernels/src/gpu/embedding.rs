@@ -68,7 +68,7 @@ pub use segments::{EmbeddingSegments, MIN_PIECE, Segments, build_segments, piece
 use segments::{TableSegments, piece_room, segments_layout};
 
 use super::buffer::uniform_slot;
-use super::launch::{dispatch, wgsl_params, wgsl_with_prelude};
+use super::launch::{dispatch, tensors, wgsl_params, wgsl_with_prelude};
 use super::{GpuContext, GpuError, Slot, TensorRef};
 use crate::cpu::embedding::TokenIds;
 
@@ -76,7 +76,7 @@ wgsl_params!(
     "embedding.wgsl",
     /// The uniform, field for field `Params` in `shaders/embedding.wgsl` (see its header for
     /// the token mapping these fields describe).
-    pub(crate) struct EmbParams {
+    pub struct EmbParams {
         n: u32,
         w: u32,
         table_off: u32,
@@ -161,55 +161,57 @@ impl EmbeddingDims {
     }
 }
 
-/// The forward tensors. Tables are f32 (in the parameter arena, say); ids are u32 (in a
-/// batch arena, say). A history and its target must lie in one buffer.
-#[derive(Clone, Copy, Debug)]
-pub struct EmbeddingBuffers<'a> {
-    /// (B, T, d), overwritten by `token_embedding_forward`.
-    pub x: TensorRef<'a>,
-    /// (B, z_width): `other_embedding_forward` overwrites columns
-    /// `z_off .. z_off + F * d_other` and leaves the others alone.
-    pub z: TensorRef<'a>,
-    /// (n_item, d_item)
-    pub e_item: TensorRef<'a>,
-    /// (n_cat, d_cat)
-    pub e_cat: TensorRef<'a>,
-    /// (n_pos, d_pos)
-    pub e_pos: TensorRef<'a>,
-    /// (n_other, d_other)
-    pub e_other: TensorRef<'a>,
-    /// u32 (B, L)
-    pub hist_item: TensorRef<'a>,
-    /// u32 (B, L)
-    pub hist_cat: TensorRef<'a>,
-    /// u32 (B, L)
-    pub hist_pos: TensorRef<'a>,
-    /// u32 (B), in `hist_item`'s buffer.
-    pub target_item: TensorRef<'a>,
-    /// u32 (B), in `hist_cat`'s buffer.
-    pub target_cat: TensorRef<'a>,
-    /// u32 (B, F)
-    pub other: TensorRef<'a>,
+tensors! {
+    /// The forward tensors. Tables are f32 (in the parameter arena, say); ids are u32 (in a
+    /// batch arena, say). A history and its target must lie in one buffer.
+    pub struct EmbeddingBuffers {
+        /// (B, T, d), overwritten by `token_embedding_forward`.
+        x,
+        /// (B, z_width): `other_embedding_forward` overwrites columns
+        /// `z_off .. z_off + F * d_other` and leaves the others alone.
+        z,
+        /// (n_item, d_item)
+        e_item,
+        /// (n_cat, d_cat)
+        e_cat,
+        /// (n_pos, d_pos)
+        e_pos,
+        /// (n_other, d_other)
+        e_other,
+        /// u32 (B, L)
+        hist_item,
+        /// u32 (B, L)
+        hist_cat,
+        /// u32 (B, L)
+        hist_pos,
+        /// u32 (B), in `hist_item`'s buffer.
+        target_item,
+        /// u32 (B), in `hist_cat`'s buffer.
+        target_cat,
+        /// u32 (B, F)
+        other,
+    }
 }
 
-/// The backward tensors.
-#[derive(Clone, Copy, Debug)]
-pub struct EmbeddingGradBuffers<'a> {
-    /// (n_item, d_item), accumulated.
-    pub de_item: TensorRef<'a>,
-    /// (n_cat, d_cat), accumulated.
-    pub de_cat: TensorRef<'a>,
-    /// (n_pos, d_pos), accumulated.
-    pub de_pos: TensorRef<'a>,
-    /// (n_other, d_other), accumulated.
-    pub de_other: TensorRef<'a>,
-    /// (B, T, d): gradient of the loss with respect to x.
-    pub dx: TensorRef<'a>,
-    /// (B, z_width): gradient with respect to z; only the other-feature columns are read.
-    pub dz: TensorRef<'a>,
-    /// u32 ([`EmbeddingSegments::buffer_len`]): written by
-    /// [`EmbeddingBinding::set_segments`] every step.
-    pub segments: TensorRef<'a>,
+tensors! {
+    /// The backward tensors.
+    pub struct EmbeddingGradBuffers {
+        /// (n_item, d_item), accumulated.
+        de_item,
+        /// (n_cat, d_cat), accumulated.
+        de_cat,
+        /// (n_pos, d_pos), accumulated.
+        de_pos,
+        /// (n_other, d_other), accumulated.
+        de_other,
+        /// (B, T, d): gradient of the loss with respect to x.
+        dx,
+        /// (B, z_width): gradient with respect to z; only the other-feature columns are read.
+        dz,
+        /// u32 ([`EmbeddingSegments::buffer_len`]): written by
+        /// [`EmbeddingBinding::set_segments`] every step.
+        segments,
+    }
 }
 
 impl<'a> EmbeddingGradBuffers<'a> {

@@ -1,10 +1,13 @@
 //! What every launcher shares: the scaffold [`Launcher`] (bind group layout, pipelines,
-//! dummy buffer, workgroup cap), the row-count uniform [`RowUniform`] of a binding, the
+//! dummy buffer, workgroup cap) and the generic [`Kernels`] and [`Binding`] every
+//! launcher is made of (with a row-count uniform), the named tensors ([`tensors!`]), the
 //! shader prelude, the field table of a `Params` struct ([`WgslParams`], checked against
 //! the shader by naga in the tests), and the dispatch helpers: a dispatch of `div_ceil`
 //! workgroups that stays within the device's `max_compute_workgroups_per_dimension`, and
 //! the check that a new batch size fits the binding (rules 3 to 5 of the module doc of
 //! [`crate::gpu`]).
+
+use std::marker::PhantomData;
 
 use bytemuck::Pod;
 
@@ -130,50 +133,162 @@ impl Launcher {
     }
 }
 
-/// The uniform of a binding whose sizes follow the batch: its `Params`, the buffer they
-/// live in, and the current and largest row counts (the buffers hold `max_rows`).
-#[derive(Debug)]
-pub(crate) struct RowUniform<P> {
-    pub(crate) rows: u32,
-    pub(crate) max_rows: u32,
-    pub(crate) params: P,
-    pub(crate) buffer: wgpu::Buffer,
+/// The shader of a launcher, named by its uniform: the entry points and the storage
+/// slots [`Kernels::new`] creates pipelines and a layout for.
+pub trait KernelSet: WgslParams {
+    /// The entry points of [`WgslParams::SHADER`], one pipeline each.
+    const ENTRIES: &'static [&'static str];
+    /// Storage buffers after the uniform at `@binding(0)`.
+    const STORAGE: usize;
 }
 
-impl<P: Pod> RowUniform<P> {
-    /// The uniform of `params`, made for `rows` rows at most.
-    pub(crate) fn new(ctx: &GpuContext, label: &str, rows: u32, params: P) -> Self {
-        Self {
+/// The pipelines of one shader, created once, named by its uniform `P`
+/// (`MaskKernels` is `Kernels<MaskParams>`). Each op's module adds its `bind` and its
+/// dispatches (`forward`, `backward`, ...).
+#[derive(Debug)]
+pub struct Kernels<P> {
+    pub(crate) k: Launcher,
+    params: PhantomData<P>,
+}
+
+impl<P: KernelSet> Kernels<P> {
+    /// Compiles the shader and creates its pipelines.
+    pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
+        let name = P::SHADER.trim_end_matches(".wgsl");
+        let k = Launcher::new(ctx, name, P::SOURCE, P::STORAGE, P::ENTRIES)?;
+        Ok(Self {
+            k,
+            params: PhantomData,
+        })
+    }
+
+    /// Caps the workgroups per dimension below the device's
+    /// `max_compute_workgroups_per_dimension` (at least 1), so that grid-stride loops
+    /// walk several elements per invocation and flat grids spill into a second row:
+    /// lets tests reach both without huge data.
+    pub fn with_max_workgroups_per_dim(mut self, max: u32) -> Self {
+        self.k.cap(max);
+        self
+    }
+
+    /// The binding of `params` for at most `rows` rows of `per_row` counted elements
+    /// each: its uniform, and its bind group with `storage` after the uniform.
+    pub(crate) fn binding<X>(
+        &self,
+        ctx: &GpuContext,
+        params: P,
+        (rows, per_row): (u32, u32),
+        storage: &[&wgpu::Buffer],
+        has_grads: bool,
+        extra: X,
+    ) -> Binding<P, X> {
+        let name = P::SHADER.trim_end_matches(".wgsl");
+        let uniform = ctx.uniform_buffer(&format!("{name} params"), &params);
+        let group = self.k.bind_group(ctx, name, &uniform, storage);
+        Binding {
             rows,
             max_rows: rows,
-            buffer: ctx.uniform_buffer(label, &params),
+            per_row,
             params,
+            uniform,
+            group,
+            has_grads,
+            extra,
         }
     }
 
-    /// Sets the batch rows (at most the bound maximum) for the following dispatches:
-    /// `resize` writes the row-dependent sizes into the params, then a
-    /// `queue.write_buffer`, effective at the next submit (every dispatch of the binding
-    /// in that submit sees the last value set). Panics if `rows` exceeds the bound.
-    #[track_caller]
-    pub(crate) fn set_rows(
-        &mut self,
-        ctx: &GpuContext,
-        call: &str,
-        rows: u32,
-        resize: impl FnOnce(&mut P, u32),
+    /// Records `entry` over `groups` workgroups with the binding's group (see [`dispatch`]).
+    pub(crate) fn run<X>(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        entry: &str,
+        b: &Binding<P, X>,
+        groups: [u32; 3],
     ) {
-        assert_bound(call, rows, self.max_rows, "rows");
+        self.k.run(pass, entry, &b.group, groups);
+    }
+}
+
+/// A uniform whose sizes follow the batch: the field a new batch size is written to.
+pub trait RowParams: WgslParams {
+    /// The count the shader walks: rows, or elements (rows x width) for element-wise
+    /// ops (see [`Binding::set_rows`]).
+    fn count(&mut self) -> &mut u32;
+}
+
+/// Uniform and bind group of one call site of a launcher, made by its `bind`: the
+/// `Params` `P`, the current and largest row counts (the buffers hold `max_rows`),
+/// whether gradient buffers were bound, and what else the op keeps (`X`).
+#[derive(Debug)]
+pub struct Binding<P, X = ()> {
+    pub(crate) rows: u32,
+    max_rows: u32,
+    /// Counted elements per row (the width of an element-wise op; else 1).
+    per_row: u32,
+    pub(crate) params: P,
+    pub(crate) uniform: wgpu::Buffer,
+    pub(crate) group: wgpu::BindGroup,
+    has_grads: bool,
+    pub(crate) extra: X,
+}
+
+impl<P: RowParams, X> Binding<P, X> {
+    /// Rows of the current batch.
+    pub fn rows(&self) -> u32 {
+        self.rows
+    }
+
+    /// Sets the batch rows (at most the bound maximum) for the following dispatches:
+    /// the count in the params becomes `rows` times the row's elements, then a
+    /// `queue.write_buffer`, effective at the next submit (every dispatch of the binding
+    /// in that submit sees the last value set). Panics if `rows` exceeds the bound (the
+    /// buffers are not big enough).
+    #[track_caller]
+    pub fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
+        let name = P::SHADER.trim_end_matches(".wgsl");
+        assert_bound(format_args!("{name} set_rows"), rows, self.max_rows, "rows");
         self.rows = rows;
-        resize(&mut self.params, rows);
+        *self.params.count() = rows * self.per_row;
         self.write(ctx);
     }
 
     /// Writes the params as they are now.
     pub(crate) fn write(&self, ctx: &GpuContext) {
-        ctx.write(&self.buffer, 0, &[self.params]);
+        ctx.write(&self.uniform, 0, &[self.params]);
+    }
+
+    /// Panics unless the binding was made with gradient buffers: `what` names the
+    /// backward in the message.
+    #[track_caller]
+    pub(crate) fn require_grads(&self, what: &str) {
+        assert!(
+            self.has_grads,
+            "{what}: the binding was made without gradient buffers"
+        );
     }
 }
+
+impl<P: RowParams, X> super::SetRows for Binding<P, X> {
+    fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
+        Binding::set_rows(self, ctx, rows)
+    }
+}
+
+/// Declares a launcher's named tensors, the arguments of its `bind`:
+/// `#[derive(Clone, Copy, Debug)] pub struct Name<'a>` with a `pub field: TensorRef<'a>`
+/// per listed field, each documented with its shape.
+macro_rules! tensors {
+    ($(#[$meta:meta])* pub struct $name:ident {
+        $($(#[$fmeta:meta])* $field:ident),* $(,)?
+    }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug)]
+        pub struct $name<'a> {
+            $($(#[$fmeta])* pub $field: $crate::gpu::TensorRef<'a>,)*
+        }
+    };
+}
+pub(crate) use tensors;
 
 /// One field of a uniform struct: its name, byte offset and size, and `float` for `f32`
 /// (else `u32`).
@@ -194,17 +309,23 @@ pub struct ParamField {
 pub trait WgslParams: Pod {
     /// The shader file under `shaders/` that declares the mirror.
     const SHADER: &'static str;
+    /// Its source text.
+    const SOURCE: &'static str;
     /// The fields in declaration order.
     const FIELDS: &'static [ParamField];
 }
 
 /// Declares a uniform struct (`u32`/`f32` fields, `#[repr(C)]`, Pod, Default) and its
 /// [`WgslParams`] table in one go, so the table cannot drift from the struct:
-/// `wgsl_params!("dropout.wgsl", struct DropoutParams { n: u32, scale: f32 })`.
+/// `wgsl_params!("dropout.wgsl", struct DropoutParams { n: u32, scale: f32 })`. A
+/// launcher's uniform goes on with its kernels, `kernels [entry points], storage N` (a
+/// [`KernelSet`]), and with `rows field` the count its `set_rows` writes (a
+/// [`RowParams`]).
 macro_rules! wgsl_params {
     ($shader:literal, $(#[$meta:meta])* $vis:vis struct $name:ident {
         $($(#[$fmeta:meta])* $field:ident: $ty:ident),* $(,)?
-    }) => {
+    } $(, kernels [$($entry:literal),* $(,)?], storage $storage:literal
+        $(, rows $rows:ident)?)? $(,)?) => {
         $(#[$meta])*
         #[repr(C)]
         #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -213,6 +334,7 @@ macro_rules! wgsl_params {
         }
         impl $crate::gpu::launch::WgslParams for $name {
             const SHADER: &'static str = $shader;
+            const SOURCE: &'static str = include_str!(concat!("../../../shaders/", $shader));
             const FIELDS: &'static [$crate::gpu::launch::ParamField] = &[$(
                 $crate::gpu::launch::ParamField {
                     name: stringify!($field),
@@ -223,6 +345,19 @@ macro_rules! wgsl_params {
             ),*];
         }
         const _: () = assert!(size_of::<$name>().is_multiple_of(16));
+        $(
+            impl $crate::gpu::launch::KernelSet for $name {
+                const ENTRIES: &'static [&'static str] = &[$($entry),*];
+                const STORAGE: usize = $storage;
+            }
+            $(
+                impl $crate::gpu::launch::RowParams for $name {
+                    fn count(&mut self) -> &mut u32 {
+                        &mut self.$rows
+                    }
+                }
+            )?
+        )?
     };
 }
 pub(crate) use wgsl_params;
@@ -273,7 +408,7 @@ pub(crate) fn strided_grid(n: u32, wg: u32, max_per_dim: u32) -> [u32; 3] {
 /// new size is only written into its uniform, never reallocated. `call` names the method
 /// in the message, e.g. "loss set_rows".
 #[track_caller]
-pub(crate) fn assert_bound(call: &str, n: u32, max: u32, unit: &str) {
+pub(crate) fn assert_bound(call: impl std::fmt::Display, n: u32, max: u32, unit: &str) {
     assert!(
         n <= max,
         "{call}({n}): the binding was made for at most {max} {unit}"

@@ -13,14 +13,14 @@
 //! sums per chunk of [`CHUNK_ROWS`] rows into a scratch buffer that the binding owns
 //! (`2 * ceil(rows / CHUNK_ROWS) * C` floats), then the chunks' sums in order.
 
-use super::launch::{Launcher, assert_bound, dispatch, strided_grid, wgsl_params};
-use super::{GpuContext, GpuError, TensorRef};
+use super::launch::{Binding, Kernels, strided_grid, tensors, wgsl_params};
+use super::{GpuContext, GpuError};
 use crate::cpu::layernorm::LN_EPS;
 
 wgsl_params!(
     "layernorm.wgsl",
     /// The uniform, field for field `Params` in `shaders/layernorm.wgsl`.
-    pub(crate) struct LayerNormParams {
+    pub struct LayerNormParams {
         rows: u32,
         c: u32,
         inp_off: u32,
@@ -37,7 +37,11 @@ wgsl_params!(
         _pad0: u32,
         _pad1: u32,
         _pad2: u32,
-    }
+    },
+    // Storage: inp; mean; rstd; weight | dweight; bias | dbias; out | dinp; dout; scratch.
+    kernels ["layernorm_forward", "layernorm_backward_dinp", "layernorm_backward_partials", "layernorm_backward_dparams",],
+    storage 8,
+    rows rows
 );
 
 /// Workgroup size of every kernel (`WG` in the shader).
@@ -55,110 +59,55 @@ pub struct LayerNormDims {
     pub c: u32,
 }
 
-/// The forward tensors of one layer.
-#[derive(Clone, Copy, Debug)]
-pub struct LayerNormBuffers<'a> {
-    /// (rows, c)
-    pub out: TensorRef<'a>,
-    /// (rows), written by the forward, read by the backward.
-    pub mean: TensorRef<'a>,
-    /// (rows), written by the forward, read by the backward.
-    pub rstd: TensorRef<'a>,
-    /// (rows, c)
-    pub inp: TensorRef<'a>,
-    /// (c)
-    pub weight: TensorRef<'a>,
-    /// (c)
-    pub bias: TensorRef<'a>,
+tensors! {
+    /// The forward tensors of one layer.
+    pub struct LayerNormBuffers {
+        /// (rows, c)
+        out,
+        /// (rows), written by the forward, read by the backward.
+        mean,
+        /// (rows), written by the forward, read by the backward.
+        rstd,
+        /// (rows, c)
+        inp,
+        /// (c)
+        weight,
+        /// (c)
+        bias,
+    }
 }
 
-/// The backward tensors of one layer.
-#[derive(Clone, Copy, Debug)]
-pub struct LayerNormGradBuffers<'a> {
-    /// (rows, c), overwritten.
-    pub dinp: TensorRef<'a>,
-    /// (c), accumulated.
-    pub dweight: TensorRef<'a>,
-    /// (c), accumulated.
-    pub dbias: TensorRef<'a>,
-    /// (rows, c)
-    pub dout: TensorRef<'a>,
+tensors! {
+    /// The backward tensors of one layer.
+    pub struct LayerNormGradBuffers {
+        /// (rows, c), overwritten.
+        dinp,
+        /// (c), accumulated.
+        dweight,
+        /// (c), accumulated.
+        dbias,
+        /// (rows, c)
+        dout,
+    }
 }
 
 /// Bind groups of the backward kernels, and the scratch they share.
 #[derive(Debug)]
-struct Backward {
+pub struct LayerNormBackward {
     dinp: wgpu::BindGroup,
     partials: wgpu::BindGroup,
     dparams: wgpu::BindGroup,
     _scratch: wgpu::Buffer,
 }
 
-/// Uniform, bind groups and scratch of one layer, made by [`LayerNormKernels::bind`].
-#[derive(Debug)]
-pub struct LayerNormBinding {
-    rows: u32,
-    max_rows: u32,
-    c: u32,
-    max_groups: u32,
-    params: LayerNormParams,
-    uniform: wgpu::Buffer,
-    forward: wgpu::BindGroup,
-    backward: Option<Backward>,
-}
-
-impl LayerNormBinding {
-    /// Rows of the current batch.
-    pub fn rows(&self) -> u32 {
-        self.rows
-    }
-
-    /// Sets the batch rows (at most the `rows` bound) for the following dispatches: a
-    /// `queue.write_buffer`, effective at the next submit (every dispatch of this
-    /// binding in that submit sees the last value set). Panics if `rows` exceeds the
-    /// bound maximum (the buffers are not big enough).
-    pub fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
-        assert_bound("layernorm set_rows", rows, self.max_rows, "rows");
-        self.rows = rows;
-        self.params.rows = rows;
-        ctx.write(&self.uniform, 0, &[self.params]);
-    }
-
-    /// One workgroup per row, grid-stride past the device's workgroup limit.
-    fn row_grid(&self) -> [u32; 3] {
-        strided_grid(self.rows, 1, self.max_groups)
-    }
-}
+/// Uniform, bind groups and scratch of one layer, made by [`LayerNormKernels::bind`]: the
+/// forward's group, and the backward's when bound with gradients.
+pub type LayerNormBinding = Binding<LayerNormParams, Option<LayerNormBackward>>;
 
 /// Pipelines of `shaders/layernorm.wgsl`, created once.
-#[derive(Debug)]
-pub struct LayerNormKernels {
-    k: Launcher,
-}
+pub type LayerNormKernels = Kernels<LayerNormParams>;
 
 impl LayerNormKernels {
-    /// Compiles the shader and creates its pipelines.
-    pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
-        let source = include_str!("../../../shaders/layernorm.wgsl");
-        let entries = [
-            "layernorm_forward",
-            "layernorm_backward_dinp",
-            "layernorm_backward_partials",
-            "layernorm_backward_dparams",
-        ];
-        // Storage: inp; mean; rstd; weight | dweight; bias | dbias; out | dinp; dout; scratch.
-        let k = Launcher::new(ctx, "layernorm", source, 8, &entries)?;
-        Ok(Self { k })
-    }
-
-    /// Caps the workgroups of the grid-stride loops below the device's
-    /// `max_compute_workgroups_per_dimension` (at least 1), so that each workgroup
-    /// walks several rows: lets tests run the loop's stride without huge data.
-    pub fn with_max_workgroups_per_dim(mut self, max: u32) -> Self {
-        self.k.cap(max);
-        self
-    }
-
     /// Creates the uniform, bind groups and (with `grads`) the scratch of one layer,
     /// after checking every tensor lies inside its buffer. `grads = None` binds the
     /// forward pass only.
@@ -220,45 +169,24 @@ impl LayerNormKernels {
             eps: LN_EPS,
             ..Default::default()
         };
-        let uniform = ctx.uniform_buffer("layernorm params", &params);
-
         // Slots (params, inp, mean, rstd, weight | dweight, bias | dbias, out | dinp, dout,
         // scratch), as in the shader.
-        let group = |label: &str, bufs: [&wgpu::Buffer; 8]| {
-            ctx.kernel_bind_group(label, &self.k.layout, uniform.as_entire_binding(), &bufs)
-        };
         let d = &self.k.dummy;
         let (inp, mean, rstd) = (bufs.inp.buffer, bufs.mean.buffer, bufs.rstd.buffer);
-        let forward = group(
-            "layernorm forward",
-            [
-                inp,
-                mean,
-                rstd,
-                bufs.weight.buffer,
-                bufs.bias.buffer,
-                bufs.out.buffer,
-                d,
-                d,
-            ],
-        );
-        let backward = grads.map(|g| {
+        let (weight, bias) = (bufs.weight.buffer, bufs.bias.buffer);
+        let forward = [inp, mean, rstd, weight, bias, bufs.out.buffer, d, d];
+        let mut binding = self.binding(ctx, params, (rows, 1), &forward, grads.is_some(), None);
+        binding.extra = grads.map(|g| {
+            let group = |label: &str, bufs: [&wgpu::Buffer; 8]| {
+                self.k.bind_group(ctx, label, &binding.uniform, &bufs)
+            };
             let len = 2 * chunks as usize * c as usize;
             let scratch = ctx.storage_buffer_zeroed("layernorm scratch", len);
             let dout = g.dout.buffer;
-            Backward {
+            LayerNormBackward {
                 dinp: group(
                     "layernorm dinp",
-                    [
-                        inp,
-                        mean,
-                        rstd,
-                        bufs.weight.buffer,
-                        d,
-                        g.dinp.buffer,
-                        dout,
-                        d,
-                    ],
+                    [inp, mean, rstd, weight, d, g.dinp.buffer, dout, d],
                 ),
                 partials: group(
                     "layernorm partials",
@@ -271,58 +199,39 @@ impl LayerNormKernels {
                 _scratch: scratch,
             }
         });
-        Ok(LayerNormBinding {
-            rows,
-            max_rows: rows,
-            c,
-            max_groups: self.k.max_groups,
-            params,
-            uniform,
-            forward,
-            backward,
-        })
+        Ok(binding)
     }
 
     /// out = (inp - mean) * rstd * weight + bias; mean and rstd saved.
     pub fn forward(&self, pass: &mut wgpu::ComputePass, b: &LayerNormBinding) {
-        dispatch(
-            pass,
-            self.k.pipeline("layernorm_forward"),
-            &b.forward,
-            b.row_grid(),
-        );
+        self.run(pass, "layernorm_forward", b, self.row_grid(b));
     }
 
     /// dinp (overwritten), dweight and dbias (accumulated). Panics if the binding was
     /// made without gradient buffers.
     pub fn backward(&self, pass: &mut wgpu::ComputePass, b: &LayerNormBinding) {
         let g = b
-            .backward
+            .extra
             .as_ref()
             .expect("layernorm backward: the binding was made without gradient buffers");
         if b.rows == 0 {
             return;
         }
-        dispatch(
-            pass,
-            self.k.pipeline("layernorm_backward_dinp"),
-            &g.dinp,
-            b.row_grid(),
-        );
+        self.k
+            .run(pass, "layernorm_backward_dinp", &g.dinp, self.row_grid(b));
         // One invocation per (chunk, column), then one per column.
-        let col_groups = b.c.div_ceil(WG);
+        let col_groups = b.params.c.div_ceil(WG);
         let chunks = b.rows.div_ceil(CHUNK_ROWS);
-        dispatch(
-            pass,
-            self.k.pipeline("layernorm_backward_partials"),
-            &g.partials,
-            [col_groups, chunks, 1],
-        );
-        dispatch(
-            pass,
-            self.k.pipeline("layernorm_backward_dparams"),
-            &g.dparams,
-            [col_groups, 1, 1],
-        );
+        let partials = [col_groups, chunks, 1];
+        self.k
+            .run(pass, "layernorm_backward_partials", &g.partials, partials);
+        let dparams = [col_groups, 1, 1];
+        self.k
+            .run(pass, "layernorm_backward_dparams", &g.dparams, dparams);
+    }
+
+    /// One workgroup per row, grid-stride past the device's workgroup limit.
+    fn row_grid(&self, b: &LayerNormBinding) -> [u32; 3] {
+        strided_grid(b.rows, 1, self.k.max_groups)
     }
 }

@@ -13,13 +13,13 @@
 //! let loss = ctx.read_f32(bufs.mean.buffer, bufs.mean.offset, 1)?[0];   // when logging
 //! ```
 
-use super::launch::{Launcher, assert_bound, dispatch, flat_grid, wgsl_params};
+use super::launch::{Binding, Kernels, flat_grid, tensors, wgsl_params};
 use super::{GpuContext, GpuError, TensorRef};
 
 wgsl_params!(
     "loss.wgsl",
     /// The kernels' uniform, field for field `Params` in `shaders/loss.wgsl`.
-    pub(crate) struct LossParams {
+    pub struct LossParams {
         b: u32,
         logits_off: u32,
         labels_off: u32,
@@ -33,7 +33,11 @@ wgsl_params!(
         _pad0: u32,
         _pad1: u32,
         _pad2: u32,
-    }
+    },
+    // Storage: logits; labels; probs; losses; mean; dlogits.
+    kernels ["bce_forward", "bce_mean", "bce_backward"],
+    storage 6,
+    rows b
 );
 
 /// Invocations per workgroup (`WG` in the shader), also of the one-workgroup reduction.
@@ -51,47 +55,27 @@ pub struct LossDims {
     pub accumulate_mean: bool,
 }
 
-/// The forward tensors.
-#[derive(Clone, Copy, Debug)]
-pub struct LossBuffers<'a> {
-    /// (rows), sigmoid of the logits.
-    pub probs: TensorRef<'a>,
-    /// (rows), the per-sample losses.
-    pub losses: TensorRef<'a>,
-    /// (1), the batch's mean loss (see [`LossDims::accumulate_mean`]).
-    pub mean: TensorRef<'a>,
-    /// (rows), the last layer's output.
-    pub logits: TensorRef<'a>,
-    /// (rows), 0.0 or 1.0.
-    pub labels: TensorRef<'a>,
+tensors! {
+    /// The forward tensors.
+    pub struct LossBuffers {
+        /// (rows), sigmoid of the logits.
+        probs,
+        /// (rows), the per-sample losses.
+        losses,
+        /// (1), the batch's mean loss (see [`LossDims::accumulate_mean`]).
+        mean,
+        /// (rows), the last layer's output.
+        logits,
+        /// (rows), 0.0 or 1.0.
+        labels,
+    }
 }
 
-/// Uniform and bind group of the loss, made by [`LossKernels::bind`].
-#[derive(Debug)]
-pub struct LossBinding {
-    params: LossParams,
-    max_rows: u32,
-    has_dlogits: bool,
-    uniform: wgpu::Buffer,
-    group: wgpu::BindGroup,
-}
+/// Uniform and bind group of the loss, made by [`LossKernels::bind`]. A new batch size
+/// (`set_rows`) is also what the mean and `dlogits` divide by.
+pub type LossBinding = Binding<LossParams>;
 
 impl LossBinding {
-    /// Rows of the current batch.
-    pub fn rows(&self) -> u32 {
-        self.params.b
-    }
-
-    /// Sets the batch rows (at most the `rows` bound) for the following dispatches: the
-    /// mean and `dlogits` then divide by this count. A `queue.write_buffer`: it takes
-    /// effect at the next submit, and every dispatch of this binding in that submit sees
-    /// the last value set. Panics if `rows` exceeds the bound maximum.
-    pub fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
-        assert_bound("loss set_rows", rows, self.max_rows, "rows");
-        self.params.b = rows;
-        ctx.write(&self.uniform, 0, &[self.params]);
-    }
-
     /// Divides the mean and `dlogits` by `divisor` instead of the batch rows from the
     /// next submit on (0: the rows again): a data-parallel rank's shard of a global batch
     /// divides by the global rows, so the ranks' gradients (and means) sum to the global
@@ -99,35 +83,15 @@ impl LossBinding {
     pub fn set_divisor(&mut self, ctx: &GpuContext, divisor: u32) {
         if self.params.divisor != divisor {
             self.params.divisor = divisor;
-            ctx.write(&self.uniform, 0, &[self.params]);
+            self.write(ctx);
         }
     }
 }
 
 /// Pipelines of `shaders/loss.wgsl`, created once.
-#[derive(Debug)]
-pub struct LossKernels {
-    k: Launcher,
-}
+pub type LossKernels = Kernels<LossParams>;
 
 impl LossKernels {
-    /// Compiles the shader and creates its pipelines.
-    pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
-        let source = include_str!("../../../shaders/loss.wgsl");
-        let entries = ["bce_forward", "bce_mean", "bce_backward"];
-        // Storage: logits; labels; probs; losses; mean; dlogits.
-        let k = Launcher::new(ctx, "loss", source, 6, &entries)?;
-        Ok(Self { k })
-    }
-
-    /// Caps the workgroups per grid row below the device's
-    /// `max_compute_workgroups_per_dimension` (at least 1), so that small problems
-    /// spread over a 2D grid: lets tests reach the grid's second row without huge data.
-    pub fn with_max_workgroups_per_dim(mut self, max: u32) -> Self {
-        self.k.cap(max);
-        self
-    }
-
     /// Creates the uniform and bind group, after checking every tensor lies inside its
     /// buffer. `dlogits` (rows), overwritten by the backward; `None` binds the forward only.
     pub fn bind(
@@ -162,50 +126,30 @@ impl LossKernels {
             accumulate_mean: dims.accumulate_mean.into(),
             ..Default::default()
         };
-        let uniform = ctx.uniform_buffer("loss params", &params);
-        let dlogits_buf = dlogits.map_or(&self.k.dummy, |t| t.buffer);
-        let group = ctx.kernel_bind_group(
-            "loss",
-            &self.k.layout,
-            uniform.as_entire_binding(),
-            &[
-                bufs.logits.buffer,
-                bufs.labels.buffer,
-                bufs.probs.buffer,
-                bufs.losses.buffer,
-                bufs.mean.buffer,
-                dlogits_buf,
-            ],
-        );
-        Ok(LossBinding {
-            params,
-            max_rows: dims.rows,
-            has_dlogits: dlogits.is_some(),
-            uniform,
-            group,
-        })
+        let storage = [
+            bufs.logits.buffer,
+            bufs.labels.buffer,
+            bufs.probs.buffer,
+            bufs.losses.buffer,
+            bufs.mean.buffer,
+            dlogits.map_or(&self.k.dummy, |t| t.buffer),
+        ];
+        let has_dlogits = dlogits.is_some();
+        Ok(self.binding(ctx, params, (dims.rows, 1), &storage, has_dlogits, ()))
     }
 
     /// probs, losses, then the mean loss (one workgroup, fixed order), as
     /// [`crate::cpu::loss::bce_forward`] (which sums in f64: expect 1e-6 relative).
     pub fn forward(&self, pass: &mut wgpu::ComputePass, b: &LossBinding) {
-        dispatch(pass, self.k.pipeline("bce_forward"), &b.group, self.grid(b));
-        dispatch(pass, self.k.pipeline("bce_mean"), &b.group, [1, 1, 1]);
+        self.run(pass, "bce_forward", b, self.grid(b));
+        self.run(pass, "bce_mean", b, [1, 1, 1]);
     }
 
     /// dlogits = (sigmoid(logits) - labels) / rows (overwrites), as
     /// [`crate::cpu::loss::bce_backward`]. Panics if the binding has no `dlogits`.
     pub fn backward(&self, pass: &mut wgpu::ComputePass, b: &LossBinding) {
-        assert!(
-            b.has_dlogits,
-            "loss backward: the binding was made without dlogits"
-        );
-        dispatch(
-            pass,
-            self.k.pipeline("bce_backward"),
-            &b.group,
-            self.grid(b),
-        );
+        b.require_grads("loss backward (dlogits)");
+        self.run(pass, "bce_backward", b, self.grid(b));
     }
 
     /// One invocation per row.

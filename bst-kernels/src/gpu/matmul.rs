@@ -243,13 +243,8 @@ impl MatmulKernels {
     /// Compiles the shader and creates its pipelines.
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
         let source = include_str!("../../../shaders/matmul.wgsl");
-        let entries = [
-            "matmul_forward",
-            "matmul_backward_dinp",
-            "matmul_backward_dweight",
-            "matmul_backward_dbias",
-            "matmul_sum_splits",
-        ];
+        // The forward and the dinp and dweight GEMMs share matmul_gemm (by uniform slot).
+        let entries = ["matmul_gemm", "matmul_backward_dbias", "matmul_sum_splits"];
         // Storage: a; b; c; bias; pre.
         let k = Launcher::new(ctx, "matmul", source, 5, &entries)?;
         Ok(Self {
@@ -500,7 +495,7 @@ impl MatmulKernels {
     pub fn forward(&self, pass: &mut wgpu::ComputePass, b: &MatmulBinding) {
         self.gemm(
             pass,
-            self.k.pipeline("matmul_forward"),
+            self.k.pipeline("matmul_gemm"),
             &b.forward,
             b.rows,
             b.n_out,
@@ -521,12 +516,7 @@ impl MatmulKernels {
             b.n_out.div_ceil(TILE),
             b.dweight_splits,
         ];
-        dispatch(
-            pass,
-            self.k.pipeline("matmul_backward_dweight"),
-            dweight,
-            groups,
-        );
+        dispatch(pass, self.k.pipeline("matmul_gemm"), dweight, groups);
         if let Some(bg) = &b.dweight_sum {
             let grid = flat_grid(b.n_out * b.n_in, SUM_WG, b.max_groups);
             dispatch(pass, self.k.pipeline("matmul_sum_splits"), bg, grid);
@@ -545,13 +535,7 @@ impl MatmulKernels {
             );
         }
         if let Some(bg) = &b.dinp {
-            self.gemm(
-                pass,
-                self.k.pipeline("matmul_backward_dinp"),
-                bg,
-                b.rows,
-                b.n_in,
-            );
+            self.gemm(pass, self.k.pipeline("matmul_gemm"), bg, b.rows, b.n_in);
         }
     }
 

@@ -19,7 +19,9 @@
 //! 3. **A launcher per op family**, e.g. [`matmul::MatmulKernels`]: `new(ctx)` creates its
 //!    bind group layout and one `wgpu::ComputePipeline` per entry point, once, from
 //!    `include_str!("../../../shaders/<op>.wgsl")` (forward and backward entry points in
-//!    the same file, sharing one explicit layout).
+//!    the same file, sharing one explicit layout). Most are [`launch::Kernels`] of their
+//!    uniform (`PoolingKernels = Kernels<PoolParams>`), their bindings
+//!    [`launch::Binding`]s, which bring `new`, the workgroup cap, `rows` and `set_rows`.
 //! 4. **Bind once per call site.** `bind(ctx, buffers, dims) -> <Op>Binding` creates the
 //!    uniform buffer(s) and bind group(s) once per buffer set (one per layer, say) and
 //!    checks every tensor range fits its buffer (one uniform:
@@ -73,29 +75,18 @@ pub trait SetRows {
     fn set_rows(&mut self, ctx: &GpuContext, rows: u32);
 }
 
-/// Implements [`SetRows`] by each binding's own `set_rows`.
-macro_rules! set_rows_by_method {
-    ($($t:ty),* $(,)?) => {$(
-        impl SetRows for $t {
-            fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
-                <$t>::set_rows(self, ctx, rows)
-            }
-        }
-    )*};
+// Every `launch::Binding` implements it (in `launch.rs`); so do these two.
+impl SetRows for matmul::MatmulBinding {
+    fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
+        matmul::MatmulBinding::set_rows(self, ctx, rows)
+    }
 }
 
-set_rows_by_method!(
-    attention::AttentionBinding,
-    dropout::DropoutBinding,
-    elementwise::ElementwiseBinding,
-    embedding::EmbeddingBinding,
-    layernorm::LayerNormBinding,
-    loss::LossBinding,
-    mask::MaskBinding,
-    matmul::MatmulBinding,
-    pooling::PoolingBinding,
-    target_attention::TargetAttentionBinding,
-);
+impl SetRows for embedding::EmbeddingBinding {
+    fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
+        embedding::EmbeddingBinding::set_rows(self, ctx, rows)
+    }
+}
 
 /// Kind of one binding in a kernel's bind group layout; binding index = position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,14 +16,14 @@
 //! opt.update(&mut pass, &adam);
 //! ```
 
-use super::launch::{Launcher, assert_bound, dispatch, flat_grid, wgsl_params};
+use super::launch::{Kernels, assert_bound, flat_grid, wgsl_params};
 use super::{GpuContext, GpuError, TensorRef};
 pub use crate::cpu::optim::{AdagradHyper, AdamHyper};
 
 wgsl_params!(
     "optim.wgsl",
     /// The kernels' uniform, field for field `Params` in `shaders/optim.wgsl`.
-    pub(crate) struct OptimParams {
+    pub struct OptimParams {
         n: u32,
         p_off: u32,
         g_off: u32,
@@ -44,7 +44,10 @@ wgsl_params!(
         weight_decay: f32,
         _pad1: u32,
         _pad2: u32,
-    }
+    },
+    // Storage: params; grads; m, or Adagrad's sum; v; rows (u32).
+    kernels ["adam_update", "adagrad_update", "adam_rows", "adagrad_rows"],
+    storage 5
 );
 
 /// Invocations per workgroup (`WG` in the shader).
@@ -148,29 +151,9 @@ impl OptimBinding {
 }
 
 /// Pipelines of `shaders/optim.wgsl`, created once.
-#[derive(Debug)]
-pub struct OptimKernels {
-    k: Launcher,
-}
+pub type OptimKernels = Kernels<OptimParams>;
 
 impl OptimKernels {
-    /// Compiles the shader and creates its pipelines.
-    pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
-        let source = include_str!("../../../shaders/optim.wgsl");
-        let entries = ["adam_update", "adagrad_update", "adam_rows", "adagrad_rows"];
-        // Storage: params; grads; m, or Adagrad's sum; v; rows (u32).
-        let k = Launcher::new(ctx, "optim", source, 5, &entries)?;
-        Ok(Self { k })
-    }
-
-    /// Caps the workgroups per grid row below the device's
-    /// `max_compute_workgroups_per_dimension` (at least 1), so that small problems
-    /// spread over a 2D grid: lets tests reach the grid's second row without huge data.
-    pub fn with_max_workgroups_per_dim(mut self, max: u32) -> Self {
-        self.k.cap(max);
-        self
-    }
-
     /// Binds an update of `n` parameters from `params` with gradients from `grads` and
     /// the rule's state, after checking every tensor lies inside its buffer. Adam starts
     /// at step `t = 1`; call [`OptimBinding::set_step`] before each later step's submit.
@@ -266,11 +249,11 @@ impl OptimKernels {
             }
         };
         let uniform = ctx.uniform_buffer("optim params", &uniform_params);
-        let group = self.group(
+        let group = self.k.bind_group(
             ctx,
             "optim",
             &uniform,
-            [
+            &[
                 params.buffer,
                 grads.buffer,
                 m.buffer,
@@ -295,24 +278,13 @@ impl OptimKernels {
     /// One Adam or Adagrad step over the bound range, or the rows set (parameters and
     /// state in place).
     pub fn update(&self, pass: &mut wgpu::ComputePass, b: &OptimBinding) {
-        let pipeline = match (b.adam.is_some(), b.max_rows.is_some()) {
-            (true, false) => self.k.pipeline("adam_update"),
-            (false, false) => self.k.pipeline("adagrad_update"),
-            (true, true) => self.k.pipeline("adam_rows"),
-            (false, true) => self.k.pipeline("adagrad_rows"),
+        let entry = match (b.adam.is_some(), b.max_rows.is_some()) {
+            (true, false) => "adam_update",
+            (false, false) => "adagrad_update",
+            (true, true) => "adam_rows",
+            (false, true) => "adagrad_rows",
         };
         let grid = flat_grid(b.params.n, WG, self.k.max_groups);
-        dispatch(pass, pipeline, &b.group, grid);
-    }
-
-    /// (uniform, params, grads, m, v, rows) as in the shader.
-    fn group(
-        &self,
-        ctx: &GpuContext,
-        label: &str,
-        uniform: &wgpu::Buffer,
-        bufs: [&wgpu::Buffer; 5],
-    ) -> wgpu::BindGroup {
-        ctx.kernel_bind_group(label, &self.k.layout, uniform.as_entire_binding(), &bufs)
+        self.k.run(pass, entry, &b.group, grid);
     }
 }

@@ -9,14 +9,14 @@
 //! pool.backward(&mut pass, &b);
 //! ```
 
-use super::launch::{Launcher, assert_bound, dispatch, flat_grid, wgsl_params};
-use super::{GpuContext, GpuError, TensorRef};
+use super::launch::{Binding, Kernels, flat_grid, tensors, wgsl_params};
+use super::{GpuContext, GpuError};
 pub use crate::cpu::pooling::PoolMode;
 
 wgsl_params!(
     "pooling.wgsl",
     /// The kernels' uniform, field for field `Params` in `shaders/pooling.wgsl`.
-    pub(crate) struct PoolParams {
+    pub struct PoolParams {
         b: u32,
         t: u32,
         d: u32,
@@ -29,7 +29,11 @@ wgsl_params!(
         out_off: u32,
         dout_off: u32,
         dx_off: u32,
-    }
+    },
+    // Storage: x; valid; out; dout; dx.
+    kernels ["pooling_forward", "pooling_backward"],
+    storage 5,
+    rows b
 );
 
 /// Invocations per workgroup (`WG` in the shader).
@@ -54,77 +58,35 @@ pub struct PoolingDims {
     pub mode: PoolMode,
 }
 
-/// The forward tensors.
-#[derive(Clone, Copy, Debug)]
-pub struct PoolingBuffers<'a> {
-    /// (rows, row) f32; only columns `off..off + width` are written.
-    pub out: TensorRef<'a>,
-    /// (rows, T, d) f32: the last block's output.
-    pub x: TensorRef<'a>,
-    /// (rows, T) u32: nonzero where the token is valid (not padding).
-    pub valid: TensorRef<'a>,
+tensors! {
+    /// The forward tensors.
+    pub struct PoolingBuffers {
+        /// (rows, row) f32; only columns `off..off + width` are written.
+        out,
+        /// (rows, T, d) f32: the last block's output.
+        x,
+        /// (rows, T) u32: nonzero where the token is valid (not padding).
+        valid,
+    }
 }
 
-/// The backward tensors.
-#[derive(Clone, Copy, Debug)]
-pub struct PoolingGradBuffers<'a> {
-    /// (rows, T, d), overwritten.
-    pub dx: TensorRef<'a>,
-    /// (rows, row); only columns `off..off + width` are read.
-    pub dout: TensorRef<'a>,
+tensors! {
+    /// The backward tensors.
+    pub struct PoolingGradBuffers {
+        /// (rows, T, d), overwritten.
+        dx,
+        /// (rows, row); only columns `off..off + width` are read.
+        dout,
+    }
 }
 
 /// Uniform and bind group of one call site, made by [`PoolingKernels::bind`].
-#[derive(Debug)]
-pub struct PoolingBinding {
-    params: PoolParams,
-    max_rows: u32,
-    has_grads: bool,
-    uniform: wgpu::Buffer,
-    group: wgpu::BindGroup,
-}
-
-impl PoolingBinding {
-    /// Rows of the current batch.
-    pub fn rows(&self) -> u32 {
-        self.params.b
-    }
-
-    /// Sets the batch rows (at most the `rows` bound) for the following dispatches. This
-    /// is a `queue.write_buffer`: it takes effect at the next submit, and every dispatch
-    /// of this binding in that submit sees the last value set. Panics if `rows` exceeds
-    /// the bound maximum (the buffers are not big enough).
-    pub fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
-        assert_bound("pooling set_rows", rows, self.max_rows, "rows");
-        self.params.b = rows;
-        ctx.write(&self.uniform, 0, &[self.params]);
-    }
-}
+pub type PoolingBinding = Binding<PoolParams>;
 
 /// Pipelines of `shaders/pooling.wgsl`, created once.
-#[derive(Debug)]
-pub struct PoolingKernels {
-    k: Launcher,
-}
+pub type PoolingKernels = Kernels<PoolParams>;
 
 impl PoolingKernels {
-    /// Compiles the shader and creates its pipelines.
-    pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
-        let source = include_str!("../../../shaders/pooling.wgsl");
-        let entries = ["pooling_forward", "pooling_backward"];
-        // Storage: x; valid; out; dout; dx.
-        let k = Launcher::new(ctx, "pooling", source, 5, &entries)?;
-        Ok(Self { k })
-    }
-
-    /// Caps the workgroups per grid row below the device's
-    /// `max_compute_workgroups_per_dimension` (at least 1), so that small problems
-    /// spread over a 2D grid: lets tests reach the grid's second row without huge data.
-    pub fn with_max_workgroups_per_dim(mut self, max: u32) -> Self {
-        self.k.cap(max);
-        self
-    }
-
     /// Creates the uniform and bind group of one call site, after checking the sizes and
     /// that every tensor lies inside its buffer. `grads = None` binds the forward only.
     pub fn bind(
@@ -186,31 +148,19 @@ impl PoolingKernels {
             dout_off: grads.map_or(0, |g| g.dout.offset),
             dx_off: grads.map_or(0, |g| g.dx.offset),
         };
-        let uniform = ctx.uniform_buffer("pooling params", &params);
         let dout = grads.map_or(&self.k.dummy, |g| g.dout.buffer);
         let dx = grads.map_or(&self.k.dummy, |g| g.dx.buffer);
-        let group = ctx.kernel_bind_group(
-            "pooling",
-            &self.k.layout,
-            uniform.as_entire_binding(),
-            &[bufs.x.buffer, bufs.valid.buffer, bufs.out.buffer, dout, dx],
-        );
-        Ok(PoolingBinding {
-            params,
-            max_rows: rows,
-            has_grads: grads.is_some(),
-            uniform,
-            group,
-        })
+        let storage = [bufs.x.buffer, bufs.valid.buffer, bufs.out.buffer, dout, dx];
+        Ok(self.binding(ctx, params, (rows, 1), &storage, grads.is_some(), ()))
     }
 
     /// `out[b, off..off + width] = pool(x[b])`, as [`crate::cpu::pooling::pooling_forward`].
     pub fn forward(&self, pass: &mut wgpu::ComputePass, b: &PoolingBinding) {
         let n = b.params.b * b.params.width;
-        dispatch(
+        self.run(
             pass,
-            self.k.pipeline("pooling_forward"),
-            &b.group,
+            "pooling_forward",
+            b,
             flat_grid(n, WG, self.k.max_groups),
         );
     }
@@ -219,16 +169,13 @@ impl PoolingKernels {
     /// [`crate::cpu::pooling::pooling_backward`]. Panics if the binding was made without
     /// gradient buffers.
     pub fn backward(&self, pass: &mut wgpu::ComputePass, b: &PoolingBinding) {
-        assert!(
-            b.has_grads,
-            "pooling backward: the binding was made without gradient buffers"
-        );
+        b.require_grads("pooling backward");
         // One invocation per (sample, channel), each over the sample's T tokens.
         let n = b.params.b * b.params.d;
-        dispatch(
+        self.run(
             pass,
-            self.k.pipeline("pooling_backward"),
-            &b.group,
+            "pooling_backward",
+            b,
             flat_grid(n, WG, self.k.max_groups),
         );
     }

@@ -13,13 +13,14 @@
 //! array, so **L + 1 <= [`MAX_KEYS`] = 128** ([`TargetAttentionKernels::bind`] refuses
 //! longer histories).
 
-use super::launch::{Launcher, assert_bound, dispatch, strided_grid, wgsl_params};
-use super::{GpuContext, GpuError, TensorRef};
+use super::launch::{Binding, Kernels, strided_grid, tensors, wgsl_params};
+use super::{GpuContext, GpuError};
+use crate::cpu::attention::head_dims;
 
 wgsl_params!(
     "target_attention.wgsl",
     /// The uniform, field for field `Params` in `shaders/target_attention.wgsl`.
-    pub(crate) struct TargetAttentionParams {
+    pub struct TargetAttentionParams {
         n: u32,
         l: u32,
         d: u32,
@@ -32,7 +33,11 @@ wgsl_params!(
         user_off: u32,
         out_off: u32,
         r: u32,
-    }
+    },
+    // Storage: qkv; hist_kv; hist_valid; user; out.
+    kernels ["target_attention_forward"],
+    storage 5,
+    rows n
 );
 
 /// Keys per candidate at most (the history's `L` and its own): the shader's private
@@ -60,73 +65,31 @@ pub struct TargetAttentionDims {
     pub heads: u32,
 }
 
-/// The tensors of one call site.
-#[derive(Clone, Copy, Debug)]
-pub struct TargetAttentionBuffers<'a> {
-    /// (N, d), written.
-    pub out: TensorRef<'a>,
-    /// (N, 3d): each candidate's own Q, K, V.
-    pub qkv: TensorRef<'a>,
-    /// (U, R, 2d): each user's history keys, then values (R = `user_rows`).
-    pub hist_kv: TensorRef<'a>,
-    /// (U, R) u32: 0 masks the slot.
-    pub hist_valid: TensorRef<'a>,
-    /// (N) u32: each candidate's user, below U (not checked on the device: a larger one
-    /// reads outside the user's rows).
-    pub user: TensorRef<'a>,
-}
-
-/// Uniform and bind group of one call site, made by [`TargetAttentionKernels::bind`].
-#[derive(Debug)]
-pub struct TargetAttentionBinding {
-    rows: u32,
-    max_rows: u32,
-    heads: u32,
-    max_groups: u32,
-    params: TargetAttentionParams,
-    uniform: wgpu::Buffer,
-    group: wgpu::BindGroup,
-}
-
-impl TargetAttentionBinding {
-    /// Candidates of the current batch.
-    pub fn rows(&self) -> u32 {
-        self.rows
-    }
-
-    /// Sets the candidates of the batch (at most the bound `rows`): a
-    /// `queue.write_buffer`, effective at the next submit. Panics above the bound.
-    pub fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
-        assert_bound("target attention set_rows", rows, self.max_rows, "rows");
-        self.rows = rows;
-        self.params.n = rows;
-        ctx.write(&self.uniform, 0, &[self.params]);
+tensors! {
+    /// The tensors of one call site.
+    pub struct TargetAttentionBuffers {
+        /// (N, d), written.
+        out,
+        /// (N, 3d): each candidate's own Q, K, V.
+        qkv,
+        /// (U, R, 2d): each user's history keys, then values (R = `user_rows`).
+        hist_kv,
+        /// (U, R) u32: 0 masks the slot.
+        hist_valid,
+        /// (N) u32: each candidate's user, below U (not checked on the device: a larger
+        /// one reads outside the user's rows).
+        user,
     }
 }
+
+/// Uniform and bind group of one call site, made by [`TargetAttentionKernels::bind`]; its
+/// rows are candidates.
+pub type TargetAttentionBinding = Binding<TargetAttentionParams>;
 
 /// The pipeline of `shaders/target_attention.wgsl`, created once.
-#[derive(Debug)]
-pub struct TargetAttentionKernels {
-    k: Launcher,
-}
+pub type TargetAttentionKernels = Kernels<TargetAttentionParams>;
 
 impl TargetAttentionKernels {
-    /// Compiles the shader and creates its pipeline.
-    pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
-        let source = include_str!("../../../shaders/target_attention.wgsl");
-        let entries = ["target_attention_forward"];
-        // Storage: qkv; hist_kv; hist_valid; user; out.
-        let k = Launcher::new(ctx, "target_attention", source, 5, &entries)?;
-        Ok(Self { k })
-    }
-
-    /// Caps the workgroups of the grid-stride loop (at least 1), so that each
-    /// invocation walks several (candidate, head) pairs: lets tests run the stride.
-    pub fn with_max_workgroups_per_dim(mut self, max: u32) -> Self {
-        self.k.cap(max);
-        self
-    }
-
     /// Creates the uniform and bind group of one call site, after checking the shape and
     /// that every tensor lies inside its buffer.
     pub fn bind(
@@ -175,15 +138,16 @@ impl TargetAttentionKernels {
         bufs.hist_valid
             .check(ctx, &what("hist_valid", "(U, R)"), u * r_)?;
         bufs.user.check(ctx, &what("user", "(N)"), n)?;
-        let dh = d / heads;
+        // As the CPU computes them, so that both use the same f32 scale.
+        let (dh, scale) = head_dims(d as usize, heads as usize);
+        let dh = dh as u32;
         let params = TargetAttentionParams {
             n: rows,
             l,
             d,
             h: heads,
             dh,
-            // As cpu::target_attention computes it, so that both use the same f32.
-            scale: 1.0 / (dh as f32).sqrt(),
+            scale,
             qkv_off: bufs.qkv.offset,
             kv_off: bufs.hist_kv.offset,
             valid_off: bufs.hist_valid.offset,
@@ -191,38 +155,19 @@ impl TargetAttentionKernels {
             out_off: bufs.out.offset,
             r: user_rows,
         };
-        let uniform = ctx.uniform_buffer("target attention params", &params);
-        let group = ctx.kernel_bind_group(
-            "target attention",
-            &self.k.layout,
-            uniform.as_entire_binding(),
-            &[
-                bufs.qkv.buffer,
-                bufs.hist_kv.buffer,
-                bufs.hist_valid.buffer,
-                bufs.user.buffer,
-                bufs.out.buffer,
-            ],
-        );
-        Ok(TargetAttentionBinding {
-            rows,
-            max_rows: rows,
-            heads,
-            max_groups: self.k.max_groups,
-            params,
-            uniform,
-            group,
-        })
+        let storage = [
+            bufs.qkv.buffer,
+            bufs.hist_kv.buffer,
+            bufs.hist_valid.buffer,
+            bufs.user.buffer,
+            bufs.out.buffer,
+        ];
+        Ok(self.binding(ctx, params, (rows, 1), &storage, false, ()))
     }
 
     /// out from qkv, hist_kv, hist_valid and user.
     pub fn forward(&self, pass: &mut wgpu::ComputePass, b: &TargetAttentionBinding) {
-        let grid = strided_grid(b.rows * b.heads, WG, self.k.max_groups.min(b.max_groups));
-        dispatch(
-            pass,
-            self.k.pipeline("target_attention_forward"),
-            &b.group,
-            grid,
-        );
+        let grid = strided_grid(b.rows * b.params.h, WG, self.k.max_groups);
+        self.run(pass, "target_attention_forward", b, grid);
     }
 }

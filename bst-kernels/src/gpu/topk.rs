@@ -24,7 +24,7 @@
 //! let best = read_pairs(&ctx, &mut readback, out, b.pairs())?;         // (index, score)
 //! ```
 
-use super::launch::{Launcher, assert_bound, dispatch, flat_grid, wgsl_params};
+use super::launch::{Kernels, assert_bound, flat_grid, tensors, wgsl_params};
 use super::{GpuContext, GpuError, Readback, TensorRef, uniform_slot};
 
 /// Largest `k` the kernel selects (a workgroup keeps `K` of 2048 pairs, `K <= 1024`).
@@ -37,7 +37,7 @@ const CHUNK: u32 = 2048;
 wgsl_params!(
     "topk.wgsl",
     /// One pass's uniform, field for field `Params` in `shaders/topk.wgsl`.
-    pub(crate) struct TopKParams {
+    pub struct TopKParams {
         n: u32,
         k: u32,
         run: u32,
@@ -46,7 +46,10 @@ wgsl_params!(
         groups: u32,
         scores_off: u32,
         out_off: u32,
-    }
+    },
+    // Storage: scores; src; dst; out.
+    kernels ["topk_pass"],
+    storage 4
 );
 
 /// Sizes of one call site. `n` is the largest number of scores the binding selects from,
@@ -60,14 +63,15 @@ pub struct TopKDims {
     pub k: u32,
 }
 
-/// The tensors of the selection. `out` must not overlap `scores`.
-#[derive(Clone, Copy, Debug)]
-pub struct TopKBuffers<'a> {
-    /// (min(k, n), 2) u32: `(index, score bits)` pairs, best first (overwritten). Read
-    /// with [`read_pairs`].
-    pub out: TensorRef<'a>,
-    /// (n) f32.
-    pub scores: TensorRef<'a>,
+tensors! {
+    /// The tensors of the selection. `out` must not overlap `scores`.
+    pub struct TopKBuffers {
+        /// (min(k, n), 2) u32: `(index, score bits)` pairs, best first (overwritten).
+        /// Read with [`read_pairs`].
+        out,
+        /// (n) f32.
+        scores,
+    }
 }
 
 /// Uniforms, scratch and bind groups of one call site, made by [`TopKKernels::bind`].
@@ -138,28 +142,9 @@ impl TopKBinding {
 }
 
 /// The pipeline of `shaders/topk.wgsl`, created once.
-#[derive(Debug)]
-pub struct TopKKernels {
-    k: Launcher,
-}
+pub type TopKKernels = Kernels<TopKParams>;
 
 impl TopKKernels {
-    /// Compiles the shader and creates its pipeline.
-    pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
-        let source = include_str!("../../../shaders/topk.wgsl");
-        let entries = ["topk_pass"];
-        // Storage: scores; src; dst; out.
-        let k = Launcher::new(ctx, "topk", source, 4, &entries)?;
-        Ok(Self { k })
-    }
-
-    /// Caps the workgroups per grid row (at least 1), so that tests reach the grid's
-    /// second row with small data.
-    pub fn with_max_workgroups_per_dim(mut self, max: u32) -> Self {
-        self.k.cap(max);
-        self
-    }
-
     /// Allocates the scratch and creates the uniforms and bind groups for selecting `k` of
     /// up to `n` scores, after checking the limits and that both tensors lie inside their
     /// buffers.
@@ -251,12 +236,8 @@ impl TopKKernels {
             return;
         }
         for (params, group) in b.passes.iter().zip(&b.groups) {
-            dispatch(
-                pass,
-                self.k.pipeline("topk_pass"),
-                group,
-                flat_grid(params.groups, 1, self.k.max_groups),
-            );
+            let grid = flat_grid(params.groups, 1, self.k.max_groups);
+            self.k.run(pass, "topk_pass", group, grid);
         }
     }
 }
