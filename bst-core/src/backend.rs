@@ -5,7 +5,7 @@
 use crate::batch::Batch;
 use crate::collective::{Collective, ExchangeStats, GradientExchange};
 use crate::config::Config;
-use crate::model::{Activations, GradScratch, Mode, Model, Shard};
+use crate::model::{Activations, GradScratch, Mode, Model, Shard, hand_over};
 use crate::optim::{Decay, OptimRef, OptimSnapshot, Optimizer};
 use crate::params::VocabSizes;
 use crate::requests::{RequestError, Requests};
@@ -359,14 +359,7 @@ impl CpuBackend {
     /// updates only the dense part and the rows the last batch touched are zeroed first:
     /// the others are zero already, so the whole arena is the gradient either way.
     pub fn loss_and_grads(&mut self, batch: &Batch, mode: Mode) -> f32 {
-        self.ensure_capacity(batch.size);
-        if self.scratch_capacity() < batch.size {
-            self.scratch = GradScratch::new(&self.model.dims, batch.size);
-        }
-        self.zero_grads(batch);
-        let loss = self
-            .model
-            .forward(&mut self.acts, &self.params, batch, mode);
+        let loss = self.forward_for_grads(batch, mode);
         self.model.backward(
             &mut self.grads,
             &mut self.scratch,
@@ -376,6 +369,18 @@ impl CpuBackend {
             mode,
         );
         loss
+    }
+
+    /// [`CpuBackend::loss_and_grads`] up to the backward: the gradients zeroed, the
+    /// forward run.
+    fn forward_for_grads(&mut self, batch: &Batch, mode: Mode) -> f32 {
+        self.ensure_capacity(batch.size);
+        if self.scratch_capacity() < batch.size {
+            self.scratch = GradScratch::new(&self.model.dims, batch.size);
+        }
+        self.zero_grads(batch);
+        self.model
+            .forward(&mut self.acts, &self.params, batch, mode)
     }
 
     /// Zeroes the gradients (with sparse updates: the dense part and the rows the last
@@ -456,13 +461,12 @@ impl Backend for CpuBackend {
         };
         // A shard may be empty (a last batch smaller than the group): no forward.
         let loss = if batch.size > 0 {
-            self.loss_and_grads(batch, mode) as f64 * batch.size as f64 / shard.global as f64
+            self.forward_for_grads(batch, mode) as f64 * batch.size as f64 / shard.global as f64
         } else {
             self.zero_grads(batch);
             0.0
         };
-        let layout = &self.model.layout;
-        let (dense, tables) = (layout.dense_range(), layout.embedding_tables());
+        let tables = self.model.layout.embedding_tables();
         let union = self.dirty_rows.is_some();
         let touched = match &mut self.dirty_rows {
             Some(dirty) => dirty,
@@ -471,8 +475,20 @@ impl Backend for CpuBackend {
                 &mut self.shard_rows
             }
         };
+        // The backward hands each part of the arena over to its sum as soon as it is final.
+        let (model, scratch, acts, params) =
+            (&self.model, &mut self.scratch, &self.acts, &self.params);
+        let grads = &mut self.grads;
         self.exchange
-            .exchange(&*group, &mut self.grads, dense, &tables, touched, union);
+            .overlapped(&*group, grads, &tables, touched, union, |grads, sink| {
+                if batch.size > 0 {
+                    model.backward_with(grads, scratch, acts, params, batch, mode, sink)
+                } else {
+                    model
+                        .final_suffixes()
+                        .fold(grads, |g, at| hand_over(g, Some(at), sink))
+                }
+            });
         self.update();
         self.loss_sum += loss;
         self.loss_steps += 1;

@@ -19,9 +19,16 @@
 //! With sparse updates (`train.sparse_embeddings`) the rows an update touches are the
 //! union of every rank's, as a single process's batch touches them; the row ids are then
 //! always gathered.
+//!
+//! The CPU backend overlaps the dense part with its backward
+//! ([`GradientExchange::overlapped`]): the MLP's gradients are final before the blocks'
+//! backward runs and each block's before the one below it, so each of those parts starts
+//! its sum ([`Collective::start_sum_f32`]) as soon as the backward has finished it; the
+//! tables follow the backward, and the update waits for everything.
 
+use crate::model::{GradSink, KeepGrads};
 use std::ops::Range;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The collective operations of a group of processes (ranks `0..size`) that train one
 /// model. Every rank calls the same operations in the same order with the same sizes.
@@ -40,6 +47,25 @@ pub trait Collective: Send + Sync {
     fn gather_u32(&self, local: &[u32], counts: &[usize], out: &mut Vec<u32>);
     /// [`Collective::gather_u32`] for `f32`.
     fn gather_f32(&self, local: &[f32], counts: &[usize], out: &mut Vec<f32>);
+
+    /// Starts the element-wise sum over the ranks of the `len` values at `buf`, into
+    /// them, and may return before it is done (MPI's `Iallreduce`), so that the caller
+    /// computes meanwhile. It counts as an operation of the group at the call, in the
+    /// order of the others. [`Collective::wait_sums`] waits for every started sum;
+    /// [`Collective::progress`] lets them advance meanwhile. The default sums at once.
+    ///
+    /// # Safety
+    /// The `len` values at `buf` must be valid for reads and writes, and nothing else may
+    /// read or write them, until `wait_sums` returns.
+    unsafe fn start_sum_f32(&self, buf: *mut f32, len: usize) {
+        // SAFETY: the caller lends the values until `wait_sums`; this sums them now.
+        self.sum_f32(unsafe { std::slice::from_raw_parts_mut(buf, len) });
+    }
+    /// Lets the started sums advance (MPI moves a nonblocking collective only inside its
+    /// calls, unless it has a progress thread).
+    fn progress(&self) {}
+    /// Waits until every started sum is done.
+    fn wait_sums(&self) {}
 
     /// Whether `flag` is set on any rank (the stop request of a Ctrl-C).
     fn any(&self, flag: bool) -> bool {
@@ -125,16 +151,28 @@ impl ExchangeStats {
 }
 
 /// The gradient exchange of a data-parallel backend, with its buffers (reused across
-/// steps) and what it moved.
+/// steps: a step allocates nothing once they have grown) and what it moved.
 #[derive(Default)]
 pub struct GradientExchange {
     /// How the tables go.
     pub policy: ExchangePolicy,
+    /// [`GradientExchange::overlapped`] sums the dense part after the backward instead of
+    /// during it (to measure what the overlap gains; the same sums either way).
+    pub no_overlap: bool,
     /// The last step's exchange.
     pub last: ExchangeStats,
     /// Every step's since the last [`GradientExchange::take_total`].
     total: ExchangeStats,
+    /// This rank's row count per table (T).
+    local: Vec<u32>,
+    /// Every rank's row count per table (N, T).
     counts: Vec<u32>,
+    /// Elements each rank contributes to a gather (N).
+    rank_counts: Vec<usize>,
+    /// Per table: whether it goes by its touched rows (T).
+    sparse: Vec<bool>,
+    /// The allreduced ranges after the backward.
+    ranges: Vec<Range<usize>>,
     ids: Vec<u32>,
     all_ids: Vec<u32>,
     rows: Vec<f32>,
@@ -162,28 +200,85 @@ impl GradientExchange {
         union: bool,
     ) {
         let start = Instant::now();
-        let (n, nt) = (group.size(), tables.len());
+        let mut st = ExchangeStats::default();
+        self.tables(group, grads, Some(dense), tables, touched, union, &mut st);
+        self.record(st, start.elapsed());
+    }
+
+    /// [`GradientExchange::exchange`] overlapped with the backward: `backward` gets the
+    /// whole arena and a [`GradSink`], hands it the parts after the tables as their
+    /// gradients become final (each starts its sum there) and returns the rest, the
+    /// tables ([`crate::model::Model::backward_with`]). Then the tables are exchanged,
+    /// and the call returns once every sum is done. The same sums as `exchange`, in the
+    /// same order on every rank. The time counted is what the exchange adds to the step:
+    /// starting the sums, letting them advance between layers, the tables, the wait.
+    pub fn overlapped(
+        &mut self,
+        group: &dyn Collective,
+        grads: &mut [f32],
+        tables: &[(Range<usize>, usize)],
+        touched: &mut [Vec<u32>],
+        union: bool,
+        backward: impl for<'a> FnOnce(&'a mut [f32], &mut dyn GradSink<'a>) -> &'a mut [f32],
+    ) {
+        if self.no_overlap {
+            let len = grads.len();
+            let tables_end = backward(grads, &mut KeepGrads).len();
+            return self.exchange(group, grads, tables_end..len, tables, touched, union);
+        }
+        // From the first started sum until `wait_sums`, the group writes into `grads`.
+        let in_flight = InFlight;
+        let mut sink = StartSums {
+            group,
+            bytes: 0,
+            spent: Duration::ZERO,
+        };
+        let rest = backward(grads, &mut sink);
+        let start = Instant::now();
         let mut st = ExchangeStats {
-            steps: 1,
+            allreduce_bytes: sink.bytes,
             ..ExchangeStats::default()
         };
+        self.tables(group, rest, None, tables, touched, union, &mut st);
+        group.wait_sums();
+        std::mem::forget(in_flight);
+        self.record(st, sink.spent + start.elapsed());
+    }
+
+    /// The tables' exchange (and the dense part's, when given) on `grads`, an arena from
+    /// element 0 that holds the tables: [`GradientExchange::exchange`] without the timing.
+    fn tables(
+        &mut self,
+        group: &dyn Collective,
+        grads: &mut [f32],
+        dense: Option<Range<usize>>,
+        tables: &[(Range<usize>, usize)],
+        touched: &mut [Vec<u32>],
+        union: bool,
+        st: &mut ExchangeStats,
+    ) {
+        let (n, nt) = (group.size(), tables.len());
         // 1. Every rank's row count per table.
-        let local: Vec<u32> = touched.iter().map(|t| t.len() as u32).collect();
-        group.gather_u32(&local, &vec![nt; n], &mut self.counts);
+        self.local.clear();
+        self.local.extend(touched.iter().map(|t| t.len() as u32));
+        self.rank_counts.clear();
+        self.rank_counts.resize(n, nt);
+        group.gather_u32(&self.local, &self.rank_counts, &mut self.counts);
         st.allgather_bytes += 4 * (n * nt) as u64;
-        let count = |r: usize, t: usize| self.counts[r * nt + t] as usize;
+        let counts = &self.counts;
+        let count = |r: usize, t: usize| counts[r * nt + t] as usize;
         // 2. Per table: the touched rows (ids + gradient rows of every rank) or the table.
-        let sparse: Vec<bool> = (0..nt)
-            .map(|t| {
-                let (range, w) = &tables[t];
+        self.sparse.clear();
+        self.sparse
+            .extend(tables.iter().enumerate().map(|(t, (range, w))| {
                 let rows: usize = (0..n).map(|r| count(r, t)).sum();
                 match self.policy {
                     ExchangePolicy::Dense => false,
                     ExchangePolicy::Sparse => true,
                     ExchangePolicy::Auto => rows * (w + 1) < range.len(),
                 }
-            })
-            .collect();
+            }));
+        let sparse = &self.sparse;
         st.sparse_tables = sparse.iter().filter(|&&s| s).count();
         st.dense_tables = nt - st.sparse_tables;
         // 3. The row ids, when a sparse table or the union needs them.
@@ -192,8 +287,10 @@ impl GradientExchange {
             for t in touched.iter() {
                 self.ids.extend_from_slice(t);
             }
-            let counts: Vec<usize> = (0..n).map(|r| (0..nt).map(|t| count(r, t)).sum()).collect();
-            group.gather_u32(&self.ids, &counts, &mut self.all_ids);
+            self.rank_counts.clear();
+            self.rank_counts
+                .extend((0..n).map(|r| (0..nt).map(|t| count(r, t)).sum::<usize>()));
+            group.gather_u32(&self.ids, &self.rank_counts, &mut self.all_ids);
             st.allgather_bytes += 4 * self.all_ids.len() as u64;
         }
         // 4. The sparse tables' gradient rows, added in rank order into zeroed rows.
@@ -207,15 +304,14 @@ impl GradientExchange {
                         .extend_from_slice(&table[row as usize * w..][..*w]);
                 }
             }
-            let counts: Vec<usize> = (0..n)
-                .map(|r| {
-                    (0..nt)
-                        .filter(|&t| sparse[t])
-                        .map(|t| count(r, t) * tables[t].1)
-                        .sum()
-                })
-                .collect();
-            group.gather_f32(&self.rows, &counts, &mut self.all_rows);
+            self.rank_counts.clear();
+            self.rank_counts.extend((0..n).map(|r| {
+                (0..nt)
+                    .filter(|&t| sparse[t])
+                    .map(|t| count(r, t) * tables[t].1)
+                    .sum::<usize>()
+            }));
+            group.gather_f32(&self.rows, &self.rank_counts, &mut self.all_rows);
             st.allgather_bytes += 4 * self.all_rows.len() as u64;
             for (t, rows) in touched.iter().enumerate().filter(|(t, _)| sparse[*t]) {
                 let (range, w) = &tables[t];
@@ -244,39 +340,84 @@ impl GradientExchange {
                 }
             }
         }
-        // 5. The dense part and the dense tables: one allreduce per contiguous range.
-        let mut ranges: Vec<Range<usize>> = Vec::new();
-        let dense_tables = tables.iter().zip(&sparse).filter(|(_, s)| !**s);
-        for r in dense_tables.map(|(t, _)| t.0.clone()).chain([dense]) {
-            match ranges.last_mut() {
+        // 5. The dense tables and the dense part, if given: one allreduce per contiguous
+        // range.
+        self.ranges.clear();
+        let dense_tables = tables.iter().zip(sparse).filter(|(_, s)| !**s);
+        for r in dense_tables.map(|(t, _)| t.0.clone()).chain(dense) {
+            match self.ranges.last_mut() {
                 Some(last) if last.end == r.start => last.end = r.end,
-                _ => ranges.push(r),
+                _ => self.ranges.push(r),
             }
         }
-        for r in ranges {
+        for r in &self.ranges {
             st.allreduce_bytes += 4 * r.len() as u64;
-            group.sum_f32(&mut grads[r]);
+            group.sum_f32(&mut grads[r.clone()]);
         }
         // 6. The union of the touched rows.
         if union {
+            touched.iter_mut().for_each(Vec::clear);
             let mut id_at = 0;
-            let mut all: Vec<Vec<u32>> = vec![Vec::new(); nt];
             for r in 0..n {
-                for (t, all) in all.iter_mut().enumerate() {
-                    all.extend_from_slice(&self.all_ids[id_at..id_at + count(r, t)]);
+                for (t, rows) in touched.iter_mut().enumerate() {
+                    rows.extend_from_slice(&self.all_ids[id_at..id_at + count(r, t)]);
                     id_at += count(r, t);
                 }
             }
-            for (t, mut rows) in touched.iter_mut().zip(all) {
+            for rows in touched.iter_mut() {
                 rows.sort_unstable();
                 rows.dedup();
-                *t = rows;
             }
         }
+    }
+
+    /// Adds one step's exchange, which took `spent`, to the totals.
+    fn record(&mut self, mut st: ExchangeStats, spent: Duration) {
+        st.steps = 1;
         st.bytes = st.allreduce_bytes + st.allgather_bytes;
-        st.seconds = start.elapsed().as_secs_f64();
+        st.seconds = spent.as_secs_f64();
         self.total.add(&st);
         self.last = st;
+    }
+}
+
+/// The [`GradSink`] of [`GradientExchange::overlapped`]: starts the sum of each part the
+/// backward hands over, and lets the sums advance between layers.
+struct StartSums<'c> {
+    group: &'c dyn Collective,
+    /// Elements summed, in bytes.
+    bytes: u64,
+    /// Time spent here.
+    spent: Duration,
+}
+
+impl<'g> GradSink<'g> for StartSums<'_> {
+    fn take(&mut self, _: usize, grads: &'g mut [f32]) {
+        let t = Instant::now();
+        self.bytes += 4 * grads.len() as u64;
+        // SAFETY: `grads` is borrowed from the arena of `overlapped` and dropped here, so
+        // nothing reads or writes these values until `overlapped` has waited for the
+        // sums (or aborted, on a panic: `InFlight`).
+        unsafe { self.group.start_sum_f32(grads.as_mut_ptr(), grads.len()) };
+        self.spent += t.elapsed();
+    }
+
+    fn between(&mut self) {
+        let t = Instant::now();
+        self.group.progress();
+        self.spent += t.elapsed();
+    }
+}
+
+/// Alive while sums write into borrowed memory: a panic that unwinds past it aborts the
+/// process rather than free or reuse the memory under the sums (the launcher then stops
+/// the other ranks).
+struct InFlight;
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        eprintln!("a panic during the gradient exchange: aborting");
+        std::process::abort();
     }
 }
 

@@ -480,6 +480,24 @@ impl Model {
         batch: &Batch,
         mode: Mode,
     ) {
+        self.backward_with(grads, s, acts, params, batch, mode, &mut KeepGrads);
+    }
+
+    /// [`Model::backward`] that hands `sink` each part of the arena as soon as its
+    /// gradients are final: the suffixes from [`Model::final_suffixes`], in that order
+    /// (the MLP's, then each block's, last block first), with [`GradSink::between`]
+    /// between layers. Returns the rest, the embedding tables (`grads[..first start]`),
+    /// final once it returns. The same arithmetic as `backward`.
+    pub fn backward_with<'g>(
+        &self,
+        grads: &'g mut [f32],
+        s: &mut GradScratch,
+        acts: &Activations,
+        params: &[f32],
+        batch: &Batch,
+        mode: Mode,
+        sink: &mut dyn GradSink<'g>,
+    ) -> &'g mut [f32] {
         let dm = &self.dims;
         let pi = &self.layout.index;
         let (b, t, d) = (batch.size, dm.t, dm.d);
@@ -527,6 +545,8 @@ impl Model {
                 n_out,
             );
         }
+        let mut suffixes = self.final_suffixes();
+        let grads = hand_over(grads, suffixes.next(), sink);
         other_embedding_backward(
             &mut grads[pi.emb_other.clone()],
             &s.dz,
@@ -537,7 +557,10 @@ impl Model {
             dm.zw,
             dm.pw,
         );
+        sink.between();
         pooling_backward(&mut s.dx, &s.dz, &acts.valid, dm.pool, b, t, d, dm.zw, 0);
+        sink.between();
+        let mut grads = grads;
         for i in (0..dm.blocks).rev() {
             let x: &[f32] = if i == 0 {
                 &acts.x0
@@ -554,8 +577,11 @@ impl Model {
                 b,
                 mode,
                 i,
+                sink,
             );
+            grads = hand_over(grads, suffixes.next(), sink);
         }
+        debug_assert!(suffixes.next().is_none(), "every final suffix handed over");
         let (de_item, de_cat, de_pos) = split_three(grads, &pi.emb_item, &pi.emb_cat, &pi.emb_pos);
         token_embedding_backward(
             de_item,
@@ -567,6 +593,17 @@ impl Model {
             dm.l,
             dm.widths,
         );
+        grads
+    }
+
+    /// Where the parts of the gradient arena start that [`Model::backward_with`] hands
+    /// over as they become final, in the order it does: the MLP's (to the arena's end),
+    /// then each block's (to the next part), last block first. The arena holds the tables,
+    /// the blocks in order, then the MLP, and the backward runs the other way.
+    pub fn final_suffixes(&self) -> impl Iterator<Item = usize> + '_ {
+        let pi = &self.layout.index;
+        let mlp = pi.mlp[0].0.start;
+        std::iter::once(mlp).chain(pi.blocks.iter().rev().map(|p| p.qkv_w.start))
     }
 
     /// One block backward: `s.dx` holds the gradient of the block's output on entry and
@@ -582,6 +619,7 @@ impl Model {
         b: usize,
         mode: Mode,
         i: usize,
+        sink: &mut dyn GradSink<'_>,
     ) {
         let dm = &self.dims;
         let (t, d, dff) = (dm.t, dm.d, dm.dff);
@@ -622,6 +660,7 @@ impl Model {
             dff,
             d,
         );
+        sink.between();
         leaky_relu_backward(
             &mut s.dff_pre[..n * dff],
             &s.dff[..n * dff],
@@ -641,6 +680,7 @@ impl Model {
             dff,
         );
         add_into(&mut s.dx1[..n * d], &s.dtmp[..n * d]);
+        sink.between();
         // x1 = LN1(res1)
         let (dw, db) = split_two(grads, &p.ln1_w, &p.ln1_b);
         layernorm_backward(
@@ -676,7 +716,9 @@ impl Model {
             d,
             d,
         );
+        sink.between();
         attention_backward(&mut s.dqkv, &s.datty, &blk.att, &blk.qkv, b, t, d, dm.h);
+        sink.between();
         let (dw, db) = split_two(grads, &p.qkv_w, &p.qkv_b);
         matmul_backward(
             Some(&mut s.dtmp),
@@ -695,6 +737,36 @@ impl Model {
         db[d..2 * d].fill(0.0);
         add_into(&mut s.dx[..n * d], &s.dtmp[..n * d]);
     }
+}
+
+/// Where [`Model::backward_with`] hands the gradients it has finished: a data-parallel
+/// step sums them over the ranks while the backward goes on ([`crate::collective`]).
+pub trait GradSink<'g> {
+    /// `grads` is the arena from element `start` on (to the end of what is left): the
+    /// backward writes no more of it.
+    fn take(&mut self, start: usize, grads: &'g mut [f32]);
+    /// Between two layers of the backward: the finished gradients' exchange may advance.
+    fn between(&mut self) {}
+}
+
+/// The sink of a plain backward: the gradients stay where they are.
+pub struct KeepGrads;
+
+impl GradSink<'_> for KeepGrads {
+    fn take(&mut self, _: usize, _: &mut [f32]) {}
+}
+
+/// Hands `sink` the part of `grads` from `start` on (nothing when `None`) and returns the
+/// rest.
+pub fn hand_over<'g>(
+    grads: &'g mut [f32],
+    start: Option<usize>,
+    sink: &mut dyn GradSink<'g>,
+) -> &'g mut [f32] {
+    let Some(start) = start else { return grads };
+    let (rest, done) = grads.split_at_mut(start);
+    sink.take(start, done);
+    rest
 }
 
 fn add_into(dst: &mut [f32], src: &[f32]) {

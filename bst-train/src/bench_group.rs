@@ -6,9 +6,11 @@
 //! training samples in order. A step's time is the backend's whole step (forward and
 //! backward, the gradient exchange, the update); the gathering of the shard's samples,
 //! which training does ahead on another thread, is left out. Reported: the median step,
-//! its compute (the step less the exchange), the exchange's time (waiting for the slowest
-//! rank included) and bytes, which way each embedding table went, and the global
-//! samples/s (the global batch over the mean step). With `mpirun -n 1` the same
+//! its compute (the step less the exchange), the exchange's time (what it adds to the
+//! step: the part not overlapped with the backward, waiting for the slowest rank
+//! included) and bytes, which way each embedding table went, and the global samples/s
+//! (the global batch over the mean step). `--no-overlap` sums everything after the
+//! backward, to measure what the overlap gains. With `mpirun -n 1` the same
 //! measurement runs without any exchange: `scripts/bench-mpi.sh` sets the two side by
 //! side.
 
@@ -34,6 +36,8 @@ struct GroupBench {
     batch: usize,
     steps: usize,
     exchange: &'static str,
+    /// Whether the blocks' and the MLP's sums ran during the backward.
+    overlap: bool,
     /// Global samples per second.
     samples_per_sec: f64,
     /// Mean and median of the step, as rank 0 timed it.
@@ -41,8 +45,12 @@ struct GroupBench {
     step_ms_median: f64,
     /// The step less the exchange, mean over steps and ranks.
     compute_ms: f64,
-    /// The exchange, mean over steps and ranks.
+    /// What the exchange adds to the step (the part not overlapped with the backward,
+    /// waiting for the slowest rank included), mean over steps and ranks.
     exchange_ms: f64,
+    /// The medians over the steps of compute and exchange, mean over the ranks.
+    compute_ms_median: f64,
+    exchange_ms_median: f64,
     /// Payload bytes of the collectives per step and rank (0 for one rank).
     exchange_bytes_per_step: f64,
     allreduce_bytes_per_step: f64,
@@ -59,6 +67,9 @@ pub fn bench_group(args: &BenchArgs, member: &Member) -> anyhow::Result<()> {
     if r.resume.is_some() || r.out.is_some() || r.epochs.is_some() {
         bail!("bench writes no run folder: leave out --resume, --out and --epochs");
     }
+    if args.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
     if r.device == crate::device::Device::Gpu {
         bail!("bench under mpirun measures the CPU backend (--device cpu)");
     }
@@ -73,6 +84,7 @@ pub fn bench_group(args: &BenchArgs, member: &Member) -> anyhow::Result<()> {
     let b = cfg.train.batch;
     let mut backend = CpuBackend::new(&cfg, ds.vocab.sizes());
     backend.exchange.policy = args.exchange.policy();
+    backend.exchange.no_overlap = args.no_overlap;
     if ranks > 1 {
         backend.join_group(g.clone())?;
     }
@@ -84,6 +96,7 @@ pub fn bench_group(args: &BenchArgs, member: &Member) -> anyhow::Result<()> {
     let order = epoch_order(n, cfg.train.seed, 1);
     let mut batch = Batch::default();
     let mut times = Vec::with_capacity(args.steps);
+    let (mut computes, mut exchanges) = (times.clone(), times.clone());
     let mut loss = 0.0;
     for s in 0..args.warmup + args.steps {
         // The global batch of step s (wrapping around the epoch), then this rank's rows.
@@ -101,7 +114,15 @@ pub fn bench_group(args: &BenchArgs, member: &Member) -> anyhow::Result<()> {
         };
         backend.train_step_shard(&batch, None, shard);
         if s >= args.warmup {
-            times.push(t.elapsed().as_secs_f64());
+            let step = t.elapsed().as_secs_f64();
+            let exchange = if ranks > 1 {
+                backend.exchange.last.seconds
+            } else {
+                0.0
+            };
+            times.push(step);
+            computes.push(step - exchange);
+            exchanges.push(exchange);
         }
     }
     let (sum, k) = backend.take_loss();
@@ -113,7 +134,10 @@ pub fn bench_group(args: &BenchArgs, member: &Member) -> anyhow::Result<()> {
     let mut per_rank = [step_total - ex.seconds, ex.seconds];
     g.sum_f64(&mut per_rank);
     let [compute, exchange] = per_rank.map(|x| x / ranks as f64);
-    times.sort_by(f64::total_cmp);
+    // Means over the ranks of the medians (robust to a loaded machine's stalls).
+    let mut medians = [median(&mut computes), median(&mut exchanges)];
+    g.sum_f64(&mut medians);
+    let [compute_median, exchange_median] = medians.map(|x| x / ranks as f64);
     let per_step = |x: u64| x as f64 / steps;
     let ExchangeStats {
         sparse_tables,
@@ -126,11 +150,14 @@ pub fn bench_group(args: &BenchArgs, member: &Member) -> anyhow::Result<()> {
         batch: b,
         steps: args.steps,
         exchange: args.exchange.name(),
+        overlap: ranks > 1 && !args.no_overlap,
         samples_per_sec: b as f64 * steps / step_total,
         step_ms_mean: 1e3 * step_total / steps,
-        step_ms_median: 1e3 * times[times.len() / 2],
+        step_ms_median: 1e3 * median(&mut times),
         compute_ms: 1e3 * compute / steps,
         exchange_ms: 1e3 * exchange / steps,
+        compute_ms_median: 1e3 * compute_median,
+        exchange_ms_median: 1e3 * exchange_median,
         exchange_bytes_per_step: per_step(ex.bytes),
         allreduce_bytes_per_step: per_step(ex.allreduce_bytes),
         allgather_bytes_per_step: per_step(ex.allgather_bytes),
@@ -143,6 +170,12 @@ pub fn bench_group(args: &BenchArgs, member: &Member) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
+}
+
+/// The median of `x` (sorted in place; not empty).
+fn median(x: &mut [f64]) -> f64 {
+    x.sort_by(f64::total_cmp);
+    x[x.len() / 2]
 }
 
 /// `--exchange`: how the embedding tables' gradients go between ranks.

@@ -295,4 +295,8 @@ pub struct BenchArgs {
     /// Under mpirun: how the embedding tables' gradients go between the ranks.
     #[arg(long, value_enum, default_value = "auto")]
     pub exchange: crate::bench_group::Exchange,
+    /// Under mpirun: sum the blocks' and the MLP's gradients after the backward, not
+    /// while it runs (what the overlap gains; the same sums).
+    #[arg(long = "no-overlap")]
+    pub no_overlap: bool,
 }
