@@ -34,30 +34,16 @@
 
 // #include "common/embedding_tokens.wgsl"
 
-@group(0) @binding(0) var<uniform> p: Params;
-// Storage is read_write even for inputs: see the design rules in gpu/mod.rs.
 @group(0) @binding(1) var<storage, read_write> table: array<f32>; // E (gather) or dE (segment_sum)
-@group(0) @binding(2) var<storage, read_write> act: array<f32>; // x / z (gather) or dx / dz
-@group(0) @binding(3) var<storage, read_write> ids: array<u32>; // batch ids or segments
 
-const WG: u32 = 64u;
+fn table_value(at: u32) -> f32 {
+    return table[at];
+}
 
-// act[k, c] = table[id(k), c]. An id past the table (which the CPU reference rejects with
-// a panic) reads as a row of zeros instead of another tensor's data.
+// act[k, c] = table[id(k), c] (see `gather`).
 @compute @workgroup_size(64)
 fn embedding_gather(inv: Invocation) {
-    let i = linear_index(inv);
-    if (i >= p.n * p.w) {
-        return;
-    }
-    let k = i / p.w;
-    let c = i % p.w;
-    let id = token_id(k);
-    var v = 0.0;
-    if (id < p.table_rows) {
-        v = table[p.table_off + id * p.w + c];
-    }
-    act[act_index(k, c)] = v;
+    gather(inv);
 }
 
 // table[ids[u], c] += act[order[k], c] for k in start[u]..start[u + 1], in that order.

@@ -76,10 +76,7 @@ fn ops(c: &mut Criterion) {
 }
 
 fn step(c: &mut Criterion) {
-    let cfg = Config {
-        data: data_cfg(),
-        ..Config::default()
-    };
+    let cfg = Config::synthetic(300);
     let ds = data::load(&DataSource::Synthetic, &cfg).expect("synthetic data");
     let sizes = ds.vocab.sizes();
     let mut backend = CpuBackend::new(&cfg, sizes);
@@ -95,13 +92,6 @@ fn step(c: &mut Criterion) {
         b.iter(|| backend.predict(&batch, &mut probs))
     });
     g.finish();
-}
-
-fn data_cfg() -> bst_core::config::DataConfig {
-    bst_core::config::DataConfig {
-        synthetic_users: 300,
-        ..Default::default()
-    }
 }
 
 criterion_group!(benches, ops, step);

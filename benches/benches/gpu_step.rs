@@ -16,7 +16,7 @@
 use bst_benches::{SCORING_CANDIDATES, bench_batch, bench_context, scoring_batch};
 use bst_core::backend::{Backend, CpuBackend};
 use bst_core::batch::Batch;
-use bst_core::config::{Config, DataConfig};
+use bst_core::config::Config;
 use bst_core::data::{self, DataSource};
 use bst_core::gpu_backend::GpuBackend;
 use criterion::measurement::WallTime;
@@ -27,13 +27,7 @@ use std::time::Duration;
 
 fn step(c: &mut Criterion) {
     let batch_size = bench_batch();
-    let mut cfg = Config {
-        data: DataConfig {
-            synthetic_users: 600,
-            ..Default::default()
-        },
-        ..Config::default()
-    };
+    let mut cfg = Config::synthetic(600);
     cfg.train.batch = batch_size;
     cfg.train.eval_batch = batch_size.max(SCORING_CANDIDATES);
     let ds = data::load(&DataSource::Synthetic, &cfg).expect("synthetic data");

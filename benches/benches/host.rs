@@ -9,7 +9,7 @@
 //! `cargo bench -p bst-benches --bench host`
 
 use bst_core::batch::Batch;
-use bst_core::config::{Config, DataConfig};
+use bst_core::config::Config;
 use bst_core::data::{self, DataSource};
 use bst_core::gpu_backend::embedding_dims;
 use bst_core::model::Model;
@@ -19,13 +19,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 
 fn host(c: &mut Criterion) {
-    let cfg = Config {
-        data: DataConfig {
-            synthetic_users: 600,
-            ..Default::default()
-        },
-        ..Config::default()
-    };
+    let cfg = Config::synthetic(600);
     let ds = data::load(&DataSource::Synthetic, &cfg).expect("synthetic data");
     let sizes = ds.vocab.sizes();
     let model = Model::new(&cfg.model, sizes);

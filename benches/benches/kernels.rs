@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use bst_benches::workload::{CpuWorkloads, GpuWorkloads};
 use bst_benches::{bench_batch, kernel_shapes};
-use bst_core::config::{Config, DataConfig};
+use bst_core::config::Config;
 use bst_core::data::{self, DataSource};
 use bst_core::model::Model;
 use bst_kernels::cpu::embedding::f16_table;
@@ -36,13 +36,7 @@ const CALLS_PER_SUBMIT: u64 = 64;
 
 /// The default model on the synthetic data's vocabularies.
 fn default_model() -> Model {
-    let cfg = Config {
-        data: DataConfig {
-            synthetic_users: 300,
-            ..Default::default()
-        },
-        ..Config::default()
-    };
+    let cfg = Config::synthetic(300);
     let ds = data::load(&DataSource::Synthetic, &cfg).expect("synthetic data");
     Model::new(&cfg.model, ds.vocab.sizes())
 }

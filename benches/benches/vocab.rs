@@ -17,7 +17,7 @@
 use bst_benches::{bench_batch, bench_context};
 use bst_core::backend::{Backend, CpuBackend};
 use bst_core::batch::Batch;
-use bst_core::config::{Config, DataConfig};
+use bst_core::config::Config;
 use bst_core::data::{self, DataSource};
 use bst_core::gpu_backend::GpuBackend;
 use bst_core::params::VocabSizes;
@@ -28,13 +28,7 @@ const VOCABS: [usize; 2] = [1_000, 1_000_000];
 
 fn vocab(c: &mut Criterion) {
     let batch_size = bench_batch();
-    let mut cfg = Config {
-        data: DataConfig {
-            synthetic_users: 300,
-            ..Default::default()
-        },
-        ..Config::default()
-    };
+    let mut cfg = Config::synthetic(300);
     cfg.train.batch = batch_size;
     cfg.train.eval_batch = batch_size;
     let ds = data::load(&DataSource::Synthetic, &cfg).expect("synthetic data");

@@ -377,6 +377,17 @@ pub struct Config {
 }
 
 impl Config {
+    /// The defaults, on synthetic data of `users` users (benchmarks and examples).
+    pub fn synthetic(users: usize) -> Config {
+        Config {
+            data: DataConfig {
+                synthetic_users: users,
+                ..Default::default()
+            },
+            ..Config::default()
+        }
+    }
+
     /// Parses TOML (every key optional) and validates.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;

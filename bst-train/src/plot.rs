@@ -96,22 +96,24 @@ pub fn learning_curve(path: &Path, epochs: &[EpochReport]) -> Result<(), String>
         .axis_desc_style(("sans-serif", 17))
         .draw()
         .map_err(|e| err(&e))?;
-    chart
-        .draw_series(LineSeries::new(loss.clone(), LOSS.stroke_width(2)))
-        .map_err(|e| err(&e))?
-        .label("train loss")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], LOSS.stroke_width(2)));
-    chart
-        .draw_series(loss.iter().map(|&p| Circle::new(p, 4, LOSS.filled())))
-        .map_err(|e| err(&e))?;
-    chart
-        .draw_secondary_series(LineSeries::new(auc.clone(), AUC.stroke_width(2)))
-        .map_err(|e| err(&e))?
-        .label("validation AUC")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], AUC.stroke_width(2)));
-    chart
-        .draw_secondary_series(auc.iter().map(|&p| Circle::new(p, 4, AUC.filled())))
-        .map_err(|e| err(&e))?;
+    // A curve: its line (with its legend entry) and a marker per epoch, drawn against the
+    // primary (`draw_series`) or the secondary (`draw_secondary_series`) axis.
+    macro_rules! curve {
+        ($draw:ident, $points:expr, $color:expr, $label:literal) => {
+            chart
+                .$draw(LineSeries::new($points.clone(), $color.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label($label)
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], $color.stroke_width(2))
+                });
+            chart
+                .$draw($points.iter().map(|&p| Circle::new(p, 4, $color.filled())))
+                .map_err(|e| err(&e))?;
+        };
+    }
+    curve!(draw_series, loss, LOSS, "train loss");
+    curve!(draw_secondary_series, auc, AUC, "validation AUC");
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperMiddle)

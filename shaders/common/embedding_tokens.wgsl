@@ -1,6 +1,7 @@
 // Shared by shaders/embedding.wgsl and shaders/embedding_f16.wgsl (each includes it with
 // `// #include "common/embedding_tokens.wgsl"`, expanded by gpu::launch::wgsl_with_prelude):
-// the uniform and the token mapping. The including shader declares `p`, `ids` and `WG`.
+// the uniform, the bindings but the table's, the token mapping and the gather. The
+// including shader declares `table` (binding 1) and `table_value`, its element as f32.
 
 struct Params {
     n: u32, // tokens (gather) or unique ids (segment_sum); rewritten per step
@@ -29,6 +30,13 @@ struct Params {
     _pad1: u32,
 }
 
+@group(0) @binding(0) var<uniform> p: Params;
+// Storage is read_write even for inputs: see the design rules in gpu/mod.rs.
+@group(0) @binding(2) var<storage, read_write> act: array<f32>; // x / z (gather) or dx / dz
+@group(0) @binding(3) var<storage, read_write> ids: array<u32>; // batch ids or segments
+
+const WG: u32 = 64u;
+
 fn linear_index(inv: Invocation) -> u32 {
     return inv.gid.y * (inv.nwg.x * WG) + inv.gid.x;
 }
@@ -51,4 +59,22 @@ fn token_id(k: u32) -> u32 {
         return ids[p.target_off + s];
     }
     return 0u;
+}
+
+// act[k, c] = table[id(k), c] for invocation `inv`, the body of both gathers. An id past
+// the table (which the CPU reference rejects with a panic) reads as a row of zeros
+// instead of another tensor's data.
+fn gather(inv: Invocation) {
+    let i = linear_index(inv);
+    if (i >= p.n * p.w) {
+        return;
+    }
+    let k = i / p.w;
+    let c = i % p.w;
+    let id = token_id(k);
+    var v = 0.0;
+    if (id < p.table_rows) {
+        v = table_value(p.table_off + id * p.w + c);
+    }
+    act[act_index(k, c)] = v;
 }

@@ -351,33 +351,33 @@ mod tests {
     use crate::cpu::gradcheck::random_vec;
     use crate::cpu::reference;
 
-    /// The plain loops ([`crate::cpu::reference`]): (out, att).
-    fn naive_forward(
+    /// The signature both forwards share: this module's and the plain loops'
+    /// ([`crate::cpu::reference`]).
+    type Forward = fn(&mut [f32], &mut [f32], &[f32], &[u32], usize, usize, usize, usize);
+
+    /// (out, att) of `forward`.
+    fn run_with(
+        forward: Forward,
         qkv: &[f32],
         valid: &[u32],
-        b: usize,
-        t_n: usize,
-        d: usize,
-        h: usize,
+        dims: [usize; 4],
     ) -> (Vec<f32>, Vec<f32>) {
-        let (mut out, mut att) = (vec![0.0; b * t_n * d], vec![0.0; b * h * t_n * t_n]);
-        reference::attention_forward(&mut out, &mut att, qkv, valid, b, t_n, d, h);
+        let [b, t, d, h] = dims;
+        let mut out = vec![0.0; b * t * d];
+        let mut att = vec![0.0; b * h * t * t];
+        forward(&mut out, &mut att, qkv, valid, b, t, d, h);
         (out, att)
     }
 
-    /// The plain loops of the backward: dqkv.
-    fn naive_backward(
-        dout: &[f32],
-        att: &[f32],
+    fn run(
         qkv: &[f32],
+        valid: &[u32],
         b: usize,
-        t_n: usize,
+        t: usize,
         d: usize,
         h: usize,
-    ) -> Vec<f32> {
-        let mut dqkv = vec![0.0; qkv.len()];
-        reference::attention_backward(&mut dqkv, dout, att, qkv, b, t_n, d, h);
-        dqkv
+    ) -> (Vec<f32>, Vec<f32>) {
+        run_with(attention_forward, qkv, valid, [b, t, d, h])
     }
 
     #[test]
@@ -393,11 +393,13 @@ mod tests {
             .map(|i| u32::from(i % t == t - 1 || (i / t != 1 && noise[i] > -0.5)))
             .collect();
         let (out, att) = run(&qkv, &valid, b, t, d, h);
-        let (want_out, want_att) = naive_forward(&qkv, &valid, b, t, d, h);
+        let (want_out, want_att) =
+            run_with(reference::attention_forward, &qkv, &valid, [b, t, d, h]);
         let dout = random_vec(b * t * d, 6);
         let mut dqkv = vec![f32::NAN; qkv.len()]; // overwritten, NaN if an entry is missed
         attention_backward(&mut dqkv, &dout, &att, &qkv, b, t, d, h);
-        let want_dqkv = naive_backward(&dout, &want_att, &qkv, b, t, d, h);
+        let mut want_dqkv = vec![0.0; qkv.len()];
+        reference::attention_backward(&mut want_dqkv, &dout, &want_att, &qkv, b, t, d, h);
         for (name, got, want) in [
             ("out", &out, &want_out),
             ("att", &att, &want_att),
@@ -410,20 +412,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    fn run(
-        qkv: &[f32],
-        valid: &[u32],
-        b: usize,
-        t: usize,
-        d: usize,
-        h: usize,
-    ) -> (Vec<f32>, Vec<f32>) {
-        let mut out = vec![0.0; b * t * d];
-        let mut att = vec![0.0; b * h * t * t];
-        attention_forward(&mut out, &mut att, qkv, valid, b, t, d, h);
-        (out, att)
     }
 
     #[test]

@@ -333,47 +333,26 @@ impl GpuContext {
             i.driver,
             i.driver_info
         );
-        for (name, v) in [
-            (
-                "max_storage_buffer_binding_size",
-                l.max_storage_buffer_binding_size,
-            ),
-            ("max_buffer_size", l.max_buffer_size),
-            (
-                "max_storage_buffers_per_shader_stage",
-                l.max_storage_buffers_per_shader_stage.into(),
-            ),
-            (
-                "max_uniform_buffer_binding_size",
-                l.max_uniform_buffer_binding_size,
-            ),
-            (
-                "max_compute_workgroup_storage_size",
-                l.max_compute_workgroup_storage_size.into(),
-            ),
-            (
-                "max_compute_invocations_per_workgroup",
-                l.max_compute_invocations_per_workgroup.into(),
-            ),
-            (
-                "max_compute_workgroup_size_x",
-                l.max_compute_workgroup_size_x.into(),
-            ),
-            (
-                "max_compute_workgroups_per_dimension",
-                l.max_compute_workgroups_per_dimension.into(),
-            ),
-            (
-                "min_storage_buffer_offset_alignment",
-                l.min_storage_buffer_offset_alignment.into(),
-            ),
-            (
-                "min_uniform_buffer_offset_alignment",
-                l.min_uniform_buffer_offset_alignment.into(),
-            ),
-            ("subgroup_min_size", i.subgroup_min_size.into()),
-            ("subgroup_max_size", i.subgroup_max_size.into()),
-        ] {
+        // (name, value) of each field listed, named as in wgpu.
+        macro_rules! fields {
+            ($of:ident: $($field:ident),*) => {
+                [$((stringify!($field), u64::from($of.$field))),*]
+            };
+        }
+        let limits = fields!(l:
+            max_storage_buffer_binding_size,
+            max_buffer_size,
+            max_storage_buffers_per_shader_stage,
+            max_uniform_buffer_binding_size,
+            max_compute_workgroup_storage_size,
+            max_compute_invocations_per_workgroup,
+            max_compute_workgroup_size_x,
+            max_compute_workgroups_per_dimension,
+            min_storage_buffer_offset_alignment,
+            min_uniform_buffer_offset_alignment
+        );
+        let subgroups = fields!(i: subgroup_min_size, subgroup_max_size);
+        for (name, v) in limits.into_iter().chain(subgroups) {
             let _ = writeln!(s, "  {name} = {v}");
         }
         s
