@@ -20,7 +20,7 @@ use crate::run::load_data;
 use anyhow::bail;
 use bst_core::backend::{Backend, CpuBackend};
 use bst_core::batch::Batch;
-use bst_core::collective::{ExchangePolicy, ExchangeStats, shard_range};
+use bst_core::collective::{ExchangeStats, shard_range};
 use bst_core::model::Shard;
 use bst_core::train::epoch_order;
 use serde::Serialize;
@@ -176,34 +176,4 @@ pub fn bench_group(args: &BenchArgs, member: &Member) -> anyhow::Result<()> {
 fn median(x: &mut [f64]) -> f64 {
     x.sort_by(f64::total_cmp);
     x[x.len() / 2]
-}
-
-/// `--exchange`: how the embedding tables' gradients go between ranks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Exchange {
-    /// Per table and step, whichever moves fewer bytes.
-    #[default]
-    Auto,
-    /// The whole tables (allreduce).
-    Dense,
-    /// The touched rows (allgather).
-    Sparse,
-}
-
-impl Exchange {
-    pub fn policy(self) -> ExchangePolicy {
-        match self {
-            Exchange::Auto => ExchangePolicy::Auto,
-            Exchange::Dense => ExchangePolicy::Dense,
-            Exchange::Sparse => ExchangePolicy::Sparse,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Exchange::Auto => "auto",
-            Exchange::Dense => "dense",
-            Exchange::Sparse => "sparse",
-        }
-    }
 }

@@ -2,6 +2,7 @@
 
 use crate::device::Device;
 use anyhow::Context;
+use bst_core::collective::ExchangePolicy;
 use bst_core::config::{Config, Optimizer, Pooling};
 use bst_core::data::DataSource;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -294,9 +295,39 @@ pub struct BenchArgs {
     pub no_kernels: bool,
     /// Under mpirun: how the embedding tables' gradients go between the ranks.
     #[arg(long, value_enum, default_value = "auto")]
-    pub exchange: crate::bench_group::Exchange,
+    pub exchange: Exchange,
     /// Under mpirun: sum the blocks' and the MLP's gradients after the backward, not
     /// while it runs (what the overlap gains; the same sums).
     #[arg(long = "no-overlap")]
     pub no_overlap: bool,
+}
+
+/// `--exchange`: how the embedding tables' gradients go between ranks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Exchange {
+    /// Per table and step, whichever moves fewer bytes.
+    #[default]
+    Auto,
+    /// The whole tables (allreduce).
+    Dense,
+    /// The touched rows (allgather).
+    Sparse,
+}
+
+impl Exchange {
+    pub fn policy(self) -> ExchangePolicy {
+        match self {
+            Exchange::Auto => ExchangePolicy::Auto,
+            Exchange::Dense => ExchangePolicy::Dense,
+            Exchange::Sparse => ExchangePolicy::Sparse,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Exchange::Auto => "auto",
+            Exchange::Dense => "dense",
+            Exchange::Sparse => "sparse",
+        }
+    }
 }
