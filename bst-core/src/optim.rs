@@ -3,7 +3,8 @@
 
 use crate::config::{Optimizer as Kind, TrainConfig};
 use bst_kernels::cpu::optim::{
-    AdagradHyper, AdamHyper, adagrad_update, adagrad_update_rows, adam_update, adam_update_rows,
+    AdagradHyper, AdamHyper, adagrad_update, adagrad_update_listed, adagrad_update_rows,
+    adagrad_update_table, adam_update, adam_update_listed, adam_update_rows, adam_update_table,
 };
 use std::ops::Range;
 
@@ -268,6 +269,68 @@ impl Optimizer {
         }
     }
 
+    /// One update from gradients kept by rows ([`crate::grad_store`]): the range `dense`
+    /// of the arena whole, from `dense_grads` (its `dense.len()` gradients), and each
+    /// embedding table `tables[k] = (range, width)` from `table_grads[k]`, whose row `j`
+    /// is the gradient of row `rows[k][j]` (sorted, distinct), every other row's being
+    /// zero. `lazy`: only the listed rows, as [`Optimizer::step_sparse`] with the full
+    /// arena; otherwise every row, as [`Optimizer::step`] with it, bit for bit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step_rows(
+        &mut self,
+        params: &mut [f32],
+        dense: Range<usize>,
+        dense_grads: &[f32],
+        tables: &[(Range<usize>, usize)],
+        rows: &[Vec<u32>],
+        table_grads: &[&[f32]],
+        lazy: bool,
+    ) {
+        assert_eq!(tables.len(), rows.len(), "one row list per table");
+        assert_eq!(
+            tables.len(),
+            table_grads.len(),
+            "one gradient list per table"
+        );
+        self.steps += 1;
+        let p = &mut params[dense.clone()];
+        self.update_at(p, dense_grads, dense, self.lr, self.decay.dense);
+        let (lr, t) = (self.lr * self.decay.tables_lr_scale, self.steps);
+        let weight_decay = self.decay.tables;
+        for (((r, w), rows), &g) in tables.iter().zip(rows).zip(table_grads) {
+            let p = &mut params[r.clone()];
+            match &mut self.state {
+                OptimState::Adam { m, v } => {
+                    let hp = AdamHyper {
+                        lr,
+                        weight_decay,
+                        ..AdamHyper::default()
+                    };
+                    let (m, v) = (&mut m[r.clone()], &mut v[r.clone()]);
+                    let update = if lazy {
+                        adam_update_listed
+                    } else {
+                        adam_update_table
+                    };
+                    update(p, m, v, g, *w, rows, hp, t);
+                }
+                OptimState::Adagrad { sum } => {
+                    let hp = AdagradHyper {
+                        lr,
+                        eps: ADAGRAD_EPS,
+                        weight_decay,
+                    };
+                    let update = if lazy {
+                        adagrad_update_listed
+                    } else {
+                        adagrad_update_table
+                    };
+                    update(p, &mut sum[r.clone()], g, *w, rows, hp);
+                }
+            }
+        }
+    }
+
     /// The update of step `self.steps` over `range` of the arenas, with L2 coefficient
     /// `weight_decay`.
     fn update_range(
@@ -278,7 +341,18 @@ impl Optimizer {
         lr: f32,
         weight_decay: f32,
     ) {
-        let (p, g) = (&mut params[r.clone()], &grads[r.clone()]);
+        self.update_at(
+            &mut params[r.clone()],
+            &grads[r.clone()],
+            r,
+            lr,
+            weight_decay,
+        );
+    }
+
+    /// [`Optimizer::update_range`] of the parameters `p` (the arena's range `r`) with
+    /// their gradients `g`.
+    fn update_at(&mut self, p: &mut [f32], g: &[f32], r: Range<usize>, lr: f32, weight_decay: f32) {
         match &mut self.state {
             OptimState::Adam { m, v } => {
                 let hp = AdamHyper {
