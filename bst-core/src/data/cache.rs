@@ -84,6 +84,8 @@ pub enum Miss {
     Absent,
     /// It is another file's or an older version of this one's.
     Stale,
+    /// It is in another format (written by another version of bst).
+    Format(u32),
     /// It is cut short, corrupted or not a cache at all.
     Damaged(String),
 }
@@ -93,6 +95,10 @@ impl std::fmt::Display for Miss {
         match self {
             Miss::Absent => write!(f, "no cache yet"),
             Miss::Stale => write!(f, "the source changed since the cache was written"),
+            Miss::Format(v) => write!(
+                f,
+                "the cache is in format {v}, written by another version (this one reads {VERSION})"
+            ),
             Miss::Damaged(why) => write!(f, "the cache is damaged ({why})"),
         }
     }
@@ -257,8 +263,9 @@ pub fn read(path: &Path, key: &SourceKey) -> Result<Cached, Miss> {
     if bytes.len() < MAGIC.len() + 4 || &bytes[..8] != MAGIC {
         return Err(damaged("not a bst store cache"));
     }
-    if u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) != VERSION {
-        return Err(Miss::Stale);
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != VERSION {
+        return Err(Miss::Format(version));
     }
     let mut r = Reader { b: bytes, at: 12 };
     let mut stored = Vec::new();
