@@ -28,6 +28,19 @@ pub enum OptimState {
     },
 }
 
+/// An Adam and an Adagrad update of a table's rows: `(params, [m, v | sum], grads, width,
+/// rows, hyper-parameters[, step])`.
+type TableKernels = (
+    fn(&mut [f32], &mut [f32], &mut [f32], &[f32], usize, &[u32], AdamHyper, u64),
+    fn(&mut [f32], &mut [f32], &[f32], usize, &[u32], AdagradHyper),
+);
+/// The listed rows, from the table's full gradient.
+const LAZY_FULL: TableKernels = (adam_update_rows, adagrad_update_rows);
+/// The listed rows, from their gradients alone.
+const LAZY_LISTED: TableKernels = (adam_update_listed, adagrad_update_listed);
+/// Every row, from the listed rows' gradients (zero for the others).
+const DENSE_LISTED: TableKernels = (adam_update_table, adagrad_update_table);
+
 /// The CPU optimiser: hyper-parameters, update count and state arenas.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Optimizer {
@@ -243,30 +256,8 @@ impl Optimizer {
         assert_eq!(tables.len(), rows.len(), "one row list per table");
         self.steps += 1;
         self.update_range(params, grads, dense, self.lr, self.decay.dense);
-        let (lr, t) = (self.lr * self.decay.tables_lr_scale, self.steps);
-        let weight_decay = self.decay.tables;
-        for ((r, w), rows) in tables.iter().zip(rows) {
-            let (p, g) = (&mut params[r.clone()], &grads[r.clone()]);
-            match &mut self.state {
-                OptimState::Adam { m, v } => {
-                    let hp = AdamHyper {
-                        lr,
-                        weight_decay,
-                        ..AdamHyper::default()
-                    };
-                    let (m, v) = (&mut m[r.clone()], &mut v[r.clone()]);
-                    adam_update_rows(p, m, v, g, *w, rows, hp, t);
-                }
-                OptimState::Adagrad { sum } => {
-                    let hp = AdagradHyper {
-                        lr,
-                        eps: ADAGRAD_EPS,
-                        weight_decay,
-                    };
-                    adagrad_update_rows(p, &mut sum[r.clone()], g, *w, rows, hp)
-                }
-            }
-        }
+        let g: Vec<&[f32]> = tables.iter().map(|(r, _)| &grads[r.clone()]).collect();
+        self.update_tables(params, tables, rows, &g, LAZY_FULL);
     }
 
     /// One update from gradients kept by rows ([`crate::grad_store`]): the range `dense`
@@ -295,9 +286,23 @@ impl Optimizer {
         self.steps += 1;
         let p = &mut params[dense.clone()];
         self.update_at(p, dense_grads, dense, self.lr, self.decay.dense);
+        let kernels = if lazy { LAZY_LISTED } else { DENSE_LISTED };
+        self.update_tables(params, tables, rows, table_grads, kernels);
+    }
+
+    /// The update of step `self.steps` of each table `tables[k]` from `grads[k]` and its
+    /// rows `rows[k]` by `kernels`, with the tables' learning rate and L2 coefficient.
+    fn update_tables(
+        &mut self,
+        params: &mut [f32],
+        tables: &[(Range<usize>, usize)],
+        rows: &[Vec<u32>],
+        grads: &[&[f32]],
+        (adam, adagrad): TableKernels,
+    ) {
         let (lr, t) = (self.lr * self.decay.tables_lr_scale, self.steps);
         let weight_decay = self.decay.tables;
-        for (((r, w), rows), &g) in tables.iter().zip(rows).zip(table_grads) {
+        for (((r, w), rows), &g) in tables.iter().zip(rows).zip(grads) {
             let p = &mut params[r.clone()];
             match &mut self.state {
                 OptimState::Adam { m, v } => {
@@ -306,13 +311,7 @@ impl Optimizer {
                         weight_decay,
                         ..AdamHyper::default()
                     };
-                    let (m, v) = (&mut m[r.clone()], &mut v[r.clone()]);
-                    let update = if lazy {
-                        adam_update_listed
-                    } else {
-                        adam_update_table
-                    };
-                    update(p, m, v, g, *w, rows, hp, t);
+                    adam(p, &mut m[r.clone()], &mut v[r.clone()], g, *w, rows, hp, t);
                 }
                 OptimState::Adagrad { sum } => {
                     let hp = AdagradHyper {
@@ -320,12 +319,7 @@ impl Optimizer {
                         eps: ADAGRAD_EPS,
                         weight_decay,
                     };
-                    let update = if lazy {
-                        adagrad_update_listed
-                    } else {
-                        adagrad_update_table
-                    };
-                    update(p, &mut sum[r.clone()], g, *w, rows, hp);
+                    adagrad(p, &mut sum[r.clone()], g, *w, rows, hp);
                 }
             }
         }
