@@ -334,7 +334,7 @@ impl CpuBackend {
             acts: Activations::new(&model.dims, cap),
             scratch: GradScratch::new(&model.dims, cfg.train.batch),
             shared: SharedScratch::default(),
-            grad_store: GradStore::Rows(RowGrads::new(&model, cfg.train.batch)),
+            grad_store: GradStore::Rows(Box::new(RowGrads::new(&model, cfg.train.batch))),
             optim: Optimizer::new(&cfg.train, n).with_decay(Decay {
                 tables_end: model.layout.dense_range().start,
                 tables: cfg.model.emb_l2,

@@ -24,7 +24,7 @@ pub enum GradStore {
     /// The whole arena, of the parameters' layout.
     Full(Vec<f32>),
     /// The touched rows of the tables and the rest whole.
-    Rows(RowGrads),
+    Rows(Box<RowGrads>),
 }
 
 /// Gradients of the rows a batch touched (see the module docs).
