@@ -5,6 +5,7 @@
 use crate::batch::Batch;
 use crate::collective::{Collective, ExchangeStats, GradientExchange};
 use crate::config::Config;
+use crate::grad_store::{GradStore, RowGrads};
 use crate::model::{Activations, GradScratch, Mode, Model, Shard, hand_over};
 use crate::optim::{Decay, OptimRef, OptimSnapshot, Optimizer};
 use crate::params::VocabSizes;
@@ -289,15 +290,18 @@ pub struct CpuBackend {
     pub model: Model,
     /// The parameter arena.
     pub params: Vec<f32>,
-    /// The gradient arena of the last step (same layout).
-    pub grads: Vec<f32>,
+    /// The gradients of the last step: of the touched rows of the tables alone
+    /// ([`RowGrads`]), or the whole arena in a data-parallel group
+    /// ([`CpuBackend::grads`] gives the whole arena either way).
+    pub grad_store: GradStore,
     /// The optimiser and its state.
     pub optim: Optimizer,
     /// Seed of the dropout masks.
     pub seed: u64,
     /// Sparse embedding updates (`train.sparse_embeddings`): the rows of each table
     /// (item, category, position, other) whose gradients the last backward wrote, which
-    /// the next one zeroes instead of the whole table. `None` for dense updates.
+    /// the next one zeroes instead of the whole table (in the whole arena). `None` for
+    /// dense updates.
     dirty_rows: Option<[Vec<u32>; 4]>,
     /// The data-parallel group ([`Backend::join_group`]) and its gradient exchange.
     group: Option<Arc<dyn Collective>>,
@@ -330,7 +334,7 @@ impl CpuBackend {
             acts: Activations::new(&model.dims, cap),
             scratch: GradScratch::new(&model.dims, cfg.train.batch),
             shared: SharedScratch::default(),
-            grads: vec![0.0; n],
+            grad_store: GradStore::Rows(Box::new(RowGrads::new(&model, cfg.train.batch))),
             optim: Optimizer::new(&cfg.train, n).with_decay(Decay {
                 tables_end: model.layout.dense_range().start,
                 tables: cfg.model.emb_l2,
@@ -356,12 +360,18 @@ impl CpuBackend {
     }
 
     /// Loss and gradients of one batch (gradients overwritten), no update. With sparse
-    /// updates only the dense part and the rows the last batch touched are zeroed first:
-    /// the others are zero already, so the whole arena is the gradient either way.
+    /// updates into the whole arena only the dense part and the rows the last batch
+    /// touched are zeroed first: the others are zero already, so the whole arena is the
+    /// gradient either way.
     pub fn loss_and_grads(&mut self, batch: &Batch, mode: Mode) -> f32 {
         let loss = self.forward_for_grads(batch, mode);
-        self.model.backward(
-            &mut self.grads,
+        let (index, grads, batch) = match &mut self.grad_store {
+            GradStore::Full(g) => (&self.model.layout.index, g, batch),
+            GradStore::Rows(r) => (&r.layout.index, &mut r.arena, &r.slotted),
+        };
+        self.model.backward_in(
+            index,
+            grads,
             &mut self.scratch,
             &self.acts,
             &self.params,
@@ -383,16 +393,27 @@ impl CpuBackend {
             .forward(&mut self.acts, &self.params, batch, mode)
     }
 
-    /// Zeroes the gradients (with sparse updates: the dense part and the rows the last
-    /// batch touched, then notes `batch`'s rows).
+    /// The gradient arena of the last step, whole (zero for the rows it did not touch):
+    /// a copy, for tests and checks.
+    pub fn grads(&self) -> Vec<f32> {
+        self.grad_store.to_full(&self.model.layout)
+    }
+
+    /// Zeroes the gradients (with sparse updates into the whole arena: the dense part and
+    /// the rows the last batch touched, then notes `batch`'s rows; by rows: notes the
+    /// batch's rows and their slots).
     fn zero_grads(&mut self, batch: &Batch) {
+        let grads = match &mut self.grad_store {
+            GradStore::Full(g) => g,
+            GradStore::Rows(r) => return r.prepare(batch),
+        };
         match &mut self.dirty_rows {
-            None => self.grads.fill(0.0),
+            None => grads.fill(0.0),
             Some(dirty) => {
                 let layout = &self.model.layout;
-                self.grads[layout.dense_range()].fill(0.0);
+                grads[layout.dense_range()].fill(0.0);
                 for ((r, w), rows) in layout.embedding_tables().into_iter().zip(dirty.iter()) {
-                    let table = &mut self.grads[r];
+                    let table = &mut grads[r];
                     for &row in rows {
                         table[row as usize * w..][..w].fill(0.0);
                     }
@@ -402,16 +423,33 @@ impl CpuBackend {
         }
     }
 
-    /// The optimiser's update with the gradient arena (sparse updates: of the rows in
-    /// `dirty_rows`).
+    /// The optimiser's update with the gradients (sparse updates: of the rows in
+    /// `dirty_rows`, or the touched rows of [`RowGrads`]).
     fn update(&mut self) {
+        let layout = &self.model.layout;
+        let (dense, tables) = (layout.dense_range(), layout.embedding_tables());
+        let grads = match &self.grad_store {
+            GradStore::Full(g) => g,
+            GradStore::Rows(r) => {
+                let lazy = self.dirty_rows.is_some();
+                let g = r.table_grads();
+                let (params, dense_grads) = (&mut self.params, r.dense_grads());
+                return self.optim.step_rows(
+                    params,
+                    dense,
+                    dense_grads,
+                    &tables,
+                    &r.rows,
+                    &g,
+                    lazy,
+                );
+            }
+        };
         match &self.dirty_rows {
-            None => self.optim.step(&mut self.params, &self.grads),
+            None => self.optim.step(&mut self.params, grads),
             Some(touched) => {
-                let layout = &self.model.layout;
-                let (dense, tables) = (layout.dense_range(), layout.embedding_tables());
                 self.optim
-                    .step_sparse(&mut self.params, &self.grads, dense, &tables, touched);
+                    .step_sparse(&mut self.params, grads, dense, &tables, touched);
             }
         }
     }
@@ -442,8 +480,16 @@ impl Backend for CpuBackend {
         self.loss_steps += 1;
     }
 
+    /// The gradient exchange sums whole arenas (with the rows of every rank's batch):
+    /// the gradients are kept whole from here on.
     fn join_group(&mut self, group: Arc<dyn Collective>) -> Result<(), BackendError> {
         self.group = Some(group);
+        if let GradStore::Rows(_) = self.grad_store {
+            self.grad_store = GradStore::Full(vec![0.0; self.model.layout.total]);
+            if let Some(dirty) = &mut self.dirty_rows {
+                dirty.iter_mut().for_each(Vec::clear);
+            }
+        }
         Ok(())
     }
 
@@ -475,18 +521,19 @@ impl Backend for CpuBackend {
                 &mut self.shard_rows
             }
         };
+        let GradStore::Full(grads) = &mut self.grad_store else {
+            unreachable!("a group's gradients are whole (join_group)")
+        };
         // The backward hands each part of the arena over to its sum as soon as it is final.
         let (model, scratch, acts, params) =
             (&self.model, &mut self.scratch, &self.acts, &self.params);
-        let grads = &mut self.grads;
+        let gi = &model.layout.index;
         self.exchange
             .overlapped(&*group, grads, &tables, touched, union, |grads, sink| {
                 if batch.size > 0 {
-                    model.backward_with(grads, scratch, acts, params, batch, mode, sink)
+                    model.backward_with(gi, grads, scratch, acts, params, batch, mode, sink)
                 } else {
-                    model
-                        .final_suffixes()
-                        .fold(grads, |g, at| hand_over(g, Some(at), sink))
+                    Model::final_suffixes(gi).fold(grads, |g, at| hand_over(g, Some(at), sink))
                 }
             });
         self.update();

@@ -91,6 +91,7 @@ pub mod config;
 pub mod data;
 pub mod encode;
 pub mod gpu_backend;
+pub mod grad_store;
 pub mod hash;
 pub mod memory;
 pub mod metrics;

@@ -109,8 +109,8 @@ pub fn check_available(needs: Vec<Need>) -> Result<(), MemoryError> {
 }
 
 /// The compact store `samples::build` makes from `log` (issue 12): while it is built, the
-/// log's columns (user, item, time, label), the sort permutation, the sorted store (item,
-/// time, label, true probability) and the splits' event references; then per sample the
+/// log's columns (user, item, time, label), the sort permutation and the sorted store
+/// (item, time (8 bytes at most), label, true probability); then per sample the
 /// epoch order (4 bytes) and, for the evaluated splits, score, label and user (12 bytes,
 /// counted for every sample as an upper bound). The history length does not count: the
 /// rows are assembled per batch.
@@ -131,7 +131,7 @@ pub fn store_need(events: usize, users: usize, implicit: bool, prob: bool, cfg: 
     let n = events.saturating_sub(users).max(1) * (1 + negatives);
     let labels = !implicit as u128;
     let prob = prob as u128;
-    let per_event = 16 + 4 * labels + 4 + 12 + 4 * labels + 4 * prob + 4;
+    let per_event = 16 + 4 * labels + 4 + 12 + 4 * labels + 4 * prob;
     Need {
         what: format!(
             "samples: {events} events in the compact store, up to {n} samples ({per_event} bytes an event, 16 a sample)"
@@ -267,7 +267,7 @@ mod tests {
         };
         let need = samples_need(&log, &cfg);
         // The compact store does not grow with L: 1000 explicit events, 999 samples.
-        assert_eq!(need.bytes, 1000 * 44 + 999 * 16);
+        assert_eq!(need.bytes, 1000 * 40 + 999 * 16);
         let e = check(vec![need], 1000).unwrap_err().to_string();
         assert!(e.contains("up to 999 samples"), "{e}");
         let acts = activations_need(&cfg, sizes());

@@ -4,7 +4,7 @@
 
 use crate::batch::Batch;
 use crate::config::{ModelConfig, Pooling};
-use crate::params::{BlockParams, ParamLayout, VocabSizes};
+use crate::params::{BlockParams, ParamIndex, ParamLayout, VocabSizes};
 use bst_kernels::cpu::activation::{leaky_relu_backward, leaky_relu_forward};
 use bst_kernels::cpu::attention::{attention_backward, attention_forward};
 use bst_kernels::cpu::dropout::{
@@ -480,16 +480,36 @@ impl Model {
         batch: &Batch,
         mode: Mode,
     ) {
-        self.backward_with(grads, s, acts, params, batch, mode, &mut KeepGrads);
+        let gi = &self.layout.index;
+        self.backward_in(gi, grads, s, acts, params, batch, mode);
     }
 
-    /// [`Model::backward`] that hands `sink` each part of the arena as soon as its
-    /// gradients are final: the suffixes from [`Model::final_suffixes`], in that order
-    /// (the MLP's, then each block's, last block first), with [`GradSink::between`]
+    /// [`Model::backward`] into a gradient arena laid out by `gi` (the parameters' layout,
+    /// or the compact one of [`crate::grad_store`], whose tables hold a batch's rows
+    /// only: `batch`'s ids are then their rows there, its other fields the forward's).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_in(
+        &self,
+        gi: &ParamIndex,
+        grads: &mut [f32],
+        s: &mut GradScratch,
+        acts: &Activations,
+        params: &[f32],
+        batch: &Batch,
+        mode: Mode,
+    ) {
+        self.backward_with(gi, grads, s, acts, params, batch, mode, &mut KeepGrads);
+    }
+
+    /// [`Model::backward_in`] that hands `sink` each part of the arena as soon as its
+    /// gradients are final: the suffixes from [`Model::final_suffixes`] of `gi`, in that
+    /// order (the MLP's, then each block's, last block first), with [`GradSink::between`]
     /// between layers. Returns the rest, the embedding tables (`grads[..first start]`),
     /// final once it returns. The same arithmetic as `backward`.
+    #[allow(clippy::too_many_arguments)]
     pub fn backward_with<'g>(
         &self,
+        gi: &ParamIndex,
         grads: &'g mut [f32],
         s: &mut GradScratch,
         acts: &Activations,
@@ -516,7 +536,7 @@ impl Model {
             }
         }
         for k in (0..=last).rev() {
-            let (w, bias) = &pi.mlp[k];
+            let w = &pi.mlp[k].0;
             let (n_in, n_out) = (dm.mlp_in(k), dm.mlp[k]);
             if k < last {
                 leaky_relu_backward(
@@ -532,7 +552,7 @@ impl Model {
                 &acts.mlp_act[k - 1]
             };
             let dinp: &mut [f32] = if k == 0 { &mut s.dz } else { &mut s.dmlp };
-            let (dw, db) = split_two(grads, w, bias);
+            let (dw, db) = split_two(grads, &gi.mlp[k].0, &gi.mlp[k].1);
             matmul_backward(
                 Some(dinp),
                 dw,
@@ -545,10 +565,10 @@ impl Model {
                 n_out,
             );
         }
-        let mut suffixes = self.final_suffixes();
+        let mut suffixes = Model::final_suffixes(gi);
         let grads = hand_over(grads, suffixes.next(), sink);
         other_embedding_backward(
-            &mut grads[pi.emb_other.clone()],
+            &mut grads[gi.emb_other.clone()],
             &s.dz,
             &batch.other,
             b,
@@ -571,7 +591,7 @@ impl Model {
                 grads,
                 s,
                 &acts.blocks[i],
-                &pi.blocks[i],
+                (&pi.blocks[i], &gi.blocks[i]),
                 x,
                 params,
                 b,
@@ -582,7 +602,7 @@ impl Model {
             grads = hand_over(grads, suffixes.next(), sink);
         }
         debug_assert!(suffixes.next().is_none(), "every final suffix handed over");
-        let (de_item, de_cat, de_pos) = split_three(grads, &pi.emb_item, &pi.emb_cat, &pi.emb_pos);
+        let (de_item, de_cat, de_pos) = split_three(grads, &gi.emb_item, &gi.emb_cat, &gi.emb_pos);
         token_embedding_backward(
             de_item,
             de_cat,
@@ -598,22 +618,23 @@ impl Model {
 
     /// Where the parts of the gradient arena start that [`Model::backward_with`] hands
     /// over as they become final, in the order it does: the MLP's (to the arena's end),
-    /// then each block's (to the next part), last block first. The arena holds the tables,
-    /// the blocks in order, then the MLP, and the backward runs the other way.
-    pub fn final_suffixes(&self) -> impl Iterator<Item = usize> + '_ {
-        let pi = &self.layout.index;
-        let mlp = pi.mlp[0].0.start;
-        std::iter::once(mlp).chain(pi.blocks.iter().rev().map(|p| p.qkv_w.start))
+    /// then each block's (to the next part), last block first, in an arena laid out by
+    /// `gi`. The arena holds the tables, the blocks in order, then the MLP, and the
+    /// backward runs the other way.
+    pub fn final_suffixes(gi: &ParamIndex) -> impl Iterator<Item = usize> + '_ {
+        let mlp = gi.mlp[0].0.start;
+        std::iter::once(mlp).chain(gi.blocks.iter().rev().map(|p| p.qkv_w.start))
     }
 
     /// One block backward: `s.dx` holds the gradient of the block's output on entry and
-    /// of its input `x` on exit.
+    /// of its input `x` on exit. `(p, g)`: the block's tensors in the parameter and the
+    /// gradient arenas.
     fn block_backward(
         &self,
         grads: &mut [f32],
         s: &mut GradScratch,
         blk: &BlockActs,
-        p: &BlockParams,
+        (p, g): (&BlockParams, &BlockParams),
         x: &[f32],
         params: &[f32],
         b: usize,
@@ -626,7 +647,7 @@ impl Model {
         let n = b * t;
         let w = |r: &std::ops::Range<usize>| &params[r.clone()];
         // x2 = LN2(res2)
-        let (dw, db) = split_two(grads, &p.ln2_w, &p.ln2_b);
+        let (dw, db) = split_two(grads, &g.ln2_w, &g.ln2_b);
         layernorm_backward(
             &mut s.dres,
             dw,
@@ -648,7 +669,7 @@ impl Model {
         );
         s.dx1[..n * d].copy_from_slice(&s.dres[..n * d]);
         // f = ff W2^T + b2;  ff = LeakyReLU(ff_pre);  ff_pre = x1 W1^T + b1
-        let (dw, db) = split_two(grads, &p.ffn2_w, &p.ffn2_b);
+        let (dw, db) = split_two(grads, &g.ffn2_w, &g.ffn2_b);
         matmul_backward(
             Some(&mut s.dff),
             dw,
@@ -667,7 +688,7 @@ impl Model {
             &blk.ff_pre,
             dm.alpha,
         );
-        let (dw, db) = split_two(grads, &p.ffn1_w, &p.ffn1_b);
+        let (dw, db) = split_two(grads, &g.ffn1_w, &g.ffn1_b);
         matmul_backward(
             Some(&mut s.dtmp),
             dw,
@@ -682,7 +703,7 @@ impl Model {
         add_into(&mut s.dx1[..n * d], &s.dtmp[..n * d]);
         sink.between();
         // x1 = LN1(res1)
-        let (dw, db) = split_two(grads, &p.ln1_w, &p.ln1_b);
+        let (dw, db) = split_two(grads, &g.ln1_w, &g.ln1_b);
         layernorm_backward(
             &mut s.dres,
             dw,
@@ -704,7 +725,7 @@ impl Model {
         );
         s.dx[..n * d].copy_from_slice(&s.dres[..n * d]);
         // a = atty Wout^T + bout;  atty = attention(qkv);  qkv = x Wqkv^T + bqkv
-        let (dw, db) = split_two(grads, &p.out_w, &p.out_b);
+        let (dw, db) = split_two(grads, &g.out_w, &g.out_b);
         matmul_backward(
             Some(&mut s.datty),
             dw,
@@ -719,7 +740,7 @@ impl Model {
         sink.between();
         attention_backward(&mut s.dqkv, &s.datty, &blk.att, &blk.qkv, b, t, d, dm.h);
         sink.between();
-        let (dw, db) = split_two(grads, &p.qkv_w, &p.qkv_b);
+        let (dw, db) = split_two(grads, &g.qkv_w, &g.qkv_b);
         matmul_backward(
             Some(&mut s.dtmp),
             dw,

@@ -3,7 +3,8 @@
 
 use crate::config::{Optimizer as Kind, TrainConfig};
 use bst_kernels::cpu::optim::{
-    AdagradHyper, AdamHyper, adagrad_update, adagrad_update_rows, adam_update, adam_update_rows,
+    AdagradHyper, AdamHyper, adagrad_update, adagrad_update_listed, adagrad_update_rows,
+    adagrad_update_table, adam_update, adam_update_listed, adam_update_rows, adam_update_table,
 };
 use std::ops::Range;
 
@@ -26,6 +27,19 @@ pub enum OptimState {
         sum: Vec<f32>,
     },
 }
+
+/// An Adam and an Adagrad update of a table's rows: `(params, [m, v | sum], grads, width,
+/// rows, hyper-parameters[, step])`.
+type TableKernels = (
+    fn(&mut [f32], &mut [f32], &mut [f32], &[f32], usize, &[u32], AdamHyper, u64),
+    fn(&mut [f32], &mut [f32], &[f32], usize, &[u32], AdagradHyper),
+);
+/// The listed rows, from the table's full gradient.
+const LAZY_FULL: TableKernels = (adam_update_rows, adagrad_update_rows);
+/// The listed rows, from their gradients alone.
+const LAZY_LISTED: TableKernels = (adam_update_listed, adagrad_update_listed);
+/// Every row, from the listed rows' gradients (zero for the others).
+const DENSE_LISTED: TableKernels = (adam_update_table, adagrad_update_table);
 
 /// The CPU optimiser: hyper-parameters, update count and state arenas.
 #[derive(Clone, Debug, PartialEq)]
@@ -242,10 +256,54 @@ impl Optimizer {
         assert_eq!(tables.len(), rows.len(), "one row list per table");
         self.steps += 1;
         self.update_range(params, grads, dense, self.lr, self.decay.dense);
+        let g: Vec<&[f32]> = tables.iter().map(|(r, _)| &grads[r.clone()]).collect();
+        self.update_tables(params, tables, rows, &g, LAZY_FULL);
+    }
+
+    /// One update from gradients kept by rows ([`crate::grad_store`]): the range `dense`
+    /// of the arena whole, from `dense_grads` (its `dense.len()` gradients), and each
+    /// embedding table `tables[k] = (range, width)` from `table_grads[k]`, whose row `j`
+    /// is the gradient of row `rows[k][j]` (sorted, distinct), every other row's being
+    /// zero. `lazy`: only the listed rows, as [`Optimizer::step_sparse`] with the full
+    /// arena; otherwise every row, as [`Optimizer::step`] with it, bit for bit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step_rows(
+        &mut self,
+        params: &mut [f32],
+        dense: Range<usize>,
+        dense_grads: &[f32],
+        tables: &[(Range<usize>, usize)],
+        rows: &[Vec<u32>],
+        table_grads: &[&[f32]],
+        lazy: bool,
+    ) {
+        assert_eq!(tables.len(), rows.len(), "one row list per table");
+        assert_eq!(
+            tables.len(),
+            table_grads.len(),
+            "one gradient list per table"
+        );
+        self.steps += 1;
+        let p = &mut params[dense.clone()];
+        self.update_at(p, dense_grads, dense, self.lr, self.decay.dense);
+        let kernels = if lazy { LAZY_LISTED } else { DENSE_LISTED };
+        self.update_tables(params, tables, rows, table_grads, kernels);
+    }
+
+    /// The update of step `self.steps` of each table `tables[k]` from `grads[k]` and its
+    /// rows `rows[k]` by `kernels`, with the tables' learning rate and L2 coefficient.
+    fn update_tables(
+        &mut self,
+        params: &mut [f32],
+        tables: &[(Range<usize>, usize)],
+        rows: &[Vec<u32>],
+        grads: &[&[f32]],
+        (adam, adagrad): TableKernels,
+    ) {
         let (lr, t) = (self.lr * self.decay.tables_lr_scale, self.steps);
         let weight_decay = self.decay.tables;
-        for ((r, w), rows) in tables.iter().zip(rows) {
-            let (p, g) = (&mut params[r.clone()], &grads[r.clone()]);
+        for (((r, w), rows), &g) in tables.iter().zip(rows).zip(grads) {
+            let p = &mut params[r.clone()];
             match &mut self.state {
                 OptimState::Adam { m, v } => {
                     let hp = AdamHyper {
@@ -253,8 +311,7 @@ impl Optimizer {
                         weight_decay,
                         ..AdamHyper::default()
                     };
-                    let (m, v) = (&mut m[r.clone()], &mut v[r.clone()]);
-                    adam_update_rows(p, m, v, g, *w, rows, hp, t);
+                    adam(p, &mut m[r.clone()], &mut v[r.clone()], g, *w, rows, hp, t);
                 }
                 OptimState::Adagrad { sum } => {
                     let hp = AdagradHyper {
@@ -262,7 +319,7 @@ impl Optimizer {
                         eps: ADAGRAD_EPS,
                         weight_decay,
                     };
-                    adagrad_update_rows(p, &mut sum[r.clone()], g, *w, rows, hp)
+                    adagrad(p, &mut sum[r.clone()], g, *w, rows, hp);
                 }
             }
         }
@@ -278,7 +335,18 @@ impl Optimizer {
         lr: f32,
         weight_decay: f32,
     ) {
-        let (p, g) = (&mut params[r.clone()], &grads[r.clone()]);
+        self.update_at(
+            &mut params[r.clone()],
+            &grads[r.clone()],
+            r,
+            lr,
+            weight_decay,
+        );
+    }
+
+    /// [`Optimizer::update_range`] of the parameters `p` (the arena's range `r`) with
+    /// their gradients `g`.
+    fn update_at(&mut self, p: &mut [f32], g: &[f32], r: Range<usize>, lr: f32, weight_decay: f32) {
         match &mut self.state {
             OptimState::Adam { m, v } => {
                 let hp = AdamHyper {

@@ -46,7 +46,10 @@ fn gradients_are_the_dense_ones_after_every_step() {
         };
         dense.loss_and_grads(batch, mode);
         sparse.loss_and_grads(batch, mode);
-        assert!(dense.grads == sparse.grads, "step {k}: gradients differ");
+        assert!(
+            dense.grads() == sparse.grads(),
+            "step {k}: gradients differ"
+        );
         dense.train_step(batch);
     }
 }

@@ -163,6 +163,21 @@ fn the_taobao_cache_is_used_when_fresh_and_rebuilt_when_stale_or_damaged() {
 
     // Truncated, corrupted, foreign: each detected and rebuilt.
     let bytes = std::fs::read(&cached).unwrap();
+    // Another format (an older bst's, version 1: times as i64): rebuilt, saying so.
+    let mut older = bytes.clone();
+    older[8..12].copy_from_slice(&1u32.to_le_bytes());
+    std::fs::write(&cached, &older).unwrap();
+    let (ds, notes) = load_noted();
+    assert!(
+        notes.len() == 1 && notes[0].contains("format 1"),
+        "{notes:?}"
+    );
+    same(&ds, &fresh);
+    assert_eq!(
+        std::fs::read(&cached).unwrap(),
+        bytes,
+        "older format: rewritten"
+    );
     let mut flipped = bytes.clone();
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0x40;

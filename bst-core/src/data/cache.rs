@@ -1,6 +1,7 @@
 //! A binary cache of a parsed Taobao file's store (issue 12): the vocabularies and the
-//! events sorted per user (`user_start`, `item`, `time`), so that a second run reads
-//! arrays instead of parsing and sorting the CSV.
+//! events sorted per user (`user_start`, `item`, `time` as the store keeps it: `u32`
+//! offsets from a base, or `i64` for a log spanning 2^32 s or more, [`Times`]), so that a
+//! second run reads arrays instead of parsing and sorting the CSV.
 //!
 //! The file is keyed by the source's size, modification time and a hash of its first and
 //! last MiB, and ends with a hash of everything before it: a cache whose key differs
@@ -13,12 +14,13 @@
 //! arrays are copied out of it into the store's vectors, then the map is dropped, so no
 //! heap buffer of the whole file is ever built (the mapped pages are the page cache's).
 
-use super::Vocab;
+use super::{Times, Vocab};
 use crate::hash::Fnv1a;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"BSTSTORE";
-const VERSION: u32 = 1;
+/// 2: times as [`Times`] (a tag, then `base` and `u32` offsets, or `i64`s); 1 had `i64`s.
+const VERSION: u32 = 2;
 /// Bytes hashed at each end of the source for its key.
 const ENDS: u64 = 1 << 20;
 
@@ -72,7 +74,7 @@ pub struct Cached {
     /// Item of each event.
     pub item: Vec<u32>,
     /// Time of each event.
-    pub time: Vec<i64>,
+    pub time: Times,
 }
 
 /// Why a cache file was not used.
@@ -82,6 +84,8 @@ pub enum Miss {
     Absent,
     /// It is another file's or an older version of this one's.
     Stale,
+    /// It is in another format (written by another version of bst).
+    Format(u32),
     /// It is cut short, corrupted or not a cache at all.
     Damaged(String),
 }
@@ -91,6 +95,10 @@ impl std::fmt::Display for Miss {
         match self {
             Miss::Absent => write!(f, "no cache yet"),
             Miss::Stale => write!(f, "the source changed since the cache was written"),
+            Miss::Format(v) => write!(
+                f,
+                "the cache is in format {v}, written by another version (this one reads {VERSION})"
+            ),
             Miss::Damaged(why) => write!(f, "the cache is damaged ({why})"),
         }
     }
@@ -125,7 +133,7 @@ pub fn write(
     vocab: &Vocab,
     user_start: &[u32],
     item: &[u32],
-    time: &[i64],
+    time: &Times,
 ) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -150,16 +158,22 @@ pub fn write(
         }
     }
     for xs in [&v.item_cat[..], user_start, item] {
-        w.put(&(xs.len() as u64).to_le_bytes())?;
-        for chunk in xs.chunks(1 << 16) {
-            let bytes: Vec<u8> = chunk.iter().flat_map(|x| x.to_le_bytes()).collect();
-            w.put(&bytes)?;
-        }
+        w.u32s(xs)?;
     }
-    w.put(&(time.len() as u64).to_le_bytes())?;
-    for chunk in time.chunks(1 << 16) {
-        let bytes: Vec<u8> = chunk.iter().flat_map(|x| x.to_le_bytes()).collect();
-        w.put(&bytes)?;
+    match time {
+        Times::Offsets { base, off } => {
+            w.put(&0u64.to_le_bytes())?;
+            w.put(&base.to_le_bytes())?;
+            w.u32s(off)?;
+        }
+        Times::Wide(t) => {
+            w.put(&1u64.to_le_bytes())?;
+            w.put(&(t.len() as u64).to_le_bytes())?;
+            for chunk in t.chunks(1 << 16) {
+                let bytes: Vec<u8> = chunk.iter().flat_map(|x| x.to_le_bytes()).collect();
+                w.put(&bytes)?;
+            }
+        }
     }
     let h = w.h.finish();
     use std::io::Write;
@@ -181,6 +195,15 @@ impl Out {
         use std::io::Write;
         self.h.update(bytes);
         self.w.write_all(bytes)
+    }
+    /// The length, then the values, little-endian.
+    fn u32s(&mut self, xs: &[u32]) -> std::io::Result<()> {
+        self.put(&(xs.len() as u64).to_le_bytes())?;
+        for chunk in xs.chunks(1 << 16) {
+            let bytes: Vec<u8> = chunk.iter().flat_map(|x| x.to_le_bytes()).collect();
+            self.put(&bytes)?;
+        }
+        Ok(())
     }
 }
 
@@ -240,8 +263,9 @@ pub fn read(path: &Path, key: &SourceKey) -> Result<Cached, Miss> {
     if bytes.len() < MAGIC.len() + 4 || &bytes[..8] != MAGIC {
         return Err(damaged("not a bst store cache"));
     }
-    if u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) != VERSION {
-        return Err(Miss::Stale);
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != VERSION {
+        return Err(Miss::Format(version));
     }
     let mut r = Reader { b: bytes, at: 12 };
     let mut stored = Vec::new();
@@ -276,12 +300,22 @@ pub fn read(path: &Path, key: &SourceKey) -> Result<Cached, Miss> {
         let item_cat = r.u32s()?;
         let user_start = r.u32s()?;
         let item = r.u32s()?;
-        let n = r.u64()? as usize;
-        let time = r
-            .take(n.checked_mul(8)?)?
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .collect();
+        let time = match r.u64()? {
+            0 => Times::Offsets {
+                base: r.u64()? as i64,
+                off: r.u32s()?,
+            },
+            1 => {
+                let n = r.u64()? as usize;
+                Times::Wide(
+                    r.take(n.checked_mul(8)?)?
+                        .chunks_exact(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                        .collect(),
+                )
+            }
+            _ => return None,
+        };
         let [item_ids, cat_names, user_ids] = lists;
         (r.at == r.b.len()).then_some(Cached {
             vocab: Vocab {
@@ -310,6 +344,10 @@ pub fn read(path: &Path, key: &SourceKey) -> Result<Cached, Miss> {
         && c.user_start.windows(2).all(|w| w[0] <= w[1])
         && c.user_start.last().map(|&e| e as usize) == Some(c.item.len())
         && c.time.len() == c.item.len()
+        && match &c.time {
+            Times::Offsets { base, .. } => base.checked_add(u32::MAX as i64).is_some(),
+            Times::Wide(_) => true,
+        }
         && c.item.iter().all(|&i| i >= 1 && (i as usize) < n_items);
     if !ok {
         return Err(damaged("its arrays are inconsistent"));

@@ -11,8 +11,10 @@ pub mod store;
 pub mod synthetic;
 pub mod taobao;
 pub mod taobao_gen;
+pub mod times;
 
-pub use store::{EventStore, SampleIndex, SampleSource, Split};
+pub use store::{EventStore, Part, SampleIndex, SampleSource, Split};
+pub use times::Times;
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

@@ -4,18 +4,22 @@
 //! ([`SampleSource::gather_into`]), so memory grows with the events (about 16 bytes each
 //! for an implicit log), not with `L` times the samples.
 //!
-//! - [`EventStore`]: CSR per user (`user_start`), per event the item and the time, the
-//!   label for explicit logs and the true click probability when the generator knows it.
+//! - [`EventStore`]: CSR per user (`user_start`), per event the item and the time (as
+//!   `u32` offsets, [`Times`]), the label for explicit logs and the true click
+//!   probability when the generator knows it.
 //! - [`Split`]: the events whose samples a split holds, in sample order (users in order,
-//!   each user's in time order). With `k` negatives per positive (implicit logs) event
-//!   `j` of the list gives samples `j * (1 + k) + d`: `d = 0` the positive, `d >= 1`
-//!   negative `d`, whose item is [`negative_item`], a counter-based hash of
-//!   `(data seed, event, d)`, so no negative is stored.
+//!   each user's in time order): of each user's events, a contiguous run (spec 1.2), so
+//!   the split keeps only how many events each user has in it (`first`, per-user
+//!   offsets) and finds an event from them, no list of events. With `k` negatives per
+//!   positive (implicit logs) event `j` of the split gives samples `j * (1 + k) + d`:
+//!   `d = 0` the positive, `d >= 1` negative `d`, whose item is [`negative_item`], a
+//!   counter-based hash of `(data seed, event, d)`, so no negative is stored.
 //!
 //! The samples are those of [`super::samples::build_reference`], the plain materialised
 //! assembly the tests compare against, field for field.
 
-use super::samples::{history_position, hour_and_weekday};
+use super::samples::{history_position, hour_and_weekday, split_sizes};
+use super::times::Times;
 use super::{Samples, Vocab};
 use crate::batch::Batch;
 use crate::config::Position;
@@ -77,7 +81,7 @@ pub struct EventStore {
     /// Item of each event.
     pub item: Vec<u32>,
     /// Time of each event (seconds since the epoch).
-    pub time: Vec<i64>,
+    pub time: Times,
     /// Label of each event (explicit logs); `None`: every event is a positive.
     pub label: Option<Vec<f32>>,
     /// True click probability of each event, when known.
@@ -100,7 +104,7 @@ impl Default for EventStore {
             item_cat: Vec::new(),
             user_start: vec![0],
             item: Vec::new(),
-            time: Vec::new(),
+            time: Times::default(),
             label: None,
             true_prob: None,
             negatives: 0,
@@ -137,11 +141,6 @@ impl EventStore {
     pub fn per_event(&self) -> usize {
         1 + self.negatives
     }
-    /// The user of event `e`.
-    pub fn user_of(&self, e: usize) -> usize {
-        self.user_start.partition_point(|&s| s as usize <= e) - 1
-    }
-
     /// Target item, label and true probability of draw `d` of event `e`.
     fn target(&self, e: usize, d: usize) -> (u32, f32, Option<f32>) {
         if d == 0 {
@@ -165,7 +164,7 @@ impl EventStore {
         let first = self.user_start[u] as usize;
         let from = e.saturating_sub(l).max(first);
         let pad = l - (e - from);
-        let now = self.time[e];
+        let now = self.time.get(e);
         b.hist_item.extend(std::iter::repeat_n(0, pad));
         b.hist_cat.extend(std::iter::repeat_n(0, pad));
         b.hist_pos.extend(std::iter::repeat_n(0, pad));
@@ -178,7 +177,7 @@ impl EventStore {
                 self.pos_buckets,
                 l,
                 slot,
-                now - self.time[h],
+                now - self.time.get(h),
             ));
         }
         let (item, label, _) = self.target(e, d);
@@ -212,7 +211,7 @@ impl EventStore {
         h.eat_u32s(&self.user_start);
         h.eat_u32s(&self.item);
         h.eat(self.time.len() as u64);
-        self.time.iter().for_each(|&t| h.eat(t as u64));
+        (0..self.time.len()).for_each(|e| h.eat(self.time.get(e) as u64));
         for v in [&self.label, &self.true_prob] {
             h.eat(v.is_some() as u64);
             if let Some(v) = v {
@@ -237,13 +236,35 @@ impl Fnv {
         self.0.word(x);
     }
     fn eat_u32s(&mut self, xs: &[u32]) {
-        self.eat(xs.len() as u64);
-        let mut pairs = xs.chunks_exact(2);
-        for p in &mut pairs {
-            self.eat(p[0] as u64 | (p[1] as u64) << 32);
-        }
-        pairs.remainder().iter().for_each(|&x| self.eat(x as u64));
+        self.eat_u32_iter(xs.len(), xs.iter().copied());
     }
+    /// [`Fnv::eat_u32s`] of the `n` values of `xs`, never collected.
+    fn eat_u32_iter(&mut self, n: usize, xs: impl Iterator<Item = u32>) {
+        self.eat(n as u64);
+        let mut low = None;
+        for x in xs {
+            match low.take() {
+                None => low = Some(x),
+                Some(l) => self.eat(l as u64 | (x as u64) << 32),
+            }
+        }
+        if let Some(l) = low {
+            self.eat(l as u64);
+        }
+    }
+}
+
+/// Which of a user's samples a split holds (spec 1.2): the first, the next or the last
+/// tenth, in time order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Part {
+    /// The earliest samples.
+    #[default]
+    Train,
+    /// The `max(1, n/10)` before the test ones.
+    Valid,
+    /// The last `max(1, n/10)`.
+    Test,
 }
 
 /// The samples of one split: references to the events of a shared [`EventStore`].
@@ -251,25 +272,44 @@ impl Fnv {
 pub struct Split {
     /// The store the events belong to.
     pub store: Arc<EventStore>,
-    /// The split's events, in sample order.
-    pub events: Vec<u32>,
+    /// Which of each user's samples.
+    pub part: Part,
+    /// The split's events of users `0..u` number `first[u]`, `(n_users + 1)` (empty: none).
+    first: Vec<u32>,
 }
 
 impl PartialEq for Split {
     fn eq(&self, other: &Split) -> bool {
-        self.events == other.events
+        self.part == other.part
+            && self.first == other.first
             && (Arc::ptr_eq(&self.store, &other.store) || self.store == other.store)
     }
 }
 
 impl Split {
+    /// Part `part` of the samples of `store`.
+    pub fn new(store: Arc<EventStore>, part: Part) -> Split {
+        let us = &store.user_start;
+        let mut first = Vec::with_capacity(us.len());
+        first.push(0u32);
+        for w in us.windows(2) {
+            let (tr, va, te) = split_sizes((w[1] - w[0]).saturating_sub(1) as usize);
+            let n = [tr, va, te][part as usize] as u32;
+            first.push(first.last().expect("one") + n);
+        }
+        Split { store, part, first }
+    }
     /// Number of samples.
     pub fn len(&self) -> usize {
-        self.events.len() * self.store.per_event()
+        self.n_events() * self.store.per_event()
     }
     /// No samples.
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
+        self.n_events() == 0
+    }
+    /// Number of the split's events.
+    fn n_events(&self) -> usize {
+        self.first.last().map_or(0, |&n| n as usize)
     }
     /// History length `L`.
     pub fn seq_len(&self) -> usize {
@@ -279,17 +319,32 @@ impl Split {
     pub fn fields(&self) -> usize {
         self.store.fields
     }
+    /// The events of user `u` in this split: a run of its time-ordered events after the
+    /// first (which has no history).
+    fn user_events(&self, u: usize) -> std::ops::Range<usize> {
+        let (a, b) = (self.store.user_start[u], self.store.user_start[u + 1]);
+        let (train, valid, _) = split_sizes((b - a).saturating_sub(1) as usize);
+        let skip = [0, train, train + valid][self.part as usize];
+        let from = a as usize + 1 + skip;
+        from..from + (self.first[u + 1] - self.first[u]) as usize
+    }
+    /// The split's events, in sample order.
+    pub fn events(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.first.len().saturating_sub(1)).flat_map(|u| self.user_events(u))
+    }
     /// `(user, event, draw)` of sample `i`.
     fn locate(&self, i: usize) -> (usize, usize, usize) {
         let per = self.store.per_event();
-        let e = self.events[i / per] as usize;
-        (self.store.user_of(e), e, i % per)
+        let j = i / per;
+        let u = self.first.partition_point(|&s| s as usize <= j) - 1;
+        let e = self.user_events(u).start + (j - self.first[u] as usize);
+        (u, e, i % per)
     }
     /// A 64-bit hash of the store and the split's events (computed without materialising
-    /// a sample), to tell whether two runs saw the same data.
+    /// a sample or a list of events), to tell whether two runs saw the same data.
     pub fn fingerprint(&self) -> u64 {
         let mut h = Fnv::resume(self.store.fingerprint());
-        h.eat_u32s(&self.events);
+        h.eat_u32_iter(self.n_events(), self.events().map(|e| e as u32));
         h.0.finish()
     }
     /// Label of every sample, in order.
@@ -303,7 +358,7 @@ impl Split {
     /// The true click probability of every sample, when the log has it.
     pub fn true_prob(&self) -> Option<Vec<f32>> {
         let p = self.store.true_prob.as_ref()?;
-        Some(self.events.iter().map(|&e| p[e as usize]).collect())
+        Some(self.events().map(|e| p[e]).collect())
     }
     /// Fraction of positive labels.
     pub fn positive_rate(&self) -> f64 {
@@ -427,7 +482,7 @@ pub struct Sorted {
     /// Item of each event.
     pub item: Vec<u32>,
     /// Time of each event.
-    pub time: Vec<i64>,
+    pub time: Times,
     /// Label of each event, for explicit logs.
     pub label: Option<Vec<f32>>,
     /// True click probability of each event, when known.
@@ -464,7 +519,7 @@ pub(crate) fn sort_events(cols: Columns, n_users: usize) -> Sorted {
     let gather_u32 = |v: Vec<u32>| -> Vec<u32> { perm.iter().map(|&i| v[i as usize]).collect() };
     let gather_f32 = |v: Vec<f32>| -> Vec<f32> { perm.iter().map(|&i| v[i as usize]).collect() };
     let item = gather_u32(cols.item);
-    let time: Vec<i64> = perm.iter().map(|&i| cols.time[i as usize]).collect();
+    let time = Times::collect(n, |k| cols.time[perm[k] as usize]);
     drop(cols.time);
     Sorted {
         user_start,
@@ -536,23 +591,47 @@ pub(crate) fn splits_of(
         seed,
     });
 
-    let mut events: [Vec<u32>; 3] = Default::default();
-    for u in 0..n_users {
-        let (a, b) = (store.user_start[u], store.user_start[u + 1]);
-        let (n_train, n_valid, _) = super::samples::split_sizes((b - a).saturating_sub(1) as usize);
-        for (g, e) in (a + 1..b).enumerate() {
-            let split = if g < n_train {
-                0
-            } else if g < n_train + n_valid {
-                1
-            } else {
-                2
-            };
-            events[split].push(e);
+    [Part::Train, Part::Valid, Part::Test].map(|part| Split::new(store.clone(), part))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streamed_u32s_hash_as_the_slice_does() {
+        for n in [0, 1, 2, 5, 8] {
+            let xs: Vec<u32> = (0..n).map(|i| 7 + 1000 * i).collect();
+            let (mut a, mut b) = (Fnv::new(), Fnv::new());
+            a.eat_u32s(&xs);
+            b.eat_u32_iter(n as usize, xs.iter().copied());
+            assert_eq!(a.0.finish(), b.0.finish(), "{n} values");
         }
     }
-    events.map(|events| Split {
-        store: store.clone(),
-        events,
-    })
+
+    #[test]
+    fn splits_take_each_users_runs_in_order() {
+        // Users of 1, 3, 4 and 12 events: 0, 2, 3 and 11 samples (the first event has no
+        // history), split 0, 2 + 0 + 0, 1 + 1 + 1 and 9 + 1 + 1.
+        let store = Arc::new(EventStore {
+            user_start: vec![0, 1, 4, 8, 20],
+            item: vec![1; 20],
+            time: Times::collect(20, |e| e as i64),
+            item_cat: vec![0, 0],
+            ..EventStore::default()
+        });
+        let events = |part| {
+            let s = Split::new(store.clone(), part);
+            let located: Vec<usize> = (0..s.len()).map(|i| s.locate(i).1).collect();
+            let listed: Vec<usize> = s.events().collect();
+            assert_eq!(located, listed, "{part:?}");
+            let users: Vec<usize> = (0..s.len()).map(|i| s.locate(i).0).collect();
+            (listed, users)
+        };
+        let (train, users) = events(Part::Train);
+        assert_eq!(train, [2, 3, 5, 9, 10, 11, 12, 13, 14, 15, 16, 17]);
+        assert_eq!(users, [1, 1, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3]);
+        assert_eq!(events(Part::Valid), (vec![6, 18], vec![2, 3]));
+        assert_eq!(events(Part::Test), (vec![7, 19], vec![2, 3]));
+    }
 }

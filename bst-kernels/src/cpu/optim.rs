@@ -4,6 +4,12 @@
 //! embedding table that a batch touched (`*_rows`, PyTorch's `SparseAdam` and sparse
 //! Adagrad): untouched rows keep their parameters and state as they are, so a step's cost
 //! follows the batch, not the vocabulary.
+//!
+//! The `*_listed` and `*_table` forms take a table's gradient as its listed rows only
+//! (row `k` of `grads (K, w)` is row `rows[k]`'s, every other row's is zero), for the CPU
+//! backend that keeps no gradient arena as large as its tables (issue 12): `*_listed`
+//! updates the listed rows lazily, `*_table` every row as the dense update does with the
+//! table's full gradient, bit for bit.
 
 use rayon::prelude::*;
 
@@ -68,19 +74,116 @@ pub fn adam_update_rows(
     hp: AdamHyper,
     t: u64,
 ) {
+    adam_rows(params, m, v, w, rows, hp, t, |_, r| &grads[r * w..][..w]);
+}
+
+/// [`adam_update_rows`] with the listed rows' gradients only: row `k` of `grads (K, w)`
+/// is row `rows[k]`'s.
+pub fn adam_update_listed(
+    params: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    grads: &[f32],
+    w: usize,
+    rows: &[u32],
+    hp: AdamHyper,
+    t: u64,
+) {
+    adam_rows(params, m, v, w, rows, hp, t, |k, _| &grads[k * w..][..w]);
+}
+
+/// Lazy Adam on the rows `rows` of a table of width `w`, row `rows[k]` with the gradient
+/// `grad(k, rows[k])`.
+fn adam_rows<'g>(
+    params: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    w: usize,
+    rows: &[u32],
+    hp: AdamHyper,
+    t: u64,
+    grad: impl Fn(usize, usize) -> &'g [f32],
+) {
     let bc = AdamCorrection::new(hp, t);
-    for &r in rows {
+    for (k, &r) in rows.iter().enumerate() {
         let at = r as usize * w..(r as usize + 1) * w;
-        let (p, m, v, g) = (
-            &mut params[at.clone()],
-            &mut m[at.clone()],
-            &mut v[at.clone()],
-            &grads[at],
-        );
-        for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(g) {
+        let (p, m, v) = (&mut params[at.clone()], &mut m[at.clone()], &mut v[at]);
+        for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(grad(k, r as usize)) {
             adam_element(p, m, v, g, hp, bc);
         }
     }
+}
+
+/// Rows of a table per parallel task of the `*_table` updates.
+const TABLE_CHUNK_ROWS: usize = 512;
+
+/// The gradient of each row of a table, asked for in increasing row order: row `rows[k]`
+/// (`rows` sorted) has row `k` of `grads`, every other row `zero`.
+struct RowCursor<'a> {
+    rows: &'a [u32],
+    grads: &'a [f32],
+    zero: &'a [f32],
+    k: usize,
+}
+
+impl<'a> RowCursor<'a> {
+    /// A cursor for rows from `first` on.
+    fn from(rows: &'a [u32], grads: &'a [f32], zero: &'a [f32], first: usize) -> Self {
+        let k = rows.partition_point(|&r| (r as usize) < first);
+        RowCursor {
+            rows,
+            grads,
+            zero,
+            k,
+        }
+    }
+    /// The gradient of `row` (each asked for once, in increasing order).
+    fn grad(&mut self, row: usize) -> &'a [f32] {
+        if self.rows.get(self.k).is_some_and(|&r| r as usize == row) {
+            let w = self.zero.len();
+            self.k += 1;
+            &self.grads[(self.k - 1) * w..][..w]
+        } else {
+            self.zero
+        }
+    }
+}
+
+/// Adam step `t` on every row of a table of width `w` (params, m, v: its (R, w) slices)
+/// whose gradient is given by rows: row `k` of `grads (K, w)` for row `rows[k]` (sorted,
+/// distinct), zero for every other row. Bit for bit [`adam_update`] with the table's full
+/// gradient (every row's moments decay), without that gradient.
+pub fn adam_update_table(
+    params: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    grads: &[f32],
+    w: usize,
+    rows: &[u32],
+    hp: AdamHyper,
+    t: u64,
+) {
+    if w == 0 {
+        return;
+    }
+    let bc = AdamCorrection::new(hp, t);
+    let zero = vec![0.0; w];
+    let n = TABLE_CHUNK_ROWS * w;
+    params
+        .par_chunks_mut(n)
+        .zip(m.par_chunks_mut(n).zip(v.par_chunks_mut(n)))
+        .enumerate()
+        .for_each(|(c, (p, (m, v)))| {
+            let first = c * TABLE_CHUNK_ROWS;
+            let mut cursor = RowCursor::from(rows, grads, &zero, first);
+            let rows = p.chunks_mut(w).zip(m.chunks_mut(w).zip(v.chunks_mut(w)));
+            for (i, (p, (m, v))) in rows.enumerate() {
+                let g = cursor.grad(first + i);
+                for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(g) {
+                    adam_element(p, m, v, g, hp, bc);
+                }
+            }
+        });
 }
 
 /// Adam's bias corrections for step `t`, computed in f64 and rounded once (the GPU's
@@ -148,13 +251,71 @@ pub fn adagrad_update_rows(
     rows: &[u32],
     hp: AdagradHyper,
 ) {
-    for &r in rows {
+    adagrad_rows(params, sum, w, rows, hp, |_, r| &grads[r * w..][..w]);
+}
+
+/// [`adagrad_update_rows`] with the listed rows' gradients only: row `k` of
+/// `grads (K, w)` is row `rows[k]`'s.
+pub fn adagrad_update_listed(
+    params: &mut [f32],
+    sum: &mut [f32],
+    grads: &[f32],
+    w: usize,
+    rows: &[u32],
+    hp: AdagradHyper,
+) {
+    adagrad_rows(params, sum, w, rows, hp, |k, _| &grads[k * w..][..w]);
+}
+
+/// Adagrad on the rows `rows` of a table of width `w`, row `rows[k]` with the gradient
+/// `grad(k, rows[k])`.
+fn adagrad_rows<'g>(
+    params: &mut [f32],
+    sum: &mut [f32],
+    w: usize,
+    rows: &[u32],
+    hp: AdagradHyper,
+    grad: impl Fn(usize, usize) -> &'g [f32],
+) {
+    for (k, &r) in rows.iter().enumerate() {
         let at = r as usize * w..(r as usize + 1) * w;
-        let (p, s, g) = (&mut params[at.clone()], &mut sum[at.clone()], &grads[at]);
-        for ((p, s), &g) in p.iter_mut().zip(s).zip(g) {
+        let (p, s) = (&mut params[at.clone()], &mut sum[at]);
+        for ((p, s), &g) in p.iter_mut().zip(s).zip(grad(k, r as usize)) {
             adagrad_element(p, s, g, hp);
         }
     }
+}
+
+/// [`adam_update_table`] for Adagrad: every row of the table, row `rows[k]` with row `k`
+/// of `grads`, every other row with a zero gradient; [`adagrad_update`] with the table's
+/// full gradient, bit for bit.
+pub fn adagrad_update_table(
+    params: &mut [f32],
+    sum: &mut [f32],
+    grads: &[f32],
+    w: usize,
+    rows: &[u32],
+    hp: AdagradHyper,
+) {
+    if w == 0 {
+        return;
+    }
+    let zero = vec![0.0; w];
+    let n = TABLE_CHUNK_ROWS * w;
+    params
+        .par_chunks_mut(n)
+        .zip(sum.par_chunks_mut(n))
+        .enumerate()
+        .for_each(|(c, (p, s))| {
+            let first = c * TABLE_CHUNK_ROWS;
+            let mut cursor = RowCursor::from(rows, grads, &zero, first);
+            for (i, (p, s)) in p.chunks_mut(w).zip(s.chunks_mut(w)).enumerate() {
+                let g = cursor.grad(first + i);
+                for ((p, s), &g) in p.iter_mut().zip(s).zip(g) {
+                    adagrad_element(p, s, g, hp);
+                }
+            }
+        });
 }
 
 #[inline]
@@ -263,6 +424,90 @@ mod tests {
         adam_update(&mut p3, &mut m3, &mut v3, &sparse_grads(0)[9..12], hp, 1);
         adam_update(&mut p3, &mut m3, &mut v3, &g2[9..12], hp, 2);
         assert_eq!(&p[9..12], &p3[..]);
+    }
+
+    /// The rows of `sparse_grads` (1 and 3) as listed rows: (2, 3).
+    fn listed_grads(step: usize) -> Vec<f32> {
+        let g = sparse_grads(step);
+        [&g[3..6], &g[9..12]].concat()
+    }
+
+    #[test]
+    fn table_updates_from_listed_rows_equal_the_dense_ones_bit_for_bit() {
+        let hp = AdamHyper {
+            lr: 0.01,
+            weight_decay: 0.02,
+            ..Default::default()
+        };
+        let ag = AdagradHyper {
+            weight_decay: 0.02,
+            ..AG
+        };
+        let init: Vec<f32> = (0..15).map(|i| i as f32 * 0.1 - 0.7).collect();
+        let (mut pd, mut md, mut vd, mut sd) =
+            (init.clone(), vec![0.0; 15], vec![0.0; 15], vec![0.0; 15]);
+        let (mut pa, mut ma, mut va) = (init.clone(), vec![0.0; 15], vec![0.0; 15]);
+        let (mut pg, mut sg) = (init.clone(), vec![0.0; 15]);
+        let mut qd = init.clone();
+        for step in 0..4 {
+            let t = step as u64 + 1;
+            adam_update(&mut pd, &mut md, &mut vd, &sparse_grads(step), hp, t);
+            let g = listed_grads(step);
+            adam_update_table(&mut pa, &mut ma, &mut va, &g, 3, &[1, 3], hp, t);
+            adagrad_update(&mut qd, &mut sd, &sparse_grads(step), ag);
+            adagrad_update_table(&mut pg, &mut sg, &g, 3, &[1, 3], ag);
+        }
+        assert_eq!((&pa, &ma, &va), (&pd, &md, &vd));
+        assert_eq!((&pg, &sg), (&qd, &sd));
+        // A table of more rows than one task takes, rows listed in several tasks.
+        let (r, w) = (2 * TABLE_CHUNK_ROWS + 7, 2);
+        let rows = [0u32, 5, 511, 512, 513, 1030];
+        let listed: Vec<f32> = (0..rows.len() * w)
+            .map(|i| (i as f32 * 0.3).cos())
+            .collect();
+        let mut full = vec![0.0; r * w];
+        for (k, &row) in rows.iter().enumerate() {
+            full[row as usize * w..][..w].copy_from_slice(&listed[k * w..][..w]);
+        }
+        let init: Vec<f32> = (0..r * w).map(|i| (i as f32 * 0.01).sin()).collect();
+        let (mut a, mut am, mut av) = (init.clone(), vec![0.1; r * w], vec![0.2; r * w]);
+        let (mut b, mut bm, mut bv) = (init.clone(), vec![0.1; r * w], vec![0.2; r * w]);
+        adam_update(&mut a, &mut am, &mut av, &full, hp, 3);
+        adam_update_table(&mut b, &mut bm, &mut bv, &listed, w, &rows, hp, 3);
+        assert_eq!((&a, &am, &av), (&b, &bm, &bv));
+    }
+
+    #[test]
+    fn listed_row_updates_equal_the_row_updates_of_the_full_gradient() {
+        let hp = AdamHyper {
+            lr: 0.01,
+            ..Default::default()
+        };
+        let init: Vec<f32> = (0..15).map(|i| i as f32 * 0.1 - 0.7).collect();
+        let (mut a, mut am, mut av, mut asum) =
+            (init.clone(), vec![0.0; 15], vec![0.0; 15], vec![0.0; 15]);
+        let (mut b, mut bm, mut bv, mut bsum) =
+            (init.clone(), vec![0.0; 15], vec![0.0; 15], vec![0.0; 15]);
+        let (mut c, mut d) = (init.clone(), init);
+        for step in 0..3 {
+            let t = step as u64 + 1;
+            adam_update_rows(
+                &mut a,
+                &mut am,
+                &mut av,
+                &sparse_grads(step),
+                3,
+                &[1, 3],
+                hp,
+                t,
+            );
+            let g = listed_grads(step);
+            adam_update_listed(&mut b, &mut bm, &mut bv, &g, 3, &[1, 3], hp, t);
+            adagrad_update_rows(&mut c, &mut asum, &sparse_grads(step), 3, &[1, 3], AG);
+            adagrad_update_listed(&mut d, &mut bsum, &g, 3, &[1, 3], AG);
+        }
+        assert_eq!((&a, &am, &av), (&b, &bm, &bv));
+        assert_eq!((&c, &asum), (&d, &bsum));
     }
 
     #[test]
