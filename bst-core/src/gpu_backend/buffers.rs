@@ -7,6 +7,7 @@ use std::ops::Range;
 use bst_kernels::gpu::embedding::{EmbeddingDims, EmbeddingSegments};
 use bst_kernels::gpu::{GpuContext, GpuError, bytes_created_on_this_thread, wgpu};
 
+use super::sites::{BlockBuf, GradHomes};
 use super::{DeviceMemory, Tables};
 use crate::model::Model;
 
@@ -100,7 +101,8 @@ pub(super) struct Acts {
 
 /// The activation gradients that have no dead activation to live in. The backward writes
 /// the others over forward activations it no longer reads (the block's `a`, `f`, `x1`,
-/// `x2`, `res2`, `ff`, and the MLP's hidden outputs): `sites.rs` lists where each goes.
+/// `x2`, `res2`, `ff`, and the MLP's hidden outputs): `sites/block_plan.rs`'s `GradHomes`
+/// says where each block gradient goes, and checks it.
 /// So the backward needs little more memory than the forward.
 pub(super) struct GradScratch {
     /// (B, T, d): the gradient of a block's output, then of its input.
@@ -148,7 +150,7 @@ impl Buffers {
         tables: Tables,
     ) -> Result<Buffers, GpuError> {
         let dm = &model.dims;
-        let (t, d, dff) = (dm.t, dm.d, dm.dff);
+        let (t, d) = (dm.t, dm.d);
         let total = model.layout.total;
         let base = match tables {
             Tables::F32 => 0,
@@ -208,21 +210,22 @@ impl Buffers {
         let mut blocks = Vec::new();
         for i in 0..dm.blocks {
             let act = |name: &str, per: usize| act(&format!("blocks.{i}.{name}"), per);
+            let act = |name: &str, buf: BlockBuf| act(name, buf.per_sample(dm));
             blocks.push(BlockActs {
-                qkv: act("qkv (B, T, 3d)", t * 3 * d)?,
-                att: act("att (B, h, T, T)", dm.h * t * t)?,
-                atty: act("atty (B, T, d)", t * d)?,
-                a: act("a (B, T, d)", t * d)?,
-                res1: act("res1 (B, T, d)", t * d)?,
-                x1: act("x1 (B, T, d)", t * d)?,
-                ln1_mean: act("ln1_mean (B, T)", t)?,
-                ln1_rstd: act("ln1_rstd (B, T)", t)?,
-                ff: act("ff (B, T, d_ff)", t * dff)?,
-                f: act("f (B, T, d)", t * d)?,
-                res2: act("res2 (B, T, d)", t * d)?,
-                x2: act("x2 (B, T, d)", t * d)?,
-                ln2_mean: act("ln2_mean (B, T)", t)?,
-                ln2_rstd: act("ln2_rstd (B, T)", t)?,
+                qkv: act("qkv (B, T, 3d)", BlockBuf::Qkv)?,
+                att: act("att (B, h, T, T)", BlockBuf::Att)?,
+                atty: act("atty (B, T, d)", BlockBuf::Atty)?,
+                a: act("a (B, T, d)", BlockBuf::A)?,
+                res1: act("res1 (B, T, d)", BlockBuf::Res1)?,
+                x1: act("x1 (B, T, d)", BlockBuf::X1)?,
+                ln1_mean: act("ln1_mean (B, T)", BlockBuf::Ln1Mean)?,
+                ln1_rstd: act("ln1_rstd (B, T)", BlockBuf::Ln1Rstd)?,
+                ff: act("ff (B, T, d_ff)", BlockBuf::Ff)?,
+                f: act("f (B, T, d)", BlockBuf::F)?,
+                res2: act("res2 (B, T, d)", BlockBuf::Res2)?,
+                x2: act("x2 (B, T, d)", BlockBuf::X2)?,
+                ln2_mean: act("ln2_mean (B, T)", BlockBuf::Ln2Mean)?,
+                ln2_rstd: act("ln2_rstd (B, T)", BlockBuf::Ln2Rstd)?,
             });
         }
         let last = dm.mlp.len() - 1;
@@ -240,9 +243,10 @@ impl Buffers {
         };
         let activation_bytes = created();
         let scratch = GradScratch {
-            dx: act("dx (B, T, d)", t * d)?,
-            dqkv: match dm.blocks > 0 && dff < 3 * d {
-                true => Some(act("dqkv (B, T, 3d)", t * 3 * d)?),
+            dx: act("dx (B, T, d)", BlockBuf::Dx.per_sample(dm))?,
+            // Only where a block's gradient lives in it (`GradHomes`: when d_ff < 3d).
+            dqkv: match dm.blocks > 0 && GradHomes::of(dm).uses(BlockBuf::Dqkv) {
+                true => Some(act("dqkv (B, T, 3d)", BlockBuf::Dqkv.per_sample(dm))?),
                 false => None,
             },
             dz: act("dz (B, zw)", dm.zw)?,
