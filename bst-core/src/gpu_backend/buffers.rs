@@ -64,23 +64,22 @@ pub(super) struct Inputs {
     pub segments: wgpu::Buffer, // u32 (EmbeddingSegments::buffer_len)
 }
 
-/// One block's forward activations (as `crate::model::BlockActs`, less `ff_pre`: the
-/// backward takes LeakyReLU's signs from `ff`).
-pub(super) struct BlockActs {
-    pub qkv: wgpu::Buffer,      // (B, T, 3d)
-    pub att: wgpu::Buffer,      // (B, h, T, T)
-    pub atty: wgpu::Buffer,     // (B, T, d)
-    pub a: wgpu::Buffer,        // (B, T, d)
-    pub res1: wgpu::Buffer,     // (B, T, d)
-    pub x1: wgpu::Buffer,       // (B, T, d)
-    pub ln1_mean: wgpu::Buffer, // (B, T)
-    pub ln1_rstd: wgpu::Buffer, // (B, T)
-    pub ff: wgpu::Buffer,       // (B, T, d_ff)
-    pub f: wgpu::Buffer,        // (B, T, d)
-    pub res2: wgpu::Buffer,     // (B, T, d)
-    pub x2: wgpu::Buffer,       // (B, T, d)
-    pub ln2_mean: wgpu::Buffer, // (B, T)
-    pub ln2_rstd: wgpu::Buffer, // (B, T)
+/// One block's forward activations: a buffer per entry of [`BlockBuf::OWNED`], in its
+/// order (their names and shapes are there).
+pub(super) struct BlockActs(Vec<wgpu::Buffer>);
+
+impl BlockActs {
+    /// The buffer of `b`, or `None` for a buffer the block does not own (its input, the
+    /// gradient scratch).
+    pub fn get(&self, b: BlockBuf) -> Option<&wgpu::Buffer> {
+        b.owned_at().and_then(|i| self.0.get(i))
+    }
+
+    /// x2 (B, T, d): the block's output.
+    pub fn x2(&self) -> Result<&wgpu::Buffer, GpuError> {
+        self.get(BlockBuf::X2)
+            .ok_or_else(|| GpuError::Binding("a block without its x2 buffer".into()))
+    }
 }
 
 /// Forward activations (as `crate::model::Activations`, less the hidden MLP layers'
@@ -209,24 +208,10 @@ impl Buffers {
         let input_bytes = created();
         let mut blocks = Vec::new();
         for i in 0..dm.blocks {
-            let act = |name: &str, per: usize| act(&format!("blocks.{i}.{name}"), per);
-            let act = |name: &str, buf: BlockBuf| act(name, buf.per_sample(dm));
-            blocks.push(BlockActs {
-                qkv: act("qkv (B, T, 3d)", BlockBuf::Qkv)?,
-                att: act("att (B, h, T, T)", BlockBuf::Att)?,
-                atty: act("atty (B, T, d)", BlockBuf::Atty)?,
-                a: act("a (B, T, d)", BlockBuf::A)?,
-                res1: act("res1 (B, T, d)", BlockBuf::Res1)?,
-                x1: act("x1 (B, T, d)", BlockBuf::X1)?,
-                ln1_mean: act("ln1_mean (B, T)", BlockBuf::Ln1Mean)?,
-                ln1_rstd: act("ln1_rstd (B, T)", BlockBuf::Ln1Rstd)?,
-                ff: act("ff (B, T, d_ff)", BlockBuf::Ff)?,
-                f: act("f (B, T, d)", BlockBuf::F)?,
-                res2: act("res2 (B, T, d)", BlockBuf::Res2)?,
-                x2: act("x2 (B, T, d)", BlockBuf::X2)?,
-                ln2_mean: act("ln2_mean (B, T)", BlockBuf::Ln2Mean)?,
-                ln2_rstd: act("ln2_rstd (B, T)", BlockBuf::Ln2Rstd)?,
-            });
+            let bufs = BlockBuf::OWNED
+                .iter()
+                .map(|&(b, name)| act(&format!("blocks.{i}.{name}"), b.per_sample(dm)));
+            blocks.push(BlockActs(bufs.collect::<Result<_, _>>()?));
         }
         let last = dm.mlp.len() - 1;
         let mlp = |what: &str, k: usize| act(&format!("mlp.{k}.{what} (B, out)"), dm.mlp[k]);

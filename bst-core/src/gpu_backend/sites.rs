@@ -288,12 +288,12 @@ impl Binder<'_> {
     fn blocks(&self, homes: &GradHomes) -> Result<Vec<BlockSites>, GpuError> {
         let (acts, scratch) = (&self.bufs.acts, &self.bufs.scratch);
         let params = &self.model.layout.index.blocks;
-        let inputs = std::iter::once(&acts.x0).chain(acts.blocks.iter().map(|b| &b.x2));
-        (acts.blocks.iter().zip(inputs).zip(params))
-            .map(|((acts, x), p)| {
-                let bufs = BlockBufs { x, acts, scratch };
-                self.block(&bufs, homes, p)
-            })
-            .collect()
+        let mut x = &acts.x0;
+        let mut blocks = Vec::new();
+        for (acts, p) in acts.blocks.iter().zip(params) {
+            blocks.push(self.block(&BlockBufs { x, acts, scratch }, homes, p)?);
+            x = acts.x2()?;
+        }
+        Ok(blocks)
     }
 }

@@ -45,28 +45,13 @@ pub(super) struct BlockBufs<'a> {
 
 impl<'a> BlockBufs<'a> {
     fn get(&self, b: Buf) -> Result<&'a wgpu::Buffer, GpuError> {
-        let a = self.acts;
-        Ok(match b {
-            Buf::X => self.x,
-            Buf::Qkv => &a.qkv,
-            Buf::Att => &a.att,
-            Buf::Atty => &a.atty,
-            Buf::A => &a.a,
-            Buf::Res1 => &a.res1,
-            Buf::X1 => &a.x1,
-            Buf::Ln1Mean => &a.ln1_mean,
-            Buf::Ln1Rstd => &a.ln1_rstd,
-            Buf::Ff => &a.ff,
-            Buf::F => &a.f,
-            Buf::Res2 => &a.res2,
-            Buf::X2 => &a.x2,
-            Buf::Ln2Mean => &a.ln2_mean,
-            Buf::Ln2Rstd => &a.ln2_rstd,
-            Buf::Dx => &self.scratch.dx,
-            Buf::Dqkv => self.scratch.dqkv.as_ref().ok_or_else(|| {
-                GpuError::Binding("dqkv: no scratch buffer was made for it".into())
-            })?,
-        })
+        let missing = || GpuError::Binding(format!("a block's {b:?}: no buffer was made for it"));
+        match b {
+            Buf::X => Ok(self.x),
+            Buf::Dx => Ok(&self.scratch.dx),
+            Buf::Dqkv => self.scratch.dqkv.as_ref().ok_or_else(missing),
+            owned => self.acts.get(owned).ok_or_else(missing),
+        }
     }
 }
 

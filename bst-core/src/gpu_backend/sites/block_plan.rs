@@ -36,6 +36,32 @@ pub(crate) enum Buf {
 }
 
 impl Buf {
+    /// The buffers each block owns (`buffers::BlockActs`, in this order), with their
+    /// names and shapes: the activations of `crate::model::BlockActs`, less `ff_pre`
+    /// (the backward takes LeakyReLU's signs from `ff`).
+    pub const OWNED: [(Buf, &'static str); 14] = [
+        (Buf::Qkv, "qkv (B, T, 3d)"),
+        (Buf::Att, "att (B, h, T, T)"),
+        (Buf::Atty, "atty (B, T, d)"),
+        (Buf::A, "a (B, T, d)"),
+        (Buf::Res1, "res1 (B, T, d)"),
+        (Buf::X1, "x1 (B, T, d)"),
+        (Buf::Ln1Mean, "ln1_mean (B, T)"),
+        (Buf::Ln1Rstd, "ln1_rstd (B, T)"),
+        (Buf::Ff, "ff (B, T, d_ff)"),
+        (Buf::F, "f (B, T, d)"),
+        (Buf::Res2, "res2 (B, T, d)"),
+        (Buf::X2, "x2 (B, T, d)"),
+        (Buf::Ln2Mean, "ln2_mean (B, T)"),
+        (Buf::Ln2Rstd, "ln2_rstd (B, T)"),
+    ];
+
+    /// Where a buffer the block owns stands in [`Buf::OWNED`]; `None` for the input and
+    /// the scratch.
+    pub fn owned_at(self) -> Option<usize> {
+        Buf::OWNED.iter().position(|&(b, _)| b == self)
+    }
+
     /// Elements per sample.
     pub fn per_sample(self, dm: &Dims) -> usize {
         let (t, d) = (dm.t, dm.d);

@@ -78,7 +78,10 @@ impl<'a> Binder<'a> {
     /// The last block's tokens (or x0) pooled into z's first columns; backward dx from dz.
     pub fn pooling(&self) -> Result<PoolingBinding, GpuError> {
         let (acts, s, dm) = (&self.bufs.acts, &self.bufs.scratch, self.dims());
-        let top = acts.blocks.last().map_or(&acts.x0, |b| &b.x2);
+        let top = match acts.blocks.last() {
+            Some(b) => b.x2()?,
+            None => &acts.x0,
+        };
         self.k.pool.bind(
             self.ctx,
             &PoolingBuffers {
