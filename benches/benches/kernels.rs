@@ -17,6 +17,7 @@
 //! tables (`gpu_f16`, `EmbeddingKernels::bind_f16`; needs a device with `SHADER_F16`),
 //! timed as above; bytes/s count the table rows read and the activations written.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bst_benches::workload::{CpuWorkloads, GpuWorkloads};
@@ -43,7 +44,8 @@ fn default_model() -> Model {
 
 fn kernels(c: &mut Criterion) {
     let batch = bench_batch();
-    let shapes = kernel_shapes(&default_model(), batch);
+    let model = default_model();
+    let shapes = kernel_shapes(&model, batch);
     let opts = GpuOptions {
         allow_software: true,
         ..Default::default()
@@ -51,7 +53,8 @@ fn kernels(c: &mut Criterion) {
     let gpu = match GpuContext::new(&opts) {
         Ok(ctx) => {
             eprintln!("adapter: {}", ctx.describe());
-            let w = GpuWorkloads::new(&ctx, &shapes).expect("binding the kernel workloads");
+            let ctx = Arc::new(ctx);
+            let w = GpuWorkloads::new(&ctx, &model, batch).expect("binding the kernel workloads");
             Some((ctx, w))
         }
         Err(e) => {

@@ -4,44 +4,62 @@
 //! device timestamps where the adapter has them.
 
 // The GPU tests' shared device (one per binary, failing without an adapter).
-#[path = "../../bst-kernels/tests/common/mod.rs"]
+#[path = "../../bst-core/tests/common/mod.rs"]
 mod common;
 
+use std::sync::Arc;
+
+use bst_benches::kernel_shapes;
 use bst_benches::workload::{CpuWorkloads, GpuWorkloads, Shapes};
-use bst_kernels::cpu::pooling::PoolMode;
+use bst_core::config::{ModelConfig, Pooling};
+use bst_core::model::Model;
+use bst_core::params::VocabSizes;
 use bst_kernels::gpu::{GpuContext, GpuOptions, wgpu};
 use common::gpu;
 
-fn shapes() -> Shapes {
-    Shapes {
-        batch: 7,
+/// Batch 7 of a model with awkward shapes: d = 6 + 4 + 2, 3 heads, d_ff = 20 (< 3d: dqkv
+/// in its own scratch), mean pooling, MLP 33-17-1.
+fn model() -> (Model, usize) {
+    let cfg = ModelConfig {
         seq_len: 5,
-        widths: (6, 4, 2),
+        d_item: 6,
+        d_cat: 4,
+        d_pos: 2,
         heads: 3,
         d_ff: 20,
-        fields: 3,
+        blocks: 1,
         d_other: 4,
-        pool: PoolMode::Mean,
-        mlp: vec![33, 17, 1],
-        vocab: [50, 9, 16, 40],
-        params: 3001,
-        alpha: 0.01,
+        mlp: vec![33, 17],
+        pooling: Pooling::Mean,
         dropout: 0.2,
-    }
+        ..ModelConfig::default()
+    };
+    let sizes = VocabSizes {
+        items: 50,
+        cats: 9,
+        other: 40,
+        fields: 3,
+    };
+    (Model::new(&cfg, sizes), 7)
+}
+
+fn shapes() -> Shapes {
+    let (m, batch) = model();
+    kernel_shapes(&m, batch)
 }
 
 #[test]
 fn every_case_runs_on_the_gpu_and_the_cpu() {
     let Some(ctx) = gpu() else { return };
-    let s = shapes();
-    let w = GpuWorkloads::new(ctx, &s).expect("workloads bind");
+    let (s, (m, batch)) = (shapes(), model());
+    let w = GpuWorkloads::new(&ctx, &m, batch).expect("workloads bind");
     assert!(w.allocated_bytes() > 0);
     let mut cpu = CpuWorkloads::new(&s);
     assert_eq!(w.cases(), cpu.cases());
     for i in 0..w.cases().len() {
-        let t = w.time_batched(ctx, i, 3).expect("runs");
+        let t = w.time_batched(&ctx, i, 3).expect("runs");
         assert!(t.as_nanos() > 0, "{}", w.cases()[i].name);
-        let timing = w.time(ctx, i, 2).expect("times");
+        let timing = w.time(&ctx, i, 2).expect("times");
         assert!(timing.seconds > 0.0 && !timing.timestamps);
         cpu.run(i);
         cpu.run(i);
@@ -60,7 +78,9 @@ fn timestamps_time_each_call_where_the_adapter_has_them() {
     };
     let ctx = GpuContext::with_optional_features(&opts, wgpu::Features::TIMESTAMP_QUERY)
         .expect("a device");
-    let w = GpuWorkloads::new(&ctx, &shapes()).expect("workloads bind");
+    let ctx = Arc::new(ctx);
+    let (m, batch) = model();
+    let w = GpuWorkloads::new(&ctx, &m, batch).expect("workloads bind");
     let qkv = w
         .cases()
         .iter()

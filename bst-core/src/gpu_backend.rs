@@ -4,7 +4,7 @@
 //! Memory. Parameters, gradients and optimiser state are one buffer each, laid out by
 //! [`crate::params::ParamLayout`]. Every activation is a buffer of its own (the names of
 //! `crate::model::Activations`); the backward writes most activation gradients over
-//! activations it no longer reads (the table on `Binder::block` in `sites.rs`), so only
+//! activations it no longer reads (`GradHomes` in `sites/block_plan.rs`), so only
 //! a few gradient buffers exist. All are sized for the largest batch,
 //! `max(train.batch, train.eval_batch)`, so no single binding comes near the device's
 //! `max_storage_buffer_binding_size`; [`GpuBackend::new`] checks every size
@@ -67,7 +67,7 @@ use crate::backend::{
 use crate::batch::Batch;
 use crate::collective::{Collective, ExchangeStats};
 use crate::config::{Config, Optimizer as OptimizerKind};
-use crate::model::{Model, Shard};
+use crate::model::{Mode, Model, Shard};
 use crate::optim::{OptimSnapshot, OptimState};
 use crate::params::VocabSizes;
 use crate::requests::{RequestError, Requests};
@@ -79,6 +79,8 @@ pub use buffers::embedding_dims;
 use prepare::{SegmentBatches, SegmentsOf, ids_fingerprint};
 use shared::SharedPath;
 use sites::Sites;
+#[doc(hidden)]
+pub use sites::{BlockOp, Call, Direction};
 
 /// Where the backend keeps the embedding tables on the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -342,22 +344,18 @@ impl GpuBackend {
         );
     }
 
-    /// The key of dropout site `(block, branch)` in this mode, as `Model::dropout_key`.
+    /// The key of dropout site `(block, branch)` at training step `train_step` (`None`:
+    /// evaluation), `Model::dropout_key`'s.
     fn dropout_key(&self, train_step: Option<u32>, block: usize, branch: u32) -> DropoutKey {
-        match train_step {
-            Some(step) => DropoutKey {
-                p: self.model.dims.dropout,
+        let mode = match train_step {
+            Some(step) => Mode::Train {
                 seed: self.seed,
                 step,
-                site: 2 * block as u32 + branch,
+                shard: None,
             },
-            None => DropoutKey {
-                p: 0.0,
-                seed: 0,
-                step: 0,
-                site: 0,
-            },
-        }
+            None => Mode::Eval,
+        };
+        self.model.dropout_key(mode, block, branch)
     }
 
     /// Writes the batch (ids, labels), the dropout keys (`None`: evaluation) and, when the
@@ -400,55 +398,15 @@ impl GpuBackend {
     /// Records the forward pass up to the logit (as `Model::forward` before the loss),
     /// starting with the valid mask from the history ids.
     fn forward(&self, pass: &mut wgpu::ComputePass) {
-        let (k, s) = (&self.k, &self.sites);
-        k.mask.valid_mask(pass, &s.mask);
-        k.emb.token_embedding_forward(pass, &s.embedding);
-        for blk in &s.blocks {
-            k.mm.forward(pass, &blk.qkv);
-            k.attn.forward(pass, &blk.attention);
-            k.mm.forward(pass, &blk.out);
-            k.drop.forward(pass, &blk.res1);
-            k.ln.forward(pass, &blk.ln1);
-            k.mm.forward(pass, &blk.ffn1); // ff = LeakyReLU(ff_pre)
-            k.mm.forward(pass, &blk.ffn2);
-            k.drop.forward(pass, &blk.res2);
-            k.ln.forward(pass, &blk.ln2);
-        }
-        k.pool.forward(pass, &s.pooling);
-        k.emb.other_embedding_forward(pass, &s.embedding);
-        for layer in &s.mlp {
-            k.mm.forward(pass, layer); // hidden layers: LeakyReLU(pre)
-        }
+        self.sites.record_forward(&self.k, pass);
     }
 
-    /// Records the backward pass from the loss (as `Model::backward`).
-    fn backward(&self, pass: &mut wgpu::ComputePass) {
-        let (k, s) = (&self.k, &self.sites);
-        k.loss.backward(pass, &s.loss); // dlogit = dloss/dlogit
-        for layer in s.mlp.iter().rev() {
-            // dW, db +=; then dz, or over the previous layer's output its
-            // dpre = dpre W * leaky'(act)
-            k.mm.backward(pass, layer);
-        }
-        k.emb.other_embedding_backward(pass, &s.embedding);
-        k.pool.backward(pass, &s.pooling); // dx
-        for blk in s.blocks.iter().rev() {
-            // dx holds the gradient of the block's output; on exit, of its input.
-            // Where each gradient lives: the table on `Binder::block` in sites.rs.
-            k.ln.backward(pass, &blk.ln2); // dres
-            k.drop.backward(pass, &blk.res2); // dbr = dres * mask
-            k.mm.backward(pass, &blk.ffn2); // dW2 +=, then dff_pre = dbr W2 * leaky'(ff) over ff
-            k.mm.backward(pass, &blk.ffn1); // dtmp
-            k.elt.forward(pass, &blk.sum_dx1); // dx1 = dres + dtmp
-            k.ln.backward(pass, &blk.ln1); // dres
-            k.drop.backward(pass, &blk.res1); // dbr
-            k.mm.backward(pass, &blk.out); // datty
-            k.attn.backward(pass, &blk.attention); // dqkv
-            k.mm.backward(pass, &blk.qkv); // dtmp
-            k.elt.forward(pass, &blk.zero_key_bias); // dbqkv[d..2d] = 0
-            k.elt.forward(pass, &blk.sum_dx); // dx = dres + dtmp
-        }
-        k.emb.token_embedding_backward(pass, &s.embedding);
+    /// Records one call of a training step's call sites (for the benchmarks, which time
+    /// each kernel family on the backend's own bindings); an error for a block or MLP
+    /// layer the model lacks.
+    #[doc(hidden)]
+    pub fn record_call(&self, call: Call, pass: &mut wgpu::ComputePass) -> Result<(), GpuError> {
+        self.sites.record_call(&self.k, call, pass)
     }
 
     /// Writes a training step's inputs: the batch, its embedding segments (`prepared`'s
@@ -666,10 +624,7 @@ impl Backend for GpuBackend {
         self.begin_step(batch, prepared.map(|p| &*p));
         self.submit("train step", |pass| {
             let (k, s) = (&self.k, &self.sites);
-            k.elt.forward(pass, &s.zero_grads);
-            self.forward(pass);
-            k.loss.forward(pass, &s.loss);
-            self.backward(pass);
+            s.record_gradients(k, pass);
             for update in s.updates() {
                 k.optim.update(pass, update);
             }

@@ -304,7 +304,9 @@ impl Model {
         }
     }
 
-    fn dropout_key(&self, mode: Mode, block: usize, branch: u32) -> DropoutKey {
+    /// The key of dropout site `(block, branch)` (branch 0: after attention, 1: after
+    /// the FFN) in `mode`; the GPU backend's too.
+    pub(crate) fn dropout_key(&self, mode: Mode, block: usize, branch: u32) -> DropoutKey {
         match mode {
             Mode::Train { seed, step, .. } => DropoutKey {
                 p: self.dims.dropout,

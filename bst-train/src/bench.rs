@@ -560,7 +560,7 @@ fn kernel_calls(args: &BenchArgs, cases: usize, one_call: f64) -> usize {
 }
 
 fn bench_gpu_kernels(
-    ctx: &GpuContext,
+    ctx: &Arc<GpuContext>,
     model: &Model,
     cfg: &Config,
     args: &BenchArgs,
@@ -568,8 +568,13 @@ fn bench_gpu_kernels(
     if args.no_kernels {
         return Ok(None);
     }
-    let w = GpuWorkloads::new(ctx, &kernel_shapes(model, cfg.train.batch))
-        .context("binding the kernel workloads")?;
+    if model.dims.blocks == 0 {
+        // The cases time the training step's own bindings of block 0.
+        eprintln!("bench: the model has no transformer block: no GPU kernel cases");
+        return Ok(None);
+    }
+    let w =
+        GpuWorkloads::new(ctx, model, cfg.train.batch).context("binding the kernel workloads")?;
     let mut results = Vec::new();
     for (i, case) in w.cases().iter().enumerate() {
         // One call in its own submit: a warm-up, and the time that sizes the repetitions.

@@ -1,175 +1,94 @@
-//! The cases of [`super::cases`] on the GPU launchers, and two ways to time them:
-//! many calls in one pass timed by the host ([`GpuWorkloads::time_batched`]), or one
-//! pass per call timed by the device's timestamps ([`GpuWorkloads::time_with_timestamps`]).
+//! The cases of [`super::cases`] on the GPU, and two ways to time them: many calls in one
+//! pass timed by the host ([`GpuWorkloads::time_batched`]), or one pass per call timed by
+//! the device's timestamps ([`GpuWorkloads::time_with_timestamps`]).
+//!
+//! The cases run on a [`GpuBackend`]'s own call sites (`GpuBackend::record_call`), so
+//! each kernel is timed as the training step binds it, after one real step on the
+//! workload's batch: block 0's sites for the block's cases, each MLP layer's, the
+//! embedding, pooling, loss and the optimiser updates. Only the standalone LeakyReLU
+//! backward, which the step fuses into the ffn2 backward, is bound here.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Case, Inputs, Linear, Op, Shapes, values};
-use bst_kernels::cpu::dropout::DropoutKey;
-use bst_kernels::cpu::embedding::TokenIds;
-use bst_kernels::gpu::attention::{
-    AttentionBinding, AttentionBuffers, AttentionDims, AttentionGradBuffers, AttentionKernels,
-};
-use bst_kernels::gpu::dropout::{
-    DropoutBinding, DropoutBuffers, DropoutDims, DropoutGradBuffers, DropoutKernels,
-};
+use super::{Case, Inputs, Op, Shapes, values};
+use bst_core::backend::Backend;
+use bst_core::batch::Batch;
+use bst_core::config::{Config, Optimizer, TrainConfig};
+use bst_core::gpu_backend::{BlockOp, Call, Direction, GpuBackend};
+use bst_core::model::Model;
 use bst_kernels::gpu::elementwise::{
     ActivationBuffers, ActivationDims, ActivationGradBuffers, ElementwiseBinding,
     ElementwiseKernels,
 };
-use bst_kernels::gpu::embedding::{
-    EmbeddingBinding, EmbeddingBuffers, EmbeddingDims, EmbeddingGradBuffers, EmbeddingKernels,
-    EmbeddingSegments,
-};
-use bst_kernels::gpu::layernorm::{
-    LayerNormBinding, LayerNormBuffers, LayerNormDims, LayerNormGradBuffers, LayerNormKernels,
-};
-use bst_kernels::gpu::loss::{LossBinding, LossBuffers, LossDims, LossKernels};
-use bst_kernels::gpu::matmul::{
-    Activation, MatmulBinding, MatmulBuffers, MatmulDims, MatmulGradBuffers, MatmulKernels,
-};
-use bst_kernels::gpu::optim::{AdamHyper, OptimBinding, OptimKernels, UpdateRule};
-use bst_kernels::gpu::pooling::{
-    PoolingBinding, PoolingBuffers, PoolingDims, PoolingGradBuffers, PoolingKernels,
-};
 use bst_kernels::gpu::{GpuContext, GpuError, TensorRef, wgpu};
 
-/// Pipelines of every family, created once.
-struct Kernels {
-    emb: EmbeddingKernels,
-    mm: MatmulKernels,
-    attn: AttentionKernels,
-    drop: DropoutKernels,
-    ln: LayerNormKernels,
-    act: ElementwiseKernels,
-    pool: PoolingKernels,
-    loss: LossKernels,
-    optim: OptimKernels,
-}
-
-/// Every case's buffers and bindings, made once; [`GpuWorkloads::record`] records a call.
+/// Every case's call, bound once; [`GpuWorkloads::record`] records one.
 pub struct GpuWorkloads {
     cases: Vec<Case>,
-    k: Kernels,
-    emb: EmbeddingBinding,
-    linears: Vec<MatmulBinding>,
-    attn: AttentionBinding,
-    drop: DropoutBinding,
-    ln: LayerNormBinding,
-    act: ElementwiseBinding,
-    pool: PoolingBinding,
-    loss: LossBinding,
-    adam: OptimBinding,
-    /// Bytes of the storage buffers allocated here.
+    /// The model's bindings, after one training step on the workload's batch.
+    backend: GpuBackend,
+    leaky: LeakyRelu,
+    /// Bytes of the storage buffers allocated for the workloads.
     bytes: u64,
 }
 
-/// Creates storage buffers and counts their bytes.
-struct Alloc<'a> {
-    ctx: &'a GpuContext,
-    seed: u32,
-    bytes: u64,
+/// The FFN's LeakyReLU backward over (B T, d_ff) on its own (the step fuses it into the
+/// ffn2 backward): its kernels, binding, and buffers `ff`, `dff` and `dff_pre`.
+struct LeakyRelu {
+    k: ElementwiseKernels,
+    binding: ElementwiseBinding,
+    bufs: [wgpu::Buffer; 3],
 }
 
-impl Alloc<'_> {
-    /// A buffer of `len` seeded values in [-1, 1).
-    fn random(&mut self, label: &str, len: usize) -> wgpu::Buffer {
-        self.seed += 1;
-        self.data(label, &values(len, self.seed))
+/// The call of linear layer `j` of [`Shapes::linears`]: block 0's four, then the MLP's.
+fn linear_call(j: usize, dir: Direction) -> Call {
+    const BLOCK: [BlockOp; 4] = [BlockOp::Qkv, BlockOp::Out, BlockOp::Ffn1, BlockOp::Ffn2];
+    match BLOCK.get(j) {
+        Some(&op) => Call::Block(0, op, dir),
+        None => Call::Mlp(j - BLOCK.len(), dir),
     }
-
-    fn zeros(&mut self, label: &str, len: usize) -> wgpu::Buffer {
-        self.bytes += 4 * len.max(1) as u64;
-        self.ctx.storage_buffer_zeroed(label, len)
-    }
-
-    fn data<T: bytemuck::Pod>(&mut self, label: &str, data: &[T]) -> wgpu::Buffer {
-        let buf = self.ctx.storage_buffer(label, data);
-        self.bytes += buf.size();
-        buf
-    }
-}
-
-fn all(b: &wgpu::Buffer) -> TensorRef<'_> {
-    TensorRef::whole(b)
-}
-
-/// Tensors that several cases share, as in the model: the token activations and their
-/// gradients, z and its gradient, the valid mask.
-struct Shared {
-    x: wgpu::Buffer,     // (B, T, d): the embedding output, LayerNorm's dinp
-    out: wgpu::Buffer,   // (B, T, d): dropout and LayerNorm output, pooling's dx
-    a: wgpu::Buffer,     // (B, T, d), random: a second operand (dropout, LayerNorm, pooling)
-    dx: wgpu::Buffer,    // (B, T, d), random
-    z: wgpu::Buffer,     // (B, zw)
-    dz: wgpu::Buffer,    // (B, zw), random
-    valid: wgpu::Buffer, // (B, T) u32
-}
-
-/// What binding the cases needs: the device, pipelines, allocator, shapes and inputs.
-struct Setup<'a> {
-    ctx: &'a GpuContext,
-    k: &'a Kernels,
-    a: Alloc<'a>,
-    s: &'a Shapes,
-    x: Inputs,
 }
 
 impl GpuWorkloads {
-    /// Creates the pipelines, allocates and fills every buffer, binds every case and
-    /// uploads the embedding segments of the batch.
-    pub fn new(ctx: &GpuContext, s: &Shapes) -> Result<GpuWorkloads, GpuError> {
-        let k = Kernels {
-            emb: EmbeddingKernels::new(ctx)?,
-            mm: MatmulKernels::new(ctx)?,
-            attn: AttentionKernels::new(ctx)?,
-            drop: DropoutKernels::new(ctx)?,
-            ln: LayerNormKernels::new(ctx)?,
-            act: ElementwiseKernels::new(ctx)?,
-            pool: PoolingKernels::new(ctx)?,
-            loss: LossKernels::new(ctx)?,
-            optim: OptimKernels::new(ctx)?,
-        };
-        let mut setup = Setup {
-            ctx,
-            k: &k,
-            a: Alloc {
-                ctx,
-                seed: 1000,
-                bytes: 0,
+    /// A GPU backend for `model` with Adam and batches of `batch` samples, trained one
+    /// step on the workload's batch ([`super::cases`] at `crate::kernel_shapes(model,
+    /// batch)`), and the standalone LeakyReLU backward. An error for a model without
+    /// blocks (the cases time block 0's sites).
+    pub fn new(
+        ctx: &Arc<GpuContext>,
+        model: &Model,
+        batch: usize,
+    ) -> Result<GpuWorkloads, GpuError> {
+        if model.dims.blocks == 0 {
+            return Err(GpuError::Binding(
+                "the kernel workloads time a block's call sites: the model has no block".into(),
+            ));
+        }
+        let s = crate::kernel_shapes(model, batch);
+        let cfg = Config {
+            model: model.cfg.clone(),
+            train: TrainConfig {
+                optimizer: Optimizer::Adam,
+                batch,
+                eval_batch: batch,
+                sparse_embeddings: false,
+                ..TrainConfig::default()
             },
-            s,
-            x: Inputs::new(s),
+            ..Config::default()
         };
-        let sh = setup.shared();
-        let emb = setup.embedding(&sh)?;
-        let linears = s
-            .linears()
-            .iter()
-            .map(|l| setup.linear(l))
-            .collect::<Result<_, _>>()?;
-        let attn = setup.attention(&sh)?;
-        let (drop, ln) = setup.residual_and_layernorm(&sh)?;
-        let act = setup.leaky_relu()?;
-        let pool = setup.pooling(&sh)?;
-        let loss = setup.loss()?;
-        let adam = setup.adam()?;
-        let bytes = setup.a.bytes;
+        let params = model.layout.init(cfg.train.seed);
+        let mut backend = GpuBackend::new(ctx.clone(), &cfg, model.clone(), params)?;
+        backend.train_step(&step_batch(&s));
+        let leaky = LeakyRelu::new(ctx, &s)?;
+        let leaky_bytes: u64 = leaky.bufs.iter().map(wgpu::Buffer::size).sum();
         ctx.device.poll(wgpu::PollType::wait_indefinitely())?;
         ctx.check()?;
         Ok(GpuWorkloads {
-            cases: super::cases(s),
-            k,
-            emb,
-            linears,
-            attn,
-            drop,
-            ln,
-            act,
-            pool,
-            loss,
-            adam,
-            bytes,
+            cases: super::cases(&s),
+            bytes: backend.device_memory().total + leaky_bytes,
+            backend,
+            leaky,
         })
     }
 
@@ -178,38 +97,37 @@ impl GpuWorkloads {
         &self.cases
     }
 
-    /// Bytes of the storage buffers the workloads allocated.
+    /// Bytes of the storage buffers the workloads allocated (the backend's
+    /// `device_memory`, and the LeakyReLU case's).
     pub fn allocated_bytes(&self) -> u64 {
         self.bytes
     }
 
     /// Records one call of case `i`.
-    pub fn record(&self, i: usize, pass: &mut wgpu::ComputePass) {
-        let k = &self.k;
-        match self.cases[i].op {
-            Op::EmbeddingForward => {
-                k.emb.token_embedding_forward(pass, &self.emb);
-                k.emb.other_embedding_forward(pass, &self.emb);
+    pub fn record(&self, i: usize, pass: &mut wgpu::ComputePass) -> Result<(), GpuError> {
+        use Direction::{Backward, Forward};
+        let call = match self.cases[i].op {
+            Op::EmbeddingForward => Call::Embedding(Forward),
+            Op::EmbeddingBackward => Call::Embedding(Backward),
+            Op::LinearForward(j) => linear_call(j, Forward),
+            Op::LinearBackward(j) => linear_call(j, Backward),
+            Op::AttentionForward => Call::Block(0, BlockOp::Attention, Forward),
+            Op::AttentionBackward => Call::Block(0, BlockOp::Attention, Backward),
+            Op::ResidualDropoutForward => Call::Block(0, BlockOp::Res1, Forward),
+            Op::ResidualDropoutBackward => Call::Block(0, BlockOp::Res1, Backward),
+            Op::LayerNormForward => Call::Block(0, BlockOp::Ln1, Forward),
+            Op::LayerNormBackward => Call::Block(0, BlockOp::Ln1, Backward),
+            Op::LeakyReluBackward => {
+                self.leaky.k.backward(pass, &self.leaky.binding);
+                return Ok(());
             }
-            Op::EmbeddingBackward => {
-                k.emb.other_embedding_backward(pass, &self.emb);
-                k.emb.token_embedding_backward(pass, &self.emb);
-            }
-            Op::LinearForward(j) => k.mm.forward(pass, &self.linears[j]),
-            Op::LinearBackward(j) => k.mm.backward(pass, &self.linears[j]),
-            Op::AttentionForward => k.attn.forward(pass, &self.attn),
-            Op::AttentionBackward => k.attn.backward(pass, &self.attn),
-            Op::ResidualDropoutForward => k.drop.forward(pass, &self.drop),
-            Op::ResidualDropoutBackward => k.drop.backward(pass, &self.drop),
-            Op::LayerNormForward => k.ln.forward(pass, &self.ln),
-            Op::LayerNormBackward => k.ln.backward(pass, &self.ln),
-            Op::LeakyReluBackward => k.act.backward(pass, &self.act),
-            Op::PoolingForward => k.pool.forward(pass, &self.pool),
-            Op::PoolingBackward => k.pool.backward(pass, &self.pool),
-            Op::LossForward => k.loss.forward(pass, &self.loss),
-            Op::LossBackward => k.loss.backward(pass, &self.loss),
-            Op::Adam => k.optim.update(pass, &self.adam),
-        }
+            Op::PoolingForward => Call::Pooling(Forward),
+            Op::PoolingBackward => Call::Pooling(Backward),
+            Op::LossForward => Call::Loss(Forward),
+            Op::LossBackward => Call::Loss(Backward),
+            Op::Adam => Call::Update,
+        };
+        self.backend.record_call(call, pass)
     }
 
     /// Records `calls` calls of case `i` into one compute pass, then times the submit
@@ -232,7 +150,7 @@ impl GpuWorkloads {
                 timestamp_writes: None,
             });
             for _ in 0..calls {
-                self.record(i, &mut pass);
+                self.record(i, &mut pass)?;
             }
         }
         let commands = encoder.finish();
@@ -283,7 +201,7 @@ impl GpuWorkloads {
                 label: Some(name),
                 timestamp_writes: None,
             });
-            self.record(i, &mut warm);
+            self.record(i, &mut warm)?;
         }
         for r in 0..reps {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -294,7 +212,7 @@ impl GpuWorkloads {
                     end_of_pass_write_index: Some(2 * r + 1),
                 }),
             });
-            self.record(i, &mut pass);
+            self.record(i, &mut pass)?;
         }
         encoder.resolve_query_set(&queries, 0..2 * reps, &resolved, 0);
         ctx.queue.submit([encoder.finish()]);
@@ -332,254 +250,35 @@ impl GpuWorkloads {
     }
 }
 
-impl Setup<'_> {
-    fn shared(&mut self) -> Shared {
-        let s = self.s;
-        let (n, d, zw) = (s.batch * s.t(), s.d(), s.z_width());
-        let a = &mut self.a;
-        Shared {
-            x: a.zeros("x (B, T, d)", n * d),
-            out: a.zeros("out (B, T, d)", n * d),
-            a: a.random("a (B, T, d)", n * d),
-            dx: a.random("dx (B, T, d)", n * d),
-            z: a.zeros("z (B, zw)", s.batch * zw),
-            dz: a.random("dz (B, zw)", s.batch * zw),
-            valid: a.data("valid (B, T)", &self.x.valid),
-        }
+/// The workload's batch ([`Inputs`]) as a training batch.
+fn step_batch(s: &Shapes) -> Batch {
+    let x = Inputs::new(s);
+    Batch {
+        size: s.batch,
+        seq_len: s.seq_len,
+        fields: s.fields,
+        hist_item: x.hist_item,
+        hist_cat: x.hist_cat,
+        hist_pos: x.hist_pos,
+        target_item: x.target_item,
+        target_cat: x.target_cat,
+        other: x.other,
+        label: x.labels,
     }
+}
 
-    /// The four tables and their gradients, the ids, and the segments of the batch.
-    fn embedding(&mut self, sh: &Shared) -> Result<EmbeddingBinding, GpuError> {
-        let (s, x) = (self.s, &self.x);
-        // The ids in one buffer (a history and its target must share one), laid out
-        // [hist_item | target_item | hist_cat | target_cat | hist_pos | other].
-        let ids: Vec<u32> = [
-            &x.hist_item,
-            &x.target_item,
-            &x.hist_cat,
-            &x.target_cat,
-            &x.hist_pos,
-            &x.other,
-        ]
-        .into_iter()
-        .flatten()
-        .copied()
-        .collect();
-        let ids = self.a.data("ids", &ids);
-        let id_at = |at: u32| TensorRef::new(&ids, at);
-        let u = |v: usize| v as u32;
-        let (bl, b) = (u(s.batch * s.seq_len), u(s.batch));
-        let (di, dc, dp) = s.widths;
-        let widths = [di, dc, dp, s.d_other];
-        let tables: Vec<_> = (0..4)
-            .map(|i| self.a.random("table", s.vocab[i] * widths[i]))
-            .collect();
-        let dtables: Vec<_> = (0..4)
-            .map(|i| self.a.zeros("dtable", s.vocab[i] * widths[i]))
-            .collect();
-        let dims = EmbeddingDims {
-            rows: b,
-            seq_len: u(s.seq_len),
-            d_item: u(di),
-            d_cat: u(dc),
-            d_pos: u(dp),
-            fields: u(s.fields),
-            d_other: u(s.d_other),
-            z_width: u(s.z_width()),
-            z_off: u(s.pooled()),
-            n_item: u(s.vocab[0]),
-            n_cat: u(s.vocab[1]),
-            n_pos: u(s.vocab[2]),
-            n_other: u(s.vocab[3]),
-        };
-        let segments = self
-            .a
-            .zeros("segments", EmbeddingSegments::buffer_len(&dims)?);
-        let mut emb = self.k.emb.bind(
-            self.ctx,
-            &EmbeddingBuffers {
-                x: all(&sh.x),
-                z: all(&sh.z),
-                e_item: all(&tables[0]),
-                e_cat: all(&tables[1]),
-                e_pos: all(&tables[2]),
-                e_other: all(&tables[3]),
-                hist_item: id_at(0),
-                target_item: id_at(bl),
-                hist_cat: id_at(bl + b),
-                target_cat: id_at(2 * bl + b),
-                hist_pos: id_at(2 * bl + 2 * b),
-                other: id_at(3 * bl + 2 * b),
-            },
-            Some(&EmbeddingGradBuffers {
-                de_item: all(&dtables[0]),
-                de_cat: all(&dtables[1]),
-                de_pos: all(&dtables[2]),
-                de_other: all(&dtables[3]),
-                dx: all(&sh.dx),
-                dz: all(&sh.dz),
-                segments: all(&segments),
-            }),
-            dims,
-        )?;
-        let token_ids = TokenIds {
-            hist_item: &x.hist_item,
-            hist_cat: &x.hist_cat,
-            hist_pos: &x.hist_pos,
-            target_item: &x.target_item,
-            target_cat: &x.target_cat,
-        };
-        let segs = EmbeddingSegments::build(&dims, b, token_ids, &x.other)?;
-        emb.set_segments(self.ctx, &segs);
-        Ok(emb)
-    }
-
-    /// One linear layer's own tensors: input, weight, bias, output (and pre-activation),
-    /// their gradients.
-    fn linear(&mut self, lin: &Linear) -> Result<MatmulBinding, GpuError> {
-        let a = &mut self.a;
-        let (mi, mo, io) = (
-            lin.rows * lin.n_in,
-            lin.rows * lin.n_out,
-            lin.n_out * lin.n_in,
-        );
-        let inp = a.random("inp", mi);
-        let weight = a.random("weight", io);
-        let bias = a.random("bias", lin.n_out);
-        let out = a.zeros("out", mo);
-        let pre = lin.leaky.then(|| a.zeros("pre", mo));
-        let dinp = a.zeros("dinp", mi);
-        let dweight = a.zeros("dweight", io);
-        let dbias = a.zeros("dbias", lin.n_out);
-        let dout = a.random("dout", mo);
-        let act = if lin.leaky {
-            Activation::LeakyRelu {
-                alpha: self.s.alpha,
-            }
-        } else {
-            Activation::None
-        };
-        self.k.mm.bind(
-            self.ctx,
-            &MatmulBuffers {
-                out: all(&out),
-                pre: pre.as_ref().map(all),
-                inp: all(&inp),
-                weight: all(&weight),
-                bias: Some(all(&bias)),
-            },
-            Some(&MatmulGradBuffers {
-                dinp: Some(all(&dinp)),
-                dweight: all(&dweight),
-                dbias: Some(all(&dbias)),
-                dout: all(&dout),
-                dinp_act: None,
-            }),
-            MatmulDims {
-                rows: lin.rows as u32,
-                n_in: lin.n_in as u32,
-                n_out: lin.n_out as u32,
-                act,
-            },
-        )
-    }
-
-    fn attention(&mut self, sh: &Shared) -> Result<AttentionBinding, GpuError> {
-        let s = self.s;
-        let (b, t, d) = (s.batch, s.t(), s.d());
-        let qkv = self.a.random("qkv (B, T, 3d)", b * t * 3 * d);
-        let att = self.a.zeros("att (B, h, T, T)", b * s.heads * t * t);
-        let atty = self.a.random("atty (B, T, d)", b * t * d);
-        let dqkv = self.a.zeros("dqkv (B, T, 3d)", b * t * 3 * d);
-        self.k.attn.bind(
-            self.ctx,
-            &AttentionBuffers {
-                out: all(&atty),
-                att: all(&att),
-                qkv: all(&qkv),
-                valid: all(&sh.valid),
-            },
-            Some(&AttentionGradBuffers {
-                dqkv: all(&dqkv),
-                // The backward reads dout; the forward's output stands in for it.
-                dout: all(&atty),
-            }),
-            AttentionDims {
-                batch: b as u32,
-                t: t as u32,
-                d: d as u32,
-                heads: s.heads as u32,
-            },
-        )
-    }
-
-    /// `out = dx + dropout(a)` and `out = LN(a)`, with their backwards, over (B T, d).
-    fn residual_and_layernorm(
-        &mut self,
-        sh: &Shared,
-    ) -> Result<(DropoutBinding, LayerNormBinding), GpuError> {
-        let s = self.s;
-        let (n, d) = (s.batch * s.t(), s.d());
-        let key = DropoutKey {
-            p: s.dropout,
-            seed: 0,
-            step: 0,
-            site: 0,
-        };
-        let drop = self.k.drop.bind(
-            self.ctx,
-            &DropoutBuffers {
-                out: all(&sh.out),
-                x: all(&sh.dx),
-                a: all(&sh.a),
-            },
-            Some(&DropoutGradBuffers {
-                da: all(&sh.out),
-                dout: all(&sh.dx),
-            }),
-            DropoutDims {
-                rows: n as u32,
-                width: d as u32,
-            },
-            key,
-        )?;
-        let a = &mut self.a;
-        let (w, bias) = (a.random("ln weight", d), a.random("ln bias", d));
-        let (dw, dbias) = (a.zeros("ln dweight", d), a.zeros("ln dbias", d));
-        let (mean, rstd) = (a.zeros("mean", n), a.zeros("rstd", n));
-        let ln = self.k.ln.bind(
-            self.ctx,
-            &LayerNormBuffers {
-                out: all(&sh.out),
-                mean: all(&mean),
-                rstd: all(&rstd),
-                inp: all(&sh.a),
-                weight: all(&w),
-                bias: all(&bias),
-            },
-            Some(&LayerNormGradBuffers {
-                dinp: all(&sh.x),
-                dweight: all(&dw),
-                dbias: all(&dbias),
-                dout: all(&sh.dx),
-            }),
-            LayerNormDims {
-                rows: n as u32,
-                c: d as u32,
-            },
-        )?;
-        Ok((drop, ln))
-    }
-
-    /// The FFN's LeakyReLU over (B T, d_ff), bound for its backward.
-    fn leaky_relu(&mut self) -> Result<ElementwiseBinding, GpuError> {
-        let s = self.s;
-        let n = s.batch * s.t() * s.d_ff;
-        let ff = self.a.random("ff (B T, d_ff)", n);
-        let dff = self.a.random("dff (B T, d_ff)", n);
-        let dff_pre = self.a.zeros("dff_pre (B T, d_ff)", n);
-        self.k.act.bind(
-            self.ctx,
+impl LeakyRelu {
+    /// Bound over seeded `ff` and `dff`, into `dff_pre`.
+    fn new(ctx: &GpuContext, s: &Shapes) -> Result<LeakyRelu, GpuError> {
+        let (rows, width) = (s.batch * s.t(), s.d_ff);
+        let n = rows * width;
+        let ff = ctx.storage_buffer("ff (B T, d_ff)", &values(n, 1001));
+        let dff = ctx.storage_buffer("dff (B T, d_ff)", &values(n, 1002));
+        let dff_pre = ctx.storage_buffer_zeroed("dff_pre (B T, d_ff)", n);
+        let k = ElementwiseKernels::new(ctx)?;
+        let all = TensorRef::whole;
+        let binding = k.bind(
+            ctx,
             &ActivationBuffers {
                 out: all(&ff),
                 inp: all(&ff),
@@ -589,80 +288,16 @@ impl Setup<'_> {
                 dout: all(&dff),
             }),
             ActivationDims {
-                rows: (s.batch * s.t()) as u32,
-                width: s.d_ff as u32,
+                rows: rows as u32,
+                width: width as u32,
                 alpha: s.alpha,
             },
-        )
-    }
-
-    fn pooling(&mut self, sh: &Shared) -> Result<PoolingBinding, GpuError> {
-        let s = self.s;
-        self.k.pool.bind(
-            self.ctx,
-            &PoolingBuffers {
-                out: all(&sh.z),
-                x: all(&sh.a),
-                valid: all(&sh.valid),
-            },
-            Some(&PoolingGradBuffers {
-                dx: all(&sh.out),
-                dout: all(&sh.dz),
-            }),
-            PoolingDims {
-                rows: s.batch as u32,
-                t: s.t() as u32,
-                d: s.d() as u32,
-                row: s.z_width() as u32,
-                off: 0,
-                mode: s.pool,
-            },
-        )
-    }
-
-    fn loss(&mut self) -> Result<LossBinding, GpuError> {
-        let b = self.s.batch;
-        let a = &mut self.a;
-        let logits = a.random("logits (B)", b);
-        let labels = a.data("labels (B)", &self.x.labels);
-        let probs = a.zeros("probs (B)", b);
-        let losses = a.zeros("losses (B)", b);
-        let mean = a.zeros("mean loss", 1);
-        let dlogits = a.zeros("dlogits (B)", b);
-        self.k.loss.bind(
-            self.ctx,
-            &LossBuffers {
-                probs: all(&probs),
-                losses: all(&losses),
-                mean: all(&mean),
-                logits: all(&logits),
-                labels: all(&labels),
-            },
-            Some(all(&dlogits)),
-            LossDims {
-                rows: b as u32,
-                accumulate_mean: false,
-            },
-        )
-    }
-
-    /// Adam over an arena of the model's parameter count.
-    fn adam(&mut self) -> Result<OptimBinding, GpuError> {
-        let n = self.s.params;
-        let a = &mut self.a;
-        let (params, grads) = (a.random("params", n), a.random("grads", n));
-        let (m, v) = (a.zeros("adam m", n), a.zeros("adam v", n));
-        self.k.optim.bind(
-            self.ctx,
-            all(&params),
-            all(&grads),
-            UpdateRule::Adam {
-                hp: AdamHyper::default(),
-                m: all(&m),
-                v: all(&v),
-            },
-            n as u32,
-        )
+        )?;
+        Ok(LeakyRelu {
+            k,
+            binding,
+            bufs: [ff, dff, dff_pre],
+        })
     }
 }
 

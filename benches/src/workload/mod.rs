@@ -3,9 +3,9 @@
 //! bytes and floating-point operations: what the benchmarks time.
 //!
 //! ```text
-//! let shapes = Shapes { batch: 256, .. };                 // from a model's dims
+//! let shapes = kernel_shapes(&model, 256);                // a model's dims, batch 256
 //! let cases = cases(&shapes);                             // names, bytes, flops
-//! let gpu = GpuWorkloads::new(&ctx, &shapes)?;            // buffers and bindings, once
+//! let gpu = GpuWorkloads::new(&ctx, &model, 256)?;        // the model's own bindings
 //! let t = gpu.time_batched(&ctx, i, 50)?;                 // 50 calls in one pass
 //! let mut cpu = CpuWorkloads::new(&shapes);
 //! cpu.run(i);

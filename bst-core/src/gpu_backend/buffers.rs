@@ -7,6 +7,7 @@ use std::ops::Range;
 use bst_kernels::gpu::embedding::{EmbeddingDims, EmbeddingSegments};
 use bst_kernels::gpu::{GpuContext, GpuError, bytes_created_on_this_thread, wgpu};
 
+use super::sites::{BlockBuf, GradHomes};
 use super::{DeviceMemory, Tables};
 use crate::model::Model;
 
@@ -63,23 +64,22 @@ pub(super) struct Inputs {
     pub segments: wgpu::Buffer, // u32 (EmbeddingSegments::buffer_len)
 }
 
-/// One block's forward activations (as `crate::model::BlockActs`, less `ff_pre`: the
-/// backward takes LeakyReLU's signs from `ff`).
-pub(super) struct BlockActs {
-    pub qkv: wgpu::Buffer,      // (B, T, 3d)
-    pub att: wgpu::Buffer,      // (B, h, T, T)
-    pub atty: wgpu::Buffer,     // (B, T, d)
-    pub a: wgpu::Buffer,        // (B, T, d)
-    pub res1: wgpu::Buffer,     // (B, T, d)
-    pub x1: wgpu::Buffer,       // (B, T, d)
-    pub ln1_mean: wgpu::Buffer, // (B, T)
-    pub ln1_rstd: wgpu::Buffer, // (B, T)
-    pub ff: wgpu::Buffer,       // (B, T, d_ff)
-    pub f: wgpu::Buffer,        // (B, T, d)
-    pub res2: wgpu::Buffer,     // (B, T, d)
-    pub x2: wgpu::Buffer,       // (B, T, d)
-    pub ln2_mean: wgpu::Buffer, // (B, T)
-    pub ln2_rstd: wgpu::Buffer, // (B, T)
+/// One block's forward activations: a buffer per entry of [`BlockBuf::OWNED`], in its
+/// order (their names and shapes are there).
+pub(super) struct BlockActs(Vec<wgpu::Buffer>);
+
+impl BlockActs {
+    /// The buffer of `b`, or `None` for a buffer the block does not own (its input, the
+    /// gradient scratch).
+    pub fn get(&self, b: BlockBuf) -> Option<&wgpu::Buffer> {
+        b.owned_at().and_then(|i| self.0.get(i))
+    }
+
+    /// x2 (B, T, d): the block's output.
+    pub fn x2(&self) -> Result<&wgpu::Buffer, GpuError> {
+        self.get(BlockBuf::X2)
+            .ok_or_else(|| GpuError::Binding("a block without its x2 buffer".into()))
+    }
 }
 
 /// Forward activations (as `crate::model::Activations`, less the hidden MLP layers'
@@ -100,7 +100,8 @@ pub(super) struct Acts {
 
 /// The activation gradients that have no dead activation to live in. The backward writes
 /// the others over forward activations it no longer reads (the block's `a`, `f`, `x1`,
-/// `x2`, `res2`, `ff`, and the MLP's hidden outputs): `sites.rs` lists where each goes.
+/// `x2`, `res2`, `ff`, and the MLP's hidden outputs): `sites/block_plan.rs`'s `GradHomes`
+/// says where each block gradient goes, and checks it.
 /// So the backward needs little more memory than the forward.
 pub(super) struct GradScratch {
     /// (B, T, d): the gradient of a block's output, then of its input.
@@ -148,7 +149,7 @@ impl Buffers {
         tables: Tables,
     ) -> Result<Buffers, GpuError> {
         let dm = &model.dims;
-        let (t, d, dff) = (dm.t, dm.d, dm.dff);
+        let (t, d) = (dm.t, dm.d);
         let total = model.layout.total;
         let base = match tables {
             Tables::F32 => 0,
@@ -207,23 +208,10 @@ impl Buffers {
         let input_bytes = created();
         let mut blocks = Vec::new();
         for i in 0..dm.blocks {
-            let act = |name: &str, per: usize| act(&format!("blocks.{i}.{name}"), per);
-            blocks.push(BlockActs {
-                qkv: act("qkv (B, T, 3d)", t * 3 * d)?,
-                att: act("att (B, h, T, T)", dm.h * t * t)?,
-                atty: act("atty (B, T, d)", t * d)?,
-                a: act("a (B, T, d)", t * d)?,
-                res1: act("res1 (B, T, d)", t * d)?,
-                x1: act("x1 (B, T, d)", t * d)?,
-                ln1_mean: act("ln1_mean (B, T)", t)?,
-                ln1_rstd: act("ln1_rstd (B, T)", t)?,
-                ff: act("ff (B, T, d_ff)", t * dff)?,
-                f: act("f (B, T, d)", t * d)?,
-                res2: act("res2 (B, T, d)", t * d)?,
-                x2: act("x2 (B, T, d)", t * d)?,
-                ln2_mean: act("ln2_mean (B, T)", t)?,
-                ln2_rstd: act("ln2_rstd (B, T)", t)?,
-            });
+            let bufs = BlockBuf::OWNED
+                .iter()
+                .map(|&(b, name)| act(&format!("blocks.{i}.{name}"), b.per_sample(dm)));
+            blocks.push(BlockActs(bufs.collect::<Result<_, _>>()?));
         }
         let last = dm.mlp.len() - 1;
         let mlp = |what: &str, k: usize| act(&format!("mlp.{k}.{what} (B, out)"), dm.mlp[k]);
@@ -240,9 +228,10 @@ impl Buffers {
         };
         let activation_bytes = created();
         let scratch = GradScratch {
-            dx: act("dx (B, T, d)", t * d)?,
-            dqkv: match dm.blocks > 0 && dff < 3 * d {
-                true => Some(act("dqkv (B, T, 3d)", t * 3 * d)?),
+            dx: act("dx (B, T, d)", BlockBuf::Dx.per_sample(dm))?,
+            // Only where a block's gradient lives in it (`GradHomes`: when d_ff < 3d).
+            dqkv: match dm.blocks > 0 && GradHomes::of(dm).uses(BlockBuf::Dqkv) {
+                true => Some(act("dqkv (B, T, 3d)", BlockBuf::Dqkv.per_sample(dm))?),
                 false => None,
             },
             dz: act("dz (B, zw)", dm.zw)?,

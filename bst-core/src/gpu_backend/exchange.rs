@@ -95,11 +95,7 @@ impl GpuBackend {
         if batch.size > 0 {
             self.begin_step(batch, prepared.map(|p| &*p));
             self.submit("train step: forward, backward", |pass| {
-                let (k, s) = (&self.k, &self.sites);
-                k.elt.forward(pass, &s.zero_grads);
-                self.forward(pass);
-                k.loss.forward(pass, &s.loss);
-                self.backward(pass);
+                self.sites.record_gradients(&self.k, pass);
             });
             dp.grads = self.read_grads();
         } else {
