@@ -670,62 +670,21 @@ impl Backend for Poisoned {
     }
 }
 
-#[test]
-fn a_non_finite_loss_stops_training_naming_the_step_and_keeps_the_last_good_checkpoint() {
+/// Trains with checkpoints into a fresh folder `tag`, the loss read every step, on a
+/// [`Poisoned`] backend that goes bad at step 4 of epoch 2 (`fails`: the step fails, else
+/// its loss is NaN). Checks that the latest checkpoint is left byte for byte as it was at
+/// step 3, and returns the error and the folder.
+fn poisoned_run(tag: &str, fails: bool) -> (TrainError, PathBuf) {
     let cfg = tiny_config(Optimizer::Adam);
     let ds = dataset(&cfg);
     let steps = ds.train.len().div_ceil(cfg.train.batch);
-    let dir = temp_dir("nan");
-    let mut ckpt = RunCheckpointer::new(&dir, info(&cfg, &ds));
-    let mut backend = Poisoned {
-        inner: CpuBackend::new(&cfg, ds.vocab.sizes()),
-        at: steps as u64 + 4, // step 4 of epoch 2
-        fails: false,
-    };
-    let opts = TrainOptions {
-        checkpointer: Some(&mut ckpt),
-        loss_every: 1,
-        ..TrainOptions::default()
-    };
-    let e = train_with(&mut backend, &ds, &cfg.train, opts, &mut |_| {}).unwrap_err();
-    let msg = e.to_string();
-    assert!(
-        msg.contains("the loss became NaN in epoch 2, step 4: lower the learning rate"),
-        "{msg}"
-    );
-    assert!(
-        msg.contains("the last good checkpoint (after epoch 1) is kept"),
-        "{msg}"
-    );
-    let c = Checkpoint::load(&dir.join(checkpoint::LATEST)).unwrap();
-    assert_eq!((c.progress.epoch, c.progress.step), (1, 0));
-    assert!(c.params.iter().all(|x| x.is_finite()));
-
-    // With the loss read every 10 steps the error names the window.
-    let mut backend = Poisoned {
-        inner: CpuBackend::new(&cfg, ds.vocab.sizes()),
-        at: 4,
-        fails: false,
-    };
-    let e = bst_core::train::train(&mut backend, &ds, &cfg.train, &mut |_| {}).unwrap_err();
-    let msg = e.to_string();
-    assert!(msg.contains("in epoch 1, steps 1-"), "{msg}");
-    assert!(msg.contains("no checkpoint was saved"), "{msg}");
-    std::fs::remove_dir_all(&dir).ok();
-}
-
-#[test]
-fn a_failed_step_stops_training_naming_the_step_and_leaves_the_last_checkpoint_as_it_was() {
-    let cfg = tiny_config(Optimizer::Adam);
-    let ds = dataset(&cfg);
-    let steps = ds.train.len().div_ceil(cfg.train.batch);
-    let dir = temp_dir("failed");
+    let dir = temp_dir(tag);
     let latest = dir.join(checkpoint::LATEST);
     let mut ckpt = RunCheckpointer::new(&dir, info(&cfg, &ds));
     let mut backend = Poisoned {
         inner: CpuBackend::new(&cfg, ds.vocab.sizes()),
-        at: steps as u64 + 4, // step 4 of epoch 2
-        fails: true,
+        at: steps as u64 + 4,
+        fails,
     };
     let opts = TrainOptions {
         checkpointer: Some(&mut ckpt),
@@ -742,16 +701,53 @@ fn a_failed_step_stops_training_naming_the_step_and_leaves_the_last_checkpoint_a
         }
     };
     let e = train_with(&mut backend, &ds, &cfg.train, opts, &mut on_event).unwrap_err();
+    let before = before.expect("step 3 of epoch 2 was reported");
+    assert!(
+        std::fs::read(&latest).unwrap() == before,
+        "the checkpoint changed"
+    );
+    (e, dir)
+}
+
+#[test]
+fn a_non_finite_loss_stops_training_naming_the_step_and_keeps_the_last_good_checkpoint() {
+    let (e, dir) = poisoned_run("nan", false);
+    let msg = e.to_string();
+    assert!(
+        msg.contains("the loss became NaN in epoch 2, step 4: lower the learning rate"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("the last good checkpoint (after epoch 1) is kept"),
+        "{msg}"
+    );
+    let c = Checkpoint::load(&dir.join(checkpoint::LATEST)).unwrap();
+    assert_eq!((c.progress.epoch, c.progress.step), (1, 0));
+    assert!(c.params.iter().all(|x| x.is_finite()));
+
+    // With the loss read every 10 steps the error names the window.
+    let cfg = tiny_config(Optimizer::Adam);
+    let ds = dataset(&cfg);
+    let mut backend = Poisoned {
+        inner: CpuBackend::new(&cfg, ds.vocab.sizes()),
+        at: 4,
+        fails: false,
+    };
+    let e = bst_core::train::train(&mut backend, &ds, &cfg.train, &mut |_| {}).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("in epoch 1, steps 1-"), "{msg}");
+    assert!(msg.contains("no checkpoint was saved"), "{msg}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_failed_step_stops_training_naming_the_step_and_leaves_the_last_checkpoint_as_it_was() {
+    let (e, dir) = poisoned_run("failed", true);
     assert!(matches!(e, TrainError::Failed { .. }), "{e:?}");
     assert_eq!(
         e.to_string(),
         "epoch 2, step 4: the GPU failed while running a training step: GPU error: the device \
          was lost (simulated); the last good checkpoint (after epoch 1) is kept"
-    );
-    let before = before.expect("step 3 of epoch 2 was reported");
-    assert!(
-        std::fs::read(&latest).unwrap() == before,
-        "the checkpoint changed"
     );
     std::fs::remove_dir_all(&dir).ok();
 }

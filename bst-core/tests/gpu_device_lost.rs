@@ -15,10 +15,11 @@ use std::path::PathBuf;
 use bst_core::backend::{Backend, BackendError};
 use bst_core::batch::Batch;
 use bst_core::checkpoint::{self, Checkpoint, RunCheckpointer, RunInfo};
-use bst_core::config::Pooling;
+use bst_core::config::{Config, Pooling};
 use bst_core::data::{self, DataSource};
 use bst_core::gpu_backend::GpuBackend;
 use bst_core::model::Model;
+use bst_core::params::ParamLayout;
 use bst_core::scorer::{Scorer, ScorerError};
 use bst_core::train::{Event, SavedAt, TrainError, TrainOptions, train_with};
 use common::{SIZES, own_gpu, random_samples, requests, small_config};
@@ -33,12 +34,19 @@ fn assert_destroyed(e: &BackendError, doing: &str) {
     assert!(msg.contains("the device was destroyed"), "{msg}");
 }
 
+/// The small model with one block and target pooling (requests take the shared-history
+/// path), and its initial parameters.
+fn one_block() -> (Config, Vec<f32>) {
+    let cfg = small_config(1, Pooling::Target);
+    let params = ParamLayout::new(&cfg.model, SIZES).init(cfg.train.seed);
+    (cfg, params)
+}
+
 #[test]
 fn every_call_on_a_destroyed_device_is_an_error() {
     let Some(ctx) = own_gpu() else { return };
-    let cfg = small_config(1, Pooling::Target);
+    let (cfg, params) = one_block();
     let model = Model::new(&cfg.model, SIZES);
-    let params = model.layout.init(cfg.train.seed);
     let mut gpu = GpuBackend::new(ctx.clone(), &cfg, model, params.clone()).expect("a backend");
     let samples = random_samples(20, &cfg.model, 1);
     let batch = Batch::from_range(&samples, 0..cfg.train.batch);
@@ -83,9 +91,7 @@ fn every_call_on_a_destroyed_device_is_an_error() {
 #[test]
 fn a_scorer_on_a_destroyed_device_returns_errors() {
     let Some(ctx) = own_gpu() else { return };
-    let cfg = small_config(1, Pooling::Target);
-    let model = Model::new(&cfg.model, SIZES);
-    let params = model.layout.init(cfg.train.seed);
+    let (cfg, params) = one_block();
     let mut scorer =
         Scorer::new(ctx.clone(), &cfg.model, SIZES, params.clone(), 16).expect("a scorer");
     let samples = random_samples(8, &cfg.model, 2);
