@@ -85,11 +85,15 @@ fn step(c: &mut Criterion) {
     g.sample_size(10);
     g.throughput(Throughput::Elements(cfg.train.batch as u64));
     g.bench_function("train_step_b256", |b| {
-        b.iter(|| backend.train_step(black_box(&batch)))
+        b.iter(|| {
+            backend
+                .train_step(black_box(&batch))
+                .expect("CPU train step")
+        })
     });
     let mut probs = vec![0.0; cfg.train.batch];
     g.bench_function("predict_b256", |b| {
-        b.iter(|| backend.predict(&batch, &mut probs))
+        b.iter(|| backend.predict(&batch, &mut probs).expect("CPU predict"))
     });
     g.finish();
 }

@@ -40,7 +40,9 @@ fn step(c: &mut Criterion) {
 
     let mut g = group(c, format!("train_step_b{batch_size}"), software);
     g.throughput(Throughput::Elements(batch_size as u64));
-    g.bench_function("cpu", |b| b.iter(|| cpu.train_step(&batch)));
+    g.bench_function("cpu", |b| {
+        b.iter(|| cpu.train_step(&batch).expect("CPU train step"))
+    });
     g.finish();
     // Ten steps per iteration and one loss read, as the training loop does (one step on
     // a software adapter, where a step takes seconds and the read costs nothing beside).
@@ -56,9 +58,10 @@ fn step(c: &mut Criterion) {
     g.bench_function("gpu", |b| {
         b.iter(|| {
             for _ in 0..steps {
-                gpu.train_step_prepared(&batch, Some(&mut prepared));
+                gpu.train_step_prepared(&batch, Some(&mut prepared))
+                    .expect("GPU train step");
             }
-            gpu.take_loss()
+            gpu.take_loss().expect("GPU loss read")
         })
     });
     g.finish();
@@ -66,9 +69,11 @@ fn step(c: &mut Criterion) {
     let mut probs = vec![0.0; batch_size];
     let mut g = group(c, format!("predict_b{batch_size}"), software);
     g.throughput(Throughput::Elements(batch_size as u64));
-    g.bench_function("cpu", |b| b.iter(|| cpu.predict(&batch, &mut probs)));
+    g.bench_function("cpu", |b| {
+        b.iter(|| cpu.predict(&batch, &mut probs).expect("CPU predict"))
+    });
     g.bench_function("gpu_with_readback", |b| {
-        b.iter(|| gpu.predict(&batch, &mut probs))
+        b.iter(|| gpu.predict(&batch, &mut probs).expect("GPU predict"))
     });
     g.finish();
 
@@ -80,9 +85,11 @@ fn step(c: &mut Criterion) {
         software,
     );
     g.throughput(Throughput::Elements(SCORING_CANDIDATES as u64));
-    g.bench_function("cpu", |b| b.iter(|| cpu.predict(&one_user, &mut probs)));
+    g.bench_function("cpu", |b| {
+        b.iter(|| cpu.predict(&one_user, &mut probs).expect("CPU predict"))
+    });
     g.bench_function("gpu_with_readback", |b| {
-        b.iter(|| gpu.predict(&one_user, &mut probs))
+        b.iter(|| gpu.predict(&one_user, &mut probs).expect("GPU predict"))
     });
     g.finish();
 }

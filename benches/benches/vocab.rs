@@ -60,7 +60,7 @@ fn vocab(c: &mut Criterion) {
             g.measurement_time(Duration::from_secs(3));
             let mut cpu = CpuBackend::new(&cfg, sizes);
             g.bench_function(format!("cpu/items_{items}"), |b| {
-                b.iter(|| cpu.train_step(&batch))
+                b.iter(|| cpu.train_step(&batch).expect("CPU train step"))
             });
             drop(cpu);
             let mut gpu = GpuBackend::init(ctx.clone(), &cfg, sizes).expect("GPU backend");
@@ -75,8 +75,9 @@ fn vocab(c: &mut Criterion) {
             let mut prepared = preparer.prepare(&batch);
             g.bench_function(format!("gpu/items_{items}"), |b| {
                 b.iter(|| {
-                    gpu.train_step_prepared(&batch, Some(&mut prepared));
-                    gpu.take_loss()
+                    gpu.train_step_prepared(&batch, Some(&mut prepared))
+                        .expect("GPU train step");
+                    gpu.take_loss().expect("GPU loss read")
                 })
             });
             g.finish();

@@ -12,6 +12,7 @@ use crate::params::VocabSizes;
 use crate::requests::{RequestError, Requests};
 use crate::shared_history::{SharedScratch, is_exact, predict_requests};
 use bst_kernels::cpu::topk::{select_best, top_k};
+use bst_kernels::gpu::GpuError;
 use std::any::Any;
 use std::sync::Arc;
 
@@ -57,7 +58,7 @@ impl Prepared {
     }
 }
 
-/// What a backend cannot do or was handed wrongly.
+/// What a backend cannot do, was handed wrongly, or failed at.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// The backend does not implement an optional capability (yet).
@@ -68,14 +69,41 @@ pub enum BackendError {
         /// The capability, as a verb phrase ("read its optimiser state").
         what: &'static str,
     },
-    /// Restored state that does not fit this backend's model or optimiser.
+    /// Restored state or a batch that does not fit this backend's model or optimiser.
     #[error("{0}")]
     Mismatch(String),
+    /// Scoring requests that do not fit the model.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The device failed: a lost or destroyed GPU, out of memory, a wgpu validation
+    /// error. The backend's state on the device is then unknown: nothing it computed
+    /// after the last successful read can be trusted.
+    #[error("the GPU failed while {doing}: {source}")]
+    Gpu {
+        /// What the backend was doing, e.g. "running a training step".
+        doing: String,
+        /// wgpu's report (boxed: it is large, and rare).
+        source: Box<GpuError>,
+    },
+}
+
+impl BackendError {
+    /// Wraps a device failure during `doing` (`map_err(BackendError::gpu("..."))`).
+    pub fn gpu(doing: impl Into<String>) -> impl FnOnce(GpuError) -> BackendError {
+        let doing = doing.into();
+        move |source| BackendError::Gpu {
+            doing,
+            source: Box::new(source),
+        }
+    }
 }
 
 /// A compute device that trains and scores BST: the CPU reference ([`CpuBackend`]) or the
 /// GPU ([`crate::gpu_backend::GpuBackend`]). The training loop ([`crate::train`]) sees only
 /// this trait.
+///
+/// The methods that run on the device return a [`BackendError`] when it fails (a GPU
+/// lost or out of memory); the CPU's never fail.
 pub trait Backend {
     /// A one-line description of the device, for logs.
     fn describe(&self) -> String;
@@ -84,7 +112,7 @@ pub trait Backend {
     /// One training step: forward with dropout, backward, optimiser update. The batch's
     /// mean loss is added to a running sum that `take_loss` returns, so a GPU backend need
     /// not read anything back per step.
-    fn train_step(&mut self, batch: &Batch);
+    fn train_step(&mut self, batch: &Batch) -> Result<(), BackendError>;
     /// The host work of a training step that can run ahead on another thread, if the
     /// backend has any (the CPU has none).
     fn batch_preparer(&self) -> Option<Arc<dyn PrepareBatch>> {
@@ -94,9 +122,13 @@ pub trait Backend {
     /// (`None`: the step does that work itself). Same results either way. The step only
     /// reads `prepared`: the caller may prepare the next batch into it
     /// ([`PrepareBatch::prepare_into`]).
-    fn train_step_prepared(&mut self, batch: &Batch, prepared: Option<&mut Prepared>) {
+    fn train_step_prepared(
+        &mut self,
+        batch: &Batch,
+        prepared: Option<&mut Prepared>,
+    ) -> Result<(), BackendError> {
         let _ = prepared;
-        self.train_step(batch);
+        self.train_step(batch)
     }
     /// Steps between two `take_loss` calls that cost the device nothing noticeable: 1 on
     /// the CPU (so a non-finite loss is caught at its step), more on a GPU, where each
@@ -106,16 +138,17 @@ pub trait Backend {
     }
     /// The sum of the batch mean losses since the last call, and how many steps it holds.
     /// (The training loop calls this every few steps, not every step.)
-    fn take_loss(&mut self) -> (f64, usize);
+    fn take_loss(&mut self) -> Result<(f64, usize), BackendError>;
     /// Sets the learning rate of the following updates (the loop sets each epoch's,
     /// `TrainConfig::lr_at`).
     fn set_lr(&mut self, lr: f32);
     /// Click probabilities of a batch in evaluation mode (no dropout) into `probs (B)`.
-    fn predict(&mut self, batch: &Batch, probs: &mut [f32]);
+    fn predict(&mut self, batch: &Batch, probs: &mut [f32]) -> Result<(), BackendError>;
     /// A copy of the parameter arena.
-    fn read_params(&self) -> Vec<f32>;
-    /// Replaces the parameter arena (same layout).
-    fn write_params(&mut self, params: &[f32]);
+    fn read_params(&self) -> Result<Vec<f32>, BackendError>;
+    /// Replaces the parameter arena (same layout; another size is a
+    /// [`BackendError::Mismatch`]).
+    fn write_params(&mut self, params: &[f32]) -> Result<(), BackendError>;
 
     /// A copy of the optimiser state (arenas of the parameter layout) and the number of
     /// updates taken, for checkpoints. Call it between steps (after `take_loss`).
@@ -158,9 +191,14 @@ pub trait Backend {
     /// holds its rows only), after [`Backend::join_group`]: every rank takes the update of
     /// the whole global batch. The default, for a backend that joins no group, trains on
     /// `batch` alone.
-    fn train_step_shard(&mut self, batch: &Batch, prepared: Option<&mut Prepared>, shard: Shard) {
+    fn train_step_shard(
+        &mut self,
+        batch: &Batch,
+        prepared: Option<&mut Prepared>,
+        shard: Shard,
+    ) -> Result<(), BackendError> {
         let _ = shard;
-        self.train_step_prepared(batch, prepared);
+        self.train_step_prepared(batch, prepared)
     }
 
     /// What the gradient exchange moved since the last call (`None`: no group).
@@ -184,10 +222,9 @@ pub trait Backend {
     /// user's history once where that is exact ([`crate::shared_history::is_exact`]);
     /// the default (and the fallback for other models) scores one sample per candidate
     /// with [`Backend::predict`]. Refuses requests that do not fit the model.
-    fn predict_requests(&mut self, req: &Requests, probs: &mut [f32]) -> Result<(), RequestError> {
+    fn predict_requests(&mut self, req: &Requests, probs: &mut [f32]) -> Result<(), BackendError> {
         check_requests(self.model(), req, probs)?;
-        predict_requests_per_sample(self, req, probs);
-        Ok(())
+        predict_requests_per_sample(self, req, probs)
     }
 
     /// The `k` most probable candidates of `req` (all its users' together; one user's
@@ -199,7 +236,7 @@ pub trait Backend {
         &mut self,
         req: &Requests,
         k: usize,
-    ) -> Result<Vec<(usize, f32)>, RequestError> {
+    ) -> Result<Vec<(usize, f32)>, BackendError> {
         predict_top_k_per_sample(self, req, k)
     }
 
@@ -207,10 +244,14 @@ pub trait Backend {
     /// best first, ties by row. The default scores on the device, reads every probability
     /// back and selects on the host with [`top_k`]; a device backend may select on the
     /// device and read back only `k` pairs.
-    fn predict_top_k(&mut self, batch: &Batch, k: usize) -> Vec<(usize, f32)> {
+    fn predict_top_k(
+        &mut self,
+        batch: &Batch,
+        k: usize,
+    ) -> Result<Vec<(usize, f32)>, BackendError> {
         let mut probs = vec![0.0; batch.size];
-        self.predict(batch, &mut probs);
-        top_k(&probs, k)
+        self.predict(batch, &mut probs)?;
+        Ok(top_k(&probs, k))
     }
 }
 
@@ -244,6 +285,18 @@ pub fn check_requests(model: &Model, req: &Requests, probs: &[f32]) -> Result<()
     Ok(())
 }
 
+/// Refuses a parameter arena of another size than the model's layout.
+pub fn check_arena_len(model: &Model, params: &[f32]) -> Result<(), BackendError> {
+    let n = model.layout.total;
+    if params.len() != n {
+        return Err(BackendError::Mismatch(format!(
+            "the parameter arena: {} values given, the model's layout has {n}",
+            params.len()
+        )));
+    }
+    Ok(())
+}
+
 /// [`Backend::predict_requests`] one sample per candidate (the history repeated), in
 /// batches of [`Backend::max_batch`] (1024 when any): the path for models where sharing
 /// the history is not exact.
@@ -251,7 +304,7 @@ pub fn predict_requests_per_sample<B: Backend + ?Sized>(
     backend: &mut B,
     req: &Requests,
     probs: &mut [f32],
-) {
+) -> Result<(), BackendError> {
     let chunk = backend.max_batch().unwrap_or(1024).max(1);
     let mut batch = Batch::default();
     for (c0, out) in (0..req.candidates())
@@ -259,8 +312,9 @@ pub fn predict_requests_per_sample<B: Backend + ?Sized>(
         .zip(probs.chunks_mut(chunk))
     {
         req.to_batch(c0..c0 + out.len(), &mut batch);
-        backend.predict(&batch, out);
+        backend.predict(&batch, out)?;
     }
+    Ok(())
 }
 
 /// [`Backend::predict_top_k_requests`] one sample per candidate, in batches of
@@ -270,14 +324,14 @@ pub fn predict_top_k_per_sample<B: Backend + ?Sized>(
     backend: &mut B,
     req: &Requests,
     k: usize,
-) -> Result<Vec<(usize, f32)>, RequestError> {
+) -> Result<Vec<(usize, f32)>, BackendError> {
     check_requests(backend.model(), req, &vec![0.0; req.candidates()])?;
     let chunk = backend.max_batch().unwrap_or(1024).max(1);
     let mut best = Vec::new();
     let mut batch = Batch::default();
     for c0 in (0..req.candidates()).step_by(chunk) {
         req.to_batch(c0..(c0 + chunk).min(req.candidates()), &mut batch);
-        let top = backend.predict_top_k(&batch, k);
+        let top = backend.predict_top_k(&batch, k)?;
         best.extend(top.into_iter().map(|(i, p)| (c0 + i, p)));
         select_best(&mut best, k);
     }
@@ -468,7 +522,7 @@ impl Backend for CpuBackend {
         &self.model
     }
 
-    fn train_step(&mut self, batch: &Batch) {
+    fn train_step(&mut self, batch: &Batch) -> Result<(), BackendError> {
         let mode = Mode::Train {
             seed: self.seed,
             step: self.optim.steps as u32,
@@ -478,6 +532,7 @@ impl Backend for CpuBackend {
         self.update();
         self.loss_sum += loss as f64;
         self.loss_steps += 1;
+        Ok(())
     }
 
     /// The gradient exchange sums whole arenas (with the rows of every rank's batch):
@@ -496,7 +551,12 @@ impl Backend for CpuBackend {
     /// Forward and backward on the shard, the gradients summed over the group
     /// ([`GradientExchange`]), then the update every rank takes alike. The step's loss is
     /// the shard's share of the global mean; `take_loss` sums the shares.
-    fn train_step_shard(&mut self, batch: &Batch, prepared: Option<&mut Prepared>, shard: Shard) {
+    fn train_step_shard(
+        &mut self,
+        batch: &Batch,
+        prepared: Option<&mut Prepared>,
+        shard: Shard,
+    ) -> Result<(), BackendError> {
         let Some(group) = self.group.clone() else {
             return self.train_step_prepared(batch, prepared);
         };
@@ -539,6 +599,7 @@ impl Backend for CpuBackend {
         self.update();
         self.loss_sum += loss;
         self.loss_steps += 1;
+        Ok(())
     }
 
     fn take_exchange_stats(&mut self) -> Option<ExchangeStats> {
@@ -550,7 +611,7 @@ impl Backend for CpuBackend {
         self.optim.lr = lr;
     }
 
-    fn take_loss(&mut self) -> (f64, usize) {
+    fn take_loss(&mut self) -> Result<(f64, usize), BackendError> {
         if let Some(group) = &self.group {
             let mut sum = [self.loss_sum];
             group.sum_f64(&mut sum);
@@ -558,14 +619,15 @@ impl Backend for CpuBackend {
         }
         let taken = (self.loss_sum, self.loss_steps);
         (self.loss_sum, self.loss_steps) = (0.0, 0);
-        taken
+        Ok(taken)
     }
 
-    fn predict(&mut self, batch: &Batch, probs: &mut [f32]) {
+    fn predict(&mut self, batch: &Batch, probs: &mut [f32]) -> Result<(), BackendError> {
         self.ensure_capacity(batch.size);
         self.model
             .forward(&mut self.acts, &self.params, batch, Mode::Eval);
         probs[..batch.size].copy_from_slice(&self.acts.probs[..batch.size]);
+        Ok(())
     }
 
     fn shares_history(&self) -> bool {
@@ -573,13 +635,12 @@ impl Backend for CpuBackend {
     }
 
     /// Each user's history once ([`crate::shared_history`]) where that is exact.
-    fn predict_requests(&mut self, req: &Requests, probs: &mut [f32]) -> Result<(), RequestError> {
+    fn predict_requests(&mut self, req: &Requests, probs: &mut [f32]) -> Result<(), BackendError> {
         check_requests(&self.model, req, probs)?;
-        if is_exact(&self.model.cfg) {
-            predict_requests(probs, &mut self.shared, &self.model, &self.params, req);
-        } else {
-            predict_requests_per_sample(self, req, probs);
+        if !is_exact(&self.model.cfg) {
+            return predict_requests_per_sample(self, req, probs);
         }
+        predict_requests(probs, &mut self.shared, &self.model, &self.params, req);
         Ok(())
     }
 
@@ -587,18 +648,20 @@ impl Backend for CpuBackend {
         &mut self,
         req: &Requests,
         k: usize,
-    ) -> Result<Vec<(usize, f32)>, RequestError> {
+    ) -> Result<Vec<(usize, f32)>, BackendError> {
         let mut probs = vec![0.0; req.candidates()];
         self.predict_requests(req, &mut probs)?;
         Ok(top_k(&probs, k))
     }
 
-    fn read_params(&self) -> Vec<f32> {
-        self.params.clone()
+    fn read_params(&self) -> Result<Vec<f32>, BackendError> {
+        Ok(self.params.clone())
     }
 
-    fn write_params(&mut self, params: &[f32]) {
+    fn write_params(&mut self, params: &[f32]) -> Result<(), BackendError> {
+        check_arena_len(&self.model, params)?;
         self.params.copy_from_slice(params);
+        Ok(())
     }
 
     fn read_optim_state(&self) -> Result<OptimSnapshot, BackendError> {

@@ -30,6 +30,16 @@
 //!
 //! [`crate::scorer::Scorer`] runs the same forward pass on ids an application wrote into
 //! its own buffers, recorded into its own command encoder.
+//!
+//! Failures. A lost or destroyed device, an out-of-memory or a validation error is a
+//! [`BackendError::Gpu`] naming what the backend was doing, never a panic or a hang. wgpu
+//! itself stays silent on a lost device (its calls then do nothing) until the device's
+//! queued work has drained, so the backend asks: each batch's upload and each parameter
+//! write is a checked write (`GpuContext::write_checked`), which a lost device refuses at
+//! once; after every submit it polls without waiting and checks what the context's
+//! handlers recorded ([`GpuContext::poll_check`]); every readback checks once the device
+//! is idle; and nothing allocates on a device not checked first. A loss is permanent:
+//! every later call fails too.
 
 mod buffers;
 mod exchange;
@@ -62,7 +72,8 @@ use bst_kernels::gpu::{
 };
 
 use crate::backend::{
-    Backend, BackendError, PrepareBatch, Prepared, check_requests, predict_requests_per_sample,
+    Backend, BackendError, PrepareBatch, Prepared, check_arena_len, check_requests,
+    predict_requests_per_sample,
 };
 use crate::batch::Batch;
 use crate::collective::{Collective, ExchangeStats};
@@ -70,7 +81,7 @@ use crate::config::{Config, Optimizer as OptimizerKind};
 use crate::model::{Mode, Model, Shard};
 use crate::optim::{OptimSnapshot, OptimState};
 use crate::params::VocabSizes;
-use crate::requests::{RequestError, Requests};
+use crate::requests::Requests;
 use crate::shared_history::is_exact;
 use bst_kernels::cpu::topk::top_k;
 use buffers::Buffers;
@@ -245,6 +256,7 @@ impl GpuBackend {
         params: Vec<f32>,
         tables: Tables,
     ) -> Result<GpuBackend, GpuError> {
+        ctx.wait_check()?;
         check_limits(&ctx)?;
         let n = model.layout.total;
         if params.len() != n {
@@ -263,7 +275,7 @@ impl GpuBackend {
             check_f16_tables(&ctx)?;
         }
         let bufs = Buffers::new(&ctx, &model, cap, adam, tables)?;
-        write_params(&ctx, &bufs, &params);
+        write_params(&ctx, &bufs, &params)?;
         let start = bytes_created_on_this_thread();
         let sites = ctx.checked("binding the BST model", || {
             Sites::new(&ctx, &k, &model, &cfg.train, cap, &bufs)
@@ -317,31 +329,33 @@ impl GpuBackend {
     /// A copy of the gradient arena: the gradients of the last training step. With
     /// sparse updates (`train.sparse_embeddings`) the embedding tables read as zeros:
     /// the row-wise update consumes their gradients.
-    pub fn read_grads(&self) -> Vec<f32> {
+    pub fn read_grads(&self) -> Result<Vec<f32>, BackendError> {
         self.read_arena(&self.bufs.arenas.grads, "the gradients")
     }
 
     /// A copy of one arena (blocking), in the layout's shape: with f16 tables the
-    /// arena skips them, and they read as zeros. Panics with `what` if the device fails.
-    fn read_arena(&self, arena: &wgpu::Buffer, what: &str) -> Vec<f32> {
+    /// arena skips them, and they read as zeros. `what` names the arena in the error.
+    fn read_arena(&self, arena: &wgpu::Buffer, what: &str) -> Result<Vec<f32>, BackendError> {
         let base = self.bufs.arenas.base;
         let mut out = vec![0.0; base];
-        out.extend(
-            self.ctx
-                .read_f32(arena, 0, self.model.layout.total - base)
-                .unwrap_or_else(|e| panic!("reading {what} back from the GPU: {e}")),
-        );
-        out
+        let words = self
+            .ctx
+            .read_f32(arena, 0, self.model.layout.total - base)
+            .map_err(BackendError::gpu(format!("reading {what} back")))?;
+        out.extend(words);
+        Ok(out)
     }
 
-    /// Panics unless the tables are in the f32 arenas (a scorer's f16 tables cannot
-    /// train); `doing` names the call.
-    fn assert_trainable(&self, doing: &str) {
-        assert!(
-            self.bufs.arenas.tables_f16.is_none(),
-            "{doing}: this GPU backend stores its embedding tables in f16 for scoring and \
-             cannot train"
-        );
+    /// Refuses unless the tables are in the f32 arenas (a scorer's f16 tables cannot
+    /// train); `what` names the capability.
+    fn check_trainable(&self, what: &'static str) -> Result<(), BackendError> {
+        match self.bufs.arenas.tables_f16 {
+            Some(_) => Err(BackendError::Unsupported {
+                backend: format!("{} (f16 embedding tables, for scoring)", self.describe()),
+                what,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// The key of dropout site `(block, branch)` at training step `train_step` (`None`:
@@ -359,21 +373,29 @@ impl GpuBackend {
     }
 
     /// Writes the batch (ids, labels), the dropout keys (`None`: evaluation) and, when the
-    /// batch size changed, every binding's rows.
-    fn upload(&mut self, batch: &Batch, train_step: Option<u32>) {
+    /// batch size changed, every binding's rows. Refuses a batch the buffers do not fit;
+    /// a device that refuses the write fails `doing`.
+    fn upload(
+        &mut self,
+        batch: &Batch,
+        train_step: Option<u32>,
+        doing: &str,
+    ) -> Result<(), BackendError> {
         let dm = &self.model.dims;
         let (b, l, f) = (batch.size, dm.l, dm.fields);
-        assert!(
-            b <= self.cap,
-            "a batch of {b} samples exceeds the GPU buffers' {} (train.batch / train.eval_batch)",
-            self.cap
-        );
-        assert!(
-            batch.seq_len == l && batch.fields == f,
-            "the batch has L = {}, F = {}; the model has L = {l}, F = {f}",
-            batch.seq_len,
-            batch.fields
-        );
+        if b > self.cap {
+            return Err(BackendError::Mismatch(format!(
+                "a batch of {b} samples exceeds the GPU buffers' {} (train.batch / \
+                 train.eval_batch)",
+                self.cap
+            )));
+        }
+        if batch.seq_len != l || batch.fields != f {
+            return Err(BackendError::Mismatch(format!(
+                "the batch has L = {}, F = {}; the model has L = {l}, F = {f}",
+                batch.seq_len, batch.fields
+            )));
+        }
         self.set_rows(b);
         let ctx = &*self.ctx;
         let (ids, at) = (&self.bufs.inputs.ids, self.bufs.inputs.ids_at);
@@ -383,7 +405,9 @@ impl GpuBackend {
         ctx.write(ids, at.target_item, &batch.target_item[..b]);
         ctx.write(ids, at.target_cat, &batch.target_cat[..b]);
         ctx.write(ids, at.other, &batch.other[..b * f]);
-        ctx.write(&self.bufs.inputs.labels, 0, &batch.label[..b]);
+        // Checked: a lost device shows here, at the batch's first call, not only at a read.
+        ctx.write_checked(&self.bufs.inputs.labels, 0, &batch.label[..b])
+            .map_err(BackendError::gpu(doing))?;
         for i in 0..self.sites.blocks.len() {
             let (k0, k1) = (
                 self.dropout_key(train_step, i, 0),
@@ -393,6 +417,7 @@ impl GpuBackend {
             blk.res1.set_key(&self.ctx, k0);
             blk.res2.set_key(&self.ctx, k1);
         }
+        Ok(())
     }
 
     /// Records the forward pass up to the logit (as `Model::forward` before the loss),
@@ -411,13 +436,17 @@ impl GpuBackend {
 
     /// Writes a training step's inputs: the batch, its embedding segments (`prepared`'s
     /// when they are this batch's) and the rows of the row-wise updates, and Adam's step.
-    fn begin_step(&mut self, batch: &Batch, prepared: Option<&Prepared>) {
+    fn begin_step(
+        &mut self,
+        batch: &Batch,
+        prepared: Option<&Prepared>,
+    ) -> Result<(), BackendError> {
         // Segments prepared from another batch would put gradients on the wrong rows:
         // take them only when the batch's ids match those they were built from.
         let handed = prepared
             .and_then(|p| p.get::<SegmentsOf>())
             .filter(|p| p.ids == ids_fingerprint(batch));
-        self.upload(batch, Some(self.steps as u32));
+        self.upload(batch, Some(self.steps as u32), "running a training step")?;
         let segs = match handed {
             Some(p) => &p.segments,
             None => {
@@ -425,14 +454,15 @@ impl GpuBackend {
                 &self.segments
             }
         };
-        let segs = segs
-            .as_ref()
-            .unwrap_or_else(|e| panic!("segmenting the batch's embedding ids: {e}"));
+        let segs = segs.as_ref().map_err(|e| {
+            BackendError::Mismatch(format!("segmenting the batch's embedding ids: {e}"))
+        })?;
         self.sites.embedding.set_segments(&self.ctx, segs);
         for (rows, &u) in self.sites.update_rows.iter_mut().zip(&segs.unique_ids()) {
             rows.set_rows(&self.ctx, u);
         }
         self.set_update_step();
+        Ok(())
     }
 
     /// Sets Adam's step (`t = steps + 1`) on every update.
@@ -481,10 +511,17 @@ impl GpuBackend {
         &self.bufs.acts.probs
     }
 
-    /// Records `record` into one compute pass of one encoder and submits it.
-    fn submit(&self, label: &str, record: impl FnOnce(&mut wgpu::ComputePass)) {
+    /// Records `record` into one compute pass of one encoder, submits it, and checks the
+    /// device ([`GpuContext::poll_check`]: no wait); `doing` names the work in the error.
+    fn submit(
+        &self,
+        label: &str,
+        doing: &str,
+        record: impl FnOnce(&mut wgpu::ComputePass),
+    ) -> Result<(), BackendError> {
         let encoder = self.encode(label, record);
         self.ctx.queue.submit([encoder.finish()]);
+        self.ctx.poll_check().map_err(BackendError::gpu(doing))
     }
 
     /// An encoder holding one compute pass recorded by `record`, not yet submitted.
@@ -508,14 +545,14 @@ impl GpuBackend {
     }
 
     /// Submits `encoder` after a copy of `len` words of `src` into the staging buffer,
-    /// and returns the words (blocking). Panics with `what` if the device fails.
+    /// and returns the words (blocking); `doing` names the work in the error.
     fn submit_and_read<T: bytemuck::Pod>(
         &mut self,
         mut encoder: wgpu::CommandEncoder,
         src: Src,
         out: &mut [T],
-        what: &str,
-    ) {
+        doing: &str,
+    ) -> Result<(), BackendError> {
         let ctx = &*self.ctx;
         let (a, t) = (&self.bufs.acts, &self.topk);
         let src = match src {
@@ -531,7 +568,7 @@ impl GpuBackend {
                 ctx.queue.submit([encoder.finish()]);
                 self.readback.finish_into(ctx, out)
             })
-            .unwrap_or_else(|e| panic!("reading {what} back from the GPU: {e}"));
+            .map_err(BackendError::gpu(doing))
     }
 }
 
@@ -574,17 +611,19 @@ fn bind_topk(
 
 /// Uploads a parameter arena laid out by the model's `ParamLayout`: into the parameter
 /// arena, and with f16 tables the tables, rounded to nearest (ties to even), into theirs.
-fn write_params(ctx: &GpuContext, bufs: &Buffers, params: &[f32]) {
+/// Fails if the device refuses the write.
+fn write_params(ctx: &GpuContext, bufs: &Buffers, params: &[f32]) -> Result<(), GpuError> {
     let a = &bufs.arenas;
-    ctx.write(&a.params, 0, &params[a.base..]);
+    ctx.write_checked(&a.params, 0, &params[a.base..])?;
     if let Some(tables) = &a.tables_f16 {
         let mut h = f16_table(&params[..a.base]);
         // Whole 4-byte words, as queue writes need.
         if h.len() % 2 == 1 {
             h.push(half::f16::ZERO);
         }
-        ctx.write(tables, 0, &h);
+        ctx.write_checked(tables, 0, &h)?;
     }
+    Ok(())
 }
 
 /// Refuses a device below the limits the kernels use: [`GpuContext::new`] checks them
@@ -610,8 +649,8 @@ impl Backend for GpuBackend {
         &self.model
     }
 
-    fn train_step(&mut self, batch: &Batch) {
-        self.train_step_prepared(batch, None);
+    fn train_step(&mut self, batch: &Batch) -> Result<(), BackendError> {
+        self.train_step_prepared(batch, None)
     }
 
     /// The embedding segments of a batch, built on the host: the step's host work.
@@ -619,18 +658,23 @@ impl Backend for GpuBackend {
         Some(Arc::new(SegmentBatches(self.emb_dims)))
     }
 
-    fn train_step_prepared(&mut self, batch: &Batch, prepared: Option<&mut Prepared>) {
-        self.assert_trainable("train_step");
-        self.begin_step(batch, prepared.map(|p| &*p));
-        self.submit("train step", |pass| {
+    fn train_step_prepared(
+        &mut self,
+        batch: &Batch,
+        prepared: Option<&mut Prepared>,
+    ) -> Result<(), BackendError> {
+        self.check_trainable("train")?;
+        self.begin_step(batch, prepared.map(|p| &*p))?;
+        self.submit("train step", "running a training step", |pass| {
             let (k, s) = (&self.k, &self.sites);
             s.record_gradients(k, pass);
             for update in s.updates() {
                 k.optim.update(pass, update);
             }
-        });
+        })?;
         self.steps += 1;
         self.loss_steps += 1;
+        Ok(())
     }
 
     fn loss_read_interval(&self) -> usize {
@@ -645,8 +689,13 @@ impl Backend for GpuBackend {
     /// mean's loss gradient), the gradients read back and summed over the group
     /// ([`crate::collective::GradientExchange`]), written back, then the update every
     /// rank takes alike (`gpu_backend/exchange.rs`).
-    fn train_step_shard(&mut self, batch: &Batch, prepared: Option<&mut Prepared>, shard: Shard) {
-        self.train_shard(batch, prepared, shard);
+    fn train_step_shard(
+        &mut self,
+        batch: &Batch,
+        prepared: Option<&mut Prepared>,
+        shard: Shard,
+    ) -> Result<(), BackendError> {
+        self.train_shard(batch, prepared, shard)
     }
 
     fn take_exchange_stats(&mut self) -> Option<ExchangeStats> {
@@ -661,18 +710,18 @@ impl Backend for GpuBackend {
         }
     }
 
-    fn take_loss(&mut self) -> (f64, usize) {
+    fn take_loss(&mut self) -> Result<(f64, usize), BackendError> {
         if self.loss_steps == 0 {
-            return (0.0, 0);
+            return Ok((0.0, 0));
         }
         let mut sum = [0.0f32];
         let encoder = self.encode("take loss", |_| {});
-        self.submit_and_read(encoder, Src::LossSum, &mut sum, "the loss");
+        self.submit_and_read(encoder, Src::LossSum, &mut sum, "reading the loss back")?;
         let sum = sum[0];
         // Takes effect before the next submit's commands.
         self.ctx.write(&self.bufs.acts.loss_sum, 0, &[0.0f32]);
         let steps = std::mem::take(&mut self.loss_steps);
-        (self.sum_over_group(f64::from(sum)), steps)
+        Ok((self.sum_over_group(f64::from(sum)), steps))
     }
 
     fn max_batch(&self) -> Option<usize> {
@@ -687,27 +736,26 @@ impl Backend for GpuBackend {
 
     /// Each user's history once (`gpu_backend/shared.rs`) where that is exact: the users
     /// and up to `max_batch` candidates per submit, the probabilities read back.
-    fn predict_requests(&mut self, req: &Requests, probs: &mut [f32]) -> Result<(), RequestError> {
+    fn predict_requests(&mut self, req: &Requests, probs: &mut [f32]) -> Result<(), BackendError> {
         check_requests(&self.model, req, probs)?;
         if !self.shares_history() {
-            predict_requests_per_sample(self, req, probs);
-            return Ok(());
+            return predict_requests_per_sample(self, req, probs);
         }
         if req.candidates() == 0 {
             return Ok(());
         }
         let users = req.users().max(1);
-        let fail = |e: GpuError| RequestError(format!("the GPU's shared-history path: {e}"));
+        let fail = BackendError::gpu;
         let mut shared = match self.shared.take() {
             Some(s) if s.users >= users => s,
             old => {
                 let users = users.max(old.map_or(0, |s| s.users));
                 let (ctx, k, m, a) = (&self.ctx, &self.k, &self.model, &self.bufs.arenas);
-                ctx.checked("binding the shared-history path", || {
-                    SharedPath::new(ctx, k, m, a, users, self.cap)
-                })
-                .and_then(|r| r)
-                .map_err(fail)?
+                let doing = "binding the shared-history path";
+                ctx.wait_check().map_err(fail(doing))?;
+                ctx.checked(doing, || SharedPath::new(ctx, k, m, a, users, self.cap))
+                    .and_then(|r| r)
+                    .map_err(fail(doing))?
             }
         };
         let rows = shared.rows;
@@ -724,7 +772,7 @@ impl Backend for GpuBackend {
             match self.ctx.read_f32(shared.probs(), 0, out.len()) {
                 Ok(p) => out.copy_from_slice(&p),
                 Err(e) => {
-                    result = Err(fail(e));
+                    result = Err(fail("scoring requests on the shared-history path")(e));
                     break;
                 }
             }
@@ -737,7 +785,7 @@ impl Backend for GpuBackend {
         &mut self,
         req: &Requests,
         k: usize,
-    ) -> Result<Vec<(usize, f32)>, RequestError> {
+    ) -> Result<Vec<(usize, f32)>, BackendError> {
         if !self.shares_history() {
             // One sample per candidate, the top k selected on the device per batch.
             return crate::backend::predict_top_k_per_sample(self, req, k);
@@ -747,26 +795,31 @@ impl Backend for GpuBackend {
         Ok(top_k(&probs, k))
     }
 
-    fn predict(&mut self, batch: &Batch, probs: &mut [f32]) {
-        self.upload(batch, None);
+    fn predict(&mut self, batch: &Batch, probs: &mut [f32]) -> Result<(), BackendError> {
+        self.upload(batch, None, "scoring a batch")?;
         let encoder = self.encode("predict", |pass| self.record_predict(pass));
         let probs = &mut probs[..batch.size];
-        self.submit_and_read(encoder, Src::Probs, probs, "the probabilities");
+        self.submit_and_read(encoder, Src::Probs, probs, "scoring a batch")
     }
 
     /// Scores on the device, selects there (`bst_kernels::gpu::topk`, exactly the order of
     /// [`top_k`]) and reads back only the `min(k, B)` pairs. For `k` above the kernel's
     /// `MAX_K` (1024) it reads every probability and selects on the host.
-    fn predict_top_k(&mut self, batch: &Batch, k: usize) -> Vec<(usize, f32)> {
+    fn predict_top_k(
+        &mut self,
+        batch: &Batch,
+        k: usize,
+    ) -> Result<Vec<(usize, f32)>, BackendError> {
         if k == 0 || batch.size == 0 {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         if k > MAX_K as usize {
             let mut probs = vec![0.0; batch.size];
-            self.predict(batch, &mut probs);
-            return top_k(&probs, k);
+            self.predict(batch, &mut probs)?;
+            return Ok(top_k(&probs, k));
         }
-        self.upload(batch, None);
+        let doing = format!("selecting the top {k} of a batch");
+        self.upload(batch, None, &doing)?;
         // k above the batch selects the whole batch, as k = B would.
         let topk = &mut self.topk.binding;
         topk.set_len(&self.ctx, batch.size as u32);
@@ -776,51 +829,48 @@ impl Backend for GpuBackend {
             self.record_predict(pass);
             self.k.topk.record(pass, &self.topk.binding);
         });
-        self.submit_and_read(encoder, Src::TopK, &mut words, &format!("the top {k}"));
-        pairs_of_words(&words)
+        self.submit_and_read(encoder, Src::TopK, &mut words, &doing)?;
+        Ok(pairs_of_words(&words)
             .into_iter()
             .map(|(i, p)| (i as usize, p))
-            .collect()
+            .collect())
     }
 
     /// With f16 tables, the tables as stored: rounded to f16.
-    fn read_params(&self) -> Vec<f32> {
-        let mut params = self.read_arena(&self.bufs.arenas.params, "the parameters");
+    fn read_params(&self) -> Result<Vec<f32>, BackendError> {
+        let mut params = self.read_arena(&self.bufs.arenas.params, "the parameters")?;
         if let Some(tables) = &self.bufs.arenas.tables_f16 {
             let base = self.bufs.arenas.base;
             let words = self
                 .ctx
                 .read_u32(tables, 0, base.div_ceil(2))
-                .unwrap_or_else(|e| panic!("reading the f16 tables back from the GPU: {e}"));
+                .map_err(BackendError::gpu("reading the f16 tables back"))?;
             let h: &[half::f16] = bytemuck::cast_slice(&words);
             for (p, h) in params[..base].iter_mut().zip(h) {
                 *p = h.to_f32();
             }
         }
-        params
+        Ok(params)
     }
 
     /// With f16 tables, the tables are rounded to f16 on the host (to nearest, ties to
     /// even) and uploaded as such.
-    fn write_params(&mut self, params: &[f32]) {
-        assert_eq!(
-            params.len(),
-            self.model.layout.total,
-            "parameter arena has the wrong size"
-        );
-        write_params(&self.ctx, &self.bufs, params);
+    fn write_params(&mut self, params: &[f32]) -> Result<(), BackendError> {
+        check_arena_len(&self.model, params)?;
+        write_params(&self.ctx, &self.bufs, params)
+            .map_err(BackendError::gpu("writing the parameters"))
     }
 
     fn read_optim_state(&self) -> Result<OptimSnapshot, BackendError> {
-        self.assert_trainable("reading the optimiser state");
+        self.check_trainable("read its optimiser state")?;
         let a = &self.bufs.arenas;
         let state = match &a.v {
             Some(v) => OptimState::Adam {
-                m: self.read_arena(&a.m, "adam's m"),
-                v: self.read_arena(v, "adam's v"),
+                m: self.read_arena(&a.m, "adam's m")?,
+                v: self.read_arena(v, "adam's v")?,
             },
             None => OptimState::Adagrad {
-                sum: self.read_arena(&a.m, "adagrad's sum"),
+                sum: self.read_arena(&a.m, "adagrad's sum")?,
             },
         };
         Ok(OptimSnapshot {
@@ -830,7 +880,7 @@ impl Backend for GpuBackend {
     }
 
     fn write_optim_state(&mut self, s: &OptimSnapshot) -> Result<(), BackendError> {
-        self.assert_trainable("write_optim_state");
+        self.check_trainable("restore an optimiser state")?;
         let ours = if self.adam {
             OptimizerKind::Adam
         } else {
@@ -849,15 +899,15 @@ impl Backend for GpuBackend {
                 s.state.len()
             )));
         }
-        let a = &self.bufs.arenas;
-        match (&s.state, &a.v) {
-            (OptimState::Adam { m, v }, Some(v_buf)) => {
-                self.ctx.write(&a.m, 0, m);
-                self.ctx.write(v_buf, 0, v);
-            }
-            (OptimState::Adagrad { sum }, None) => self.ctx.write(&a.m, 0, sum),
+        let (a, ctx) = (&self.bufs.arenas, &self.ctx);
+        let written = match (&s.state, &a.v) {
+            (OptimState::Adam { m, v }, Some(v_buf)) => ctx
+                .write_checked(&a.m, 0, m)
+                .and_then(|()| ctx.write_checked(v_buf, 0, v)),
+            (OptimState::Adagrad { sum }, None) => ctx.write_checked(&a.m, 0, sum),
             _ => unreachable!("the kinds were checked"),
-        }
+        };
+        written.map_err(BackendError::gpu("writing the optimiser state"))?;
         self.steps = s.steps;
         Ok(())
     }

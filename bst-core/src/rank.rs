@@ -3,9 +3,9 @@
 //! (`bst_kernels::gpu::topk`). Both give the order of [`bst_kernels::cpu::topk::better`]:
 //! higher first, ties by lower index, NaN last.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
 use crate::encode::{Context, Encoder};
-use crate::requests::{RequestError, Requests};
+use crate::requests::Requests;
 
 /// The host selection (`k` best, ties by lower index, NaN last), where the kernels keep it.
 pub use bst_kernels::cpu::topk::{select_best, top_k};
@@ -21,7 +21,7 @@ pub fn rank_items(
     ctx: &Context,
     items: &[u32],
     k: usize,
-) -> Result<Vec<(usize, f32)>, RequestError> {
+) -> Result<Vec<(usize, f32)>, BackendError> {
     let mut req = Requests::new(ctx.hist_item.len(), ctx.other.len());
     let u = req.push_context(ctx)?;
     for &item in items {

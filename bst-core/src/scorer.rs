@@ -111,7 +111,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, ModelConfig, Optimizer, TrainConfig};
 use crate::gpu_backend::{DeviceMemory, GpuBackend, Tables};
@@ -138,9 +138,13 @@ pub enum ScorerError {
         /// What is wrong and what to change.
         detail: String,
     },
-    /// Scoring requests that do not fit the model, or a device failure while scoring them.
+    /// Scoring requests that do not fit the model.
     #[error(transparent)]
     Requests(#[from] RequestError),
+    /// The device failed while scoring or taking new parameters (a lost GPU, out of
+    /// memory); the message says what the scorer was doing.
+    #[error(transparent)]
+    Backend(BackendError),
     /// More rows than the scorer computes.
     #[error(
         "{rows} candidate rows, more than the scorer computes per record ({computed} of at \
@@ -155,6 +159,16 @@ pub enum ScorerError {
         /// Largest batch of the scorer ([`Scorer::max_rows`]).
         max: usize,
     },
+}
+
+impl From<BackendError> for ScorerError {
+    /// Requests that do not fit stay [`ScorerError::Requests`].
+    fn from(e: BackendError) -> ScorerError {
+        match e {
+            BackendError::Request(r) => ScorerError::Requests(r),
+            e => ScorerError::Backend(e),
+        }
+    }
 }
 
 /// The application's buffers holding `rows` candidate samples (layout: the module docs).
@@ -456,18 +470,9 @@ impl Scorer {
 
     /// Replaces the parameters (same layout), e.g. after training more on the host. A
     /// `queue.write_buffer`: records submitted afterwards use them. With f16 tables the
-    /// tables are rounded to f16 again.
+    /// tables are rounded to f16 again. Refuses an arena of another size.
     pub fn write_params(&mut self, params: &[f32]) -> Result<(), ScorerError> {
-        let n = self.model().layout.total;
-        if params.len() != n {
-            return Err(GpuError::Binding(format!(
-                "the parameter arena: {} values given, the model's layout has {n}",
-                params.len()
-            ))
-            .into());
-        }
-        self.backend.write_params(params);
-        Ok(())
+        Ok(self.backend.write_params(params)?)
     }
 }
 

@@ -166,12 +166,32 @@ pub enum TrainError {
     /// The resume state does not fit the data, config or model.
     #[error("cannot resume: {0}")]
     Resume(String),
-    /// The backend refused (e.g. an optimiser state of another kind).
+    /// The backend refused before training (e.g. an optimiser state of another kind).
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The backend failed during the run (a lost GPU, out of memory); nothing of its
+    /// state after the failure is saved, the last good checkpoint is kept.
+    #[error("{during}: {source}; {}", kept(.saved))]
+    Failed {
+        /// What the loop was doing, e.g. "epoch 2, step 31".
+        during: String,
+        /// The backend's error.
+        source: BackendError,
+        /// The last good checkpoint, if any was saved.
+        saved: Option<SavedAt>,
+    },
     /// Saving a checkpoint failed.
     #[error("saving a checkpoint: {0}")]
     Checkpoint(#[from] CheckpointError),
+}
+
+/// Wraps a backend failure during `during`, when `saved` was the last checkpoint.
+fn failed(during: String, saved: Option<SavedAt>) -> impl FnOnce(BackendError) -> TrainError {
+    move |source| TrainError::Failed {
+        during,
+        source,
+        saved,
+    }
 }
 
 /// The sample order of epoch `epoch` (1-based) of a run with `n` samples and `seed`:
@@ -257,7 +277,7 @@ pub fn train_in_group(
     let (mut progress, mut best_params, mut saved) = match resume {
         Some(r) => {
             check_resume(&r, ds, cfg, backend.model().layout.total)?;
-            backend.write_params(&r.params);
+            backend.write_params(&r.params)?;
             backend.write_optim_state(&r.optim)?;
             let at = SavedAt {
                 epoch: r.progress.epoch,
@@ -294,7 +314,9 @@ pub fn train_in_group(
             |i, batch, prepared| {
                 if stop_requested() {
                     // Fold the unread loss in, so the epoch's train loss stays whole.
-                    let (sum, k) = backend.take_loss();
+                    let (sum, k) = backend
+                        .take_loss()
+                        .map_err(failed(format!("epoch {epoch}, step {i}"), saved))?;
                     let loss = (sum / k.max(1) as f64) as f32;
                     if !loss.is_finite() {
                         return Err(TrainError::NonFinite {
@@ -314,23 +336,8 @@ pub fn train_in_group(
                     // Nothing to save before the first step, nor twice the same state.
                     let fresh = saved != Some(at) && (at.epoch, at.step) != (0, 0);
                     if let (Some(c), true) = (checkpointer.as_deref_mut(), fresh) {
-                        let owned;
-                        let (params, optim) = match backend.checkpoint_state() {
-                            Some(s) => s,
-                            None => {
-                                owned = (backend.read_params(), backend.read_optim_state()?);
-                                (&owned.0[..], OptimRef::from(&owned.1))
-                            }
-                        };
-                        c.save(
-                            Save::Latest,
-                            &Snapshot {
-                                progress: &progress,
-                                params,
-                                optim: Some(optim),
-                                best_params: best_params.as_deref(),
-                            },
-                        )?;
+                        let fail = failed(format!("saving a checkpoint {at}"), saved);
+                        save_latest(c, &*backend, &progress, best_params.as_deref(), fail)?;
                         saved = Some(at);
                     }
                     return Err(TrainError::Interrupted {
@@ -338,17 +345,19 @@ pub fn train_in_group(
                         saved: saved == Some(at),
                     });
                 }
+                let step = i + 1;
+                let fail = || failed(format!("epoch {epoch}, step {step}"), saved);
                 if group.is_some() {
                     let global = cfg.batch.min(n - i * cfg.batch);
                     let row0 = shard_range(global, rank, ranks).start;
-                    backend.train_step_shard(batch, prepared, Shard { row0, global });
+                    backend.train_step_shard(batch, prepared, Shard { row0, global })
                 } else {
-                    backend.train_step_prepared(batch, prepared);
+                    backend.train_step_prepared(batch, prepared)
                 }
-                let step = i + 1;
+                .map_err(fail())?;
                 progress.step = step;
                 if step % loss_every == 0 || step == steps {
-                    let (sum, k) = backend.take_loss();
+                    let (sum, k) = backend.take_loss().map_err(fail())?;
                     let loss = (sum / k.max(1) as f64) as f32;
                     if !loss.is_finite() {
                         return Err(TrainError::NonFinite {
@@ -372,7 +381,8 @@ pub fn train_in_group(
             },
         )?;
         let seconds = progress.epoch_seconds + start.elapsed().as_secs_f64();
-        let valid = evaluate_in(backend, &ds.valid, cfg.eval_batch, group);
+        let valid = evaluate_in(backend, &ds.valid, cfg.eval_batch, group)
+            .map_err(failed(format!("validating epoch {epoch}"), saved))?;
         let report = EpochReport {
             epoch,
             train_loss: progress.loss_sum / steps as f64,
@@ -394,32 +404,18 @@ pub fn train_in_group(
         let improved = progress.best.is_none_or(|b| this.score() > b.score());
         if improved {
             progress.best = Some(this);
-            best_params = Some(backend.read_params());
+            let params = backend
+                .read_params()
+                .map_err(failed(format!("reading epoch {epoch}'s parameters"), saved))?;
+            best_params = Some(params);
         }
         if let Some(c) = checkpointer.as_deref_mut() {
             if improved {
                 let p = best_params.as_deref().expect("just read");
                 c.save(Save::Best, &best_snapshot(&progress, p))?;
             }
-            // Borrowed from the backend where it allows (the CPU one): no copy of the model
-            // or of the optimiser's arenas.
-            let owned;
-            let (params, optim) = match backend.checkpoint_state() {
-                Some(s) => s,
-                None => {
-                    owned = (backend.read_params(), backend.read_optim_state()?);
-                    (&owned.0[..], OptimRef::from(&owned.1))
-                }
-            };
-            c.save(
-                Save::Latest,
-                &Snapshot {
-                    progress: &progress,
-                    params,
-                    optim: Some(optim),
-                    best_params: best_params.as_deref(),
-                },
-            )?;
+            let fail = failed(format!("saving the checkpoint of epoch {epoch}"), saved);
+            save_latest(c, &*backend, &progress, best_params.as_deref(), fail)?;
             saved = Some(SavedAt { epoch, step: 0 });
         }
         if stop_requested() && epoch < cfg.epochs {
@@ -432,12 +428,16 @@ pub fn train_in_group(
 
     let best = progress.best.expect("at least one epoch");
     let params = best_params.expect("the best epoch's parameters");
-    backend.write_params(&params);
+    backend.write_params(&params).map_err(failed(
+        "restoring the best epoch's parameters".into(),
+        saved,
+    ))?;
     if let Some(c) = checkpointer {
         // Again at the end: a run stopped between its two writes may have left it older.
         c.save(Save::Best, &best_snapshot(&progress, &params))?;
     }
-    let test = evaluate_in(backend, &ds.test, cfg.eval_batch, group);
+    let test = evaluate_in(backend, &ds.test, cfg.eval_batch, group)
+        .map_err(failed("testing the best epoch's parameters".into(), saved))?;
     let oracle_test_auc = ds.test.true_prob().and_then(|p| auc(&p, &ds.test.labels()));
     Ok(TrainReport {
         train_samples_per_sec: (progress.epochs.len() * n) as f64 / progress.train_seconds,
@@ -457,6 +457,35 @@ fn patience_spent(progress: &Progress, patience: usize) -> bool {
         && progress
             .best
             .is_some_and(|b| progress.epoch - b.epoch >= patience)
+}
+
+/// Saves the latest state ([`Save::Latest`]): the parameters and optimiser state
+/// borrowed from the backend where it allows (the CPU one: no copy of the model or of the
+/// optimiser's arenas), else read back; `fail` wraps a failed read.
+fn save_latest(
+    c: &mut dyn Checkpointer,
+    backend: &dyn Backend,
+    progress: &Progress,
+    best_params: Option<&[f32]>,
+    fail: impl FnOnce(BackendError) -> TrainError,
+) -> Result<(), TrainError> {
+    let owned;
+    let (params, optim) = match backend.checkpoint_state() {
+        Some(s) => s,
+        None => {
+            let read = || Ok((backend.read_params()?, backend.read_optim_state()?));
+            owned = read().map_err(fail)?;
+            (&owned.0[..], OptimRef::from(&owned.1))
+        }
+    };
+    let snapshot = Snapshot {
+        progress,
+        params,
+        optim: Some(optim),
+        best_params,
+    };
+    c.save(Save::Latest, &snapshot)?;
+    Ok(())
 }
 
 fn best_snapshot<'a>(progress: &'a Progress, params: &'a [f32]) -> Snapshot<'a> {
@@ -537,16 +566,16 @@ pub fn predict_all<S: SampleSource + ?Sized>(
     backend: &mut dyn Backend,
     s: &S,
     eval_batch: usize,
-) -> Vec<f32> {
+) -> Result<Vec<f32>, BackendError> {
     let mut probs = vec![0.0; s.len()];
     let mut batch = Batch::default();
     let eval_batch = eval_batch.max(1);
     for (k, out) in probs.chunks_mut(eval_batch).enumerate() {
         let idx: Vec<usize> = (k * eval_batch..k * eval_batch + out.len()).collect();
         batch.gather(s, &idx);
-        backend.predict(&batch, out);
+        backend.predict(&batch, out)?;
     }
-    probs
+    Ok(probs)
 }
 
 /// AUC, GAUC and logloss of the backend's predictions on `s`, batch by batch: only the
@@ -555,10 +584,8 @@ pub fn evaluate<S: SampleSource + ?Sized>(
     backend: &mut dyn Backend,
     s: &S,
     eval_batch: usize,
-) -> Metrics {
-    let probs = predict_all(backend, s, eval_batch);
-    let (labels, users): (Vec<f32>, Vec<u32>) = (0..s.len()).map(|i| s.label_user(i)).unzip();
-    Metrics::compute(&probs, &labels, &users)
+) -> Result<Metrics, BackendError> {
+    evaluate_in(backend, s, eval_batch, None)
 }
 
 /// [`predict_all`] on one rank of `group`: the batches of `eval_batch` samples are split
@@ -569,7 +596,7 @@ pub fn predict_all_in<S: SampleSource + ?Sized>(
     s: &S,
     eval_batch: usize,
     group: Option<&dyn Collective>,
-) -> Vec<f32> {
+) -> Result<Vec<f32>, BackendError> {
     let Some(g) = group.filter(|g| g.size() > 1) else {
         return predict_all(backend, s, eval_batch);
     };
@@ -583,12 +610,12 @@ pub fn predict_all_in<S: SampleSource + ?Sized>(
     let mut batch = Batch::default();
     for (chunk, out) in mine.chunks(eval_batch).zip(local.chunks_mut(eval_batch)) {
         batch.gather(s, chunk);
-        backend.predict(&batch, out);
+        backend.predict(&batch, out)?;
     }
     let counts: Vec<usize> = (0..g.size()).map(|r| rows(r).len()).collect();
     let mut probs = Vec::with_capacity(s.len());
     g.gather_f32(&local, &counts, &mut probs);
-    probs
+    Ok(probs)
 }
 
 /// [`evaluate`] on one rank of `group` ([`predict_all_in`]): the single process's metrics.
@@ -597,10 +624,10 @@ pub fn evaluate_in<S: SampleSource + ?Sized>(
     s: &S,
     eval_batch: usize,
     group: Option<&dyn Collective>,
-) -> Metrics {
-    let probs = predict_all_in(backend, s, eval_batch, group);
+) -> Result<Metrics, BackendError> {
+    let probs = predict_all_in(backend, s, eval_batch, group)?;
     let (labels, users): (Vec<f32>, Vec<u32>) = (0..s.len()).map(|i| s.label_user(i)).unzip();
-    Metrics::compute(&probs, &labels, &users)
+    Ok(Metrics::compute(&probs, &labels, &users))
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! Checkpoints on a tiny synthetic world: spec-3 names and shapes, an exact round trip,
 //! clear errors for truncated, corrupted and foreign files and for a mismatched config or
 //! data; resumed training (at an epoch boundary and mid-epoch) that ends bit for bit where
-//! an uninterrupted run does; a non-finite loss that stops training and keeps the last good
-//! checkpoint; and a writer killed at random times that always leaves a loadable file.
+//! an uninterrupted run does; a non-finite loss, or a failed step (a lost GPU), that stops
+//! training and keeps the last good checkpoint; and a writer killed at random times that
+//! always leaves a loadable file.
 
 use bst_core::backend::{Backend, BackendError, CpuBackend};
 use bst_core::batch::Batch;
@@ -13,6 +14,7 @@ use bst_core::model::Model;
 use bst_core::optim::OptimSnapshot;
 use bst_core::params::ParamLayout;
 use bst_core::rng::Rng;
+use bst_core::scorer::GpuError;
 use bst_core::train::{Event, Progress, Snapshot, TrainError, TrainOptions, train_with};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
@@ -620,9 +622,11 @@ fn a_run_stopped_mid_epoch_resumes_at_the_same_step_of_the_same_order() {
 }
 
 /// A CPU backend whose parameters turn NaN before update `at`: the loss goes NaN there.
+/// With `fails`, update `at` fails instead, as a step on a lost GPU does.
 struct Poisoned {
     inner: CpuBackend,
     at: u64,
+    fails: bool,
 }
 
 impl Backend for Poisoned {
@@ -632,26 +636,30 @@ impl Backend for Poisoned {
     fn model(&self) -> &Model {
         self.inner.model()
     }
-    fn train_step(&mut self, batch: &Batch) {
+    fn train_step(&mut self, batch: &Batch) -> Result<(), BackendError> {
+        if self.inner.optim.steps + 1 == self.at && self.fails {
+            let lost = GpuError::Device("the device was lost (simulated)".into());
+            return Err(BackendError::gpu("running a training step")(lost));
+        }
         if self.inner.optim.steps + 1 == self.at {
             let last_bias = self.inner.model.layout.index.mlp.last().unwrap().1.start;
             self.inner.params[last_bias] = f32::NAN;
         }
         self.inner.train_step(batch)
     }
-    fn take_loss(&mut self) -> (f64, usize) {
+    fn take_loss(&mut self) -> Result<(f64, usize), BackendError> {
         self.inner.take_loss()
     }
     fn set_lr(&mut self, lr: f32) {
         self.inner.set_lr(lr)
     }
-    fn predict(&mut self, batch: &Batch, probs: &mut [f32]) {
+    fn predict(&mut self, batch: &Batch, probs: &mut [f32]) -> Result<(), BackendError> {
         self.inner.predict(batch, probs)
     }
-    fn read_params(&self) -> Vec<f32> {
+    fn read_params(&self) -> Result<Vec<f32>, BackendError> {
         self.inner.read_params()
     }
-    fn write_params(&mut self, params: &[f32]) {
+    fn write_params(&mut self, params: &[f32]) -> Result<(), BackendError> {
         self.inner.write_params(params)
     }
     fn read_optim_state(&self) -> Result<OptimSnapshot, BackendError> {
@@ -662,23 +670,48 @@ impl Backend for Poisoned {
     }
 }
 
-#[test]
-fn a_non_finite_loss_stops_training_naming_the_step_and_keeps_the_last_good_checkpoint() {
+/// Trains with checkpoints into a fresh folder `tag`, the loss read every step, on a
+/// [`Poisoned`] backend that goes bad at step 4 of epoch 2 (`fails`: the step fails, else
+/// its loss is NaN). Checks that the latest checkpoint is left byte for byte as it was at
+/// step 3, and returns the error and the folder.
+fn poisoned_run(tag: &str, fails: bool) -> (TrainError, PathBuf) {
     let cfg = tiny_config(Optimizer::Adam);
     let ds = dataset(&cfg);
     let steps = ds.train.len().div_ceil(cfg.train.batch);
-    let dir = temp_dir("nan");
+    let dir = temp_dir(tag);
+    let latest = dir.join(checkpoint::LATEST);
     let mut ckpt = RunCheckpointer::new(&dir, info(&cfg, &ds));
     let mut backend = Poisoned {
         inner: CpuBackend::new(&cfg, ds.vocab.sizes()),
-        at: steps as u64 + 4, // step 4 of epoch 2
+        at: steps as u64 + 4,
+        fails,
     };
     let opts = TrainOptions {
         checkpointer: Some(&mut ckpt),
         loss_every: 1,
         ..TrainOptions::default()
     };
-    let e = train_with(&mut backend, &ds, &cfg.train, opts, &mut |_| {}).unwrap_err();
+    let mut before = None;
+    let mut on_event = |e: Event| {
+        if let Event::Step {
+            epoch: 2, step: 3, ..
+        } = e
+        {
+            before = Some(std::fs::read(&latest).expect("epoch 1's checkpoint"));
+        }
+    };
+    let e = train_with(&mut backend, &ds, &cfg.train, opts, &mut on_event).unwrap_err();
+    let before = before.expect("step 3 of epoch 2 was reported");
+    assert!(
+        std::fs::read(&latest).unwrap() == before,
+        "the checkpoint changed"
+    );
+    (e, dir)
+}
+
+#[test]
+fn a_non_finite_loss_stops_training_naming_the_step_and_keeps_the_last_good_checkpoint() {
+    let (e, dir) = poisoned_run("nan", false);
     let msg = e.to_string();
     assert!(
         msg.contains("the loss became NaN in epoch 2, step 4: lower the learning rate"),
@@ -693,14 +726,29 @@ fn a_non_finite_loss_stops_training_naming_the_step_and_keeps_the_last_good_chec
     assert!(c.params.iter().all(|x| x.is_finite()));
 
     // With the loss read every 10 steps the error names the window.
+    let cfg = tiny_config(Optimizer::Adam);
+    let ds = dataset(&cfg);
     let mut backend = Poisoned {
         inner: CpuBackend::new(&cfg, ds.vocab.sizes()),
         at: 4,
+        fails: false,
     };
     let e = bst_core::train::train(&mut backend, &ds, &cfg.train, &mut |_| {}).unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("in epoch 1, steps 1-"), "{msg}");
     assert!(msg.contains("no checkpoint was saved"), "{msg}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_failed_step_stops_training_naming_the_step_and_leaves_the_last_checkpoint_as_it_was() {
+    let (e, dir) = poisoned_run("failed", true);
+    assert!(matches!(e, TrainError::Failed { .. }), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        "epoch 2, step 4: the GPU failed while running a training step: GPU error: the device \
+         was lost (simulated); the last good checkpoint (after epoch 1) is kept"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 

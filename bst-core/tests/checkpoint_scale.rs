@@ -168,10 +168,10 @@ fn a_checkpoint_with_4_2m_items_and_1m_users_trains_loads_scores_ranks_and_resum
     ckpt.check_vocab(&ds.vocab).unwrap();
     let mut loaded = ckpt.cpu_backend();
     let eb = cfg.train.eval_batch;
-    let a = predict_all(&mut trained, &ds.test, eb);
-    let b = predict_all(&mut loaded, &ds.test, eb);
+    let a = predict_all(&mut trained, &ds.test, eb).unwrap();
+    let b = predict_all(&mut loaded, &ds.test, eb).unwrap();
     assert_eq!(a, b, "the loaded model predicts as the trained one");
-    let m = evaluate(&mut loaded, &ds.test, eb);
+    let m = evaluate(&mut loaded, &ds.test, eb).unwrap();
     assert!(m.logloss.is_finite() && m.samples == ds.test.len(), "{m}");
     let loaded_at = clock.elapsed();
 
@@ -194,7 +194,7 @@ fn a_checkpoint_with_4_2m_items_and_1m_users_trains_loads_scores_ranks_and_resum
     assert!(top.windows(2).all(|w| w[0].1 >= w[1].1), "{top:?}");
     let mut s = enc.samples();
     enc.push(&mut s, &ctx, items[top[0].0]);
-    let p = predict_all(&mut loaded, &s, eb);
+    let p = predict_all(&mut loaded, &s, eb).unwrap();
     assert_eq!(p[0], top[0].1, "rank's best probability is predict's");
     let ranked = clock.elapsed();
 

@@ -36,26 +36,27 @@ impl Backend for Stalling {
     fn model(&self) -> &Model {
         self.inner.model()
     }
-    fn train_step(&mut self, batch: &Batch) {
+    fn train_step(&mut self, batch: &Batch) -> Result<(), BackendError> {
         let before = self.inner.params.clone();
-        self.inner.train_step(batch);
+        self.inner.train_step(batch)?;
         if self.inner.optim.steps > self.learn {
             self.inner.params = before;
         }
+        Ok(())
     }
-    fn take_loss(&mut self) -> (f64, usize) {
+    fn take_loss(&mut self) -> Result<(f64, usize), BackendError> {
         self.inner.take_loss()
     }
     fn set_lr(&mut self, lr: f32) {
         self.inner.set_lr(lr)
     }
-    fn predict(&mut self, batch: &Batch, probs: &mut [f32]) {
+    fn predict(&mut self, batch: &Batch, probs: &mut [f32]) -> Result<(), BackendError> {
         self.inner.predict(batch, probs)
     }
-    fn read_params(&self) -> Vec<f32> {
+    fn read_params(&self) -> Result<Vec<f32>, BackendError> {
         self.inner.read_params()
     }
-    fn write_params(&mut self, params: &[f32]) {
+    fn write_params(&mut self, params: &[f32]) -> Result<(), BackendError> {
         self.inner.write_params(params)
     }
     fn read_optim_state(&self) -> Result<OptimSnapshot, BackendError> {

@@ -103,7 +103,7 @@ fn summing_during_the_backward_gives_the_sums_after_it() {
                         row0: 0,
                         global: idx.len().max(1),
                     };
-                    backend.train_step_shard(&batch, None, shard);
+                    backend.train_step_shard(&batch, None, shard).unwrap();
                 }
                 let log = std::mem::take(&mut *group.log.lock().unwrap());
                 (backend, log)

@@ -86,7 +86,8 @@ fn the_gpu_app_example_scores_as_the_cpu_and_selects_the_top_k() {
         model.params.clone(),
     );
     let mut want = vec![0.0; c.rows()];
-    cpu.predict(&Batch::from_range(&c.samples, 0..c.rows()), &mut want);
+    cpu.predict(&Batch::from_range(&c.samples, 0..c.rows()), &mut want)
+        .unwrap();
     assert_close("the example's scores", &got, &want);
 
     let expected: Vec<(u32, f32)> = top_k(&got, 10)
@@ -136,8 +137,9 @@ fn the_gpu_app_example_scores_as_the_cpu_and_selects_the_top_k() {
         let tables = cpu.model().layout.dense_range().start;
         let mut rounded = f16_rounded(&model.params[..tables]);
         rounded.extend_from_slice(&model.params[tables..]);
-        cpu.write_params(&rounded);
-        cpu.predict(&Batch::from_range(&c.samples, 0..c.rows()), &mut want);
+        cpu.write_params(&rounded).unwrap();
+        cpu.predict(&Batch::from_range(&c.samples, 0..c.rows()), &mut want)
+            .unwrap();
         assert_close(
             "f16 tables on the app's device",
             &read_scores(&ctx, &c),

@@ -105,7 +105,7 @@ impl AppIds {
 fn trained_cpu(cfg: &bst_core::config::Config, samples: &Samples) -> CpuBackend {
     let mut cpu = CpuBackend::new(cfg, SIZES);
     for rows in [0..7, 7..14] {
-        cpu.train_step(&Batch::from_range(samples, rows));
+        cpu.train_step(&Batch::from_range(samples, rows)).unwrap();
     }
     cpu
 }
@@ -124,7 +124,7 @@ fn scorer_records_into_the_apps_encoder_and_matches_cpu_predict() {
         let cfg = small_config(blocks, pooling);
         let samples = random_samples(23, &cfg.model, 5);
         let mut cpu = trained_cpu(&cfg, &samples);
-        let want = predict_all(&mut cpu, &samples, 23);
+        let want = predict_all(&mut cpu, &samples, 23).unwrap();
         let scorer =
             Scorer::new(ctx.clone(), &cfg.model, SIZES, cpu.params.clone(), 9).expect("scorer");
         assert_eq!((scorer.rows(), scorer.max_rows()), (9, 9));
@@ -157,7 +157,7 @@ fn set_rows_computes_fewer_and_bad_candidates_are_refused() {
     let cfg = small_config(1, Pooling::Mean);
     let samples = random_samples(9, &cfg.model, 6);
     let mut cpu = trained_cpu(&cfg, &random_samples(14, &cfg.model, 8));
-    let want = predict_all(&mut cpu, &samples, 9);
+    let want = predict_all(&mut cpu, &samples, 9).unwrap();
     let mut scorer =
         Scorer::new(ctx.clone(), &cfg.model, SIZES, cpu.params.clone(), 9).expect("scorer");
     let scores = app_buffer(&ctx, "scores", &[0; 9], APP_USAGE);
@@ -264,8 +264,8 @@ fn predict_top_k_selects_on_the_device_as_the_host_does() {
     ] {
         let batch = Batch::from_range(&samples, 0..n);
         let mut probs = vec![0.0; n];
-        gpu.predict(&batch, &mut probs);
-        let got = gpu.predict_top_k(&batch, k);
+        gpu.predict(&batch, &mut probs).unwrap();
+        let got = gpu.predict_top_k(&batch, k).unwrap();
         let want = top_k(&probs, k);
         assert_eq!(
             got, want,
@@ -273,7 +273,7 @@ fn predict_top_k_selects_on_the_device_as_the_host_does() {
         );
         // Against the CPU: the same scores at every rank, within the tolerance.
         let mut cpu_probs = vec![0.0; n];
-        cpu.predict(&batch, &mut cpu_probs);
+        cpu.predict(&batch, &mut cpu_probs).unwrap();
         let at_rank = |v: &[(usize, f32)]| v.iter().map(|p| p.1).collect::<Vec<_>>();
         assert_close(
             &format!("n {n}, k {k}: scores by rank"),
@@ -326,9 +326,9 @@ fn f16_tables_score_as_the_cpu_model_with_f16_rounded_tables() {
         let mut cpu = trained_cpu(&cfg, &samples);
         let model = Model::new(&cfg.model, SIZES);
         let params = cpu.params.clone();
-        let f32_scores = predict_all(&mut cpu, &samples, 23);
-        cpu.write_params(&with_f16_tables(&model, &params));
-        let want = predict_all(&mut cpu, &samples, 23);
+        let f32_scores = predict_all(&mut cpu, &samples, 23).unwrap();
+        cpu.write_params(&with_f16_tables(&model, &params)).unwrap();
+        let want = predict_all(&mut cpu, &samples, 23).unwrap();
 
         let opts = ScorerOptions {
             f16_embeddings: true,
@@ -371,8 +371,8 @@ fn f16_tables_score_as_the_cpu_model_with_f16_rounded_tables() {
         let mut cpu = trained_cpu(&cfg, &random_samples(14, &cfg.model, 8));
         let params = cpu.params.clone();
         scorer.write_params(&params).expect("write_params");
-        cpu.write_params(&with_f16_tables(&model, &params));
-        let want = predict_all(&mut cpu, &samples, 23);
+        cpu.write_params(&with_f16_tables(&model, &params)).unwrap();
+        let want = predict_all(&mut cpu, &samples, 23).unwrap();
         let got = score_all(&ctx, &scorer, &samples);
         assert_close(&format!("{what}: after write_params"), &got, &want);
         ctx.check().expect("no wgpu error");

@@ -21,7 +21,7 @@ fn per_sample_cpu(cpu: &mut CpuBackend, req: &Requests) -> Vec<f32> {
     let mut probs = vec![0.0; req.candidates()];
     let mut batch = Batch::default();
     req.to_batch(0..req.candidates(), &mut batch);
-    cpu.predict(&batch, &mut probs);
+    cpu.predict(&batch, &mut probs).unwrap();
     probs
 }
 

@@ -167,11 +167,11 @@ fn check_steps_on(ctx: Arc<GpuContext>, cfg: &Config, what: &str, batches: &[Bat
     let (mut cpu, mut gpu) = backends(ctx, &cfg);
     let init = cpu.params.clone();
     for batch in batches {
-        cpu.train_step(batch);
-        gpu.train_step(batch);
+        cpu.train_step(batch).unwrap();
+        gpu.train_step(batch).unwrap();
     }
     let layout = &cpu.model.layout;
-    let mut grads = gpu.read_grads();
+    let mut grads = gpu.read_grads().unwrap();
     let cpu_grads = cpu.grads();
     if sparse {
         let tables = 0..layout.dense_range().start;
@@ -182,7 +182,7 @@ fn check_steps_on(ctx: Arc<GpuContext>, cfg: &Config, what: &str, batches: &[Bat
         grads[tables.clone()].copy_from_slice(&cpu_grads[tables]);
     }
     assert_close(&format!("{what}: last gradients"), &grads, &cpu_grads, None);
-    let params = gpu.read_params();
+    let params = gpu.read_params().unwrap();
     assert_key_bias_still(what, &params, &grads, &cpu, &init, cfg.train.weight_decay);
     assert_close(
         &format!("{what}: parameters after 3 steps"),
@@ -204,15 +204,19 @@ fn check_steps_on(ctx: Arc<GpuContext>, cfg: &Config, what: &str, batches: &[Bat
     {
         assert_close(&format!("{what}: {name}"), g, c, Some(layout));
     }
-    let (gpu_sum, gpu_n) = gpu.take_loss();
-    let (cpu_sum, cpu_n) = cpu.take_loss();
+    let (gpu_sum, gpu_n) = gpu.take_loss().unwrap();
+    let (cpu_sum, cpu_n) = cpu.take_loss().unwrap();
     println!("{what}: loss sum gpu {gpu_sum:.7} cpu {cpu_sum:.7}");
     assert_eq!(gpu_n, cpu_n, "{what}: steps in the loss sum");
     assert!(
         (gpu_sum - cpu_sum).abs() <= 1e-5 * (1.0 + cpu_sum.abs()),
         "{what}: loss sum gpu {gpu_sum} cpu {cpu_sum}"
     );
-    assert_eq!(gpu.take_loss(), (0.0, 0), "take_loss empties the sum");
+    assert_eq!(
+        gpu.take_loss().unwrap(),
+        (0.0, 0),
+        "take_loss empties the sum"
+    );
     println!("{what}: {:.2} s", start.elapsed().as_secs_f64());
 }
 
@@ -295,7 +299,7 @@ fn three_steps_with_l2_regularisation_match_the_cpu() {
             let run = |cfg: &Config| {
                 let mut cpu = CpuBackend::new(cfg, SIZES);
                 for b in &batches {
-                    cpu.train_step(b);
+                    cpu.train_step(b).unwrap();
                 }
                 cpu.params
             };
@@ -334,14 +338,19 @@ fn a_learning_rate_changed_between_steps_matches_the_cpu() {
                 let lr = cfg.train.lr() * scale;
                 cpu.set_lr(lr);
                 gpu.set_lr(lr);
-                cpu.train_step(b);
-                gpu.train_step(b);
+                cpu.train_step(b).unwrap();
+                gpu.train_step(b).unwrap();
             }
             let layout = &cpu.model.layout;
-            assert_close(&what, &gpu.read_params(), &cpu.params, Some(layout));
+            assert_close(
+                &what,
+                &gpu.read_params().unwrap(),
+                &cpu.params,
+                Some(layout),
+            );
             let mut constant = CpuBackend::new(&cfg, SIZES);
             for b in &batches {
-                constant.train_step(b);
+                constant.train_step(b).unwrap();
             }
             assert_ne!(
                 constant.params, cpu.params,
@@ -351,7 +360,7 @@ fn a_learning_rate_changed_between_steps_matches_the_cpu() {
             unscaled_cfg.train.emb_lr_scale = Some(1.0);
             let mut unscaled = CpuBackend::new(&unscaled_cfg, SIZES);
             for b in &batches {
-                unscaled.train_step(b);
+                unscaled.train_step(b).unwrap();
             }
             let tables = 0..layout.dense_range().start;
             assert_ne!(
@@ -375,12 +384,16 @@ fn a_step_ignores_segments_prepared_from_another_batch() {
     let s = random_samples(14, &cfg.model, 21);
     let (a, b) = (Batch::from_range(&s, 0..7), Batch::from_range(&s, 7..14));
     let prep = handed.batch_preparer().expect("the GPU prepares batches");
-    plain.train_step(&a);
-    handed.train_step_prepared(&a, Some(&mut prep.prepare(&a)));
-    plain.train_step(&b);
-    handed.train_step_prepared(&b, Some(&mut prep.prepare(&a))); // the wrong batch's
+    plain.train_step(&a).unwrap();
+    handed
+        .train_step_prepared(&a, Some(&mut prep.prepare(&a)))
+        .unwrap();
+    plain.train_step(&b).unwrap();
+    handed
+        .train_step_prepared(&b, Some(&mut prep.prepare(&a)))
+        .unwrap(); // the wrong batch's
     assert!(
-        plain.read_params() == handed.read_params(),
+        plain.read_params().unwrap() == handed.read_params().unwrap(),
         "the step used the other batch's segments"
     );
 }
@@ -400,11 +413,11 @@ fn steps_on_recycled_preparations_match_plain_steps_bit_for_bit() {
     let mut spent = prep.prepare(&batches[2]);
     for batch in batches.iter().chain(batches.iter().rev()) {
         prep.prepare_into(batch, &mut spent);
-        plain.train_step(batch);
-        handed.train_step_prepared(batch, Some(&mut spent));
+        plain.train_step(batch).unwrap();
+        handed.train_step_prepared(batch, Some(&mut spent)).unwrap();
     }
     assert!(
-        plain.read_params() == handed.read_params(),
+        plain.read_params().unwrap() == handed.read_params().unwrap(),
         "steps on recycled preparations differ from plain steps"
     );
 }
@@ -422,28 +435,32 @@ fn a_run_resumed_from_params_and_optimiser_state_continues_bit_for_bit() {
         let batches = training_batches(&random_samples(17, &cfg.model, 7));
         let mut whole = fresh(init.clone());
         for batch in &batches {
-            whole.train_step(batch);
+            whole.train_step(batch).unwrap();
         }
         let mut first = fresh(init);
         for batch in &batches[..2] {
-            first.train_step(batch);
+            first.train_step(batch).unwrap();
         }
         let state = first.read_optim_state().expect("optimiser state");
-        let mut resumed = fresh(first.read_params());
+        let mut resumed = fresh(first.read_params().unwrap());
         resumed
             .write_optim_state(&state)
             .expect("a state of this run");
         assert_eq!(resumed.steps(), 2);
-        resumed.train_step(&batches[2]);
+        resumed.train_step(&batches[2]).unwrap();
         assert!(
-            resumed.read_params() == whole.read_params(),
+            resumed.read_params().unwrap() == whole.read_params().unwrap(),
             "{opt:?}: the resumed run's parameters differ from the uninterrupted run's"
         );
         let other = small_config(2, Pooling::Mean, Optimizer::Adagrad);
         if opt == Optimizer::Adam {
-            let mut adagrad =
-                GpuBackend::new(ctx.clone(), &other, model.clone(), whole.read_params())
-                    .expect("GPU backend");
+            let mut adagrad = GpuBackend::new(
+                ctx.clone(),
+                &other,
+                model.clone(),
+                whole.read_params().unwrap(),
+            )
+            .expect("GPU backend");
             let e = adagrad.write_optim_state(&state).unwrap_err().to_string();
             assert!(e.contains("Adam's but this run uses Adagrad"), "{e}");
         }
@@ -459,23 +476,27 @@ fn predict_matches_the_cpu_in_eval_mode_and_leaves_the_loss_alone() {
         let (mut cpu, mut gpu) = backends(ctx.clone(), &cfg);
         let samples = random_samples(23, &cfg.model, 11);
         for batch in training_batches(&samples).iter().take(2) {
-            cpu.train_step(batch);
-            gpu.train_step(batch);
+            cpu.train_step(batch).unwrap();
+            gpu.train_step(batch).unwrap();
         }
         // Eval batches of 9, 9, 5: larger than the training batch, then partial.
-        let want = predict_all(&mut cpu, &samples, cfg.train.eval_batch);
-        let got = predict_all(&mut gpu, &samples, cfg.train.eval_batch);
+        let want = predict_all(&mut cpu, &samples, cfg.train.eval_batch).unwrap();
+        let got = predict_all(&mut gpu, &samples, cfg.train.eval_batch).unwrap();
         assert_close(&format!("{what}: probabilities"), &got, &want, None);
         // Predicting added nothing to the training loss.
-        let (gpu_sum, gpu_n) = gpu.take_loss();
-        let (cpu_sum, _) = cpu.take_loss();
+        let (gpu_sum, gpu_n) = gpu.take_loss().unwrap();
+        let (cpu_sum, _) = cpu.take_loss().unwrap();
         assert_eq!(gpu_n, 2);
         assert!((gpu_sum - cpu_sum).abs() <= 1e-5 * (1.0 + cpu_sum.abs()));
         // Parameters written are read back unchanged, and predict uses them.
-        let params = cpu.read_params();
-        gpu.write_params(&params);
-        assert_eq!(gpu.read_params(), params, "{what}: write_params round trip");
-        let got = predict_all(&mut gpu, &samples, cfg.train.eval_batch);
+        let params = cpu.read_params().unwrap();
+        gpu.write_params(&params).unwrap();
+        assert_eq!(
+            gpu.read_params().unwrap(),
+            params,
+            "{what}: write_params round trip"
+        );
+        let got = predict_all(&mut gpu, &samples, cfg.train.eval_batch).unwrap();
         assert_close(
             &format!("{what}: probabilities after write_params"),
             &got,
@@ -499,24 +520,25 @@ fn readbacks_of_changing_sizes_read_only_the_current_call() {
         let what = format!("call {i}, {n} samples");
         let batch = Batch::from_range(&samples, 2 * i..2 * i + n);
         let mut got = vec![f32::NAN; 9];
-        gpu.predict(&batch, &mut got);
+        gpu.predict(&batch, &mut got).unwrap();
         assert!(got[n..].iter().all(|p| p.is_nan()), "{what}: wrote past B");
         let mut want = vec![0.0; n];
-        cpu.predict(&batch, &mut want);
+        cpu.predict(&batch, &mut want).unwrap();
         assert_close(&format!("{what}: probabilities"), &got[..n], &want, None);
         // k below, at and above B, changing back and forth: the device's selection of its
         // own probabilities, exactly the host's.
         for k in [3, 1, n, 2 * n, 3] {
             assert_eq!(
-                gpu.predict_top_k(&batch, k),
+                gpu.predict_top_k(&batch, k).unwrap(),
                 top_k(&got[..n], k),
                 "{what}: top {k}"
             );
         }
         let step = &train[i % train.len()];
-        gpu.train_step(step);
-        cpu.train_step(step);
-        let ((gpu_sum, gpu_n), (cpu_sum, cpu_n)) = (gpu.take_loss(), cpu.take_loss());
+        gpu.train_step(step).unwrap();
+        cpu.train_step(step).unwrap();
+        let ((gpu_sum, gpu_n), (cpu_sum, cpu_n)) =
+            (gpu.take_loss().unwrap(), cpu.take_loss().unwrap());
         assert_eq!(gpu_n, cpu_n);
         assert!(
             (gpu_sum - cpu_sum).abs() <= 1e-5 * (1.0 + cpu_sum.abs()),

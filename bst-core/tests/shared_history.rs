@@ -23,7 +23,7 @@ fn per_sample(backend: &mut CpuBackend, req: &Requests) -> Vec<f32> {
     let mut probs = vec![0.0; req.candidates()];
     let mut batch = Batch::default();
     req.to_batch(0..req.candidates(), &mut batch);
-    backend.predict(&batch, &mut probs);
+    backend.predict(&batch, &mut probs).unwrap();
     probs
 }
 
@@ -155,7 +155,8 @@ fn history_once_on_ml100k_equals_one_sample_per_candidate() {
     let mut cpu = CpuBackend::new(&cfg, ds.vocab.sizes());
     // A few training steps, so the parameters are not the initial ones.
     for k in 0..8 {
-        cpu.train_step(&Batch::from_range(&ds.train, 256 * k..256 * (k + 1)));
+        cpu.train_step(&Batch::from_range(&ds.train, 256 * k..256 * (k + 1)))
+            .unwrap();
     }
     // Three test users (an all-padding history cannot occur in ml-100k's samples: the
     // shortest has one item), each against every item.

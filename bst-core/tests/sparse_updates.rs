@@ -38,7 +38,7 @@ fn gradients_are_the_dense_ones_after_every_step() {
     for (k, batch) in batches(&dense_cfg).iter().enumerate() {
         // Same parameters, so the same gradients: the sparse backend zeroes only the
         // last batch's rows and the dense part, which must leave no stale gradient.
-        sparse.write_params(&dense.params);
+        sparse.write_params(&dense.params).unwrap();
         let mode = Mode::Train {
             seed: 0,
             step: k as u32,
@@ -50,7 +50,7 @@ fn gradients_are_the_dense_ones_after_every_step() {
             dense.grads() == sparse.grads(),
             "step {k}: gradients differ"
         );
-        dense.train_step(batch);
+        dense.train_step(batch).unwrap();
     }
 }
 
@@ -63,8 +63,8 @@ fn sparse_adagrad_is_the_dense_update_bit_for_bit() {
     let mut dense = CpuBackend::new(&dense_cfg, SIZES);
     let mut sparse = CpuBackend::new(&sparse_cfg, SIZES);
     for batch in &batches(&dense_cfg) {
-        dense.train_step(batch);
-        sparse.train_step(batch);
+        dense.train_step(batch).unwrap();
+        sparse.train_step(batch).unwrap();
     }
     assert!(dense.params == sparse.params, "parameters differ");
     assert_eq!(
@@ -82,8 +82,8 @@ fn lazy_adam_moves_only_touched_rows_and_matches_dense_adam_on_the_first_step() 
     let mut dense = CpuBackend::new(&dense_cfg, SIZES);
     let mut sparse = CpuBackend::new(&sparse_cfg, SIZES);
     let batches = batches(&dense_cfg);
-    dense.train_step(&batches[0]);
-    sparse.train_step(&batches[0]);
+    dense.train_step(&batches[0]).unwrap();
+    sparse.train_step(&batches[0]).unwrap();
     // Step 1: zero moments everywhere, so untouched rows do not move in dense Adam either.
     assert!(dense.params == sparse.params, "step 1 differs");
 
@@ -93,8 +93,8 @@ fn lazy_adam_moves_only_touched_rows_and_matches_dense_adam_on_the_first_step() 
     for (k, batch) in batches.iter().enumerate().skip(1) {
         let before = sparse.params.clone();
         let touched = batch.touched_rows();
-        sparse.train_step(batch);
-        dense.train_step(batch);
+        sparse.train_step(batch).unwrap();
+        dense.train_step(batch).unwrap();
         for (t, ((r, w), rows)) in tables.iter().zip(&touched).enumerate() {
             for row in 0..r.len() / w {
                 let at = r.start + row * w..r.start + (row + 1) * w;

@@ -96,8 +96,8 @@ fn streamed_evaluation_equals_the_materialised_one() {
     let mut backend = CpuBackend::new(&cfg, ds.vocab.sizes());
     let test: &Split = &ds.test;
     let materialised: Samples = test.samples();
-    let a = evaluate(&mut backend, test, 64);
-    let b = evaluate(&mut backend, &materialised, 64);
+    let a = evaluate(&mut backend, test, 64).unwrap();
+    let b = evaluate(&mut backend, &materialised, 64).unwrap();
     assert_eq!(
         (a.auc, a.gauc, a.logloss, a.samples),
         (b.auc, b.gauc, b.logloss, b.samples)

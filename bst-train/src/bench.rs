@@ -31,7 +31,7 @@ use crate::run::load_data;
 use anyhow::{Context, bail};
 use bst_benches::workload::{Case, CpuWorkloads, GpuWorkloads};
 use bst_benches::{allocator_bytes, kernel_shapes, scoring_batch};
-use bst_core::backend::{Backend, CpuBackend, PrepareBatch};
+use bst_core::backend::{Backend, BackendError, CpuBackend, PrepareBatch};
 use bst_core::batch::Batch;
 use bst_core::config::{Config, ModelConfig, Optimizer};
 use bst_core::data::Dataset;
@@ -42,6 +42,7 @@ use bst_core::requests::Requests;
 use bst_core::train::epoch_order;
 use bst_kernels::gpu::{GpuContext, GpuOptions, wgpu};
 use serde::Serialize;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -94,7 +95,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     eprintln!("bench: {} on {}", src, backend.describe());
 
     let train = bench_train(backend, &ds, &cfg, args)?;
-    let inference = bench_inference(backend, &ds, eval_batch, args);
+    let inference = bench_inference(backend, &ds, eval_batch, args)?;
     let scoring = bench_scoring(backend, &ds, args)?;
     let model = backend.model().clone();
     // After the runs, with the backend alive: what it holds, and what the allocator
@@ -365,32 +366,31 @@ fn bench_train(
     let (mut loss_sum, mut loss_steps) = (0.0, 0);
     let mut start = Instant::now();
     if args.warmup == 0 {
-        backend.take_loss();
+        backend.take_loss()?;
     }
-    let done: Result<(), std::convert::Infallible> = for_each_batch(
+    for_each_batch(
         &ds.train,
         &order,
         b,
         0,
         preparer.as_deref(),
         |i, batch, p| {
-            backend.train_step_prepared(batch, p);
+            backend.train_step_prepared(batch, p)?;
             let s = i + 1;
             if s == args.warmup {
-                backend.take_loss(); // waits for the warm-up
+                backend.take_loss()?; // waits for the warm-up
                 start = Instant::now();
             } else if s > args.warmup {
                 let timed = s - args.warmup;
                 if timed.is_multiple_of(every) || timed == args.steps {
-                    let (sum, k) = backend.take_loss();
+                    let (sum, k) = backend.take_loss()?;
                     loss_sum += sum;
                     loss_steps += k;
                 }
             }
-            Ok(())
+            Ok::<(), BackendError>(())
         },
-    );
-    let Ok(()) = done;
+    )?;
     let seconds = start.elapsed().as_secs_f64();
     let loss = loss_sum / loss_steps.max(1) as f64;
     if !loss.is_finite() {
@@ -445,17 +445,30 @@ fn bench_host(
 /// Runs `f` once untimed, then up to `runs` times (at least [`MIN_RUNS`]) until
 /// `max_seconds` have passed; returns each timed run's seconds.
 fn repeat(runs: usize, max_seconds: f64, mut f: impl FnMut()) -> Vec<f64> {
-    f();
+    let Ok(times) = try_repeat(runs, max_seconds, || {
+        f();
+        Ok::<(), Infallible>(())
+    });
+    times
+}
+
+/// [`repeat`] of a run that can fail (the backend's): stops at the first error.
+fn try_repeat<E>(
+    runs: usize,
+    max_seconds: f64,
+    mut f: impl FnMut() -> Result<(), E>,
+) -> Result<Vec<f64>, E> {
+    f()?;
     let start = Instant::now();
     let mut times = Vec::new();
     while times.len() < runs.max(1)
         && (times.len() < MIN_RUNS || start.elapsed().as_secs_f64() < max_seconds)
     {
         let t = Instant::now();
-        f();
+        f()?;
         times.push(t.elapsed().as_secs_f64());
     }
-    times
+    Ok(times)
 }
 
 /// Inference samples per second: predictions of the eval batch, read back.
@@ -464,22 +477,22 @@ fn bench_inference(
     ds: &Dataset,
     eval_batch: usize,
     args: &BenchArgs,
-) -> Inference {
+) -> anyhow::Result<Inference> {
     let n = ds.train.len();
     let idx: Vec<usize> = (0..eval_batch).map(|i| i % n).collect();
     let mut batch = Batch::default();
     batch.gather(&ds.train, &idx);
     let mut probs = vec![0.0; eval_batch];
-    let times = repeat(args.runs, args.max_seconds, || {
+    let times = try_repeat(args.runs, args.max_seconds, || {
         backend.predict(&batch, &mut probs)
-    });
+    })?;
     let seconds: f64 = times.iter().sum();
-    Inference {
+    Ok(Inference {
         samples_per_sec: (eval_batch * times.len()) as f64 / seconds,
         batch: eval_batch,
         runs: times.len(),
         seconds,
-    }
+    })
 }
 
 /// Training samples searched for the scoring benchmark's user (the whole split of a
@@ -501,19 +514,12 @@ fn bench_scoring(
     let batch = scoring_batch(&prefix, &ds.vocab, args.candidates);
     let req = Requests::from_batch(&batch);
     let mut probs = vec![0.0; args.candidates];
-    backend.predict_requests(&req, &mut probs)?;
-    let mut err = None;
-    let request = latencies(repeat(args.runs, args.max_seconds, || {
-        if let Err(e) = backend.predict_requests(&req, &mut probs) {
-            err = Some(e);
-        }
-    }));
-    if let Some(e) = err {
-        return Err(e.into());
-    }
-    let per_sample = latencies(repeat(args.runs, args.max_seconds, || {
+    let request = latencies(try_repeat(args.runs, args.max_seconds, || {
+        backend.predict_requests(&req, &mut probs)
+    })?);
+    let per_sample = latencies(try_repeat(args.runs, args.max_seconds, || {
         backend.predict(&batch, &mut probs)
-    }));
+    })?);
     Ok(Scoring {
         candidates: args.candidates,
         runs: request.len(),

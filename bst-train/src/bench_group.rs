@@ -105,14 +105,14 @@ pub fn bench_group(args: &BenchArgs, member: &Member) -> anyhow::Result<()> {
         batch.gather(&ds.train, &global[rows.clone()]);
         if s == args.warmup {
             backend.take_exchange_stats();
-            backend.take_loss();
+            backend.take_loss()?;
         }
         let t = Instant::now();
         let shard = Shard {
             row0: rows.start,
             global: b,
         };
-        backend.train_step_shard(&batch, None, shard);
+        backend.train_step_shard(&batch, None, shard)?;
         if s >= args.warmup {
             let step = t.elapsed().as_secs_f64();
             let exchange = if ranks > 1 {
@@ -125,7 +125,7 @@ pub fn bench_group(args: &BenchArgs, member: &Member) -> anyhow::Result<()> {
             exchanges.push(exchange);
         }
     }
-    let (sum, k) = backend.take_loss();
+    let (sum, k) = backend.take_loss()?;
     loss += sum / k.max(1) as f64;
     let ex = backend.take_exchange_stats().unwrap_or_default();
     let steps = args.steps as f64;

@@ -201,7 +201,8 @@ pub fn train(args: &RunArgs) -> anyhow::Result<()> {
             }
             std::process::exit(EXIT_INTERRUPTED);
         }
-        Err(e @ TrainError::NonFinite { .. }) => {
+        // The run folder keeps the last good checkpoint: say where it is.
+        Err(e @ (TrainError::NonFinite { .. } | TrainError::Failed { .. })) => {
             return Err(e)
                 .with_context(|| format!("training stopped (run folder {})", dir.display()));
         }

@@ -51,7 +51,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         bail!("the {name} split of {src} is empty");
     }
     let mut backend = backend_from_checkpoint(args.device, &ckpt)?;
-    let m = evaluate(backend.as_mut(), samples, ckpt.config.train.eval_batch);
+    let m = evaluate(backend.as_mut(), samples, ckpt.config.train.eval_batch)?;
     println!("{name}  {m}  ({} samples)", m.samples);
     Ok(())
 }
@@ -189,7 +189,7 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
         sample.map_err(|e| anyhow::anyhow!("{}: {e}", at()))?;
     }
     let mut backend = backend_from_checkpoint(args.device, &ckpt)?;
-    let probs = predict_all(backend.as_mut(), &samples, ckpt.config.train.eval_batch);
+    let probs = predict_all(backend.as_mut(), &samples, ckpt.config.train.eval_batch)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for p in &probs {
         writeln!(out, "{p}")?;

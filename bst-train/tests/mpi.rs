@@ -100,9 +100,9 @@ fn steps_of_two_ranks_equal_one_process() {
         let mut batch = Batch::default();
         for idx in &batches {
             batch.gather(&ds.train, idx);
-            one.train_step(&batch);
+            one.train_step(&batch).unwrap();
         }
-        let (loss_one, _) = one.take_loss();
+        let (loss_one, _) = one.take_loss().unwrap();
         for policy in [
             ExchangePolicy::Sparse,
             ExchangePolicy::Dense,
@@ -118,9 +118,9 @@ fn steps_of_two_ranks_equal_one_process() {
                     row0: rows.start,
                     global: idx.len(),
                 };
-                rank.train_step_shard(&batch, None, shard);
+                rank.train_step_shard(&batch, None, shard).unwrap();
             }
-            let (loss, _) = rank.take_loss();
+            let (loss, _) = rank.take_loss().unwrap();
             let stats = rank.take_exchange_stats().unwrap();
             let what = format!("sparse updates {sparse}, exchange {policy:?}");
             assert!(
@@ -197,10 +197,10 @@ fn gpu_steps_of_two_ranks_equal_one_gpu_process() {
         let mut batch = Batch::default();
         for idx in &batches {
             batch.gather(&ds.train, idx);
-            one.train_step(&batch);
+            one.train_step(&batch).unwrap();
         }
-        let (loss_one, _) = one.take_loss();
-        let params_one = one.read_params();
+        let (loss_one, _) = one.take_loss().unwrap();
+        let params_one = one.read_params().unwrap();
         drop(one);
         for policy in [ExchangePolicy::Sparse, ExchangePolicy::Dense] {
             let mut rank = GpuBackend::init(ctx.clone(), &cfg, sizes).expect("a GPU backend");
@@ -213,9 +213,9 @@ fn gpu_steps_of_two_ranks_equal_one_gpu_process() {
                     row0: rows.start,
                     global: idx.len(),
                 };
-                rank.train_step_shard(&batch, None, shard);
+                rank.train_step_shard(&batch, None, shard).unwrap();
             }
-            let (loss, _) = rank.take_loss();
+            let (loss, _) = rank.take_loss().unwrap();
             let stats = rank.take_exchange_stats().unwrap();
             let what = format!("GPU, sparse updates {sparse}, exchange {policy:?}");
             assert!(
@@ -226,7 +226,7 @@ fn gpu_steps_of_two_ranks_equal_one_gpu_process() {
                 ExchangePolicy::Sparse => assert_eq!(stats.dense_tables, 0, "{what}"),
                 _ => assert_eq!(stats.sparse_tables, 0, "{what}"),
             }
-            let params = rank.read_params();
+            let params = rank.read_params().unwrap();
             let (mut worst, mut max_diff) = (0.0f32, 0.0f32);
             for (i, (&a, &b)) in params.iter().zip(&params_one).enumerate() {
                 let tol = 1e-5 + 1e-4 * b.abs();

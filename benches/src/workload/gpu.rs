@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Case, Inputs, Op, Shapes, values};
-use bst_core::backend::Backend;
+use bst_core::backend::{Backend, BackendError};
 use bst_core::batch::Batch;
 use bst_core::config::{Config, Optimizer, TrainConfig};
 use bst_core::gpu_backend::{BlockOp, Call, Direction, GpuBackend};
@@ -79,7 +79,10 @@ impl GpuWorkloads {
         };
         let params = model.layout.init(cfg.train.seed);
         let mut backend = GpuBackend::new(ctx.clone(), &cfg, model.clone(), params)?;
-        backend.train_step(&step_batch(&s));
+        backend.train_step(&step_batch(&s)).map_err(|e| match e {
+            BackendError::Gpu { source, .. } => *source,
+            e => GpuError::Binding(e.to_string()),
+        })?;
         let leaky = LeakyRelu::new(ctx, &s)?;
         let leaky_bytes: u64 = leaky.bufs.iter().map(wgpu::Buffer::size).sum();
         ctx.device.poll(wgpu::PollType::wait_indefinitely())?;

@@ -74,11 +74,25 @@ impl GpuBackend {
         batch: &Batch,
         prepared: Option<&mut Prepared>,
         shard: Shard,
-    ) {
+    ) -> Result<(), BackendError> {
         let Some(mut dp) = self.dp.take() else {
             return self.train_step_prepared(batch, prepared);
         };
-        self.assert_trainable("train_step_shard");
+        // The group stays joined whatever the step's outcome.
+        let stepped = self.shard_step(&mut dp, batch, prepared, shard);
+        self.dp = Some(dp);
+        stepped
+    }
+
+    /// [`GpuBackend::train_shard`] in the group `dp`.
+    fn shard_step(
+        &mut self,
+        dp: &mut DataParallel,
+        batch: &Batch,
+        prepared: Option<&mut Prepared>,
+        shard: Shard,
+    ) -> Result<(), BackendError> {
+        self.check_trainable("train")?;
         let ctx = self.ctx.clone();
         let (t, d) = (self.model.dims.t, self.model.dims.d);
         let first = u32::try_from(shard.row0 * t * d)
@@ -93,11 +107,12 @@ impl GpuBackend {
         // A shard may be empty (a last batch smaller than the group): no forward, zero
         // gradients.
         if batch.size > 0 {
-            self.begin_step(batch, prepared.map(|p| &*p));
-            self.submit("train step: forward, backward", |pass| {
+            self.begin_step(batch, prepared.map(|p| &*p))?;
+            let doing = "running a training step (forward, backward)";
+            self.submit("train step: forward, backward", doing, |pass| {
                 self.sites.record_gradients(&self.k, pass);
-            });
-            dp.grads = self.read_grads();
+            })?;
+            dp.grads = self.read_grads()?;
         } else {
             self.set_update_step();
             dp.grads.clear();
@@ -131,13 +146,14 @@ impl GpuBackend {
                 rows.set_rows(&ctx, ids.len() as u32);
             }
         }
-        self.submit("train step: update", |pass| {
+        let doing = "running a training step (the update)";
+        self.submit("train step: update", doing, |pass| {
             for update in self.sites.updates() {
                 self.k.optim.update(pass, update);
             }
-        });
+        })?;
         self.steps += 1;
         self.loss_steps += 1;
-        self.dp = Some(dp);
+        Ok(())
     }
 }

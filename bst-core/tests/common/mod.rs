@@ -32,26 +32,40 @@ pub fn gpu_f16() -> Option<Arc<GpuContext>> {
     shared_device(&GPU_F16, wgpu::Features::SHADER_F16)
 }
 
-/// The device in `cell`, created on first use on the Vulkan backend with the `required`
-/// features; `None` (after a note) when it fails and `BST_SKIP_GPU_TESTS=1`, else a panic.
+/// A device of this test's own, not the shared one (for a test that destroys it); `None`
+/// (after a note) when none is found and `BST_SKIP_GPU_TESTS=1`, else a panic.
+pub fn own_gpu() -> Option<Arc<GpuContext>> {
+    available(&new_device(wgpu::Features::empty()))
+}
+
+/// The device in `cell`, created on first use ([`new_device`]); `None` (after a note)
+/// when that fails and `BST_SKIP_GPU_TESTS=1`, else a panic.
 fn shared_device(
     cell: &'static OnceLock<Result<Arc<GpuContext>, String>>,
     required: wgpu::Features,
 ) -> Option<Arc<GpuContext>> {
-    let ctx = cell.get_or_init(|| {
-        let opts = GpuOptions {
-            // Pinned: with all backends, a GL adapter without the needed limits may win.
-            backends: wgpu::Backends::VULKAN,
-            adapter_name: None,
-            allow_software: true,
-        };
-        let ctx = GpuContext::with_optional_features(&opts, required).map_err(|e| e.to_string())?;
-        if !ctx.features.contains(required) {
-            return Err(format!("the adapter {} lacks {required:?}", ctx.describe()));
-        }
-        eprintln!("{}", ctx.limits_report());
-        Ok(Arc::new(ctx))
-    });
+    available(cell.get_or_init(|| new_device(required)))
+}
+
+/// A device on the Vulkan backend with the `required` features, software allowed.
+fn new_device(required: wgpu::Features) -> Result<Arc<GpuContext>, String> {
+    let opts = GpuOptions {
+        // Pinned: with all backends, a GL adapter without the needed limits may win.
+        backends: wgpu::Backends::VULKAN,
+        adapter_name: None,
+        allow_software: true,
+    };
+    let ctx = GpuContext::with_optional_features(&opts, required).map_err(|e| e.to_string())?;
+    if !ctx.features.contains(required) {
+        return Err(format!("the adapter {} lacks {required:?}", ctx.describe()));
+    }
+    eprintln!("{}", ctx.limits_report());
+    Ok(Arc::new(ctx))
+}
+
+/// The device, or `None` (after a note) when there is none and `BST_SKIP_GPU_TESTS=1`,
+/// else a panic with the reason.
+fn available(ctx: &Result<Arc<GpuContext>, String>) -> Option<Arc<GpuContext>> {
     match ctx {
         Ok(ctx) => Some(ctx.clone()),
         Err(e) if skip_gpu_tests() => {

@@ -155,6 +155,37 @@ impl GpuContext {
         }
     }
 
+    /// [`GpuContext::write`], and an error when the queue refuses the write: a device
+    /// lost or destroyed (where `write` does nothing, silently, and wgpu reports the loss
+    /// only once the device's work has drained), or no memory for the staging copy. Then
+    /// it waits for the device, so that the error says why.
+    pub fn write_checked<T: Pod>(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u32,
+        data: &[T],
+    ) -> Result<(), GpuError> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let Some(size) = wgpu::BufferSize::new(bytes.len() as u64) else {
+            return Ok(());
+        };
+        match self
+            .queue
+            .write_buffer_with(buffer, 4 * u64::from(offset), size)
+        {
+            Some(mut staging) => {
+                staging.copy_from_slice(bytes);
+                Ok(())
+            }
+            None => {
+                self.wait_check()?;
+                Err(GpuError::Device(
+                    "the queue refused a buffer write (the device is lost)".into(),
+                ))
+            }
+        }
+    }
+
     /// Copies `len` f32 from element `offset` of `buffer` back to the host (blocking).
     pub fn read_f32(
         &self,
@@ -201,6 +232,9 @@ thread_local! {
 pub fn bytes_created_on_this_thread() -> u64 {
     CREATED.get()
 }
+
+/// How long [`Readback`] waits for its map callback once the device is idle.
+const MAP_CALLBACK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A reusable staging buffer (`MAP_READ | COPY_DST`) for reading results back without
 /// creating a buffer per read: [`Readback::copy`] records a copy into it (in the encoder
@@ -325,8 +359,15 @@ impl Readback {
         let mapped = (|| {
             ctx.device.poll(wgpu::PollType::wait_indefinitely())?;
             ctx.check()?;
-            rx.recv()
-                .map_err(|_| GpuError::Device(format!("{what}: map callback never ran")))??;
+            // The work is done: its callback has run, or is running on a thread that
+            // polled at the same time. Bounded, so that a callback that never comes is
+            // an error, not a hang.
+            rx.recv_timeout(MAP_CALLBACK_WAIT).map_err(|_| {
+                GpuError::Device(format!(
+                    "{what}: the map callback did not run within {MAP_CALLBACK_WAIT:?} of the \
+                     device going idle"
+                ))
+            })??;
             let view = staging
                 .get_mapped_range(..size)
                 .map_err(|e| GpuError::Device(format!("{what}: {e}")))?;

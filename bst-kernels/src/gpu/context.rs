@@ -135,8 +135,18 @@ pub struct GpuContext {
     /// The optional features the device was created with (none unless asked for with
     /// [`GpuContext::with_optional_features`]).
     pub features: wgpu::Features,
-    /// First uncaptured wgpu error or device loss since the last [`GpuContext::check`].
-    errors: Arc<Mutex<Option<String>>>,
+    /// What the uncaptured-error and device-lost handlers recorded.
+    errors: Arc<Mutex<Failures>>,
+}
+
+/// What a [`GpuContext`]'s handlers recorded, for [`GpuContext::check`].
+#[derive(Debug, Default)]
+struct Failures {
+    /// The first uncaptured wgpu error since the last check (cleared by it).
+    first: Option<String>,
+    /// Why the device is gone (lost, or destroyed with `wgpu::Device::destroy`): every
+    /// later check reports it, since nothing on the device works any more.
+    lost: Option<String>,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -272,18 +282,28 @@ impl GpuContext {
         queue: wgpu::Queue,
         adapter_info: wgpu::AdapterInfo,
     ) -> GpuContext {
-        let errors = Arc::new(Mutex::new(None::<String>));
+        let errors = Arc::new(Mutex::new(Failures::default()));
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             eprintln!("wgpu error: {e}");
-            record(&sink, e.to_string());
+            let mut f = sink.lock().unwrap_or_else(|e| e.into_inner());
+            f.first.get_or_insert_with(|| e.to_string());
         }));
         let sink = errors.clone();
+        // wgpu reports a lost device only here (its calls on the device then do nothing,
+        // silently), when the device is next polled.
         device.set_device_lost_callback(move |reason, msg| {
-            if reason != wgpu::DeviceLostReason::Destroyed {
-                eprintln!("wgpu device lost ({reason:?}): {msg}");
-                record(&sink, format!("device lost ({reason:?}): {msg}"));
-            }
+            let why = match reason {
+                wgpu::DeviceLostReason::Destroyed => {
+                    "the device was destroyed (wgpu::Device::destroy)".to_string()
+                }
+                _ => {
+                    eprintln!("wgpu device lost ({reason:?}): {msg}");
+                    format!("the device was lost ({reason:?}): {msg}")
+                }
+            };
+            let mut f = sink.lock().unwrap_or_else(|e| e.into_inner());
+            f.lost.get_or_insert(why);
         });
         let limits = device.limits();
         GpuContext {
@@ -312,13 +332,34 @@ impl GpuContext {
         self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
-    /// Returns (and clears) the first wgpu error or device loss since the last check.
-    /// Errors arrive asynchronously: call after `device.poll(..)` to see a submission's.
+    /// Returns (and clears) the first uncaptured wgpu error since the last check; once
+    /// the device is lost or destroyed, that, at every check. Validation and
+    /// out-of-memory errors are reported during the call that caused them, a lost device
+    /// when the device is next polled: call after `device.poll(..)`, or use
+    /// [`GpuContext::poll_check`].
     pub fn check(&self) -> Result<(), GpuError> {
-        match self.errors.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            Some(msg) => Err(GpuError::Device(msg)),
-            None => Ok(()),
+        let mut guard = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        let f = &mut *guard;
+        match (&f.lost, f.first.take()) {
+            (Some(lost), _) => Err(GpuError::Device(lost.clone())),
+            (None, Some(msg)) => Err(GpuError::Device(msg)),
+            (None, None) => Ok(()),
         }
+    }
+
+    /// Polls the device without waiting (so that a loss since the last poll is
+    /// reported), then [`GpuContext::check`]: after a submit that reads nothing back.
+    pub fn poll_check(&self) -> Result<(), GpuError> {
+        self.device.poll(wgpu::PollType::Poll)?;
+        self.check()
+    }
+
+    /// Waits until the device is idle (so that a loss is reported, whatever work was
+    /// queued), then [`GpuContext::check`]: before creating buffers, which a lost device
+    /// fails in a panic of wgpu's.
+    pub fn wait_check(&self) -> Result<(), GpuError> {
+        self.device.poll(wgpu::PollType::wait_indefinitely())?;
+        self.check()
     }
 
     /// The limits kernel authors care about, one per line, for logs and test output.
@@ -356,13 +397,6 @@ impl GpuContext {
             let _ = writeln!(s, "  {name} = {v}");
         }
         s
-    }
-}
-
-fn record(sink: &Mutex<Option<String>>, msg: String) {
-    let mut slot = sink.lock().unwrap_or_else(|e| e.into_inner());
-    if slot.is_none() {
-        *slot = Some(msg);
     }
 }
 
