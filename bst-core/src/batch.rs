@@ -1,6 +1,5 @@
 //! A batch: the rows of some samples gathered into contiguous buffers, reused across steps.
 
-use crate::data::{SampleIndex, SampleSource};
 use bst_kernels::cpu::embedding::TokenIds;
 use bst_kernels::cpu::mask::valid_mask;
 
@@ -94,4 +93,37 @@ impl Batch {
             ids.dedup();
         }
     }
+}
+
+/// An index into a list of samples: `usize` or, for the orders of large splits, `u32`.
+pub trait SampleIndex: Copy + Send + Sync {
+    /// The index as `usize`.
+    fn at(self) -> usize;
+}
+impl SampleIndex for usize {
+    fn at(self) -> usize {
+        self
+    }
+}
+impl SampleIndex for u32 {
+    fn at(self) -> usize {
+        self as usize
+    }
+}
+
+/// Anything batches can be gathered from: materialised
+/// [`crate::data::Samples`] or a compact [`crate::data::Split`].
+pub trait SampleSource: Sync {
+    /// Number of samples.
+    fn len(&self) -> usize;
+    /// No samples.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Writes samples `idx` into `batch`, reusing its buffers.
+    fn gather_into<I: SampleIndex>(&self, batch: &mut Batch, idx: &[I]);
+    /// Label and dense user of sample `i` (all that evaluation keeps per sample).
+    fn label_user(&self, i: usize) -> (f32, u32);
+    /// A 64-bit hash of the samples, to tell whether two runs saw the same data.
+    fn fingerprint(&self) -> u64;
 }

@@ -13,7 +13,6 @@
 //! checked.
 
 use crate::config::{Config, Optimizer};
-use crate::data::InteractionLog;
 use crate::model::{Activations, Dims, GradScratch};
 use crate::params::{ParamLayout, VocabSizes};
 
@@ -108,23 +107,13 @@ pub fn check_available(needs: Vec<Need>) -> Result<(), MemoryError> {
     }
 }
 
-/// The compact store `samples::build` makes from `log` (issue 12): while it is built, the
-/// log's columns (user, item, time, label), the sort permutation and the sorted store
+/// The compact store `samples::build` makes from a log of `events` events of `users`
+/// users (issue 12; `implicit`: negatives are drawn, `prob`: true probabilities kept):
+/// while it is built, the log's columns (user, item, time, label), the sort permutation and the sorted store
 /// (item, time (8 bytes at most), label, true probability); then per sample the
 /// epoch order (4 bytes) and, for the evaluated splits, score, label and user (12 bytes,
 /// counted for every sample as an upper bound). The history length does not count: the
 /// rows are assembled per batch.
-pub fn samples_need(log: &InteractionLog, cfg: &Config) -> Need {
-    store_need(
-        log.interactions.len(),
-        log.vocab.user_ids.len(),
-        log.implicit,
-        log.true_prob.is_some(),
-        cfg,
-    )
-}
-
-/// [`samples_need`] for a log of `events` events of `users` users given as columns.
 pub fn store_need(events: usize, users: usize, implicit: bool, prob: bool, cfg: &Config) -> Need {
     let (events, users) = (events as u128, users as u128);
     let negatives = if implicit { cfg.data.negatives } else { 0 } as u128;
@@ -200,7 +189,6 @@ pub fn model_needs(cfg: &Config, sizes: VocabSizes, training: bool, cpu: bool) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{Interaction, Vocab};
 
     fn sizes() -> VocabSizes {
         VocabSizes {
@@ -249,23 +237,7 @@ mod tests {
     fn a_billion_history_slots_do_not_overflow_and_do_not_grow_the_samples() {
         let mut cfg = Config::default();
         cfg.model.seq_len = 1_000_000_000;
-        let log = InteractionLog {
-            interactions: vec![
-                Interaction {
-                    user: 0,
-                    item: 1,
-                    time: 0,
-                    label: 1.0,
-                };
-                1000
-            ],
-            vocab: Vocab {
-                user_ids: vec!["a".into()],
-                ..Vocab::default()
-            },
-            ..InteractionLog::default()
-        };
-        let need = samples_need(&log, &cfg);
+        let need = store_need(1000, 1, false, false, &cfg);
         // The compact store does not grow with L: 1000 explicit events, 999 samples.
         assert_eq!(need.bytes, 1000 * 40 + 999 * 16);
         let e = check(vec![need], 1000).unwrap_err().to_string();

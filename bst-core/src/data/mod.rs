@@ -13,7 +13,8 @@ pub mod taobao;
 pub mod taobao_gen;
 pub mod times;
 
-pub use store::{EventStore, Part, SampleIndex, SampleSource, Split};
+pub use crate::batch::{SampleIndex, SampleSource};
+pub use store::{EventStore, Part, Split};
 pub use times::Times;
 
 use serde::{Deserialize, Serialize};
@@ -318,7 +319,14 @@ pub fn load_cached(
         DataSource::Taobao(file) => (taobao::load(file, &cfg.data)?, dir_name(file)),
     };
     // Refuse before allocating samples that cannot fit (a huge --seq-len, say).
-    crate::memory::check_available(vec![crate::memory::samples_need(&log, cfg)])
+    let need = crate::memory::store_need(
+        log.interactions.len(),
+        log.vocab.user_ids.len(),
+        log.implicit,
+        log.true_prob.is_some(),
+        cfg,
+    );
+    crate::memory::check_available(vec![need])
         .map_err(|e| DataError::Other(format!("{name}: {e}")))?;
     samples::build(log, &cfg.model, &cfg.data, &name)
 }

@@ -21,42 +21,10 @@
 use super::samples::{history_position, hour_and_weekday, split_sizes};
 use super::times::Times;
 use super::{Samples, Vocab};
-use crate::batch::Batch;
+use crate::batch::{Batch, SampleIndex, SampleSource};
 use crate::config::Position;
 use crate::hash::Fnv1a;
 use std::sync::Arc;
-
-/// An index into a list of samples: `usize` or, for the orders of large splits, `u32`.
-pub trait SampleIndex: Copy + Send + Sync {
-    /// The index as `usize`.
-    fn at(self) -> usize;
-}
-impl SampleIndex for usize {
-    fn at(self) -> usize {
-        self
-    }
-}
-impl SampleIndex for u32 {
-    fn at(self) -> usize {
-        self as usize
-    }
-}
-
-/// Anything batches can be gathered from: materialised [`Samples`] or a compact [`Split`].
-pub trait SampleSource: Sync {
-    /// Number of samples.
-    fn len(&self) -> usize;
-    /// No samples.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Writes samples `idx` into `batch`, reusing its buffers.
-    fn gather_into<I: SampleIndex>(&self, batch: &mut Batch, idx: &[I]);
-    /// Label and dense user of sample `i` (all that evaluation keeps per sample).
-    fn label_user(&self, i: usize) -> (f32, u32);
-    /// A 64-bit hash of the samples, to tell whether two runs saw the same data.
-    fn fingerprint(&self) -> u64;
-}
 
 /// The log, once: per user (CSR) the events in time order, and what assembling a sample
 /// needs from the vocabulary and the config.
