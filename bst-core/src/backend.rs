@@ -164,6 +164,14 @@ pub trait Backend {
     fn checkpoint_state(&self) -> Option<(&[f32], OptimRef<'_>)> {
         None
     }
+    /// Continues from a saved state: the parameters ([`Backend::write_params`]) and the
+    /// optimiser state ([`Backend::write_optim_state`]), taken by value so that a backend
+    /// keeping them in host memory (the CPU one) holds no second copy of either.
+    fn restore(&mut self, params: Vec<f32>, optim: OptimSnapshot) -> Result<(), BackendError> {
+        self.write_params(&params)?;
+        drop(params);
+        self.write_optim_state(&optim)
+    }
     /// Restores the optimiser state and update count of a checkpoint, so the next
     /// `train_step` continues as if the run had never stopped (Adam's bias correction and
     /// the dropout masks depend on the count). Refuses a state of another optimiser kind or
@@ -673,6 +681,16 @@ impl Backend for CpuBackend {
     }
 
     fn write_optim_state(&mut self, state: &OptimSnapshot) -> Result<(), BackendError> {
-        self.optim.restore(state).map_err(BackendError::Mismatch)
+        self.optim
+            .restore(state.clone())
+            .map_err(BackendError::Mismatch)
+    }
+
+    /// Takes the arenas over: no copy.
+    fn restore(&mut self, params: Vec<f32>, optim: OptimSnapshot) -> Result<(), BackendError> {
+        check_arena_len(&self.model, &params)?;
+        self.optim.restore(optim).map_err(BackendError::Mismatch)?;
+        self.params = params;
+        Ok(())
     }
 }

@@ -36,18 +36,36 @@ use crate::hash::Fnv1a;
 use crate::model::Model;
 use crate::optim::{OptimRef, OptimSnapshot, OptimState};
 use crate::params::ParamLayout;
-use crate::run_state::{Progress, Resume, Save, Snapshot};
-use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, View};
+use crate::run_state::{BestParams, Progress, Resume, Save, Snapshot};
+use safetensors::tensor::{Dtype, Metadata, SafeTensorError};
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use stream::{Bytes, Tensor};
+
+mod stream;
 
 /// Where checkpoints go. [`RunCheckpointer`] writes them into a run
 /// folder; tests may keep them in memory.
 pub trait Checkpointer {
     /// Saves `snapshot` as the checkpoint of `kind`.
     fn save(&mut self, kind: Save, snapshot: &Snapshot) -> Result<(), CheckpointError>;
+
+    /// Whether the parameters of the best checkpoint saved last can be read back
+    /// ([`Checkpointer::read_best`]) and copied into later latest checkpoints
+    /// ([`BestParams::Kept`]), so the training loop keeps no copy of them in memory.
+    fn keeps_best(&self) -> bool {
+        false
+    }
+
+    /// The parameters of the best checkpoint saved last, of the best epoch `best_epoch`.
+    fn read_best(&self, best_epoch: usize) -> Result<Vec<f32>, CheckpointError> {
+        Err(CheckpointError::NoState {
+            path: PathBuf::new(),
+            detail: format!("keeps no best parameters (of epoch {best_epoch})"),
+        })
+    }
 }
 
 /// File name of the latest checkpoint in a run folder (the one to resume from).
@@ -208,13 +226,11 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Reads and checks a checkpoint: framing, metadata, every tensor's name, dtype and
     /// shape against the parameter table of the file's own config and vocabularies.
+    /// Each tensor is read from the file into its arena: no buffer of the whole file.
     pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
-        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
-            path: path.to_path_buf(),
-            op: "read",
-            source,
-        })?;
-        parse(path, &bytes)
+        let file = std::fs::File::open(path).map_err(io_error("read", path))?;
+        let (n, header) = read_header(path, &file)?;
+        parse(path, &file, 8 + n, &header)
     }
 
     /// Writes this checkpoint to `path` (atomically).
@@ -228,9 +244,9 @@ impl Checkpoint {
             progress: &self.progress,
             params: &self.params,
             optim: self.optim.as_ref().map(OptimRef::from),
-            best_params: self.best_params.as_deref(),
+            best_params: self.best_params.as_deref().into(),
         };
-        write(path, &info, &snap)
+        write(path, &info, &snap, None)
     }
 
     /// The parameter table of this checkpoint's config and vocabularies.
@@ -348,7 +364,42 @@ impl<'a> RunCheckpointer<'a> {
 
 impl Checkpointer for RunCheckpointer<'_> {
     fn save(&mut self, kind: Save, snapshot: &Snapshot) -> Result<(), CheckpointError> {
-        write(&self.path(kind), &self.info, snapshot)
+        let best = self.path(Save::Best);
+        write(&self.path(kind), &self.info, snapshot, Some(&best))
+    }
+
+    /// The best parameters stay in [`BEST`] only.
+    fn keeps_best(&self) -> bool {
+        true
+    }
+
+    /// Reads the parameters of [`BEST`] tensor by tensor into one arena (no buffer of the
+    /// whole file).
+    fn read_best(&self, best_epoch: usize) -> Result<Vec<f32>, CheckpointError> {
+        let path = self.path(Save::Best);
+        let layout = ParamLayout::new(&self.info.config.model, self.info.vocab.sizes());
+        let (file, ranges) = open_kept_best(&path, &layout, Some(best_epoch))?;
+        let mut params = vec![0.0f32; layout.total];
+        let mut buf = Vec::new();
+        for (spec, (offset, len)) in layout.specs.iter().zip(ranges) {
+            let out = &mut params[spec.range()];
+            let mut at = 0;
+            Bytes::File {
+                file: &file,
+                offset,
+                len,
+            }
+            .for_each_piece(&mut buf, |piece| {
+                // Pieces are whole f32s: CHUNK is a multiple of 4.
+                for (o, b) in out[at..].iter_mut().zip(piece.chunks_exact(4)) {
+                    *o = f32::from_le_bytes(b.try_into().expect("4 bytes"));
+                }
+                at += piece.len() / 4;
+                Ok(())
+            })
+            .map_err(io_error("read", &path))?;
+        }
+        Ok(params)
     }
 }
 
@@ -356,53 +407,24 @@ impl Checkpointer for RunCheckpointer<'_> {
 // Writing
 // ---------------------------------------------------------------------------------------
 
-/// A tensor as little-endian bytes, for the safetensors writer: f32 parameters (borrowed
-/// from the arena on little-endian machines, so a checkpoint costs no copy of the model),
-/// or the `U8` vocabulary.
-struct RawTensor<'a> {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    bytes: Cow<'a, [u8]>,
-}
-
-impl<'a> RawTensor<'a> {
-    fn f32(shape: &[usize], data: &'a [f32]) -> RawTensor<'a> {
-        #[cfg(target_endian = "little")]
-        let bytes = Cow::Borrowed(bytemuck::cast_slice(data));
-        #[cfg(not(target_endian = "little"))]
-        let bytes = Cow::Owned(data.iter().flat_map(|x| x.to_le_bytes()).collect());
-        RawTensor {
-            dtype: Dtype::F32,
-            shape: shape.to_vec(),
-            bytes,
-        }
-    }
-    fn u8(bytes: Vec<u8>) -> RawTensor<'a> {
-        RawTensor {
-            dtype: Dtype::U8,
-            shape: vec![bytes.len()],
-            bytes: Cow::Owned(bytes),
-        }
-    }
-}
-
-impl View for &RawTensor<'_> {
-    fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.bytes)
-    }
-    fn data_len(&self) -> usize {
-        self.bytes.len()
-    }
+/// Little-endian bytes of f32 values: borrowed from the arena on little-endian machines,
+/// so a checkpoint costs no copy of the model.
+fn f32_bytes(data: &[f32]) -> Cow<'_, [u8]> {
+    #[cfg(target_endian = "little")]
+    return Cow::Borrowed(bytemuck::cast_slice(data));
+    #[cfg(not(target_endian = "little"))]
+    Cow::Owned(data.iter().flat_map(|x| x.to_le_bytes()).collect())
 }
 
 /// Writes a checkpoint of `snap` to `path`, atomically (see the module docs).
-pub fn write(path: &Path, info: &RunInfo, snap: &Snapshot) -> Result<(), CheckpointError> {
+/// `kept_best` is the best checkpoint that holds the parameters of
+/// [`BestParams::Kept`] (see [`RunCheckpointer`]).
+pub fn write(
+    path: &Path,
+    info: &RunInfo,
+    snap: &Snapshot,
+    kept_best: Option<&Path>,
+) -> Result<(), CheckpointError> {
     let layout = ParamLayout::new(&info.config.model, info.vocab.sizes());
     let fail = |detail: String| CheckpointError::Write {
         path: path.to_path_buf(),
@@ -414,10 +436,32 @@ pub fn write(path: &Path, info: &RunInfo, snap: &Snapshot) -> Result<(), Checkpo
             arenas.push((format!("optim.{name}."), arena));
         }
     }
-    if let Some(b) = snap.best_params {
-        arenas.push(("best.".into(), b));
+    let kept_file;
+    let mut tensors: Vec<Tensor> = Vec::new();
+    match snap.best_params {
+        BestParams::None => {}
+        BestParams::Here(b) => arenas.push(("best.".into(), b)),
+        BestParams::Kept => {
+            let best = kept_best.ok_or_else(|| {
+                fail("the best parameters are kept in a best checkpoint, but none is named".into())
+            })?;
+            let best_epoch = snap.progress.best.map(|b| b.epoch);
+            let (file, ranges) = open_kept_best(best, &layout, best_epoch)?;
+            kept_file = file;
+            for (spec, (offset, len)) in layout.specs.iter().zip(ranges) {
+                tensors.push(Tensor {
+                    name: format!("best.{}", spec.name),
+                    dtype: Dtype::F32,
+                    shape: spec.shape.clone(),
+                    bytes: Bytes::File {
+                        file: &kept_file,
+                        offset,
+                        len,
+                    },
+                });
+            }
+        }
     }
-    let mut tensors: Vec<(String, RawTensor)> = Vec::new();
     for (prefix, arena) in arenas {
         if arena.len() != layout.total {
             return Err(fail(format!(
@@ -427,18 +471,27 @@ pub fn write(path: &Path, info: &RunInfo, snap: &Snapshot) -> Result<(), Checkpo
             )));
         }
         for spec in &layout.specs {
-            let t = RawTensor::f32(&spec.shape, &arena[spec.range()]);
-            tensors.push((format!("{prefix}{}", spec.name), t));
+            tensors.push(Tensor {
+                name: format!("{prefix}{}", spec.name),
+                dtype: Dtype::F32,
+                shape: spec.shape.clone(),
+                bytes: Bytes::Memory(f32_bytes(&arena[spec.range()])),
+            });
         }
     }
     let vocab = json(info.vocab);
     let vocab = if vocab.len() > VOCAB_IN_HEADER_MAX {
-        tensors.push((VOCAB_TENSOR.into(), RawTensor::u8(vocab.into_bytes())));
+        tensors.push(Tensor {
+            name: VOCAB_TENSOR.into(),
+            dtype: Dtype::U8,
+            shape: vec![vocab.len()],
+            bytes: Bytes::Memory(Cow::Owned(vocab.into_bytes())),
+        });
         VOCAB_IN_TENSOR.to_string()
     } else {
         vocab
     };
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
 
     let mut meta: HashMap<String, String> = HashMap::new();
     meta.insert("format".into(), "pt".into());
@@ -453,31 +506,97 @@ pub fn write(path: &Path, info: &RunInfo, snap: &Snapshot) -> Result<(), Checkpo
         meta.insert("bst.optimizer".into(), kind_name(o.state.kind()).into());
         meta.insert("bst.optim_steps".into(), o.steps.to_string());
     }
-    let named: Vec<(&str, &[u8])> = tensors
-        .iter()
-        .map(|(n, t)| (n.as_str(), &*t.bytes))
-        .collect();
-    meta.insert("bst.checksum".into(), format!("{:016x}", checksum(&named)));
+    let sum =
+        checksum(&tensors).map_err(|e| fail(format!("cannot read the best parameters: {e}")))?;
+    meta.insert("bst.checksum".into(), format!("{sum:016x}"));
 
-    let views = tensors.iter().map(|(n, t)| (n.as_str(), t));
-    // Streamed: safetensors writes the header, then each tensor's bytes, through a
-    // buffered writer into the temporary file, so the file is never built in memory.
-    let (tmp, dir) = temp_path(path);
-    // safetensors writes through its own private (0600) temporary file: take the mode a
-    // plainly created file gets here (the umask's), as the in-memory writer's did.
-    let perms = std::fs::File::create(&tmp)
-        .and_then(|f| f.metadata())
-        .map_err(io_error("create", &tmp))?
-        .permissions();
-    safetensors::serialize_to_file(views, Some(meta), &tmp).map_err(|e| match e {
+    let header = stream::order_and_header(&mut tensors, meta).map_err(|e| match e {
         SafeTensorError::HeaderTooLarge => fail(
             "the metadata (mostly the vocabularies) exceeds safetensors' 100 MB header limit"
                 .into(),
         ),
         e => fail(e.to_string()),
     })?;
-    std::fs::set_permissions(&tmp, perms).map_err(io_error("set the mode of", &tmp))?;
+    // Streamed: the header, then each tensor's bytes, through a buffered writer into the
+    // temporary file, so the file is never built in memory.
+    let (tmp, dir) = temp_path(path);
+    let file = std::fs::File::create(&tmp).map_err(io_error("create", &tmp))?;
+    stream::write_file(file, &header, &tensors).map_err(io_error("write", &tmp))?;
     sync_and_rename(&tmp, path, &dir)
+}
+
+/// Opens the best checkpoint at `path` to copy its parameters from: checks that it is a
+/// whole safetensors file of the epoch `best_epoch` (its `bst.progress`) with every tensor
+/// of `layout` as F32 of its shape, and returns the file and, per spec of the layout, the
+/// byte range (offset in the file, length) of its tensor.
+fn open_kept_best(
+    path: &Path,
+    layout: &ParamLayout,
+    best_epoch: Option<usize>,
+) -> Result<(std::fs::File, Vec<(u64, usize)>), CheckpointError> {
+    let corrupt = |detail: String| CheckpointError::Corrupt {
+        path: path.to_path_buf(),
+        detail: format!("as the run's best checkpoint: {detail}"),
+    };
+    let file = std::fs::File::open(path).map_err(io_error("open", path))?;
+    let (n, header) = read_header(path, &file)?;
+    if let Some(sum) = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("bst.checksum"))
+    {
+        let mut all: Vec<(String, &safetensors::tensor::TensorInfo)> =
+            header.tensors().into_iter().collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let tensors: Vec<Tensor> = all
+            .into_iter()
+            .map(|(name, t)| Tensor {
+                name,
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                bytes: Bytes::File {
+                    file: &file,
+                    offset: 8 + n + t.data_offsets.0 as u64,
+                    len: t.data_offsets.1 - t.data_offsets.0,
+                },
+            })
+            .collect();
+        let found = format!(
+            "{:016x}",
+            checksum(&tensors).map_err(io_error("read", path))?
+        );
+        if &found != sum {
+            return Err(corrupt(format!(
+                "the tensor data does not match its checksum ({found}, recorded {sum})"
+            )));
+        }
+    }
+    let progress: Option<Progress> = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| serde_json::from_str(m.get("bst.progress")?).ok());
+    let epoch = progress.and_then(|p| p.best).map(|b| b.epoch);
+    if epoch.is_none() || epoch != best_epoch {
+        return Err(corrupt(format!(
+            "it holds the best epoch {epoch:?}, the run's best is epoch {best_epoch:?}"
+        )));
+    }
+    let mut ranges = Vec::with_capacity(layout.specs.len());
+    for spec in &layout.specs {
+        match header.info(&spec.name) {
+            Some(t) if t.dtype == Dtype::F32 && t.shape == spec.shape => {
+                let (start, end) = t.data_offsets;
+                ranges.push((8 + n + start as u64, end - start));
+            }
+            _ => {
+                return Err(corrupt(format!(
+                    "it has no F32 tensor `{}` of shape {:?}",
+                    spec.name, spec.shape
+                )));
+            }
+        }
+    }
+    Ok((file, ranges))
 }
 
 /// The temporary file beside `path` that [`write_atomic`] and [`write`] fill, and its folder.
@@ -537,22 +656,22 @@ fn kind_name(k: Kind) -> &'static str {
     }
 }
 
-/// A 64-bit hash of tensors' names and bytes (sorted by name): FNV-1a over 8-byte words.
-fn checksum(tensors: &[(&str, &[u8])]) -> u64 {
+/// A 64-bit hash of tensors' names and bytes (sorted by name): FNV-1a over 8-byte words,
+/// each name and each tensor's bytes followed by its length.
+fn checksum(tensors: &[Tensor]) -> std::io::Result<u64> {
     let mut h = Fnv1a::new();
-    let mut eat = |bytes: &[u8]| {
-        let mut words = bytes.chunks_exact(8);
-        for w in &mut words {
-            h.word(u64::from_le_bytes(w.try_into().expect("8 bytes")));
-        }
-        h.bytes(words.remainder());
-        h.word(bytes.len() as u64);
-    };
-    for (name, bytes) in tensors {
-        eat(name.as_bytes());
-        eat(bytes);
+    let mut buf = Vec::new();
+    for t in tensors {
+        h.words_le(t.name.as_bytes());
+        h.word(t.name.len() as u64);
+        // Pieces are whole words but for the last one.
+        t.bytes.for_each_piece(&mut buf, |piece| {
+            h.words_le(piece);
+            Ok(())
+        })?;
+        h.word(t.bytes.len() as u64);
     }
-    h.finish()
+    Ok(h.finish())
 }
 
 /// Writes `bytes` to `path` so that a reader sees the old or the new file, never a mix:
@@ -572,20 +691,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
 // ---------------------------------------------------------------------------------------
 
 /// The largest header safetensors accepts.
-const MAX_HEADER: u64 = 100_000_000;
+const MAX_HEADER: u64 = stream::MAX_HEADER as u64;
 
-fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
+/// Reads a checkpoint's metadata and tensors from `file`, whose tensor data start at
+/// byte `data_start`, as `header` says.
+fn parse(
+    path: &Path,
+    file: &std::fs::File,
+    data_start: u64,
+    header: &Metadata,
+) -> Result<Checkpoint, CheckpointError> {
     let p = || path.to_path_buf();
-    check_framing(path, bytes)?;
-    let st = SafeTensors::deserialize(bytes).map_err(|e| CheckpointError::Corrupt {
-        path: p(),
-        detail: e.to_string(),
-    })?;
-    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| CheckpointError::Corrupt {
-        path: p(),
-        detail: e.to_string(),
-    })?;
-    let names: BTreeSet<String> = st.names().into_iter().map(String::from).collect();
+    let infos = header.tensors();
+    let names: BTreeSet<String> = infos.keys().cloned().collect();
+    // The tensor `name`: dtype, shape and where its bytes are.
+    let tensor = |name: &str| {
+        infos.get(name).map(|t| Tensor {
+            name: name.to_string(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            bytes: Bytes::File {
+                file,
+                offset: data_start + t.data_offsets.0 as u64,
+                len: t.data_offsets.1 - t.data_offsets.0,
+            },
+        })
+    };
     let foreign = |detail: String| CheckpointError::Foreign { path: p(), detail };
     let empty = HashMap::new();
     let meta = header.metadata().as_ref().unwrap_or(&empty);
@@ -632,9 +763,9 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
     let data: DataConfig = from_json("bst.data_config", get("bst.data_config")?, &corrupt)?;
     let vocab: Vocab = match get("bst.vocab")? {
         VOCAB_IN_TENSOR => {
-            let text =
-                vocab_tensor(&st).map_err(|d| corrupt(format!("metadata `bst.vocab`: {d}")))?;
-            from_json("bst.vocab (tensor meta.vocab)", text, &corrupt)?
+            let text = vocab_tensor(tensor(VOCAB_TENSOR))
+                .map_err(|d| corrupt(format!("metadata `bst.vocab`: {d}")))?;
+            from_json("bst.vocab (tensor meta.vocab)", &text, &corrupt)?
         }
         text => from_json("bst.vocab", text, &corrupt)?,
     };
@@ -645,16 +776,9 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
         .map_err(|e| corrupt(format!("metadata `bst.config`: {e}")))?;
     check_vocab_shape(&vocab).map_err(|d| corrupt(format!("metadata `bst.vocab`: {d}")))?;
     if let Some(sum) = meta.get("bst.checksum") {
-        let named: Vec<(&str, &[u8])> = names
-            .iter()
-            .map(|n| {
-                Ok((
-                    n.as_str(),
-                    st.tensor(n).map_err(|e| corrupt(e.to_string()))?.data(),
-                ))
-            })
-            .collect::<Result<_, CheckpointError>>()?;
-        let found = format!("{:016x}", checksum(&named));
+        let named: Vec<Tensor> = names.iter().filter_map(|n| tensor(n)).collect();
+        let found = checksum(&named).map_err(io_error("read", path))?;
+        let found = format!("{found:016x}");
         if &found != sum {
             return Err(corrupt(format!(
                 "the tensor data does not match its checksum ({found}, recorded {sum}); \
@@ -669,32 +793,27 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
         let mut out = vec![0.0f32; layout.total];
         for spec in &layout.specs {
             let name = format!("{prefix}{}", spec.name);
-            let t = st
-                .tensor(&name)
-                .map_err(|_| CheckpointError::MissingTensor {
-                    path: p(),
-                    name: name.clone(),
-                    expected: spec.shape.clone(),
-                })?;
-            if t.dtype() != Dtype::F32 {
+            let t = tensor(&name).ok_or_else(|| CheckpointError::MissingTensor {
+                path: p(),
+                name: name.clone(),
+                expected: spec.shape.clone(),
+            })?;
+            if t.dtype != Dtype::F32 {
                 return Err(CheckpointError::Dtype {
                     path: p(),
                     name,
-                    found: t.dtype().to_string(),
+                    found: t.dtype.to_string(),
                 });
             }
-            if t.shape() != spec.shape.as_slice() {
+            if t.shape != spec.shape {
                 return Err(CheckpointError::Shape {
                     path: p(),
                     name,
                     expected: spec.shape.clone(),
-                    found: t.shape().to_vec(),
+                    found: t.shape,
                 });
             }
-            let dst = &mut out[spec.range()];
-            for (x, b) in dst.iter_mut().zip(t.data().chunks_exact(4)) {
-                *x = f32::from_le_bytes(b.try_into().expect("4 bytes"));
-            }
+            read_f32s(&t.bytes, &mut out[spec.range()]).map_err(io_error("read", path))?;
             seen.insert(name);
         }
         Ok(out)
@@ -752,24 +871,47 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
     })
 }
 
-/// The vocabulary JSON of a file whose `bst.vocab` is [`VOCAB_IN_TENSOR`].
-fn vocab_tensor<'a>(st: &'a SafeTensors<'a>) -> Result<&'a str, String> {
-    let t = st.tensor(VOCAB_TENSOR).map_err(|_| {
+/// The vocabulary JSON of a file whose `bst.vocab` is [`VOCAB_IN_TENSOR`], from its
+/// tensor [`VOCAB_TENSOR`] (`None`: the file has none).
+fn vocab_tensor(t: Option<Tensor>) -> Result<String, String> {
+    let t = t.ok_or_else(|| {
         format!("it is `{VOCAB_IN_TENSOR}` but the file has no tensor `{VOCAB_TENSOR}`")
     })?;
-    if t.dtype() != Dtype::U8 || t.shape().len() != 1 {
+    if t.dtype != Dtype::U8 || t.shape.len() != 1 {
         return Err(format!(
             "tensor `{VOCAB_TENSOR}` is {} of shape {:?}, expected U8 of one dimension",
-            t.dtype(),
-            t.shape()
+            t.dtype, t.shape
         ));
     }
-    std::str::from_utf8(t.data()).map_err(|e| format!("tensor `{VOCAB_TENSOR}` is not UTF-8: {e}"))
+    let mut bytes = Vec::with_capacity(t.bytes.len());
+    t.bytes
+        .for_each_piece(&mut Vec::new(), |piece| {
+            bytes.extend_from_slice(piece);
+            Ok(())
+        })
+        .map_err(|e| format!("tensor `{VOCAB_TENSOR}` cannot be read: {e}"))?;
+    String::from_utf8(bytes).map_err(|e| format!("tensor `{VOCAB_TENSOR}` is not UTF-8: {e}"))
 }
 
-/// Checks the file's length against its header before parsing, so a cut-short file is
-/// reported as truncated rather than as a puzzling parse error.
-fn check_framing(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+/// Fills `out` with the little-endian f32s of `bytes` (as many as `out` holds).
+fn read_f32s(bytes: &Bytes, out: &mut [f32]) -> std::io::Result<()> {
+    let mut at = 0;
+    // Pieces are whole f32s: a file's pieces are a multiple of 8 bytes but for the last.
+    bytes.for_each_piece(&mut Vec::new(), |piece| {
+        for (o, b) in out[at..].iter_mut().zip(piece.chunks_exact(4)) {
+            *o = f32::from_le_bytes(b.try_into().expect("4 bytes"));
+        }
+        at += piece.len() / 4;
+        Ok(())
+    })
+}
+
+/// Reads and checks the header of `file`: its length field against the file's length
+/// before parsing, so a cut-short file is reported as truncated rather than as a puzzling
+/// parse error, then the JSON and the tensors' offsets. Returns the header's length and
+/// the parsed header.
+fn read_header(path: &Path, mut file: &std::fs::File) -> Result<(u64, Metadata), CheckpointError> {
+    use std::io::Read;
     let truncated = |detail: String| CheckpointError::Truncated {
         path: path.to_path_buf(),
         detail,
@@ -778,13 +920,15 @@ fn check_framing(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
         path: path.to_path_buf(),
         detail,
     };
-    let len = bytes.len() as u64;
+    let len = file.metadata().map_err(io_error("read", path))?.len();
     if len < 8 {
         return Err(truncated(format!(
             "the file has {len} bytes, fewer than the 8 of the header length"
         )));
     }
-    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let mut n = [0u8; 8];
+    file.read_exact(&mut n).map_err(io_error("read", path))?;
+    let n = u64::from_le_bytes(n);
     if n > MAX_HEADER {
         return Err(corrupt(format!(
             "the header length field says {n} bytes, more than safetensors allows"
@@ -796,11 +940,14 @@ fn check_framing(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
             len - 8
         )));
     }
-    let header = std::str::from_utf8(&bytes[8..8 + n as usize])
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header)
+        .map_err(io_error("read", path))?;
+    let header = std::str::from_utf8(&header)
         .map_err(|e| corrupt(format!("the header is not UTF-8: {e}")))?;
     let json: serde_json::Value = serde_json::from_str(header)
         .map_err(|e| corrupt(format!("the header is not valid JSON: {e}")))?;
-    let serde_json::Value::Object(map) = json else {
+    let serde_json::Value::Object(map) = &json else {
         return Err(corrupt("the header is not a JSON object".into()));
     };
     let end = map
@@ -815,15 +962,15 @@ fn check_framing(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
             "the tensors need {need} bytes, the file holds {len}"
         )));
     }
-    if let Err(e) = SafeTensors::read_metadata(bytes) {
-        return Err(match e {
-            SafeTensorError::MetadataIncompleteBuffer => {
-                corrupt(format!("{} bytes follow the last tensor", len - need))
-            }
-            e => corrupt(format!("invalid header: {e}")),
-        });
+    let header: Metadata =
+        serde_json::from_value(json).map_err(|e| corrupt(format!("invalid header: {e}")))?;
+    if 8 + n + header.data_len() as u64 != len {
+        return Err(corrupt(format!(
+            "{} bytes follow the last tensor",
+            len - need
+        )));
     }
-    Ok(())
+    Ok((n, header))
 }
 
 /// The vocabulary is consistent with itself (field offsets tile the table; categories

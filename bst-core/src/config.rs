@@ -250,6 +250,10 @@ pub struct TrainConfig {
     /// Early stopping: end the run when validation AUC has not improved for this many
     /// epochs in a row (0: never stop early). The best epoch is kept either way.
     pub patience: usize,
+    /// Steps of an epoch: 0 trains on the whole training split each epoch; `k > 0` on
+    /// the first `k` batches of the epoch's shuffled order (at most the whole split), so a
+    /// log of hundreds of millions of samples is validated and checkpointed more often.
+    pub epoch_steps: usize,
 }
 
 impl Default for TrainConfig {
@@ -266,6 +270,7 @@ impl Default for TrainConfig {
             lr_decay: 1.0,
             emb_lr_scale: None,
             patience: 0,
+            epoch_steps: 0,
         }
     }
 }
@@ -287,6 +292,15 @@ impl TrainConfig {
             Optimizer::Adagrad => 1.0,
         })
     }
+    /// Training samples an epoch trains on, of a split of `n`: all of them, or
+    /// `epoch_steps` batches.
+    pub fn epoch_samples(&self, n: usize) -> usize {
+        match self.epoch_steps {
+            0 => n,
+            k => n.min(k.saturating_mul(self.batch)),
+        }
+    }
+
     /// The learning rate of 1-based epoch `epoch`: `lr * lr_decay^(epoch-1)`, computed in
     /// f64 and rounded once, so every backend and a resumed run use the same f32.
     pub fn lr_at(&self, epoch: usize) -> f32 {

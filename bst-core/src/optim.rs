@@ -205,7 +205,7 @@ impl Optimizer {
     }
 
     /// Restores a snapshot; it must be of the same optimiser and arena size.
-    pub fn restore(&mut self, s: &OptimSnapshot) -> Result<(), String> {
+    pub fn restore(&mut self, s: OptimSnapshot) -> Result<(), String> {
         if s.state.kind() != self.state.kind() {
             return Err(format!(
                 "the optimiser state is {:?}'s but this run uses {:?}",
@@ -221,7 +221,7 @@ impl Optimizer {
             ));
         }
         self.steps = s.steps;
-        self.state = s.state.clone();
+        self.state = s.state;
         Ok(())
     }
 

@@ -105,7 +105,26 @@ pub struct Snapshot<'a> {
     /// The optimiser state (for the latest checkpoint; `None` for the best model).
     pub optim: Option<OptimRef<'a>>,
     /// The parameters of `progress.best` (for the latest checkpoint).
-    pub best_params: Option<&'a [f32]>,
+    pub best_params: BestParams<'a>,
+}
+
+/// Where a [`Snapshot`]'s parameters of `progress.best` are.
+#[derive(Clone, Copy, Debug)]
+pub enum BestParams<'a> {
+    /// Not saved: a best checkpoint's snapshot, or no epoch has ended yet.
+    None,
+    /// In memory.
+    Here(&'a [f32]),
+    /// In the checkpointer's own best checkpoint, saved when that epoch ended: the
+    /// training loop keeps no copy of them
+    /// ([`Checkpointer::keeps_best`](crate::checkpoint::Checkpointer::keeps_best)).
+    Kept,
+}
+
+impl<'a> From<Option<&'a [f32]>> for BestParams<'a> {
+    fn from(p: Option<&'a [f32]>) -> Self {
+        p.map_or(BestParams::None, BestParams::Here)
+    }
 }
 
 /// Which checkpoint to save.

@@ -23,7 +23,7 @@ use crate::model::Shard;
 use crate::optim::OptimRef;
 use crate::prefetch::for_each_shard;
 use crate::rng::Rng;
-pub use crate::run_state::{Best, EpochReport, Progress, Resume, Save, Snapshot};
+pub use crate::run_state::{Best, BestParams, EpochReport, Progress, Resume, Save, Snapshot};
 use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,6 +64,16 @@ pub enum Event<'a> {
     },
     /// An epoch ended and was validated.
     Epoch(&'a EpochReport),
+    /// A split is being scored (after each evaluation batch): a validation or test split
+    /// of tens of millions of samples takes minutes.
+    Evaluating {
+        /// `validation` or `test`.
+        split: &'static str,
+        /// Samples scored so far (by this rank, in a group).
+        done: usize,
+        /// Samples to score (by this rank).
+        total: usize,
+    },
 }
 
 /// Default steps between two reads of the loss (for the progress bar and the non-finite
@@ -271,24 +281,35 @@ pub fn train_in_group(
         let asked = stop.is_some_and(|s| s.load(Ordering::SeqCst));
         group.map_or(asked, |g| g.any(asked))
     };
-    let n = ds.train.len();
+    // Samples trained per epoch: the whole split, or `epoch_steps` batches of it.
+    let n = cfg.epoch_samples(ds.train.len());
     let steps = n.div_ceil(cfg.batch);
 
-    let (mut progress, mut best_params, mut saved) = match resume {
+    let (progress, best_params, mut saved) = match resume {
         Some(r) => {
             check_resume(&r, ds, cfg, backend.model().layout.total)?;
-            backend.write_params(&r.params)?;
-            backend.write_optim_state(&r.optim)?;
             let at = SavedAt {
                 epoch: r.progress.epoch,
                 step: r.progress.step,
             };
+            backend.restore(r.params, r.optim)?;
             (r.progress, r.best_params, Some(at))
         }
         None => (Progress::start(&ds.train, cfg.seed), None, None),
     };
+    let mut progress = progress;
+    // A checkpointer that keeps the best parameters gets them again here (a resumed run
+    // may come from another folder, or have stopped between its two writes).
+    let mut best = match (best_params, checkpointer.as_deref_mut()) {
+        (None, _) => HeldBest::None,
+        (Some(p), Some(c)) if c.keeps_best() => {
+            c.save(Save::Best, &best_snapshot(&progress, &p))?;
+            HeldBest::Kept
+        }
+        (Some(p), _) => HeldBest::Here(p),
+    };
 
-    let mut order = epoch_order(n, cfg.seed, progress.epoch);
+    let mut order = epoch_order(ds.train.len(), cfg.seed, progress.epoch);
     // Batches are gathered (and, on a GPU, segmented) on a producer thread, ahead of the
     // step that takes them.
     let preparer = backend.batch_preparer();
@@ -306,7 +327,7 @@ pub fn train_in_group(
         let prep = preparer.as_deref();
         for_each_shard(
             &ds.train,
-            &order,
+            &order[..n],
             cfg.batch,
             skip,
             (rank, ranks),
@@ -337,7 +358,7 @@ pub fn train_in_group(
                     let fresh = saved != Some(at) && (at.epoch, at.step) != (0, 0);
                     if let (Some(c), true) = (checkpointer.as_deref_mut(), fresh) {
                         let fail = failed(format!("saving a checkpoint {at}"), saved);
-                        save_latest(c, &*backend, &progress, best_params.as_deref(), fail)?;
+                        save_latest(c, &*backend, &progress, best.params(), fail)?;
                         saved = Some(at);
                     }
                     return Err(TrainError::Interrupted {
@@ -381,8 +402,20 @@ pub fn train_in_group(
             },
         )?;
         let seconds = progress.epoch_seconds + start.elapsed().as_secs_f64();
-        let valid = evaluate_in(backend, &ds.valid, cfg.eval_batch, group)
-            .map_err(failed(format!("validating epoch {epoch}"), saved))?;
+        let valid = evaluate_in(
+            backend,
+            &ds.valid,
+            cfg.eval_batch,
+            group,
+            &mut |done, total| {
+                on_event(Event::Evaluating {
+                    split: "validation",
+                    done,
+                    total,
+                })
+            },
+        )
+        .map_err(failed(format!("validating epoch {epoch}"), saved))?;
         let report = EpochReport {
             epoch,
             train_loss: progress.loss_sum / steps as f64,
@@ -404,18 +437,24 @@ pub fn train_in_group(
         let improved = progress.best.is_none_or(|b| this.score() > b.score());
         if improved {
             progress.best = Some(this);
-            let params = backend
-                .read_params()
-                .map_err(failed(format!("reading epoch {epoch}'s parameters"), saved))?;
-            best_params = Some(params);
+            let fail = failed(format!("reading epoch {epoch}'s parameters"), saved);
+            best = match checkpointer.as_deref_mut() {
+                Some(c) if c.keeps_best() => {
+                    save_best(c, &*backend, &progress, fail)?;
+                    HeldBest::Kept
+                }
+                c => {
+                    let params = backend.read_params().map_err(fail)?;
+                    if let Some(c) = c {
+                        c.save(Save::Best, &best_snapshot(&progress, &params))?;
+                    }
+                    HeldBest::Here(params)
+                }
+            };
         }
         if let Some(c) = checkpointer.as_deref_mut() {
-            if improved {
-                let p = best_params.as_deref().expect("just read");
-                c.save(Save::Best, &best_snapshot(&progress, p))?;
-            }
             let fail = failed(format!("saving the checkpoint of epoch {epoch}"), saved);
-            save_latest(c, &*backend, &progress, best_params.as_deref(), fail)?;
+            save_latest(c, &*backend, &progress, best.params(), fail)?;
             saved = Some(SavedAt { epoch, step: 0 });
         }
         if stop_requested() && epoch < cfg.epochs {
@@ -426,24 +465,45 @@ pub fn train_in_group(
         }
     }
 
-    let best = progress.best.expect("at least one epoch");
-    let params = best_params.expect("the best epoch's parameters");
-    backend.write_params(&params).map_err(failed(
-        "restoring the best epoch's parameters".into(),
-        saved,
-    ))?;
+    // Only the evaluations are left: free the epoch order before the best parameters come
+    // back into memory.
+    drop(order);
+    let best_epoch = progress.best.expect("at least one epoch").epoch;
+    let params = match best {
+        HeldBest::Here(p) => p,
+        HeldBest::Kept => checkpointer
+            .as_deref()
+            .expect("kept by the checkpointer")
+            .read_best(best_epoch)?,
+        HeldBest::None => unreachable!("an epoch ended, so it has a best"),
+    };
+    let restoring = || failed("restoring the best epoch's parameters".into(), saved);
+    backend.write_params(&params).map_err(restoring())?;
+    drop(params);
     if let Some(c) = checkpointer {
         // Again at the end: a run stopped between its two writes may have left it older.
-        c.save(Save::Best, &best_snapshot(&progress, &params))?;
+        save_best(c, &*backend, &progress, restoring())?;
     }
-    let test = evaluate_in(backend, &ds.test, cfg.eval_batch, group)
-        .map_err(failed("testing the best epoch's parameters".into(), saved))?;
+    let test = evaluate_in(
+        backend,
+        &ds.test,
+        cfg.eval_batch,
+        group,
+        &mut |done, total| {
+            on_event(Event::Evaluating {
+                split: "test",
+                done,
+                total,
+            })
+        },
+    )
+    .map_err(failed("testing the best epoch's parameters".into(), saved))?;
     let oracle_test_auc = ds.test.true_prob().and_then(|p| auc(&p, &ds.test.labels()));
     Ok(TrainReport {
         train_samples_per_sec: (progress.epochs.len() * n) as f64 / progress.train_seconds,
         stopped_early,
         epochs: progress.epochs,
-        best_epoch: best.epoch,
+        best_epoch,
         test,
         oracle_test_auc,
         device: backend.describe(),
@@ -459,6 +519,46 @@ fn patience_spent(progress: &Progress, patience: usize) -> bool {
             .is_some_and(|b| progress.epoch - b.epoch >= patience)
 }
 
+/// The best epoch's parameters, as the training loop holds them.
+enum HeldBest {
+    /// No epoch has ended yet.
+    None,
+    /// A copy in memory.
+    Here(Vec<f32>),
+    /// Only in the checkpointer's best checkpoint ([`Checkpointer::keeps_best`]).
+    Kept,
+}
+
+impl HeldBest {
+    fn params(&self) -> BestParams<'_> {
+        match self {
+            HeldBest::None => BestParams::None,
+            HeldBest::Here(p) => BestParams::Here(p),
+            HeldBest::Kept => BestParams::Kept,
+        }
+    }
+}
+
+/// Saves the backend's parameters as the best checkpoint ([`Save::Best`]), borrowed from
+/// the backend where it allows, else read back; `fail` wraps a failed read.
+fn save_best(
+    c: &mut dyn Checkpointer,
+    backend: &dyn Backend,
+    progress: &Progress,
+    fail: impl FnOnce(BackendError) -> TrainError,
+) -> Result<(), TrainError> {
+    let owned;
+    let params = match backend.checkpoint_state() {
+        Some((params, _)) => params,
+        None => {
+            owned = backend.read_params().map_err(fail)?;
+            &owned[..]
+        }
+    };
+    c.save(Save::Best, &best_snapshot(progress, params))?;
+    Ok(())
+}
+
 /// Saves the latest state ([`Save::Latest`]): the parameters and optimiser state
 /// borrowed from the backend where it allows (the CPU one: no copy of the model or of the
 /// optimiser's arenas), else read back; `fail` wraps a failed read.
@@ -466,7 +566,7 @@ fn save_latest(
     c: &mut dyn Checkpointer,
     backend: &dyn Backend,
     progress: &Progress,
-    best_params: Option<&[f32]>,
+    best_params: BestParams,
     fail: impl FnOnce(BackendError) -> TrainError,
 ) -> Result<(), TrainError> {
     let owned;
@@ -493,7 +593,7 @@ fn best_snapshot<'a>(progress: &'a Progress, params: &'a [f32]) -> Snapshot<'a> 
         progress,
         params,
         optim: None,
-        best_params: None,
+        best_params: BestParams::None,
     }
 }
 
@@ -520,10 +620,11 @@ fn check_resume(
             p.shuffle_seed, cfg.seed
         ));
     }
-    let steps = ds.train.len().div_ceil(cfg.batch);
+    let steps = cfg.epoch_samples(ds.train.len()).div_ceil(cfg.batch);
     if p.step >= steps {
         return bad(format!(
-            "the checkpoint stopped at step {} of an epoch of {steps} steps: the batch size differs",
+            "the checkpoint stopped at step {} of an epoch of {steps} steps: the batch size \
+             or train.epoch_steps differs",
             p.step
         ));
     }
@@ -561,21 +662,39 @@ fn check_resume(
     Ok(())
 }
 
-/// Click probabilities of every sample, in order, in evaluation mode.
+/// Click probabilities of every sample of `s`, in order, `eval_batch` at a time.
 pub fn predict_all<S: SampleSource + ?Sized>(
     backend: &mut dyn Backend,
     s: &S,
     eval_batch: usize,
 ) -> Result<Vec<f32>, BackendError> {
     let mut probs = vec![0.0; s.len()];
+    predict_rows(backend, s, 0, eval_batch, &mut probs, &mut |_, _| {})?;
+    Ok(probs)
+}
+
+/// Probabilities of the samples `first..first + out.len()` of `s` into `out`,
+/// `eval_batch` at a time; `progress(done, total)` after each batch.
+fn predict_rows<S: SampleSource + ?Sized>(
+    backend: &mut dyn Backend,
+    s: &S,
+    first: usize,
+    eval_batch: usize,
+    out: &mut [f32],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(), BackendError> {
+    let (total, eval_batch) = (out.len(), eval_batch.max(1));
     let mut batch = Batch::default();
-    let eval_batch = eval_batch.max(1);
-    for (k, out) in probs.chunks_mut(eval_batch).enumerate() {
-        let idx: Vec<usize> = (k * eval_batch..k * eval_batch + out.len()).collect();
+    let mut idx = Vec::with_capacity(eval_batch);
+    for (k, out) in out.chunks_mut(eval_batch).enumerate() {
+        let start = first + k * eval_batch;
+        idx.clear();
+        idx.extend(start..start + out.len());
         batch.gather(s, &idx);
         backend.predict(&batch, out)?;
+        progress(k * eval_batch + out.len(), total);
     }
-    Ok(probs)
+    Ok(())
 }
 
 /// AUC, GAUC and logloss of the backend's predictions on `s`, batch by batch: only the
@@ -585,33 +704,34 @@ pub fn evaluate<S: SampleSource + ?Sized>(
     s: &S,
     eval_batch: usize,
 ) -> Result<Metrics, BackendError> {
-    evaluate_in(backend, s, eval_batch, None)
+    evaluate_in(backend, s, eval_batch, None, &mut |_, _| {})
 }
 
 /// [`predict_all`] on one rank of `group`: the batches of `eval_batch` samples are split
 /// into contiguous parts, one per rank, and the probabilities gathered, so every rank gets
-/// exactly those of a single process (the same batches).
+/// exactly those of a single process (the same batches). `progress(done, total)` counts
+/// this rank's samples.
 pub fn predict_all_in<S: SampleSource + ?Sized>(
     backend: &mut dyn Backend,
     s: &S,
     eval_batch: usize,
     group: Option<&dyn Collective>,
+    progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<f32>, BackendError> {
     let Some(g) = group.filter(|g| g.size() > 1) else {
-        return predict_all(backend, s, eval_batch);
+        let mut probs = vec![0.0; s.len()];
+        predict_rows(backend, s, 0, eval_batch, &mut probs, progress)?;
+        return Ok(probs);
     };
+    let eval_batch = eval_batch.max(1);
     let batches = s.len().div_ceil(eval_batch);
     let rows = |r: usize| {
         let b = shard_range(batches, r, g.size());
         (b.start * eval_batch).min(s.len())..(b.end * eval_batch).min(s.len())
     };
-    let mine: Vec<usize> = rows(g.rank()).collect();
+    let mine = rows(g.rank());
     let mut local = vec![0.0; mine.len()];
-    let mut batch = Batch::default();
-    for (chunk, out) in mine.chunks(eval_batch).zip(local.chunks_mut(eval_batch)) {
-        batch.gather(s, chunk);
-        backend.predict(&batch, out)?;
-    }
+    predict_rows(backend, s, mine.start, eval_batch, &mut local, progress)?;
     let counts: Vec<usize> = (0..g.size()).map(|r| rows(r).len()).collect();
     let mut probs = Vec::with_capacity(s.len());
     g.gather_f32(&local, &counts, &mut probs);
@@ -624,8 +744,9 @@ pub fn evaluate_in<S: SampleSource + ?Sized>(
     s: &S,
     eval_batch: usize,
     group: Option<&dyn Collective>,
+    progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Metrics, BackendError> {
-    let probs = predict_all_in(backend, s, eval_batch, group)?;
+    let probs = predict_all_in(backend, s, eval_batch, group, progress)?;
     let (labels, users): (Vec<f32>, Vec<u32>) = (0..s.len()).map(|i| s.label_user(i)).unzip();
     Ok(Metrics::compute(&probs, &labels, &users))
 }

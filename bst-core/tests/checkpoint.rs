@@ -785,7 +785,7 @@ fn checkpoint_writer_helper() {
             progress: &progress,
             params: &params,
             optim: Some((&optim).into()),
-            best_params: Some(&params),
+            best_params: bst_core::train::BestParams::Here(&params),
         };
         use bst_core::train::Checkpointer;
         ckpt.save(bst_core::train::Save::Latest, &snap).unwrap();

@@ -176,6 +176,10 @@ pub struct RunArgs {
     /// (`train.patience`; 0 never stops early).
     #[arg(long)]
     pub patience: Option<usize>,
+    /// Steps of an epoch (`train.epoch_steps`; 0: the whole training split), so a huge log
+    /// is validated and checkpointed every so many steps.
+    #[arg(long = "epoch-steps")]
+    pub epoch_steps: Option<usize>,
     /// Transformer blocks (0 gives the WDL baselines).
     #[arg(long)]
     pub blocks: Option<usize>,
@@ -233,6 +237,7 @@ impl RunArgs {
         set!(m.emb_l2, self.emb_l2);
         set!(t.weight_decay, self.weight_decay);
         set!(t.patience, self.patience);
+        set!(t.epoch_steps, self.epoch_steps);
         set!(t.lr_decay, self.lr_decay);
         set!(cfg.data.synthetic_users, self.synthetic_users);
         if self.lr.is_some() {

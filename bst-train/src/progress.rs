@@ -106,9 +106,41 @@ pub fn step_line(p: &StepProgress) -> String {
     )
 }
 
+/// The plain progress line of an evaluation: `scoring validation: 1,024,000 of
+/// 16,932,636 samples (6.0%), 20,480 samples/s, ETA 12:56`; `seconds` since it began.
+pub fn eval_line(split: &str, done: usize, total: usize, seconds: f64) -> String {
+    let rate = done as f64 / seconds;
+    let (rate, eta) = if rate.is_finite() && rate > 0.0 {
+        (
+            thousands(rate.round() as u64),
+            clock((total - done.min(total)) as f64 / rate),
+        )
+    } else {
+        ("?".into(), "?".into())
+    };
+    format!(
+        "scoring {split}: {} of {} samples ({:.1}%), {rate} samples/s, ETA {eta}",
+        thousands(done as u64),
+        thousands(total as u64),
+        100.0 * done as f64 / total.max(1) as f64,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn evaluation_lines_show_samples_rate_and_eta() {
+        assert_eq!(
+            eval_line("validation", 1_024_000, 16_932_636, 50.0),
+            "scoring validation: 1,024,000 of 16,932,636 samples (6.0%), 20,480 samples/s, ETA 12:57"
+        );
+        assert_eq!(
+            eval_line("test", 0, 10, 0.0),
+            "scoring test: 0 of 10 samples (0.0%), ? samples/s, ETA ?"
+        );
+    }
 
     #[test]
     fn lines_show_step_samples_rate_loss_and_eta() {

@@ -57,7 +57,10 @@ struct Plan {
     cfg: Config,
     src: DataSource,
     dir: PathBuf,
-    resume: Option<(PathBuf, Checkpoint)>,
+    /// The checkpoint to resume from. It is read twice: here for its config and data
+    /// source, then again after the data (a 100M-row run's arenas are 2.3 GB: they are
+    /// not held while the data loads).
+    resume: Option<PathBuf>,
 }
 
 fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
@@ -104,7 +107,7 @@ fn plan(args: &RunArgs) -> anyhow::Result<Plan> {
         cfg,
         src,
         dir,
-        resume: Some((path, ckpt)),
+        resume: Some(path),
     })
 }
 
@@ -122,7 +125,10 @@ pub fn train(args: &RunArgs) -> anyhow::Result<()> {
     let stop = catch_ctrl_c();
     let ds = load_data(&src, &cfg, quiet)?;
     let resume = match resume {
-        Some((path, ckpt)) => {
+        Some(path) => {
+            let ckpt = Checkpoint::load(&path).context("loading the checkpoint to resume")?;
+            ckpt.check_config(&cfg)
+                .with_context(|| format!("{} changed while the data loaded", path.display()))?;
             ckpt.check_vocab(&ds.vocab)
                 .with_context(|| format!("resuming from {}", path.display()))?;
             let r = ckpt.into_resume(&path)?;
@@ -315,7 +321,13 @@ fn run_training_with(
     let mut throttle = Throttle::new(progress::EVERY);
     let first_step = opts.resume.as_ref().map_or(0, |r| r.progress.step);
     let mut clock = (Instant::now(), first_step); // the epoch's start, and its first step
-    let (batch, n_train) = (cfg.train.batch, ds.train.len() as u64);
+    let (batch, n_train) = (
+        cfg.train.batch,
+        cfg.train.epoch_samples(ds.train.len()) as u64,
+    );
+    // Evaluations: their start, and their own throttle (the first line comes at once).
+    let (eval_batch, mut eval_clock) = (cfg.train.eval_batch, Instant::now());
+    let mut eval_throttle = Throttle::new(progress::EVERY);
     let mut on_event = |e: Event| match e {
         Event::Step {
             epoch,
@@ -352,6 +364,30 @@ fn run_training_with(
             });
             b.set_position(step as u64);
             b.set_message(format!("loss {:.4}", ema.unwrap_or(loss)));
+        }
+        Event::Evaluating { split, done, total } => {
+            if quiet || !cluster::is_root() {
+                return;
+            }
+            let now = Instant::now();
+            if done <= eval_batch {
+                eval_clock = now;
+            }
+            let seconds = now.duration_since(eval_clock).as_secs_f64();
+            match &bar {
+                // The training bar stays up while the validation split is scored.
+                Some(b) if !plain => {
+                    let pct = 100.0 * done as f64 / total.max(1) as f64;
+                    let loss = ema.unwrap_or(f32::NAN);
+                    b.set_message(format!("loss {loss:.4}, scoring {split} {pct:.0}%"));
+                }
+                // Lines, only for evaluations that take a while.
+                _ => {
+                    if seconds >= progress::EVERY.as_secs_f64() && eval_throttle.ready(now) {
+                        eprintln!("{}", progress::eval_line(split, done, total, seconds));
+                    }
+                }
+            }
         }
         Event::Epoch(r) => {
             if let Some(b) = bar.take() {
