@@ -25,13 +25,16 @@ use crate::cpu::attention::head_dims;
 
 wgsl_params!(
     "attention.wgsl",
-    /// The uniform, field for field `Params` in `shaders/attention.wgsl`.
+    /// The uniform, and `Params` of `shaders/attention.wgsl`, written from it.
     pub struct AttentionParams {
+        /// Samples in this batch.
         b: u32,
         t: u32,
         d: u32,
         h: u32,
+        /// D / h.
         dh: u32,
+        /// 1 / sqrt(dh).
         scale: f32,
         qkv_off: u32,
         valid_off: u32,
@@ -39,14 +42,15 @@ wgsl_params!(
         att_off: u32,
         dout_off: u32,
         dqkv_off: u32,
+        /// 1: the forward keeps K and V in smem.
         fwd_staged: u32,
+        /// 1: the backward keeps K and V in smem after dS.
         bwd_staged: u32,
         _pad0: u32,
         _pad1: u32,
     },
-    // Storage: qkv; valid; out; att; dout; dqkv.
+    storage [qkv: f32, valid: u32, out: f32, att: f32, dout: f32, dqkv: f32],
     kernels ["attention_forward", "attention_backward"],
-    storage 6,
     rows b
 );
 

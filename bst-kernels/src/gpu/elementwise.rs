@@ -18,7 +18,7 @@ use super::{GpuContext, GpuError, TensorRef};
 
 wgsl_params!(
     "elementwise.wgsl",
-    /// The uniform, field for field `Params` in `shaders/elementwise.wgsl`.
+    /// The uniform, and `Params` of `shaders/elementwise.wgsl`, written from it.
     pub struct ElementwiseParams {
         n: u32,
         x_off: u32,
@@ -30,9 +30,8 @@ wgsl_params!(
         value: f32,
         _pad0: u32,
     },
-    // Storage: x, y, out, dout, dx.
+    storage [x: f32, y: f32, out: f32, dout: f32, dx: f32],
     kernels ["add", "fill", "leaky_relu_forward", "leaky_relu_backward"],
-    storage 5,
     rows n
 );
 

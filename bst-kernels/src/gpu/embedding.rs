@@ -68,41 +68,57 @@ pub use segments::{EmbeddingSegments, MIN_PIECE, Segments, build_segments, piece
 use segments::{TableSegments, piece_room, segments_layout};
 
 use super::buffer::uniform_slot;
-use super::launch::{dispatch, tensors, wgsl_params, wgsl_with_prelude};
+use super::launch::{WgslParams, dispatch, tensors, wgsl_module, wgsl_params};
 use super::{GpuContext, GpuError, Slot, TensorRef};
 use crate::cpu::embedding::TokenIds;
 
 wgsl_params!(
     "embedding.wgsl",
-    /// The uniform, field for field `Params` in `shaders/embedding.wgsl` (see its header for
+    /// The uniform, and `Params` of `shaders/embedding.wgsl`, written from it (see its header for
     /// the token mapping these fields describe).
     pub struct EmbParams {
+        /// Tokens (gather) or unique ids (segment_sum); rewritten per step.
         n: u32,
+        /// Table width (columns per token).
         w: u32,
         table_off: u32,
+        /// Ids >= table_rows are out of range (see the entry points).
         table_rows: u32,
         per_sample: u32,
         hist_len: u32,
         hist_off: u32,
         target_off: u32,
+        /// 1: the token at slot hist_len has id ids[target_off + s]; 0: id 0.
         target_from_ids: u32,
         act_off: u32,
         act_stride: u32,
         act_col: u32,
         col_step: u32,
+        /// Segment_sum: the unique ids (U), ascending, in `ids`.
         seg_ids_off: u32,
+        /// Segment_sum: U + 1 offsets into the order, in `ids`.
         seg_start_off: u32,
+        /// Segment_sum: the token indices sorted by id (stable), in `ids`.
         seg_order_off: u32,
+        /// The segments (indices u) longer than `piece`, in `ids`.
         long_u_off: u32,
+        /// Longs + 1 offsets into the pieces, in `ids`.
         long_piece_off: u32,
+        /// The long segment of each piece, in `ids`.
         piece_long_off: u32,
+        /// Piece length: longer segments are summed in pieces of this many tokens.
         piece: u32,
+        /// Long segments (rewritten per step).
         longs: u32,
+        /// Their pieces (rewritten per step).
         pieces: u32,
         _pad0: u32,
         _pad1: u32,
     }
 );
+
+/// `shaders/embedding_f16.wgsl`: the gather from f16 tables, with [`EmbParams`]'s interface.
+pub const F16_SOURCE: &str = include_str!("../../../shaders/embedding_f16.wgsl");
 
 /// Workgroup size of every entry point (`WG` in the shader).
 const WG: u32 = 64;
@@ -453,16 +469,14 @@ impl EmbeddingKernels {
                 ],
             );
             let module = ctx.shader_module(
-                "embedding.wgsl",
-                &wgsl_with_prelude(include_str!("../../../shaders/embedding.wgsl")),
+                EmbParams::SHADER,
+                &wgsl_module::<EmbParams>(EmbParams::SOURCE),
             );
             let pipeline = |entry| ctx.compute_pipeline(&module, entry, Some(&layout));
             // Same layout: the f16 table is one more storage buffer at binding 1.
             let gather_f16 = ctx.features.contains(wgpu::Features::SHADER_F16).then(|| {
-                let module = ctx.shader_module(
-                    "embedding_f16.wgsl",
-                    &wgsl_with_prelude(include_str!("../../../shaders/embedding_f16.wgsl")),
-                );
+                let module =
+                    ctx.shader_module("embedding_f16.wgsl", &wgsl_module::<EmbParams>(F16_SOURCE));
                 ctx.compute_pipeline(&module, "embedding_gather_f16", Some(&layout))
             });
             Self {

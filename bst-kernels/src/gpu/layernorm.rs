@@ -19,8 +19,9 @@ use crate::cpu::layernorm::LN_EPS;
 
 wgsl_params!(
     "layernorm.wgsl",
-    /// The uniform, field for field `Params` in `shaders/layernorm.wgsl`.
+    /// The uniform, and `Params` of `shaders/layernorm.wgsl`, written from it.
     pub struct LayerNormParams {
+        /// N, rows of this batch.
         rows: u32,
         c: u32,
         inp_off: u32,
@@ -38,9 +39,10 @@ wgsl_params!(
         _pad1: u32,
         _pad2: u32,
     },
-    // Storage: inp; mean; rstd; weight | dweight; bias | dbias; out | dinp; dout; scratch.
+    // The backward binds dweight, dbias and dinp at weight's, bias's and out's slots
+    // (the shader's aliases).
+    storage [inp: f32, mean: f32, rstd: f32, weight: f32, bias: f32, out: f32, dout: f32, scratch: f32],
     kernels ["layernorm_forward", "layernorm_backward_dinp", "layernorm_backward_partials", "layernorm_backward_dparams",],
-    storage 8,
     rows rows
 );
 

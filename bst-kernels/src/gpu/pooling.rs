@@ -15,13 +15,17 @@ pub use crate::cpu::pooling::PoolMode;
 
 wgsl_params!(
     "pooling.wgsl",
-    /// The kernels' uniform, field for field `Params` in `shaders/pooling.wgsl`.
+    /// The kernels' uniform, and `Params` of `shaders/pooling.wgsl`, written from it.
     pub struct PoolParams {
+        /// Rows of the current batch.
         b: u32,
         t: u32,
         d: u32,
+        /// Row stride of out and dout.
         row: u32,
+        /// First pooled column in a row of out / dout.
         off: u32,
+        /// Pooled columns: d, 2d or T*d.
         width: u32,
         mode: u32,
         x_off: u32,
@@ -30,9 +34,8 @@ wgsl_params!(
         dout_off: u32,
         dx_off: u32,
     },
-    // Storage: x; valid; out; dout; dx.
+    storage [x: f32, valid: u32, out: f32, dout: f32, dx: f32],
     kernels ["pooling_forward", "pooling_backward"],
-    storage 5,
     rows b
 );
 
