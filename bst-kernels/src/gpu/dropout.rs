@@ -6,16 +6,16 @@
 //! GPU and CPU outputs are identical. The key changes every step: [`DropoutBinding::set_key`].
 //!
 //! ```text
-//! let dk = DropoutKernels::new(&ctx)?;                            // once
-//! let mut s1 = dk.bind(&ctx, &bufs, Some(&grads), dims, key)?;    // once per dropout site
-//! s1.set_key(&ctx, DropoutKey { step, ..key });                   // every step
-//! s1.set_rows(&ctx, last_batch_rows);                             // when the batch size changes
+//! let dk = DropoutKernels::new(&ctx)?;                                    // once
+//! let mut s1 = dk.bind(&ctx, Site::with_grads(bufs, grads, dims), key)?;  // once a site
+//! s1.set_key(&ctx, DropoutKey { step, ..key });                           // every step
+//! s1.set_rows(&ctx, last_batch_rows);                                     // a smaller batch
 //! dk.forward(&mut pass, &s1);
 //! dk.backward(&mut pass, &s1);
 //! ```
 
-use super::launch::{Binding, Kernels, strided_grid, tensors, wgsl_params};
-use super::{GpuContext, GpuError};
+use super::launch::{Binding, Kernels, Site, strided_grid, tensors, wgsl_params};
+use super::{GpuContext, GpuResult};
 use crate::cpu::dropout::DropoutKey;
 
 wgsl_params!(
@@ -94,6 +94,9 @@ tensors! {
     }
 }
 
+/// What [`DropoutKernels::bind`] takes.
+pub type DropoutSite<'a> = Site<DropoutBuffers<'a>, DropoutGradBuffers<'a>, DropoutDims>;
+
 /// Uniform and bind group of one dropout site, made by [`DropoutKernels::bind`]; its
 /// `set_rows` counts rows of `width` elements.
 pub type DropoutBinding = Binding<DropoutParams>;
@@ -125,11 +128,10 @@ impl DropoutKernels {
     pub fn bind(
         &self,
         ctx: &GpuContext,
-        bufs: &DropoutBuffers,
-        grads: Option<&DropoutGradBuffers>,
-        dims: DropoutDims,
+        site: DropoutSite,
         key: DropoutKey,
-    ) -> Result<DropoutBinding, GpuError> {
+    ) -> GpuResult<DropoutBinding> {
+        let Site { bufs, grads, dims } = site;
         let DropoutDims { rows, width } = dims;
         let n = u64::from(rows) * u64::from(width);
         let what = |t: &str| format!("dropout {t} (rows {rows}, width {width})");

@@ -4,17 +4,17 @@
 //! bit-identical.
 //!
 //! ```text
-//! let elt = ElementwiseKernels::new(&ctx)?;                  // once
-//! let mut a1 = elt.bind(&ctx, &bufs, Some(&grads), dims)?;   // LeakyReLU, once per call site
-//! let sum = elt.bind_add(&ctx, out, x, y, rows, width)?;     // out = x + y
-//! let zero = elt.bind_fill(&ctx, target, n, 0.0)?;           // target = 0
-//! a1.set_rows(&ctx, last_batch_rows);                        // when the batch size changes
-//! elt.forward(&mut pass, &a1);                               // every step: the op bound
-//! elt.backward(&mut pass, &a1);                              // LeakyReLU only
+//! let elt = ElementwiseKernels::new(&ctx)?;                           // once
+//! let mut a1 = elt.bind(&ctx, Site::with_grads(bufs, grads, dims))?;  // LeakyReLU, once a site
+//! let sum = elt.bind_add(&ctx, out, x, y, rows, width)?;              // out = x + y
+//! let zero = elt.bind_fill(&ctx, target, n, 0.0)?;                    // target = 0
+//! a1.set_rows(&ctx, last_batch_rows);                                 // a smaller batch
+//! elt.forward(&mut pass, &a1);                                        // every step: the op bound
+//! elt.backward(&mut pass, &a1);                                       // LeakyReLU only
 //! ```
 
-use super::launch::{Binding, Kernels, strided_grid, tensors, wgsl_params};
-use super::{GpuContext, GpuError, TensorRef};
+use super::launch::{Binding, Kernels, Site, strided_grid, tensors, wgsl_params};
+use super::{GpuContext, GpuError, GpuResult, TensorRef};
 
 wgsl_params!(
     "elementwise.wgsl",
@@ -71,6 +71,10 @@ tensors! {
     }
 }
 
+/// What [`ElementwiseKernels::bind`] takes.
+pub type ActivationSite<'a> =
+    Site<ActivationBuffers<'a>, ActivationGradBuffers<'a>, ActivationDims>;
+
 /// The op of a binding: the entry point its `forward` runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ElementwiseOp {
@@ -111,13 +115,8 @@ pub type ElementwiseKernels = Kernels<ElementwiseParams>;
 impl ElementwiseKernels {
     /// Creates the uniform and bind group of one LeakyReLU call site, after checking every
     /// tensor lies inside its buffer. `grads = None` binds the forward pass only.
-    pub fn bind(
-        &self,
-        ctx: &GpuContext,
-        bufs: &ActivationBuffers,
-        grads: Option<&ActivationGradBuffers>,
-        dims: ActivationDims,
-    ) -> Result<ElementwiseBinding, GpuError> {
+    pub fn bind(&self, ctx: &GpuContext, site: ActivationSite) -> GpuResult<ElementwiseBinding> {
+        let Site { bufs, grads, dims } = site;
         let ActivationDims { rows, width, alpha } = dims;
         let n = u64::from(rows) * u64::from(width);
         let what = |t: &str| format!("activation {t} (rows {rows}, width {width})");

@@ -2,15 +2,15 @@
 //! `shaders/embedding.wgsl`. CPU reference: [`crate::cpu::embedding`].
 //!
 //! ```text
-//! let emb = EmbeddingKernels::new(&ctx)?;                          // once
-//! let mut b = emb.bind(&ctx, &bufs, Some(&grads), dims)?;          // once
-//! b.set_rows(&ctx, rows);                                          // when the batch size changes
+//! let emb = EmbeddingKernels::new(&ctx)?;                            // once
+//! let mut b = emb.bind(&ctx, Site::with_grads(bufs, grads, dims))?;  // once
+//! b.set_rows(&ctx, rows);                                            // a smaller batch
 //! let segs = EmbeddingSegments::build(&dims, rows, batch.token_ids(), &batch.other)?;
-//! b.set_segments(&ctx, &segs);                                     // every step, before submit
-//! emb.token_embedding_forward(&mut pass, &b);                      // x (B, T, d)
-//! emb.other_embedding_forward(&mut pass, &b);                      // z's other-feature columns
-//! emb.other_embedding_backward(&mut pass, &b);                     // dE_other += scatter of dz
-//! emb.token_embedding_backward(&mut pass, &b);                     // dE_item, dE_cat, dE_pos
+//! b.set_segments(&ctx, &segs);                                       // every step, before submit
+//! emb.token_embedding_forward(&mut pass, &b);                        // x (B, T, d)
+//! emb.other_embedding_forward(&mut pass, &b);                        // z's other-feature columns
+//! emb.other_embedding_backward(&mut pass, &b);                       // dE_other += scatter of dz
+//! emb.token_embedding_backward(&mut pass, &b);                       // dE_item, dE_cat, dE_pos
 //! ```
 //!
 //! # Forward
@@ -68,8 +68,8 @@ pub use segments::{EmbeddingSegments, MIN_PIECE, Segments, build_segments, piece
 use segments::{TableSegments, piece_room, segments_layout};
 
 use super::buffer::uniform_slot;
-use super::launch::{WgslParams, dispatch, tensors, wgsl_module, wgsl_params};
-use super::{GpuContext, GpuError, Slot, TensorRef};
+use super::launch::{Site, WgslParams, dispatch, tensors, wgsl_module, wgsl_params};
+use super::{GpuContext, GpuError, GpuResult, Slot, TensorRef};
 use crate::cpu::embedding::TokenIds;
 
 wgsl_params!(
@@ -229,6 +229,9 @@ tensors! {
         segments,
     }
 }
+
+/// What [`EmbeddingKernels::bind`] takes.
+pub type EmbeddingSite<'a> = Site<EmbeddingBuffers<'a>, EmbeddingGradBuffers<'a>, EmbeddingDims>;
 
 impl<'a> EmbeddingGradBuffers<'a> {
     /// Per table (item, cat, pos, other): the gradient table, and the activation gradient
@@ -494,14 +497,8 @@ impl EmbeddingKernels {
 
     /// Creates the uniforms and bind groups of the layer, after checking every tensor
     /// lies inside its buffer. `grads = None` binds the forward pass only.
-    pub fn bind(
-        &self,
-        ctx: &GpuContext,
-        bufs: &EmbeddingBuffers,
-        grads: Option<&EmbeddingGradBuffers>,
-        dims: EmbeddingDims,
-    ) -> Result<EmbeddingBinding, GpuError> {
-        self.bind_tables(ctx, bufs, grads, dims, TableFormat::F32)
+    pub fn bind(&self, ctx: &GpuContext, site: EmbeddingSite) -> GpuResult<EmbeddingBinding> {
+        self.bind_tables(ctx, site, TableFormat::F32)
     }
 
     /// As [`EmbeddingKernels::bind`] without gradients, for tables stored as f16: the
@@ -514,24 +511,24 @@ impl EmbeddingKernels {
         ctx: &GpuContext,
         bufs: &EmbeddingBuffers,
         dims: EmbeddingDims,
-    ) -> Result<EmbeddingBinding, GpuError> {
+    ) -> GpuResult<EmbeddingBinding> {
         if self.gather_f16.is_none() {
             return Err(missing_shader_f16(ctx));
         }
-        self.bind_tables(ctx, bufs, None, dims, TableFormat::F16)
+        let site = Site::forward(*bufs, dims);
+        self.bind_tables(ctx, site, TableFormat::F16)
     }
 
     fn bind_tables(
         &self,
         ctx: &GpuContext,
-        bufs: &EmbeddingBuffers,
-        grads: Option<&EmbeddingGradBuffers>,
-        dims: EmbeddingDims,
+        site: EmbeddingSite,
         format: TableFormat,
-    ) -> Result<EmbeddingBinding, GpuError> {
+    ) -> GpuResult<EmbeddingBinding> {
+        let Site { bufs, grads, dims } = site;
         check_dims(&dims)?;
         let maps = table_maps(&dims);
-        self.check(ctx, bufs, grads, &dims, &maps, format)?;
+        self.check(ctx, &site, &maps, format)?;
 
         let tables = [bufs.e_item, bufs.e_cat, bufs.e_pos, bufs.e_other];
         let hist = [bufs.hist_item, bufs.hist_cat, bufs.hist_pos, bufs.other];
@@ -634,13 +631,15 @@ impl EmbeddingKernels {
     fn check(
         &self,
         ctx: &GpuContext,
-        bufs: &EmbeddingBuffers,
-        grads: Option<&EmbeddingGradBuffers>,
-        dims: &EmbeddingDims,
+        site: &EmbeddingSite,
         maps: &[TableMap; TABLES],
         format: TableFormat,
-    ) -> Result<(), GpuError> {
-        let d = dims;
+    ) -> GpuResult<()> {
+        let Site {
+            bufs,
+            grads,
+            dims: d,
+        } = site;
         let (b, l, f) = (u64::from(d.rows), u64::from(d.seq_len), u64::from(d.fields));
         let (t, dm, zw) = (l + 1, u64::from(d.d()), u64::from(d.z_width));
         let table = |rows: u32, w: u32| u64::from(rows) * u64::from(w);

@@ -271,8 +271,8 @@ impl<P: RowParams, X> Binding<P, X> {
     /// Sets the batch rows (at most the bound maximum) for the following dispatches:
     /// the count in the params becomes `rows` times the row's elements, written with a
     /// `queue.write_buffer` (where it changed), effective at the next submit (every
-    /// dispatch of the binding in that submit sees the last value set). Panics if `rows` exceeds the bound (the
-    /// buffers are not big enough).
+    /// dispatch of the binding in that submit sees the last value set). Panics if `rows`
+    /// exceeds the bound (the buffers are not big enough).
     #[track_caller]
     pub fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
         let name = P::SHADER.trim_end_matches(".wgsl");
@@ -308,6 +308,38 @@ impl<P: Pod, X> Binding<P, X> {
 impl<P: RowParams, X> super::SetRows for Binding<P, X> {
     fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
         Binding::set_rows(self, ctx, rows)
+    }
+}
+
+/// What a launcher's `bind` takes, by name: its forward's tensors, its backward's, and
+/// the sizes (`<Op>Site` is `Site<<Op>Buffers, <Op>GradBuffers, <Op>Dims>`).
+#[derive(Clone, Copy, Debug)]
+pub struct Site<B, G, D> {
+    /// The forward's tensors.
+    pub bufs: B,
+    /// The backward's tensors; `None` binds the forward only.
+    pub grads: Option<G>,
+    /// The sizes; `rows` or `batch` is the most the buffers hold.
+    pub dims: D,
+}
+
+impl<B, G, D> Site<B, G, D> {
+    /// The forward only: no gradient buffers.
+    pub fn forward(bufs: B, dims: D) -> Self {
+        Self {
+            bufs,
+            grads: None,
+            dims,
+        }
+    }
+
+    /// The forward and the backward.
+    pub fn with_grads(bufs: B, grads: G, dims: D) -> Self {
+        Self {
+            bufs,
+            grads: Some(grads),
+            dims,
+        }
     }
 }
 

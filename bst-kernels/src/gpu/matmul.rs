@@ -2,10 +2,10 @@
 //! CPU reference: [`crate::cpu::matmul`] (and [`crate::cpu::activation`] for the epilogue).
 //!
 //! ```text
-//! let mm = MatmulKernels::new(&ctx)?;                       // once
-//! let mut l1 = mm.bind(&ctx, &bufs, Some(&grads), dims)?;   // once per layer
-//! l1.set_rows(&ctx, last_batch_rows);                       // when the batch size changes
-//! mm.forward(&mut pass, &l1);                               // every step
+//! let mm = MatmulKernels::new(&ctx)?;                                // once
+//! let mut l1 = mm.bind(&ctx, Site::with_grads(bufs, grads, dims))?;  // once per layer
+//! l1.set_rows(&ctx, last_batch_rows);                                // a smaller batch
+//! mm.forward(&mut pass, &l1);                                        // every step
 //! mm.backward(&mut pass, &l1);
 //! ```
 //!
@@ -15,8 +15,8 @@
 
 use std::sync::OnceLock;
 
-use super::launch::{Launcher, assert_bound, dispatch, flat_grid, wgsl_params};
-use super::{GpuContext, GpuError, TensorRef, uniform_slot};
+use super::launch::{Launcher, Site, assert_bound, dispatch, flat_grid, wgsl_params};
+use super::{GpuContext, GpuError, GpuResult, TensorRef, uniform_slot};
 
 wgsl_params!(
     "matmul.wgsl",
@@ -158,6 +158,9 @@ pub struct MatmulGradBuffers<'a> {
     pub dinp_act: Option<LeakyInput<'a>>,
 }
 
+/// What [`MatmulKernels::bind`] takes.
+pub type MatmulSite<'a> = Site<MatmulBuffers<'a>, MatmulGradBuffers<'a>, MatmulDims>;
+
 /// A layer input that is `LeakyReLU(pre)`, for [`MatmulGradBuffers::dinp_act`].
 ///
 /// The gradient needs only where `pre > 0`, and for `alpha >= 0` that is exactly where
@@ -265,13 +268,8 @@ impl MatmulKernels {
 
     /// Creates the uniforms and bind groups of one layer, after checking every tensor
     /// lies inside its buffer. `grads = None` binds the forward pass only.
-    pub fn bind(
-        &self,
-        ctx: &GpuContext,
-        bufs: &MatmulBuffers,
-        grads: Option<&MatmulGradBuffers>,
-        dims: MatmulDims,
-    ) -> Result<MatmulBinding, GpuError> {
+    pub fn bind(&self, ctx: &GpuContext, site: MatmulSite) -> GpuResult<MatmulBinding> {
+        let Site { bufs, grads, dims } = site;
         let MatmulDims {
             rows,
             n_in,

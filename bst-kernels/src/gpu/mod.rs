@@ -7,9 +7,10 @@
 //!    tensor and the dimensions in one small uniform struct: `#[repr(C)]`,
 //!    `bytemuck::Pod`, every field `u32`/`f32`, padded to a multiple of 16 bytes, declared
 //!    with `launch::wgsl_params!`, which also writes the shader's `struct Params` and its
-//!    bindings from it (the shader file declares neither). Tensors inside an arena are not aligned to
-//!    `min_storage_buffer_offset_alignment` (256 bytes), so they cannot be bound at an
-//!    offset. A tensor is passed to `bind` as a [`TensorRef`] (buffer + element offset).
+//!    bindings from it (the shader file declares neither). Tensors inside an arena are
+//!    not aligned to `min_storage_buffer_offset_alignment` (256 bytes), so they cannot be
+//!    bound at an offset. A tensor is passed to `bind` as a [`TensorRef`] (buffer +
+//!    element offset).
 //! 2. **Storage is always `read_write`.** Layouts use [`Slot::Storage`] (`read_only:
 //!    false`) and shaders declare `var<storage, read_write>` even for inputs: WebGPU
 //!    forbids binding one buffer read-only and writable in the same dispatch, and inputs
@@ -20,10 +21,11 @@
 //! 3. **A launcher per op family**, e.g. [`matmul::MatmulKernels`]: `new(ctx)` creates its
 //!    bind group layout and one `wgpu::ComputePipeline` per entry point, once, from
 //!    `shaders/<op>.wgsl` behind the prelude and its interface ([`wgsl_module`]; forward
-//!    and backward entry points in the same file, sharing one explicit layout). Most are [`launch::Kernels`] of their
-//!    uniform (`PoolingKernels = Kernels<PoolParams>`), their bindings
-//!    [`launch::Binding`]s, which bring `new`, the workgroup cap, `rows` and `set_rows`.
-//! 4. **Bind once per call site.** `bind(ctx, buffers, dims) -> <Op>Binding` creates the
+//!    and backward entry points in the same file, sharing one explicit layout). Most are
+//!    [`launch::Kernels`] of their uniform (`PoolingKernels = Kernels<PoolParams>`), their
+//!    bindings [`launch::Binding`]s, which bring `new`, the workgroup cap, `rows` and `set_rows`.
+//! 4. **Bind once per call site.** `bind(ctx, Site { bufs, grads, dims }) -> <Op>Binding`
+//!    (a [`Site`] names the forward's tensors, the backward's, and the sizes) creates the
 //!    uniform buffer(s) and bind group(s) once per buffer set (one per layer, say) and
 //!    checks every tensor range fits its buffer (one uniform:
 //!    [`GpuContext::uniform_buffer`]; one per kernel or pass:
@@ -63,8 +65,8 @@ pub mod topk;
 pub use buffer::{
     Readback, STORAGE_USAGE, TensorRef, UNIFORM_STRIDE, bytes_created_on_this_thread, uniform_slot,
 };
-pub use context::{GpuContext, GpuError, GpuOptions};
-pub use launch::{CompiledShader, PRELUDE, wgsl_module};
+pub use context::{GpuContext, GpuError, GpuOptions, GpuResult};
+pub use launch::{CompiledShader, PRELUDE, Site, wgsl_module};
 /// The wgpu this crate is built against, so that users name the same version.
 pub use wgpu;
 

@@ -2,15 +2,15 @@
 //! `shaders/pooling.wgsl`. CPU reference: [`crate::cpu::pooling`].
 //!
 //! ```text
-//! let pool = PoolingKernels::new(&ctx)?;                         // once
-//! let mut b = pool.bind(&ctx, &bufs, Some(&grads), dims)?;       // once per buffer set
-//! b.set_rows(&ctx, last_batch_rows);                             // when the batch size changes
-//! pool.forward(&mut pass, &b);                                   // every step
+//! let pool = PoolingKernels::new(&ctx)?;                              // once
+//! let mut b = pool.bind(&ctx, Site::with_grads(bufs, grads, dims))?;  // once per buffer set
+//! b.set_rows(&ctx, last_batch_rows);                                  // a smaller batch
+//! pool.forward(&mut pass, &b);                                        // every step
 //! pool.backward(&mut pass, &b);
 //! ```
 
-use super::launch::{Binding, Kernels, flat_grid, tensors, wgsl_params};
-use super::{GpuContext, GpuError};
+use super::launch::{Binding, Kernels, Site, flat_grid, tensors, wgsl_params};
+use super::{GpuContext, GpuError, GpuResult};
 pub use crate::cpu::pooling::PoolMode;
 
 wgsl_params!(
@@ -83,6 +83,9 @@ tensors! {
     }
 }
 
+/// What [`PoolingKernels::bind`] takes.
+pub type PoolingSite<'a> = Site<PoolingBuffers<'a>, PoolingGradBuffers<'a>, PoolingDims>;
+
 /// Uniform and bind group of one call site, made by [`PoolingKernels::bind`].
 pub type PoolingBinding = Binding<PoolParams>;
 
@@ -92,13 +95,8 @@ pub type PoolingKernels = Kernels<PoolParams>;
 impl PoolingKernels {
     /// Creates the uniform and bind group of one call site, after checking the sizes and
     /// that every tensor lies inside its buffer. `grads = None` binds the forward only.
-    pub fn bind(
-        &self,
-        ctx: &GpuContext,
-        bufs: &PoolingBuffers,
-        grads: Option<&PoolingGradBuffers>,
-        dims: PoolingDims,
-    ) -> Result<PoolingBinding, GpuError> {
+    pub fn bind(&self, ctx: &GpuContext, site: PoolingSite) -> GpuResult<PoolingBinding> {
+        let Site { bufs, grads, dims } = site;
         let PoolingDims {
             rows,
             t,
