@@ -20,33 +20,9 @@
 // Every output element is owned by one invocation that sums its terms in the CPU's order
 // (no atomics), so results are deterministic.
 
-struct Params {
-    b: u32, // samples in this batch
-    t: u32,
-    d: u32,
-    h: u32,
-    dh: u32, // d / h
-    scale: f32, // 1 / sqrt(dh)
-    qkv_off: u32,
-    valid_off: u32,
-    out_off: u32,
-    att_off: u32,
-    dout_off: u32,
-    dqkv_off: u32,
-    fwd_staged: u32, // 1: the forward keeps K and V in smem
-    bwd_staged: u32, // 1: the backward keeps K and V in smem after dS
-    _pad0: u32,
-    _pad1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-// Storage is read_write even for inputs: see the design rules in gpu/mod.rs.
-@group(0) @binding(1) var<storage, read_write> qkv: array<f32>;   // (B, T, 3d)
-@group(0) @binding(2) var<storage, read_write> valid: array<u32>; // (B, T)
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;   // (B, T, d)
-@group(0) @binding(4) var<storage, read_write> att: array<f32>;   // (B, h, T, T)
-@group(0) @binding(5) var<storage, read_write> dout: array<f32>;  // (B, T, d)
-@group(0) @binding(6) var<storage, read_write> dqkv: array<f32>;  // (B, T, 3d)
+// The interface is written from AttentionParams (bst-kernels/src/gpu/attention.rs): the
+// uniform p: Params, then the storage qkv (B, T, 3d), valid (B, T) u32, out (B, T, d),
+// att (B, h, T, T), dout (B, T, d), dqkv (B, T, 3d).
 
 const WG: u32 = 64u;
 var<workgroup> smem: array<f32, 4096>; // 16 KiB; layouts above

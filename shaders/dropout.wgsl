@@ -8,32 +8,8 @@
 // `scale` = 1 / (1 - p) computed on the host by cpu::dropout::DropoutKey, so the GPU's
 // mask is the CPU's bit for bit. One invocation per element, grid-stride.
 
-struct Params {
-    n: u32,
-    x_off: u32,
-    a_off: u32,
-    out_off: u32,
-    dout_off: u32,
-    da_off: u32,
-    stream: u32,
-    threshold: u32,
-    scale: f32,
-    // Always 0. XORed into the bits of a * mask, which stops the compiler from fusing
-    // x + a * mask into one fma (rounded once, unlike the CPU's multiply then add).
-    opaque_zero: u32,
-    // The mask index of element 0: a data-parallel rank's shard of a batch takes the
-    // masks of its rows in the global batch (cpu::dropout's `_at` variants' `first`).
-    first: u32,
-    _pad1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-// Storage is read_write even for inputs: see the design rules in gpu/mod.rs.
-@group(0) @binding(1) var<storage, read_write> x: array<f32>;    // (n)
-@group(0) @binding(2) var<storage, read_write> a: array<f32>;    // (n)
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;  // (n)
-@group(0) @binding(4) var<storage, read_write> dout: array<f32>; // (n)
-@group(0) @binding(5) var<storage, read_write> da: array<f32>;   // (n)
+// The interface is written from DropoutParams (bst-kernels/src/gpu/dropout.rs): the
+// uniform p: Params, then the storage x, a, out, dout, da, each (n).
 
 const WG: u32 = 256u;
 

@@ -12,24 +12,8 @@
 // to the CPU's (one correctly rounded add or multiply, or none). `out` may be `x` or `y`,
 // and `dx` may be `dout`: each invocation reads its element before writing it.
 
-struct Params {
-    n: u32,
-    x_off: u32,
-    y_off: u32,
-    out_off: u32,
-    dout_off: u32,
-    dx_off: u32,
-    value: f32, // fill: the value; LeakyReLU: alpha
-    _pad0: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-// Storage is read_write even for inputs: see the design rules in gpu/mod.rs.
-@group(0) @binding(1) var<storage, read_write> x: array<f32>;    // (n)
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;    // (n)
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;  // (n)
-@group(0) @binding(4) var<storage, read_write> dout: array<f32>; // (n)
-@group(0) @binding(5) var<storage, read_write> dx: array<f32>;   // (n)
+// The interface is written from ElementwiseParams (bst-kernels/src/gpu/elementwise.rs):
+// the uniform p: Params, then the storage x, y, out, dout, dx, each (n).
 
 const WG: u32 = 256u;
 

@@ -16,38 +16,12 @@
 // slot of its value (weight / dweight, bias / dbias, out / dinp). Each entry point uses
 // only the names declared for it; the launcher binds the right buffer per kernel.
 
-struct Params {
-    rows: u32, // N, rows of this batch
-    c: u32,
-    inp_off: u32,
-    out_off: u32,
-    mean_off: u32,
-    rstd_off: u32,
-    weight_off: u32,
-    bias_off: u32,
-    dinp_off: u32,
-    dout_off: u32,
-    dweight_off: u32,
-    dbias_off: u32,
-    eps: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-// Storage is read_write even for inputs: see the design rules in gpu/mod.rs.
-@group(0) @binding(1) var<storage, read_write> inp: array<f32>;     // (N, C)
-@group(0) @binding(2) var<storage, read_write> mean: array<f32>;    // (N)
-@group(0) @binding(3) var<storage, read_write> rstd: array<f32>;    // (N)
-@group(0) @binding(4) var<storage, read_write> weight: array<f32>;  // (C)  forward, dinp
+// The interface is written from LayerNormParams (bst-kernels/src/gpu/layernorm.rs): the
+// uniform p: Params, then the storage inp (N, C), mean (N), rstd (N), weight (C), bias (C),
+// out (N, C), dout (N, C), scratch (chunks, 2, C). The backward's names for slots 4 to 6:
 @group(0) @binding(4) var<storage, read_write> dweight: array<f32>; // (C)  dparams
-@group(0) @binding(5) var<storage, read_write> bias: array<f32>;    // (C)  forward
 @group(0) @binding(5) var<storage, read_write> dbias: array<f32>;   // (C)  dparams
-@group(0) @binding(6) var<storage, read_write> out: array<f32>;     // (N, C) forward
 @group(0) @binding(6) var<storage, read_write> dinp: array<f32>;    // (N, C) dinp
-@group(0) @binding(7) var<storage, read_write> dout: array<f32>;    // (N, C)
-@group(0) @binding(8) var<storage, read_write> scratch: array<f32>; // (chunks, 2, C)
 
 // Forward and dinp: one workgroup per row (grid-stride over rows), WG invocations
 // striding over the C columns, then a tree reduction in workgroup memory.

@@ -12,36 +12,13 @@
 // Labels are f32 (0 or 1). Per-sample kernels use a flat index over a 2D grid of
 // workgroups (the launcher spreads more than 65535 workgroups over y).
 
-struct Params {
-    b: u32, // rows of the current batch
-    logits_off: u32,
-    labels_off: u32,
-    probs_off: u32,
-    losses_off: u32,
-    mean_off: u32,
-    dlogits_off: u32,
-    accumulate_mean: u32, // 1: mean += this batch's mean; 0: mean = it
-    // The mean's and the gradient's divisor, 0: b. A data-parallel rank's shard of a
-    // global batch divides by the global rows, so the ranks' sums are the global mean's.
-    divisor: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
+// The interface is written from LossParams (bst-kernels/src/gpu/loss.rs): the uniform
+// p: Params, then the storage logits, labels, probs, losses (B each), mean (1), dlogits (B).
 
 // The divisor of the mean and of dlogits.
 fn divisor() -> f32 {
     return f32(max(select(p.b, p.divisor, p.divisor > 0u), 1u));
 }
-
-@group(0) @binding(0) var<uniform> p: Params;
-// Storage is read_write even for inputs: see the design rules in gpu/mod.rs.
-@group(0) @binding(1) var<storage, read_write> logits: array<f32>;
-@group(0) @binding(2) var<storage, read_write> labels: array<f32>;
-@group(0) @binding(3) var<storage, read_write> probs: array<f32>;
-@group(0) @binding(4) var<storage, read_write> losses: array<f32>;
-@group(0) @binding(5) var<storage, read_write> mean: array<f32>;
-@group(0) @binding(6) var<storage, read_write> dlogits: array<f32>;
 
 const WG: u32 = 256u;
 

@@ -8,17 +8,8 @@
 // One invocation per element of valid, a flat index over a 2D grid of workgroups (the
 // launcher spreads more than 65535 workgroups over y).
 
-struct Params {
-    b: u32, // rows of the current batch
-    l: u32, // history length L (T = L + 1)
-    hist_off: u32,
-    valid_off: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-// Storage is read_write even for inputs: see the design rules in gpu/mod.rs.
-@group(0) @binding(1) var<storage, read_write> hist_item: array<u32>;
-@group(0) @binding(2) var<storage, read_write> valid: array<u32>;
+// The interface is written from MaskParams (bst-kernels/src/gpu/mask.rs): the uniform
+// p: Params, then the storage hist_item (B, L) and valid (B, T), both u32.
 
 const WG: u32 = 256u;
 

@@ -23,43 +23,8 @@
 // adds the k partials (a[a_off + z*a_sk + row*n + col]) to C in a fixed order, so the
 // result stays deterministic. Unsplit: one chunk (k_chunk >= K), c_split unused.
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    a_off: u32,
-    a_sm: u32,
-    a_sk: u32,
-    b_off: u32,
-    b_sk: u32,
-    b_sn: u32,
-    c_off: u32,
-    c_sm: u32, // row stride of C and of pre
-    bias_off: u32,
-    pre_off: u32,
-    accumulate: u32, // 1: C += A B; 0: C = A B (+ bias, act)
-    has_bias: u32,
-    store_pre: u32, // 1: also write the pre-activation to `pre`
-    act: u32, // 0: none; 1: LeakyReLU, x > 0 ? x : alpha * x
-    alpha: f32,
-    // 1: C = (A B) * (pre > 0 ? 1 : alpha), pre (m, n) at pre_off with C's row stride.
-    // Each element's pre is read just before its C is written, by the same invocation,
-    // so pre may be C itself (the backward overwrites a dead pre-activation in place).
-    act_grad: u32,
-    k_chunk: u32, // reduction rows per workgroup z (>= k: unsplit)
-    c_split: u32, // elements between the partial C of workgroups z and z + 1
-    _pad1: u32,
-    _pad2: u32,
-    _pad3: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-// Storage is read_write even for inputs: see the design rules in gpu/mod.rs.
-@group(0) @binding(1) var<storage, read_write> a: array<f32>;
-@group(0) @binding(2) var<storage, read_write> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
-@group(0) @binding(4) var<storage, read_write> bias: array<f32>;
-@group(0) @binding(5) var<storage, read_write> pre: array<f32>;
+// The interface is written from GemmParams (bst-kernels/src/gpu/matmul.rs): the uniform
+// p: Params, then the storage a, b, c, bias, pre.
 
 // A 16 x 16 workgroup computes a 64 x 64 tile of C, each invocation a 4 x 4 block with
 // rows lid.y + 16 i and columns lid.x + 16 j (so stores are coalesced along columns).

@@ -19,36 +19,9 @@
 // index over a 2D grid of workgroups (the launcher spreads more than 65535 workgroups
 // over y, for arenas of up to ~1G elements).
 
-struct Params {
-    n: u32,
-    p_off: u32,
-    g_off: u32,
-    m_off: u32, // Adam's m, Adagrad's sum
-    v_off: u32,
-    lr: f32,
-    beta1: f32,
-    beta2: f32,
-    one_minus_beta1: f32, // 1 - beta1 in f32, as the CPU computes it
-    one_minus_beta2: f32,
-    eps: f32,
-    step: f32,
-    bc2_sqrt: f32,
-    _pad0: u32,
-    w: u32, // *_rows: the table's width
-    rows_off: u32, // *_rows: the first row id in `rows`
-    table_rows: u32, // *_rows: R; a row id >= R is skipped
-    weight_decay: f32, // L2: the gradient is taken as g + weight_decay * p
-    _pad1: u32,
-    _pad2: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-// Storage is read_write even for inputs: see the design rules in gpu/mod.rs.
-@group(0) @binding(1) var<storage, read_write> params: array<f32>;
-@group(0) @binding(2) var<storage, read_write> grads: array<f32>;
-@group(0) @binding(3) var<storage, read_write> m: array<f32>;
-@group(0) @binding(4) var<storage, read_write> v: array<f32>;
-@group(0) @binding(5) var<storage, read_write> rows: array<u32>; // *_rows: the row ids
+// The interface is written from OptimParams (bst-kernels/src/gpu/optim.rs): the uniform
+// p: Params, then the storage params, grads, m, v (n each) and rows (u32: the *_rows
+// kernels' row ids).
 
 const WG: u32 = 256u;
 

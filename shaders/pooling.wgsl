@@ -14,28 +14,9 @@
 // Both on a flat index over a 2D grid of workgroups (the launcher spreads more than 65535
 // workgroups over y).
 
-struct Params {
-    b: u32, // rows of the current batch
-    t: u32,
-    d: u32,
-    row: u32, // row stride of out and dout
-    off: u32, // first pooled column in a row of out / dout
-    width: u32, // pooled columns: d, 2d or T*d
-    mode: u32,
-    x_off: u32,
-    valid_off: u32,
-    out_off: u32,
-    dout_off: u32,
-    dx_off: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-// Storage is read_write even for inputs: see the design rules in gpu/mod.rs.
-@group(0) @binding(1) var<storage, read_write> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> valid: array<u32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
-@group(0) @binding(4) var<storage, read_write> dout: array<f32>;
-@group(0) @binding(5) var<storage, read_write> dx: array<f32>;
+// The interface is written from PoolParams (bst-kernels/src/gpu/pooling.rs): the uniform
+// p: Params, then the storage x (B, T, d), valid (B, T) u32, out (B, row), dout (B, row),
+// dx (B, T, d).
 
 const WG: u32 = 256u;
 const TARGET: u32 = 0u;

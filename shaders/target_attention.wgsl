@@ -15,28 +15,9 @@
 // of its L + 1 keys in a private array (L + 1 <= MAX_KEYS, which the launcher checks)
 // and sums every term in the CPU's order, so results are deterministic.
 
-struct Params {
-    n: u32, // rows in this batch
-    l: u32,
-    d: u32,
-    h: u32,
-    dh: u32, // d / h
-    scale: f32, // 1 / sqrt(dh)
-    qkv_off: u32,
-    kv_off: u32,
-    valid_off: u32,
-    user_off: u32,
-    out_off: u32,
-    r: u32, // rows per user in hist_kv and hist_valid, >= l
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-// Storage is read_write even for inputs: see the design rules in gpu/mod.rs.
-@group(0) @binding(1) var<storage, read_write> qkv: array<f32>;        // (N, 3d)
-@group(0) @binding(2) var<storage, read_write> hist_kv: array<f32>;    // (U, R, 2d)
-@group(0) @binding(3) var<storage, read_write> hist_valid: array<u32>; // (U, R)
-@group(0) @binding(4) var<storage, read_write> user: array<u32>;       // (N)
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;        // (N, d)
+// The interface is written from TargetAttentionParams (gpu/target_attention.rs): the
+// uniform p: Params, then the storage qkv (N, 3d), hist_kv (U, R, 2d), hist_valid (U, R)
+// u32, user (N) u32, out (N, d).
 
 const WG: u32 = 64u;
 const MAX_KEYS: u32 = 128u;

@@ -22,23 +22,9 @@
 // The launcher chains passes until one workgroup is left; each pass keeps K of every
 // CHUNK pairs. No atomics; every step is a fixed compare-exchange network.
 
-struct Params {
-    n: u32,      // scores (first pass) or pairs (later passes) this pass reads
-    k: u32,      // pairs the last pass writes: min(k, number of scores)
-    run: u32,    // K: pairs each workgroup keeps, a power of two <= CHUNK / 2
-    first: u32,  // 1: read the scores; 0: read the previous pass's pairs (sorted runs of K)
-    last: u32,   // 1: one workgroup; write the first k pairs to out
-    groups: u32, // workgroups of this pass (the 2D grid's last row may overhang)
-    scores_off: u32,
-    out_off: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-// Storage is read_write even for inputs: see the design rules in gpu/mod.rs.
-@group(0) @binding(1) var<storage, read_write> scores: array<u32>; // (n) f32 bits
-@group(0) @binding(2) var<storage, read_write> src: array<u32>;    // (n, 2): key, index
-@group(0) @binding(3) var<storage, read_write> dst: array<u32>;    // (groups * K, 2): key, index
-@group(0) @binding(4) var<storage, read_write> out: array<u32>;    // (k, 2): index, score bits
+// The interface is written from TopKParams (bst-kernels/src/gpu/topk.rs): the uniform
+// p: Params, then the storage (all u32) scores (n) f32 bits, src (n, 2) key and index,
+// dst (groups * K, 2) key and index, out (k, 2) index and score bits.
 
 const WG: u32 = 256u;
 const CHUNK: u32 = 2048u;

@@ -17,6 +17,7 @@
 //! tables (`gpu_f16`, `EmbeddingKernels::bind_f16`; needs a device with `SHADER_F16`),
 //! timed as above; bytes/s count the table rows read and the activations written.
 
+use bst_kernels::gpu::Site;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -201,7 +202,9 @@ fn embedding_f16(c: &mut Criterion) {
         hist_pos: TensorRef::new(&id_buf, id_at[4]),
         other: TensorRef::new(&id_buf, id_at[5]),
     };
-    let f32_binding = k.bind(&ctx, &bufs(&f32_tables), None, dims).expect("bind");
+    let f32_binding = k
+        .bind(&ctx, Site::forward(bufs(&f32_tables), dims))
+        .expect("bind");
     let f16_binding = k
         .bind_f16(&ctx, &bufs(&f16_tables), dims)
         .expect("bind_f16");

@@ -16,6 +16,7 @@
 
 mod common;
 
+use bst_kernels::gpu::Site;
 use std::ops::Range;
 
 use bst_kernels::cpu::reference;
@@ -122,8 +123,8 @@ fn check(ctx: &GpuContext, case: &Case) {
         d: d as u32,
         heads: h as u32,
     };
-    let grads = case.backward.then_some(&grads);
-    let mut binding = kernels.bind(ctx, &bufs, grads, dims).expect("bind");
+    let grads = case.backward.then_some(grads);
+    let mut binding = kernels.bind(ctx, Site { bufs, grads, dims }).expect("bind");
     if case.bind_b.is_some() {
         binding.set_rows(ctx, b as u32);
     }
@@ -333,20 +334,23 @@ fn bind_rejects_t_over_64_for_the_backward_and_bad_shapes() {
         heads: 2,
     };
     kernels
-        .bind(ctx, &bufs, None, dims)
+        .bind(ctx, Site::forward(bufs, dims))
         .expect("the forward takes T = 65");
     let err = kernels
-        .bind(ctx, &bufs, Some(&grads), dims)
+        .bind(ctx, Site::with_grads(bufs, grads, dims))
         .unwrap_err()
         .to_string();
     assert!(err.contains("T is at most 64"), "{err}");
     let err = kernels
-        .bind(ctx, &bufs, None, AttentionDims { heads: 3, ..dims })
+        .bind(ctx, Site::forward(bufs, AttentionDims { heads: 3, ..dims }))
         .unwrap_err()
         .to_string();
     assert!(err.contains("heads must divide d"), "{err}");
     let err = kernels
-        .bind(ctx, &bufs, None, AttentionDims { batch: 20, ..dims })
+        .bind(
+            ctx,
+            Site::forward(bufs, AttentionDims { batch: 20, ..dims }),
+        )
         .unwrap_err()
         .to_string();
     assert!(err.contains("att (B, h, T, T)"), "{err}"); // 20 * 2 * 65 * 65 > 100_000

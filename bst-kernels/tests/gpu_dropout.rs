@@ -10,6 +10,7 @@
 mod common;
 
 use bst_kernels::cpu::dropout::{self, DropoutKey};
+use bst_kernels::gpu::Site;
 use bst_kernels::gpu::dropout::{DropoutBuffers, DropoutDims, DropoutGradBuffers, DropoutKernels};
 use bst_kernels::gpu::{GpuContext, TensorRef};
 use common::{Arena, assert_bits_eq, assert_untouched, at, gpu, random_vec, run};
@@ -82,7 +83,7 @@ fn check(ctx: &GpuContext, rows: usize, cap: usize, width: usize, max_groups: Op
     };
     let keys = keys();
     let mut binding = kernels
-        .bind(ctx, &bufs, Some(&grads), dims, keys[0])
+        .bind(ctx, Site::with_grads(bufs, grads, dims), keys[0])
         .expect("bind");
     binding.set_rows(ctx, rows as u32);
 
@@ -186,7 +187,7 @@ fn set_first_draws_the_masks_of_a_shard_as_the_cpu_at_variants() {
         width: 100,
     };
     let mut binding = kernels
-        .bind(ctx, &bufs, Some(&grads), dims, key)
+        .bind(ctx, Site::with_grads(bufs, grads, dims), key)
         .expect("bind");
     binding.set_first(ctx, first as u32);
     run(ctx, |pass| {
@@ -226,7 +227,9 @@ fn in_place_residual() {
         rows: 7,
         width: 100,
     };
-    let binding = kernels.bind(ctx, &bufs, None, dims, key).expect("bind");
+    let binding = kernels
+        .bind(ctx, Site::forward(bufs, dims), key)
+        .expect("bind");
     run(ctx, |pass| kernels.forward(pass, &binding));
     let mut out = vec![0.0; n];
     dropout::residual_dropout_forward(&mut out, &x, &a, key);
@@ -246,7 +249,7 @@ fn bind_rejects_a_tensor_past_the_end_of_its_buffer() {
     };
     let dims = DropoutDims { rows: 3, width: 10 };
     let err = kernels
-        .bind(ctx, &bufs, None, dims, keys()[0])
+        .bind(ctx, Site::forward(bufs, dims), keys()[0])
         .unwrap_err()
         .to_string();
     assert!(err.contains("dropout a"), "{err}");

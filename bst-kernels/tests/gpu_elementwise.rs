@@ -10,6 +10,7 @@
 mod common;
 
 use bst_kernels::cpu::{activation, elementwise};
+use bst_kernels::gpu::Site;
 use bst_kernels::gpu::elementwise::{
     ActivationBuffers, ActivationDims, ActivationGradBuffers, ElementwiseKernels,
 };
@@ -107,9 +108,9 @@ fn check(ctx: &GpuContext, case: &Case) {
         dinp: at(&dacts_buf, &dinp_r),
         dout: at(&dacts_buf, &dout_r),
     };
-    let mut forward = kernels.bind(ctx, &fwd, None, dims).expect("bind");
+    let mut forward = kernels.bind(ctx, Site::forward(fwd, dims)).expect("bind");
     let mut backward = kernels
-        .bind(ctx, &bwd_inp, Some(&grads), dims)
+        .bind(ctx, Site::with_grads(bwd_inp, grads, dims))
         .expect("bind");
     if case.bind_rows.is_some() {
         forward.set_rows(ctx, rows as u32);
@@ -219,9 +220,11 @@ fn bind_rejects_a_tensor_past_the_end_of_its_buffer() {
         width: 10,
         alpha: 0.01,
     };
-    kernels.bind(ctx, &bufs, None, dims).expect("forward fits");
+    kernels
+        .bind(ctx, Site::forward(bufs, dims))
+        .expect("forward fits");
     let err = kernels
-        .bind(ctx, &bufs, Some(&grads), dims)
+        .bind(ctx, Site::with_grads(bufs, grads, dims))
         .unwrap_err()
         .to_string();
     assert!(err.contains("activation dout"), "{err}");

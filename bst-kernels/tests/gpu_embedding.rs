@@ -16,6 +16,7 @@
 
 mod common;
 
+use bst_kernels::gpu::Site;
 use std::ops::Range;
 
 use bst_kernels::cpu::embedding::{self as cpu, TokenIds};
@@ -325,7 +326,7 @@ fn check(ctx: &GpuContext, case: &Case) {
         segments: at(&segs_buf, &seg_r),
     };
     let mut binding = kernels
-        .bind(ctx, &bufs, Some(&grad_bufs), dims)
+        .bind(ctx, Site::with_grads(bufs, grad_bufs, dims))
         .expect("bind");
 
     // CPU images of x and z (every bound row) and of the gradient tables.
@@ -752,11 +753,14 @@ fn bind_rejects_bad_layouts() {
         other: TensorRef::new(&ids_a, 50),
     };
     kernels
-        .bind(ctx, &bufs, None, dims)
+        .bind(ctx, Site::forward(bufs, dims))
         .expect("a layout that fits");
 
     let err = |bufs: &EmbeddingBuffers, dims| {
-        kernels.bind(ctx, bufs, None, dims).unwrap_err().to_string()
+        kernels
+            .bind(ctx, Site::forward(*bufs, dims))
+            .unwrap_err()
+            .to_string()
     };
     let e = err(
         &EmbeddingBuffers {
@@ -814,7 +818,7 @@ fn forward_only_binding_reads_an_id_past_the_table_as_zeros() {
         hist_pos: TensorRef::new(&ids, 4),
         other: TensorRef::new(&ids, 5),
     };
-    let binding = kernels.bind(ctx, &bufs, None, dims).expect("bind");
+    let binding = kernels.bind(ctx, Site::forward(bufs, dims)).expect("bind");
     run(ctx, |pass| {
         kernels.token_embedding_forward(pass, &binding);
         kernels.other_embedding_forward(pass, &binding);

@@ -18,6 +18,7 @@
 
 mod common;
 
+use bst_kernels::gpu::Site;
 use std::ops::Range;
 
 use bst_kernels::cpu::layernorm;
@@ -92,7 +93,7 @@ fn check(ctx: &GpuContext, rows: usize, c: usize, cap: usize, max_groups: Option
         c: c as u32,
     };
     let mut binding = kernels
-        .bind(ctx, &bufs, Some(&grad_bufs), dims)
+        .bind(ctx, Site::with_grads(bufs, grad_bufs, dims))
         .expect("bind");
     if rows != cap {
         binding.set_rows(ctx, rows as u32);
@@ -225,7 +226,7 @@ fn bind_rejects_a_tensor_past_the_end_of_its_buffer() {
     };
     let dims = LayerNormDims { rows: 5, c: 10 };
     let err = kernels
-        .bind(ctx, &bufs, None, dims)
+        .bind(ctx, Site::forward(bufs, dims))
         .unwrap_err()
         .to_string();
     assert!(err.contains("layernorm bias (c)"), "{err}");

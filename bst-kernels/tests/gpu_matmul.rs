@@ -18,6 +18,7 @@
 
 mod common;
 
+use bst_kernels::gpu::Site;
 use std::ops::Range;
 
 use bst_kernels::cpu::{activation, reference};
@@ -118,7 +119,7 @@ fn check(ctx: &GpuContext, case: &Case) {
         act: case.act,
     };
     let mut binding = kernels
-        .bind(ctx, &bufs, Some(&grad_bufs), dims)
+        .bind(ctx, Site::with_grads(bufs, grad_bufs, dims))
         .expect("bind");
     if case.bind_rows.is_some() {
         // A full-size step first, so that a split binding's scratch holds the partial
@@ -346,7 +347,7 @@ fn bind_rejects_a_tensor_past_the_end_of_its_buffer() {
         act: Activation::None,
     };
     let err = kernels
-        .bind(ctx, &bufs, None, dims)
+        .bind(ctx, Site::forward(bufs, dims))
         .unwrap_err()
         .to_string();
     assert!(err.contains("matmul bias (n_out)"), "{err}");
@@ -424,7 +425,7 @@ fn fused_leaky_gradient_overwrites_the_layer_input_in_place() {
             act: Activation::None,
         };
         let mut binding = kernels
-            .bind(ctx, &bufs, Some(&grad_bufs), dims)
+            .bind(ctx, Site::with_grads(bufs, grad_bufs, dims))
             .expect("bind");
         binding.set_rows(ctx, rows as u32);
         run(ctx, |pass| kernels.backward(pass, &binding));

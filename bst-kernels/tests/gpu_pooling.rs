@@ -12,6 +12,7 @@
 mod common;
 
 use bst_kernels::cpu::pooling::{pooling_backward, pooling_forward};
+use bst_kernels::gpu::Site;
 use bst_kernels::gpu::pooling::{
     PoolMode, PoolingBinding, PoolingBuffers, PoolingDims, PoolingGradBuffers, PoolingKernels,
 };
@@ -129,7 +130,9 @@ fn check(ctx: &GpuContext, kernels: &PoolingKernels, case: &Case, mode: PoolMode
         off: off as u32,
         mode,
     };
-    let mut binding: PoolingBinding = kernels.bind(ctx, &bufs, Some(&grads), dims).expect("bind");
+    let mut binding: PoolingBinding = kernels
+        .bind(ctx, Site::with_grads(bufs, grads, dims))
+        .expect("bind");
     if case.bind_rows.is_some() {
         binding.set_rows(ctx, b as u32);
     }
@@ -243,7 +246,7 @@ fn bind_rejects_pooled_columns_past_the_row() {
         mode: PoolMode::Mean, // columns 3..11 of 10
     };
     let err = kernels
-        .bind(ctx, &bufs, None, dims)
+        .bind(ctx, Site::forward(bufs, dims))
         .unwrap_err()
         .to_string();
     assert!(
@@ -272,7 +275,7 @@ fn bind_rejects_a_tensor_past_the_end_of_its_buffer() {
         mode: PoolMode::Target,
     };
     let err = kernels
-        .bind(ctx, &bufs, None, dims)
+        .bind(ctx, Site::forward(bufs, dims))
         .unwrap_err()
         .to_string();
     assert!(

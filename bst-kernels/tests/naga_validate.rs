@@ -15,26 +15,31 @@ const MAX_INVOCATIONS: u32 = 256;
 
 #[test]
 fn every_shader_parses_and_validates() {
+    let shaders = bst_kernels::gpu::shaders();
+    // Every file under shaders/ is compiled by a launcher (and so checked here), once.
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shaders");
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
         .map(|entry| entry.expect("directory entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "wgsl"))
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    paths.sort();
-    assert!(!paths.is_empty(), "no .wgsl files in {}", dir.display());
+    files.sort();
+    let mut compiled: Vec<String> = shaders.iter().map(|s| s.file.to_string()).collect();
+    compiled.sort();
+    assert_eq!(
+        files, compiled,
+        "the files of shaders/ vs bst_kernels::gpu::shaders()"
+    );
 
     let mut failures = Vec::new();
-    for path in &paths {
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        // Compiled as the launchers compile it: with the prelude (shaders/common/).
-        let source = bst_kernels::gpu::wgsl_with_prelude(
-            &std::fs::read_to_string(path).expect("read shader"),
-        );
-        let module = match naga::front::wgsl::parse_str(&source) {
+    for shader in &shaders {
+        // Compiled as its launcher compiles it: prelude and interface first.
+        let (name, source) = (shader.file, &shader.wgsl);
+        let module = match naga::front::wgsl::parse_str(source) {
             Ok(m) => m,
             Err(e) => {
-                failures.push(e.emit_to_string_with_path(&source, &name));
+                failures.push(e.emit_to_string_with_path(source, name));
                 continue;
             }
         };
@@ -47,7 +52,7 @@ fn every_shader_parses_and_validates() {
         };
         let mut validator = Validator::new(ValidationFlags::all(), caps);
         if let Err(e) = validator.validate(&module) {
-            failures.push(e.emit_to_string_with_path(&source, &name));
+            failures.push(e.emit_to_string_with_path(source, name));
             continue;
         }
         for ep in &module.entry_points {

@@ -1,37 +1,9 @@
 // Shared by shaders/embedding.wgsl and shaders/embedding_f16.wgsl (each includes it with
-// `// #include "common/embedding_tokens.wgsl"`, expanded by gpu::launch::wgsl_with_prelude):
-// the uniform, the bindings but the table's, the token mapping and the gather. The
-// including shader declares `table` (binding 1) and `table_value`, its element as f32.
+// `// #include "common/embedding_tokens.wgsl"`, expanded by gpu::launch::wgsl_module):
+// the bindings but the table's, the token mapping and the gather. The including shader
+// declares `table` (binding 1) and `table_value`, its element as f32. The uniform
+// p: Params is written from EmbParams (bst-kernels/src/gpu/embedding.rs).
 
-struct Params {
-    n: u32, // tokens (gather) or unique ids (segment_sum); rewritten per step
-    w: u32, // table width (columns per token)
-    table_off: u32,
-    table_rows: u32, // ids >= table_rows are out of range (see the entry points)
-    per_sample: u32,
-    hist_len: u32,
-    hist_off: u32,
-    target_off: u32,
-    target_from_ids: u32, // 1: the token at slot hist_len has id ids[target_off + s]; 0: id 0
-    act_off: u32,
-    act_stride: u32,
-    act_col: u32,
-    col_step: u32,
-    seg_ids_off: u32, // segment_sum: the unique ids (U), ascending, in `ids`
-    seg_start_off: u32, // segment_sum: U + 1 offsets into the order, in `ids`
-    seg_order_off: u32, // segment_sum: the token indices sorted by id (stable), in `ids`
-    long_u_off: u32, // the segments (indices u) longer than `piece`, in `ids`
-    long_piece_off: u32, // longs + 1 offsets into the pieces, in `ids`
-    piece_long_off: u32, // the long segment of each piece, in `ids`
-    piece: u32, // piece length: longer segments are summed in pieces of this many tokens
-    longs: u32, // long segments (rewritten per step)
-    pieces: u32, // their pieces (rewritten per step)
-    _pad0: u32,
-    _pad1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-// Storage is read_write even for inputs: see the design rules in gpu/mod.rs.
 @group(0) @binding(2) var<storage, read_write> act: array<f32>; // x / z (gather) or dx / dz
 @group(0) @binding(3) var<storage, read_write> ids: array<u32>; // batch ids or segments
 

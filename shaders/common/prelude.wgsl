@@ -1,5 +1,5 @@
 // The prelude: prepended to every shader of shaders/*.wgsl by its launcher before compiling
-// (bst_kernels::gpu::wgsl_with_prelude), and by the naga tests. WGSL has no includes, and
+// (bst_kernels::gpu::wgsl_module, which puts the shader's interface after it). WGSL has no includes, and
 // module-scope declarations may come in any order, so a helper here uses the `WG`
 // (workgroup size) that each shader declares.
 

@@ -8,6 +8,7 @@
 //! embedding, pooling, loss and the optimiser updates. Only the standalone LeakyReLU
 //! backward, which the step fuses into the ffn2 backward, is bound here.
 
+use bst_kernels::gpu::Site;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -282,19 +283,21 @@ impl LeakyRelu {
         let all = TensorRef::whole;
         let binding = k.bind(
             ctx,
-            &ActivationBuffers {
-                out: all(&ff),
-                inp: all(&ff),
-            },
-            Some(&ActivationGradBuffers {
-                dinp: all(&dff_pre),
-                dout: all(&dff),
-            }),
-            ActivationDims {
-                rows: rows as u32,
-                width: width as u32,
-                alpha: s.alpha,
-            },
+            Site::with_grads(
+                ActivationBuffers {
+                    out: all(&ff),
+                    inp: all(&ff),
+                },
+                ActivationGradBuffers {
+                    dinp: all(&dff_pre),
+                    dout: all(&dff),
+                },
+                ActivationDims {
+                    rows: rows as u32,
+                    width: width as u32,
+                    alpha: s.alpha,
+                },
+            ),
         )?;
         Ok(LeakyRelu {
             k,

@@ -9,6 +9,7 @@
 //! the matmul kernel has no column-slice form, and that layer's other-feature part is a
 //! small share of the work on a GPU. So the GPU sums every layer as the full forward does.
 
+use bst_kernels::gpu::Site;
 use std::ops::Range;
 
 use bst_kernels::cpu::dropout::DropoutKey;
@@ -185,7 +186,7 @@ impl SharedPath {
         };
         let bind_emb = |bufs: &EmbeddingBuffers, dims| match &arenas.tables_f16 {
             Some(_) => k.emb.bind_f16(ctx, bufs, dims),
-            None => k.emb.bind(ctx, bufs, None, dims),
+            None => k.emb.bind(ctx, Site::forward(*bufs, dims)),
         };
         let emb_u = bind_emb(&emb_u_bufs, embedding_dims(model, users))?;
         let mut c_dims = embedding_dims(model, rows);
@@ -200,20 +201,21 @@ impl SharedPath {
                       act| {
             k.mm.bind(
                 ctx,
-                &MatmulBuffers {
-                    out: all(out),
-                    pre: None,
-                    inp: all(inp),
-                    weight: w,
-                    bias: Some(b),
-                },
-                None,
-                MatmulDims {
-                    rows: rows as u32,
-                    n_in: n_in as u32,
-                    n_out: n_out as u32,
-                    act,
-                },
+                Site::forward(
+                    MatmulBuffers {
+                        out: all(out),
+                        pre: None,
+                        inp: all(inp),
+                        weight: w,
+                        bias: Some(b),
+                    },
+                    MatmulDims {
+                        rows: rows as u32,
+                        n_in: n_in as u32,
+                        n_out: n_out as u32,
+                        act,
+                    },
+                ),
             )
         };
         let residual = |out: &wgpu::Buffer, x: &wgpu::Buffer, a: &wgpu::Buffer| {
@@ -232,7 +234,7 @@ impl SharedPath {
                 rows: rows as u32,
                 width: d as u32,
             };
-            k.drop.bind(ctx, &bufs, None, dims, key)
+            k.drop.bind(ctx, Site::forward(bufs, dims), key)
         };
         let mut keep = vec![];
         let attn_k = TargetAttentionKernels::new(ctx)?;
@@ -256,19 +258,20 @@ impl SharedPath {
                           (w, b): (&Range<usize>, &Range<usize>)| {
                     k.ln.bind(
                         ctx,
-                        &LayerNormBuffers {
-                            out: all(out),
-                            mean: all(&ln_mean),
-                            rstd: all(&ln_rstd),
-                            inp: all(inp),
-                            weight: param(w, 0),
-                            bias: param(b, 0),
-                        },
-                        None,
-                        LayerNormDims {
-                            rows: rows as u32,
-                            c: d as u32,
-                        },
+                        Site::forward(
+                            LayerNormBuffers {
+                                out: all(out),
+                                mean: all(&ln_mean),
+                                rstd: all(&ln_rstd),
+                                inp: all(inp),
+                                weight: param(w, 0),
+                                bias: param(b, 0),
+                            },
+                            LayerNormDims {
+                                rows: rows as u32,
+                                c: d as u32,
+                            },
+                        ),
                     )
                 };
                 let sites = BlockSites {
@@ -355,20 +358,21 @@ impl SharedPath {
         let top = block.as_ref().map_or(&x, |(_, x2)| x2);
         let pool = k.pool.bind(
             ctx,
-            &PoolingBuffers {
-                out: all(&z),
-                x: all(top),
-                valid: all(&valid_c),
-            },
-            None,
-            PoolingDims {
-                rows: rows as u32,
-                t: 1,
-                d: d as u32,
-                row: dm.zw as u32,
-                off: 0,
-                mode: PoolMode::Target,
-            },
+            Site::forward(
+                PoolingBuffers {
+                    out: all(&z),
+                    x: all(top),
+                    valid: all(&valid_c),
+                },
+                PoolingDims {
+                    rows: rows as u32,
+                    t: 1,
+                    d: d as u32,
+                    row: dm.zw as u32,
+                    off: 0,
+                    mode: PoolMode::Target,
+                },
+            ),
         )?;
         let last = dm.mlp.len() - 1;
         let mut mlp = Vec::new();

@@ -2,10 +2,10 @@
 //! `shaders/attention.wgsl`. CPU reference: [`crate::cpu::attention`].
 //!
 //! ```text
-//! let at = AttentionKernels::new(&ctx)?;                    // once
-//! let mut a1 = at.bind(&ctx, &bufs, Some(&grads), dims)?;   // once per block
-//! a1.set_rows(&ctx, last_batch_samples);                    // when the batch size changes
-//! at.forward(&mut pass, &a1);                               // every step
+//! let at = AttentionKernels::new(&ctx)?;                             // once
+//! let mut a1 = at.bind(&ctx, Site::with_grads(bufs, grads, dims))?;  // once per block
+//! a1.set_rows(&ctx, last_batch_samples);                             // a smaller batch
+//! at.forward(&mut pass, &a1);                                        // every step
 //! at.backward(&mut pass, &a1);
 //! ```
 //!
@@ -19,19 +19,22 @@
 //!   `T^2 + 2 T dh <= 4096` (e.g. T = 21 with dh up to 87, T = 32 with dh up to 48);
 //!   otherwise K and V are read from `qkv`.
 
-use super::launch::{Binding, Kernels, tensors, wgsl_params};
-use super::{GpuContext, GpuError};
+use super::launch::{Binding, Kernels, Site, tensors, wgsl_params};
+use super::{GpuContext, GpuError, GpuResult};
 use crate::cpu::attention::head_dims;
 
 wgsl_params!(
     "attention.wgsl",
-    /// The uniform, field for field `Params` in `shaders/attention.wgsl`.
+    /// The uniform, and `Params` of `shaders/attention.wgsl`, written from it.
     pub struct AttentionParams {
+        /// Samples in this batch.
         b: u32,
         t: u32,
         d: u32,
         h: u32,
+        /// D / h.
         dh: u32,
+        /// 1 / sqrt(dh).
         scale: f32,
         qkv_off: u32,
         valid_off: u32,
@@ -39,14 +42,15 @@ wgsl_params!(
         att_off: u32,
         dout_off: u32,
         dqkv_off: u32,
+        /// 1: the forward keeps K and V in smem.
         fwd_staged: u32,
+        /// 1: the backward keeps K and V in smem after dS.
         bwd_staged: u32,
         _pad0: u32,
         _pad1: u32,
     },
-    // Storage: qkv; valid; out; att; dout; dqkv.
+    storage [qkv: f32, valid: u32, out: f32, att: f32, dout: f32, dqkv: f32],
     kernels ["attention_forward", "attention_backward"],
-    storage 6,
     rows b
 );
 
@@ -94,6 +98,9 @@ tensors! {
     }
 }
 
+/// What [`AttentionKernels::bind`] takes.
+pub type AttentionSite<'a> = Site<AttentionBuffers<'a>, AttentionGradBuffers<'a>, AttentionDims>;
+
 /// Uniform and bind group of one layer, made by [`AttentionKernels::bind`]; its rows are
 /// samples.
 pub type AttentionBinding = Binding<AttentionParams>;
@@ -105,13 +112,8 @@ impl AttentionKernels {
     /// Creates the uniform and bind group of one layer, after checking the shape and
     /// that every tensor lies inside its buffer. `grads = None` binds the forward pass
     /// only. With `grads`, T must be at most [`MAX_BACKWARD_T`].
-    pub fn bind(
-        &self,
-        ctx: &GpuContext,
-        bufs: &AttentionBuffers,
-        grads: Option<&AttentionGradBuffers>,
-        dims: AttentionDims,
-    ) -> Result<AttentionBinding, GpuError> {
+    pub fn bind(&self, ctx: &GpuContext, site: AttentionSite) -> GpuResult<AttentionBinding> {
+        let Site { bufs, grads, dims } = site;
         let AttentionDims { batch, t, d, heads } = dims;
         let shape = format!("attention (batch {batch}, T {t}, d {d}, heads {heads})");
         if t == 0 || heads == 0 || d == 0 || d % heads != 0 {

@@ -20,6 +20,9 @@ pub const MIN_INVOCATIONS_PER_WORKGROUP: u32 = 256;
 /// Workgroup memory the kernels may use, in bytes (the WebGPU default).
 pub const MIN_WORKGROUP_STORAGE_BYTES: u32 = 16 << 10;
 
+/// What a fallible GPU call returns.
+pub type GpuResult<T> = Result<T, GpuError>;
+
 /// Errors from device creation, binding and readback. Each message says what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {

@@ -6,21 +6,21 @@
 //! GPU and CPU outputs are identical. The key changes every step: [`DropoutBinding::set_key`].
 //!
 //! ```text
-//! let dk = DropoutKernels::new(&ctx)?;                            // once
-//! let mut s1 = dk.bind(&ctx, &bufs, Some(&grads), dims, key)?;    // once per dropout site
-//! s1.set_key(&ctx, DropoutKey { step, ..key });                   // every step
-//! s1.set_rows(&ctx, last_batch_rows);                             // when the batch size changes
+//! let dk = DropoutKernels::new(&ctx)?;                                    // once
+//! let mut s1 = dk.bind(&ctx, Site::with_grads(bufs, grads, dims), key)?;  // once a site
+//! s1.set_key(&ctx, DropoutKey { step, ..key });                           // every step
+//! s1.set_rows(&ctx, last_batch_rows);                                     // a smaller batch
 //! dk.forward(&mut pass, &s1);
 //! dk.backward(&mut pass, &s1);
 //! ```
 
-use super::launch::{Binding, Kernels, strided_grid, tensors, wgsl_params};
-use super::{GpuContext, GpuError};
+use super::launch::{Binding, Kernels, Site, strided_grid, tensors, wgsl_params};
+use super::{GpuContext, GpuResult};
 use crate::cpu::dropout::DropoutKey;
 
 wgsl_params!(
     "dropout.wgsl",
-    /// The uniform, field for field `Params` in `shaders/dropout.wgsl`.
+    /// The uniform, and `Params` of `shaders/dropout.wgsl`, written from it.
     pub struct DropoutParams {
         n: u32,
         x_off: u32,
@@ -31,15 +31,16 @@ wgsl_params!(
         stream: u32,
         threshold: u32,
         scale: f32,
-        /// Always 0 (see the shader: it keeps `x + a * mask` from being fused into an fma).
+        /// Always 0. XORed into the bits of `a * mask`, which stops the compiler from fusing
+        /// `x + a * mask` into one fma (rounded once, unlike the CPU's multiply then add).
         opaque_zero: u32,
-        /// The mask index of element 0 ([`DropoutBinding::set_first`]).
+        /// The mask index of element 0 ([`DropoutBinding::set_first`]): a data-parallel
+        /// rank's shard of a batch takes the masks of its rows in the global batch.
         first: u32,
         _pad1: u32,
     },
-    // Storage: x, a, out, dout, da.
+    storage [x: f32, a: f32, out: f32, dout: f32, da: f32],
     kernels ["residual_dropout_forward", "residual_dropout_backward"],
-    storage 5,
     rows n
 );
 
@@ -93,6 +94,9 @@ tensors! {
     }
 }
 
+/// What [`DropoutKernels::bind`] takes.
+pub type DropoutSite<'a> = Site<DropoutBuffers<'a>, DropoutGradBuffers<'a>, DropoutDims>;
+
 /// Uniform and bind group of one dropout site, made by [`DropoutKernels::bind`]; its
 /// `set_rows` counts rows of `width` elements.
 pub type DropoutBinding = Binding<DropoutParams>;
@@ -102,8 +106,7 @@ impl DropoutBinding {
     /// [`DropoutBinding::set_rows`], effective at the next submit, last value wins.
     /// `p = 0` keeps every element (eval). Panics if `p` is outside [0, 1).
     pub fn set_key(&mut self, ctx: &GpuContext, key: DropoutKey) {
-        self.params.set_key(key);
-        self.write(ctx);
+        self.update(ctx, |p| p.set_key(key));
     }
 
     /// Element `i` takes the mask of index `first + i` from the next submit on (as
@@ -111,10 +114,7 @@ impl DropoutBinding {
     /// batch, with `first` its first row times the row's elements, draws the masks of
     /// its rows in the global batch. 0 when bound.
     pub fn set_first(&mut self, ctx: &GpuContext, first: u32) {
-        if self.params.first != first {
-            self.params.first = first;
-            self.write(ctx);
-        }
+        self.update(ctx, |p| p.first = first);
     }
 }
 
@@ -128,11 +128,10 @@ impl DropoutKernels {
     pub fn bind(
         &self,
         ctx: &GpuContext,
-        bufs: &DropoutBuffers,
-        grads: Option<&DropoutGradBuffers>,
-        dims: DropoutDims,
+        site: DropoutSite,
         key: DropoutKey,
-    ) -> Result<DropoutBinding, GpuError> {
+    ) -> GpuResult<DropoutBinding> {
+        let Site { bufs, grads, dims } = site;
         let DropoutDims { rows, width } = dims;
         let n = u64::from(rows) * u64::from(width);
         let what = |t: &str| format!("dropout {t} (rows {rows}, width {width})");

@@ -4,21 +4,21 @@
 //! bit-identical.
 //!
 //! ```text
-//! let elt = ElementwiseKernels::new(&ctx)?;                  // once
-//! let mut a1 = elt.bind(&ctx, &bufs, Some(&grads), dims)?;   // LeakyReLU, once per call site
-//! let sum = elt.bind_add(&ctx, out, x, y, rows, width)?;     // out = x + y
-//! let zero = elt.bind_fill(&ctx, target, n, 0.0)?;           // target = 0
-//! a1.set_rows(&ctx, last_batch_rows);                        // when the batch size changes
-//! elt.forward(&mut pass, &a1);                               // every step: the op bound
-//! elt.backward(&mut pass, &a1);                              // LeakyReLU only
+//! let elt = ElementwiseKernels::new(&ctx)?;                           // once
+//! let mut a1 = elt.bind(&ctx, Site::with_grads(bufs, grads, dims))?;  // LeakyReLU, once a site
+//! let sum = elt.bind_add(&ctx, out, x, y, rows, width)?;              // out = x + y
+//! let zero = elt.bind_fill(&ctx, target, n, 0.0)?;                    // target = 0
+//! a1.set_rows(&ctx, last_batch_rows);                                 // a smaller batch
+//! elt.forward(&mut pass, &a1);                                        // every step: the op bound
+//! elt.backward(&mut pass, &a1);                                       // LeakyReLU only
 //! ```
 
-use super::launch::{Binding, Kernels, strided_grid, tensors, wgsl_params};
-use super::{GpuContext, GpuError, TensorRef};
+use super::launch::{Binding, Kernels, Site, strided_grid, tensors, wgsl_params};
+use super::{GpuContext, GpuError, GpuResult, TensorRef};
 
 wgsl_params!(
     "elementwise.wgsl",
-    /// The uniform, field for field `Params` in `shaders/elementwise.wgsl`.
+    /// The uniform, and `Params` of `shaders/elementwise.wgsl`, written from it.
     pub struct ElementwiseParams {
         n: u32,
         x_off: u32,
@@ -30,9 +30,8 @@ wgsl_params!(
         value: f32,
         _pad0: u32,
     },
-    // Storage: x, y, out, dout, dx.
+    storage [x: f32, y: f32, out: f32, dout: f32, dx: f32],
     kernels ["add", "fill", "leaky_relu_forward", "leaky_relu_backward"],
-    storage 5,
     rows n
 );
 
@@ -71,6 +70,10 @@ tensors! {
         dout,
     }
 }
+
+/// What [`ElementwiseKernels::bind`] takes.
+pub type ActivationSite<'a> =
+    Site<ActivationBuffers<'a>, ActivationGradBuffers<'a>, ActivationDims>;
 
 /// The op of a binding: the entry point its `forward` runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,13 +115,8 @@ pub type ElementwiseKernels = Kernels<ElementwiseParams>;
 impl ElementwiseKernels {
     /// Creates the uniform and bind group of one LeakyReLU call site, after checking every
     /// tensor lies inside its buffer. `grads = None` binds the forward pass only.
-    pub fn bind(
-        &self,
-        ctx: &GpuContext,
-        bufs: &ActivationBuffers,
-        grads: Option<&ActivationGradBuffers>,
-        dims: ActivationDims,
-    ) -> Result<ElementwiseBinding, GpuError> {
+    pub fn bind(&self, ctx: &GpuContext, site: ActivationSite) -> GpuResult<ElementwiseBinding> {
+        let Site { bufs, grads, dims } = site;
         let ActivationDims { rows, width, alpha } = dims;
         let n = u64::from(rows) * u64::from(width);
         let what = |t: &str| format!("activation {t} (rows {rows}, width {width})");

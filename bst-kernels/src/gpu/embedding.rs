@@ -2,15 +2,15 @@
 //! `shaders/embedding.wgsl`. CPU reference: [`crate::cpu::embedding`].
 //!
 //! ```text
-//! let emb = EmbeddingKernels::new(&ctx)?;                          // once
-//! let mut b = emb.bind(&ctx, &bufs, Some(&grads), dims)?;          // once
-//! b.set_rows(&ctx, rows);                                          // when the batch size changes
+//! let emb = EmbeddingKernels::new(&ctx)?;                            // once
+//! let mut b = emb.bind(&ctx, Site::with_grads(bufs, grads, dims))?;  // once
+//! b.set_rows(&ctx, rows);                                            // a smaller batch
 //! let segs = EmbeddingSegments::build(&dims, rows, batch.token_ids(), &batch.other)?;
-//! b.set_segments(&ctx, &segs);                                     // every step, before submit
-//! emb.token_embedding_forward(&mut pass, &b);                      // x (B, T, d)
-//! emb.other_embedding_forward(&mut pass, &b);                      // z's other-feature columns
-//! emb.other_embedding_backward(&mut pass, &b);                     // dE_other += scatter of dz
-//! emb.token_embedding_backward(&mut pass, &b);                     // dE_item, dE_cat, dE_pos
+//! b.set_segments(&ctx, &segs);                                       // every step, before submit
+//! emb.token_embedding_forward(&mut pass, &b);                        // x (B, T, d)
+//! emb.other_embedding_forward(&mut pass, &b);                        // z's other-feature columns
+//! emb.other_embedding_backward(&mut pass, &b);                       // dE_other += scatter of dz
+//! emb.token_embedding_backward(&mut pass, &b);                       // dE_item, dE_cat, dE_pos
 //! ```
 //!
 //! # Forward
@@ -68,41 +68,57 @@ pub use segments::{EmbeddingSegments, MIN_PIECE, Segments, build_segments, piece
 use segments::{TableSegments, piece_room, segments_layout};
 
 use super::buffer::uniform_slot;
-use super::launch::{dispatch, tensors, wgsl_params, wgsl_with_prelude};
-use super::{GpuContext, GpuError, Slot, TensorRef};
+use super::launch::{Site, WgslParams, dispatch, tensors, wgsl_module, wgsl_params};
+use super::{GpuContext, GpuError, GpuResult, Slot, TensorRef};
 use crate::cpu::embedding::TokenIds;
 
 wgsl_params!(
     "embedding.wgsl",
-    /// The uniform, field for field `Params` in `shaders/embedding.wgsl` (see its header for
+    /// The uniform, and `Params` of `shaders/embedding.wgsl`, written from it (see its header for
     /// the token mapping these fields describe).
     pub struct EmbParams {
+        /// Tokens (gather) or unique ids (segment_sum); rewritten per step.
         n: u32,
+        /// Table width (columns per token).
         w: u32,
         table_off: u32,
+        /// Ids >= table_rows are out of range (see the entry points).
         table_rows: u32,
         per_sample: u32,
         hist_len: u32,
         hist_off: u32,
         target_off: u32,
+        /// 1: the token at slot hist_len has id ids[target_off + s]; 0: id 0.
         target_from_ids: u32,
         act_off: u32,
         act_stride: u32,
         act_col: u32,
         col_step: u32,
+        /// Segment_sum: the unique ids (U), ascending, in `ids`.
         seg_ids_off: u32,
+        /// Segment_sum: U + 1 offsets into the order, in `ids`.
         seg_start_off: u32,
+        /// Segment_sum: the token indices sorted by id (stable), in `ids`.
         seg_order_off: u32,
+        /// The segments (indices u) longer than `piece`, in `ids`.
         long_u_off: u32,
+        /// Longs + 1 offsets into the pieces, in `ids`.
         long_piece_off: u32,
+        /// The long segment of each piece, in `ids`.
         piece_long_off: u32,
+        /// Piece length: longer segments are summed in pieces of this many tokens.
         piece: u32,
+        /// Long segments (rewritten per step).
         longs: u32,
+        /// Their pieces (rewritten per step).
         pieces: u32,
         _pad0: u32,
         _pad1: u32,
     }
 );
+
+/// `shaders/embedding_f16.wgsl`: the gather from f16 tables, with [`EmbParams`]'s interface.
+pub const F16_SOURCE: &str = include_str!("../../../shaders/embedding_f16.wgsl");
 
 /// Workgroup size of every entry point (`WG` in the shader).
 const WG: u32 = 64;
@@ -213,6 +229,9 @@ tensors! {
         segments,
     }
 }
+
+/// What [`EmbeddingKernels::bind`] takes.
+pub type EmbeddingSite<'a> = Site<EmbeddingBuffers<'a>, EmbeddingGradBuffers<'a>, EmbeddingDims>;
 
 impl<'a> EmbeddingGradBuffers<'a> {
     /// Per table (item, cat, pos, other): the gradient table, and the activation gradient
@@ -453,16 +472,14 @@ impl EmbeddingKernels {
                 ],
             );
             let module = ctx.shader_module(
-                "embedding.wgsl",
-                &wgsl_with_prelude(include_str!("../../../shaders/embedding.wgsl")),
+                EmbParams::SHADER,
+                &wgsl_module::<EmbParams>(EmbParams::SOURCE),
             );
             let pipeline = |entry| ctx.compute_pipeline(&module, entry, Some(&layout));
             // Same layout: the f16 table is one more storage buffer at binding 1.
             let gather_f16 = ctx.features.contains(wgpu::Features::SHADER_F16).then(|| {
-                let module = ctx.shader_module(
-                    "embedding_f16.wgsl",
-                    &wgsl_with_prelude(include_str!("../../../shaders/embedding_f16.wgsl")),
-                );
+                let module =
+                    ctx.shader_module("embedding_f16.wgsl", &wgsl_module::<EmbParams>(F16_SOURCE));
                 ctx.compute_pipeline(&module, "embedding_gather_f16", Some(&layout))
             });
             Self {
@@ -480,14 +497,8 @@ impl EmbeddingKernels {
 
     /// Creates the uniforms and bind groups of the layer, after checking every tensor
     /// lies inside its buffer. `grads = None` binds the forward pass only.
-    pub fn bind(
-        &self,
-        ctx: &GpuContext,
-        bufs: &EmbeddingBuffers,
-        grads: Option<&EmbeddingGradBuffers>,
-        dims: EmbeddingDims,
-    ) -> Result<EmbeddingBinding, GpuError> {
-        self.bind_tables(ctx, bufs, grads, dims, TableFormat::F32)
+    pub fn bind(&self, ctx: &GpuContext, site: EmbeddingSite) -> GpuResult<EmbeddingBinding> {
+        self.bind_tables(ctx, site, TableFormat::F32)
     }
 
     /// As [`EmbeddingKernels::bind`] without gradients, for tables stored as f16: the
@@ -500,24 +511,24 @@ impl EmbeddingKernels {
         ctx: &GpuContext,
         bufs: &EmbeddingBuffers,
         dims: EmbeddingDims,
-    ) -> Result<EmbeddingBinding, GpuError> {
+    ) -> GpuResult<EmbeddingBinding> {
         if self.gather_f16.is_none() {
             return Err(missing_shader_f16(ctx));
         }
-        self.bind_tables(ctx, bufs, None, dims, TableFormat::F16)
+        let site = Site::forward(*bufs, dims);
+        self.bind_tables(ctx, site, TableFormat::F16)
     }
 
     fn bind_tables(
         &self,
         ctx: &GpuContext,
-        bufs: &EmbeddingBuffers,
-        grads: Option<&EmbeddingGradBuffers>,
-        dims: EmbeddingDims,
+        site: EmbeddingSite,
         format: TableFormat,
-    ) -> Result<EmbeddingBinding, GpuError> {
+    ) -> GpuResult<EmbeddingBinding> {
+        let Site { bufs, grads, dims } = site;
         check_dims(&dims)?;
         let maps = table_maps(&dims);
-        self.check(ctx, bufs, grads, &dims, &maps, format)?;
+        self.check(ctx, &site, &maps, format)?;
 
         let tables = [bufs.e_item, bufs.e_cat, bufs.e_pos, bufs.e_other];
         let hist = [bufs.hist_item, bufs.hist_cat, bufs.hist_pos, bufs.other];
@@ -620,13 +631,15 @@ impl EmbeddingKernels {
     fn check(
         &self,
         ctx: &GpuContext,
-        bufs: &EmbeddingBuffers,
-        grads: Option<&EmbeddingGradBuffers>,
-        dims: &EmbeddingDims,
+        site: &EmbeddingSite,
         maps: &[TableMap; TABLES],
         format: TableFormat,
-    ) -> Result<(), GpuError> {
-        let d = dims;
+    ) -> GpuResult<()> {
+        let Site {
+            bufs,
+            grads,
+            dims: d,
+        } = site;
         let (b, l, f) = (u64::from(d.rows), u64::from(d.seq_len), u64::from(d.fields));
         let (t, dm, zw) = (l + 1, u64::from(d.d()), u64::from(d.z_width));
         let table = |rows: u32, w: u32| u64::from(rows) * u64::from(w);

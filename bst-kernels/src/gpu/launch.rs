@@ -22,11 +22,12 @@ const INCLUDES: &[(&str, &str)] = &[(
     include_str!("../../../shaders/common/embedding_tokens.wgsl"),
 )];
 
-/// `source` with the prelude prepended (after its `enable` directives, which must come
-/// first) and each line `// #include "common/<file>.wgsl"` replaced by that file: the text
-/// the launchers compile and the naga tests validate. Panics on an unknown include (a
-/// shader bug the naga tests catch).
-pub fn wgsl_with_prelude(source: &str) -> String {
+/// `source` as a launcher compiles it: its `enable` directives (which must come first),
+/// the prelude, the interface `P` declares ([`WgslParams::interface`]: `struct Params`,
+/// the uniform `p` and the storage bindings), then the rest of `source` with each line
+/// `// #include "common/<file>.wgsl"` replaced by that file. Panics on an unknown include
+/// (a shader bug the naga tests catch).
+pub fn wgsl_module<P: WgslParams>(source: &str) -> String {
     let mut directives = String::new();
     let mut body = String::new();
     for line in source.lines() {
@@ -48,7 +49,41 @@ pub fn wgsl_with_prelude(source: &str) -> String {
         }
         target.push('\n');
     }
-    format!("{directives}{PRELUDE}\n{body}")
+    format!("{directives}{PRELUDE}\n{}\n{body}", P::interface())
+}
+
+/// A shader as its launcher compiles it ([`wgsl_module`]), with the table of the Rust
+/// struct its `Params` comes from: what the naga tests read (see [`crate::gpu::shaders`]).
+#[derive(Debug)]
+pub struct CompiledShader {
+    /// The file under `shaders/`.
+    pub file: &'static str,
+    /// The Rust struct that declares its interface.
+    pub params: &'static str,
+    /// That struct's fields.
+    pub fields: &'static [ParamField],
+    /// That struct's size in bytes.
+    pub size: usize,
+    /// The text compiled.
+    pub wgsl: String,
+}
+
+impl CompiledShader {
+    /// `P`'s own shader ([`WgslParams::SHADER`]).
+    pub fn of<P: WgslParams>() -> Self {
+        Self::with_source::<P>(P::SHADER, P::SOURCE)
+    }
+
+    /// Another shader `file` (its text `source`) compiled with `P`'s interface.
+    pub fn with_source<P: WgslParams>(file: &'static str, source: &str) -> Self {
+        Self {
+            file,
+            params: P::NAME,
+            fields: P::FIELDS,
+            size: size_of::<P>(),
+            wgsl: wgsl_module::<P>(source),
+        }
+    }
 }
 
 /// The scaffold of a launcher: one bind group layout (a uniform at `@binding(0)`, then
@@ -66,21 +101,19 @@ pub(crate) struct Launcher {
 }
 
 impl Launcher {
-    /// Compiles `source` (`<name>.wgsl`, prelude prepended) and creates the layout of a
-    /// uniform and `storage` storage buffers, and a pipeline per entry point in `entries`.
-    /// A shader that fails to compile is an error, not a panic.
-    pub(crate) fn new(
+    /// Compiles the shader of `P` ([`wgsl_module`]) and creates the layout of its uniform
+    /// and storage bindings, and a pipeline per entry point in `entries`. A shader that
+    /// fails to compile is an error, not a panic.
+    pub(crate) fn new<P: WgslParams>(
         ctx: &GpuContext,
-        name: &str,
-        source: &str,
-        storage: usize,
         entries: &[&'static str],
     ) -> Result<Self, GpuError> {
+        let name = P::SHADER.trim_end_matches(".wgsl");
         ctx.checked(&format!("creating the {name} kernels"), || {
             let mut slots = vec![Slot::Uniform];
-            slots.resize(storage + 1, Slot::Storage);
+            slots.resize(P::STORAGE.len() + 1, Slot::Storage);
             let layout = ctx.bind_group_layout(name, &slots);
-            let module = ctx.shader_module(&format!("{name}.wgsl"), &wgsl_with_prelude(source));
+            let module = ctx.shader_module(P::SHADER, &wgsl_module::<P>(P::SOURCE));
             let pipelines = entries
                 .iter()
                 .map(|&e| (e, ctx.compute_pipeline(&module, e, Some(&layout))))
@@ -133,13 +166,11 @@ impl Launcher {
     }
 }
 
-/// The shader of a launcher, named by its uniform: the entry points and the storage
-/// slots [`Kernels::new`] creates pipelines and a layout for.
+/// The shader of a launcher, named by its uniform: the entry points [`Kernels::new`]
+/// creates pipelines for (its layout: [`WgslParams::STORAGE`]).
 pub trait KernelSet: WgslParams {
     /// The entry points of [`WgslParams::SHADER`], one pipeline each.
     const ENTRIES: &'static [&'static str];
-    /// Storage buffers after the uniform at `@binding(0)`.
-    const STORAGE: usize;
 }
 
 /// The pipelines of one shader, created once, named by its uniform `P`
@@ -154,8 +185,7 @@ pub struct Kernels<P> {
 impl<P: KernelSet> Kernels<P> {
     /// Compiles the shader and creates its pipelines.
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
-        let name = P::SHADER.trim_end_matches(".wgsl");
-        let k = Launcher::new(ctx, name, P::SOURCE, P::STORAGE, P::ENTRIES)?;
+        let k = Launcher::new::<P>(ctx, P::ENTRIES)?;
         Ok(Self {
             k,
             params: PhantomData,
@@ -239,22 +269,29 @@ impl<P: RowParams, X> Binding<P, X> {
     }
 
     /// Sets the batch rows (at most the bound maximum) for the following dispatches:
-    /// the count in the params becomes `rows` times the row's elements, then a
-    /// `queue.write_buffer`, effective at the next submit (every dispatch of the binding
-    /// in that submit sees the last value set). Panics if `rows` exceeds the bound (the
-    /// buffers are not big enough).
+    /// the count in the params becomes `rows` times the row's elements, written with a
+    /// `queue.write_buffer` (where it changed), effective at the next submit (every
+    /// dispatch of the binding in that submit sees the last value set). Panics if `rows`
+    /// exceeds the bound (the buffers are not big enough).
     #[track_caller]
     pub fn set_rows(&mut self, ctx: &GpuContext, rows: u32) {
         let name = P::SHADER.trim_end_matches(".wgsl");
         assert_bound(format_args!("{name} set_rows"), rows, self.max_rows, "rows");
         self.rows = rows;
-        *self.params.count() = rows * self.per_row;
-        self.write(ctx);
+        let count = rows * self.per_row;
+        self.update(ctx, |p| *p.count() = count);
     }
+}
 
-    /// Writes the params as they are now.
-    pub(crate) fn write(&self, ctx: &GpuContext) {
-        ctx.write(&self.uniform, 0, &[self.params]);
+impl<P: Pod, X> Binding<P, X> {
+    /// Changes the params with `f`, and writes them to the uniform if that changed them
+    /// (a `queue.write_buffer`, effective at the next submit like `set_rows`).
+    pub(crate) fn update(&mut self, ctx: &GpuContext, f: impl FnOnce(&mut P)) {
+        let before = self.params;
+        f(&mut self.params);
+        if bytemuck::bytes_of(&before) != bytemuck::bytes_of(&self.params) {
+            ctx.write(&self.uniform, 0, &[self.params]);
+        }
     }
 
     /// Panics unless the binding was made with gradient buffers: `what` names the
@@ -274,6 +311,38 @@ impl<P: RowParams, X> super::SetRows for Binding<P, X> {
     }
 }
 
+/// What a launcher's `bind` takes, by name: its forward's tensors, its backward's, and
+/// the sizes (`<Op>Site` is `Site<<Op>Buffers, <Op>GradBuffers, <Op>Dims>`).
+#[derive(Clone, Copy, Debug)]
+pub struct Site<B, G, D> {
+    /// The forward's tensors.
+    pub bufs: B,
+    /// The backward's tensors; `None` binds the forward only.
+    pub grads: Option<G>,
+    /// The sizes; `rows` or `batch` is the most the buffers hold.
+    pub dims: D,
+}
+
+impl<B, G, D> Site<B, G, D> {
+    /// The forward only: no gradient buffers.
+    pub fn forward(bufs: B, dims: D) -> Self {
+        Self {
+            bufs,
+            grads: None,
+            dims,
+        }
+    }
+
+    /// The forward and the backward.
+    pub fn with_grads(bufs: B, grads: G, dims: D) -> Self {
+        Self {
+            bufs,
+            grads: Some(grads),
+            dims,
+        }
+    }
+}
+
 /// Declares a launcher's named tensors, the arguments of its `bind`:
 /// `#[derive(Clone, Copy, Debug)] pub struct Name<'a>` with a `pub field: TensorRef<'a>`
 /// per listed field, each documented with its shape.
@@ -290,8 +359,7 @@ macro_rules! tensors {
 }
 pub(crate) use tensors;
 
-/// One field of a uniform struct: its name, byte offset and size, and `float` for `f32`
-/// (else `u32`).
+/// One field of a uniform struct: its name, byte offset and size, and its scalar type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ParamField {
     /// The field's name, as in the shader.
@@ -300,32 +368,73 @@ pub struct ParamField {
     pub offset: usize,
     /// Bytes.
     pub size: usize,
-    /// `f32` (else `u32`).
-    pub float: bool,
+    /// The scalar type, as Rust and WGSL both spell it (`u32`, `f32`).
+    pub ty: &'static str,
 }
 
-/// A `#[repr(C)]` uniform struct mirrored field for field by `struct Params` in its
-/// shader: the table the naga test compares with the shader's struct.
+/// One storage binding of a shader's interface: `var<storage, read_write> name:
+/// array<elem>` (design rule 2 of [`crate::gpu`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StorageSlot {
+    /// The variable's name in the shader.
+    pub name: &'static str,
+    /// Its element type (`f32`, `u32`).
+    pub elem: &'static str,
+}
+
+/// A `#[repr(C)]` uniform struct that declares its shader's interface: the WGSL
+/// `struct Params` is written from its fields ([`WgslParams::interface`]), so the two
+/// cannot drift; the naga test checks that WGSL lays it out as Rust does.
 pub trait WgslParams: Pod {
-    /// The shader file under `shaders/` that declares the mirror.
+    /// The Rust struct's name.
+    const NAME: &'static str;
+    /// The shader file under `shaders/` it declares the interface of.
     const SHADER: &'static str;
     /// Its source text.
     const SOURCE: &'static str;
     /// The fields in declaration order.
     const FIELDS: &'static [ParamField];
+    /// The storage bindings after the uniform, `@binding(1)` on, in order; empty where the
+    /// shader declares its own (the embedding shaders, whose table's type differs).
+    const STORAGE: &'static [StorageSlot];
+
+    /// The WGSL that [`wgsl_module`] puts before the shader's own text: `struct Params`
+    /// with these fields, the uniform `p: Params` at `@binding(0)` and the storage
+    /// bindings [`WgslParams::STORAGE`].
+    fn interface() -> String {
+        let mut wgsl = format!(
+            "// The interface, from {} (bst-kernels/src/gpu): the uniform, then the storage,\n\
+             // read_write even for inputs (the design rules in gpu/mod.rs).\n\
+             struct Params {{\n",
+            Self::NAME
+        );
+        for f in Self::FIELDS {
+            wgsl.push_str(&format!("    {}: {},\n", f.name, f.ty));
+        }
+        wgsl.push_str("}\n@group(0) @binding(0) var<uniform> p: Params;\n");
+        for (i, s) in Self::STORAGE.iter().enumerate() {
+            wgsl.push_str(&format!(
+                "@group(0) @binding({}) var<storage, read_write> {}: array<{}>;\n",
+                i + 1,
+                s.name,
+                s.elem
+            ));
+        }
+        wgsl
+    }
 }
 
-/// Declares a uniform struct (`u32`/`f32` fields, `#[repr(C)]`, Pod, Default) and its
-/// [`WgslParams`] table in one go, so the table cannot drift from the struct:
-/// `wgsl_params!("dropout.wgsl", struct DropoutParams { n: u32, scale: f32 })`. A
-/// launcher's uniform goes on with its kernels, `kernels [entry points], storage N` (a
-/// [`KernelSet`]), and with `rows field` the count its `set_rows` writes (a
-/// [`RowParams`]).
+/// Declares a uniform struct (scalar fields: `u32`, `f32`, `#[repr(C)]`, Pod, Default) and with
+/// it its shader's interface ([`WgslParams`]), so the shader's `Params` is this struct:
+/// `wgsl_params!("dropout.wgsl", struct DropoutParams { n: u32, scale: f32 })`. Then, in
+/// order and each optional: `storage [name: elem, ..]`, the storage bindings the shader
+/// gets; `kernels [entry points]`, the launcher's pipelines (a [`KernelSet`]); `rows
+/// field`, the count its `set_rows` writes (a [`RowParams`]).
 macro_rules! wgsl_params {
     ($shader:literal, $(#[$meta:meta])* $vis:vis struct $name:ident {
         $($(#[$fmeta:meta])* $field:ident: $ty:ident),* $(,)?
-    } $(, kernels [$($entry:literal),* $(,)?], storage $storage:literal
-        $(, rows $rows:ident)?)? $(,)?) => {
+    } $(, storage [$($slot:ident: $elem:ident),* $(,)?])?
+      $(, kernels [$($entry:literal),* $(,)?] $(, rows $rows:ident)?)? $(,)?) => {
         $(#[$meta])*
         #[repr(C)]
         #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -333,6 +442,7 @@ macro_rules! wgsl_params {
             $($(#[$fmeta])* $field: $ty),*
         }
         impl $crate::gpu::launch::WgslParams for $name {
+            const NAME: &'static str = stringify!($name);
             const SHADER: &'static str = $shader;
             const SOURCE: &'static str = include_str!(concat!("../../../shaders/", $shader));
             const FIELDS: &'static [$crate::gpu::launch::ParamField] = &[$(
@@ -340,15 +450,20 @@ macro_rules! wgsl_params {
                     name: stringify!($field),
                     offset: std::mem::offset_of!($name, $field),
                     size: size_of::<$ty>(),
-                    float: $crate::gpu::launch::is_f32(stringify!($ty)),
+                    ty: stringify!($ty),
                 }
             ),*];
+            const STORAGE: &'static [$crate::gpu::launch::StorageSlot] = &[$($(
+                $crate::gpu::launch::StorageSlot {
+                    name: stringify!($slot),
+                    elem: stringify!($elem),
+                }
+            ),*)?];
         }
         const _: () = assert!(size_of::<$name>().is_multiple_of(16));
         $(
             impl $crate::gpu::launch::KernelSet for $name {
                 const ENTRIES: &'static [&'static str] = &[$($entry),*];
-                const STORAGE: usize = $storage;
             }
             $(
                 impl $crate::gpu::launch::RowParams for $name {
@@ -361,11 +476,6 @@ macro_rules! wgsl_params {
     };
 }
 pub(crate) use wgsl_params;
-
-/// Whether a field type named `ty` is `f32` (the macro's helper).
-pub const fn is_f32(ty: &str) -> bool {
-    matches!(ty.as_bytes(), b"f32")
-}
 
 /// Sets `pipeline` and `group` (at group 0) and dispatches `groups` workgroups (x, y, z).
 /// Records nothing when a count is 0 (an empty batch).
@@ -420,47 +530,20 @@ mod tests {
     use super::*;
     use crate::gpu::*;
 
-    /// Every uniform struct of a launcher, with its shader's mirror.
-    fn params_tables() -> Vec<(&'static str, &'static str, &'static [ParamField], usize)> {
-        fn entry<P: WgslParams>() -> (&'static str, &'static str, &'static [ParamField], usize) {
-            (
-                P::SHADER,
-                std::any::type_name::<P>(),
-                P::FIELDS,
-                size_of::<P>(),
-            )
-        }
-        vec![
-            entry::<elementwise::ElementwiseParams>(),
-            entry::<attention::AttentionParams>(),
-            entry::<dropout::DropoutParams>(),
-            entry::<embedding::EmbParams>(),
-            entry::<layernorm::LayerNormParams>(),
-            entry::<loss::LossParams>(),
-            entry::<mask::MaskParams>(),
-            entry::<matmul::GemmParams>(),
-            entry::<optim::OptimParams>(),
-            entry::<pooling::PoolParams>(),
-            entry::<target_attention::TargetAttentionParams>(),
-            entry::<topk::TopKParams>(),
-        ]
-    }
-
-    /// The fields of `struct Params` in `shader` as naga lays them out (WGSL's uniform
-    /// layout): name, offset, size, and whether it is an `f32`.
-    fn shader_params(shader: &str) -> (Vec<ParamField>, usize) {
-        let path = format!("{}/../shaders/{shader}", env!("CARGO_MANIFEST_DIR"));
-        let source = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let module = naga::front::wgsl::parse_str(&wgsl_with_prelude(&source))
-            .unwrap_or_else(|e| panic!("{shader}: {}", e.emit_to_string(&source)));
+    /// The fields of `struct Params` in the compiled `shader` as naga lays them out
+    /// (WGSL's uniform layout): name, offset, size and scalar type; and its size.
+    fn shader_params(shader: &CompiledShader) -> (Vec<ParamField>, usize) {
+        let (file, wgsl) = (shader.file, &shader.wgsl);
+        let module = naga::front::wgsl::parse_str(wgsl)
+            .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(wgsl)));
         let ty = module
             .types
             .iter()
             .find(|(_, t)| t.name.as_deref() == Some("Params"))
-            .unwrap_or_else(|| panic!("{shader}: no struct Params"))
+            .unwrap_or_else(|| panic!("{file}: no struct Params"))
             .1;
         let naga::TypeInner::Struct { members, span } = &ty.inner else {
-            panic!("{shader}: Params is not a struct");
+            panic!("{file}: Params is not a struct");
         };
         let gctx = module.to_ctx();
         let fields = members
@@ -471,29 +554,45 @@ mod tests {
                     name: String::leak(m.name.clone().unwrap_or_default()),
                     offset: m.offset as usize,
                     size: inner.size(gctx) as usize,
-                    float: matches!(
-                        inner,
-                        naga::TypeInner::Scalar(s) if s.kind == naga::ScalarKind::Float
-                    ),
+                    ty: scalar_name(inner),
                 }
             })
             .collect();
         (fields, *span as usize)
     }
 
+    /// The WGSL name of a 32-bit scalar type; else what it is not.
+    fn scalar_name(ty: &naga::TypeInner) -> &'static str {
+        use naga::ScalarKind::{Float, Sint, Uint};
+        match ty {
+            naga::TypeInner::Scalar(s) => match (s.kind, s.width) {
+                (Float, 4) => "f32",
+                (Uint, 4) => "u32",
+                (Sint, 4) => "i32",
+                _ => "another scalar",
+            },
+            _ => "not a scalar",
+        }
+    }
+
     #[test]
-    fn every_params_struct_matches_its_shader_field_by_field() {
+    fn every_params_struct_is_laid_out_in_wgsl_as_in_rust() {
+        // The WGSL struct is written from the Rust one; this checks that WGSL's uniform
+        // layout then puts every field where `#[repr(C)]` does (a field type WGSL lays out
+        // otherwise, or does not have, fails here or in the parse).
         let mut failures = Vec::new();
-        for (shader, rust, fields, size) in params_tables() {
-            let (wgsl, wgsl_size) = shader_params(shader);
+        for shader in shaders() {
+            let (file, rust, fields, size) =
+                (shader.file, shader.params, shader.fields, shader.size);
+            let (wgsl, wgsl_size) = shader_params(&shader);
             if wgsl != fields {
                 failures.push(format!(
-                    "{rust} vs {shader}:\n  rust {fields:?}\n  wgsl {wgsl:?}"
+                    "{rust} vs {file}:\n  rust {fields:?}\n  wgsl {wgsl:?}"
                 ));
             }
             if wgsl_size != size {
                 failures.push(format!(
-                    "{rust} is {size} bytes, {shader}'s Params {wgsl_size}"
+                    "{rust} is {size} bytes, {file}'s Params {wgsl_size}"
                 ));
             }
         }
@@ -502,11 +601,33 @@ mod tests {
 
     #[test]
     fn a_drifted_params_struct_is_caught() {
-        // The check itself: a struct with two fields swapped differs from the shader.
-        let (mut wgsl, _) = shader_params("elementwise.wgsl");
+        // The check itself: a struct with two fields swapped differs from the shader's.
+        let shader = CompiledShader::of::<elementwise::ElementwiseParams>();
+        let (mut wgsl, _) = shader_params(&shader);
         assert_eq!(wgsl, elementwise::ElementwiseParams::FIELDS);
         wgsl.swap(0, 5);
         assert_ne!(wgsl, elementwise::ElementwiseParams::FIELDS);
+    }
+
+    #[test]
+    fn the_interface_declares_the_fields_and_the_storage_in_order() {
+        let wgsl = dropout::DropoutParams::interface();
+        let lines: Vec<&str> = wgsl.lines().filter(|l| !l.starts_with("//")).collect();
+        assert_eq!(
+            lines[..3],
+            ["struct Params {", "    n: u32,", "    x_off: u32,"]
+        );
+        assert!(lines.contains(&"    scale: f32,"));
+        let bindings = &lines[lines.len() - 6..];
+        assert_eq!(bindings[0], "@group(0) @binding(0) var<uniform> p: Params;");
+        assert_eq!(
+            bindings[1],
+            "@group(0) @binding(1) var<storage, read_write> x: array<f32>;"
+        );
+        assert_eq!(
+            bindings[5],
+            "@group(0) @binding(5) var<storage, read_write> da: array<f32>;"
+        );
     }
 
     #[test]

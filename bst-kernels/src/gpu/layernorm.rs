@@ -2,10 +2,10 @@
 //! CPU reference: [`crate::cpu::layernorm`] (eps [`LN_EPS`]).
 //!
 //! ```text
-//! let ln = LayerNormKernels::new(&ctx)?;                    // once
-//! let mut l1 = ln.bind(&ctx, &bufs, Some(&grads), dims)?;   // once per layer
-//! l1.set_rows(&ctx, last_batch_rows);                       // when the batch size changes
-//! ln.forward(&mut pass, &l1);                               // every step
+//! let ln = LayerNormKernels::new(&ctx)?;                             // once
+//! let mut l1 = ln.bind(&ctx, Site::with_grads(bufs, grads, dims))?;  // once per layer
+//! l1.set_rows(&ctx, last_batch_rows);                                // a smaller batch
+//! ln.forward(&mut pass, &l1);                                        // every step
 //! ln.backward(&mut pass, &l1);
 //! ```
 //!
@@ -13,14 +13,15 @@
 //! sums per chunk of [`CHUNK_ROWS`] rows into a scratch buffer that the binding owns
 //! (`2 * ceil(rows / CHUNK_ROWS) * C` floats), then the chunks' sums in order.
 
-use super::launch::{Binding, Kernels, strided_grid, tensors, wgsl_params};
-use super::{GpuContext, GpuError};
+use super::launch::{Binding, Kernels, Site, strided_grid, tensors, wgsl_params};
+use super::{GpuContext, GpuError, GpuResult};
 use crate::cpu::layernorm::LN_EPS;
 
 wgsl_params!(
     "layernorm.wgsl",
-    /// The uniform, field for field `Params` in `shaders/layernorm.wgsl`.
+    /// The uniform, and `Params` of `shaders/layernorm.wgsl`, written from it.
     pub struct LayerNormParams {
+        /// N, rows of this batch.
         rows: u32,
         c: u32,
         inp_off: u32,
@@ -38,9 +39,12 @@ wgsl_params!(
         _pad1: u32,
         _pad2: u32,
     },
-    // Storage: inp; mean; rstd; weight | dweight; bias | dbias; out | dinp; dout; scratch.
+    // The backward binds dweight, dbias and dinp at weight's, bias's and out's slots
+    // (the shader's aliases).
+    storage [
+        inp: f32, mean: f32, rstd: f32, weight: f32, bias: f32, out: f32, dout: f32, scratch: f32,
+    ],
     kernels ["layernorm_forward", "layernorm_backward_dinp", "layernorm_backward_partials", "layernorm_backward_dparams",],
-    storage 8,
     rows rows
 );
 
@@ -91,6 +95,9 @@ tensors! {
     }
 }
 
+/// What [`LayerNormKernels::bind`] takes.
+pub type LayerNormSite<'a> = Site<LayerNormBuffers<'a>, LayerNormGradBuffers<'a>, LayerNormDims>;
+
 /// Bind groups of the backward kernels, and the scratch they share.
 #[derive(Debug)]
 pub struct LayerNormBackward {
@@ -111,13 +118,8 @@ impl LayerNormKernels {
     /// Creates the uniform, bind groups and (with `grads`) the scratch of one layer,
     /// after checking every tensor lies inside its buffer. `grads = None` binds the
     /// forward pass only.
-    pub fn bind(
-        &self,
-        ctx: &GpuContext,
-        bufs: &LayerNormBuffers,
-        grads: Option<&LayerNormGradBuffers>,
-        dims: LayerNormDims,
-    ) -> Result<LayerNormBinding, GpuError> {
+    pub fn bind(&self, ctx: &GpuContext, site: LayerNormSite) -> GpuResult<LayerNormBinding> {
+        let Site { bufs, grads, dims } = site;
         let LayerNormDims { rows, c } = dims;
         if c == 0 {
             return Err(GpuError::Binding(

@@ -18,8 +18,9 @@ use super::{GpuContext, GpuError, TensorRef};
 
 wgsl_params!(
     "loss.wgsl",
-    /// The kernels' uniform, field for field `Params` in `shaders/loss.wgsl`.
+    /// The kernels' uniform, and `Params` of `shaders/loss.wgsl`, written from it.
     pub struct LossParams {
+        /// Rows of the current batch.
         b: u32,
         logits_off: u32,
         labels_off: u32,
@@ -27,16 +28,18 @@ wgsl_params!(
         losses_off: u32,
         mean_off: u32,
         dlogits_off: u32,
+        /// 1: mean += this batch's mean; 0: mean = it.
         accumulate_mean: u32,
-        /// [`LossBinding::set_divisor`]; 0: `b`.
+        /// The mean's and the gradient's divisor, 0: `b` ([`LossBinding::set_divisor`]). A
+        /// data-parallel rank's shard of a global batch divides by the global rows, so the
+        /// ranks' sums are the global mean's.
         divisor: u32,
         _pad0: u32,
         _pad1: u32,
         _pad2: u32,
     },
-    // Storage: logits; labels; probs; losses; mean; dlogits.
+    storage [logits: f32, labels: f32, probs: f32, losses: f32, mean: f32, dlogits: f32],
     kernels ["bce_forward", "bce_mean", "bce_backward"],
-    storage 6,
     rows b
 );
 
@@ -81,10 +84,7 @@ impl LossBinding {
     /// divides by the global rows, so the ranks' gradients (and means) sum to the global
     /// mean's.
     pub fn set_divisor(&mut self, ctx: &GpuContext, divisor: u32) {
-        if self.params.divisor != divisor {
-            self.params.divisor = divisor;
-            self.write(ctx);
-        }
+        self.update(ctx, |p| p.divisor = divisor);
     }
 }
 

@@ -13,16 +13,17 @@ use super::{GpuContext, GpuError};
 
 wgsl_params!(
     "mask.wgsl",
-    /// The kernel's uniform, field for field `Params` in `shaders/mask.wgsl`.
+    /// The kernel's uniform, and `Params` of `shaders/mask.wgsl`, written from it.
     pub struct MaskParams {
+        /// Rows of the current batch.
         b: u32,
+        /// History length L (T = L + 1).
         l: u32,
         hist_off: u32,
         valid_off: u32,
     },
-    // Storage: hist_item; valid.
+    storage [hist_item: u32, valid: u32],
     kernels ["valid_mask"],
-    storage 2,
     rows b
 );
 

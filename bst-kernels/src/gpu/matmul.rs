@@ -2,10 +2,10 @@
 //! CPU reference: [`crate::cpu::matmul`] (and [`crate::cpu::activation`] for the epilogue).
 //!
 //! ```text
-//! let mm = MatmulKernels::new(&ctx)?;                       // once
-//! let mut l1 = mm.bind(&ctx, &bufs, Some(&grads), dims)?;   // once per layer
-//! l1.set_rows(&ctx, last_batch_rows);                       // when the batch size changes
-//! mm.forward(&mut pass, &l1);                               // every step
+//! let mm = MatmulKernels::new(&ctx)?;                                // once
+//! let mut l1 = mm.bind(&ctx, Site::with_grads(bufs, grads, dims))?;  // once per layer
+//! l1.set_rows(&ctx, last_batch_rows);                                // a smaller batch
+//! mm.forward(&mut pass, &l1);                                        // every step
 //! mm.backward(&mut pass, &l1);
 //! ```
 //!
@@ -15,12 +15,12 @@
 
 use std::sync::OnceLock;
 
-use super::launch::{Launcher, assert_bound, dispatch, flat_grid, wgsl_params};
-use super::{GpuContext, GpuError, TensorRef, uniform_slot};
+use super::launch::{Launcher, Site, assert_bound, dispatch, flat_grid, wgsl_params};
+use super::{GpuContext, GpuError, GpuResult, TensorRef, uniform_slot};
 
 wgsl_params!(
     "matmul.wgsl",
-    /// The GEMM's uniform, field for field `Params` in `shaders/matmul.wgsl`.
+    /// The GEMM's uniform, and `Params` of `shaders/matmul.wgsl`, written from it.
     pub(crate) struct GemmParams {
         m: u32,
         n: u32,
@@ -32,25 +32,32 @@ wgsl_params!(
         b_sk: u32,
         b_sn: u32,
         c_off: u32,
+        /// Row stride of C and of pre.
         c_sm: u32,
         bias_off: u32,
         pre_off: u32,
+        /// 1: C += A B; 0: C = A B (+ bias, act).
         accumulate: u32,
         has_bias: u32,
+        /// 1: also write the pre-activation to `pre`.
         store_pre: u32,
+        /// 0: none; 1: LeakyReLU, x > 0 ? x : alpha * x.
         act: u32,
         alpha: f32,
+        /// 1: C = (A B) * (pre > 0 ? 1 : alpha), pre (m, n) at pre_off with C's row stride.
+        /// Each element's pre is read just before its C is written, by the same invocation, so
+        /// pre may be C itself (the backward overwrites a dead pre-activation in place).
         act_grad: u32,
+        /// Reduction rows per workgroup z (>= k: unsplit).
         k_chunk: u32,
+        /// Elements between the partial C of workgroups z and z + 1.
         c_split: u32,
         _pad1: u32,
         _pad2: u32,
         _pad3: u32,
-    }
+    },
+    storage [a: f32, b: f32, c: f32, bias: f32, pre: f32]
 );
-
-// Uniforms are padded to a multiple of 16 bytes (design rule 1 in gpu/mod.rs).
-const _: () = assert!(size_of::<GemmParams>().is_multiple_of(16));
 
 /// Output tile of one workgroup, per side (`TILE_M`, `TILE_N` in the shader).
 const TILE: u32 = 64;
@@ -151,6 +158,9 @@ pub struct MatmulGradBuffers<'a> {
     pub dinp_act: Option<LeakyInput<'a>>,
 }
 
+/// What [`MatmulKernels::bind`] takes.
+pub type MatmulSite<'a> = Site<MatmulBuffers<'a>, MatmulGradBuffers<'a>, MatmulDims>;
+
 /// A layer input that is `LeakyReLU(pre)`, for [`MatmulGradBuffers::dinp_act`].
 ///
 /// The gradient needs only where `pre > 0`, and for `alpha >= 0` that is exactly where
@@ -242,11 +252,9 @@ pub struct MatmulKernels {
 impl MatmulKernels {
     /// Compiles the shader and creates its pipelines.
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
-        let source = include_str!("../../../shaders/matmul.wgsl");
         // The forward and the dinp and dweight GEMMs share matmul_gemm (by uniform slot).
         let entries = ["matmul_gemm", "matmul_backward_dbias", "matmul_sum_splits"];
-        // Storage: a; b; c; bias; pre.
-        let k = Launcher::new(ctx, "matmul", source, 5, &entries)?;
+        let k = Launcher::new::<GemmParams>(ctx, &entries)?;
         Ok(Self {
             k,
             scratch: OnceLock::new(),
@@ -260,13 +268,8 @@ impl MatmulKernels {
 
     /// Creates the uniforms and bind groups of one layer, after checking every tensor
     /// lies inside its buffer. `grads = None` binds the forward pass only.
-    pub fn bind(
-        &self,
-        ctx: &GpuContext,
-        bufs: &MatmulBuffers,
-        grads: Option<&MatmulGradBuffers>,
-        dims: MatmulDims,
-    ) -> Result<MatmulBinding, GpuError> {
+    pub fn bind(&self, ctx: &GpuContext, site: MatmulSite) -> GpuResult<MatmulBinding> {
+        let Site { bufs, grads, dims } = site;
         let MatmulDims {
             rows,
             n_in,

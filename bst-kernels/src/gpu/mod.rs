@@ -5,10 +5,12 @@
 //! 1. **Whole buffers, offsets in a uniform.** A kernel binds whole buffers (parameter
 //!    arena, gradient arena, activations, ...) and receives the element offset of each
 //!    tensor and the dimensions in one small uniform struct: `#[repr(C)]`,
-//!    `bytemuck::Pod`, every field `u32`/`f32`, padded to a multiple of 16 bytes, and
-//!    declared field for field in the WGSL. Tensors inside an arena are not aligned to
-//!    `min_storage_buffer_offset_alignment` (256 bytes), so they cannot be bound at an
-//!    offset. A tensor is passed to `bind` as a [`TensorRef`] (buffer + element offset).
+//!    `bytemuck::Pod`, every field `u32`/`f32`, padded to a multiple of 16 bytes, declared
+//!    with `launch::wgsl_params!`, which also writes the shader's `struct Params` and its
+//!    bindings from it (the shader file declares neither). Tensors inside an arena are
+//!    not aligned to `min_storage_buffer_offset_alignment` (256 bytes), so they cannot be
+//!    bound at an offset. A tensor is passed to `bind` as a [`TensorRef`] (buffer +
+//!    element offset).
 //! 2. **Storage is always `read_write`.** Layouts use [`Slot::Storage`] (`read_only:
 //!    false`) and shaders declare `var<storage, read_write>` even for inputs: WebGPU
 //!    forbids binding one buffer read-only and writable in the same dispatch, and inputs
@@ -18,11 +20,12 @@
 //!    small dummy buffer of the launcher's.
 //! 3. **A launcher per op family**, e.g. [`matmul::MatmulKernels`]: `new(ctx)` creates its
 //!    bind group layout and one `wgpu::ComputePipeline` per entry point, once, from
-//!    `include_str!("../../../shaders/<op>.wgsl")` (forward and backward entry points in
-//!    the same file, sharing one explicit layout). Most are [`launch::Kernels`] of their
-//!    uniform (`PoolingKernels = Kernels<PoolParams>`), their bindings
-//!    [`launch::Binding`]s, which bring `new`, the workgroup cap, `rows` and `set_rows`.
-//! 4. **Bind once per call site.** `bind(ctx, buffers, dims) -> <Op>Binding` creates the
+//!    `shaders/<op>.wgsl` behind the prelude and its interface ([`wgsl_module`]; forward
+//!    and backward entry points in the same file, sharing one explicit layout). Most are
+//!    [`launch::Kernels`] of their uniform (`PoolingKernels = Kernels<PoolParams>`), their
+//!    bindings [`launch::Binding`]s, which bring `new`, the workgroup cap, `rows` and `set_rows`.
+//! 4. **Bind once per call site.** `bind(ctx, Site { bufs, grads, dims }) -> <Op>Binding`
+//!    (a [`Site`] names the forward's tensors, the backward's, and the sizes) creates the
 //!    uniform buffer(s) and bind group(s) once per buffer set (one per layer, say) and
 //!    checks every tensor range fits its buffer (one uniform:
 //!    [`GpuContext::uniform_buffer`]; one per kernel or pass:
@@ -62,10 +65,31 @@ pub mod topk;
 pub use buffer::{
     Readback, STORAGE_USAGE, TensorRef, UNIFORM_STRIDE, bytes_created_on_this_thread, uniform_slot,
 };
-pub use context::{GpuContext, GpuError, GpuOptions};
-pub use launch::{PRELUDE, wgsl_with_prelude};
+pub use context::{GpuContext, GpuError, GpuOptions, GpuResult};
+pub use launch::{CompiledShader, PRELUDE, Site, wgsl_module};
 /// The wgpu this crate is built against, so that users name the same version.
 pub use wgpu;
+
+/// Every shader under `shaders/`, as its launcher compiles it: what the naga tests parse,
+/// validate and check against the Rust structs. A new shader adds its line here.
+pub fn shaders() -> Vec<CompiledShader> {
+    use launch::CompiledShader as S;
+    vec![
+        S::of::<attention::AttentionParams>(),
+        S::of::<dropout::DropoutParams>(),
+        S::of::<elementwise::ElementwiseParams>(),
+        S::of::<embedding::EmbParams>(),
+        S::with_source::<embedding::EmbParams>("embedding_f16.wgsl", embedding::F16_SOURCE),
+        S::of::<layernorm::LayerNormParams>(),
+        S::of::<loss::LossParams>(),
+        S::of::<mask::MaskParams>(),
+        S::of::<matmul::GemmParams>(),
+        S::of::<optim::OptimParams>(),
+        S::of::<pooling::PoolParams>(),
+        S::of::<target_attention::TargetAttentionParams>(),
+        S::of::<topk::TopKParams>(),
+    ]
+}
 
 /// A binding whose sizes follow the batch: `set_rows` rewrites its uniform for the next
 /// submit (each launcher's `<Op>Binding::set_rows`; what a row is, a sample or a token,

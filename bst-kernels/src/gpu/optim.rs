@@ -22,32 +22,38 @@ pub use crate::cpu::optim::{AdagradHyper, AdamHyper};
 
 wgsl_params!(
     "optim.wgsl",
-    /// The kernels' uniform, field for field `Params` in `shaders/optim.wgsl`.
+    /// The kernels' uniform, and `Params` of `shaders/optim.wgsl`, written from it.
     pub struct OptimParams {
         n: u32,
         p_off: u32,
         g_off: u32,
+        /// Adam's m, Adagrad's sum.
         m_off: u32,
         v_off: u32,
         lr: f32,
         beta1: f32,
         beta2: f32,
+        /// 1 - beta1 in f32, as the CPU computes it.
         one_minus_beta1: f32,
         one_minus_beta2: f32,
         eps: f32,
         step: f32,
         bc2_sqrt: f32,
         _pad0: u32,
+        /// *_rows: the table's width.
         w: u32,
+        /// *_rows: the first row id in `rows`.
         rows_off: u32,
+        /// *_rows: R; a row id >= R is skipped.
         table_rows: u32,
+        /// L2: the gradient is taken as g + weight_decay * p.
         weight_decay: f32,
         _pad1: u32,
         _pad2: u32,
     },
-    // Storage: params; grads; m, or Adagrad's sum; v; rows (u32).
-    kernels ["adam_update", "adagrad_update", "adam_rows", "adagrad_rows"],
-    storage 5
+    // m is Adagrad's sum; rows: the row ids of the *_rows kernels.
+    storage [params: f32, grads: f32, m: f32, v: f32, rows: u32],
+    kernels ["adam_update", "adagrad_update", "adam_rows", "adagrad_rows"]
 );
 
 /// Invocations per workgroup (`WG` in the shader).

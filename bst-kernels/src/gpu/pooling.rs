@@ -2,26 +2,30 @@
 //! `shaders/pooling.wgsl`. CPU reference: [`crate::cpu::pooling`].
 //!
 //! ```text
-//! let pool = PoolingKernels::new(&ctx)?;                         // once
-//! let mut b = pool.bind(&ctx, &bufs, Some(&grads), dims)?;       // once per buffer set
-//! b.set_rows(&ctx, last_batch_rows);                             // when the batch size changes
-//! pool.forward(&mut pass, &b);                                   // every step
+//! let pool = PoolingKernels::new(&ctx)?;                              // once
+//! let mut b = pool.bind(&ctx, Site::with_grads(bufs, grads, dims))?;  // once per buffer set
+//! b.set_rows(&ctx, last_batch_rows);                                  // a smaller batch
+//! pool.forward(&mut pass, &b);                                        // every step
 //! pool.backward(&mut pass, &b);
 //! ```
 
-use super::launch::{Binding, Kernels, flat_grid, tensors, wgsl_params};
-use super::{GpuContext, GpuError};
+use super::launch::{Binding, Kernels, Site, flat_grid, tensors, wgsl_params};
+use super::{GpuContext, GpuError, GpuResult};
 pub use crate::cpu::pooling::PoolMode;
 
 wgsl_params!(
     "pooling.wgsl",
-    /// The kernels' uniform, field for field `Params` in `shaders/pooling.wgsl`.
+    /// The kernels' uniform, and `Params` of `shaders/pooling.wgsl`, written from it.
     pub struct PoolParams {
+        /// Rows of the current batch.
         b: u32,
         t: u32,
         d: u32,
+        /// Row stride of out and dout.
         row: u32,
+        /// First pooled column in a row of out / dout.
         off: u32,
+        /// Pooled columns: d, 2d or T*d.
         width: u32,
         mode: u32,
         x_off: u32,
@@ -30,9 +34,8 @@ wgsl_params!(
         dout_off: u32,
         dx_off: u32,
     },
-    // Storage: x; valid; out; dout; dx.
+    storage [x: f32, valid: u32, out: f32, dout: f32, dx: f32],
     kernels ["pooling_forward", "pooling_backward"],
-    storage 5,
     rows b
 );
 
@@ -80,6 +83,9 @@ tensors! {
     }
 }
 
+/// What [`PoolingKernels::bind`] takes.
+pub type PoolingSite<'a> = Site<PoolingBuffers<'a>, PoolingGradBuffers<'a>, PoolingDims>;
+
 /// Uniform and bind group of one call site, made by [`PoolingKernels::bind`].
 pub type PoolingBinding = Binding<PoolParams>;
 
@@ -89,13 +95,8 @@ pub type PoolingKernels = Kernels<PoolParams>;
 impl PoolingKernels {
     /// Creates the uniform and bind group of one call site, after checking the sizes and
     /// that every tensor lies inside its buffer. `grads = None` binds the forward only.
-    pub fn bind(
-        &self,
-        ctx: &GpuContext,
-        bufs: &PoolingBuffers,
-        grads: Option<&PoolingGradBuffers>,
-        dims: PoolingDims,
-    ) -> Result<PoolingBinding, GpuError> {
+    pub fn bind(&self, ctx: &GpuContext, site: PoolingSite) -> GpuResult<PoolingBinding> {
+        let Site { bufs, grads, dims } = site;
         let PoolingDims {
             rows,
             t,

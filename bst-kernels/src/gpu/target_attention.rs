@@ -19,24 +19,27 @@ use crate::cpu::attention::head_dims;
 
 wgsl_params!(
     "target_attention.wgsl",
-    /// The uniform, field for field `Params` in `shaders/target_attention.wgsl`.
+    /// The uniform, and `Params` of `shaders/target_attention.wgsl`, written from it.
     pub struct TargetAttentionParams {
+        /// Rows in this batch.
         n: u32,
         l: u32,
         d: u32,
         h: u32,
+        /// D / h.
         dh: u32,
+        /// 1 / sqrt(dh).
         scale: f32,
         qkv_off: u32,
         kv_off: u32,
         valid_off: u32,
         user_off: u32,
         out_off: u32,
+        /// Rows per user in hist_kv and hist_valid, >= l.
         r: u32,
     },
-    // Storage: qkv; hist_kv; hist_valid; user; out.
+    storage [qkv: f32, hist_kv: f32, hist_valid: u32, user: u32, out: f32],
     kernels ["target_attention_forward"],
-    storage 5,
     rows n
 );
 

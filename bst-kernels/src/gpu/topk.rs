@@ -36,20 +36,26 @@ const CHUNK: u32 = 2048;
 
 wgsl_params!(
     "topk.wgsl",
-    /// One pass's uniform, field for field `Params` in `shaders/topk.wgsl`.
+    /// One pass's uniform, and `Params` of `shaders/topk.wgsl`, written from it.
     pub struct TopKParams {
+        /// Scores (first pass) or pairs (later passes) this pass reads.
         n: u32,
+        /// Pairs the last pass writes: min(k, number of scores).
         k: u32,
+        /// K: pairs each workgroup keeps, a power of two <= CHUNK / 2.
         run: u32,
+        /// 1: read the scores; 0: read the previous pass's pairs (sorted runs of K).
         first: u32,
+        /// 1: one workgroup; write the first k pairs to out.
         last: u32,
+        /// Workgroups of this pass (the 2D grid's last row may overhang).
         groups: u32,
         scores_off: u32,
         out_off: u32,
     },
-    // Storage: scores; src; dst; out.
-    kernels ["topk_pass"],
-    storage 4
+    // scores: f32 bits; src, dst, out: (key or index, score bits) pairs.
+    storage [scores: u32, src: u32, dst: u32, out: u32],
+    kernels ["topk_pass"]
 );
 
 /// Sizes of one call site. `n` is the largest number of scores the binding selects from,

@@ -2,6 +2,7 @@
 //! buffers and the batch capacity, and one helper per launcher taking its buffers by
 //! name (the argument structs of `block_plan.rs`).
 
+use bst_kernels::gpu::Site;
 use std::ops::Range;
 
 use bst_kernels::cpu::dropout::DropoutKey;
@@ -99,7 +100,9 @@ impl<'a> Binder<'a> {
             n_out: s.n_out as u32,
             act: s.act,
         };
-        self.k.mm.bind(self.ctx, &bufs, Some(&grads), dims)
+        self.k
+            .mm
+            .bind(self.ctx, Site::with_grads(bufs, grads, dims))
     }
 
     /// Every head's attention over `valid` (B, T), with its backward.
@@ -111,22 +114,24 @@ impl<'a> Binder<'a> {
         let dm = self.dims();
         self.k.attn.bind(
             self.ctx,
-            &AttentionBuffers {
-                out: all(a.out),
-                att: all(a.att),
-                qkv: all(a.qkv),
-                valid: all(valid),
-            },
-            Some(&AttentionGradBuffers {
-                dqkv: all(a.dqkv),
-                dout: all(a.dout),
-            }),
-            AttentionDims {
-                batch: self.cap as u32,
-                t: dm.t as u32,
-                d: dm.d as u32,
-                heads: dm.h as u32,
-            },
+            Site::with_grads(
+                AttentionBuffers {
+                    out: all(a.out),
+                    att: all(a.att),
+                    qkv: all(a.qkv),
+                    valid: all(valid),
+                },
+                AttentionGradBuffers {
+                    dqkv: all(a.dqkv),
+                    dout: all(a.dout),
+                },
+                AttentionDims {
+                    batch: self.cap as u32,
+                    t: dm.t as u32,
+                    d: dm.d as u32,
+                    heads: dm.h as u32,
+                },
+            ),
         )
     }
 
@@ -152,7 +157,7 @@ impl<'a> Binder<'a> {
         };
         self.k
             .drop
-            .bind(self.ctx, &bufs, Some(&grads), dims, keep_all)
+            .bind(self.ctx, Site::with_grads(bufs, grads, dims), keep_all)
     }
 
     /// `out = x + y` over the tokens' `d` columns.
@@ -184,9 +189,10 @@ impl<'a> Binder<'a> {
             dout: all(n.dout),
         };
         let (rows, c) = self.tokens();
-        self.k
-            .ln
-            .bind(self.ctx, &bufs, Some(&grads), LayerNormDims { rows, c })
+        self.k.ln.bind(
+            self.ctx,
+            Site::with_grads(bufs, grads, LayerNormDims { rows, c }),
+        )
     }
 
     /// (B T, d): the rows and width of a block's token tensors.

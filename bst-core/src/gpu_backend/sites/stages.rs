@@ -1,6 +1,7 @@
 //! The call sites outside the blocks, one binding helper each: the valid mask, the
 //! embedding, the pooling, the MLP and the loss.
 
+use bst_kernels::gpu::Site;
 use bst_kernels::gpu::embedding::{EmbeddingBinding, EmbeddingBuffers, EmbeddingGradBuffers};
 use bst_kernels::gpu::loss::{LossBinding, LossBuffers, LossDims};
 use bst_kernels::gpu::mask::{MaskBinding, MaskBuffers, MaskDims};
@@ -70,7 +71,9 @@ impl<'a> Binder<'a> {
                     dz: all(&s.dz),
                     segments: all(&inputs.segments),
                 };
-                self.k.emb.bind(self.ctx, &bufs, Some(&grads), dims)
+                self.k
+                    .emb
+                    .bind(self.ctx, Site::with_grads(bufs, grads, dims))
             }
         }
     }
@@ -84,23 +87,25 @@ impl<'a> Binder<'a> {
         };
         self.k.pool.bind(
             self.ctx,
-            &PoolingBuffers {
-                out: all(&acts.z),
-                x: all(top),
-                valid: all(&self.bufs.inputs.valid),
-            },
-            Some(&PoolingGradBuffers {
-                dx: all(&s.dx),
-                dout: all(&s.dz),
-            }),
-            PoolingDims {
-                rows: self.cap as u32,
-                t: dm.t as u32,
-                d: dm.d as u32,
-                row: dm.zw as u32,
-                off: 0,
-                mode: dm.pool,
-            },
+            Site::with_grads(
+                PoolingBuffers {
+                    out: all(&acts.z),
+                    x: all(top),
+                    valid: all(&self.bufs.inputs.valid),
+                },
+                PoolingGradBuffers {
+                    dx: all(&s.dx),
+                    dout: all(&s.dz),
+                },
+                PoolingDims {
+                    rows: self.cap as u32,
+                    t: dm.t as u32,
+                    d: dm.d as u32,
+                    row: dm.zw as u32,
+                    off: 0,
+                    mode: dm.pool,
+                },
+            ),
         )
     }
 
