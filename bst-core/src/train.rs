@@ -402,20 +402,8 @@ pub fn train_in_group(
             },
         )?;
         let seconds = progress.epoch_seconds + start.elapsed().as_secs_f64();
-        let valid = evaluate_in(
-            backend,
-            &ds.valid,
-            cfg.eval_batch,
-            group,
-            &mut |done, total| {
-                on_event(Event::Evaluating {
-                    split: "validation",
-                    done,
-                    total,
-                })
-            },
-        )
-        .map_err(failed(format!("validating epoch {epoch}"), saved))?;
+        let valid = evaluate_split(backend, &ds.valid, "validation", cfg, group, on_event)
+            .map_err(failed(format!("validating epoch {epoch}"), saved))?;
         let report = EpochReport {
             epoch,
             train_loss: progress.loss_sum / steps as f64,
@@ -484,20 +472,8 @@ pub fn train_in_group(
         // Again at the end: a run stopped between its two writes may have left it older.
         save_best(c, &*backend, &progress, restoring())?;
     }
-    let test = evaluate_in(
-        backend,
-        &ds.test,
-        cfg.eval_batch,
-        group,
-        &mut |done, total| {
-            on_event(Event::Evaluating {
-                split: "test",
-                done,
-                total,
-            })
-        },
-    )
-    .map_err(failed("testing the best epoch's parameters".into(), saved))?;
+    let test = evaluate_split(backend, &ds.test, "test", cfg, group, on_event)
+        .map_err(failed("testing the best epoch's parameters".into(), saved))?;
     let oracle_test_auc = ds.test.true_prob().and_then(|p| auc(&p, &ds.test.labels()));
     Ok(TrainReport {
         train_samples_per_sec: (progress.epochs.len() * n) as f64 / progress.train_seconds,
@@ -507,6 +483,20 @@ pub fn train_in_group(
         test,
         oracle_test_auc,
         device: backend.describe(),
+    })
+}
+
+/// [`evaluate_in`] of the split named `split`, its progress sent to `on_event`.
+fn evaluate_split<S: SampleSource + ?Sized>(
+    backend: &mut dyn Backend,
+    s: &S,
+    split: &'static str,
+    cfg: &TrainConfig,
+    group: Option<&dyn Collective>,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Metrics, BackendError> {
+    evaluate_in(backend, s, cfg.eval_batch, group, &mut |done, total| {
+        on_event(Event::Evaluating { split, done, total })
     })
 }
 
