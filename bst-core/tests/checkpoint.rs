@@ -38,13 +38,6 @@ fn dataset(cfg: &Config) -> Dataset {
     data::load(&DataSource::Synthetic, cfg).expect("synthetic data")
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("bst-ckpt-{tag}-{}", std::process::id()));
-    std::fs::remove_dir_all(&d).ok();
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 fn info<'a>(cfg: &'a Config, ds: &'a Dataset) -> RunInfo<'a> {
     RunInfo {
         config: cfg,
@@ -138,8 +131,9 @@ fn sample_checkpoint(dir: &Path) -> (Config, Dataset, PathBuf) {
 
 #[test]
 fn names_and_shapes_follow_spec_section_3_and_round_trip_exactly() {
-    let dir = temp_dir("names");
-    let (cfg, ds, path) = sample_checkpoint(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (cfg, ds, path) = sample_checkpoint(dir);
     let bytes = std::fs::read(&path).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let layout = ParamLayout::new(&cfg.model, ds.vocab.sizes());
@@ -177,7 +171,6 @@ fn names_and_shapes_follow_spec_section_3_and_round_trip_exactly() {
     assert_bits_equal("best file", &best.params, c.best_params.as_ref().unwrap());
     let e = best.into_resume(&dir.join(checkpoint::BEST)).unwrap_err();
     assert!(e.to_string().contains("no optimiser state"), "{e}");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 fn load_err(path: &Path) -> String {
@@ -189,8 +182,9 @@ fn load_err(path: &Path) -> String {
 
 #[test]
 fn truncated_and_corrupted_files_give_clear_errors() {
-    let dir = temp_dir("broken");
-    let (_, _, path) = sample_checkpoint(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_, _, path) = sample_checkpoint(dir);
     let bytes = std::fs::read(&path).unwrap();
     let bad = dir.join("bad.safetensors");
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
@@ -233,7 +227,6 @@ fn truncated_and_corrupted_files_give_clear_errors() {
     // Not there at all.
     let e = load_err(&dir.join("missing.safetensors"));
     assert!(e.contains("missing.safetensors: cannot read"), "{e}");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Rewrites the safetensors file `src` into `dst` with tensors changed by `edit`
@@ -268,8 +261,9 @@ fn keep(_: &str, t: &TensorView) -> Option<(Dtype, Vec<usize>, Vec<u8>)> {
 
 #[test]
 fn foreign_files_missing_tensors_wrong_shapes_and_dtypes_are_named() {
-    let dir = temp_dir("foreign");
-    let (_, _, path) = sample_checkpoint(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_, _, path) = sample_checkpoint(dir);
     let bad = dir.join("foreign.safetensors");
     let unchecked = |m: &mut HashMap<String, String>| {
         m.remove("bst.checksum");
@@ -357,7 +351,6 @@ fn foreign_files_missing_tensors_wrong_shapes_and_dtypes_are_named() {
     std::fs::write(&bad, out).unwrap();
     let e = load_err(&bad);
     assert!(e.contains("unexpected tensor `head.extra`"), "{e}");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Spec section 3, "Vocabularies at scale": either form of the vocabulary reads the same
@@ -365,8 +358,9 @@ fn foreign_files_missing_tensors_wrong_shapes_and_dtypes_are_named() {
 /// to a missing or non-U8 tensor is a clear error, not a panic.
 #[test]
 fn a_vocabulary_in_the_meta_vocab_tensor_reads_like_one_in_the_header() {
-    let dir = temp_dir("meta-vocab");
-    let (_, ds, path) = sample_checkpoint(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_, ds, path) = sample_checkpoint(dir);
     let (value, tensor) = {
         let bytes = std::fs::read(&path).unwrap();
         let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
@@ -425,13 +419,13 @@ fn a_vocabulary_in_the_meta_vocab_tensor_reads_like_one_in_the_header() {
         e.contains("`meta.vocab` is F32") && e.contains("expected U8"),
         "{e}"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn a_config_or_data_that_does_not_match_is_refused_with_the_difference() {
-    let dir = temp_dir("mismatch");
-    let (cfg, ds, path) = sample_checkpoint(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (cfg, ds, path) = sample_checkpoint(dir);
     let c = Checkpoint::load(&path).unwrap();
 
     let mut other = cfg.clone();
@@ -477,7 +471,6 @@ fn a_config_or_data_that_does_not_match_is_refused_with_the_difference() {
     more.train.epochs = 2;
     let e = train_with(&mut backend, &ds3, &more.train, opts, &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("the training samples differ"), "{e}");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// A checkpoint written before `model.emb_init_std`, `model.emb_l2`,
@@ -486,7 +479,8 @@ fn a_config_or_data_that_does_not_match_is_refused_with_the_difference() {
 /// early stopping), not today's defaults, so it scores and resumes as it was.
 #[test]
 fn a_checkpoint_from_before_the_regularisation_keys_loads_as_it_was_trained() {
-    let dir = temp_dir("legacy");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let mut cfg = tiny_config(Optimizer::Adam);
     cfg.train.epochs = 1;
     cfg.model.emb_init_std = 1.0;
@@ -494,7 +488,7 @@ fn a_checkpoint_from_before_the_regularisation_keys_loads_as_it_was_trained() {
     cfg.train.lr = Some(1e-3);
     cfg.train.emb_lr_scale = Some(1.0);
     let ds = dataset(&cfg);
-    run(&cfg, &ds, &dir, None, None).unwrap();
+    run(&cfg, &ds, dir, None, None).unwrap();
     let path = dir.join(checkpoint::LATEST);
     let old = dir.join("old.safetensors");
     let drop_keys = |md: &mut HashMap<String, String>, key: &str, names: &[&str]| {
@@ -532,10 +526,10 @@ fn a_checkpoint_from_before_the_regularisation_keys_loads_as_it_was_trained() {
     // A resumed legacy run continues as the run would have.
     let mut two = cfg.clone();
     two.train.epochs = 2;
-    let from_new = run(&two, &ds, &temp_dir("legacy-a"), Some(&path), None).unwrap();
-    let from_old = run(&two, &ds, &temp_dir("legacy-b"), Some(&old), None).unwrap();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let from_new = run(&two, &ds, a.path(), Some(&path), None).unwrap();
+    let from_old = run(&two, &ds, b.path(), Some(&old), None).unwrap();
     assert_bits_equal("resumed parameters", &from_old.params, &from_new.params);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -543,14 +537,15 @@ fn a_run_resumed_after_an_epoch_ends_bit_for_bit_like_an_uninterrupted_one() {
     for optimizer in [Optimizer::Adam, Optimizer::Adagrad] {
         let cfg = tiny_config(optimizer);
         let ds = dataset(&cfg);
-        let (a, b) = (temp_dir("whole"), temp_dir("halves"));
+        let (ta, tb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (ta.path(), tb.path());
         let t = Instant::now();
-        let whole = run(&cfg, &ds, &a, None, None).unwrap();
+        let whole = run(&cfg, &ds, a, None, None).unwrap();
         let mut first = cfg.clone();
         first.train.epochs = 1;
-        run(&first, &ds, &b, None, None).unwrap();
+        run(&first, &ds, b, None, None).unwrap();
         let latest = b.join(checkpoint::LATEST);
-        let resumed = run(&cfg, &ds, &b, Some(&latest), None).unwrap();
+        let resumed = run(&cfg, &ds, b, Some(&latest), None).unwrap();
         eprintln!("{optimizer:?}: 3 runs in {:.1}s", t.elapsed().as_secs_f64());
         // The backends end on the best epoch's parameters; the files hold the last ones.
         assert_bits_equal("final parameters", &whole.params, &resumed.params);
@@ -560,8 +555,6 @@ fn a_run_resumed_after_an_epoch_ends_bit_for_bit_like_an_uninterrupted_one() {
         );
         assert_eq!(cb.progress.epoch, 2);
         assert_same_run(&ca, &cb);
-        std::fs::remove_dir_all(&a).ok();
-        std::fs::remove_dir_all(&b).ok();
     }
 }
 
@@ -571,10 +564,11 @@ fn a_run_stopped_mid_epoch_resumes_at_the_same_step_of_the_same_order() {
     let ds = dataset(&cfg);
     let steps = ds.train.len().div_ceil(cfg.train.batch);
     assert!(steps > 8, "{steps} steps per epoch");
-    let (a, b) = (temp_dir("nonstop"), temp_dir("stopped"));
+    let (ta, tb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (ta.path(), tb.path());
     // Stopped before the first step: nothing to save.
     let mut backend = CpuBackend::new(&cfg, ds.vocab.sizes());
-    let mut ckpt = RunCheckpointer::new(&b, info(&cfg, &ds));
+    let mut ckpt = RunCheckpointer::new(b, info(&cfg, &ds));
     let stop = AtomicBool::new(true);
     let opts = TrainOptions {
         checkpointer: Some(&mut ckpt),
@@ -588,9 +582,9 @@ fn a_run_stopped_mid_epoch_resumes_at_the_same_step_of_the_same_order() {
     );
     assert!(!b.join(checkpoint::LATEST).exists());
 
-    run(&cfg, &ds, &a, None, None).unwrap();
+    run(&cfg, &ds, a, None, None).unwrap();
     // Stopped twice: mid-epoch 1, then mid-epoch 2 of the resumed run.
-    let Err(e) = run(&cfg, &ds, &b, None, Some((1, 5))) else {
+    let Err(e) = run(&cfg, &ds, b, None, Some((1, 5))) else {
         panic!("not stopped")
     };
     assert!(
@@ -605,20 +599,18 @@ fn a_run_stopped_mid_epoch_resumes_at_the_same_step_of_the_same_order() {
     let c = Checkpoint::load(&latest).unwrap();
     assert_eq!((c.progress.epoch, c.progress.step), (0, 5));
     assert_eq!(c.optim.as_ref().unwrap().steps, 5);
-    let Err(e) = run(&cfg, &ds, &b, Some(&latest), Some((2, 3))) else {
+    let Err(e) = run(&cfg, &ds, b, Some(&latest), Some((2, 3))) else {
         panic!("not stopped")
     };
     assert!(
         e.to_string().contains("interrupted at epoch 2, step 3"),
         "{e}"
     );
-    run(&cfg, &ds, &b, Some(&latest), None).unwrap();
+    run(&cfg, &ds, b, Some(&latest), None).unwrap();
     assert_same_run(
         &Checkpoint::load(&a.join(checkpoint::LATEST)).unwrap(),
         &Checkpoint::load(&latest).unwrap(),
     );
-    std::fs::remove_dir_all(&a).ok();
-    std::fs::remove_dir_all(&b).ok();
 }
 
 /// A CPU backend whose parameters turn NaN before update `at`: the loss goes NaN there.
@@ -670,17 +662,17 @@ impl Backend for Poisoned {
     }
 }
 
-/// Trains with checkpoints into a fresh folder `tag`, the loss read every step, on a
+/// Trains with checkpoints into a fresh temporary folder, the loss read every step, on a
 /// [`Poisoned`] backend that goes bad at step 4 of epoch 2 (`fails`: the step fails, else
 /// its loss is NaN). Checks that the latest checkpoint is left byte for byte as it was at
-/// step 3, and returns the error and the folder.
-fn poisoned_run(tag: &str, fails: bool) -> (TrainError, PathBuf) {
+/// step 3, and returns the error and the folder (removed when dropped).
+fn poisoned_run(fails: bool) -> (TrainError, tempfile::TempDir) {
     let cfg = tiny_config(Optimizer::Adam);
     let ds = dataset(&cfg);
     let steps = ds.train.len().div_ceil(cfg.train.batch);
-    let dir = temp_dir(tag);
-    let latest = dir.join(checkpoint::LATEST);
-    let mut ckpt = RunCheckpointer::new(&dir, info(&cfg, &ds));
+    let dir = tempfile::tempdir().unwrap();
+    let latest = dir.path().join(checkpoint::LATEST);
+    let mut ckpt = RunCheckpointer::new(dir.path(), info(&cfg, &ds));
     let mut backend = Poisoned {
         inner: CpuBackend::new(&cfg, ds.vocab.sizes()),
         at: steps as u64 + 4,
@@ -711,7 +703,7 @@ fn poisoned_run(tag: &str, fails: bool) -> (TrainError, PathBuf) {
 
 #[test]
 fn a_non_finite_loss_stops_training_naming_the_step_and_keeps_the_last_good_checkpoint() {
-    let (e, dir) = poisoned_run("nan", false);
+    let (e, dir) = poisoned_run(false);
     let msg = e.to_string();
     assert!(
         msg.contains("the loss became NaN in epoch 2, step 4: lower the learning rate"),
@@ -721,7 +713,7 @@ fn a_non_finite_loss_stops_training_naming_the_step_and_keeps_the_last_good_chec
         msg.contains("the last good checkpoint (after epoch 1) is kept"),
         "{msg}"
     );
-    let c = Checkpoint::load(&dir.join(checkpoint::LATEST)).unwrap();
+    let c = Checkpoint::load(&dir.path().join(checkpoint::LATEST)).unwrap();
     assert_eq!((c.progress.epoch, c.progress.step), (1, 0));
     assert!(c.params.iter().all(|x| x.is_finite()));
 
@@ -737,19 +729,17 @@ fn a_non_finite_loss_stops_training_naming_the_step_and_keeps_the_last_good_chec
     let msg = e.to_string();
     assert!(msg.contains("in epoch 1, steps 1-"), "{msg}");
     assert!(msg.contains("no checkpoint was saved"), "{msg}");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn a_failed_step_stops_training_naming_the_step_and_leaves_the_last_checkpoint_as_it_was() {
-    let (e, dir) = poisoned_run("failed", true);
+    let (e, _) = poisoned_run(true);
     assert!(matches!(e, TrainError::Failed { .. }), "{e:?}");
     assert_eq!(
         e.to_string(),
         "epoch 2, step 4: the GPU failed while running a training step: GPU error: the device \
          was lost (simulated); the last good checkpoint (after epoch 1) is kept"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 const WRITER_ENV: &str = "BST_CHECKPOINT_WRITER_DIR";
@@ -794,12 +784,13 @@ fn checkpoint_writer_helper() {
 
 #[test]
 fn a_writer_killed_at_random_times_always_leaves_a_loadable_checkpoint() {
-    let dir = temp_dir("killed");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let path = dir.join(checkpoint::LATEST);
     // The writer's temporary files: `.latest.<pid>.<n>.tmp`.
     let tmp_prefix = format!(".{}.", checkpoint::LATEST);
     let temporaries = || -> Vec<PathBuf> {
-        std::fs::read_dir(&dir)
+        std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
             .filter(|p| {
@@ -819,7 +810,7 @@ fn a_writer_killed_at_random_times_always_leaves_a_loadable_checkpoint() {
                 "--test-threads",
                 "1",
             ])
-            .env(WRITER_ENV, &dir)
+            .env(WRITER_ENV, dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -853,5 +844,4 @@ fn a_writer_killed_at_random_times_always_leaves_a_loadable_checkpoint() {
         mid_write > 0,
         "no kill landed inside a write: the test proved nothing"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }

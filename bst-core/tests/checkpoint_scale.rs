@@ -14,7 +14,7 @@ use bst_core::encode::{Encoder, Unknown};
 use bst_core::rank::rank_items;
 use bst_core::train::{TrainOptions, TrainReport, evaluate, predict_all, train_with};
 use safetensors::tensor::{Dtype, SafeTensors};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 const ITEMS: usize = 4_200_000;
@@ -90,13 +90,6 @@ fn log() -> InteractionLog {
     }
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("bst-scale-{tag}-{}", std::process::id()));
-    std::fs::remove_dir_all(&d).ok();
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 fn train(
     cfg: &Config,
     ds: &Dataset,
@@ -149,8 +142,9 @@ fn a_checkpoint_with_4_2m_items_and_1m_users_trains_loads_scores_ranks_and_resum
     let built = clock.elapsed();
 
     // Train one epoch with checkpoints: both files hold the vocabulary as a tensor.
-    let dir = temp_dir("train");
-    let (mut trained, _) = train(&cfg, &ds, &dir, None);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (mut trained, _) = train(&cfg, &ds, dir, None);
     let latest = dir.join(checkpoint::LATEST);
     let best = dir.join(checkpoint::BEST);
     let json_len = serde_json::to_string(&ds.vocab).unwrap().len();
@@ -200,9 +194,10 @@ fn a_checkpoint_with_4_2m_items_and_1m_users_trains_loads_scores_ranks_and_resum
 
     // Resumed for a second epoch from the latest checkpoint, which it then overwrites.
     cfg.train.epochs = 2;
-    let resumed = temp_dir("resume");
+    let resumed_tmp = tempfile::tempdir().unwrap();
+    let resumed = resumed_tmp.path();
     std::fs::copy(&latest, resumed.join(checkpoint::LATEST)).unwrap();
-    let (_, report) = train(&cfg, &ds, &resumed, Some(&resumed.join(checkpoint::LATEST)));
+    let (_, report) = train(&cfg, &ds, resumed, Some(&resumed.join(checkpoint::LATEST)));
     assert_eq!(
         report.epochs.len(),
         2,
@@ -228,6 +223,4 @@ fn a_checkpoint_with_4_2m_items_and_1m_users_trains_loads_scores_ranks_and_resum
         (ranked - loaded_at).as_secs_f64(),
         (clock.elapsed() - ranked).as_secs_f64(),
     );
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::remove_dir_all(&resumed).ok();
 }

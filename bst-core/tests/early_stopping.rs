@@ -9,7 +9,7 @@ use bst_core::data::{self, DataSource, Dataset};
 use bst_core::model::Model;
 use bst_core::optim::OptimSnapshot;
 use bst_core::train::{TrainOptions, TrainReport, train_with};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 fn tiny_config(epochs: usize, patience: usize) -> Config {
     let mut cfg = Config::default();
@@ -67,13 +67,6 @@ impl Backend for Stalling {
     }
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("bst-patience-{tag}-{}", std::process::id()));
-    std::fs::remove_dir_all(&d).ok();
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// Trains `cfg` on a backend that learns for one epoch and then stalls, with checkpoints
 /// in `dir` (resuming from `resume`).
 fn run(cfg: &Config, ds: &Dataset, dir: &Path, resume: Option<&Path>) -> TrainReport {
@@ -102,8 +95,9 @@ fn a_run_stops_after_patience_epochs_without_improvement_and_stays_stopped() {
     let cfg = tiny_config(6, 2);
     cfg.validate().unwrap();
     let ds = data::load(&DataSource::Synthetic, &cfg).unwrap();
-    let dir = temp_dir("stop");
-    let r = run(&cfg, &ds, &dir, None);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let r = run(&cfg, &ds, dir, None);
     // Epoch 1 learns; epochs 2 and 3 score the same parameters, no better: stop.
     assert_eq!(r.best_epoch, 1);
     assert_eq!(r.epochs.len(), 3, "epochs run");
@@ -113,15 +107,13 @@ fn a_run_stops_after_patience_epochs_without_improvement_and_stays_stopped() {
 
     // Resuming the stopped run trains no further epoch.
     let latest = dir.join(checkpoint::LATEST);
-    let again = run(&cfg, &ds, &dir, Some(&latest));
+    let again = run(&cfg, &ds, dir, Some(&latest));
     assert_eq!(again.epochs.len(), 3);
     assert!(again.stopped_early);
     assert_eq!(again.test, r.test, "the same best model is scored");
 
     // Without patience every epoch runs.
-    let all_dir = temp_dir("all");
-    let all = run(&tiny_config(4, 0), &ds, &all_dir, None);
+    let all_dir = tempfile::tempdir().unwrap();
+    let all = run(&tiny_config(4, 0), &ds, all_dir.path(), None);
     assert_eq!((all.epochs.len(), all.stopped_early), (4, false));
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::remove_dir_all(&all_dir).ok();
 }

@@ -104,9 +104,8 @@ fn the_gpu_app_example_scores_as_the_cpu_and_selects_the_top_k() {
     );
 
     // A scorer of the same model, from a checkpoint written and read back.
-    let dir = std::env::temp_dir().join(format!("bst-gpu-app-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("best.safetensors");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("best.safetensors");
     let ckpt = Checkpoint {
         config: model.config.clone(),
         vocab: model.vocab.clone(),
@@ -118,7 +117,6 @@ fn the_gpu_app_example_scores_as_the_cpu_and_selects_the_top_k() {
     };
     ckpt.save(&path).expect("save");
     let loaded = Checkpoint::load(&path).expect("load");
-    std::fs::remove_dir_all(&dir).ok();
     let from_ckpt = Scorer::from_checkpoint(ctx.clone(), &loaded, c.rows()).expect("scorer");
     let again = score_top_k(&gpu, &from_ckpt, &c, 10).expect("score and select");
     assert_eq!(again, top, "a scorer from the checkpoint");

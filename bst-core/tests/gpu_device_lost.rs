@@ -10,8 +10,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use bst_core::backend::{Backend, BackendError};
 use bst_core::batch::Batch;
 use bst_core::checkpoint::{self, Checkpoint, RunCheckpointer, RunInfo};
@@ -127,13 +125,14 @@ fn training_fails_at_the_step_after_the_device_goes_and_keeps_the_last_checkpoin
     (cfg.train.batch, cfg.train.eval_batch, cfg.train.epochs) = (64, 64, 2);
     let ds = data::load(&DataSource::Synthetic, &cfg).expect("synthetic data");
     let mut gpu = GpuBackend::init(ctx.clone(), &cfg, ds.vocab.sizes()).expect("a backend");
-    let dir = temp_dir("train");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let info = RunInfo {
         config: &cfg,
         vocab: &ds.vocab,
         data_source: "synthetic",
     };
-    let mut ckpt = RunCheckpointer::new(&dir, info);
+    let mut ckpt = RunCheckpointer::new(dir, info);
     let opts = TrainOptions {
         checkpointer: Some(&mut ckpt),
         loss_every: 1,
@@ -175,12 +174,4 @@ fn training_fails_at_the_step_after_the_device_goes_and_keeps_the_last_checkpoin
     );
     let c = Checkpoint::load(&latest).expect("the checkpoint loads");
     assert_eq!((c.progress.epoch, c.progress.step), (1, 0));
-    std::fs::remove_dir_all(&dir).ok();
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("bst-lost-{tag}-{}", std::process::id()));
-    std::fs::remove_dir_all(&d).ok();
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }

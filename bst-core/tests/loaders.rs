@@ -5,31 +5,26 @@ use bst_core::data::samples::{build_reference, hour_and_weekday, split_sizes, ti
 use bst_core::data::{DataError, Field, Interaction, InteractionLog, Samples, Vocab};
 use bst_core::data::{recbole, taobao};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use tempfile::TempDir;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// A fresh, empty folder `.../<unique>/<name>` under the system temp dir.
-fn temp_folder(name: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let unique = format!(
-        "bst-loaders-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    );
-    let dir = std::env::temp_dir().join(unique).join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh, empty folder `<temp>/<name>` (a RecBole folder's name is its files'), and
+/// the temporary folder `<temp>` that removes it when dropped.
+fn temp_folder(name: &str) -> (TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(name);
+    std::fs::create_dir(&dir).unwrap();
+    (tmp, dir)
 }
 
 /// A RecBole folder `bad` holding `bad.inter` with `inter` (and nothing else).
-fn recbole_folder(inter: &str) -> PathBuf {
-    let dir = temp_folder("bad");
+fn recbole_folder(inter: &str) -> (TempDir, PathBuf) {
+    let (tmp, dir) = temp_folder("bad");
     std::fs::write(dir.join("bad.inter"), inter).unwrap();
-    dir
+    (tmp, dir)
 }
 
 /// The error message of loading a RecBole folder that must fail.
@@ -124,7 +119,7 @@ fn rating_threshold_and_category_column_come_from_the_config() {
 
 #[test]
 fn a_folder_with_only_inter_is_implicit_without_rating_and_has_a_user_id_field() {
-    let dir = recbole_folder(
+    let (_tmp, dir) = recbole_folder(
         "item_id:token\tuser_id:token\ttimestamp:float\n\
          a b\tx\t5\n\
          c\ty\t6\n\
@@ -148,14 +143,14 @@ fn a_folder_with_only_inter_is_implicit_without_rating_and_has_a_user_id_field()
 
 #[test]
 fn a_missing_inter_file_is_an_error_naming_it() {
-    let dir = temp_folder("nothing");
+    let (_tmp, dir) = temp_folder("nothing");
     let e = recbole_error(&dir, &DataConfig::default());
     assert_contains(&e, &["nothing.inter", "cannot open"]);
 }
 
 #[test]
 fn a_missing_column_is_named_with_the_header() {
-    let dir = recbole_folder("user_id:token\titem_id:token\trating:float\nu\ti\t4\n");
+    let (_tmp, dir) = recbole_folder("user_id:token\titem_id:token\trating:float\nu\ti\t4\n");
     let e = recbole_error(&dir, &DataConfig::default());
     assert_contains(
         &e,
@@ -170,7 +165,7 @@ fn a_missing_column_is_named_with_the_header() {
 #[test]
 fn a_wrong_cell_count_says_expected_and_got_with_the_line() {
     // Line 3 is blank (skipped but counted); line 4 has three cells.
-    let dir =
+    let (_tmp, dir) =
         recbole_folder("user_id:token\titem_id:token\ttimestamp:float\r\nu\ti\t1\r\n\r\nu\ti\r\n");
     let e = recbole_error(&dir, &DataConfig::default());
     assert_contains(&e, &["bad.inter:4:", "expected 3", "got 2"]);
@@ -179,11 +174,11 @@ fn a_wrong_cell_count_says_expected_and_got_with_the_line() {
 #[test]
 fn non_numeric_rating_and_timestamp_are_quoted() {
     let head = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n";
-    let dir = recbole_folder(&format!("{head}u\ti\t4\t1\nu\ti\tfive\t2\n"));
+    let (_tmp, dir) = recbole_folder(&format!("{head}u\ti\t4\t1\nu\ti\tfive\t2\n"));
     let e = recbole_error(&dir, &DataConfig::default());
     assert_contains(&e, &["bad.inter:3:", "rating `five` is not a number"]);
 
-    let dir = recbole_folder(&format!("{head}u\ti\t4\tyesterday\n"));
+    let (_tmp, dir) = recbole_folder(&format!("{head}u\ti\t4\tyesterday\n"));
     let e = recbole_error(&dir, &DataConfig::default());
     assert_contains(
         &e,
@@ -193,17 +188,17 @@ fn non_numeric_rating_and_timestamp_are_quoted() {
 
 #[test]
 fn empty_and_header_only_files_are_errors() {
-    let dir = recbole_folder("");
+    let (_tmp, dir) = recbole_folder("");
     assert_contains(
         &recbole_error(&dir, &DataConfig::default()),
         &["bad.inter", "empty file"],
     );
-    let dir = recbole_folder("\r\n\r\n");
+    let (_tmp, dir) = recbole_folder("\r\n\r\n");
     assert_contains(
         &recbole_error(&dir, &DataConfig::default()),
         &["bad.inter", "empty file"],
     );
-    let dir = recbole_folder("user_id:token\titem_id:token\ttimestamp:float\r\n");
+    let (_tmp, dir) = recbole_folder("user_id:token\titem_id:token\ttimestamp:float\r\n");
     assert_contains(
         &recbole_error(&dir, &DataConfig::default()),
         &["bad.inter", "no data rows"],
@@ -212,7 +207,7 @@ fn empty_and_header_only_files_are_errors() {
 
 #[test]
 fn a_header_cell_without_type_is_an_error() {
-    let dir = recbole_folder("user_id:token\titem_id\ttimestamp:float\nu\ti\t1\n");
+    let (_tmp, dir) = recbole_folder("user_id:token\titem_id\ttimestamp:float\nu\ti\t1\n");
     let e = recbole_error(&dir, &DataConfig::default());
     assert_contains(&e, &["bad.inter:1:", "`item_id` has no type"]);
 }
@@ -220,12 +215,12 @@ fn a_header_cell_without_type_is_an_error() {
 #[test]
 fn bad_item_and_user_files_are_reported_too() {
     let inter = "user_id:token\titem_id:token\ttimestamp:float\nu\ti\t1\n";
-    let dir = recbole_folder(inter);
+    let (_tmp, dir) = recbole_folder(inter);
     std::fs::write(dir.join("bad.item"), "item_id:token\tclass:token_seq\ni\n").unwrap();
     let e = recbole_error(&dir, &DataConfig::default());
     assert_contains(&e, &["bad.item:2:", "expected 2", "got 1"]);
 
-    let dir = recbole_folder(inter);
+    let (_tmp, dir) = recbole_folder(inter);
     std::fs::write(dir.join("bad.user"), "age:token\n30\n").unwrap();
     let e = recbole_error(&dir, &DataConfig::default());
     assert_contains(&e, &["bad.user", "missing column `user_id`", "age:token"]);
@@ -269,7 +264,8 @@ fn taobao_keeps_clicks_only() {
 
 #[test]
 fn taobao_skips_a_header_line() {
-    let dir = temp_folder("taobao-header");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let plain = fixtures().join("taobao/UserBehavior.csv");
     let body = std::fs::read_to_string(&plain).unwrap();
     let path = dir.join("UserBehavior.csv");
@@ -288,7 +284,8 @@ fn taobao_skips_a_header_line() {
 
 #[test]
 fn taobao_errors_name_the_line() {
-    let dir = temp_folder("taobao");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let path = dir.join("UserBehavior.csv");
     let load = |text: &str| {
         std::fs::write(&path, text).unwrap();
@@ -326,7 +323,8 @@ fn taobao_errors_name_the_line() {
 #[test]
 fn taobao_block_parser_equals_the_line_reader() {
     use bst_core::data::taobao_gen::{TaobaoSpec, write};
-    let dir = temp_folder("taobao-blocks");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let path = dir.join("ub.csv");
     let mut text = Vec::new();
     write(

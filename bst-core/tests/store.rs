@@ -112,9 +112,8 @@ fn streamed_evaluation_equals_the_materialised_one() {
 fn the_taobao_cache_is_used_when_fresh_and_rebuilt_when_stale_or_damaged() {
     use bst_core::data::taobao_gen::{TaobaoSpec, write};
     use bst_core::data::{DataSource, cache, load, load_cached};
-    let dir = std::env::temp_dir().join(format!("bst-store-cache-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let file = dir.join("ub.csv");
     let cache_dir = dir.join("cache");
     let gen_file = |rows: u64| {
@@ -196,5 +195,4 @@ fn the_taobao_cache_is_used_when_fresh_and_rebuilt_when_stale_or_damaged() {
         same(&ds, &fresh);
         assert_eq!(std::fs::read(&cached).unwrap(), bytes, "{what}: rewritten");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -43,10 +43,10 @@ fn the_same_seed_gives_the_same_bytes_and_another_seed_others() {
 #[test]
 fn the_loader_reads_a_generated_file() {
     let (bytes, sizes) = generate(20_000, 1);
-    let path = std::env::temp_dir().join(format!("bst-gen-{}.csv", std::process::id()));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gen.csv");
     std::fs::write(&path, &bytes).unwrap();
     let log = taobao::load(&path, &DataConfig::default()).expect("the loader reads it");
-    std::fs::remove_file(&path).ok();
     let text = String::from_utf8(bytes).unwrap();
     let pv = text.lines().filter(|l| l.contains(",pv,")).count();
     assert_eq!(log.interactions.len(), pv, "one click per pv row");
