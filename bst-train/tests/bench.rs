@@ -6,13 +6,6 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("bst-bench-{tag}-{}", std::process::id()));
-    std::fs::remove_dir_all(&d).ok();
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// A small model (d = 16, MLP 32-16) so the run takes seconds even on lavapipe.
 fn tiny_config(dir: &Path) -> PathBuf {
     let path = dir.join("tiny.toml");
@@ -26,9 +19,9 @@ fn tiny_config(dir: &Path) -> PathBuf {
 }
 
 fn bench(device: &str, extra: &[&str]) -> Output {
-    let dir = temp_dir(device);
-    let cfg = tiny_config(&dir);
-    let out = Command::new(env!("CARGO_BIN_EXE_bst-train"))
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path());
+    Command::new(env!("CARGO_BIN_EXE_bst-train"))
         .args(["bench", "--device", device, "--config"])
         .arg(&cfg)
         .args([
@@ -49,9 +42,7 @@ fn bench(device: &str, extra: &[&str]) -> Output {
         ])
         .args(extra)
         .output()
-        .expect("bst-train runs");
-    std::fs::remove_dir_all(&dir).ok();
-    out
+        .expect("bst-train runs")
 }
 
 fn positive(v: &Value, path: &str) -> f64 {

@@ -14,13 +14,6 @@ fn bst_train() -> Command {
     c
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("bst-cli-{tag}-{}", std::process::id()));
-    std::fs::remove_dir_all(&d).ok();
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// A small model (d = 16, MLP 32-16) so runs take a fraction of a second.
 fn tiny_config(dir: &Path) -> PathBuf {
     let path = dir.join("tiny.toml");
@@ -65,7 +58,8 @@ fn train(cfg: &Path, args: &[&str], out: &Path) -> Output {
 
 #[test]
 fn train_writes_a_run_folder_with_config_metrics_checkpoints_and_curve() {
-    let out = temp_dir("folder");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path();
     let status = bst_train()
         .args([
             "train",
@@ -78,7 +72,7 @@ fn train_writes_a_run_folder_with_config_metrics_checkpoints_and_curve() {
             "--quiet",
             "--out",
         ])
-        .arg(&out)
+        .arg(out)
         .status()
         .expect("bst-train runs");
     assert!(status.success());
@@ -94,7 +88,6 @@ fn train_writes_a_run_folder_with_config_metrics_checkpoints_and_curve() {
     assert!(b.optim.is_none());
     let png = std::fs::read(out.join("learning_curve.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-    std::fs::remove_dir_all(&out).ok();
 }
 
 #[test]
@@ -131,8 +124,9 @@ fn assert_bits_equal(what: &str, a: &[f32], b: &[f32]) {
 
 #[test]
 fn resume_after_one_epoch_ends_bit_for_bit_like_two_epochs() {
-    let dir = temp_dir("resume");
-    let cfg = tiny_config(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cfg = tiny_config(dir);
     let (a, b) = (dir.join("whole"), dir.join("halves"));
     let users = ["--synthetic-users", "150"];
     assert_ok(&train(&cfg, &[&users[..], &["--epochs", "2"]].concat(), &a));
@@ -163,13 +157,13 @@ fn resume_after_one_epoch_ends_bit_for_bit_like_two_epochs() {
         m["test"].clone()
     };
     assert_eq!(test(&a), test(&b));
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn mismatched_broken_and_foreign_checkpoints_give_clear_errors() {
-    let dir = temp_dir("mismatch");
-    let cfg = tiny_config(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cfg = tiny_config(dir);
     let out = dir.join("run");
     assert_ok(&train(
         &cfg,
@@ -233,13 +227,13 @@ fn mismatched_broken_and_foreign_checkpoints_give_clear_errors() {
         "{}",
         stderr(&o)
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn a_huge_learning_rate_stops_with_an_error_naming_the_step() {
-    let dir = temp_dir("nan");
-    let cfg = tiny_config(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cfg = tiny_config(dir);
     let o = train(
         &cfg,
         &["--synthetic-users", "60", "--epochs", "1", "--lr", "1e30"],
@@ -249,13 +243,13 @@ fn a_huge_learning_rate_stops_with_an_error_naming_the_step() {
     let e = stderr(&o);
     assert!(e.contains("the loss became NaN in epoch 1, step "), "{e}");
     assert!(e.contains("lower the learning rate"), "{e}");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn eval_predict_and_rank_score_with_a_checkpoint() {
-    let dir = temp_dir("serve");
-    let cfg = tiny_config(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cfg = tiny_config(dir);
     let out = dir.join("run");
     assert_ok(&train(
         &cfg,
@@ -369,13 +363,13 @@ fn eval_predict_and_rank_score_with_a_checkpoint() {
         "{}",
         stderr(&o)
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn ctrl_c_saves_a_checkpoint_exits_130_and_the_run_resumes() {
-    let dir = temp_dir("sigint");
-    let cfg = tiny_config(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cfg = tiny_config(dir);
     let out = dir.join("run");
     // Large enough that three epochs take many seconds.
     let mut child = bst_train()
@@ -438,7 +432,6 @@ fn ctrl_c_saves_a_checkpoint_exits_130_and_the_run_resumes() {
     let c = Checkpoint::load(&out.join(LATEST)).unwrap();
     assert_eq!((c.progress.epoch, c.progress.step), (epoch + 1, 0));
     assert!(out.join("metrics.json").exists());
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// `bst-train ARGS --device DEVICE CHECKPOINT` on Vulkan, or `None` when the GPU tests are
@@ -458,8 +451,9 @@ fn run_on(device: &str, args: &[&str], ckpt: &Path) -> Option<Output> {
 
 #[test]
 fn eval_predict_and_rank_on_the_gpu_agree_with_the_cpu() {
-    let dir = temp_dir("serve-gpu");
-    let cfg = tiny_config(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cfg = tiny_config(dir);
     let out = dir.join("run");
     assert_ok(&train(
         &cfg,
@@ -531,7 +525,6 @@ fn eval_predict_and_rank_on_the_gpu_agree_with_the_cpu() {
         g.iter().zip(&c).all(|(&g, &c)| close(g, c)),
         "rank: gpu {g:?} cpu {c:?}"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// The README's first command, exactly: `bst-train` with no arguments trains the default
@@ -540,9 +533,10 @@ fn eval_predict_and_rank_on_the_gpu_agree_with_the_cpu() {
 /// software one.
 #[test]
 fn no_arguments_trains_the_default_model_on_synthetic_data() {
-    let cwd = temp_dir("bare");
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path();
     let o = bst_train()
-        .current_dir(&cwd)
+        .current_dir(cwd)
         .stdin(Stdio::null())
         .output()
         .expect("bst-train runs");
@@ -563,5 +557,4 @@ fn no_arguments_trains_the_default_model_on_synthetic_data() {
         Some(3),
         "{metrics}"
     );
-    std::fs::remove_dir_all(&cwd).ok();
 }

@@ -3,7 +3,7 @@
 //! not a terminal prints plain progress lines; requests that cannot fit in memory are
 //! refused at once, naming the knob, instead of aborting or running for minutes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -13,13 +13,6 @@ fn bst_train(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("bst-train runs")
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("bst-logs-{tag}-{}", std::process::id()));
-    std::fs::remove_dir_all(&d).ok();
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn stderr(o: &Output) -> String {
@@ -32,7 +25,8 @@ fn s(p: &Path) -> &str {
 
 #[test]
 fn a_generated_click_log_trains_with_plain_progress_lines_in_a_log() {
-    let dir = temp_dir("generate");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let (a, b) = (dir.join("a.csv"), dir.join("b.csv"));
     for f in [&a, &b] {
         let o = bst_train(&[
@@ -88,7 +82,6 @@ fn a_generated_click_log_trains_with_plain_progress_lines_in_a_log() {
     for part in ["samples,", "samples/s, loss ", ", ETA "] {
         assert!(line.contains(part), "{line}");
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -97,7 +90,8 @@ fn requests_that_cannot_fit_are_refused_at_once_naming_the_knob() {
         eprintln!("no /proc/meminfo: the memory check is Linux-only");
         return;
     }
-    let dir = temp_dir("limits");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let out = dir.join("run");
     for (flag, value, knob, what) in [
         // The samples are assembled per batch (issue 12): L no longer grows them, and the
@@ -144,5 +138,4 @@ fn requests_that_cannot_fit_are_refused_at_once_naming_the_knob() {
         }
         assert!(!err.contains("memory allocation"), "{err}");
     }
-    std::fs::remove_dir_all(&dir).ok();
 }

@@ -272,8 +272,9 @@ fn test_metrics(dir: &Path) -> serde_json::Value {
 fn ml100k_two_ranks_match_one_and_resume_in_one(mpirun: &Path) {
     let Some(data) = ml100k() else { return };
     let bin = env!("CARGO_BIN_EXE_bst-train");
-    let tmp = std::env::temp_dir().join(format!("bst-mpi-{}", std::process::id()));
-    std::fs::remove_dir_all(&tmp).ok();
+    // Owned here, by the parent of every bst-train process: removed when this returns
+    // or panics.
+    let tmp = tempfile::tempdir().expect("a temporary folder");
     let data = format!("recbole:{}", data.display());
     let train = |c: &mut Command, out: &Path, extra: &[&str]| {
         let o = c
@@ -287,7 +288,7 @@ fn ml100k_two_ranks_match_one_and_resume_in_one(mpirun: &Path) {
         assert!(o.status.success(), "bst-train failed: {err}");
         err
     };
-    let (one, two) = (tmp.join("one"), tmp.join("two"));
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
     let args = ["--data", data.as_str(), "--epochs", "1"];
     train(&mut Command::new("env"), &one, &args);
     let err = train(&mut mpi_command(mpirun, RANKS), &two, &args);
@@ -314,5 +315,4 @@ fn ml100k_two_ranks_match_one_and_resume_in_one(mpirun: &Path) {
     let a = m["test"]["auc"].as_f64().unwrap();
     println!("  resumed in 1 process: test AUC {a:.4} after 2 epochs");
     assert!(a > 0.78, "the resumed run's test AUC is {a}");
-    std::fs::remove_dir_all(&tmp).ok();
 }
