@@ -15,7 +15,7 @@
 //!   negatives for implicit logs) and `n >= 3`, the last `max(1, n/10)` are test, the
 //!   `max(1, n/10)` before them validation, the rest train; smaller users go to train.
 
-use super::store::{Columns, Sorted, build_store, negative_item, splits_of};
+use super::store::{Columns, Sorted, negative_item, sort_events, splits_of};
 use super::{DataError, Dataset, Field, Interaction, InteractionLog, Samples, Vocab};
 use crate::config::{DataConfig, ModelConfig, Position};
 
@@ -76,33 +76,21 @@ pub fn build(
     name: &str,
 ) -> Result<Dataset, DataError> {
     check_log(&log, model, data)?;
-    let InteractionLog {
-        interactions,
-        implicit,
-        vocab,
-        user_features,
-        true_prob,
-    } = log;
-    let vocab = with_context_fields(vocab);
-    let negatives = if implicit { data.negatives } else { 0 };
-    check_counts(interactions.len(), negatives, name)?;
+    // Before sorting, which counts events in `u32`.
+    check_counts(log.interactions.len(), negatives(log.implicit, data), name)?;
+    let events = &log.interactions;
     let cols = Columns {
-        user: interactions.iter().map(|it| it.user).collect(),
-        item: interactions.iter().map(|it| it.item).collect(),
-        time: interactions.iter().map(|it| it.time).collect(),
-        label: (!implicit).then(|| interactions.iter().map(|it| it.label).collect()),
-        true_prob,
+        user: events.iter().map(|it| it.user).collect(),
+        item: events.iter().map(|it| it.item).collect(),
+        time: events.iter().map(|it| it.time).collect(),
+        label: (!log.implicit).then(|| events.iter().map(|it| it.label).collect()),
+        true_prob: log.true_prob,
     };
-    drop(interactions);
-    let [train, valid, test] =
-        build_store(cols, &vocab, &user_features, model, negatives, data.seed);
-    Ok(Dataset {
-        name: name.to_string(),
-        vocab,
-        train,
-        valid,
-        test,
-    })
+    drop(log.interactions);
+    let sorted = sort_events(cols, log.vocab.user_ids.len());
+    // (`build_sorted` checks the vocabulary again: a small cost beside the sort.)
+    let (implicit, vocab, features) = (log.implicit, log.vocab, log.user_features);
+    build_sorted(sorted, implicit, vocab, features, model, data, name)
 }
 
 /// Refuses a log the store cannot index: events and samples are numbered with `u32`
@@ -142,16 +130,17 @@ pub fn build_sorted(
         true_prob: None,
     };
     check_log(&log, model, data)?;
-    let InteractionLog {
-        vocab,
-        user_features,
-        ..
-    } = log;
-    let vocab = with_context_fields(vocab);
-    let negatives = if implicit { data.negatives } else { 0 };
+    let negatives = negatives(implicit, data);
     check_counts(sorted.item.len(), negatives, name)?;
-    let [train, valid, test] =
-        splits_of(sorted, &vocab, &user_features, model, negatives, data.seed);
+    let vocab = with_context_fields(log.vocab);
+    let [train, valid, test] = splits_of(
+        sorted,
+        &vocab,
+        &log.user_features,
+        model,
+        negatives,
+        data.seed,
+    );
     Ok(Dataset {
         name: name.to_string(),
         vocab,
@@ -159,6 +148,11 @@ pub fn build_sorted(
         valid,
         test,
     })
+}
+
+/// Negatives drawn per positive: the config's for a click log, none for an explicit one.
+fn negatives(implicit: bool, data: &DataConfig) -> usize {
+    if implicit { data.negatives } else { 0 }
 }
 
 /// The plain materialised assembly of the samples of `log` as `[train, valid, test]`
@@ -180,7 +174,7 @@ pub fn build_reference(
     let user_fields = vocab.fields.len();
     let vocab = with_context_fields(vocab);
     let layout = Layout::new(&vocab, model, user_fields);
-    let negatives = if implicit { data.negatives } else { 0 };
+    let negatives = negatives(implicit, data);
 
     let fields = vocab.fields.len();
     let new_split = || {

@@ -100,15 +100,7 @@ pub fn load_lines(path: &Path) -> Result<InteractionLog, DataError> {
         });
     }
 
-    if rows == 0 {
-        return Err(empty(
-            path,
-            "empty file: expected rows of user_id,item_id,category_id,behavior_type,timestamp",
-        ));
-    }
-    if interactions.is_empty() {
-        return Err(empty(path, "no `pv` (click) rows: nothing to learn from"));
-    }
+    check_not_empty(path, rows, interactions.len())?;
     let (item_cat, cat_names) = number_categories(&item_ids, &item_cat_tokens);
     let (fields, user_features) = user_id_field(&user_ids);
     Ok(InteractionLog {
@@ -126,12 +118,19 @@ pub fn load_lines(path: &Path) -> Result<InteractionLog, DataError> {
     })
 }
 
-/// An error about the whole file.
-fn empty(path: &Path, msg: &str) -> DataError {
-    DataError::File {
+/// Refuses a file of no data rows, or of no clicks among its `rows` data rows.
+fn check_not_empty(path: &Path, rows: usize, clicks: usize) -> Result<(), DataError> {
+    let msg = match (rows, clicks) {
+        (0, _) => {
+            "empty file: expected rows of user_id,item_id,category_id,behavior_type,timestamp"
+        }
+        (_, 0) => "no `pv` (click) rows: nothing to learn from",
+        _ => return Ok(()),
+    };
+    Err(DataError::File {
         path: path.to_path_buf(),
         msg: msg.to_string(),
-    }
+    })
 }
 
 /// Bytes read (and parsed in parallel) at a time.
@@ -307,15 +306,7 @@ pub fn parse(path: &Path, block: usize) -> Result<Parsed, DataError> {
         Ok(())
     })?;
 
-    if data_rows == 0 {
-        return Err(empty(
-            path,
-            "empty file: expected rows of user_id,item_id,category_id,behavior_type,timestamp",
-        ));
-    }
-    if item.is_empty() {
-        return Err(empty(path, "no `pv` (click) rows: nothing to learn from"));
-    }
+    check_not_empty(path, data_rows, item.len())?;
     // Categories numbered in item order (as `number_categories`).
     let mut cat_ids = cats.into_ids();
     let mut cat_new = vec![0u32; cat_ids.len()];
