@@ -4,7 +4,7 @@
 //! unknown) and are counted.
 
 use crate::config::ModelConfig;
-use crate::data::samples::{CONTEXT_FIELDS, history_position, hour_and_weekday};
+use crate::data::samples::{CONTEXT_FIELDS, History, hour_and_weekday};
 use crate::data::{Samples, Vocab};
 use std::collections::HashMap;
 
@@ -112,8 +112,6 @@ impl<'a> Encoder<'a> {
         time: i64,
         unknown: &mut Unknown,
     ) -> Result<Context, String> {
-        let m = self.model;
-        let l = m.seq_len;
         let fields = &self.vocab.fields;
         let mut other: Vec<u32> = fields[..self.fields.len()]
             .iter()
@@ -142,24 +140,23 @@ impl<'a> Encoder<'a> {
         other.push(fields[n - 2].offset as u32 + hour);
         other.push(fields[n - 1].offset as u32 + weekday);
 
-        let kept = &history[history.len().saturating_sub(l)..];
-        let pad = l - kept.len();
-        let mut ctx = Context {
-            hist_item: vec![0; l],
-            hist_cat: vec![0; l],
-            hist_pos: vec![0; l],
+        let h = History::of(
+            self.model,
+            &self.vocab.item_cat,
+            time,
+            history,
+            |(raw, t)| {
+                let item = self.item(raw);
+                unknown.history += item.is_none() as usize;
+                Some((item?, *t))
+            },
+        );
+        Ok(Context {
+            hist_item: h.item,
+            hist_cat: h.cat,
+            hist_pos: h.pos,
             other,
-        };
-        for (slot, (raw, t)) in (pad..l).zip(kept) {
-            let Some(item) = self.item(raw) else {
-                unknown.history += 1;
-                continue;
-            };
-            ctx.hist_item[slot] = item;
-            ctx.hist_cat[slot] = self.vocab.item_cat[item as usize];
-            ctx.hist_pos[slot] = history_position(m.position, m.pos_buckets, l, slot, time - t);
-        }
-        Ok(ctx)
+        })
     }
 
     /// The category row of item row `item` (0 for a row past the vocabulary).

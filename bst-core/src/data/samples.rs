@@ -354,49 +354,64 @@ fn timelines(interactions: &[Interaction], n_users: usize) -> Vec<Vec<usize>> {
 /// What a sample's rows are built from: the vocabulary sizes and the config.
 struct Layout<'a> {
     vocab: &'a Vocab,
-    seq_len: usize,
-    pos_buckets: usize,
-    position: Position,
+    model: &'a ModelConfig,
     /// Number of user fields; `hour` and `weekday` follow them.
     user_fields: usize,
 }
 
-/// The history of one sample: `(item, cat, pos)`, each `[L]`.
-struct History {
-    item: Vec<u32>,
-    cat: Vec<u32>,
-    pos: Vec<u32>,
+/// A sample's history: `(item, cat, pos)`, each `[L]`, right-aligned, 0 = padding.
+pub(crate) struct History {
+    pub item: Vec<u32>,
+    pub cat: Vec<u32>,
+    pub pos: Vec<u32>,
 }
 
-impl<'a> Layout<'a> {
-    fn new(vocab: &'a Vocab, model: &ModelConfig, user_fields: usize) -> Layout<'a> {
-        Layout {
-            vocab,
-            seq_len: model.seq_len,
-            pos_buckets: model.pos_buckets,
-            position: model.position,
-            user_fields,
-        }
-    }
-
-    /// The right-aligned history of a target at time `now`, from the user's earlier
-    /// interactions `before` (oldest first); only the last `L` are kept.
-    fn history(&self, interactions: &[Interaction], before: &[usize], now: i64) -> History {
-        let l = self.seq_len;
-        let kept = &before[before.len().saturating_sub(l)..];
-        let pad = l - kept.len();
+impl History {
+    /// The history of a target at time `now` from the last `L` of a user's earlier
+    /// `events` (oldest first): `event(e)` is the item and time of `e`, or `None` for an
+    /// unknown item, whose slot stays padding. `item_cat`: each item's category.
+    pub(crate) fn of<E>(
+        model: &ModelConfig,
+        item_cat: &[u32],
+        now: i64,
+        events: &[E],
+        mut event: impl FnMut(&E) -> Option<(u32, i64)>,
+    ) -> History {
+        let l = model.seq_len;
+        let kept = &events[events.len().saturating_sub(l)..];
         let mut h = History {
             item: vec![0; l],
             cat: vec![0; l],
             pos: vec![0; l],
         };
-        for (slot, &i) in (pad..l).zip(kept) {
-            let it = &interactions[i];
-            h.item[slot] = it.item;
-            h.cat[slot] = self.vocab.item_cat[it.item as usize];
-            h.pos[slot] = history_position(self.position, self.pos_buckets, l, slot, now - it.time);
+        for (slot, e) in (l - kept.len()..l).zip(kept) {
+            let Some((item, time)) = event(e) else {
+                continue;
+            };
+            h.item[slot] = item;
+            h.cat[slot] = item_cat[item as usize];
+            h.pos[slot] = history_position(model.position, model.pos_buckets, l, slot, now - time);
         }
         h
+    }
+}
+
+impl<'a> Layout<'a> {
+    fn new(vocab: &'a Vocab, model: &'a ModelConfig, user_fields: usize) -> Layout<'a> {
+        Layout {
+            vocab,
+            model,
+            user_fields,
+        }
+    }
+
+    /// The history of a target at time `now`, from the user's earlier interactions
+    /// `before` (oldest first).
+    fn history(&self, interactions: &[Interaction], before: &[usize], now: i64) -> History {
+        let item_cat = &self.vocab.item_cat;
+        History::of(self.model, item_cat, now, before, |&i| {
+            Some((interactions[i].item, interactions[i].time))
+        })
     }
 
     /// Global rows `[F]`: each user field's `offset + local`, then hour and weekday.

@@ -101,21 +101,34 @@ pub fn load_lines(path: &Path) -> Result<InteractionLog, DataError> {
     }
 
     check_not_empty(path, rows, interactions.len())?;
-    let (item_cat, cat_names) = number_categories(&item_ids, &item_cat_tokens);
-    let (fields, user_features) = user_id_field(&user_ids);
+    let cats = number_categories(&item_ids, &item_cat_tokens);
+    let (vocab, user_features) = click_log_vocab(item_ids, cats, user_ids);
     Ok(InteractionLog {
         interactions,
         implicit: true,
-        vocab: Vocab {
-            item_ids,
-            item_cat,
-            cat_names,
-            user_ids,
-            fields,
-        },
+        vocab,
         user_features,
         true_prob: None,
     })
+}
+
+/// The vocabulary of a click log of items `item_ids` with their categories
+/// `(item_cat, cat_names)` and users `user_ids`, whose one user field is the user id
+/// ([`user_id_field`]), and each user's features.
+fn click_log_vocab(
+    item_ids: Vec<String>,
+    (item_cat, cat_names): (Vec<u32>, Vec<String>),
+    user_ids: Vec<String>,
+) -> (Vocab, Vec<Vec<u32>>) {
+    let (fields, user_features) = user_id_field(&user_ids);
+    let vocab = Vocab {
+        item_ids,
+        item_cat,
+        cat_names,
+        user_ids,
+        fields,
+    };
+    (vocab, user_features)
 }
 
 /// Refuses a file of no data rows, or of no clicks among its `rows` data rows.
@@ -327,18 +340,12 @@ pub fn parse(path: &Path, block: usize) -> Result<Parsed, DataError> {
         })
         .collect();
     let (user_ids, item_ids) = (users.into_ids(), items.into_ids());
-    let (fields, user_features) = user_id_field(&user_ids);
+    let (vocab, user_features) = click_log_vocab(item_ids, (item_cat, cat_names), user_ids);
     Ok(Parsed {
         user,
         item,
         time,
-        vocab: Vocab {
-            item_ids,
-            item_cat,
-            cat_names,
-            user_ids,
-            fields,
-        },
+        vocab,
         user_features,
     })
 }
