@@ -203,10 +203,13 @@ pub fn build_reference(
                 2
             };
             let i = timeline[j];
-            let context = Context {
+            let now = interactions[i].time;
+            let context = UserContext {
                 user: user as u32,
-                history: layout.history(&interactions, &timeline[..j], interactions[i].time),
-                other: layout.other(&user_features[user], interactions[i].time),
+                context: Context {
+                    history: layout.history(&interactions, &timeline[..j], now),
+                    other: layout.other(&user_features[user], now),
+                },
             };
             let target = &interactions[i];
             let prob = true_prob.as_ref().map(|p| p[i]);
@@ -359,10 +362,14 @@ struct Layout<'a> {
     user_fields: usize,
 }
 
-/// A sample's history: `(item, cat, pos)`, each `[L]`, right-aligned, 0 = padding.
-pub(crate) struct History {
+/// A sample's history, right-aligned (the newest in the last slot), 0 = padding.
+#[derive(Clone, Debug, PartialEq)]
+pub struct History {
+    /// (L) item rows.
     pub item: Vec<u32>,
+    /// (L) category rows.
     pub cat: Vec<u32>,
+    /// (L) position buckets.
     pub pos: Vec<u32>,
 }
 
@@ -370,7 +377,7 @@ impl History {
     /// The history of a target at time `now` from the last `L` of a user's earlier
     /// `events` (oldest first): `event(e)` is the item and time of `e`, or `None` for an
     /// unknown item, whose slot stays padding. `item_cat`: each item's category.
-    pub(crate) fn of<E>(
+    pub fn of<E>(
         model: &ModelConfig,
         item_cat: &[u32],
         now: i64,
@@ -393,6 +400,31 @@ impl History {
             h.pos[slot] = history_position(model.position, model.pos_buckets, l, slot, now - time);
         }
         h
+    }
+}
+
+/// What a user's samples at one time share (a positive and its negatives, or every
+/// candidate of a scoring request): the history rows and the other-feature rows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Context {
+    /// The history.
+    pub history: History,
+    /// (F) rows of `emb.other.weight`.
+    pub other: Vec<u32>,
+}
+
+impl Context {
+    /// Appends the sample of this context with target `(item, cat)` (rows), label
+    /// `label`, of dense user `user`.
+    pub fn push(&self, s: &mut Samples, (item, cat): (u32, u32), label: f32, user: u32) {
+        s.hist_item.extend_from_slice(&self.history.item);
+        s.hist_cat.extend_from_slice(&self.history.cat);
+        s.hist_pos.extend_from_slice(&self.history.pos);
+        s.target_item.push(item);
+        s.target_cat.push(cat);
+        s.other.extend_from_slice(&self.other);
+        s.label.push(label);
+        s.user.push(user);
     }
 }
 
@@ -430,23 +462,16 @@ impl<'a> Layout<'a> {
 }
 
 /// Everything a positive shares with its negatives.
-struct Context {
+struct UserContext {
     user: u32,
-    history: History,
-    other: Vec<u32>,
+    context: Context,
 }
 
-impl Context {
+impl UserContext {
     /// Appends one sample with target `item` to `s`.
     fn push(&self, s: &mut Samples, vocab: &Vocab, item: u32, label: f32, prob: Option<f32>) {
-        s.hist_item.extend_from_slice(&self.history.item);
-        s.hist_cat.extend_from_slice(&self.history.cat);
-        s.hist_pos.extend_from_slice(&self.history.pos);
-        s.target_item.push(item);
-        s.target_cat.push(vocab.item_cat[item as usize]);
-        s.other.extend_from_slice(&self.other);
-        s.label.push(label);
-        s.user.push(self.user);
+        let target = (item, vocab.item_cat[item as usize]);
+        self.context.push(s, target, label, self.user);
         if let (Some(all), Some(p)) = (s.true_prob.as_mut(), prob) {
             all.push(p);
         }
