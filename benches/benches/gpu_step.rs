@@ -66,30 +66,28 @@ fn step(c: &mut Criterion) {
     });
     g.finish();
 
-    let mut probs = vec![0.0; batch_size];
-    let mut g = group(c, format!("predict_b{batch_size}"), software);
-    g.throughput(Throughput::Elements(batch_size as u64));
-    g.bench_function("cpu", |b| {
-        b.iter(|| cpu.predict(&batch, &mut probs).expect("CPU predict"))
-    });
-    g.bench_function("gpu_with_readback", |b| {
-        b.iter(|| gpu.predict(&batch, &mut probs).expect("GPU predict"))
-    });
-    g.finish();
-
+    let predict = format!("predict_b{batch_size}");
+    bench_predict(group(c, predict, software), &mut cpu, &mut gpu, &batch);
     let one_user = scoring_batch(&ds.train.samples(), &ds.vocab, SCORING_CANDIDATES);
-    let mut probs = vec![0.0; SCORING_CANDIDATES];
-    let mut g = group(
-        c,
-        format!("score_{SCORING_CANDIDATES}_candidates"),
-        software,
-    );
-    g.throughput(Throughput::Elements(SCORING_CANDIDATES as u64));
+    let score = format!("score_{SCORING_CANDIDATES}_candidates");
+    bench_predict(group(c, score, software), &mut cpu, &mut gpu, &one_user);
+}
+
+/// `Backend::predict` of `batch` on the CPU and on the GPU (with the readback of the
+/// probabilities), in group `g`.
+fn bench_predict(
+    mut g: BenchmarkGroup<'_, WallTime>,
+    cpu: &mut CpuBackend,
+    gpu: &mut GpuBackend,
+    batch: &Batch,
+) {
+    let mut probs = vec![0.0; batch.size];
+    g.throughput(Throughput::Elements(batch.size as u64));
     g.bench_function("cpu", |b| {
-        b.iter(|| cpu.predict(&one_user, &mut probs).expect("CPU predict"))
+        b.iter(|| cpu.predict(batch, &mut probs).expect("CPU predict"))
     });
     g.bench_function("gpu_with_readback", |b| {
-        b.iter(|| gpu.predict(&one_user, &mut probs).expect("GPU predict"))
+        b.iter(|| gpu.predict(batch, &mut probs).expect("GPU predict"))
     });
     g.finish();
 }

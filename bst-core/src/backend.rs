@@ -6,7 +6,7 @@ use crate::batch::Batch;
 use crate::collective::{Collective, ExchangeStats, GradientExchange};
 use crate::config::Config;
 use crate::grad_store::{GradStore, RowGrads};
-use crate::model::{Activations, GradScratch, Mode, Model, Shard, hand_over};
+use crate::model::{Activations, GradScratch, KeepGrads, Mode, Model, Shard, hand_over};
 use crate::optim::{Decay, OptimRef, OptimSnapshot, Optimizer};
 use crate::params::VocabSizes;
 use crate::requests::{RequestError, Requests};
@@ -431,15 +431,10 @@ impl CpuBackend {
             GradStore::Full(g) => (&self.model.layout.index, g, batch),
             GradStore::Rows(r) => (&r.layout.index, &mut r.arena, &r.slotted),
         };
-        self.model.backward_in(
-            index,
-            grads,
-            &mut self.scratch,
-            &self.acts,
-            &self.params,
-            batch,
-            mode,
-        );
+        let (scratch, acts, params) = (&mut self.scratch, &self.acts, &self.params);
+        let keep = &mut KeepGrads;
+        self.model
+            .backward(index, grads, scratch, acts, params, batch, mode, keep);
         loss
     }
 
@@ -599,7 +594,7 @@ impl Backend for CpuBackend {
         self.exchange
             .overlapped(&*group, grads, &tables, touched, union, |grads, sink| {
                 if batch.size > 0 {
-                    model.backward_with(gi, grads, scratch, acts, params, batch, mode, sink)
+                    model.backward(gi, grads, scratch, acts, params, batch, mode, sink)
                 } else {
                     Model::final_suffixes(gi).fold(grads, |g, at| hand_over(g, Some(at), sink))
                 }

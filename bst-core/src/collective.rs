@@ -208,7 +208,7 @@ impl GradientExchange {
     /// [`GradientExchange::exchange`] overlapped with the backward: `backward` gets the
     /// whole arena and a [`GradSink`], hands it the parts after the tables as their
     /// gradients become final (each starts its sum there) and returns the rest, the
-    /// tables ([`crate::model::Model::backward_with`]). Then the tables are exchanged,
+    /// tables ([`crate::model::Model::backward`]). Then the tables are exchanged,
     /// and the call returns once every sum is done. The same sums as `exchange`, in the
     /// same order on every rank. The time counted is what the exchange adds to the step:
     /// starting the sums, letting them advance between layers, the tables, the wait.

@@ -19,14 +19,12 @@ pub enum Pooling {
 impl std::str::FromStr for Pooling {
     type Err = ConfigError;
     fn from_str(s: &str) -> Result<Self, ConfigError> {
-        match s {
-            "target" => Ok(Pooling::Target),
-            "mean" => Ok(Pooling::Mean),
-            "flatten" => Ok(Pooling::Flatten),
-            _ => Err(ConfigError::Invalid(format!(
-                "unknown pooling `{s}`: use one of target, mean, flatten"
-            ))),
-        }
+        let names = [
+            ("target", Pooling::Target),
+            ("mean", Pooling::Mean),
+            ("flatten", Pooling::Flatten),
+        ];
+        by_name("pooling", s, &names)
     }
 }
 
@@ -53,14 +51,25 @@ pub enum Optimizer {
 impl std::str::FromStr for Optimizer {
     type Err = ConfigError;
     fn from_str(s: &str) -> Result<Self, ConfigError> {
-        match s {
-            "adam" => Ok(Optimizer::Adam),
-            "adagrad" => Ok(Optimizer::Adagrad),
-            _ => Err(ConfigError::Invalid(format!(
-                "unknown optimizer `{s}`: use adam or adagrad"
-            ))),
-        }
+        by_name(
+            "optimizer",
+            s,
+            &[("adam", Optimizer::Adam), ("adagrad", Optimizer::Adagrad)],
+        )
     }
+}
+
+/// The value named `s` among `names` (spelled as in a config file), for a flag; an
+/// unknown name is refused with the list of known ones.
+fn by_name<T: Copy>(what: &str, s: &str, names: &[(&str, T)]) -> Result<T, ConfigError> {
+    if let Some(&(_, value)) = names.iter().find(|(name, _)| *name == s) {
+        return Ok(value);
+    }
+    let known: Vec<&str> = names.iter().map(|(name, _)| *name).collect();
+    Err(ConfigError::Invalid(format!(
+        "unknown {what} `{s}`: use one of {}",
+        known.join(", ")
+    )))
 }
 
 /// Shapes and hyper-parameters of the network (spec section 2).
@@ -448,6 +457,11 @@ pub enum ConfigError {
 mod tests {
     use super::*;
 
+    /// The error of a config file `text` that must be refused.
+    fn toml_error(text: &str) -> String {
+        Config::from_toml_str(text).unwrap_err().to_string()
+    }
+
     #[test]
     fn defaults_follow_the_spec() {
         let c = Config::default();
@@ -498,9 +512,7 @@ mod tests {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains("train.weight_decay"), "{bad}: {e}");
         }
-        let e = Config::from_toml_str("[train]\npatience = -1\n")
-            .unwrap_err()
-            .to_string();
+        let e = toml_error("[train]\npatience = -1\n");
         assert!(e.contains("patience"), "{e}");
         let c = Config::from_toml_str(
             "[model]\nemb_init_std = 1.0\nemb_l2 = 0\n[train]\nweight_decay = 0\npatience = 2\n",
@@ -550,9 +562,7 @@ mod tests {
 
     #[test]
     fn unknown_pooling_is_refused_in_toml_and_flags() {
-        let e = Config::from_toml_str("[model]\npooling = \"max\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = toml_error("[model]\npooling = \"max\"\n");
         assert!(e.contains("unknown variant `max`"), "{e}");
         let e = "max".parse::<Pooling>().unwrap_err().to_string();
         assert!(e.contains("target, mean, flatten"), "{e}");
@@ -571,9 +581,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused() {
-        let e = Config::from_toml_str("[model]\nhedas = 2\n")
-            .unwrap_err()
-            .to_string();
+        let e = toml_error("[model]\nhedas = 2\n");
         assert!(e.contains("hedas"), "{e}");
     }
 }

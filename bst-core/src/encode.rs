@@ -4,7 +4,8 @@
 //! unknown) and are counted.
 
 use crate::config::ModelConfig;
-use crate::data::samples::{CONTEXT_FIELDS, history_position, hour_and_weekday};
+use crate::data::samples::{CONTEXT_FIELDS, hour_and_weekday};
+pub use crate::data::samples::{Context, History};
 use crate::data::{Samples, Vocab};
 use std::collections::HashMap;
 
@@ -34,19 +35,6 @@ impl std::fmt::Display for Unknown {
             self.targets, self.history, self.features
         )
     }
-}
-
-/// What one user's samples share: the history rows and the other-feature rows.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Context {
-    /// (L)
-    pub hist_item: Vec<u32>,
-    /// (L)
-    pub hist_cat: Vec<u32>,
-    /// (L)
-    pub hist_pos: Vec<u32>,
-    /// (F)
-    pub other: Vec<u32>,
 }
 
 /// Maps raw ids to indices with a checkpoint's vocabularies and model config.
@@ -112,8 +100,6 @@ impl<'a> Encoder<'a> {
         time: i64,
         unknown: &mut Unknown,
     ) -> Result<Context, String> {
-        let m = self.model;
-        let l = m.seq_len;
         let fields = &self.vocab.fields;
         let mut other: Vec<u32> = fields[..self.fields.len()]
             .iter()
@@ -142,24 +128,14 @@ impl<'a> Encoder<'a> {
         other.push(fields[n - 2].offset as u32 + hour);
         other.push(fields[n - 1].offset as u32 + weekday);
 
-        let kept = &history[history.len().saturating_sub(l)..];
-        let pad = l - kept.len();
-        let mut ctx = Context {
-            hist_item: vec![0; l],
-            hist_cat: vec![0; l],
-            hist_pos: vec![0; l],
-            other,
+        // An unknown history item is counted and its slot left as padding.
+        let event = |(raw, t): &(String, i64)| {
+            let item = self.item(raw);
+            unknown.history += item.is_none() as usize;
+            Some((item?, *t))
         };
-        for (slot, (raw, t)) in (pad..l).zip(kept) {
-            let Some(item) = self.item(raw) else {
-                unknown.history += 1;
-                continue;
-            };
-            ctx.hist_item[slot] = item;
-            ctx.hist_cat[slot] = self.vocab.item_cat[item as usize];
-            ctx.hist_pos[slot] = history_position(m.position, m.pos_buckets, l, slot, time - t);
-        }
-        Ok(ctx)
+        let history = History::of(self.model, &self.vocab.item_cat, time, history, event);
+        Ok(Context { history, other })
     }
 
     /// The category row of item row `item` (0 for a row past the vocabulary).
@@ -169,14 +145,7 @@ impl<'a> Encoder<'a> {
 
     /// Appends the sample of `ctx` with target item index `item` (0 = unknown), label 0.
     pub fn push(&self, s: &mut Samples, ctx: &Context, item: u32) {
-        s.hist_item.extend_from_slice(&ctx.hist_item);
-        s.hist_cat.extend_from_slice(&ctx.hist_cat);
-        s.hist_pos.extend_from_slice(&ctx.hist_pos);
-        s.target_item.push(item);
-        s.target_cat.push(self.vocab.item_cat[item as usize]);
-        s.other.extend_from_slice(&ctx.other);
-        s.label.push(0.0);
-        s.user.push(0);
+        ctx.push(s, (item, self.vocab.item_cat[item as usize]), 0.0, 0);
     }
 
     /// Empty samples of this model's shape.
@@ -236,7 +205,7 @@ mod tests {
         let user = vec![("age".to_string(), "age_99".to_string())];
         let history = vec![("nope".to_string(), 0), (raw(3), 10)];
         let ctx = enc.context(&user, &history, 100, &mut unknown).unwrap();
-        assert_eq!(ctx.hist_item[3..], [0, 3]);
+        assert_eq!(ctx.history.item[3..], [0, 3]);
         assert_eq!(unknown.history, 1);
         assert_eq!(unknown.features, 1);
         let e = enc

@@ -18,6 +18,7 @@ use bst_kernels::cpu::layernorm::{layernorm_backward, layernorm_forward};
 use bst_kernels::cpu::loss::{bce_backward, bce_forward, sigmoid};
 use bst_kernels::cpu::matmul::{matmul_backward, matmul_forward};
 use bst_kernels::cpu::pooling::{PoolMode, pooling_backward, pooling_forward};
+use std::ops::Range;
 
 /// Training (dropout on, masks keyed by seed and step) or evaluation (no dropout).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -356,8 +357,13 @@ impl Model {
             let x: &[f32] = if i == 0 { &acts.x0 } else { &before[i - 1].x2 };
             let blk = &mut rest[0];
             let p = &pi.blocks[i];
-            let w = |r: &std::ops::Range<usize>| &params[r.clone()];
-            matmul_forward(&mut blk.qkv, x, w(&p.qkv_w), Some(w(&p.qkv_b)), n, d, 3 * d);
+            // out (n, n_out) = inp (n, n_in) W^T + bias
+            let linear = |out: &mut [f32], inp: &[f32], layer: Layer| {
+                let ([w, bias], (n_in, n_out)) = (layer.tensors(p), layer.widths(d, dm.dff));
+                let (w, bias) = (&params[w.clone()], &params[bias.clone()]);
+                matmul_forward(out, inp, w, Some(bias), n, n_in, n_out)
+            };
+            linear(&mut blk.qkv, x, Layer::Qkv);
             attention_forward(
                 &mut blk.atty,
                 &mut blk.att,
@@ -368,68 +374,12 @@ impl Model {
                 d,
                 dm.h,
             );
-            matmul_forward(
-                &mut blk.a,
-                &blk.atty,
-                w(&p.out_w),
-                Some(w(&p.out_b)),
-                n,
-                d,
-                d,
-            );
-            residual_dropout_forward_at(
-                &mut blk.res1[..n * d],
-                x,
-                &blk.a,
-                self.dropout_key(mode, i, 0),
-                mode.dropout_first(t * d),
-            );
-            layernorm_forward(
-                &mut blk.x1,
-                &mut blk.ln1_mean,
-                &mut blk.ln1_rstd,
-                &blk.res1,
-                w(&p.ln1_w),
-                w(&p.ln1_b),
-                n,
-                d,
-            );
-            matmul_forward(
-                &mut blk.ff_pre,
-                &blk.x1,
-                w(&p.ffn1_w),
-                Some(w(&p.ffn1_b)),
-                n,
-                d,
-                dm.dff,
-            );
+            linear(&mut blk.a, &blk.atty, Layer::Out);
+            self.tail_forward(blk, x, p, params, Branch::Attention, b, mode, i);
+            linear(&mut blk.ff_pre, &blk.x1, Layer::Ffn1);
             leaky_relu_forward(&mut blk.ff[..n * dm.dff], &blk.ff_pre, dm.alpha);
-            matmul_forward(
-                &mut blk.f,
-                &blk.ff,
-                w(&p.ffn2_w),
-                Some(w(&p.ffn2_b)),
-                n,
-                dm.dff,
-                d,
-            );
-            residual_dropout_forward_at(
-                &mut blk.res2[..n * d],
-                &blk.x1,
-                &blk.f,
-                self.dropout_key(mode, i, 1),
-                mode.dropout_first(t * d),
-            );
-            layernorm_forward(
-                &mut blk.x2,
-                &mut blk.ln2_mean,
-                &mut blk.ln2_rstd,
-                &blk.res2,
-                w(&p.ln2_w),
-                w(&p.ln2_b),
-                n,
-                d,
-            );
+            linear(&mut blk.f, &blk.ff, Layer::Ffn2);
+            self.tail_forward(blk, x, p, params, Branch::Ffn, b, mode, i);
         }
         let top: &[f32] = acts.blocks.last().map_or(&acts.x0, |blk| &blk.x2);
         pooling_forward(&mut acts.z, top, &acts.valid, dm.pool, b, t, d, dm.zw, 0);
@@ -472,44 +422,49 @@ impl Model {
         bce_forward(&mut acts.probs[..b], &acts.mlp_pre[last][..b], &batch.label)
     }
 
-    /// Backward pass after `forward` with the same batch and mode; `grads += dloss/dparams`.
-    pub fn backward(
+    /// The forward of a branch's tail `res = skip + dropout(y)`, `out = LN(res)`: the
+    /// attention's (`skip` the block's input `x`, `y = a`, `out = x1`) or the feed-forward
+    /// network's (`skip = x1`, `y = f`, `out = x2`), as [`Branch`] numbers them.
+    fn tail_forward(
         &self,
-        grads: &mut [f32],
-        s: &mut GradScratch,
-        acts: &Activations,
+        blk: &mut BlockActs,
+        x: &[f32],
+        p: &BlockParams,
         params: &[f32],
-        batch: &Batch,
+        branch: Branch,
+        b: usize,
         mode: Mode,
+        i: usize,
     ) {
-        let gi = &self.layout.index;
-        self.backward_in(gi, grads, s, acts, params, batch, mode);
+        let (t, d) = (self.dims.t, self.dims.d);
+        let n = b * t;
+        // res = skip + dropout(y)
+        let (res, skip, y) = match branch {
+            Branch::Attention => (&mut blk.res1, x, &blk.a),
+            Branch::Ffn => (&mut blk.res2, &blk.x1[..], &blk.f),
+        };
+        let key = self.dropout_key(mode, i, branch as u32);
+        residual_dropout_forward_at(&mut res[..n * d], skip, y, key, mode.dropout_first(t * d));
+        // out = LN(res)
+        let (out, mean, rstd) = match branch {
+            Branch::Attention => (&mut blk.x1, &mut blk.ln1_mean, &mut blk.ln1_rstd),
+            Branch::Ffn => (&mut blk.x2, &mut blk.ln2_mean, &mut blk.ln2_rstd),
+        };
+        let [ln_w, ln_b] = branch.layernorm(p);
+        let (weight, bias) = (&params[ln_w.clone()], &params[ln_b.clone()]);
+        layernorm_forward(out, mean, rstd, res, weight, bias, n, d);
     }
 
-    /// [`Model::backward`] into a gradient arena laid out by `gi` (the parameters' layout,
-    /// or the compact one of [`crate::grad_store`], whose tables hold a batch's rows
-    /// only: `batch`'s ids are then their rows there, its other fields the forward's).
+    /// Backward pass after `forward` with the same batch and mode: `grads += dloss/dparams`
+    /// into a gradient arena laid out by `gi` (the parameters' layout, or the compact one
+    /// of [`crate::grad_store`], whose tables hold a batch's rows only: `batch`'s ids are
+    /// then their rows there, its other fields the forward's). Hands `sink` each part of
+    /// the arena as soon as its gradients are final ([`KeepGrads`]: none): the suffixes
+    /// from [`Model::final_suffixes`] of `gi`, in that order (the MLP's, then each
+    /// block's, last block first), with [`GradSink::between`] between layers. Returns the
+    /// rest, the embedding tables (`grads[..first start]`), final once it returns.
     #[allow(clippy::too_many_arguments)]
-    pub fn backward_in(
-        &self,
-        gi: &ParamIndex,
-        grads: &mut [f32],
-        s: &mut GradScratch,
-        acts: &Activations,
-        params: &[f32],
-        batch: &Batch,
-        mode: Mode,
-    ) {
-        self.backward_with(gi, grads, s, acts, params, batch, mode, &mut KeepGrads);
-    }
-
-    /// [`Model::backward_in`] that hands `sink` each part of the arena as soon as its
-    /// gradients are final: the suffixes from [`Model::final_suffixes`] of `gi`, in that
-    /// order (the MLP's, then each block's, last block first), with [`GradSink::between`]
-    /// between layers. Returns the rest, the embedding tables (`grads[..first start]`),
-    /// final once it returns. The same arithmetic as `backward`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn backward_with<'g>(
+    pub fn backward<'g>(
         &self,
         gi: &ParamIndex,
         grads: &'g mut [f32],
@@ -618,7 +573,7 @@ impl Model {
         grads
     }
 
-    /// Where the parts of the gradient arena start that [`Model::backward_with`] hands
+    /// Where the parts of the gradient arena start that [`Model::backward`] hands
     /// over as they become final, in the order it does: the MLP's (to the arena's end),
     /// then each block's (to the next part), last block first, in an arena laid out by
     /// `gi`. The arena holds the tables, the blocks in order, then the MLP, and the
@@ -628,9 +583,9 @@ impl Model {
         std::iter::once(mlp).chain(gi.blocks.iter().rev().map(|p| p.qkv_w.start))
     }
 
-    /// One block backward: `s.dx` holds the gradient of the block's output on entry and
-    /// of its input `x` on exit. `(p, g)`: the block's tensors in the parameter and the
-    /// gradient arenas.
+    /// One block backward, the forward read in reverse: `s.dx` holds the gradient of the
+    /// block's output on entry and of its input `x` on exit. `(p, g)`: the block's tensors
+    /// in the parameter and the gradient arenas.
     fn block_backward(
         &self,
         grads: &mut [f32],
@@ -647,122 +602,172 @@ impl Model {
         let dm = &self.dims;
         let (t, d, dff) = (dm.t, dm.d, dm.dff);
         let n = b * t;
-        let w = |r: &std::ops::Range<usize>| &params[r.clone()];
-        // x2 = LN2(res2)
-        let (dw, db) = split_two(grads, &g.ln2_w, &g.ln2_b);
-        layernorm_backward(
-            &mut s.dres,
-            dw,
-            db,
-            &s.dx,
-            &blk.res2,
-            w(&p.ln2_w),
-            &blk.ln2_mean,
-            &blk.ln2_rstd,
+        let linears = Linears {
+            p,
+            g,
+            params,
             n,
             d,
-        );
-        // res2 = x1 + dropout(f)
-        residual_dropout_backward_at(
-            &mut s.dbr[..n * d],
-            &s.dres[..n * d],
-            self.dropout_key(mode, i, 1),
-            mode.dropout_first(t * d),
-        );
-        s.dx1[..n * d].copy_from_slice(&s.dres[..n * d]);
-        // f = ff W2^T + b2;  ff = LeakyReLU(ff_pre);  ff_pre = x1 W1^T + b1
-        let (dw, db) = split_two(grads, &g.ffn2_w, &g.ffn2_b);
-        matmul_backward(
-            Some(&mut s.dff),
-            dw,
-            Some(db),
-            &s.dbr,
-            &blk.ff,
-            w(&p.ffn2_w),
-            n,
             dff,
-            d,
-        );
+        };
+        // x2 = LN2(x1 + dropout(f))
+        self.tail_backward(Branch::Ffn, grads, s, blk, (p, g), params, b, mode, i);
+        // f = ff W2^T + b2
+        linears.backward(Layer::Ffn2, grads, &mut s.dff, &s.dbr, &blk.ff);
         sink.between();
-        leaky_relu_backward(
-            &mut s.dff_pre[..n * dff],
-            &s.dff[..n * dff],
-            &blk.ff_pre,
-            dm.alpha,
-        );
-        let (dw, db) = split_two(grads, &g.ffn1_w, &g.ffn1_b);
-        matmul_backward(
-            Some(&mut s.dtmp),
-            dw,
-            Some(db),
-            &s.dff_pre,
-            &blk.x1,
-            w(&p.ffn1_w),
-            n,
-            d,
-            dff,
-        );
+        // ff = LeakyReLU(ff_pre)
+        let (dff_pre, dff_out) = (&mut s.dff_pre[..n * dff], &s.dff[..n * dff]);
+        leaky_relu_backward(dff_pre, dff_out, &blk.ff_pre, dm.alpha);
+        // ff_pre = x1 W1^T + b1
+        linears.backward(Layer::Ffn1, grads, &mut s.dtmp, &s.dff_pre, &blk.x1);
         add_into(&mut s.dx1[..n * d], &s.dtmp[..n * d]);
         sink.between();
-        // x1 = LN1(res1)
-        let (dw, db) = split_two(grads, &g.ln1_w, &g.ln1_b);
-        layernorm_backward(
-            &mut s.dres,
-            dw,
-            db,
-            &s.dx1,
-            &blk.res1,
-            w(&p.ln1_w),
-            &blk.ln1_mean,
-            &blk.ln1_rstd,
-            n,
-            d,
-        );
-        // res1 = x + dropout(a)
-        residual_dropout_backward_at(
-            &mut s.dbr[..n * d],
-            &s.dres[..n * d],
-            self.dropout_key(mode, i, 0),
-            mode.dropout_first(t * d),
-        );
-        s.dx[..n * d].copy_from_slice(&s.dres[..n * d]);
-        // a = atty Wout^T + bout;  atty = attention(qkv);  qkv = x Wqkv^T + bqkv
-        let (dw, db) = split_two(grads, &g.out_w, &g.out_b);
-        matmul_backward(
-            Some(&mut s.datty),
-            dw,
-            Some(db),
-            &s.dbr,
-            &blk.atty,
-            w(&p.out_w),
-            n,
-            d,
-            d,
-        );
+        // x1 = LN1(x + dropout(a))
+        self.tail_backward(Branch::Attention, grads, s, blk, (p, g), params, b, mode, i);
+        // a = atty Wout^T + bout
+        linears.backward(Layer::Out, grads, &mut s.datty, &s.dbr, &blk.atty);
         sink.between();
+        // atty = attention(qkv)
         attention_backward(&mut s.dqkv, &s.datty, &blk.att, &blk.qkv, b, t, d, dm.h);
         sink.between();
-        let (dw, db) = split_two(grads, &g.qkv_w, &g.qkv_b);
-        matmul_backward(
-            Some(&mut s.dtmp),
-            dw,
-            Some(db),
-            &s.dqkv,
-            x,
-            w(&p.qkv_w),
-            n,
-            d,
-            3 * d,
-        );
+        // qkv = x Wqkv^T + bqkv
+        linears.backward(Layer::Qkv, grads, &mut s.dtmp, &s.dqkv, x);
         // The key bias adds the same q.b_k to every score of a query, which softmax
         // ignores: its gradient is exactly 0. Say so, rather than keep the f32 round-off
         // of a sum that is 0 in exact arithmetic (Adam would amplify it into steps).
-        db[d..2 * d].fill(0.0);
+        grads[g.qkv_b.clone()][d..2 * d].fill(0.0);
         add_into(&mut s.dx[..n * d], &s.dtmp[..n * d]);
+    }
+
+    /// The backward of a branch's tail `out = LN(res)`, `res = skip + dropout(y)`: from
+    /// the gradient of `out` (`s.dx` for the feed-forward branch, `s.dx1` for the
+    /// attention's), the gradient of `skip` (into the other of the two) and of `y` (into
+    /// `s.dbr`); the LayerNorm's parameter gradients are added into `grads`.
+    fn tail_backward(
+        &self,
+        branch: Branch,
+        grads: &mut [f32],
+        s: &mut GradScratch,
+        blk: &BlockActs,
+        (p, g): (&BlockParams, &BlockParams),
+        params: &[f32],
+        b: usize,
+        mode: Mode,
+        i: usize,
+    ) {
+        let (t, d) = (self.dims.t, self.dims.d);
+        let n = b * t;
+        let [res, mean, rstd] = branch.saved(blk);
+        let ([ln_w, _], [dln_w, dln_b]) = (branch.layernorm(p), branch.layernorm(g));
+        let (dout, dskip) = match branch {
+            Branch::Attention => (&s.dx1, &mut s.dx),
+            Branch::Ffn => (&s.dx, &mut s.dx1),
+        };
+        let (dw, db) = split_two(grads, dln_w, dln_b);
+        let weight = &params[ln_w.clone()];
+        layernorm_backward(&mut s.dres, dw, db, dout, res, weight, mean, rstd, n, d);
+        residual_dropout_backward_at(
+            &mut s.dbr[..n * d],
+            &s.dres[..n * d],
+            self.dropout_key(mode, i, branch as u32),
+            mode.dropout_first(t * d),
+        );
+        dskip[..n * d].copy_from_slice(&s.dres[..n * d]);
     }
 }
 
-/// Where [`Model::backward_with`] hands the gradients it has finished: a data-parallel
+/// One of a block's two residual branches, numbered as their dropouts: the attention's
+/// in `x1 = LN1(x + dropout(a))`, the feed-forward network's in `x2 = LN2(x1 +
+/// dropout(f))`.
+#[derive(Clone, Copy, Debug)]
+enum Branch {
+    Attention = 0,
+    Ffn = 1,
+}
+
+impl Branch {
+    /// The weight and bias of the branch's LayerNorm in `q` (either arena).
+    fn layernorm(self, q: &BlockParams) -> [&Range<usize>; 2] {
+        match self {
+            Branch::Attention => [&q.ln1_w, &q.ln1_b],
+            Branch::Ffn => [&q.ln2_w, &q.ln2_b],
+        }
+    }
+
+    /// What the forward saved of the LayerNorm: its input `res` (B, T, d), and its mean
+    /// and rstd (B, T).
+    fn saved(self, blk: &BlockActs) -> [&[f32]; 3] {
+        match self {
+            Branch::Attention => [&blk.res1, &blk.ln1_mean, &blk.ln1_rstd],
+            Branch::Ffn => [&blk.res2, &blk.ln2_mean, &blk.ln2_rstd],
+        }
+    }
+}
+
+/// A block's linear layers: `qkv = x Wqkv^T + bqkv`, `a = atty Wout^T + bout`,
+/// `ff_pre = x1 W1^T + b1`, `f = ff W2^T + b2`.
+#[derive(Clone, Copy, Debug)]
+enum Layer {
+    Qkv,
+    Out,
+    Ffn1,
+    Ffn2,
+}
+
+impl Layer {
+    /// The layer's weight and bias in `q` (either arena).
+    fn tensors(self, q: &BlockParams) -> [&Range<usize>; 2] {
+        match self {
+            Layer::Qkv => [&q.qkv_w, &q.qkv_b],
+            Layer::Out => [&q.out_w, &q.out_b],
+            Layer::Ffn1 => [&q.ffn1_w, &q.ffn1_b],
+            Layer::Ffn2 => [&q.ffn2_w, &q.ffn2_b],
+        }
+    }
+
+    /// `(n_in, n_out)` in a model of width `d` and feed-forward width `dff`.
+    fn widths(self, d: usize, dff: usize) -> (usize, usize) {
+        match self {
+            Layer::Qkv => (d, 3 * d),
+            Layer::Out => (d, d),
+            Layer::Ffn1 => (d, dff),
+            Layer::Ffn2 => (dff, d),
+        }
+    }
+}
+
+/// A block's linear layers over `n` rows: their tensors in the parameter arena `params`
+/// (`p`) and in the gradient arena (`g`), and the model's widths `d` and `d_ff`.
+struct Linears<'a> {
+    p: &'a BlockParams,
+    g: &'a BlockParams,
+    params: &'a [f32],
+    n: usize,
+    d: usize,
+    dff: usize,
+}
+
+impl Linears<'_> {
+    /// The backward of `layer`, `out (n, n_out) = inp (n, n_in) W^T + bias`:
+    /// `dinp = dout W` (overwritten); `dW += dout^T inp` and `dbias += dout` summed over
+    /// rows, in `grads`.
+    fn backward(
+        &self,
+        layer: Layer,
+        grads: &mut [f32],
+        dinp: &mut [f32],
+        dout: &[f32],
+        inp: &[f32],
+    ) {
+        let ([w, _], [dw, db]) = (layer.tensors(self.p), layer.tensors(self.g));
+        let (n_in, n_out) = layer.widths(self.d, self.dff);
+        let (dw, db) = split_two(grads, dw, db);
+        let w = &self.params[w.clone()];
+        matmul_backward(Some(dinp), dw, Some(db), dout, inp, w, self.n, n_in, n_out);
+    }
+}
+
+/// Where [`Model::backward`] hands the gradients it has finished: a data-parallel
 /// step sums them over the ranks while the backward goes on ([`crate::collective`]).
 pub trait GradSink<'g> {
     /// `grads` is the arena from element `start` on (to the end of what is left): the
@@ -801,8 +806,8 @@ fn add_into(dst: &mut [f32], src: &[f32]) {
 /// Two disjoint mutable tensors of the arena; `r1` must lie before `r2`.
 fn split_two<'a>(
     arena: &'a mut [f32],
-    r1: &std::ops::Range<usize>,
-    r2: &std::ops::Range<usize>,
+    r1: &Range<usize>,
+    r2: &Range<usize>,
 ) -> (&'a mut [f32], &'a mut [f32]) {
     assert!(r1.end <= r2.start, "tensors out of arena order");
     let (a, rest) = arena.split_at_mut(r2.start);
@@ -812,9 +817,9 @@ fn split_two<'a>(
 /// Three disjoint mutable tensors of the arena, in arena order.
 fn split_three<'a>(
     arena: &'a mut [f32],
-    r1: &std::ops::Range<usize>,
-    r2: &std::ops::Range<usize>,
-    r3: &std::ops::Range<usize>,
+    r1: &Range<usize>,
+    r2: &Range<usize>,
+    r3: &Range<usize>,
 ) -> (&'a mut [f32], &'a mut [f32], &'a mut [f32]) {
     assert!(r2.end <= r3.start, "tensors out of arena order");
     let (a, rest) = arena.split_at_mut(r3.start);

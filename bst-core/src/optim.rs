@@ -2,10 +2,7 @@
 //! state in arenas of the same layout as the parameters.
 
 use crate::config::{Optimizer as Kind, TrainConfig};
-use bst_kernels::cpu::optim::{
-    AdagradHyper, AdamHyper, adagrad_update, adagrad_update_listed, adagrad_update_rows,
-    adagrad_update_table, adam_update, adam_update_listed, adam_update_rows, adam_update_table,
-};
+use bst_kernels::cpu::optim::{AdagradHyper, AdamHyper, RowGrads, Step};
 use std::ops::Range;
 
 /// Adagrad's epsilon (PyTorch's default).
@@ -28,18 +25,16 @@ pub enum OptimState {
     },
 }
 
-/// An Adam and an Adagrad update of a table's rows: `(params, [m, v | sum], grads, width,
-/// rows, hyper-parameters[, step])`.
-type TableKernels = (
-    fn(&mut [f32], &mut [f32], &mut [f32], &[f32], usize, &[u32], AdamHyper, u64),
-    fn(&mut [f32], &mut [f32], &[f32], usize, &[u32], AdagradHyper),
-);
-/// The listed rows, from the table's full gradient.
-const LAZY_FULL: TableKernels = (adam_update_rows, adagrad_update_rows);
-/// The listed rows, from their gradients alone.
-const LAZY_LISTED: TableKernels = (adam_update_listed, adagrad_update_listed);
-/// Every row, from the listed rows' gradients (zero for the others).
-const DENSE_LISTED: TableKernels = (adam_update_table, adagrad_update_table);
+/// How [`Optimizer::update_tables`] updates a table from the gradients it is given.
+#[derive(Clone, Copy, Debug)]
+enum TableUpdate {
+    /// The listed rows, from the table's full gradient.
+    LazyFull,
+    /// The listed rows, from their gradients alone.
+    LazyListed,
+    /// Every row, from the listed rows' gradients (zero for the others).
+    DenseListed,
+}
 
 /// The CPU optimiser: hyper-parameters, update count and state arenas.
 #[derive(Clone, Debug, PartialEq)]
@@ -244,7 +239,7 @@ impl Optimizer {
 
     /// One sparse update: the range `dense` whole, and of each embedding table
     /// `tables[k] = (range, width)` only the rows `rows[k]` (distinct), lazily
-    /// ([`adam_update_rows`], [`adagrad_update_rows`]).
+    /// ([`Step::update_rows`]).
     pub fn step_sparse(
         &mut self,
         params: &mut [f32],
@@ -257,7 +252,7 @@ impl Optimizer {
         self.steps += 1;
         self.update_range(params, grads, dense, self.lr, self.decay.dense);
         let g: Vec<&[f32]> = tables.iter().map(|(r, _)| &grads[r.clone()]).collect();
-        self.update_tables(params, tables, rows, &g, LAZY_FULL);
+        self.update_tables(params, tables, rows, &g, TableUpdate::LazyFull);
     }
 
     /// One update from gradients kept by rows ([`crate::grad_store`]): the range `dense`
@@ -286,41 +281,32 @@ impl Optimizer {
         self.steps += 1;
         let p = &mut params[dense.clone()];
         self.update_at(p, dense_grads, dense, self.lr, self.decay.dense);
-        let kernels = if lazy { LAZY_LISTED } else { DENSE_LISTED };
-        self.update_tables(params, tables, rows, table_grads, kernels);
+        let how = match lazy {
+            true => TableUpdate::LazyListed,
+            false => TableUpdate::DenseListed,
+        };
+        self.update_tables(params, tables, rows, table_grads, how);
     }
 
     /// The update of step `self.steps` of each table `tables[k]` from `grads[k]` and its
-    /// rows `rows[k]` by `kernels`, with the tables' learning rate and L2 coefficient.
+    /// rows `rows[k]` as `how` says, with the tables' learning rate and L2 coefficient.
     fn update_tables(
         &mut self,
         params: &mut [f32],
         tables: &[(Range<usize>, usize)],
         rows: &[Vec<u32>],
         grads: &[&[f32]],
-        (adam, adagrad): TableKernels,
+        how: TableUpdate,
     ) {
-        let (lr, t) = (self.lr * self.decay.tables_lr_scale, self.steps);
+        let lr = self.lr * self.decay.tables_lr_scale;
         let weight_decay = self.decay.tables;
         for (((r, w), rows), &g) in tables.iter().zip(rows).zip(grads) {
             let p = &mut params[r.clone()];
-            match &mut self.state {
-                OptimState::Adam { m, v } => {
-                    let hp = AdamHyper {
-                        lr,
-                        weight_decay,
-                        ..AdamHyper::default()
-                    };
-                    adam(p, &mut m[r.clone()], &mut v[r.clone()], g, *w, rows, hp, t);
-                }
-                OptimState::Adagrad { sum } => {
-                    let hp = AdagradHyper {
-                        lr,
-                        eps: ADAGRAD_EPS,
-                        weight_decay,
-                    };
-                    adagrad(p, &mut sum[r.clone()], g, *w, rows, hp);
-                }
+            let step = self.step_at(r.clone(), lr, weight_decay);
+            match how {
+                TableUpdate::LazyFull => step.update_rows(p, RowGrads::Full(g), *w, rows),
+                TableUpdate::LazyListed => step.update_rows(p, RowGrads::Listed(g), *w, rows),
+                TableUpdate::DenseListed => step.update_table(p, g, *w, rows),
             }
         }
     }
@@ -347,6 +333,12 @@ impl Optimizer {
     /// [`Optimizer::update_range`] of the parameters `p` (the arena's range `r`) with
     /// their gradients `g`.
     fn update_at(&mut self, p: &mut [f32], g: &[f32], r: Range<usize>, lr: f32, weight_decay: f32) {
+        self.step_at(r, lr, weight_decay).update(p, g);
+    }
+
+    /// Step `self.steps` of the state over the arena's range `r`, with learning rate `lr`
+    /// and L2 coefficient `weight_decay`.
+    fn step_at(&mut self, r: Range<usize>, lr: f32, weight_decay: f32) -> Step<'_> {
         match &mut self.state {
             OptimState::Adam { m, v } => {
                 let hp = AdamHyper {
@@ -354,7 +346,7 @@ impl Optimizer {
                     weight_decay,
                     ..AdamHyper::default()
                 };
-                adam_update(p, &mut m[r.clone()], &mut v[r], g, hp, self.steps);
+                Step::adam(&mut m[r.clone()], &mut v[r], hp, self.steps)
             }
             OptimState::Adagrad { sum } => {
                 let hp = AdagradHyper {
@@ -362,7 +354,7 @@ impl Optimizer {
                     eps: ADAGRAD_EPS,
                     weight_decay,
                 };
-                adagrad_update(p, &mut sum[r], g, hp)
+                Step::adagrad(&mut sum[r], hp)
             }
         }
     }

@@ -22,7 +22,7 @@ pub fn rank_items(
     items: &[u32],
     k: usize,
 ) -> Result<Vec<(usize, f32)>, BackendError> {
-    let mut req = Requests::new(ctx.hist_item.len(), ctx.other.len());
+    let mut req = Requests::new(ctx.history.item.len(), ctx.other.len());
     let u = req.push_context(ctx)?;
     for &item in items {
         req.push_candidate(u, item, enc.item_cat(item));

@@ -9,6 +9,8 @@
 
 use crate::batch::Batch;
 use crate::encode::Context;
+#[cfg(test)]
+use crate::encode::History;
 use crate::params::VocabSizes;
 
 /// Users and their candidates, row-major. Candidate `n` belongs to user `user[n]`; the
@@ -80,9 +82,9 @@ impl Requests {
     pub fn push_context(&mut self, ctx: &Context) -> Result<u32, RequestError> {
         let (l, f) = (self.seq_len, self.fields);
         for (what, len, want) in [
-            ("hist_item", ctx.hist_item.len(), l),
-            ("hist_cat", ctx.hist_cat.len(), l),
-            ("hist_pos", ctx.hist_pos.len(), l),
+            ("hist_item", ctx.history.item.len(), l),
+            ("hist_cat", ctx.history.cat.len(), l),
+            ("hist_pos", ctx.history.pos.len(), l),
             ("other", ctx.other.len(), f),
         ] {
             if len != want {
@@ -92,9 +94,9 @@ impl Requests {
             }
         }
         let u = self.users() as u32;
-        self.hist_item.extend_from_slice(&ctx.hist_item);
-        self.hist_cat.extend_from_slice(&ctx.hist_cat);
-        self.hist_pos.extend_from_slice(&ctx.hist_pos);
+        self.hist_item.extend_from_slice(&ctx.history.item);
+        self.hist_cat.extend_from_slice(&ctx.history.cat);
+        self.hist_pos.extend_from_slice(&ctx.history.pos);
         self.other.extend_from_slice(&ctx.other);
         Ok(u)
     }
@@ -225,10 +227,13 @@ mod tests {
     use super::*;
 
     fn ctx(seed: u32) -> Context {
+        let history = History {
+            item: vec![0, seed, seed + 1],
+            cat: vec![0, 1, 2],
+            pos: vec![0, 5, 3],
+        };
         Context {
-            hist_item: vec![0, seed, seed + 1],
-            hist_cat: vec![0, 1, 2],
-            hist_pos: vec![0, 5, 3],
+            history,
             other: vec![seed, 7],
         }
     }

@@ -486,7 +486,8 @@ pub fn train_in_group(
     })
 }
 
-/// [`evaluate_in`] of the split named `split`, its progress sent to `on_event`.
+/// The metrics of the split named `split` ([`predict_all_in`] on `group`), its progress
+/// sent to `on_event`.
 fn evaluate_split<S: SampleSource + ?Sized>(
     backend: &mut dyn Backend,
     s: &S,
@@ -495,9 +496,10 @@ fn evaluate_split<S: SampleSource + ?Sized>(
     group: Option<&dyn Collective>,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Metrics, BackendError> {
-    evaluate_in(backend, s, cfg.eval_batch, group, &mut |done, total| {
+    let probs = predict_all_in(backend, s, cfg.eval_batch, group, &mut |done, total| {
         on_event(Event::Evaluating { split, done, total })
-    })
+    })?;
+    Ok(metrics_of(s, &probs))
 }
 
 /// Early stopping: `patience > 0` epochs have passed since the best one. Checked before
@@ -694,7 +696,8 @@ pub fn evaluate<S: SampleSource + ?Sized>(
     s: &S,
     eval_batch: usize,
 ) -> Result<Metrics, BackendError> {
-    evaluate_in(backend, s, eval_batch, None, &mut |_, _| {})
+    let probs = predict_all_in(backend, s, eval_batch, None, &mut |_, _| {})?;
+    Ok(metrics_of(s, &probs))
 }
 
 /// [`predict_all`] on one rank of `group`: the batches of `eval_batch` samples are split
@@ -728,17 +731,10 @@ pub fn predict_all_in<S: SampleSource + ?Sized>(
     Ok(probs)
 }
 
-/// [`evaluate`] on one rank of `group` ([`predict_all_in`]): the single process's metrics.
-pub fn evaluate_in<S: SampleSource + ?Sized>(
-    backend: &mut dyn Backend,
-    s: &S,
-    eval_batch: usize,
-    group: Option<&dyn Collective>,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<Metrics, BackendError> {
-    let probs = predict_all_in(backend, s, eval_batch, group, progress)?;
+/// AUC, GAUC and logloss of the probabilities `probs` of the samples of `s`.
+pub fn metrics_of<S: SampleSource + ?Sized>(s: &S, probs: &[f32]) -> Metrics {
     let (labels, users): (Vec<f32>, Vec<u32>) = (0..s.len()).map(|i| s.label_user(i)).unzip();
-    Ok(Metrics::compute(&probs, &labels, &users))
+    Metrics::compute(probs, &labels, &users)
 }
 
 #[cfg(test)]

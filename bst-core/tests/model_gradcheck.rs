@@ -26,7 +26,7 @@
 
 use bst_core::batch::Batch;
 use bst_core::config::{ModelConfig, Pooling};
-use bst_core::model::{Activations, GradScratch, Mode, Model};
+use bst_core::model::{Activations, GradScratch, KeepGrads, Mode, Model};
 use bst_core::params::VocabSizes;
 
 const EPS: f32 = 1e-2;
@@ -156,7 +156,17 @@ fn check(blocks: usize, pooling: Pooling) {
     let mut grads = vec![0.0; params.len()];
     let mut scratch = GradScratch::new(&model.dims, batch.size);
     model.forward(&mut acts, &params, &batch, mode);
-    model.backward(&mut grads, &mut scratch, &acts, &params, &batch, mode);
+    let gi = &model.layout.index;
+    model.backward(
+        gi,
+        &mut grads,
+        &mut scratch,
+        &acts,
+        &params,
+        &batch,
+        mode,
+        &mut KeepGrads,
+    );
 
     let (_, signs0) = signs_of(&model, &params, &batch, mode);
     let mut failures = Vec::new();

@@ -5,7 +5,7 @@
 //! lowered cap, to keep the data small), each at a nonzero offset inside a bigger buffer
 //! whose other contents must stay bit-for-bit unchanged.
 //!
-//! The row-wise updates (`adam_rows`, `adagrad_rows`) against `cpu::optim::*_rows`: three
+//! The row-wise updates (`adam_rows`, `adagrad_rows`) against `cpu::optim::Step::update_rows`: three
 //! steps over different row sets of a table inside a bigger buffer, row ids at an offset
 //! in a `u32` buffer, several workgroups and a 2D grid; listed rows' gradients must be
 //! zeroed, everything else left bit for bit.
@@ -16,7 +16,7 @@
 
 mod common;
 
-use bst_kernels::cpu::optim::{adagrad_update, adagrad_update_rows, adam_update, adam_update_rows};
+use bst_kernels::cpu::optim::{RowGrads, Step, adagrad_update, adam_update};
 use bst_kernels::gpu::optim::{AdagradHyper, AdamHyper, OptimKernels, TableRows, UpdateRule};
 use bst_kernels::gpu::{GpuContext, TensorRef, wgpu};
 use common::{Arena, assert_close, assert_untouched, at, gpu, random_vec, run};
@@ -301,8 +301,12 @@ fn check_rows(ctx: &GpuContext, rule: Rule, (r, w): (u32, usize), max_rows: u32,
         binding.set_rows(ctx, rows.len() as u32);
         run(ctx, |pass| kernels.update(pass, &binding));
         match rule {
-            Rule::Adam => adam_update_rows(&mut p, &mut m, &mut v, &g, w, &rows, hp, t),
-            Rule::Adagrad => adagrad_update_rows(&mut p, &mut m, &g, w, &rows, ag),
+            Rule::Adam => {
+                Step::adam(&mut m, &mut v, hp, t).update_rows(&mut p, RowGrads::Full(&g), w, &rows)
+            }
+            Rule::Adagrad => {
+                Step::adagrad(&mut m, ag).update_rows(&mut p, RowGrads::Full(&g), w, &rows)
+            }
         }
         let step = format!("{name} step {t}");
         let params_gpu = ctx

@@ -15,7 +15,7 @@
 //!   negatives for implicit logs) and `n >= 3`, the last `max(1, n/10)` are test, the
 //!   `max(1, n/10)` before them validation, the rest train; smaller users go to train.
 
-use super::store::{Columns, Sorted, build_store, negative_item, splits_of};
+use super::store::{Columns, Sorted, negative_item, sort_events, splits_of};
 use super::{DataError, Dataset, Field, Interaction, InteractionLog, Samples, Vocab};
 use crate::config::{DataConfig, ModelConfig, Position};
 
@@ -76,33 +76,21 @@ pub fn build(
     name: &str,
 ) -> Result<Dataset, DataError> {
     check_log(&log, model, data)?;
-    let InteractionLog {
-        interactions,
-        implicit,
-        vocab,
-        user_features,
-        true_prob,
-    } = log;
-    let vocab = with_context_fields(vocab);
-    let negatives = if implicit { data.negatives } else { 0 };
-    check_counts(interactions.len(), negatives, name)?;
+    // Before sorting, which counts events in `u32`.
+    check_counts(log.interactions.len(), negatives(log.implicit, data), name)?;
+    let events = &log.interactions;
     let cols = Columns {
-        user: interactions.iter().map(|it| it.user).collect(),
-        item: interactions.iter().map(|it| it.item).collect(),
-        time: interactions.iter().map(|it| it.time).collect(),
-        label: (!implicit).then(|| interactions.iter().map(|it| it.label).collect()),
-        true_prob,
+        user: events.iter().map(|it| it.user).collect(),
+        item: events.iter().map(|it| it.item).collect(),
+        time: events.iter().map(|it| it.time).collect(),
+        label: (!log.implicit).then(|| events.iter().map(|it| it.label).collect()),
+        true_prob: log.true_prob,
     };
-    drop(interactions);
-    let [train, valid, test] =
-        build_store(cols, &vocab, &user_features, model, negatives, data.seed);
-    Ok(Dataset {
-        name: name.to_string(),
-        vocab,
-        train,
-        valid,
-        test,
-    })
+    drop(log.interactions);
+    let sorted = sort_events(cols, log.vocab.user_ids.len());
+    // (`build_sorted` checks the vocabulary again: a small cost beside the sort.)
+    let (implicit, vocab, features) = (log.implicit, log.vocab, log.user_features);
+    build_sorted(sorted, implicit, vocab, features, model, data, name)
 }
 
 /// Refuses a log the store cannot index: events and samples are numbered with `u32`
@@ -142,16 +130,17 @@ pub fn build_sorted(
         true_prob: None,
     };
     check_log(&log, model, data)?;
-    let InteractionLog {
-        vocab,
-        user_features,
-        ..
-    } = log;
-    let vocab = with_context_fields(vocab);
-    let negatives = if implicit { data.negatives } else { 0 };
+    let negatives = negatives(implicit, data);
     check_counts(sorted.item.len(), negatives, name)?;
-    let [train, valid, test] =
-        splits_of(sorted, &vocab, &user_features, model, negatives, data.seed);
+    let vocab = with_context_fields(log.vocab);
+    let [train, valid, test] = splits_of(
+        sorted,
+        &vocab,
+        &log.user_features,
+        model,
+        negatives,
+        data.seed,
+    );
     Ok(Dataset {
         name: name.to_string(),
         vocab,
@@ -159,6 +148,11 @@ pub fn build_sorted(
         valid,
         test,
     })
+}
+
+/// Negatives drawn per positive: the config's for a click log, none for an explicit one.
+fn negatives(implicit: bool, data: &DataConfig) -> usize {
+    if implicit { data.negatives } else { 0 }
 }
 
 /// The plain materialised assembly of the samples of `log` as `[train, valid, test]`
@@ -180,7 +174,7 @@ pub fn build_reference(
     let user_fields = vocab.fields.len();
     let vocab = with_context_fields(vocab);
     let layout = Layout::new(&vocab, model, user_fields);
-    let negatives = if implicit { data.negatives } else { 0 };
+    let negatives = negatives(implicit, data);
 
     let fields = vocab.fields.len();
     let new_split = || {
@@ -209,10 +203,13 @@ pub fn build_reference(
                 2
             };
             let i = timeline[j];
-            let context = Context {
+            let now = interactions[i].time;
+            let context = UserContext {
                 user: user as u32,
-                history: layout.history(&interactions, &timeline[..j], interactions[i].time),
-                other: layout.other(&user_features[user], interactions[i].time),
+                context: Context {
+                    history: layout.history(&interactions, &timeline[..j], now),
+                    other: layout.other(&user_features[user], now),
+                },
             };
             let target = &interactions[i];
             let prob = true_prob.as_ref().map(|p| p[i]);
@@ -360,49 +357,93 @@ fn timelines(interactions: &[Interaction], n_users: usize) -> Vec<Vec<usize>> {
 /// What a sample's rows are built from: the vocabulary sizes and the config.
 struct Layout<'a> {
     vocab: &'a Vocab,
-    seq_len: usize,
-    pos_buckets: usize,
-    position: Position,
+    model: &'a ModelConfig,
     /// Number of user fields; `hour` and `weekday` follow them.
     user_fields: usize,
 }
 
-/// The history of one sample: `(item, cat, pos)`, each `[L]`.
-struct History {
-    item: Vec<u32>,
-    cat: Vec<u32>,
-    pos: Vec<u32>,
+/// A sample's history, right-aligned (the newest in the last slot), 0 = padding.
+#[derive(Clone, Debug, PartialEq)]
+pub struct History {
+    /// (L) item rows.
+    pub item: Vec<u32>,
+    /// (L) category rows.
+    pub cat: Vec<u32>,
+    /// (L) position buckets.
+    pub pos: Vec<u32>,
 }
 
-impl<'a> Layout<'a> {
-    fn new(vocab: &'a Vocab, model: &ModelConfig, user_fields: usize) -> Layout<'a> {
-        Layout {
-            vocab,
-            seq_len: model.seq_len,
-            pos_buckets: model.pos_buckets,
-            position: model.position,
-            user_fields,
-        }
-    }
-
-    /// The right-aligned history of a target at time `now`, from the user's earlier
-    /// interactions `before` (oldest first); only the last `L` are kept.
-    fn history(&self, interactions: &[Interaction], before: &[usize], now: i64) -> History {
-        let l = self.seq_len;
-        let kept = &before[before.len().saturating_sub(l)..];
-        let pad = l - kept.len();
+impl History {
+    /// The history of a target at time `now` from the last `L` of a user's earlier
+    /// `events` (oldest first): `event(e)` is the item and time of `e`, or `None` for an
+    /// unknown item, whose slot stays padding. `item_cat`: each item's category.
+    pub fn of<E>(
+        model: &ModelConfig,
+        item_cat: &[u32],
+        now: i64,
+        events: &[E],
+        mut event: impl FnMut(&E) -> Option<(u32, i64)>,
+    ) -> History {
+        let l = model.seq_len;
+        let kept = &events[events.len().saturating_sub(l)..];
         let mut h = History {
             item: vec![0; l],
             cat: vec![0; l],
             pos: vec![0; l],
         };
-        for (slot, &i) in (pad..l).zip(kept) {
-            let it = &interactions[i];
-            h.item[slot] = it.item;
-            h.cat[slot] = self.vocab.item_cat[it.item as usize];
-            h.pos[slot] = history_position(self.position, self.pos_buckets, l, slot, now - it.time);
+        for (slot, e) in (l - kept.len()..l).zip(kept) {
+            let Some((item, time)) = event(e) else {
+                continue;
+            };
+            h.item[slot] = item;
+            h.cat[slot] = item_cat[item as usize];
+            h.pos[slot] = history_position(model.position, model.pos_buckets, l, slot, now - time);
         }
         h
+    }
+}
+
+/// What a user's samples at one time share (a positive and its negatives, or every
+/// candidate of a scoring request): the history rows and the other-feature rows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Context {
+    /// The history.
+    pub history: History,
+    /// (F) rows of `emb.other.weight`.
+    pub other: Vec<u32>,
+}
+
+impl Context {
+    /// Appends the sample of this context with target `(item, cat)` (rows), label
+    /// `label`, of dense user `user`.
+    pub fn push(&self, s: &mut Samples, (item, cat): (u32, u32), label: f32, user: u32) {
+        s.hist_item.extend_from_slice(&self.history.item);
+        s.hist_cat.extend_from_slice(&self.history.cat);
+        s.hist_pos.extend_from_slice(&self.history.pos);
+        s.target_item.push(item);
+        s.target_cat.push(cat);
+        s.other.extend_from_slice(&self.other);
+        s.label.push(label);
+        s.user.push(user);
+    }
+}
+
+impl<'a> Layout<'a> {
+    fn new(vocab: &'a Vocab, model: &'a ModelConfig, user_fields: usize) -> Layout<'a> {
+        Layout {
+            vocab,
+            model,
+            user_fields,
+        }
+    }
+
+    /// The history of a target at time `now`, from the user's earlier interactions
+    /// `before` (oldest first).
+    fn history(&self, interactions: &[Interaction], before: &[usize], now: i64) -> History {
+        let item_cat = &self.vocab.item_cat;
+        History::of(self.model, item_cat, now, before, |&i| {
+            Some((interactions[i].item, interactions[i].time))
+        })
     }
 
     /// Global rows `[F]`: each user field's `offset + local`, then hour and weekday.
@@ -421,23 +462,16 @@ impl<'a> Layout<'a> {
 }
 
 /// Everything a positive shares with its negatives.
-struct Context {
+struct UserContext {
     user: u32,
-    history: History,
-    other: Vec<u32>,
+    context: Context,
 }
 
-impl Context {
+impl UserContext {
     /// Appends one sample with target `item` to `s`.
     fn push(&self, s: &mut Samples, vocab: &Vocab, item: u32, label: f32, prob: Option<f32>) {
-        s.hist_item.extend_from_slice(&self.history.item);
-        s.hist_cat.extend_from_slice(&self.history.cat);
-        s.hist_pos.extend_from_slice(&self.history.pos);
-        s.target_item.push(item);
-        s.target_cat.push(vocab.item_cat[item as usize]);
-        s.other.extend_from_slice(&self.other);
-        s.label.push(label);
-        s.user.push(self.user);
+        let target = (item, vocab.item_cat[item as usize]);
+        self.context.push(s, target, label, self.user);
         if let (Some(all), Some(p)) = (s.true_prob.as_mut(), prob) {
             all.push(p);
         }

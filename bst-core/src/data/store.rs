@@ -434,7 +434,7 @@ impl SampleSource for Samples {
     }
 }
 
-/// The log's events as columns, in log order (what [`build_store`] sorts per user).
+/// The log's events as columns, in log order (what [`sort_events`] sorts per user).
 pub(crate) struct Columns {
     pub user: Vec<u32>,
     pub item: Vec<u32>,
@@ -498,21 +498,8 @@ pub(crate) fn sort_events(cols: Columns, n_users: usize) -> Sorted {
     }
 }
 
-/// The store of `cols` (already checked against `vocab`, which holds the context fields)
-/// and its `[train, valid, test]` splits (spec 1.2).
-pub(crate) fn build_store(
-    cols: Columns,
-    vocab: &Vocab,
-    user_features: &[Vec<u32>],
-    model: &crate::config::ModelConfig,
-    negatives: usize,
-    seed: u64,
-) -> [Split; 3] {
-    let sorted = sort_events(cols, vocab.user_ids.len());
-    splits_of(sorted, vocab, user_features, model, negatives, seed)
-}
-
-/// The store of the sorted events and its `[train, valid, test]` splits (spec 1.2).
+/// The store of the sorted events (checked against `vocab`, which holds the context
+/// fields) and its `[train, valid, test]` splits (spec 1.2).
 pub(crate) fn splits_of(
     sorted: Sorted,
     vocab: &Vocab,

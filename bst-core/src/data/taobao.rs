@@ -100,38 +100,50 @@ pub fn load_lines(path: &Path) -> Result<InteractionLog, DataError> {
         });
     }
 
-    if rows == 0 {
-        return Err(empty(
-            path,
-            "empty file: expected rows of user_id,item_id,category_id,behavior_type,timestamp",
-        ));
-    }
-    if interactions.is_empty() {
-        return Err(empty(path, "no `pv` (click) rows: nothing to learn from"));
-    }
-    let (item_cat, cat_names) = number_categories(&item_ids, &item_cat_tokens);
-    let (fields, user_features) = user_id_field(&user_ids);
+    check_not_empty(path, rows, interactions.len())?;
+    let cats = number_categories(&item_ids, &item_cat_tokens);
+    let (vocab, user_features) = click_log_vocab(item_ids, cats, user_ids);
     Ok(InteractionLog {
         interactions,
         implicit: true,
-        vocab: Vocab {
-            item_ids,
-            item_cat,
-            cat_names,
-            user_ids,
-            fields,
-        },
+        vocab,
         user_features,
         true_prob: None,
     })
 }
 
-/// An error about the whole file.
-fn empty(path: &Path, msg: &str) -> DataError {
-    DataError::File {
+/// The vocabulary of a click log of items `item_ids` with their categories
+/// `(item_cat, cat_names)` and users `user_ids`, whose one user field is the user id
+/// ([`user_id_field`]), and each user's features.
+fn click_log_vocab(
+    item_ids: Vec<String>,
+    (item_cat, cat_names): (Vec<u32>, Vec<String>),
+    user_ids: Vec<String>,
+) -> (Vocab, Vec<Vec<u32>>) {
+    let (fields, user_features) = user_id_field(&user_ids);
+    let vocab = Vocab {
+        item_ids,
+        item_cat,
+        cat_names,
+        user_ids,
+        fields,
+    };
+    (vocab, user_features)
+}
+
+/// Refuses a file of no data rows, or of no clicks among its `rows` data rows.
+fn check_not_empty(path: &Path, rows: usize, clicks: usize) -> Result<(), DataError> {
+    let msg = match (rows, clicks) {
+        (0, _) => {
+            "empty file: expected rows of user_id,item_id,category_id,behavior_type,timestamp"
+        }
+        (_, 0) => "no `pv` (click) rows: nothing to learn from",
+        _ => return Ok(()),
+    };
+    Err(DataError::File {
         path: path.to_path_buf(),
         msg: msg.to_string(),
-    }
+    })
 }
 
 /// Bytes read (and parsed in parallel) at a time.
@@ -307,15 +319,7 @@ pub fn parse(path: &Path, block: usize) -> Result<Parsed, DataError> {
         Ok(())
     })?;
 
-    if data_rows == 0 {
-        return Err(empty(
-            path,
-            "empty file: expected rows of user_id,item_id,category_id,behavior_type,timestamp",
-        ));
-    }
-    if item.is_empty() {
-        return Err(empty(path, "no `pv` (click) rows: nothing to learn from"));
-    }
+    check_not_empty(path, data_rows, item.len())?;
     // Categories numbered in item order (as `number_categories`).
     let mut cat_ids = cats.into_ids();
     let mut cat_new = vec![0u32; cat_ids.len()];
@@ -336,18 +340,12 @@ pub fn parse(path: &Path, block: usize) -> Result<Parsed, DataError> {
         })
         .collect();
     let (user_ids, item_ids) = (users.into_ids(), items.into_ids());
-    let (fields, user_features) = user_id_field(&user_ids);
+    let (vocab, user_features) = click_log_vocab(item_ids, (item_cat, cat_names), user_ids);
     Ok(Parsed {
         user,
         item,
         time,
-        vocab: Vocab {
-            item_ids,
-            item_cat,
-            cat_names,
-            user_ids,
-            fields,
-        },
+        vocab,
         user_features,
     })
 }

@@ -279,6 +279,30 @@ mod tests {
         usize,
     );
 
+    /// `[dinp, dweight, dbias]` of `backward` from `dout`, `inp` and `w` over
+    /// `(rows, n_in, n_out)`, the weight's and the bias's gradients starting at `dw`, `db`.
+    fn run_backward(
+        backward: Backward,
+        [dout, inp, w]: [&[f32]; 3],
+        (rows, n_in, n_out): (usize, usize, usize),
+        mut dw: Vec<f32>,
+        mut db: Vec<f32>,
+    ) -> [Vec<f32>; 3] {
+        let mut dinp = vec![0.0; rows * n_in];
+        backward(
+            Some(&mut dinp),
+            &mut dw,
+            Some(&mut db),
+            dout,
+            inp,
+            w,
+            rows,
+            n_in,
+            n_out,
+        );
+        [dinp, dw, db]
+    }
+
     #[test]
     fn backward_matches_the_plain_loops() {
         let (rows, n_in, n_out) = (131, 37, 45);
@@ -288,23 +312,8 @@ mod tests {
             random_vec(rows * n_out, 10),
         );
         let run = |backward: Backward| {
-            let (mut dinp, mut dw, mut db) = (
-                vec![0.0; rows * n_in],
-                vec![0.5; n_out * n_in],
-                vec![0.25; n_out],
-            );
-            backward(
-                Some(&mut dinp),
-                &mut dw,
-                Some(&mut db),
-                &dout,
-                &inp,
-                &w,
-                rows,
-                n_in,
-                n_out,
-            );
-            [dinp, dw, db]
+            let (dw, db) = (vec![0.5; n_out * n_in], vec![0.25; n_out]);
+            run_backward(backward, [&dout, &inp, &w], (rows, n_in, n_out), dw, db)
         };
         let got = run(matmul_backward);
         let want = run(crate::cpu::reference::matmul_backward);
@@ -386,20 +395,9 @@ mod tests {
         pool.install(|| {
             let mut out = vec![0.0; rows * n_out];
             matmul_forward(&mut out, &inp, &w, Some(&b), rows, n_in, n_out);
-            let mut dinp = vec![0.0; rows * n_in];
-            let mut dw = random_vec(n_out * n_in, 15); // accumulates
-            let mut db = vec![0.5; n_out];
-            matmul_backward(
-                Some(&mut dinp),
-                &mut dw,
-                Some(&mut db),
-                &dout,
-                &inp,
-                &w,
-                rows,
-                n_in,
-                n_out,
-            );
+            let (dw, db) = (random_vec(n_out * n_in, 15), vec![0.5; n_out]); // accumulate
+            let dims = (rows, n_in, n_out);
+            let [dinp, dw, db] = run_backward(matmul_backward, [&dout, &inp, &w], dims, dw, db);
             [out, dinp, dw, db]
         })
     }

@@ -5,6 +5,8 @@
 //! of their backwards run here. (The other ops of [`crate::cpu`] are plain loops already.)
 //! Same signatures as the fast versions: outputs first, then inputs, then dimensions.
 
+use crate::cpu::attention::head_dims;
+
 /// out (rows, n_out) = inp (rows, n_in) weight^T (n_in, n_out) + bias (n_out)
 pub fn matmul_forward(
     out: &mut [f32],
@@ -89,11 +91,9 @@ pub fn attention_forward(
     d: usize,
     h: usize,
 ) {
-    let dh = d / h;
-    let scale = 1.0 / (dh as f32).sqrt();
-    let col =
-        |bi: usize, t: usize, part: usize, j: usize| (bi * t_n + t) * 3 * d + part * d + j * dh;
     out[..b * t_n * d].fill(0.0);
+    let (dh, scale) = head_dims(d, h);
+    let col = qkv_col(t_n, d, dh);
     for bi in 0..b {
         for j in 0..h {
             for t1 in 0..t_n {
@@ -143,11 +143,9 @@ pub fn attention_backward(
     d: usize,
     h: usize,
 ) {
-    let dh = d / h;
-    let scale = 1.0 / (dh as f32).sqrt();
-    let col =
-        |bi: usize, t: usize, part: usize, j: usize| (bi * t_n + t) * 3 * d + part * d + j * dh;
     dqkv[..b * t_n * 3 * d].fill(0.0);
+    let (dh, scale) = head_dims(d, h);
+    let col = qkv_col(t_n, d, dh);
     for bi in 0..b {
         for j in 0..h {
             for t1 in 0..t_n {
@@ -168,6 +166,12 @@ pub fn attention_backward(
             }
         }
     }
+}
+
+/// `col(bi, t, part, j)`: where head `j`'s query, key or value (`part` 0, 1, 2) of token
+/// `t` of sample `bi` starts in qkv (B, T, 3d), for `T = t_n` and `dh` columns per head.
+fn qkv_col(t_n: usize, d: usize, dh: usize) -> impl Fn(usize, usize, usize, usize) -> usize {
+    move |bi, t, part, j| (bi * t_n + t) * 3 * d + part * d + j * dh
 }
 
 pub use crate::cpu::topk::top_k_reference as top_k;
