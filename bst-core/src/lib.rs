@@ -48,6 +48,7 @@
 //!         }
 //!     }
 //!     Event::Epoch(r) => println!("epoch {}: validation AUC {:.4}", r.epoch, r.valid.auc),
+//!     _ => {} // e.g. Event::Evaluating: progress while a split is scored
 //! })
 //! .unwrap();
 //! assert!(report.test.auc.is_finite());

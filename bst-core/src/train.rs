@@ -49,7 +49,9 @@ pub struct TrainReport {
     pub device: String,
 }
 
-/// What the loop reports while it runs.
+/// What the loop reports while it runs. Non-exhaustive: later versions may report more,
+/// so a `match` ends with `_ => {}`.
+#[non_exhaustive]
 pub enum Event<'a> {
     /// The loss was read (every [`TrainOptions::loss_every`] steps and at the epoch's end).
     Step {

@@ -409,6 +409,7 @@ fn run_training_with(
                 }
             }
         }
+        _ => {}
     };
     let result = train::train_in_group(backend, ds, &cfg.train, opts, group, &mut on_event);
     if let Some(b) = bar.take() {
