@@ -20,11 +20,63 @@ fn is_pos(label: f32) -> bool {
     label > 0.5
 }
 
+/// A sample's index into the metrics' slices, as sorted: `u32`, half the memory of
+/// `usize` for the tens of millions of samples of a large split (`usize` above 2^32).
+trait SampleIndex: Copy {
+    fn get(self) -> usize;
+}
+
+impl SampleIndex for u32 {
+    #[inline]
+    fn get(self) -> usize {
+        self as usize
+    }
+}
+
+impl SampleIndex for usize {
+    #[inline]
+    fn get(self) -> usize {
+        self
+    }
+}
+
+/// AUC of all samples, `idx` holding `0..n` in any order: sorted by score first.
+fn auc_by<I: SampleIndex>(mut idx: Vec<I>, scores: &[f32], labels: &[f32]) -> Option<f64> {
+    idx.sort_unstable_by(|&a, &b| scores[a.get()].total_cmp(&scores[b.get()]));
+    auc_sorted(&idx, scores, labels)
+}
+
+/// GAUC, `idx` holding `0..n` in any order: one sort by (user, score) groups the users
+/// and orders each group by score.
+fn gauc_by<I: SampleIndex>(
+    mut idx: Vec<I>,
+    scores: &[f32],
+    labels: &[f32],
+    users: &[u32],
+) -> Option<f64> {
+    idx.sort_unstable_by(|&a, &b| {
+        let (a, b) = (a.get(), b.get());
+        match users[a].cmp(&users[b]) {
+            Ordering::Equal => scores[a].total_cmp(&scores[b]),
+            o => o,
+        }
+    });
+    let mut weighted = 0.0f64;
+    let mut weight = 0usize;
+    for group in idx.chunk_by(|&a, &b| users[a.get()] == users[b.get()]) {
+        if let Some(a) = auc_sorted(group, scores, labels) {
+            weighted += a * group.len() as f64;
+            weight += group.len();
+        }
+    }
+    (weight > 0).then(|| weighted / weight as f64)
+}
+
 /// AUC of the samples `idx` (indices into `scores`/`labels`), which must already be
 /// sorted by ascending score. Ties get average ranks, so a tied positive/negative pair
 /// counts one half. `None` when the samples do not hold both classes.
-fn auc_sorted(idx: &[usize], scores: &[f32], labels: &[f32]) -> Option<f64> {
-    let n_pos = idx.iter().filter(|&&i| is_pos(labels[i])).count();
+fn auc_sorted<I: SampleIndex>(idx: &[I], scores: &[f32], labels: &[f32]) -> Option<f64> {
+    let n_pos = idx.iter().filter(|&&i| is_pos(labels[i.get()])).count();
     let n_neg = idx.len() - n_pos;
     if n_pos == 0 || n_neg == 0 {
         return None;
@@ -33,16 +85,16 @@ fn auc_sorted(idx: &[usize], scores: &[f32], labels: &[f32]) -> Option<f64> {
     let mut rank_sum = 0.0f64;
     let mut start = 0;
     while start < idx.len() {
-        let s = scores[idx[start]];
+        let s = scores[idx[start].get()];
         let mut end = start + 1;
-        while end < idx.len() && scores[idx[end]] == s {
+        while end < idx.len() && scores[idx[end].get()] == s {
             end += 1;
         }
         // Ranks start+1 ..= end share their mean.
         let avg_rank = (start + 1 + end) as f64 / 2.0;
         let pos_in_group = idx[start..end]
             .iter()
-            .filter(|&&i| is_pos(labels[i]))
+            .filter(|&&i| is_pos(labels[i.get()]))
             .count();
         rank_sum += avg_rank * pos_in_group as f64;
         start = end;
@@ -62,9 +114,10 @@ pub fn auc(scores: &[f32], labels: &[f32]) -> Option<f64> {
         labels.len(),
         "auc: scores/labels length mismatch"
     );
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_unstable_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-    auc_sorted(&idx, scores, labels)
+    match u32::try_from(scores.len()) {
+        Ok(n) => auc_by((0..n).collect(), scores, labels),
+        Err(_) => auc_by((0..scores.len()).collect(), scores, labels),
+    }
 }
 
 /// Group AUC: per-user AUCs averaged with weights equal to the user's sample count,
@@ -83,21 +136,10 @@ pub fn gauc(scores: &[f32], labels: &[f32], users: &[u32]) -> Option<f64> {
         users.len(),
         "gauc: scores/users length mismatch"
     );
-    // One sort by (user, score) groups the users and orders each group by score.
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_unstable_by(|&a, &b| match users[a].cmp(&users[b]) {
-        Ordering::Equal => scores[a].total_cmp(&scores[b]),
-        o => o,
-    });
-    let mut weighted = 0.0f64;
-    let mut weight = 0usize;
-    for group in idx.chunk_by(|&a, &b| users[a] == users[b]) {
-        if let Some(a) = auc_sorted(group, scores, labels) {
-            weighted += a * group.len() as f64;
-            weight += group.len();
-        }
+    match u32::try_from(scores.len()) {
+        Ok(n) => gauc_by((0..n).collect(), scores, labels, users),
+        Err(_) => gauc_by((0..scores.len()).collect(), scores, labels, users),
     }
-    (weight > 0).then(|| weighted / weight as f64)
 }
 
 /// Mean binary cross-entropy with probabilities clipped to `[1e-7, 1 - 1e-7]`,
@@ -267,6 +309,26 @@ mod tests {
                 other => panic!("mismatch {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn wide_indices_give_the_same_metrics_as_narrow_ones() {
+        // Splits of more than 2^32 samples sort `usize` indices; the same code path.
+        let mut rng = SplitMix(7);
+        let n = 500;
+        let scores: Vec<f32> = (0..n).map(|_| rng.below(20) as f32 / 20.0).collect();
+        let labels: Vec<f32> = (0..n).map(|_| rng.below(2) as f32).collect();
+        let users: Vec<u32> = (0..n).map(|_| rng.below(30) as u32).collect();
+        let wide: Vec<usize> = (0..n).collect();
+        let narrow: Vec<u32> = (0..n as u32).collect();
+        assert_eq!(
+            auc_by(wide.clone(), &scores, &labels),
+            auc_by(narrow.clone(), &scores, &labels)
+        );
+        assert_eq!(
+            gauc_by(wide, &scores, &labels, &users),
+            gauc_by(narrow, &scores, &labels, &users)
+        );
     }
 
     #[test]
