@@ -311,7 +311,6 @@ pub fn train_in_group(
         (Some(p), _) => HeldBest::Here(p),
     };
 
-    let mut order = epoch_order(ds.train.len(), cfg.seed, progress.epoch);
     // Batches are gathered (and, on a GPU, segmented) on a producer thread, ahead of the
     // step that takes them.
     let preparer = backend.batch_preparer();
@@ -322,7 +321,10 @@ pub fn train_in_group(
             break;
         }
         backend.set_lr(cfg.lr_at(epoch));
-        Rng::new(cfg.seed).fork(epoch as u64).shuffle(&mut order);
+        // Built for the epoch and freed before its validation, which then does not hold it
+        // beside the scores (550 MB at 143.6M samples); replaying the epoch's shuffles
+        // costs a second or two each at that size, nothing beside the epoch.
+        let order = epoch_order(ds.train.len(), cfg.seed, epoch);
         let start = Instant::now();
         let mut window_start = progress.step + 1;
         let skip = progress.step;
@@ -403,6 +405,7 @@ pub fn train_in_group(
                 Ok(())
             },
         )?;
+        drop(order);
         let seconds = progress.epoch_seconds + start.elapsed().as_secs_f64();
         let valid = evaluate_split(backend, &ds.valid, "validation", cfg, group, on_event)
             .map_err(failed(format!("validating epoch {epoch}"), saved))?;
@@ -455,9 +458,6 @@ pub fn train_in_group(
         }
     }
 
-    // Only the evaluations are left: free the epoch order before the best parameters come
-    // back into memory.
-    drop(order);
     let best_epoch = progress.best.expect("at least one epoch").epoch;
     let params = match best {
         HeldBest::Here(p) => p,
