@@ -6,9 +6,9 @@
 
 use bst_core::backend::{Backend, CpuBackend};
 use bst_core::batch::Batch;
-use bst_core::checkpoint::{self, Checkpoint, RunCheckpointer, RunInfo};
+use bst_core::checkpoint::{self, Checkpoint, RunCheckpointer};
 use bst_core::config::Config;
-use bst_core::data::{self, DataSource, Dataset};
+use bst_core::data::Dataset;
 use bst_core::optim::{OptimSnapshot, OptimState};
 use bst_core::params::ParamLayout;
 use bst_core::train::{
@@ -17,26 +17,9 @@ use bst_core::train::{
 };
 use std::path::Path;
 
-fn tiny_config() -> Config {
-    let mut cfg = Config::synthetic(80);
-    let m = &mut cfg.model;
-    (m.seq_len, m.d_item, m.d_cat, m.d_pos, m.heads) = (8, 8, 4, 4, 2);
-    (m.d_ff, m.d_other, m.mlp) = (32, 4, vec![32, 16]);
-    cfg.train.batch = 64;
-    cfg
-}
-
-fn dataset(cfg: &Config) -> Dataset {
-    data::load(&DataSource::Synthetic, cfg).expect("synthetic data")
-}
-
-fn info<'a>(cfg: &'a Config, ds: &'a Dataset) -> RunInfo<'a> {
-    RunInfo {
-        config: cfg,
-        vocab: &ds.vocab,
-        data_source: "synthetic",
-    }
-}
+#[path = "common/run.rs"]
+mod run;
+use run::{dataset, info, tiny_config};
 
 /// Progress after `epoch` epochs, the best being `best`.
 fn progress(epoch: usize, best: usize) -> Progress {

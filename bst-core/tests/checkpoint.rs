@@ -7,9 +7,9 @@
 
 use bst_core::backend::{Backend, BackendError, CpuBackend};
 use bst_core::batch::Batch;
-use bst_core::checkpoint::{self, Checkpoint, RunCheckpointer, RunInfo};
+use bst_core::checkpoint::{self, Checkpoint, RunCheckpointer};
 use bst_core::config::{Config, Optimizer};
-use bst_core::data::{self, DataSource, Dataset};
+use bst_core::data::Dataset;
 use bst_core::model::Model;
 use bst_core::optim::OptimSnapshot;
 use bst_core::params::ParamLayout;
@@ -22,28 +22,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "common/run.rs"]
+mod run;
+use run::{dataset, info};
+
 fn tiny_config(optimizer: Optimizer) -> Config {
-    let mut cfg = Config::default();
-    cfg.data.synthetic_users = 80;
-    let m = &mut cfg.model;
-    (m.seq_len, m.d_item, m.d_cat, m.d_pos, m.heads) = (8, 8, 4, 4, 2);
-    (m.d_ff, m.d_other, m.mlp) = (32, 4, vec![32, 16]);
+    let mut cfg = run::tiny_config();
     cfg.train.optimizer = optimizer;
-    cfg.train.batch = 64;
     cfg.train.epochs = 2;
     cfg
-}
-
-fn dataset(cfg: &Config) -> Dataset {
-    data::load(&DataSource::Synthetic, cfg).expect("synthetic data")
-}
-
-fn info<'a>(cfg: &'a Config, ds: &'a Dataset) -> RunInfo<'a> {
-    RunInfo {
-        config: cfg,
-        vocab: &ds.vocab,
-        data_source: "synthetic",
-    }
 }
 
 /// Trains with checkpoints into `dir`; `stop_after` sets the stop flag after that
