@@ -1,7 +1,7 @@
 //! `bst-train ablate`: the paper's Table 4 on one split.
 
 use crate::cli::RunArgs;
-use crate::device::make_backend;
+use crate::device::{Start, make_backend};
 use crate::run::{load_data, run_training};
 use bst_core::config::{Config, Pooling};
 
@@ -27,7 +27,7 @@ pub fn ablate(args: &RunArgs) -> anyhow::Result<()> {
         cfg.model.blocks = blocks;
         cfg.model.pooling = pooling;
         eprintln!("== {name}");
-        let mut backend = make_backend(args.device, &cfg, &ds)?;
+        let mut backend = make_backend(args.device, &cfg, &ds, Start::Init)?;
         let r = run_training(backend.as_mut(), &ds, &cfg, args.quiet)?;
         rows.push((name, r));
     }

@@ -3,7 +3,7 @@
 
 use crate::cli::RunArgs;
 use crate::cluster;
-use crate::device::make_backend;
+use crate::device::{Start, make_backend};
 use crate::plot;
 use crate::progress::{self, StepProgress, Throttle};
 use anyhow::Context;
@@ -154,7 +154,12 @@ pub fn train(args: &RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let mut backend = make_backend(args.device, &cfg, &ds)?;
+    let start = if resume.is_some() {
+        Start::Restore
+    } else {
+        Start::Init
+    };
+    let mut backend = make_backend(args.device, &cfg, &ds, start)?;
     if let Some(m) = cluster::member() {
         eprintln!(
             "rank {} of {} on {} (local rank {} of {}): device {}",
