@@ -3,6 +3,7 @@
 //! (who writes the run folder, who prints progress) asks here, without MPI.
 
 use bst_core::collective::Collective;
+use std::io::Write;
 use std::sync::{Arc, OnceLock};
 
 /// This process's place in a launch of several.
@@ -38,4 +39,14 @@ pub fn group() -> Option<Arc<dyn Collective>> {
 /// Whether this process writes files and prints progress: rank 0, or a lone process.
 pub fn is_root() -> bool {
     member().is_none_or(|m| m.group.rank() == 0)
+}
+
+/// Writes `line` and a newline to standard error in one write. The ranks of a launch
+/// share the launcher's standard error, and `eprintln!` writes a line in pieces, so two
+/// ranks' lines printed at once interleave mid-line; one write of a short line to a pipe
+/// is atomic.
+pub fn say(line: &str) {
+    let _ = std::io::stderr()
+        .lock()
+        .write_all(format!("{line}\n").as_bytes());
 }

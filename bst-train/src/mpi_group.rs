@@ -234,6 +234,6 @@ pub fn init() -> anyhow::Result<Option<Universe>> {
 /// launcher then names the rank that aborted).
 pub fn abort(msg: &str, code: i32) -> ! {
     let world = SimpleCommunicator::world();
-    eprintln!("rank {} of {}: {msg}", world.rank(), world.size());
+    crate::cluster::say(&format!("rank {} of {}: {msg}", world.rank(), world.size()));
     world.abort(code)
 }

@@ -40,10 +40,12 @@ fn catch_ctrl_c() -> &'static AtomicBool {
         });
         let r = ctrlc::set_handler(move || {
             if STOP.swap(true, Ordering::SeqCst) {
-                eprintln!("\n{who}second Ctrl-C: quitting without saving");
+                cluster::say(&format!("\n{who}second Ctrl-C: quitting without saving"));
                 std::process::exit(EXIT_INTERRUPTED);
             }
-            eprintln!("\n{who}Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again quits at once)");
+            cluster::say(&format!(
+                "\n{who}Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again quits at once)"
+            ));
         });
         if let Err(e) = r {
             eprintln!("warning: cannot catch Ctrl-C ({e}); an interrupted run will not save");
@@ -161,7 +163,7 @@ pub fn train(args: &RunArgs) -> anyhow::Result<()> {
     };
     let mut backend = make_backend(args.device, &cfg, &ds, start)?;
     if let Some(m) = cluster::member() {
-        eprintln!(
+        cluster::say(&format!(
             "rank {} of {} on {} (local rank {} of {}): device {}",
             m.group.rank(),
             m.group.size(),
@@ -169,7 +171,7 @@ pub fn train(args: &RunArgs) -> anyhow::Result<()> {
             m.local_rank,
             m.local_size,
             backend.describe()
-        );
+        ));
     }
     if root {
         eprintln!(
