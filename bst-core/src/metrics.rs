@@ -9,6 +9,7 @@
 //!
 //! Labels are 0/1 floats; a label `> 0.5` counts as positive.
 
+use crate::batch::SampleIndex;
 use std::cmp::Ordering;
 use std::fmt;
 
@@ -20,29 +21,11 @@ fn is_pos(label: f32) -> bool {
     label > 0.5
 }
 
-/// A sample's index into the metrics' slices, as sorted: `u32`, half the memory of
-/// `usize` for the tens of millions of samples of a large split (`usize` above 2^32).
-trait SampleIndex: Copy {
-    fn get(self) -> usize;
-}
-
-impl SampleIndex for u32 {
-    #[inline]
-    fn get(self) -> usize {
-        self as usize
-    }
-}
-
-impl SampleIndex for usize {
-    #[inline]
-    fn get(self) -> usize {
-        self
-    }
-}
-
-/// AUC of all samples, `idx` holding `0..n` in any order: sorted by score first.
+/// AUC of all samples, `idx` holding `0..n` in any order: sorted by score first. [`auc`]
+/// and [`gauc`] pass `u32` indices where they fit (68 MB rather than 135 MB of `usize` for
+/// a split of 16.9M samples).
 fn auc_by<I: SampleIndex>(mut idx: Vec<I>, scores: &[f32], labels: &[f32]) -> Option<f64> {
-    idx.sort_unstable_by(|&a, &b| scores[a.get()].total_cmp(&scores[b.get()]));
+    idx.sort_unstable_by(|&a, &b| scores[a.at()].total_cmp(&scores[b.at()]));
     auc_sorted(&idx, scores, labels)
 }
 
@@ -55,7 +38,7 @@ fn gauc_by<I: SampleIndex>(
     users: &[u32],
 ) -> Option<f64> {
     idx.sort_unstable_by(|&a, &b| {
-        let (a, b) = (a.get(), b.get());
+        let (a, b) = (a.at(), b.at());
         match users[a].cmp(&users[b]) {
             Ordering::Equal => scores[a].total_cmp(&scores[b]),
             o => o,
@@ -63,7 +46,7 @@ fn gauc_by<I: SampleIndex>(
     });
     let mut weighted = 0.0f64;
     let mut weight = 0usize;
-    for group in idx.chunk_by(|&a, &b| users[a.get()] == users[b.get()]) {
+    for group in idx.chunk_by(|&a, &b| users[a.at()] == users[b.at()]) {
         if let Some(a) = auc_sorted(group, scores, labels) {
             weighted += a * group.len() as f64;
             weight += group.len();
@@ -76,7 +59,7 @@ fn gauc_by<I: SampleIndex>(
 /// sorted by ascending score. Ties get average ranks, so a tied positive/negative pair
 /// counts one half. `None` when the samples do not hold both classes.
 fn auc_sorted<I: SampleIndex>(idx: &[I], scores: &[f32], labels: &[f32]) -> Option<f64> {
-    let n_pos = idx.iter().filter(|&&i| is_pos(labels[i.get()])).count();
+    let n_pos = idx.iter().filter(|&&i| is_pos(labels[i.at()])).count();
     let n_neg = idx.len() - n_pos;
     if n_pos == 0 || n_neg == 0 {
         return None;
@@ -85,16 +68,16 @@ fn auc_sorted<I: SampleIndex>(idx: &[I], scores: &[f32], labels: &[f32]) -> Opti
     let mut rank_sum = 0.0f64;
     let mut start = 0;
     while start < idx.len() {
-        let s = scores[idx[start].get()];
+        let s = scores[idx[start].at()];
         let mut end = start + 1;
-        while end < idx.len() && scores[idx[end].get()] == s {
+        while end < idx.len() && scores[idx[end].at()] == s {
             end += 1;
         }
         // Ranks start+1 ..= end share their mean.
         let avg_rank = (start + 1 + end) as f64 / 2.0;
         let pos_in_group = idx[start..end]
             .iter()
-            .filter(|&&i| is_pos(labels[i.get()]))
+            .filter(|&&i| is_pos(labels[i.at()]))
             .count();
         rank_sum += avg_rank * pos_in_group as f64;
         start = end;

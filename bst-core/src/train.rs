@@ -322,8 +322,9 @@ pub fn train_in_group(
         }
         backend.set_lr(cfg.lr_at(epoch));
         // Built for the epoch and freed before its validation, which then does not hold it
-        // beside the scores (550 MB at 143.6M samples); replaying the epoch's shuffles
-        // costs a second or two each at that size, nothing beside the epoch.
+        // beside the scores (550 MB at 143.6M samples). Epoch `e` replays `e` shuffles:
+        // measured at 143.6M samples, about 10 s for epoch 2 on 2 busy cores, against a
+        // day for the epoch itself; nothing at ml-100k's size.
         let order = epoch_order(ds.train.len(), cfg.seed, epoch);
         let start = Instant::now();
         let mut window_start = progress.step + 1;

@@ -42,7 +42,7 @@ fn gpu_context(allow_software: bool) -> Result<Arc<GpuContext>, String> {
 }
 
 /// What a new training backend's parameters start as.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 pub enum Start {
     /// Freshly initialised (spec section 2).
     Init,
