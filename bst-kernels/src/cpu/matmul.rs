@@ -2,7 +2,6 @@
 
 use gemm::Parallelism;
 use rayon::prelude::*;
-use std::cell::Cell;
 
 /// `c (m, n) = a (m, k) b (k, n) + beta * c`, `beta` 0 or 1, with arbitrary strides on
 /// `a` and `b`. Each output is one dot product summed in order over `k` (in blocks of a
@@ -75,25 +74,10 @@ fn threads() -> Parallelism {
     }
 }
 
-/// Input width from which [`matmul_forward`] hands gemm the weight transposed. gemm 0.19
-/// reads `weight^T`, whose columns are the weight's rows `n_in` floats apart, without
-/// packing it, and from about 2 KB apart those reads cost more than a transposed copy:
-/// the MLP's 1024 -> 512 layer at 128 rows takes 1.36 ms as `weight^T` and 0.80 ms
-/// transposed first, copy included (1.83 and 1.33 ms at 256 rows; the same bits). Narrower
-/// layers gain nothing, nor do small products (below 3 rows or 128 outputs).
-const TRANSPOSE_FROM_N_IN: usize = 512;
-
-thread_local! {
-    /// The transposed weight's buffer, kept between calls (taken while in use, so a call
-    /// nested on the same thread gets a fresh one).
-    static WEIGHT_T: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
-}
-
 /// out (rows, n_out) = inp (rows, n_in) weight^T (n_in, n_out) + bias (n_out)
 ///
 /// One gemm over all rows, on gemm's own threads (rayon's pool): the weight is packed once
-/// per block of the product, not once per task of rows. From [`TRANSPOSE_FROM_N_IN`] inputs
-/// the weight is transposed first; each output is the same dot product either way.
+/// per block of the product, not once per task of rows.
 pub fn matmul_forward(
     out: &mut [f32],
     inp: &[f32],
@@ -105,63 +89,19 @@ pub fn matmul_forward(
 ) {
     let out = &mut out[..rows * n_out];
     let beta = fill_bias(out, bias, n_out);
-    // Few rows or outputs go to gemm's routines for small products, whose order of
-    // summation depends on the layout (1 or 2 rows below 129 outputs, checked): those stay
-    // as they were, so the transposed weight changes no result.
-    let direct = n_in < TRANSPOSE_FROM_N_IN || rows < 3 || n_out < 128;
-    let mut weight_t = if direct { Vec::new() } else { WEIGHT_T.take() };
-    let (b, b_strides) = if direct {
-        // b[k][j] = weight[j][k]: row stride 1, column stride n_in.
-        (weight, (1, n_in))
-    } else {
-        weight_t.resize(n_in * n_out, 0.0);
-        transpose(&weight[..n_out * n_in], &mut weight_t, n_out, n_in);
-        // b[k][j] = weight_t[k][j]: row stride n_out, column stride 1.
-        (&weight_t[..], (n_out, 1))
-    };
-    let par = threads();
+    // b[k][j] = weight[j][k]: row stride 1, column stride n_in.
     sgemm(
         out,
         inp,
         (n_in, 1),
-        b,
-        b_strides,
+        weight,
+        (1, n_in),
         rows,
         n_in,
         n_out,
         beta,
-        par,
+        threads(),
     );
-    if !direct {
-        WEIGHT_T.set(weight_t);
-    }
-}
-
-/// dst (cols, rows) = src (rows, cols)^T, in tiles of 8 x 8 written a row of `dst` at a
-/// time (tiles of 32 ran 2.4x slower on a 512 x 1024 weight: 32 rows 4 KB apart fight over
-/// the same cache sets); parallel over bands of `dst`'s rows on rayon's pool.
-fn transpose(src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
-    const TILE: usize = 8;
-    let band = cols
-        .div_ceil(rayon::current_num_threads())
-        .next_multiple_of(TILE);
-    dst[..rows * cols]
-        .par_chunks_mut(band * rows)
-        .enumerate()
-        .for_each(|(bi, dst)| {
-            let c_base = bi * band;
-            let band_cols = dst.len() / rows;
-            for r0 in (0..rows).step_by(TILE) {
-                for c0 in (0..band_cols).step_by(TILE) {
-                    for c in c0..(c0 + TILE).min(band_cols) {
-                        let d = &mut dst[c * rows..(c + 1) * rows];
-                        for r in r0..(r0 + TILE).min(rows) {
-                            d[r] = src[r * cols + c_base + c];
-                        }
-                    }
-                }
-            }
-        });
 }
 
 /// Each row of `out (rows, n_out)` set to `bias`: then 1.0, the `beta` that adds the product
@@ -437,62 +377,6 @@ mod tests {
         }
         for (g, w) in out.iter().zip(&want) {
             assert!((g - w).abs() <= 1e-5 + 1e-5 * w.abs(), "{g} vs {w}");
-        }
-    }
-
-    #[test]
-    fn a_wide_forward_gives_the_bits_of_the_untransposed_weight() {
-        // Transposed first: the MLP's wide layers at batches 128 and 256, awkward sizes
-        // (not multiples of the tiles) and the smallest product that is; then products
-        // left as they were.
-        let cases = [
-            (128, 1024, 512, 1),
-            (256, 512, 256, 2),
-            (131, 600, 200, 1),
-            (7, 1024, 513, 2),
-            (3, 512, 128, 3),
-            (2, 517, 128, 3),
-            (131, 600, 45, 2),
-        ];
-        for (rows, n_in, n_out, threads) in cases {
-            let (inp, w, b) = (
-                random_vec(rows * n_in, 21),
-                random_vec(n_out * n_in, 22),
-                random_vec(n_out, 23),
-            );
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            let got = pool.install(|| {
-                let mut out = vec![0.0; rows * n_out];
-                matmul_forward(&mut out, &inp, &w, Some(&b), rows, n_in, n_out);
-                out
-            });
-            // The same product read straight from the weight, as narrower layers are.
-            let mut want = vec![0.0; rows * n_out];
-            let beta = fill_bias(&mut want, Some(&b), n_out);
-            let par = Parallelism::None;
-            sgemm(
-                &mut want,
-                &inp,
-                (n_in, 1),
-                &w,
-                (1, n_in),
-                rows,
-                n_in,
-                n_out,
-                beta,
-                par,
-            );
-            assert!(
-                got == want,
-                "{rows} x {n_in} -> {n_out} on {threads} threads"
-            );
-            let naive = naive_forward(&inp, &w, &b, rows, n_in, n_out);
-            for (g, w) in got.iter().zip(&naive) {
-                assert!((g - w).abs() <= 1e-4 + 1e-5 * w.abs(), "{g} vs {w}");
-            }
         }
     }
 
