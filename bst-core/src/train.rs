@@ -2,10 +2,10 @@
 //! after each epoch, the model with the best validation AUC kept and scored on test.
 //!
 //! With [`TrainOptions`] the loop also saves checkpoints through a [`Checkpointer`] after
-//! every epoch, stops cleanly between two steps when asked (Ctrl-C), and resumes a saved
-//! run exactly where it stopped: the same parameters, optimiser state and update count,
-//! the same shuffled order at the same step. A resumed CPU run ends bit for bit where an
-//! uninterrupted one does.
+//! every epoch, stops cleanly between two steps, or two batches of a validation or test,
+//! when asked (Ctrl-C), and resumes a saved run exactly where it stopped: the same
+//! parameters, optimiser state and update count, the same shuffled order at the same
+//! step. A resumed CPU run ends bit for bit where an uninterrupted one does.
 //!
 //! Data order: epoch `e` trains on `0..n` shuffled in place by `Rng::new(seed).fork(k)` for
 //! `k = 1..=e` in turn ([`epoch_order`]), so the order is a function of the seed and the
@@ -88,8 +88,9 @@ pub struct TrainOptions<'a> {
     pub resume: Option<Resume>,
     /// Saves checkpoints after every epoch, when stopped, and at the end.
     pub checkpointer: Option<&'a mut dyn Checkpointer>,
-    /// Checked before every step: when set, the loop saves and returns
-    /// [`TrainError::Interrupted`].
+    /// Checked before every step and every batch of scoring: when set, the loop saves and
+    /// returns [`TrainError::Interrupted`] (stopped in a validation, it saves the epoch
+    /// at its last step, and a resumed run validates it again).
     pub stop: Option<&'a AtomicBool>,
     /// Steps between two reads of the loss (>= 1): the resolution of the non-finite check.
     pub loss_every: usize,
@@ -355,21 +356,8 @@ pub fn train_in_group(
                     }
                     progress.loss_sum += sum;
                     progress.epoch_seconds += start.elapsed().as_secs_f64();
-                    let at = SavedAt {
-                        epoch: progress.epoch,
-                        step: progress.step,
-                    };
-                    // Nothing to save before the first step, nor twice the same state.
-                    let fresh = saved != Some(at) && (at.epoch, at.step) != (0, 0);
-                    if let (Some(c), true) = (checkpointer.as_deref_mut(), fresh) {
-                        let fail = failed(format!("saving a checkpoint {at}"), saved);
-                        save_latest(c, &*backend, &progress, best.params(), fail)?;
-                        saved = Some(at);
-                    }
-                    return Err(TrainError::Interrupted {
-                        at,
-                        saved: saved == Some(at),
-                    });
+                    let c = checkpointer.as_deref_mut();
+                    return Err(stop_here(c, &*backend, &progress, best.params(), saved)?);
                 }
                 let step = i + 1;
                 let fail = || failed(format!("epoch {epoch}, step {step}"), saved);
@@ -408,8 +396,16 @@ pub fn train_in_group(
         )?;
         drop(order);
         let seconds = progress.epoch_seconds + start.elapsed().as_secs_f64();
-        let valid = evaluate_split(backend, &ds.valid, "validation", cfg, group, on_event)
+        let stop = &mut || stop_requested();
+        let valid = evaluate_split(backend, &ds.valid, "validation", cfg, group, stop, on_event)
             .map_err(failed(format!("validating epoch {epoch}"), saved))?;
+        let Some(valid) = valid else {
+            // Stopped while scoring: the epoch's steps are all taken, and it is saved at
+            // its last step; a resumed run validates it (the split is scored again).
+            progress.epoch_seconds = seconds;
+            let c = checkpointer.as_deref_mut();
+            return Err(stop_here(c, &*backend, &progress, best.params(), saved)?);
+        };
         let report = EpochReport {
             epoch,
             train_loss: progress.loss_sum / steps as f64,
@@ -475,8 +471,18 @@ pub fn train_in_group(
         // Again at the end: a run stopped between its two writes may have left it older.
         save_best(c, &*backend, &progress, restoring())?;
     }
-    let test = evaluate_split(backend, &ds.test, "test", cfg, group, on_event)
+    let stop = &mut || stop_requested();
+    let test = evaluate_split(backend, &ds.test, "test", cfg, group, stop, on_event)
         .map_err(failed("testing the best epoch's parameters".into(), saved))?;
+    let Some(test) = test else {
+        // Everything is saved: a resumed run goes straight to the test.
+        let at = SavedAt {
+            epoch: progress.epoch,
+            step: 0,
+        };
+        let saved = saved == Some(at);
+        return Err(TrainError::Interrupted { at, saved });
+    };
     let oracle_test_auc = ds.test.true_prob().and_then(|p| auc(&p, &ds.test.labels()));
     Ok(TrainReport {
         train_samples_per_sec: (progress.epochs.len() * n) as f64 / progress.train_seconds,
@@ -490,19 +496,45 @@ pub fn train_in_group(
 }
 
 /// The metrics of the split named `split` ([`predict_all_in`] on `group`), its progress
-/// sent to `on_event`.
+/// sent to `on_event`; `None` when `stop` said so before a batch.
 fn evaluate_split<S: SampleSource + ?Sized>(
     backend: &mut dyn Backend,
     s: &S,
     split: &'static str,
     cfg: &TrainConfig,
     group: Option<&dyn Collective>,
+    stop: &mut dyn FnMut() -> bool,
     on_event: &mut dyn FnMut(Event),
-) -> Result<Metrics, BackendError> {
-    let probs = predict_all_in(backend, s, cfg.eval_batch, group, &mut |done, total| {
-        on_event(Event::Evaluating { split, done, total })
-    })?;
-    Ok(metrics_of(s, &probs))
+) -> Result<Option<Metrics>, BackendError> {
+    let mut progress = |done, total| on_event(Event::Evaluating { split, done, total });
+    let probs = predict_all_in(backend, s, cfg.eval_batch, group, &mut progress, stop)?;
+    Ok(probs.map(|p| metrics_of(s, &p)))
+}
+
+/// Stops the training loop where `progress` stands: saves a checkpoint there (unless it
+/// is saved already, or nothing was trained yet), then gives the error that says so.
+fn stop_here(
+    checkpointer: Option<&mut (dyn Checkpointer + '_)>,
+    backend: &dyn Backend,
+    progress: &Progress,
+    best: BestParams,
+    mut saved: Option<SavedAt>,
+) -> Result<TrainError, TrainError> {
+    let at = SavedAt {
+        epoch: progress.epoch,
+        step: progress.step,
+    };
+    // Nothing to save before the first step, nor twice the same state.
+    let fresh = saved != Some(at) && (at.epoch, at.step) != (0, 0);
+    if let (Some(c), true) = (checkpointer, fresh) {
+        let fail = failed(format!("saving a checkpoint {at}"), saved);
+        save_latest(c, backend, progress, best, fail)?;
+        saved = Some(at);
+    }
+    Ok(TrainError::Interrupted {
+        at,
+        saved: saved == Some(at),
+    })
 }
 
 /// Early stopping: `patience > 0` epochs have passed since the best one. Checked before
@@ -616,7 +648,8 @@ fn check_resume(
         ));
     }
     let steps = cfg.epoch_samples(ds.train.len()).div_ceil(cfg.batch);
-    if p.step >= steps {
+    // `steps` itself: the epoch's steps all taken, stopped while validating it.
+    if p.step > steps {
         return bad(format!(
             "the checkpoint stopped at step {} of an epoch of {steps} steps: the batch size \
              or train.epoch_steps differs",
@@ -664,12 +697,21 @@ pub fn predict_all<S: SampleSource + ?Sized>(
     eval_batch: usize,
 ) -> Result<Vec<f32>, BackendError> {
     let mut probs = vec![0.0; s.len()];
-    predict_rows(backend, s, 0, eval_batch, &mut probs, &mut |_, _| {})?;
+    predict_rows(
+        backend,
+        s,
+        0,
+        eval_batch,
+        &mut probs,
+        &mut |_, _| {},
+        &mut || false,
+    )?;
     Ok(probs)
 }
 
 /// Probabilities of the samples `first..first + out.len()` of `s` into `out`,
-/// `eval_batch` at a time; `progress(done, total)` after each batch.
+/// `eval_batch` at a time; `progress(done, total)` after each batch. `stop()` is asked
+/// before each batch: `false` (not all scored) when it said so.
 fn predict_rows<S: SampleSource + ?Sized>(
     backend: &mut dyn Backend,
     s: &S,
@@ -677,11 +719,15 @@ fn predict_rows<S: SampleSource + ?Sized>(
     eval_batch: usize,
     out: &mut [f32],
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<(), BackendError> {
+    stop: &mut dyn FnMut() -> bool,
+) -> Result<bool, BackendError> {
     let (total, eval_batch) = (out.len(), eval_batch.max(1));
     let mut batch = Batch::default();
     let mut idx = Vec::with_capacity(eval_batch);
     for (k, out) in out.chunks_mut(eval_batch).enumerate() {
+        if stop() {
+            return Ok(false);
+        }
         let start = first + k * eval_batch;
         idx.clear();
         idx.extend(start..start + out.len());
@@ -689,7 +735,7 @@ fn predict_rows<S: SampleSource + ?Sized>(
         backend.predict(&batch, out)?;
         progress(k * eval_batch + out.len(), total);
     }
-    Ok(())
+    Ok(true)
 }
 
 /// AUC, GAUC and logloss of the backend's predictions on `s`, batch by batch: only the
@@ -699,25 +745,37 @@ pub fn evaluate<S: SampleSource + ?Sized>(
     s: &S,
     eval_batch: usize,
 ) -> Result<Metrics, BackendError> {
-    let probs = predict_all_in(backend, s, eval_batch, None, &mut |_, _| {})?;
+    let mut probs = vec![0.0; s.len()];
+    predict_rows(
+        backend,
+        s,
+        0,
+        eval_batch,
+        &mut probs,
+        &mut |_, _| {},
+        &mut || false,
+    )?;
     Ok(metrics_of(s, &probs))
 }
 
 /// [`predict_all`] on one rank of `group`: the batches of `eval_batch` samples are split
 /// into contiguous parts, one per rank, and the probabilities gathered, so every rank gets
 /// exactly those of a single process (the same batches). `progress(done, total)` counts
-/// this rank's samples.
+/// this rank's samples. `stop()` is asked before each batch, and on every rank as many
+/// times (as often as the rank with the most batches scores), so a `stop` that the ranks
+/// agree on ([`Collective::any`]) stops them all at the same call: then `None`.
 pub fn predict_all_in<S: SampleSource + ?Sized>(
     backend: &mut dyn Backend,
     s: &S,
     eval_batch: usize,
     group: Option<&dyn Collective>,
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<Vec<f32>, BackendError> {
+    stop: &mut dyn FnMut() -> bool,
+) -> Result<Option<Vec<f32>>, BackendError> {
     let Some(g) = group.filter(|g| g.size() > 1) else {
         let mut probs = vec![0.0; s.len()];
-        predict_rows(backend, s, 0, eval_batch, &mut probs, progress)?;
-        return Ok(probs);
+        let all = predict_rows(backend, s, 0, eval_batch, &mut probs, progress, stop)?;
+        return Ok(all.then_some(probs));
     };
     let eval_batch = eval_batch.max(1);
     let batches = s.len().div_ceil(eval_batch);
@@ -727,11 +785,21 @@ pub fn predict_all_in<S: SampleSource + ?Sized>(
     };
     let mine = rows(g.rank());
     let mut local = vec![0.0; mine.len()];
-    predict_rows(backend, s, mine.start, eval_batch, &mut local, progress)?;
+    let all = predict_rows(
+        backend, s, mine.start, eval_batch, &mut local, progress, stop,
+    )?;
+    let most = (0..g.size())
+        .map(|r| shard_range(batches, r, g.size()).len())
+        .max()
+        .unwrap_or(0);
+    let asked = mine.len().div_ceil(eval_batch);
+    if !all || (asked..most).any(|_| stop()) {
+        return Ok(None);
+    }
     let counts: Vec<usize> = (0..g.size()).map(|r| rows(r).len()).collect();
     let mut probs = Vec::with_capacity(s.len());
     g.gather_f32(&local, &counts, &mut probs);
-    Ok(probs)
+    Ok(Some(probs))
 }
 
 /// AUC, GAUC and logloss of the probabilities `probs` of the samples of `s`.

@@ -42,6 +42,21 @@ fn run(
     resume: Option<&Path>,
     stop_after: Option<(usize, usize)>,
 ) -> Result<CpuBackend, TrainError> {
+    let at_step = |e: &Event| match *e {
+        Event::Step { epoch, step, .. } => Some((epoch, step)) == stop_after,
+        _ => false,
+    };
+    run_until(cfg, ds, dir, resume, at_step)
+}
+
+/// [`run`], Ctrl-C pressed (the stop flag set) at the first event `stop_at` picks.
+fn run_until(
+    cfg: &Config,
+    ds: &Dataset,
+    dir: &Path,
+    resume: Option<&Path>,
+    mut stop_at: impl FnMut(&Event) -> bool,
+) -> Result<CpuBackend, TrainError> {
     let mut backend = CpuBackend::new(cfg, ds.vocab.sizes());
     let resume = resume.map(|p| {
         let c = Checkpoint::load(p).expect("checkpoint loads");
@@ -58,9 +73,7 @@ fn run(
         loss_every: 1,
     };
     let mut on_event = |e: Event| {
-        if let Event::Step { epoch, step, .. } = e
-            && Some((epoch, step)) == stop_after
-        {
+        if stop_at(&e) {
             stop.store(true, Ordering::SeqCst);
         }
     };
@@ -593,6 +606,57 @@ fn a_run_stopped_mid_epoch_resumes_at_the_same_step_of_the_same_order() {
         e.to_string().contains("interrupted at epoch 2, step 3"),
         "{e}"
     );
+    run(&cfg, &ds, b, Some(&latest), None).unwrap();
+    assert_same_run(
+        &Checkpoint::load(&a.join(checkpoint::LATEST)).unwrap(),
+        &Checkpoint::load(&latest).unwrap(),
+    );
+}
+
+#[test]
+fn a_run_stopped_while_scoring_resumes_there() {
+    let mut cfg = tiny_config(Optimizer::Adam);
+    cfg.train.eval_batch = 16; // several batches per split, so a stop can fall between two
+    let ds = dataset(&cfg);
+    let steps = ds.train.len().div_ceil(cfg.train.batch);
+    assert!(
+        ds.valid.len() > 2 * cfg.train.eval_batch,
+        "{}",
+        ds.valid.len()
+    );
+    let (ta, tb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (ta.path(), tb.path());
+    run(&cfg, &ds, a, None, None).unwrap();
+    let scoring = |split: &'static str, epoch_done: usize| {
+        let mut epochs = 0;
+        move |e: &Event| {
+            // The loop reports each epoch once it is validated.
+            epochs += matches!(e, Event::Epoch(_)) as usize;
+            matches!(*e, Event::Evaluating { split: s, .. } if s == split) && epochs == epoch_done
+        }
+    };
+    // Stopped after the first batch of epoch 2's validation: saved at its last step.
+    let Err(e) = run_until(&cfg, &ds, b, None, scoring("validation", 1)) else {
+        panic!("not stopped")
+    };
+    assert!(
+        matches!(e, TrainError::Interrupted { saved: true, .. }),
+        "{e}"
+    );
+    let want = format!("interrupted at epoch 2, step {steps}");
+    assert!(e.to_string().contains(&want), "{e}");
+    let latest = b.join(checkpoint::LATEST);
+    let c = Checkpoint::load(&latest).unwrap();
+    assert_eq!((c.progress.epoch, c.progress.step), (1, steps));
+    assert_eq!(c.optim.as_ref().unwrap().steps, 2 * steps as u64);
+    // Resumed, it validates epoch 2 and trains on; stopped again while testing, every
+    // epoch is saved, and the run resumed once more only tests.
+    let epochs = cfg.train.epochs;
+    let Err(e) = run_until(&cfg, &ds, b, Some(&latest), scoring("test", epochs - 1)) else {
+        panic!("not stopped")
+    };
+    let want = format!("interrupted after epoch {epochs}; a checkpoint was saved");
+    assert_eq!(e.to_string(), want);
     run(&cfg, &ds, b, Some(&latest), None).unwrap();
     assert_same_run(
         &Checkpoint::load(&a.join(checkpoint::LATEST)).unwrap(),
