@@ -745,16 +745,7 @@ pub fn evaluate<S: SampleSource + ?Sized>(
     s: &S,
     eval_batch: usize,
 ) -> Result<Metrics, BackendError> {
-    let mut probs = vec![0.0; s.len()];
-    predict_rows(
-        backend,
-        s,
-        0,
-        eval_batch,
-        &mut probs,
-        &mut |_, _| {},
-        &mut || false,
-    )?;
+    let probs = predict_all(backend, s, eval_batch)?;
     Ok(metrics_of(s, &probs))
 }
 
