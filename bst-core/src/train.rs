@@ -779,13 +779,16 @@ pub fn predict_all_in<S: SampleSource + ?Sized>(
     let all = predict_rows(
         backend, s, mine.start, eval_batch, &mut local, progress, stop,
     )?;
-    let most = (0..g.size())
-        .map(|r| shard_range(batches, r, g.size()).len())
-        .max()
-        .unwrap_or(0);
-    let asked = mine.len().div_ceil(eval_batch);
-    if !all || (asked..most).any(|_| stop()) {
+    if !all {
         return Ok(None);
+    }
+    // A rank with fewer batches asks on, once for each batch the busiest rank has more.
+    let batches_of = |r: usize| shard_range(batches, r, g.size()).len();
+    let most = (0..g.size()).map(batches_of).max().unwrap_or(0);
+    for _ in batches_of(g.rank())..most {
+        if stop() {
+            return Ok(None);
+        }
     }
     let counts: Vec<usize> = (0..g.size()).map(|r| rows(r).len()).collect();
     let mut probs = Vec::with_capacity(s.len());

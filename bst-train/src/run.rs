@@ -44,7 +44,7 @@ fn catch_ctrl_c() -> &'static AtomicBool {
                 std::process::exit(EXIT_INTERRUPTED);
             }
             cluster::say(&format!(
-                "\n{who}Ctrl-C: stopping after this step (or this batch of a validation) and saving a checkpoint (Ctrl-C again quits at once)"
+                "\n{who}Ctrl-C: stopping after this step (or this batch of scoring) and saving a checkpoint (Ctrl-C again quits at once)"
             ));
         });
         if let Err(e) = r {
